@@ -1,0 +1,616 @@
+//! The order-preserving key encoding of every table.
+//!
+//! Layout (all integers big-endian, so byte order equals numeric order; every id is
+//! its fixed 16 raw bytes, so no separators or escaping are needed):
+//!
+//! ```text
+//! 0x01 global data
+//!   0x01 0x01 <pepper version u32> <digest 32>            lookup: identifier -> box
+//! 0x02 <region u16> regional data (one contiguous range per region)
+//!   0x01 <box 16> <table>...                              everything of one box
+//!        0x01                                             profile
+//!        0x02 <device 16>                                 device record
+//!        0x03 <device 16>                                 device queue pointer
+//!        0x04 <device 16> <package ref 16>                MLS KeyPackage
+//!        0x05 <device 16>                                 last-resort KeyPackage
+//!        0x06                                             next sequence + device-list version
+//!        0x07                                             low-water mark (lowest retained seq)
+//!        0x08 <seq u64>                                   queued envelope
+//!        0x09 <sender device 16> <message id 16>          dedup record
+//!        0x0a <box 16>                                    contact
+//!        0x0b <box 16>                                    blocked box
+//!        0x0c <pepper version u32> <digest 32>            identifier bound to this box
+//!   0x02 <shard u8> <expires at ms u64> <box 16> <entry>  expiry index
+//!   0x03 <box 16>                                         box awaiting purge
+//! ```
+//!
+//! A box's region code is both in the regional prefix and in the box id; decoding
+//! rejects keys where the two disagree.
+
+use crate::error::{Error, Result};
+use crate::ids::{BoxId, DeviceId, MessageId, RegionId};
+use crate::range::KeyRange;
+
+const GLOBAL: u8 = 0x01;
+const REGIONAL: u8 = 0x02;
+
+const GLOBAL_LOOKUP: u8 = 0x01;
+
+const REGION_BOX: u8 = 0x01;
+const REGION_EXPIRY: u8 = 0x02;
+const REGION_PURGE: u8 = 0x03;
+
+const ENTRY_MESSAGE: u8 = 0x01;
+const ENTRY_DEDUP: u8 = 0x02;
+
+/// Number of shards of each region's expiry index: expiring entries of different
+/// boxes land in different shards, so neither writers nor the sweeper share one hot
+/// key range.
+pub const EXPIRY_SHARDS: u8 = 16;
+
+/// The tables stored under a box prefix, with their one-byte tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Table {
+    /// Profile and settings.
+    Profile = 0x01,
+    /// Device records (key bundle, authorized flag, credential metadata).
+    Device = 0x02,
+    /// Per-device queue pointers (highest acknowledged sequence).
+    Pointer = 0x03,
+    /// Published MLS KeyPackages, consumed once.
+    KeyPackage = 0x04,
+    /// The last-resort KeyPackage of a device.
+    LastResortKeyPackage = 0x05,
+    /// Next sequence number and device-list version.
+    Next = 0x06,
+    /// Lowest retained sequence number.
+    Low = 0x07,
+    /// Queued envelopes by sequence number.
+    Queue = 0x08,
+    /// Idempotency records of sends.
+    Dedup = 0x09,
+    /// Contacts of the box's owner.
+    Contact = 0x0a,
+    /// Boxes blocked by the owner.
+    Block = 0x0b,
+    /// Identifiers bound to the box (mirror of the lookup table for unbinding).
+    Ident = 0x0c,
+}
+
+impl Table {
+    fn from_tag(tag: u8) -> Result<Self> {
+        Ok(match tag {
+            0x01 => Table::Profile,
+            0x02 => Table::Device,
+            0x03 => Table::Pointer,
+            0x04 => Table::KeyPackage,
+            0x05 => Table::LastResortKeyPackage,
+            0x06 => Table::Next,
+            0x07 => Table::Low,
+            0x08 => Table::Queue,
+            0x09 => Table::Dedup,
+            0x0a => Table::Contact,
+            0x0b => Table::Block,
+            0x0c => Table::Ident,
+            _ => return Err(Error::MalformedKey("unknown box table")),
+        })
+    }
+}
+
+/// What an expiry index entry points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExpiryEntry {
+    /// The queued envelope with this sequence number expires.
+    Message(u64),
+    /// The dedup record of (sender device, message id) expires.
+    Dedup(DeviceId, MessageId),
+}
+
+/// Every key Rossby stores, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// Inbox lookup: keyed hash of a normalised identifier -> box.
+    Lookup {
+        /// Which pepper produced the digest.
+        pepper_version: u32,
+        /// HMAC-SHA-256 of the identifier.
+        digest: [u8; 32],
+    },
+    /// A box's profile and settings.
+    Profile(BoxId),
+    /// A device record.
+    Device(BoxId, DeviceId),
+    /// A device's queue pointer.
+    Pointer(BoxId, DeviceId),
+    /// One published KeyPackage of a device, by a reference derived from its bytes.
+    KeyPackage(BoxId, DeviceId, [u8; 16]),
+    /// A device's last-resort KeyPackage.
+    LastResortKeyPackage(BoxId, DeviceId),
+    /// The box's next sequence number and device-list version.
+    Next(BoxId),
+    /// The box's low-water mark.
+    Low(BoxId),
+    /// A queued envelope.
+    Queue(BoxId, u64),
+    /// Idempotency record of a send from a device with a message id.
+    Dedup(BoxId, DeviceId, MessageId),
+    /// A contact (second box) of the box's owner.
+    Contact(BoxId, BoxId),
+    /// A box blocked by the owner.
+    Block(BoxId, BoxId),
+    /// An identifier bound to the box, by its lookup digest.
+    Ident(BoxId, u32, [u8; 32]),
+    /// Expiry index entry, in the home region of the box.
+    Expiry {
+        /// Index shard, derived from the box.
+        shard: u8,
+        /// When the entry expires (milliseconds since the Unix epoch).
+        expires_at_ms: u64,
+        /// The box the entry belongs to.
+        box_id: BoxId,
+        /// What expires.
+        entry: ExpiryEntry,
+    },
+    /// A deleted box whose remaining keys still have to be removed.
+    Purge(BoxId),
+}
+
+/// The prefix of every key of one box.
+pub fn box_prefix(box_id: BoxId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    out.push(REGIONAL);
+    out.extend_from_slice(&box_id.home_region().to_bytes());
+    out.push(REGION_BOX);
+    out.extend_from_slice(box_id.as_bytes());
+    out
+}
+
+fn table_prefix(box_id: BoxId, table: Table) -> Vec<u8> {
+    let mut out = box_prefix(box_id);
+    out.push(table as u8);
+    out
+}
+
+fn region_prefix(region: RegionId, kind: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4);
+    out.push(REGIONAL);
+    out.extend_from_slice(&region.to_bytes());
+    out.push(kind);
+    out
+}
+
+/// The expiry shard of a box: spread by the box's random bytes.
+pub fn expiry_shard(box_id: BoxId) -> u8 {
+    box_id.as_bytes()[15] % EXPIRY_SHARDS
+}
+
+impl Key {
+    /// Encodes the key into its stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        match *self {
+            Key::Lookup {
+                pepper_version,
+                digest,
+            } => {
+                let mut out = vec![GLOBAL, GLOBAL_LOOKUP];
+                out.extend_from_slice(&pepper_version.to_be_bytes());
+                out.extend_from_slice(&digest);
+                out
+            }
+            Key::Profile(b) => table_prefix(b, Table::Profile),
+            Key::Device(b, d) => with(table_prefix(b, Table::Device), &[d.as_bytes()]),
+            Key::Pointer(b, d) => with(table_prefix(b, Table::Pointer), &[d.as_bytes()]),
+            Key::KeyPackage(b, d, r) => {
+                with(table_prefix(b, Table::KeyPackage), &[d.as_bytes(), &r])
+            }
+            Key::LastResortKeyPackage(b, d) => with(
+                table_prefix(b, Table::LastResortKeyPackage),
+                &[d.as_bytes()],
+            ),
+            Key::Next(b) => table_prefix(b, Table::Next),
+            Key::Low(b) => table_prefix(b, Table::Low),
+            Key::Queue(b, seq) => with(table_prefix(b, Table::Queue), &[&seq.to_be_bytes()]),
+            Key::Dedup(b, d, m) => {
+                with(table_prefix(b, Table::Dedup), &[d.as_bytes(), m.as_bytes()])
+            }
+            Key::Contact(b, other) => with(table_prefix(b, Table::Contact), &[other.as_bytes()]),
+            Key::Block(b, other) => with(table_prefix(b, Table::Block), &[other.as_bytes()]),
+            Key::Ident(b, version, digest) => with(
+                table_prefix(b, Table::Ident),
+                &[&version.to_be_bytes(), &digest],
+            ),
+            Key::Expiry {
+                shard,
+                expires_at_ms,
+                box_id,
+                entry,
+            } => {
+                let mut out = region_prefix(box_id.home_region(), REGION_EXPIRY);
+                out.push(shard);
+                out.extend_from_slice(&expires_at_ms.to_be_bytes());
+                out.extend_from_slice(box_id.as_bytes());
+                match entry {
+                    ExpiryEntry::Message(seq) => {
+                        out.push(ENTRY_MESSAGE);
+                        out.extend_from_slice(&seq.to_be_bytes());
+                    }
+                    ExpiryEntry::Dedup(d, m) => {
+                        out.push(ENTRY_DEDUP);
+                        out.extend_from_slice(d.as_bytes());
+                        out.extend_from_slice(m.as_bytes());
+                    }
+                }
+                out
+            }
+            Key::Purge(b) => with(
+                region_prefix(b.home_region(), REGION_PURGE),
+                &[b.as_bytes()],
+            ),
+        }
+    }
+
+    /// Decodes stored bytes; rejects anything that is not exactly one key.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader(bytes);
+        let key = match r.u8()? {
+            GLOBAL => match r.u8()? {
+                GLOBAL_LOOKUP => Key::Lookup {
+                    pepper_version: r.u32()?,
+                    digest: r.array()?,
+                },
+                _ => return Err(Error::MalformedKey("unknown global table")),
+            },
+            REGIONAL => {
+                let region = RegionId(r.u16()?);
+                match r.u8()? {
+                    REGION_BOX => {
+                        let b = r.box_in(region)?;
+                        Self::decode_box_table(b, &mut r)?
+                    }
+                    REGION_EXPIRY => {
+                        let shard = r.u8()?;
+                        let expires_at_ms = r.u64()?;
+                        let box_id = r.box_in(region)?;
+                        let entry = match r.u8()? {
+                            ENTRY_MESSAGE => ExpiryEntry::Message(r.u64()?),
+                            ENTRY_DEDUP => ExpiryEntry::Dedup(r.device()?, r.message()?),
+                            _ => return Err(Error::MalformedKey("unknown expiry entry")),
+                        };
+                        Key::Expiry {
+                            shard,
+                            expires_at_ms,
+                            box_id,
+                            entry,
+                        }
+                    }
+                    REGION_PURGE => Key::Purge(r.box_in(region)?),
+                    _ => return Err(Error::MalformedKey("unknown regional kind")),
+                }
+            }
+            _ => return Err(Error::MalformedKey("unknown top-level tag")),
+        };
+        if !r.0.is_empty() {
+            return Err(Error::MalformedKey("trailing bytes"));
+        }
+        Ok(key)
+    }
+
+    fn decode_box_table(b: BoxId, r: &mut Reader<'_>) -> Result<Self> {
+        Ok(match Table::from_tag(r.u8()?)? {
+            Table::Profile => Key::Profile(b),
+            Table::Device => Key::Device(b, r.device()?),
+            Table::Pointer => Key::Pointer(b, r.device()?),
+            Table::KeyPackage => Key::KeyPackage(b, r.device()?, r.array()?),
+            Table::LastResortKeyPackage => Key::LastResortKeyPackage(b, r.device()?),
+            Table::Next => Key::Next(b),
+            Table::Low => Key::Low(b),
+            Table::Queue => Key::Queue(b, r.u64()?),
+            Table::Dedup => Key::Dedup(b, r.device()?, r.message()?),
+            Table::Contact => Key::Contact(b, r.box_any()?),
+            Table::Block => Key::Block(b, r.box_any()?),
+            Table::Ident => Key::Ident(b, r.u32()?, r.array()?),
+        })
+    }
+
+    /// All keys of one table of one box.
+    pub fn table_range(box_id: BoxId, table: Table) -> KeyRange {
+        KeyRange::prefix(&table_prefix(box_id, table))
+    }
+
+    /// Every key of one box (all tables).
+    pub fn box_range(box_id: BoxId) -> KeyRange {
+        KeyRange::prefix(&box_prefix(box_id))
+    }
+
+    /// Queue entries of a box with sequence numbers in `[from, to)`.
+    pub fn queue_range(box_id: BoxId, from: u64, to: u64) -> KeyRange {
+        KeyRange::new(
+            Key::Queue(box_id, from).encode(),
+            Key::Queue(box_id, to).encode(),
+        )
+    }
+
+    /// Queue entries of a box with sequence numbers from `from` on.
+    pub fn queue_from(box_id: BoxId, from: u64) -> KeyRange {
+        KeyRange {
+            start: Key::Queue(box_id, from).encode(),
+            end: Key::table_range(box_id, Table::Queue).end,
+        }
+    }
+
+    /// KeyPackages of one device.
+    pub fn key_package_range(box_id: BoxId, device: DeviceId) -> KeyRange {
+        KeyRange::prefix(&with(
+            table_prefix(box_id, Table::KeyPackage),
+            &[device.as_bytes()],
+        ))
+    }
+
+    /// Expiry entries of one shard of a region that expire before `before_ms`.
+    pub fn expiry_due(region: RegionId, shard: u8, before_ms: u64) -> KeyRange {
+        let mut start = region_prefix(region, REGION_EXPIRY);
+        start.push(shard);
+        let mut end = start.clone();
+        end.extend_from_slice(&before_ms.to_be_bytes());
+        KeyRange::new(start, end)
+    }
+
+    /// Boxes of a region awaiting purge.
+    pub fn purge_range(region: RegionId) -> KeyRange {
+        KeyRange::prefix(&region_prefix(region, REGION_PURGE))
+    }
+
+    /// The lookup entries of every pepper version.
+    pub fn lookup_range() -> KeyRange {
+        KeyRange::prefix(&[GLOBAL, GLOBAL_LOOKUP])
+    }
+}
+
+/// The key range of all global data (the lookup table): replicated to every region,
+/// led from the primary region.
+pub fn global_range() -> KeyRange {
+    KeyRange::prefix(&[GLOBAL])
+}
+
+/// The key range of everything homed in one region: its boxes, its expiry index and
+/// its purge queue. Placement pins this range's leaders to the region.
+pub fn region_range(region: RegionId) -> KeyRange {
+    let mut prefix = vec![REGIONAL];
+    prefix.extend_from_slice(&region.to_bytes());
+    KeyRange::prefix(&prefix)
+}
+
+fn with(mut prefix: Vec<u8>, parts: &[&[u8]]) -> Vec<u8> {
+    for part in parts {
+        prefix.extend_from_slice(part);
+    }
+    prefix
+}
+
+/// A cursor over key bytes that fails cleanly on truncation.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(Error::MalformedKey("truncated key"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let bytes = self.take(N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn box_any(&mut self) -> Result<BoxId> {
+        BoxId::from_bytes(self.array()?)
+    }
+
+    fn box_in(&mut self, region: RegionId) -> Result<BoxId> {
+        let b = self.box_any()?;
+        if b.home_region() != region {
+            return Err(Error::MalformedKey("box id outside its region prefix"));
+        }
+        Ok(b)
+    }
+
+    fn device(&mut self) -> Result<DeviceId> {
+        DeviceId::from_bytes(self.array()?)
+    }
+
+    fn message(&mut self) -> Result<MessageId> {
+        MessageId::from_bytes(self.array()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_box() -> impl Strategy<Value = BoxId> {
+        (any::<u16>(), any::<[u8; 16]>()).prop_map(|(r, raw)| BoxId::with_random(RegionId(r), raw))
+    }
+
+    fn any_device() -> impl Strategy<Value = DeviceId> {
+        any::<[u8; 16]>().prop_map(|raw| DeviceId::from_bytes(raw).unwrap())
+    }
+
+    fn any_message() -> impl Strategy<Value = MessageId> {
+        any::<[u8; 16]>().prop_map(|mut raw| {
+            raw[6] = (raw[6] & 0x0f) | 0x70;
+            raw[8] = (raw[8] & 0x3f) | 0x80;
+            MessageId::from_bytes(raw).unwrap()
+        })
+    }
+
+    fn any_key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            (any::<u32>(), any::<[u8; 32]>()).prop_map(|(pepper_version, digest)| Key::Lookup {
+                pepper_version,
+                digest
+            }),
+            any_box().prop_map(Key::Profile),
+            (any_box(), any_device()).prop_map(|(b, d)| Key::Device(b, d)),
+            (any_box(), any_device()).prop_map(|(b, d)| Key::Pointer(b, d)),
+            (any_box(), any_device(), any::<[u8; 16]>())
+                .prop_map(|(b, d, r)| Key::KeyPackage(b, d, r)),
+            (any_box(), any_device()).prop_map(|(b, d)| Key::LastResortKeyPackage(b, d)),
+            any_box().prop_map(Key::Next),
+            any_box().prop_map(Key::Low),
+            (any_box(), any::<u64>()).prop_map(|(b, s)| Key::Queue(b, s)),
+            (any_box(), any_device(), any_message()).prop_map(|(b, d, m)| Key::Dedup(b, d, m)),
+            (any_box(), any_box()).prop_map(|(b, o)| Key::Contact(b, o)),
+            (any_box(), any_box()).prop_map(|(b, o)| Key::Block(b, o)),
+            (any_box(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(b, v, d)| Key::Ident(b, v, d)),
+            (any_box(), any::<u64>(), any::<u64>()).prop_map(|(b, t, s)| Key::Expiry {
+                shard: expiry_shard(b),
+                expires_at_ms: t,
+                box_id: b,
+                entry: ExpiryEntry::Message(s)
+            }),
+            (any_box(), any::<u64>(), any_device(), any_message()).prop_map(|(b, t, d, m)| {
+                Key::Expiry {
+                    shard: expiry_shard(b),
+                    expires_at_ms: t,
+                    box_id: b,
+                    entry: ExpiryEntry::Dedup(d, m),
+                }
+            }),
+            any_box().prop_map(Key::Purge),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_key_round_trips(key in any_key()) {
+            prop_assert_eq!(Key::decode(&key.encode()).unwrap(), key);
+        }
+
+        #[test]
+        fn truncated_or_extended_keys_are_rejected(key in any_key(), extra in any::<u8>()) {
+            let bytes = key.encode();
+            prop_assert!(Key::decode(&bytes[..bytes.len() - 1]).is_err());
+            let mut longer = bytes.clone();
+            longer.push(extra);
+            prop_assert!(Key::decode(&longer).is_err());
+        }
+
+        #[test]
+        fn queue_byte_order_is_sequence_order(b in any_box(), x in any::<u64>(), y in any::<u64>()) {
+            prop_assert_eq!(Key::Queue(b, x).encode().cmp(&Key::Queue(b, y).encode()), x.cmp(&y));
+        }
+
+        #[test]
+        fn box_byte_order_is_box_order(a in any_box(), b in any_box()) {
+            prop_assert_eq!(Key::Profile(a).encode().cmp(&Key::Profile(b).encode()), a.cmp(&b));
+            prop_assert_eq!(box_prefix(a).cmp(&box_prefix(b)), a.cmp(&b));
+        }
+
+        #[test]
+        fn region_byte_order_is_region_order(a in any::<u16>(), b in any::<u16>()) {
+            let (ra, rb) = (region_range(RegionId(a)), region_range(RegionId(b)));
+            prop_assert_eq!(ra.start.cmp(&rb.start), a.cmp(&b));
+            if a < b {
+                // Ranges of different regions never overlap.
+                prop_assert!(ra.end.as_ref().unwrap() <= &rb.start);
+            }
+        }
+
+        #[test]
+        fn every_box_key_lies_in_its_region_and_box_range(key in any_key()) {
+            let bytes = key.encode();
+            let home = match key {
+                Key::Lookup { .. } => {
+                    prop_assert!(global_range().contains(&bytes));
+                    return Ok(());
+                }
+                Key::Profile(b) | Key::Device(b, _) | Key::Pointer(b, _) | Key::KeyPackage(b, _, _)
+                | Key::LastResortKeyPackage(b, _) | Key::Next(b) | Key::Low(b) | Key::Queue(b, _)
+                | Key::Dedup(b, _, _) | Key::Contact(b, _) | Key::Block(b, _) | Key::Ident(b, _, _) => {
+                    prop_assert!(Key::box_range(b).contains(&bytes));
+                    b
+                }
+                Key::Expiry { box_id, .. } | Key::Purge(box_id) => box_id,
+            };
+            prop_assert!(region_range(home.home_region()).contains(&bytes));
+            prop_assert!(!global_range().contains(&bytes));
+        }
+
+        #[test]
+        fn expiry_order_is_time_order_within_a_shard(b in any_box(), c in any_box(), t in any::<u64>(), u in any::<u64>()) {
+            let k = |b: BoxId, t| Key::Expiry { shard: 3, expires_at_ms: t, box_id: b, entry: ExpiryEntry::Message(0) };
+            if b.home_region() == c.home_region() && t != u {
+                prop_assert_eq!(k(b, t).encode().cmp(&k(c, u).encode()), t.cmp(&u));
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_due_range_selects_entries_before_the_deadline() {
+        let b = BoxId::new(RegionId(7));
+        let shard = expiry_shard(b);
+        let entry = |t| {
+            Key::Expiry {
+                shard,
+                expires_at_ms: t,
+                box_id: b,
+                entry: ExpiryEntry::Message(1),
+            }
+            .encode()
+        };
+        let due = Key::expiry_due(RegionId(7), shard, 1_000);
+        assert!(due.contains(&entry(0)));
+        assert!(due.contains(&entry(999)));
+        assert!(!due.contains(&entry(1_000)));
+        assert!(region_range(RegionId(7)).contains(&due.start));
+    }
+
+    #[test]
+    fn queue_ranges_are_half_open() {
+        let b = BoxId::new(RegionId(1));
+        let r = Key::queue_range(b, 5, 8);
+        assert!(!r.contains(&Key::Queue(b, 4).encode()));
+        assert!(r.contains(&Key::Queue(b, 5).encode()));
+        assert!(r.contains(&Key::Queue(b, 7).encode()));
+        assert!(!r.contains(&Key::Queue(b, 8).encode()));
+        let open = Key::queue_from(b, 5);
+        assert!(open.contains(&Key::Queue(b, u64::MAX).encode()));
+        assert!(!open.contains(&Key::Dedup(b, DeviceId::new(), MessageId::new()).encode()));
+    }
+
+    #[test]
+    fn mismatched_region_prefix_is_rejected() {
+        let b = BoxId::new(RegionId(1));
+        let mut bytes = Key::Profile(b).encode();
+        bytes[2] = 9;
+        assert_eq!(
+            Key::decode(&bytes),
+            Err(Error::MalformedKey("box id outside its region prefix"))
+        );
+        assert!(Key::decode(&[]).is_err());
+        assert!(Key::decode(&[0x77]).is_err());
+    }
+}

@@ -1,0 +1,733 @@
+//! Storage benchmark: enqueue, fetch and acknowledge throughput of the domain tables
+//! on the embedded fjall backend.
+//!
+//! Run with `cargo bench -p rossby-storage --bench storage-bench`. Phases:
+//! 1. setup: boxes with two authorized devices each (not measured);
+//! 2. durable enqueue (group commit): many tasks enqueue 1 KiB envelopes to random
+//!    boxes through `Store::enqueue`;
+//! 3. the same on a store opened with `Durability::NoSync`;
+//! 4. fetch + ack: the durable store's queues are drained device by device;
+//! 5. hot box: every task enqueues into one box, conflicts counted.
+//!
+//! Settings come from `ROSSBY_BENCH_SECS` (measured seconds per enqueue phase,
+//! default 10), `ROSSBY_BENCH_BOXES` (default 10000) and `ROSSBY_BENCH_TASKS`
+//! (concurrent enqueue tasks, default 64). The last line of stdout is
+//! `storage-bench enqueue_durable_per_s=<N> enqueue_nosync_per_s=<M> ratio=<N/M>`.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rossby_keyspace::{BoxId, DeviceId, LookupHasher, MessageId, Pepper, RegionId};
+use rossby_storage::kv::fjall::{Durability, FjallConfig, FjallStore};
+use rossby_storage::kv::retry::Retry;
+use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
+use rossby_storage::tables::records::Device;
+use rossby_storage::tables::{Store, accounts, devices};
+use rossby_storage::{Error, Kv, transact};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tempfile::TempDir;
+
+const REGION: RegionId = RegionId(1);
+/// Payload size of every envelope.
+const PAYLOAD_BYTES: usize = 1024;
+/// Unmeasured time at the start of each enqueue phase.
+const WARMUP: Duration = Duration::from_secs(1);
+/// Boxes created per setup transaction.
+const SETUP_BOXES_PER_TXN: usize = 250;
+/// Concurrent setup transactions.
+const SETUP_TASKS: usize = 8;
+/// Concurrent tasks draining queues in the fetch + ack phase.
+const FETCH_TASKS: usize = 16;
+/// Name of the fjall backend's syncer thread (see `kv/fjall.rs`).
+const SYNCER_THREAD: &str = "rossby-fjall-sync";
+
+struct Config {
+    secs: u64,
+    boxes: usize,
+    tasks: usize,
+}
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(raw) => raw
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={raw:?} is not a valid number")),
+        Err(_) => default,
+    }
+}
+
+impl Config {
+    fn from_env() -> Self {
+        Config {
+            secs: env_or("ROSSBY_BENCH_SECS", 10u64).max(1),
+            boxes: env_or("ROSSBY_BENCH_BOXES", 10_000usize).max(1),
+            tasks: env_or("ROSSBY_BENCH_TASKS", 64usize).max(1),
+        }
+    }
+
+    fn measure(&self) -> Duration {
+        Duration::from_secs(self.secs)
+    }
+
+    /// The hot-box phase runs half as long as the other enqueue phases.
+    fn hot_measure(&self) -> Duration {
+        Duration::from_secs((self.secs / 2).max(1))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A recipient box of the benchmark.
+#[derive(Clone, Copy)]
+struct Target {
+    id: BoxId,
+    devices: [DeviceId; 2],
+    /// The device-list version after both devices were added and authorized.
+    version: u64,
+}
+
+/// A fjall-backed store in a temporary directory. Fields drop in order, so the
+/// store (and its syncer) is closed before the directory is removed.
+struct BenchStore {
+    fjall: Arc<FjallStore>,
+    store: Store,
+    _dir: TempDir,
+}
+
+fn open_store(durability: Durability) -> BenchStore {
+    let dir = TempDir::new().expect("create temp dir");
+    let mut config = FjallConfig::new(dir.path());
+    config.durability = durability;
+    let fjall = Arc::new(FjallStore::open(config).expect("open fjall store"));
+    let kv: Kv = fjall.clone();
+    let hasher = LookupHasher::new(
+        vec![Pepper {
+            version: 1,
+            secret: vec![7; 32],
+        }],
+        1,
+    )
+    .expect("lookup hasher");
+    BenchStore {
+        fjall,
+        store: Store::new(kv, hasher),
+        _dir: dir,
+    }
+}
+
+fn device_record() -> Device {
+    Device {
+        identity_key: vec![1; 32],
+        // X25519 (32 bytes) + ML-KEM-768 (1184 bytes) public keys.
+        encryption_key: vec![2; 32 + 1184],
+        credential_version: 1,
+        label: "bench".into(),
+        ..Device::default()
+    }
+}
+
+/// Creates `n` boxes with two authorized devices each, in batched transactions.
+async fn setup(store: &Store, n: usize) -> Arc<Vec<Target>> {
+    let mut targets: Vec<Target> = (0..n)
+        .map(|_| Target {
+            id: BoxId::new(REGION),
+            devices: [DeviceId::new(), DeviceId::new()],
+            version: 0,
+        })
+        .collect();
+    let chunks: Arc<Vec<Vec<Target>>> = Arc::new(
+        targets
+            .chunks(SETUP_BOXES_PER_TXN)
+            .map(<[Target]>::to_vec)
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..SETUP_TASKS {
+        let (store, chunks, next) = (store.clone(), Arc::clone(&chunks), Arc::clone(&next));
+        handles.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(chunk) = chunks.get(i) else {
+                    return done;
+                };
+                let now = now_ms();
+                let record = device_record();
+                let versions = transact!(store, |txn| {
+                    let mut versions = Vec::with_capacity(chunk.len());
+                    for target in chunk {
+                        accounts::create_box(txn, target.id, now).await?;
+                        let mut version = 0;
+                        for device in target.devices {
+                            devices::add(txn, &store.limits, target.id, device, &record, now)
+                                .await?;
+                            version = devices::authorize(txn, target.id, device, now).await?;
+                        }
+                        versions.push(version);
+                    }
+                    Ok(versions)
+                })
+                .expect("setup transaction");
+                done.push((i, versions));
+            }
+        }));
+    }
+    for handle in handles {
+        for (chunk, versions) in handle.await.expect("setup task") {
+            for (j, version) in versions.into_iter().enumerate() {
+                targets[chunk * SETUP_BOXES_PER_TXN + j].version = version;
+            }
+        }
+    }
+    // Sanity check: what a sender would read is what we recorded.
+    let probe = targets[n / 2];
+    let (version, list) =
+        transact!(store, |txn| devices::recipients(txn, probe.id).await).expect("read recipients");
+    assert_eq!(
+        version, probe.version,
+        "device-list version of the probe box"
+    );
+    assert_eq!(list.len(), 2, "authorized devices of the probe box");
+    Arc::new(targets)
+}
+
+/// CPU time of this process (user + system), from `/proc/self/stat`.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14, 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every mainstream Linux configuration.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// CPU time and voluntary context switches of the (single) fjall syncer thread.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadStats {
+    cpu: Duration,
+    voluntary_switches: u64,
+}
+
+fn syncer_stats() -> Option<ThreadStats> {
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = entry.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if comm.trim() != SYNCER_THREAD {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(path.join("schedstat")).ok()?;
+        let cpu_ns: u64 = schedstat.split_whitespace().next()?.parse().ok()?;
+        let status = std::fs::read_to_string(path.join("status")).ok()?;
+        let voluntary_switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        return Some(ThreadStats {
+            cpu: Duration::from_nanos(cpu_ns),
+            voluntary_switches,
+        });
+    }
+    None
+}
+
+/// Resource use over an interval of a phase.
+struct Usage {
+    wall: Instant,
+    cpu: Option<Duration>,
+    syncer: Option<ThreadStats>,
+    ticket: u64,
+}
+
+impl Usage {
+    fn now(fjall: &FjallStore) -> Self {
+        Usage {
+            wall: Instant::now(),
+            cpu: process_cpu(),
+            syncer: syncer_stats(),
+            ticket: fjall.durable_ticket(),
+        }
+    }
+
+    fn report(&self, fjall: &FjallStore) -> String {
+        let end = Usage::now(fjall);
+        let wall = end.wall - self.wall;
+        let mut out = String::new();
+        if let (Some(a), Some(b)) = (self.cpu, end.cpu) {
+            let cpu = b.saturating_sub(a);
+            out += &format!(
+                "process CPU {:.1} s in {:.1} s wall ({:.2} cores)",
+                cpu.as_secs_f64(),
+                wall.as_secs_f64(),
+                cpu.as_secs_f64() / wall.as_secs_f64()
+            );
+        }
+        if let (Some(a), Some(b)) = (self.syncer, end.syncer) {
+            let switches = b.voluntary_switches - a.voluntary_switches;
+            let commits = end.ticket - self.ticket;
+            out += &format!(
+                "; syncer thread CPU {:.2} s, {} voluntary context switches, {} durable \
+                 commits ({:.1} commits per syncer switch)",
+                b.cpu.saturating_sub(a.cpu).as_secs_f64(),
+                switches,
+                commits,
+                commits as f64 / switches.max(1) as f64
+            );
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recipients {
+    /// A uniformly random box per envelope, through `Store::enqueue`.
+    Uniform,
+    /// Always this box, through `transact_counted` so conflicts are visible.
+    Hot(usize),
+}
+
+#[derive(Default)]
+struct EnqueueStats {
+    /// Successful enqueues completed inside the measured window.
+    ok: u64,
+    /// Successful enqueues over the whole phase (warm-up and stragglers included).
+    ok_total: u64,
+    /// Per-envelope errors (stale device list, recipient unavailable, ...).
+    outcome_errors: BTreeMap<String, u64>,
+    /// Transaction errors (after retries).
+    txn_errors: BTreeMap<String, u64>,
+    /// Transaction runs and conflicts (hot-box phase only).
+    runs: u64,
+    conflicts: u64,
+    latencies: Vec<Duration>,
+    measured: Duration,
+}
+
+impl EnqueueStats {
+    fn merge(&mut self, other: EnqueueStats) {
+        self.ok += other.ok;
+        self.ok_total += other.ok_total;
+        for (k, v) in other.outcome_errors {
+            *self.outcome_errors.entry(k).or_default() += v;
+        }
+        for (k, v) in other.txn_errors {
+            *self.txn_errors.entry(k).or_default() += v;
+        }
+        self.runs += other.runs;
+        self.conflicts += other.conflicts;
+        self.latencies.extend(other.latencies);
+    }
+
+    fn per_s(&self) -> f64 {
+        self.ok as f64 / self.measured.as_secs_f64()
+    }
+
+    fn latency_summary(&mut self) -> String {
+        if self.latencies.is_empty() {
+            return "no completed operations".into();
+        }
+        self.latencies.sort_unstable();
+        let n = self.latencies.len();
+        let pct = |p: f64| self.latencies[((n as f64 * p) as usize).min(n - 1)];
+        let mean = self.latencies.iter().sum::<Duration>() / n as u32;
+        format!(
+            "latency mean {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(mean),
+            ms(pct(0.50)),
+            ms(pct(0.99)),
+            ms(self.latencies[n - 1])
+        )
+    }
+
+    fn errors_summary(&self) -> String {
+        let fmt = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "none".to_string()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        format!(
+            "transaction errors: {}; envelope errors: {}",
+            fmt(&self.txn_errors),
+            fmt(&self.outcome_errors)
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn error_kind(err: &Error) -> String {
+    match err {
+        Error::RetriesExhausted { attempts, last } => {
+            format!(
+                "RetriesExhausted({attempts} attempts, last {})",
+                error_kind(last)
+            )
+        }
+        other => {
+            let debug = format!("{other:?}");
+            debug
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or("?")
+                .to_string()
+        }
+    }
+}
+
+/// Runs `tasks` concurrent enqueue loops for `WARMUP + measure`; counts operations
+/// that complete inside the measured window.
+async fn enqueue_phase(
+    store: &Store,
+    targets: &Arc<Vec<Target>>,
+    tasks: usize,
+    measure: Duration,
+    recipients: Recipients,
+) -> EnqueueStats {
+    let start = Instant::now();
+    let measure_from = start + WARMUP;
+    let end = measure_from + measure;
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (store, targets) = (store.clone(), Arc::clone(targets));
+        handles.push(tokio::spawn(async move {
+            let mut rng = SmallRng::from_rng(&mut rand::rng());
+            let mut stats = EnqueueStats::default();
+            let n = targets.len();
+            while Instant::now() < end {
+                let recipient = match recipients {
+                    Recipients::Uniform => targets[rng.random_range(0..n)],
+                    Recipients::Hot(i) => targets[i],
+                };
+                let sender = targets[rng.random_range(0..n)];
+                let mut payload = vec![0u8; PAYLOAD_BYTES];
+                rng.fill(&mut payload[..]);
+                let envelopes = [NewEnvelope {
+                    sender_box: sender.id,
+                    sender_device: sender.devices[0],
+                    message_id: MessageId::new(),
+                    device_list_version: recipient.version,
+                    payload,
+                }];
+                let now = now_ms();
+                let began = Instant::now();
+                let result = match recipients {
+                    Recipients::Uniform => store.enqueue(recipient.id, &envelopes, now).await,
+                    Recipients::Hot(_) => {
+                        // The retry loop of `transact!`, spelled out to read its
+                        // attempt counters (`Store::enqueue` hides them).
+                        let mut retry = Retry::new(&store.retry);
+                        let result = loop {
+                            let mut txn = match store.kv.begin().await {
+                                Ok(txn) => txn,
+                                Err(err) => break Err(err),
+                            };
+                            let result = queue::enqueue(
+                                &mut *txn,
+                                &store.limits,
+                                recipient.id,
+                                &envelopes,
+                                now,
+                            )
+                            .await;
+                            match retry.finish(txn, result).await {
+                                ControlFlow::Break(result) => break result,
+                                ControlFlow::Continue(()) => {}
+                            }
+                        };
+                        let attempts = retry.attempts();
+                        let done = Instant::now();
+                        if done >= measure_from && done <= end {
+                            stats.runs += u64::from(attempts.runs);
+                            stats.conflicts += u64::from(attempts.conflicts);
+                        }
+                        result
+                    }
+                };
+                let done = Instant::now();
+                let counted = done >= measure_from && done <= end;
+                let ok = match result {
+                    Ok(outcomes) => match outcomes.into_iter().next() {
+                        Some(Ok(_)) => true,
+                        Some(Err(e)) => {
+                            if counted {
+                                *stats.outcome_errors.entry(error_kind(&e)).or_default() += 1;
+                            }
+                            false
+                        }
+                        None => false,
+                    },
+                    Err(e) => {
+                        if counted {
+                            *stats.txn_errors.entry(error_kind(&e)).or_default() += 1;
+                        }
+                        false
+                    }
+                };
+                if ok {
+                    stats.ok_total += 1;
+                }
+                if counted {
+                    stats.latencies.push(done - began);
+                    if ok {
+                        stats.ok += 1;
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    let mut total = EnqueueStats {
+        measured: measure,
+        ..EnqueueStats::default()
+    };
+    for handle in handles {
+        total.merge(handle.await.expect("enqueue task"));
+    }
+    total
+}
+
+#[derive(Default)]
+struct DrainStats {
+    delivered: u64,
+    fetches: u64,
+    acks: u64,
+    gaps: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Drains every device's queue: fetch a batch, ack its last envelope, repeat.
+async fn drain_phase(store: &Store, targets: &Arc<Vec<Target>>, tasks: usize) -> DrainStats {
+    let next = Arc::new(AtomicUsize::new(0));
+    let bounds = FetchLimits {
+        max_count: 100,
+        max_bytes: 1024 * 1024,
+    };
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (store, targets, next) = (store.clone(), Arc::clone(targets), Arc::clone(&next));
+        handles.push(tokio::spawn(async move {
+            let mut stats = DrainStats::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(target) = targets.get(i) else {
+                    return stats;
+                };
+                for device in target.devices {
+                    loop {
+                        stats.fetches += 1;
+                        let fetched = match store.fetch(target.id, device, bounds).await {
+                            Ok(f) => f,
+                            Err(e) => {
+                                *stats.errors.entry(error_kind(&e)).or_default() += 1;
+                                break;
+                            }
+                        };
+                        if fetched.gap.is_some() {
+                            stats.gaps += 1;
+                        }
+                        let Some(last) = fetched.envelopes.last() else {
+                            break;
+                        };
+                        stats.delivered += fetched.envelopes.len() as u64;
+                        stats.acks += 1;
+                        if let Err(e) = store.ack(target.id, device, last.seq, now_ms()).await {
+                            *stats.errors.entry(error_kind(&e)).or_default() += 1;
+                            break;
+                        }
+                        if !fetched.more() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut total = DrainStats::default();
+    for handle in handles {
+        let s = handle.await.expect("drain task");
+        total.delivered += s.delivered;
+        total.fetches += s.fetches;
+        total.acks += s.acks;
+        total.gaps += s.gaps;
+        for (k, v) in s.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+fn print_enqueue(label: &str, stats: &mut EnqueueStats, usage: String) {
+    let latency = stats.latency_summary();
+    println!(
+        "{label}: {:.0} enqueues/s ({} ok in {:.1} s); {latency}",
+        stats.per_s(),
+        stats.ok,
+        stats.measured.as_secs_f64(),
+    );
+    println!("  {}", stats.errors_summary());
+    if !usage.is_empty() {
+        println!("  {usage}");
+    }
+}
+
+async fn run(config: &Config) -> (f64, f64) {
+    // --- Durable store: setup, enqueue, fetch + ack, hot box ---
+    let durable = open_store(Durability::GroupCommit);
+    let started = Instant::now();
+    let targets = setup(&durable.store, config.boxes).await;
+    println!(
+        "[1] setup (durable, group commit): {} boxes with 2 authorized devices each in {:.1} s \
+         (not measured)",
+        config.boxes,
+        started.elapsed().as_secs_f64()
+    );
+
+    let usage = Usage::now(&durable.fjall);
+    let mut enq_durable = enqueue_phase(
+        &durable.store,
+        &targets,
+        config.tasks,
+        config.measure(),
+        Recipients::Uniform,
+    )
+    .await;
+    print_enqueue(
+        &format!(
+            "[2] durable enqueue ({} tasks, uniform over {} boxes, {} B payload)",
+            config.tasks, config.boxes, PAYLOAD_BYTES
+        ),
+        &mut enq_durable,
+        usage.report(&durable.fjall),
+    );
+
+    let usage = Usage::now(&durable.fjall);
+    let started = Instant::now();
+    let drained = drain_phase(&durable.store, &targets, FETCH_TASKS).await;
+    let elapsed = started.elapsed();
+    println!(
+        "[4] fetch + ack (durable, {FETCH_TASKS} tasks, batches of 100): {:.0} envelopes/s \
+         delivered per device ({} deliveries of {} enqueued envelopes x 2 devices, {} fetches, \
+         {} acks, {} gaps) in {:.1} s; errors: {}",
+        drained.delivered as f64 / elapsed.as_secs_f64(),
+        drained.delivered,
+        enq_durable.ok_total,
+        drained.fetches,
+        drained.acks,
+        drained.gaps,
+        elapsed.as_secs_f64(),
+        if drained.errors.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{:?}", drained.errors)
+        }
+    );
+    println!("  {}", usage.report(&durable.fjall));
+    if drained.delivered != 2 * enq_durable.ok_total {
+        println!(
+            "  WARNING: expected {} deliveries, got {}",
+            2 * enq_durable.ok_total,
+            drained.delivered
+        );
+    }
+
+    let usage = Usage::now(&durable.fjall);
+    let mut hot = enqueue_phase(
+        &durable.store,
+        &targets,
+        config.tasks,
+        config.hot_measure(),
+        Recipients::Hot(0),
+    )
+    .await;
+    print_enqueue(
+        &format!("[5] hot box (durable, {} tasks, one box)", config.tasks),
+        &mut hot,
+        usage.report(&durable.fjall),
+    );
+    println!(
+        "  {} transaction runs, {} conflicts ({:.2} conflicts per successful enqueue)",
+        hot.runs,
+        hot.conflicts,
+        hot.conflicts as f64 / hot.ok.max(1) as f64
+    );
+    drop(durable);
+
+    // --- No-sync store: same setup, enqueue ---
+    let nosync = open_store(Durability::NoSync);
+    let started = Instant::now();
+    let targets = setup(&nosync.store, config.boxes).await;
+    println!(
+        "[1] setup (no sync): {} boxes in {:.1} s (not measured)",
+        config.boxes,
+        started.elapsed().as_secs_f64()
+    );
+    let usage = Usage::now(&nosync.fjall);
+    let mut enq_nosync = enqueue_phase(
+        &nosync.store,
+        &targets,
+        config.tasks,
+        config.measure(),
+        Recipients::Uniform,
+    )
+    .await;
+    print_enqueue(
+        &format!("[3] no-sync enqueue ({} tasks, uniform)", config.tasks),
+        &mut enq_nosync,
+        usage.report(&nosync.fjall),
+    );
+    drop(nosync);
+
+    (enq_durable.per_s(), enq_nosync.per_s())
+}
+
+fn main() {
+    let config = Config::from_env();
+    println!(
+        "storage-bench: ROSSBY_BENCH_SECS={} ROSSBY_BENCH_BOXES={} ROSSBY_BENCH_TASKS={} \
+         (warm-up {} s, hot box {} s, {} fetch tasks, {} B payloads, temp dir {})",
+        config.secs,
+        config.boxes,
+        config.tasks,
+        WARMUP.as_secs(),
+        config.hot_measure().as_secs(),
+        FETCH_TASKS,
+        PAYLOAD_BYTES,
+        std::env::temp_dir().display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (durable, nosync) = runtime.block_on(run(&config));
+    drop(runtime);
+    let ratio = if nosync > 0.0 { durable / nosync } else { 0.0 };
+    println!(
+        "storage-bench enqueue_durable_per_s={} enqueue_nosync_per_s={} ratio={ratio:.2}",
+        durable.round() as u64,
+        nosync.round() as u64
+    );
+    std::io::stdout().flush().ok();
+}

@@ -1,0 +1,104 @@
+//! The storage crate's one error type.
+
+use rossby_keyspace::{BoxId, DeviceId};
+
+/// Result alias used throughout the storage crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the KV layer or in a domain transaction.
+///
+/// The first group describes the transaction itself and is what the retry helper
+/// looks at; the second group are domain outcomes that a caller turns into a status
+/// code for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another transaction wrote a key this one wrote (or, on stricter backends, read)
+    /// after this one started. Nothing was written; the whole transaction may be re-run.
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
+    /// The commit may or may not have been applied (for example the durable sync or
+    /// the TiKV commit RPC failed after the primary key was prewritten). Callers must
+    /// not assume either outcome; idempotent operations can be re-issued.
+    #[error("commit outcome undetermined: {0}")]
+    Undetermined(String),
+    /// The backend cannot serve requests right now (I/O failure, cluster unreachable,
+    /// store closed). Nothing was committed by the failing call.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The retry helper gave up: attempts or the deadline ran out while the
+    /// transaction kept conflicting.
+    #[error("transaction gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// How many times the transaction body ran.
+        attempts: u32,
+        /// The error of the last attempt.
+        last: Box<Error>,
+    },
+    /// A stored record could not be decoded. The data is left untouched.
+    #[error("corrupt {what} record: {detail}")]
+    Corrupt {
+        /// Which table the record came from.
+        what: &'static str,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// The caller broke a documented limit or precondition.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+
+    /// The box does not exist (or is being deleted).
+    #[error("box not found")]
+    BoxNotFound,
+    /// The device does not belong to the box.
+    #[error("device not found")]
+    DeviceNotFound,
+    /// A box with this id already exists.
+    #[error("box {0} already exists")]
+    BoxExists(BoxId),
+    /// A device with this id already exists in the box.
+    #[error("device {0} already exists")]
+    DeviceExists(DeviceId),
+    /// The identifier is already bound to a box.
+    #[error("identifier already registered")]
+    AlreadyRegistered,
+    /// The sender's view of the recipient's devices is out of date: the current
+    /// device-list version and devices are returned so it can re-encrypt.
+    #[error("device list changed (current version {version})")]
+    StaleDeviceList {
+        /// The box whose device list changed.
+        box_id: BoxId,
+        /// The current device-list version.
+        version: u64,
+        /// The devices currently authorized to receive messages.
+        devices: Vec<DeviceId>,
+    },
+    /// The recipient does not accept messages from this sender (blocked, contacts
+    /// only, or unknown). Deliberately indistinguishable from an unknown box.
+    #[error("recipient unavailable")]
+    RecipientUnavailable,
+    /// An acknowledgement named a sequence number that was never assigned.
+    #[error("ack {requested} is beyond the last sequence number {last}")]
+    AckBeyondLast {
+        /// The sequence number the device asked to acknowledge.
+        requested: u64,
+        /// The highest sequence number assigned so far in the box.
+        last: u64,
+    },
+    /// A per-box or per-device quota is full.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+}
+
+impl Error {
+    /// True when re-running the whole transaction may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Conflict(_))
+    }
+
+    pub(crate) fn corrupt(what: &'static str, err: impl std::fmt::Display) -> Self {
+        Error::Corrupt {
+            what,
+            detail: err.to_string(),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Contacts and blocks of a box's owner.
+//!
+//! Both are sets of other boxes, one key per member, so checking one membership is
+//! a point read on the send path.
+
+use super::records::Relation;
+use super::{decode_key, delete, put};
+use crate::error::{Error, Result};
+use crate::kv::{ScanOrder, Transaction};
+use rossby_keyspace::{BoxId, Key, Table};
+
+/// Most contacts (and, separately, blocked boxes) one box may hold.
+pub const MAX_RELATIONS_PER_BOX: usize = 10_000;
+
+/// Which relation a set holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relationship {
+    /// The owner's contacts: they pass the contacts-only setting.
+    Contact,
+    /// Boxes the owner blocked: they cannot send to or find the owner.
+    Block,
+}
+
+impl Relationship {
+    fn key(self, owner: BoxId, other: BoxId) -> Key {
+        match self {
+            Relationship::Contact => Key::Contact(owner, other),
+            Relationship::Block => Key::Block(owner, other),
+        }
+    }
+
+    fn table(self) -> Table {
+        match self {
+            Relationship::Contact => Table::Contact,
+            Relationship::Block => Table::Block,
+        }
+    }
+}
+
+/// Adds `other` to the owner's set; adding twice is a no-op.
+pub async fn add(
+    txn: &mut dyn Transaction,
+    rel: Relationship,
+    owner: BoxId,
+    other: BoxId,
+    now_ms: u64,
+) -> Result<()> {
+    if owner == other {
+        return Err(Error::Invalid("a box cannot relate to itself".into()));
+    }
+    super::accounts::require_profile(txn, owner).await?;
+    let key = rel.key(owner, other);
+    if txn.get(&key.encode()).await?.is_some() {
+        return Ok(());
+    }
+    let existing = txn
+        .scan(
+            &Key::table_range(owner, rel.table()),
+            MAX_RELATIONS_PER_BOX,
+            ScanOrder::Forward,
+        )
+        .await?;
+    if existing.len() >= MAX_RELATIONS_PER_BOX {
+        return Err(Error::QuotaExceeded(format!(
+            "at most {MAX_RELATIONS_PER_BOX} entries per list"
+        )));
+    }
+    put(txn, &key, &Relation { since_ms: now_ms }).await
+}
+
+/// Removes `other` from the owner's set; returns whether it was there.
+pub async fn remove(
+    txn: &mut dyn Transaction,
+    rel: Relationship,
+    owner: BoxId,
+    other: BoxId,
+) -> Result<bool> {
+    let key = rel.key(owner, other);
+    let present = txn.get(&key.encode()).await?.is_some();
+    if present {
+        delete(txn, &key).await?;
+    }
+    Ok(present)
+}
+
+/// Whether `other` is in the owner's set.
+pub async fn contains(
+    txn: &mut dyn Transaction,
+    rel: Relationship,
+    owner: BoxId,
+    other: BoxId,
+) -> Result<bool> {
+    Ok(txn.get(&rel.key(owner, other).encode()).await?.is_some())
+}
+
+/// Whether `owner` blocked `other`.
+pub async fn is_blocked(txn: &mut dyn Transaction, owner: BoxId, other: BoxId) -> Result<bool> {
+    contains(txn, Relationship::Block, owner, other).await
+}
+
+/// The members of the owner's set, in box order, at most `limit`.
+pub async fn list(
+    txn: &mut dyn Transaction,
+    rel: Relationship,
+    owner: BoxId,
+    limit: usize,
+) -> Result<Vec<BoxId>> {
+    let entries = txn
+        .scan(
+            &Key::table_range(owner, rel.table()),
+            limit,
+            ScanOrder::Forward,
+        )
+        .await?;
+    entries
+        .iter()
+        .map(|(raw, _)| match decode_key(raw)? {
+            Key::Contact(_, other) | Key::Block(_, other) => Ok(other),
+            _ => Err(Error::corrupt(
+                "relation",
+                "unexpected key in relation range",
+            )),
+        })
+        .collect()
+}

@@ -1,0 +1,172 @@
+//! Devices of a box and their queue pointers.
+//!
+//! Every change to the set of devices that receive messages (add, authorize,
+//! rekey, remove) bumps the device-list version stored in the box's `next` key.
+//! Enqueues read that version and write `next`, so under snapshot isolation a send
+//! and a device-list change to the same box always conflict: a send can never
+//! commit against a device list that changed under it.
+
+use super::records::{Device, Pointer, QueueHead};
+use super::{Limits, Record, decode_key, delete, get, put};
+use crate::error::{Error, Result};
+use crate::kv::{ScanOrder, Transaction};
+use rossby_keyspace::{BoxId, DeviceId, Key, Table};
+
+/// Upper bound on devices scanned when listing (far above any configured limit).
+const DEVICE_SCAN_LIMIT: usize = 1024;
+
+async fn head(txn: &mut dyn Transaction, box_id: BoxId) -> Result<QueueHead> {
+    get(txn, &Key::Next(box_id))
+        .await?
+        .ok_or(Error::BoxNotFound)
+}
+
+async fn bump_device_list(txn: &mut dyn Transaction, box_id: BoxId) -> Result<u64> {
+    let mut head = head(txn, box_id).await?;
+    head.device_list_version += 1;
+    put(txn, &Key::Next(box_id), &head).await?;
+    Ok(head.device_list_version)
+}
+
+/// Adds a device. Its queue pointer starts at the box's current last sequence
+/// number (set in the same transaction), so it receives only messages sent after
+/// it was added. Returns the new device-list version.
+pub async fn add(
+    txn: &mut dyn Transaction,
+    limits: &Limits,
+    box_id: BoxId,
+    device_id: DeviceId,
+    record: &Device,
+    now_ms: u64,
+) -> Result<u64> {
+    super::accounts::require_profile(txn, box_id).await?;
+    if txn
+        .get(&Key::Device(box_id, device_id).encode())
+        .await?
+        .is_some()
+    {
+        return Err(Error::DeviceExists(device_id));
+    }
+    let existing = list(txn, box_id).await?;
+    if existing.len() >= limits.max_devices_per_box {
+        return Err(Error::QuotaExceeded(format!(
+            "a box may have at most {} devices",
+            limits.max_devices_per_box
+        )));
+    }
+    let mut head = head(txn, box_id).await?;
+    let pointer = Pointer {
+        acked: head.next_seq - 1,
+        last_seen_ms: now_ms,
+    };
+    let mut record = record.clone();
+    record.created_at_ms = now_ms;
+    put(txn, &Key::Device(box_id, device_id), &record).await?;
+    put(txn, &Key::Pointer(box_id, device_id), &pointer).await?;
+    head.device_list_version += 1;
+    put(txn, &Key::Next(box_id), &head).await?;
+    Ok(head.device_list_version)
+}
+
+/// One device's record, if it exists.
+pub async fn get_device(
+    txn: &mut dyn Transaction,
+    box_id: BoxId,
+    device_id: DeviceId,
+) -> Result<Option<Device>> {
+    get(txn, &Key::Device(box_id, device_id)).await
+}
+
+/// Marks a device authorized (it may then authenticate and receive messages).
+/// Returns the new device-list version.
+pub async fn authorize(
+    txn: &mut dyn Transaction,
+    box_id: BoxId,
+    device_id: DeviceId,
+    now_ms: u64,
+) -> Result<u64> {
+    let mut device = get_device(txn, box_id, device_id)
+        .await?
+        .ok_or(Error::DeviceNotFound)?;
+    if device.authorized {
+        return Ok(head(txn, box_id).await?.device_list_version);
+    }
+    device.authorized = true;
+    device.authorized_at_ms = now_ms;
+    put(txn, &Key::Device(box_id, device_id), &device).await?;
+    bump_device_list(txn, box_id).await
+}
+
+/// Removes a device, its queue pointer and its KeyPackages, then deletes queue
+/// entries every remaining device has acknowledged. Returns the new device-list
+/// version.
+pub async fn remove(
+    txn: &mut dyn Transaction,
+    limits: &Limits,
+    box_id: BoxId,
+    device_id: DeviceId,
+) -> Result<u64> {
+    if get_device(txn, box_id, device_id).await?.is_none() {
+        return Err(Error::DeviceNotFound);
+    }
+    delete(txn, &Key::Device(box_id, device_id)).await?;
+    delete(txn, &Key::Pointer(box_id, device_id)).await?;
+    super::keypackages::remove_all(txn, box_id, device_id).await?;
+    let version = bump_device_list(txn, box_id).await?;
+    super::queue::collect_acknowledged(txn, box_id, limits.max_deletes_per_txn).await?;
+    Ok(version)
+}
+
+/// All devices of a box, in device id order.
+pub async fn list(txn: &mut dyn Transaction, box_id: BoxId) -> Result<Vec<(DeviceId, Device)>> {
+    let entries = txn
+        .scan(
+            &Key::table_range(box_id, Table::Device),
+            DEVICE_SCAN_LIMIT,
+            ScanOrder::Forward,
+        )
+        .await?;
+    entries
+        .iter()
+        .map(|(raw, value)| match decode_key(raw)? {
+            Key::Device(_, d) => Ok((d, Device::from_stored(value)?)),
+            _ => Err(Error::corrupt("device", "unexpected key in device range")),
+        })
+        .collect()
+}
+
+/// The current device-list version and the authorized devices: what a sender must
+/// encrypt for.
+pub async fn recipients(
+    txn: &mut dyn Transaction,
+    box_id: BoxId,
+) -> Result<(u64, Vec<(DeviceId, Device)>)> {
+    let version = head(txn, box_id).await?.device_list_version;
+    let devices = list(txn, box_id)
+        .await?
+        .into_iter()
+        .filter(|(_, d)| d.authorized)
+        .collect();
+    Ok((version, devices))
+}
+
+/// All queue pointers of a box.
+pub async fn pointers(
+    txn: &mut dyn Transaction,
+    box_id: BoxId,
+) -> Result<Vec<(DeviceId, Pointer)>> {
+    let entries = txn
+        .scan(
+            &Key::table_range(box_id, Table::Pointer),
+            DEVICE_SCAN_LIMIT,
+            ScanOrder::Forward,
+        )
+        .await?;
+    entries
+        .iter()
+        .map(|(raw, value)| match decode_key(raw)? {
+            Key::Pointer(_, d) => Ok((d, Pointer::from_stored(value)?)),
+            _ => Err(Error::corrupt("pointer", "unexpected key in pointer range")),
+        })
+        .collect()
+}

@@ -1,0 +1,168 @@
+//! The inbox lookup: normalised identifier -> box, keyed by a peppered hash.
+//!
+//! Each binding is stored twice: the global lookup entry (what discovery reads)
+//! and an `ident` entry under the box (so deleting an account can unbind all of its
+//! identifiers without knowing them). Both are written in one transaction.
+
+use super::records::{LookupRecord, Marker, Profile};
+use super::{decode_key, delete, get, put};
+use crate::error::{Error, Result};
+use crate::kv::{ScanOrder, Transaction};
+use rossby_keyspace::{BoxId, Identifier, Key, LookupDigest, LookupHasher, Table};
+
+/// Most identifiers one box may have bound.
+pub const MAX_IDENTIFIERS_PER_BOX: usize = 16;
+
+/// Binds `id` to `box_id` under the current pepper. Binding an identifier already
+/// bound to the same box is a no-op; bound to another box it fails with
+/// [`Error::AlreadyRegistered`].
+pub async fn bind(
+    txn: &mut dyn Transaction,
+    hasher: &LookupHasher,
+    id: &Identifier,
+    box_id: BoxId,
+    now_ms: u64,
+) -> Result<()> {
+    if let Some((digest, owner)) = find(txn, hasher, id).await? {
+        if owner != box_id {
+            return Err(Error::AlreadyRegistered);
+        }
+        if digest.version == hasher.current_version() {
+            return Ok(());
+        }
+        unbind_digest(txn, box_id, digest).await?;
+    }
+    let bound = txn
+        .scan(
+            &Key::table_range(box_id, Table::Ident),
+            MAX_IDENTIFIERS_PER_BOX,
+            ScanOrder::Forward,
+        )
+        .await?;
+    if bound.len() >= MAX_IDENTIFIERS_PER_BOX {
+        return Err(Error::QuotaExceeded(format!(
+            "a box may have at most {MAX_IDENTIFIERS_PER_BOX} identifiers"
+        )));
+    }
+    bind_digest(txn, hasher.current(id), box_id, now_ms).await
+}
+
+async fn bind_digest(
+    txn: &mut dyn Transaction,
+    digest: LookupDigest,
+    box_id: BoxId,
+    now_ms: u64,
+) -> Result<()> {
+    let record = LookupRecord {
+        box_id: box_id.as_bytes().to_vec(),
+        bound_at_ms: now_ms,
+    };
+    put(txn, &digest.key(), &record).await?;
+    put(
+        txn,
+        &Key::Ident(box_id, digest.version, digest.digest),
+        &Marker { at_ms: now_ms },
+    )
+    .await
+}
+
+async fn unbind_digest(
+    txn: &mut dyn Transaction,
+    box_id: BoxId,
+    digest: LookupDigest,
+) -> Result<()> {
+    delete(txn, &digest.key()).await?;
+    delete(txn, &Key::Ident(box_id, digest.version, digest.digest)).await
+}
+
+/// Finds the binding of `id` under any known pepper version, current first.
+async fn find(
+    txn: &mut dyn Transaction,
+    hasher: &LookupHasher,
+    id: &Identifier,
+) -> Result<Option<(LookupDigest, BoxId)>> {
+    for digest in hasher.candidates(id) {
+        if let Some(record) = get::<LookupRecord>(txn, &digest.key()).await? {
+            let owner =
+                BoxId::try_from_slice(&record.box_id).map_err(|e| Error::corrupt("lookup", e))?;
+            return Ok(Some((digest, owner)));
+        }
+    }
+    Ok(None)
+}
+
+/// Resolves `id` to its box. A binding found under an older pepper is rewritten
+/// under the current one in this transaction (lazy pepper rotation), so commit the
+/// transaction to keep the migration.
+pub async fn resolve(
+    txn: &mut dyn Transaction,
+    hasher: &LookupHasher,
+    id: &Identifier,
+    now_ms: u64,
+) -> Result<Option<BoxId>> {
+    let Some((digest, owner)) = find(txn, hasher, id).await? else {
+        return Ok(None);
+    };
+    if digest.version != hasher.current_version() {
+        unbind_digest(txn, owner, digest).await?;
+        bind_digest(txn, hasher.current(id), owner, now_ms).await?;
+    }
+    Ok(Some(owner))
+}
+
+/// Resolves `id` for contact discovery by `requester`: a box that is hidden, that
+/// blocked the requester, or that is being deleted answers exactly like an unknown
+/// identifier (`None`).
+pub async fn discover(
+    txn: &mut dyn Transaction,
+    hasher: &LookupHasher,
+    id: &Identifier,
+    requester: BoxId,
+    now_ms: u64,
+) -> Result<Option<BoxId>> {
+    let Some(owner) = resolve(txn, hasher, id, now_ms).await? else {
+        return Ok(None);
+    };
+    let visible = match get::<Profile>(txn, &Key::Profile(owner)).await? {
+        Some(p) if !p.deleted => {
+            owner == requester
+                || (!p.hidden && !super::contacts::is_blocked(txn, owner, requester).await?)
+        }
+        _ => false,
+    };
+    Ok(visible.then_some(owner))
+}
+
+/// Removes the binding of `id` if it belongs to `box_id`; returns whether it did.
+pub async fn unbind(
+    txn: &mut dyn Transaction,
+    hasher: &LookupHasher,
+    id: &Identifier,
+    box_id: BoxId,
+) -> Result<bool> {
+    match find(txn, hasher, id).await? {
+        Some((digest, owner)) if owner == box_id => {
+            unbind_digest(txn, box_id, digest).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Removes every identifier bound to `box_id`.
+pub async fn unbind_all(txn: &mut dyn Transaction, box_id: BoxId) -> Result<usize> {
+    let entries = txn
+        .scan(
+            &Key::table_range(box_id, Table::Ident),
+            MAX_IDENTIFIERS_PER_BOX * 4,
+            ScanOrder::Forward,
+        )
+        .await?;
+    let count = entries.len();
+    for (raw, _) in entries {
+        if let Key::Ident(_, version, digest) = decode_key(&raw)? {
+            unbind_digest(txn, box_id, LookupDigest { version, digest }).await?;
+        }
+    }
+    Ok(count)
+}

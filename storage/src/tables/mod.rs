@@ -1,0 +1,249 @@
+//! Rossby's domain tables, written against the [`Transaction`] trait only.
+//!
+//! Each submodule offers functions that run inside a caller's transaction, so a
+//! request handler can combine several of them atomically (registering creates a
+//! box, binds identifiers and adds a device in one transaction). [`Store`] wraps
+//! the KV handle, the retry policy, the lookup hasher and the limits, and runs the
+//! common single-purpose transactions.
+//!
+//! # Correct under snapshot isolation
+//! Every invariant that spans keys is protected by the transactions involved
+//! writing a common key, because TiKV (and the memory backend) only detect
+//! write-write conflicts:
+//! - enqueues and device-list changes all write the box's `next` key, so a send
+//!   can never commit against a device list that changed under it;
+//! - acks and cleanup write `low` and pointers but never `next`, so they never
+//!   conflict with enqueues;
+//! - claiming a KeyPackage deletes it, so two claims of one package conflict;
+//! - binding an identifier writes its lookup key, so two boxes cannot bind it;
+//! - deleting an account writes `next` and the profile, so no enqueue or settings
+//!   change can commit into a box concurrently being deleted.
+
+use crate::error::Result;
+use crate::kv::retry::RetryPolicy;
+use crate::kv::{Key as RawKey, Kv, Transaction};
+use crate::transact;
+use rossby_keyspace::keys::EXPIRY_SHARDS;
+use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, LookupHasher, RegionId};
+use std::collections::BTreeMap;
+
+pub mod accounts;
+pub mod contacts;
+pub mod devices;
+pub mod keypackages;
+pub mod lookup;
+pub mod queue;
+pub mod records;
+
+pub use records::Record;
+
+/// Limits enforced by the tables. All are configurable; the defaults suit a
+/// production deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest envelope payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Most devices one box may have.
+    pub max_devices_per_box: usize,
+    /// Most unclaimed KeyPackages stored per device.
+    pub max_key_packages_per_device: usize,
+    /// Largest KeyPackage accepted, in bytes.
+    pub max_key_package_bytes: usize,
+    /// How long an envelope is kept when not every device acknowledged it.
+    pub retention_ms: u64,
+    /// How long a send stays idempotent: a retry with the same sender device and
+    /// message id within this window returns the original sequence number.
+    pub dedup_window_ms: u64,
+    /// Most queue entries deleted by one acknowledgement or sweep transaction
+    /// (bounds transaction size; the rest is deleted by later ones).
+    pub max_deletes_per_txn: usize,
+    /// Largest encrypted profile accepted, in bytes.
+    pub max_profile_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 256 * 1024,
+            max_devices_per_box: 16,
+            max_key_packages_per_device: 200,
+            max_key_package_bytes: 16 * 1024,
+            retention_ms: 30 * 24 * 3600 * 1000,
+            dedup_window_ms: 24 * 3600 * 1000,
+            max_deletes_per_txn: 1024,
+            max_profile_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The domain store: a KV handle plus what every domain transaction needs.
+#[derive(Clone)]
+pub struct Store {
+    /// The key-value store.
+    pub kv: Kv,
+    /// How transactions are retried on conflict.
+    pub retry: RetryPolicy,
+    /// Hashes identifiers for the lookup table.
+    pub hasher: LookupHasher,
+    /// Size and count limits.
+    pub limits: Limits,
+}
+
+/// Reads and decodes one record.
+pub async fn get<R: Record>(txn: &mut dyn Transaction, key: &Key) -> Result<Option<R>> {
+    match txn.get(&key.encode()).await? {
+        Some(bytes) => Ok(Some(R::from_stored(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Encodes and writes one record.
+pub async fn put<R: Record>(txn: &mut dyn Transaction, key: &Key, record: &R) -> Result<()> {
+    txn.put(key.encode(), record.to_stored()).await
+}
+
+/// Deletes one key.
+pub async fn delete(txn: &mut dyn Transaction, key: &Key) -> Result<()> {
+    txn.delete(key.encode()).await
+}
+
+/// Decodes a raw key read by a scan of one of our own ranges.
+pub(crate) fn decode_key(raw: &RawKey) -> Result<Key> {
+    Key::decode(raw).map_err(|e| crate::Error::corrupt("key", e))
+}
+
+impl Store {
+    /// A store with the default retry policy and limits.
+    pub fn new(kv: Kv, hasher: LookupHasher) -> Self {
+        Store {
+            kv,
+            retry: RetryPolicy::default(),
+            hasher,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Enqueues envelopes into one recipient box (see [`queue::enqueue`]).
+    pub async fn enqueue(
+        &self,
+        recipient: BoxId,
+        envelopes: &[queue::NewEnvelope],
+        now_ms: u64,
+    ) -> Result<Vec<Result<queue::Enqueued>>> {
+        transact!(self, |txn| queue::enqueue(
+            txn,
+            &self.limits,
+            recipient,
+            envelopes,
+            now_ms
+        )
+        .await)
+    }
+
+    /// Fetches envelopes for a device (see [`queue::fetch`]).
+    pub async fn fetch(
+        &self,
+        box_id: BoxId,
+        device: DeviceId,
+        bounds: queue::FetchLimits,
+    ) -> Result<queue::Fetched> {
+        transact!(self, |txn| queue::fetch(txn, box_id, device, bounds).await)
+    }
+
+    /// Acknowledges envelopes up to `upto` for a device (see [`queue::ack`]).
+    pub async fn ack(
+        &self,
+        box_id: BoxId,
+        device: DeviceId,
+        upto: u64,
+        now_ms: u64,
+    ) -> Result<queue::Acked> {
+        transact!(self, |txn| queue::ack(
+            txn,
+            &self.limits,
+            box_id,
+            device,
+            upto,
+            now_ms
+        )
+        .await)
+    }
+
+    /// Deletes everything in `region` whose expiry is before `now_ms`: each shard of
+    /// the expiry index is read in batches of `batch` entries and each box's due
+    /// entries are processed in a transaction of their own, so the sweeper never
+    /// holds a large transaction or conflicts with more than one box at a time.
+    pub async fn sweep(&self, region: RegionId, now_ms: u64, batch: usize) -> Result<queue::Swept> {
+        let mut total = queue::Swept::default();
+        for shard in 0..EXPIRY_SHARDS {
+            loop {
+                let due = transact!(self, |txn| queue::due(
+                    txn,
+                    region,
+                    shard,
+                    now_ms,
+                    batch.max(1)
+                )
+                .await)?;
+                let mut by_box: BTreeMap<BoxId, Vec<(u64, ExpiryEntry)>> = BTreeMap::new();
+                for (box_id, at, entry) in &due {
+                    by_box.entry(*box_id).or_default().push((*at, *entry));
+                }
+                let mut progressed = false;
+                for (box_id, entries) in &by_box {
+                    let swept = transact!(self, |txn| queue::expire(
+                        txn,
+                        &self.limits,
+                        *box_id,
+                        entries
+                    )
+                    .await)?;
+                    progressed |= swept.entries > 0;
+                    total.entries += swept.entries;
+                    total.envelopes += swept.envelopes;
+                    total.dedups += swept.dedups;
+                }
+                if due.len() < batch.max(1) || !progressed {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Deletes an account (see [`accounts::delete_account`]) and then purges its
+    /// remaining keys. If the purge is interrupted, [`Store::resume_purges`] finishes it.
+    pub async fn delete_account(&self, box_id: BoxId, now_ms: u64) -> Result<()> {
+        transact!(self, |txn| accounts::delete_account(
+            txn,
+            &self.limits,
+            box_id,
+            now_ms
+        )
+        .await)?;
+        self.purge(box_id).await
+    }
+
+    /// Removes the remaining keys of a deleted box, in bounded transactions.
+    pub async fn purge(&self, box_id: BoxId) -> Result<()> {
+        let step = self.limits.max_deletes_per_txn;
+        while !transact!(self, |txn| accounts::purge_step(txn, box_id, step).await)? {}
+        Ok(())
+    }
+
+    /// Finishes purges of `region` that were interrupted. Returns how many boxes
+    /// were purged.
+    pub async fn resume_purges(&self, region: RegionId) -> Result<usize> {
+        let mut purged = 0;
+        loop {
+            let pending = transact!(self, |txn| accounts::pending_purges(txn, region, 64).await)?;
+            if pending.is_empty() {
+                return Ok(purged);
+            }
+            for box_id in pending {
+                self.purge(box_id).await?;
+                purged += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,864 @@
+//! Behaviour of the domain tables, run on the memory backend (snapshot isolation,
+//! like TiKV) and on fjall (serializable, persistent).
+
+use rossby_keyspace::{
+    BoxId, DeviceId, Identifier, Key, LookupHasher, MessageId, Pepper, RegionId, Table,
+};
+use rossby_storage::kv::fjall::{FjallConfig, FjallStore};
+use rossby_storage::kv::memory::MemoryStore;
+use rossby_storage::tables::accounts::{self, SettingsUpdate};
+use rossby_storage::tables::contacts::{self, Relationship};
+use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
+use rossby_storage::tables::records::{AcceptFrom, Device};
+use rossby_storage::tables::{Limits, Store, devices, keypackages, lookup};
+use rossby_storage::{Error, Kv, ScanOrder, transact};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tempfile::TempDir;
+
+const REGION: RegionId = RegionId(1);
+const T0: u64 = 1_700_000_000_000;
+
+fn hasher() -> LookupHasher {
+    LookupHasher::new(
+        vec![Pepper {
+            version: 1,
+            secret: vec![7; 32],
+        }],
+        1,
+    )
+    .unwrap()
+}
+
+/// A store and whatever keeps its backend alive.
+struct Env {
+    store: Store,
+    _dir: Option<TempDir>,
+}
+
+fn memory() -> Env {
+    let kv: Kv = Arc::new(MemoryStore::new());
+    Env {
+        store: Store::new(kv, hasher()),
+        _dir: None,
+    }
+}
+
+fn fjall() -> Env {
+    let dir = TempDir::new().unwrap();
+    let kv: Kv = Arc::new(FjallStore::open(FjallConfig::new(dir.path())).unwrap());
+    Env {
+        store: Store::new(kv, hasher()),
+        _dir: Some(dir),
+    }
+}
+
+/// Generates one test per backend for each check.
+macro_rules! on_every_backend {
+    ($($check:ident),* $(,)?) => {
+        mod on_memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() { super::$check(&super::memory().store).await; })*
+        }
+        mod on_fjall {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() { let env = super::fjall(); super::$check(&env.store).await; })*
+        }
+    };
+}
+
+on_every_backend!(
+    identifiers_bind_once_and_resolve_from_any_spelling,
+    pepper_rotation_migrates_lazily,
+    hidden_and_blocking_users_look_unknown,
+    new_device_pointer_starts_at_the_last_sequence,
+    messages_reach_every_device_and_are_deleted_when_all_acked,
+    retried_sends_are_answered_from_dedup,
+    stale_device_lists_are_rejected_with_the_current_list,
+    acks_are_monotonic_idempotent_and_bounded,
+    removing_a_device_deletes_its_pointer_and_frees_the_queue,
+    retention_expires_messages_and_reports_gaps,
+    fetch_is_bounded_by_count_and_bytes,
+    key_packages_are_claimed_once_then_last_resort,
+    concurrent_claims_never_hand_out_a_package_twice,
+    settings_control_who_may_send,
+    account_deletion_removes_everything,
+    interrupted_purges_are_resumed,
+    deletion_racing_with_sends_leaves_nothing_behind,
+    bad_input_is_rejected_and_changes_nothing,
+);
+
+fn device_record() -> Device {
+    Device {
+        identity_key: vec![1; 32],
+        encryption_key: vec![2; 64],
+        label: "test".into(),
+        ..Device::default()
+    }
+}
+
+/// Creates a box with `n` authorized devices.
+async fn new_box(store: &Store, n: usize) -> (BoxId, Vec<DeviceId>) {
+    let b = BoxId::new(REGION);
+    let devices: Vec<DeviceId> = (0..n).map(|_| DeviceId::new()).collect();
+    transact!(store, |txn| {
+        accounts::create_box(txn, b, T0).await?;
+        for d in &devices {
+            devices::add(txn, &store.limits, b, *d, &device_record(), T0).await?;
+            devices::authorize(txn, b, *d, T0).await?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    (b, devices)
+}
+
+async fn version(store: &Store, b: BoxId) -> u64 {
+    transact!(store, |txn| Ok(devices::recipients(txn, b).await?.0)).unwrap()
+}
+
+fn envelope(from: BoxId, device: DeviceId, version: u64, payload: &[u8]) -> NewEnvelope {
+    NewEnvelope {
+        sender_box: from,
+        sender_device: device,
+        message_id: MessageId::new(),
+        device_list_version: version,
+        payload: payload.to_vec(),
+    }
+}
+
+/// Sends one message and returns its sequence number.
+async fn send(store: &Store, from: (BoxId, DeviceId), to: BoxId, payload: &[u8], now: u64) -> u64 {
+    let v = version(store, to).await;
+    let out = store
+        .enqueue(to, &[envelope(from.0, from.1, v, payload)], now)
+        .await
+        .unwrap();
+    match &out[..] {
+        [Ok(e)] => e.seq,
+        other => panic!("send failed: {other:?}"),
+    }
+}
+
+async fn fetch_seqs(store: &Store, b: BoxId, d: DeviceId) -> Vec<u64> {
+    let f = store.fetch(b, d, FetchLimits::default()).await.unwrap();
+    f.envelopes.iter().map(|e| e.seq).collect()
+}
+
+async fn queue_len(store: &Store, b: BoxId) -> usize {
+    transact!(store, |txn| {
+        Ok(txn
+            .scan(
+                &Key::table_range(b, Table::Queue),
+                10_000,
+                ScanOrder::Forward,
+            )
+            .await?
+            .len())
+    })
+    .unwrap()
+}
+
+async fn identifiers_bind_once_and_resolve_from_any_spelling(store: &Store) {
+    let (a, _) = new_box(store, 1).await;
+    let (b, _) = new_box(store, 1).await;
+    let phone = Identifier::phone("+1 (415) 555-0123").unwrap();
+    let h = &store.hasher;
+    transact!(store, |txn| lookup::bind(txn, h, &phone, a, T0).await).unwrap();
+    // Binding again to the same box is a no-op; to another box it is refused.
+    transact!(store, |txn| lookup::bind(txn, h, &phone, a, T0).await).unwrap();
+    let err = transact!(store, |txn| lookup::bind(txn, h, &phone, b, T0).await).unwrap_err();
+    assert!(matches!(err, Error::AlreadyRegistered), "{err}");
+    let other_spelling = Identifier::phone("0014155550123").unwrap();
+    let found = transact!(store, |txn| lookup::resolve(txn, h, &other_spelling, T0)
+        .await)
+    .unwrap();
+    assert_eq!(found, Some(a));
+    let unknown = Identifier::email("nobody@example.com").unwrap();
+    assert_eq!(
+        transact!(store, |txn| lookup::resolve(txn, h, &unknown, T0).await).unwrap(),
+        None
+    );
+    assert!(transact!(store, |txn| lookup::unbind(txn, h, &phone, a).await).unwrap());
+    transact!(store, |txn| lookup::bind(txn, h, &phone, b, T0).await).unwrap();
+    assert_eq!(
+        transact!(store, |txn| lookup::resolve(txn, h, &phone, T0).await).unwrap(),
+        Some(b)
+    );
+}
+
+async fn pepper_rotation_migrates_lazily(store: &Store) {
+    let (a, _) = new_box(store, 1).await;
+    let email = Identifier::email("Alice@Example.com").unwrap();
+    let old = store.hasher.clone();
+    transact!(store, |txn| lookup::bind(txn, &old, &email, a, T0).await).unwrap();
+    let rotated = LookupHasher::new(
+        vec![
+            Pepper {
+                version: 1,
+                secret: vec![7; 32],
+            },
+            Pepper {
+                version: 2,
+                secret: vec![9; 32],
+            },
+        ],
+        2,
+    )
+    .unwrap();
+    let found = transact!(store, |txn| lookup::resolve(txn, &rotated, &email, T0)
+        .await)
+    .unwrap();
+    assert_eq!(found, Some(a));
+    let v1 = old.current(&email).key().encode();
+    let v2 = rotated.current(&email).key().encode();
+    let (has_v1, has_v2) = transact!(store, |txn| Ok((
+        txn.get(&v1).await?.is_some(),
+        txn.get(&v2).await?.is_some()
+    )))
+    .unwrap();
+    assert!(!has_v1 && has_v2, "the binding moved to the current pepper");
+    // A hasher that only knows the new pepper still finds it.
+    let only_new = LookupHasher::new(
+        vec![Pepper {
+            version: 2,
+            secret: vec![9; 32],
+        }],
+        2,
+    )
+    .unwrap();
+    let found = transact!(store, |txn| lookup::resolve(txn, &only_new, &email, T0)
+        .await)
+    .unwrap();
+    assert_eq!(found, Some(a));
+}
+
+async fn hidden_and_blocking_users_look_unknown(store: &Store) {
+    let (alice, _) = new_box(store, 1).await;
+    let (bob, _) = new_box(store, 1).await;
+    let (carol, _) = new_box(store, 1).await;
+    let h = &store.hasher;
+    let id = Identifier::email("alice@example.com").unwrap();
+    transact!(store, |txn| lookup::bind(txn, h, &id, alice, T0).await).unwrap();
+    let discover = async |who: BoxId| {
+        transact!(store, |txn| lookup::discover(txn, h, &id, who, T0).await).unwrap()
+    };
+    assert_eq!(discover(bob).await, Some(alice));
+    transact!(store, |txn| contacts::add(
+        txn,
+        Relationship::Block,
+        alice,
+        bob,
+        T0
+    )
+    .await)
+    .unwrap();
+    assert_eq!(discover(bob).await, None);
+    assert_eq!(discover(carol).await, Some(alice));
+    let hide = SettingsUpdate {
+        hidden: Some(true),
+        ..SettingsUpdate::default()
+    };
+    transact!(store, |txn| accounts::update_settings(
+        txn,
+        &store.limits,
+        alice,
+        &hide,
+        T0
+    )
+    .await)
+    .unwrap();
+    assert_eq!(discover(carol).await, None);
+    assert_eq!(
+        discover(alice).await,
+        Some(alice),
+        "owners always find themselves"
+    );
+}
+
+async fn new_device_pointer_starts_at_the_last_sequence(store: &Store) {
+    let (b, devs) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    for i in 0..3u8 {
+        send(store, (s, sd[0]), b, &[i], T0).await;
+    }
+    let late = DeviceId::new();
+    let v_before = version(store, b).await;
+    let v_added = transact!(store, |txn| devices::add(
+        txn,
+        &store.limits,
+        b,
+        late,
+        &device_record(),
+        T0
+    )
+    .await)
+    .unwrap();
+    assert!(
+        v_added > v_before,
+        "adding a device bumps the device-list version"
+    );
+    assert!(fetch_seqs(store, b, late).await.is_empty());
+    let seq = send(store, (s, sd[0]), b, b"after", T0).await;
+    assert_eq!(seq, 4);
+    assert_eq!(fetch_seqs(store, b, late).await, vec![4]);
+    assert_eq!(fetch_seqs(store, b, devs[0]).await, vec![1, 2, 3, 4]);
+}
+
+async fn messages_reach_every_device_and_are_deleted_when_all_acked(store: &Store) {
+    let (b, d) = new_box(store, 2).await;
+    let (s, sd) = new_box(store, 1).await;
+    for i in 1..=3u64 {
+        assert_eq!(send(store, (s, sd[0]), b, &[i as u8; 10], T0).await, i);
+    }
+    for dev in &d {
+        let f = store.fetch(b, *dev, FetchLimits::default()).await.unwrap();
+        assert_eq!(
+            f.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(f.envelopes[1].envelope.payload, vec![2u8; 10]);
+        assert_eq!(f.last_seq, 3);
+        assert!(!f.more());
+    }
+    let acked = store.ack(b, d[0], 3, T0).await.unwrap();
+    assert_eq!(
+        (acked.acked, acked.deleted),
+        (3, 0),
+        "the other device still needs them"
+    );
+    assert_eq!(queue_len(store, b).await, 3);
+    assert!(fetch_seqs(store, b, d[0]).await.is_empty());
+    let acked = store.ack(b, d[1], 2, T0).await.unwrap();
+    assert_eq!(acked.deleted, 2);
+    assert_eq!(fetch_seqs(store, b, d[1]).await, vec![3]);
+    store.ack(b, d[1], 3, T0).await.unwrap();
+    assert_eq!(queue_len(store, b).await, 0);
+    // Sequence numbers keep growing after cleanup.
+    assert_eq!(send(store, (s, sd[0]), b, b"x", T0).await, 4);
+}
+
+async fn retried_sends_are_answered_from_dedup(store: &Store) {
+    let (b, _) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let env = envelope(s, sd[0], v, b"hello");
+    let first = store
+        .enqueue(b, std::slice::from_ref(&env), T0)
+        .await
+        .unwrap();
+    let again = store
+        .enqueue(b, std::slice::from_ref(&env), T0 + 1000)
+        .await
+        .unwrap();
+    let (first, again) = (first[0].as_ref().unwrap(), again[0].as_ref().unwrap());
+    assert_eq!(first.seq, again.seq);
+    assert!(!first.duplicate && again.duplicate);
+    // Duplicates inside one batch get the same sequence number too.
+    let other = envelope(s, sd[0], v, b"second");
+    let batch = store
+        .enqueue(b, &[other.clone(), other.clone()], T0)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = batch.iter().map(|r| r.as_ref().unwrap().seq).collect();
+    assert_eq!(seqs, vec![2, 2]);
+    assert_eq!(queue_len(store, b).await, 2);
+    // The same message id from another device is a different message.
+    let mut from_other_device = env.clone();
+    from_other_device.sender_device = DeviceId::new();
+    let out = store.enqueue(b, &[from_other_device], T0).await.unwrap();
+    assert_eq!(out[0].as_ref().unwrap().seq, 3);
+    // After the dedup window the record is swept and a resend is a new message.
+    let after_window = T0 + store.limits.dedup_window_ms + 1;
+    let swept = store.sweep(REGION, after_window, 100).await.unwrap();
+    assert!(swept.dedups >= 3, "{swept:?}");
+    let late = store.enqueue(b, &[env], after_window).await.unwrap();
+    assert_eq!(late[0].as_ref().unwrap().seq, 4);
+}
+
+async fn stale_device_lists_are_rejected_with_the_current_list(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let old = version(store, b).await;
+    let added = DeviceId::new();
+    transact!(store, |txn| {
+        devices::add(txn, &store.limits, b, added, &device_record(), T0).await?;
+        devices::authorize(txn, b, added, T0).await
+    })
+    .unwrap();
+    let out = store
+        .enqueue(b, &[envelope(s, sd[0], old, b"x")], T0)
+        .await
+        .unwrap();
+    match &out[0] {
+        Err(Error::StaleDeviceList {
+            box_id,
+            version,
+            devices,
+        }) => {
+            assert_eq!(*box_id, b);
+            assert!(*version > old);
+            let got: BTreeSet<_> = devices.iter().copied().collect();
+            assert_eq!(got, BTreeSet::from([d[0], added]));
+        }
+        other => panic!("expected StaleDeviceList, got {other:?}"),
+    }
+    assert_eq!(queue_len(store, b).await, 0, "nothing was enqueued");
+}
+
+async fn acks_are_monotonic_idempotent_and_bounded(store: &Store) {
+    let (b, d) = new_box(store, 2).await;
+    let (s, sd) = new_box(store, 1).await;
+    for i in 0..5u8 {
+        send(store, (s, sd[0]), b, &[i], T0).await;
+    }
+    assert_eq!(store.ack(b, d[0], 3, T0).await.unwrap().acked, 3);
+    assert_eq!(
+        store.ack(b, d[0], 2, T0).await.unwrap().acked,
+        3,
+        "never backwards"
+    );
+    assert_eq!(
+        store.ack(b, d[0], 3, T0).await.unwrap().acked,
+        3,
+        "idempotent"
+    );
+    match store.ack(b, d[0], 6, T0).await {
+        Err(Error::AckBeyondLast {
+            requested: 6,
+            last: 5,
+        }) => {}
+        other => panic!("expected AckBeyondLast, got {other:?}"),
+    }
+    assert_eq!(
+        fetch_seqs(store, b, d[0]).await,
+        vec![4, 5],
+        "a rejected ack changes nothing"
+    );
+    assert!(matches!(
+        store.ack(b, DeviceId::new(), 1, T0).await,
+        Err(Error::DeviceNotFound)
+    ));
+}
+
+async fn removing_a_device_deletes_its_pointer_and_frees_the_queue(store: &Store) {
+    let (b, d) = new_box(store, 2).await;
+    let (s, sd) = new_box(store, 1).await;
+    for i in 0..4u8 {
+        send(store, (s, sd[0]), b, &[i], T0).await;
+    }
+    store.ack(b, d[0], 4, T0).await.unwrap();
+    assert_eq!(
+        queue_len(store, b).await,
+        4,
+        "the lagging device keeps them"
+    );
+    let v = transact!(store, |txn| devices::remove(txn, &store.limits, b, d[1])
+        .await)
+    .unwrap();
+    assert!(v > 0);
+    assert_eq!(queue_len(store, b).await, 0, "nobody needs them anymore");
+    assert!(matches!(
+        store.fetch(b, d[1], FetchLimits::default()).await,
+        Err(Error::DeviceNotFound)
+    ));
+    let pointers = transact!(store, |txn| devices::pointers(txn, b).await).unwrap();
+    assert_eq!(
+        pointers.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![d[0]]
+    );
+    let err = transact!(store, |txn| devices::remove(txn, &store.limits, b, d[1])
+        .await)
+    .unwrap_err();
+    assert!(matches!(err, Error::DeviceNotFound));
+}
+
+async fn retention_expires_messages_and_reports_gaps(store: &Store) {
+    let (b, d) = new_box(store, 2).await;
+    let (s, sd) = new_box(store, 1).await;
+    send(store, (s, sd[0]), b, b"old-1", T0).await;
+    send(store, (s, sd[0]), b, b"old-2", T0 + 10).await;
+    let later = T0 + store.limits.retention_ms / 2;
+    send(store, (s, sd[0]), b, b"new", later).await;
+    store.ack(b, d[0], 3, T0).await.unwrap();
+    let sweep_at = T0 + store.limits.retention_ms + 100;
+    let swept = store.sweep(REGION, sweep_at, 1).await.unwrap();
+    assert_eq!(swept.envelopes, 2, "{swept:?}");
+    let f = store.fetch(b, d[1], FetchLimits::default()).await.unwrap();
+    assert_eq!(f.gap, Some(queue::Gap { from: 1, to: 2 }));
+    assert_eq!(
+        f.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![3]
+    );
+    // Acknowledging inside the expired range is valid and closes the gap.
+    store.ack(b, d[1], 2, T0).await.unwrap();
+    let f = store.fetch(b, d[1], FetchLimits::default()).await.unwrap();
+    assert_eq!(f.gap, None);
+    // A second sweep finds nothing more to do.
+    assert_eq!(
+        store.sweep(REGION, sweep_at, 10).await.unwrap().envelopes,
+        0
+    );
+}
+
+async fn fetch_is_bounded_by_count_and_bytes(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    for _ in 0..10 {
+        send(store, (s, sd[0]), b, &[0; 100], T0).await;
+    }
+    let f = store
+        .fetch(
+            b,
+            d[0],
+            FetchLimits {
+                max_count: 4,
+                max_bytes: 1 << 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.envelopes.len(), 4);
+    assert!(f.more());
+    let f = store
+        .fetch(
+            b,
+            d[0],
+            FetchLimits {
+                max_count: 100,
+                max_bytes: 250,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.envelopes.len(), 2);
+    let f = store
+        .fetch(
+            b,
+            d[0],
+            FetchLimits {
+                max_count: 100,
+                max_bytes: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.envelopes.len(),
+        1,
+        "one envelope always fits, so a device makes progress"
+    );
+    let f = store
+        .fetch(
+            b,
+            d[0],
+            FetchLimits {
+                max_count: 0,
+                max_bytes: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(f.envelopes.is_empty());
+}
+
+async fn key_packages_are_claimed_once_then_last_resort(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let packages: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 50]).collect();
+    let n = transact!(store, |txn| {
+        keypackages::publish(txn, &store.limits, b, d[0], &packages, Some(&[9; 50]), T0).await
+    })
+    .unwrap();
+    assert_eq!(n, 3);
+    // Publishing the same package again stores it once.
+    let n = transact!(store, |txn| {
+        keypackages::publish(txn, &store.limits, b, d[0], &packages[..1], None, T0).await
+    })
+    .unwrap();
+    assert_eq!(n, 3);
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let c = transact!(store, |txn| keypackages::claim(txn, b, d[0]).await)
+            .unwrap()
+            .unwrap();
+        assert!(!c.last_resort);
+        assert!(seen.insert(c.data));
+    }
+    for _ in 0..2 {
+        let c = transact!(store, |txn| keypackages::claim(txn, b, d[0]).await)
+            .unwrap()
+            .unwrap();
+        assert!(c.last_resort);
+        assert_eq!(c.data, vec![9; 50]);
+    }
+    let all = transact!(store, |txn| keypackages::claim_for_box(txn, b).await).unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+async fn concurrent_claims_never_hand_out_a_package_twice(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let packages: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 20]).collect();
+    transact!(store, |txn| {
+        keypackages::publish(txn, &store.limits, b, d[0], &packages, Some(&[99; 20]), T0).await
+    })
+    .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        let dev = d[0];
+        tasks.push(tokio::spawn(async move {
+            transact!(store, |txn| keypackages::claim(txn, b, dev).await)
+        }));
+    }
+    let mut regular = Vec::new();
+    let mut last_resort = 0;
+    for t in tasks {
+        let c = t.await.unwrap().unwrap().unwrap();
+        if c.last_resort {
+            last_resort += 1
+        } else {
+            regular.push(c.data)
+        }
+    }
+    let distinct: BTreeSet<_> = regular.iter().cloned().collect();
+    assert_eq!(
+        distinct.len(),
+        regular.len(),
+        "a package was handed out twice"
+    );
+    assert_eq!(regular.len(), 10);
+    assert_eq!(last_resort, 6);
+}
+
+async fn settings_control_who_may_send(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (friend, fd) = new_box(store, 1).await;
+    let (stranger, sd) = new_box(store, 1).await;
+    let contacts_only = SettingsUpdate {
+        accept_from: Some(AcceptFrom::Contacts),
+        ..SettingsUpdate::default()
+    };
+    transact!(store, |txn| {
+        accounts::update_settings(txn, &store.limits, b, &contacts_only, T0).await
+    })
+    .unwrap();
+    transact!(store, |txn| contacts::add(
+        txn,
+        Relationship::Contact,
+        b,
+        friend,
+        T0
+    )
+    .await)
+    .unwrap();
+    let v = version(store, b).await;
+    let out = store
+        .enqueue(
+            b,
+            &[
+                envelope(friend, fd[0], v, b"hi"),
+                envelope(stranger, sd[0], v, b"spam"),
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(out[0].is_ok());
+    assert!(matches!(out[1], Err(Error::RecipientUnavailable)));
+    transact!(store, |txn| contacts::add(
+        txn,
+        Relationship::Block,
+        b,
+        friend,
+        T0
+    )
+    .await)
+    .unwrap();
+    let out = store
+        .enqueue(b, &[envelope(friend, fd[0], v, b"hi")], T0)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+    // The owner's own devices can always write to their box.
+    let out = store
+        .enqueue(b, &[envelope(b, d[0], v, b"note to self")], T0)
+        .await
+        .unwrap();
+    assert!(out[0].is_ok());
+    let blocked = transact!(store, |txn| contacts::list(txn, Relationship::Block, b, 10)
+        .await)
+    .unwrap();
+    assert_eq!(blocked, vec![friend]);
+    assert!(
+        transact!(store, |txn| contacts::remove(
+            txn,
+            Relationship::Block,
+            b,
+            friend
+        )
+        .await)
+        .unwrap()
+    );
+}
+
+async fn account_deletion_removes_everything(store: &Store) {
+    let (b, d) = new_box(store, 2).await;
+    let (s, sd) = new_box(store, 1).await;
+    let h = &store.hasher;
+    let id = Identifier::email("gone@example.com").unwrap();
+    transact!(store, |txn| lookup::bind(txn, h, &id, b, T0).await).unwrap();
+    transact!(store, |txn| {
+        keypackages::publish(
+            txn,
+            &store.limits,
+            b,
+            d[0],
+            &[vec![1; 10]],
+            Some(&[2; 10]),
+            T0,
+        )
+        .await
+    })
+    .unwrap();
+    for i in 0..50u8 {
+        send(store, (s, sd[0]), b, &[i], T0).await;
+    }
+    store.delete_account(b, T0).await.unwrap();
+    assert_eq!(
+        transact!(store, |txn| lookup::resolve(txn, h, &id, T0).await).unwrap(),
+        None
+    );
+    let v = version(store, s).await;
+    let out = store
+        .enqueue(b, &[envelope(s, sd[0], v, b"x")], T0)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+    assert!(
+        transact!(store, |txn| accounts::pending_purges(txn, REGION, 10).await)
+            .unwrap()
+            .is_empty()
+    );
+    // The identifier is free again.
+    transact!(store, |txn| lookup::bind(txn, h, &id, s, T0).await).unwrap();
+    assert!(matches!(
+        store.delete_account(b, T0).await,
+        Err(Error::BoxNotFound)
+    ));
+}
+
+async fn interrupted_purges_are_resumed(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    for i in 0..20u8 {
+        send(store, (s, sd[0]), b, &[i], T0).await;
+    }
+    // Only the deletion transaction runs, as if the process died before purging.
+    transact!(store, |txn| accounts::delete_account(
+        txn,
+        &store.limits,
+        b,
+        T0
+    )
+    .await)
+    .unwrap();
+    // Already invisible: the device is gone and the profile reads as absent.
+    assert!(matches!(
+        store.fetch(b, d[0], FetchLimits::default()).await,
+        Err(Error::DeviceNotFound)
+    ));
+    assert_eq!(
+        transact!(store, |txn| accounts::profile(txn, b).await).unwrap(),
+        None
+    );
+    assert_eq!(store.resume_purges(REGION).await.unwrap(), 1);
+    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+}
+
+async fn deletion_racing_with_sends_leaves_nothing_behind(store: &Store) {
+    let (b, _) = new_box(store, 2).await;
+    let (s, sd) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        let dev = sd[0];
+        senders.push(tokio::spawn(async move {
+            for i in 0..20u8 {
+                let out = store.enqueue(b, &[envelope(s, dev, v, &[i])], T0).await;
+                match out.as_deref() {
+                    Ok([Ok(_)]) => {}
+                    Ok([Err(Error::RecipientUnavailable)])
+                    | Ok([Err(Error::StaleDeviceList { .. })]) => break,
+                    Err(Error::RetriesExhausted { .. }) => {}
+                    other => panic!("unexpected send outcome {other:?}"),
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    tokio::task::yield_now().await;
+    store.delete_account(b, T0).await.unwrap();
+    for t in senders {
+        t.await.unwrap();
+    }
+    assert!(
+        !transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap(),
+        "a send committed into a box being deleted"
+    );
+}
+
+async fn bad_input_is_rejected_and_changes_nothing(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let limits = Limits::default();
+    let v = version(store, b).await;
+    let big = vec![0u8; limits.max_payload_bytes + 1];
+    let out = store
+        .enqueue(b, &[envelope(s, sd[0], v, &big)], T0)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(Error::Invalid(_))));
+    assert_eq!(queue_len(store, b).await, 0);
+    let err = transact!(store, |txn| {
+        keypackages::publish(txn, &store.limits, b, d[0], &[vec![]], None, T0).await
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)));
+    let err = transact!(store, |txn| devices::add(
+        txn,
+        &store.limits,
+        b,
+        d[0],
+        &device_record(),
+        T0
+    )
+    .await)
+    .unwrap_err();
+    assert!(matches!(err, Error::DeviceExists(_)));
+    let err = transact!(store, |txn| accounts::create_box(txn, b, T0).await).unwrap_err();
+    assert!(matches!(err, Error::BoxExists(_)));
+    let unknown = BoxId::new(REGION);
+    let out = store
+        .enqueue(unknown, &[envelope(s, sd[0], 1, b"x")], T0)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+    let huge_profile = SettingsUpdate {
+        encrypted_profile: Some(vec![0; limits.max_profile_bytes + 1]),
+        ..SettingsUpdate::default()
+    };
+    let err = transact!(store, |txn| {
+        accounts::update_settings(txn, &store.limits, b, &huge_profile, T0).await
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)));
+    let mut limits_small = store.limits.clone();
+    limits_small.max_devices_per_box = 1;
+    let err = transact!(store, |txn| {
+        devices::add(txn, &limits_small, b, DeviceId::new(), &device_record(), T0).await
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::QuotaExceeded(_)));
+}
