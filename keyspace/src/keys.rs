@@ -6,6 +6,7 @@
 //! ```text
 //! 0x01 global data
 //!   0x01 0x01 <pepper version u32> <digest 32>            lookup: identifier -> box
+//!   0x01 0x02 <pepper version u32> <digest 32>            pending registration of an identifier
 //! 0x02 <region u16> regional data (one contiguous range per region)
 //!   0x01 <box 16> <table>...                              everything of one box
 //!        0x01                                             profile
@@ -35,6 +36,7 @@ const GLOBAL: u8 = 0x01;
 const REGIONAL: u8 = 0x02;
 
 const GLOBAL_LOOKUP: u8 = 0x01;
+const GLOBAL_REGISTRATION: u8 = 0x02;
 
 const REGION_BOX: u8 = 0x01;
 const REGION_EXPIRY: u8 = 0x02;
@@ -112,6 +114,14 @@ pub enum ExpiryEntry {
 pub enum Key {
     /// Inbox lookup: keyed hash of a normalised identifier -> box.
     Lookup {
+        /// Which pepper produced the digest.
+        pepper_version: u32,
+        /// HMAC-SHA-256 of the identifier.
+        digest: [u8; 32],
+    },
+    /// A pending registration (verification code) of an identifier, by its lookup
+    /// digest.
+    Registration {
         /// Which pepper produced the digest.
         pepper_version: u32,
         /// HMAC-SHA-256 of the identifier.
@@ -198,6 +208,15 @@ impl Key {
                 out.extend_from_slice(&digest);
                 out
             }
+            Key::Registration {
+                pepper_version,
+                digest,
+            } => {
+                let mut out = vec![GLOBAL, GLOBAL_REGISTRATION];
+                out.extend_from_slice(&pepper_version.to_be_bytes());
+                out.extend_from_slice(&digest);
+                out
+            }
             Key::Profile(b) => table_prefix(b, Table::Profile),
             Key::Device(b, d) => with(table_prefix(b, Table::Device), &[d.as_bytes()]),
             Key::Pointer(b, d) => with(table_prefix(b, Table::Pointer), &[d.as_bytes()]),
@@ -256,6 +275,10 @@ impl Key {
         let key = match r.u8()? {
             GLOBAL => match r.u8()? {
                 GLOBAL_LOOKUP => Key::Lookup {
+                    pepper_version: r.u32()?,
+                    digest: r.array()?,
+                },
+                GLOBAL_REGISTRATION => Key::Registration {
                     pepper_version: r.u32()?,
                     digest: r.array()?,
                 },
@@ -472,6 +495,12 @@ mod tests {
                 pepper_version,
                 digest
             }),
+            (any::<u32>(), any::<[u8; 32]>()).prop_map(|(pepper_version, digest)| {
+                Key::Registration {
+                    pepper_version,
+                    digest,
+                }
+            }),
             any_box().prop_map(Key::Profile),
             (any_box(), any_device()).prop_map(|(b, d)| Key::Device(b, d)),
             (any_box(), any_device()).prop_map(|(b, d)| Key::Pointer(b, d)),
@@ -543,7 +572,7 @@ mod tests {
         fn every_box_key_lies_in_its_region_and_box_range(key in any_key()) {
             let bytes = key.encode();
             let home = match key {
-                Key::Lookup { .. } => {
+                Key::Lookup { .. } | Key::Registration { .. } => {
                     prop_assert!(global_range().contains(&bytes));
                     return Ok(());
                 }

@@ -38,6 +38,14 @@ impl LookupDigest {
             digest: self.digest,
         }
     }
+
+    /// The key of a pending registration of the identifier with this digest.
+    pub fn registration_key(&self) -> Key {
+        Key::Registration {
+            pepper_version: self.version,
+            digest: self.digest,
+        }
+    }
 }
 
 impl fmt::Debug for LookupDigest {

@@ -14,6 +14,7 @@
 //! (concurrent enqueue tasks, default 64). The last line of stdout is
 //! `storage-bench enqueue_durable_per_s=<N> enqueue_nosync_per_s=<M> ratio=<N/M>`.
 
+use async_trait::async_trait;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rossby_keyspace::{BoxId, DeviceId, LookupHasher, MessageId, Pepper, RegionId};
@@ -22,13 +23,15 @@ use rossby_storage::kv::retry::Retry;
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
 use rossby_storage::tables::records::Device;
 use rossby_storage::tables::{Store, accounts, devices};
-use rossby_storage::{Error, Kv, transact};
+use rossby_storage::{
+    Error, Key, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value, transact,
+};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tempfile::TempDir;
 
@@ -100,8 +103,153 @@ struct Target {
 /// store (and its syncer) is closed before the directory is removed.
 struct BenchStore {
     fjall: Arc<FjallStore>,
+    timing: Arc<Timing>,
     store: Store,
     _dir: TempDir,
+}
+
+/// Where transactions spend their time, summed over all transactions (nanoseconds).
+/// Filled by [`Timed`], a pass-through wrapper around the fjall store.
+#[derive(Default)]
+struct Timing {
+    begins: AtomicU64,
+    begin_ns: AtomicU64,
+    /// The first read of a transaction: on fjall with group commit it first waits
+    /// until the snapshot the transaction reads is durable.
+    first_reads: AtomicU64,
+    first_read_ns: AtomicU64,
+    /// Commits of transactions that wrote (they wait for the group sync).
+    write_commits: AtomicU64,
+    write_commit_ns: AtomicU64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct TimingSnapshot {
+    begins: u64,
+    begin_ns: u64,
+    first_reads: u64,
+    first_read_ns: u64,
+    write_commits: u64,
+    write_commit_ns: u64,
+}
+
+impl Timing {
+    fn snapshot(&self) -> TimingSnapshot {
+        TimingSnapshot {
+            begins: self.begins.load(Ordering::Relaxed),
+            begin_ns: self.begin_ns.load(Ordering::Relaxed),
+            first_reads: self.first_reads.load(Ordering::Relaxed),
+            first_read_ns: self.first_read_ns.load(Ordering::Relaxed),
+            write_commits: self.write_commits.load(Ordering::Relaxed),
+            write_commit_ns: self.write_commit_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn add_elapsed(count: &AtomicU64, sum: &AtomicU64, since: Instant) {
+    count.fetch_add(1, Ordering::Relaxed);
+    sum.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// A pass-through store that times `begin`, the first read and write commits.
+struct Timed {
+    inner: Arc<FjallStore>,
+    timing: Arc<Timing>,
+}
+
+#[async_trait]
+impl KvStore for Timed {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn begin(&self) -> rossby_storage::Result<Box<dyn Transaction>> {
+        let started = Instant::now();
+        let inner = self.inner.begin().await?;
+        add_elapsed(&self.timing.begins, &self.timing.begin_ns, started);
+        Ok(Box::new(TimedTxn {
+            inner,
+            timing: Arc::clone(&self.timing),
+            read: false,
+            wrote: false,
+        }))
+    }
+}
+
+struct TimedTxn {
+    inner: Box<dyn Transaction>,
+    timing: Arc<Timing>,
+    read: bool,
+    wrote: bool,
+}
+
+impl TimedTxn {
+    fn first_read_done(&mut self, started: Instant) {
+        if !self.read {
+            self.read = true;
+            add_elapsed(
+                &self.timing.first_reads,
+                &self.timing.first_read_ns,
+                started,
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl Transaction for TimedTxn {
+    async fn get(&mut self, key: &[u8]) -> rossby_storage::Result<Option<Value>> {
+        let started = Instant::now();
+        let value = self.inner.get(key).await;
+        self.first_read_done(started);
+        value
+    }
+
+    async fn scan(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+        order: ScanOrder,
+    ) -> rossby_storage::Result<Vec<KvPair>> {
+        let started = Instant::now();
+        let pairs = self.inner.scan(range, limit, order).await;
+        self.first_read_done(started);
+        pairs
+    }
+
+    async fn get_for_update(&mut self, key: &[u8]) -> rossby_storage::Result<Option<Value>> {
+        let started = Instant::now();
+        let value = self.inner.get_for_update(key).await;
+        self.first_read_done(started);
+        value
+    }
+
+    async fn put(&mut self, key: Key, value: Value) -> rossby_storage::Result<()> {
+        self.wrote = true;
+        self.inner.put(key, value).await
+    }
+
+    async fn delete(&mut self, key: Key) -> rossby_storage::Result<()> {
+        self.wrote = true;
+        self.inner.delete(key).await
+    }
+
+    async fn commit(self: Box<Self>) -> rossby_storage::Result<()> {
+        let started = Instant::now();
+        let result = self.inner.commit().await;
+        if self.wrote {
+            add_elapsed(
+                &self.timing.write_commits,
+                &self.timing.write_commit_ns,
+                started,
+            );
+        }
+        result
+    }
+
+    async fn rollback(self: Box<Self>) -> rossby_storage::Result<()> {
+        self.inner.rollback().await
+    }
 }
 
 fn open_store(durability: Durability) -> BenchStore {
@@ -109,7 +257,11 @@ fn open_store(durability: Durability) -> BenchStore {
     let mut config = FjallConfig::new(dir.path());
     config.durability = durability;
     let fjall = Arc::new(FjallStore::open(config).expect("open fjall store"));
-    let kv: Kv = fjall.clone();
+    let timing = Arc::new(Timing::default());
+    let kv: Kv = Arc::new(Timed {
+        inner: Arc::clone(&fjall),
+        timing: Arc::clone(&timing),
+    });
     let hasher = LookupHasher::new(
         vec![Pepper {
             version: 1,
@@ -120,6 +272,7 @@ fn open_store(durability: Durability) -> BenchStore {
     .expect("lookup hasher");
     BenchStore {
         fjall,
+        timing,
         store: Store::new(kv, hasher),
         _dir: dir,
     }
@@ -227,7 +380,8 @@ fn syncer_stats() -> Option<ThreadStats> {
         let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
             continue;
         };
-        if comm.trim() != SYNCER_THREAD {
+        // The kernel keeps the first 15 bytes of a thread name.
+        if comm.trim() != &SYNCER_THREAD[..SYNCER_THREAD.len().min(15)] {
             continue;
         }
         let schedstat = std::fs::read_to_string(path.join("schedstat")).ok()?;
@@ -253,44 +407,75 @@ struct Usage {
     cpu: Option<Duration>,
     syncer: Option<ThreadStats>,
     ticket: u64,
+    timing: TimingSnapshot,
 }
 
 impl Usage {
-    fn now(fjall: &FjallStore) -> Self {
+    fn now(bench: &BenchStore) -> Self {
         Usage {
             wall: Instant::now(),
             cpu: process_cpu(),
             syncer: syncer_stats(),
-            ticket: fjall.durable_ticket(),
+            ticket: bench.fjall.durable_ticket(),
+            timing: bench.timing.snapshot(),
         }
     }
 
-    fn report(&self, fjall: &FjallStore) -> String {
-        let end = Usage::now(fjall);
+    /// What happened since `self`, as indented report lines.
+    fn report(&self, bench: &BenchStore) -> String {
+        let end = Usage::now(bench);
         let wall = end.wall - self.wall;
-        let mut out = String::new();
+        let mut lines = Vec::new();
         if let (Some(a), Some(b)) = (self.cpu, end.cpu) {
             let cpu = b.saturating_sub(a);
-            out += &format!(
-                "process CPU {:.1} s in {:.1} s wall ({:.2} cores)",
+            lines.push(format!(
+                "process CPU {:.1} s in {:.1} s wall ({:.2} of {} cores)",
                 cpu.as_secs_f64(),
                 wall.as_secs_f64(),
-                cpu.as_secs_f64() / wall.as_secs_f64()
-            );
+                cpu.as_secs_f64() / wall.as_secs_f64(),
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ));
         }
+        let (a, b) = (self.timing, end.timing);
+        let avg = |n: u64, ns: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                ns as f64 / n as f64 / 1e6
+            }
+        };
+        lines.push(format!(
+            "transactions: {} begun (avg begin {:.3} ms), first read avg {:.3} ms (waits for \
+             a durable snapshot), {} write commits (avg commit {:.3} ms)",
+            b.begins - a.begins,
+            avg(b.begins - a.begins, b.begin_ns - a.begin_ns),
+            avg(
+                b.first_reads - a.first_reads,
+                b.first_read_ns - a.first_read_ns
+            ),
+            b.write_commits - a.write_commits,
+            avg(
+                b.write_commits - a.write_commits,
+                b.write_commit_ns - a.write_commit_ns
+            ),
+        ));
         if let (Some(a), Some(b)) = (self.syncer, end.syncer) {
             let switches = b.voluntary_switches - a.voluntary_switches;
             let commits = end.ticket - self.ticket;
-            out += &format!(
-                "; syncer thread CPU {:.2} s, {} voluntary context switches, {} durable \
-                 commits ({:.1} commits per syncer switch)",
+            lines.push(format!(
+                "syncer thread: CPU {:.2} s, {} voluntary context switches (at least one \
+                 per sync), {} commits made durable ({:.1} per switch)",
                 b.cpu.saturating_sub(a.cpu).as_secs_f64(),
                 switches,
                 commits,
                 commits as f64 / switches.max(1) as f64
-            );
+            ));
         }
-        out
+        lines
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -298,7 +483,7 @@ impl Usage {
 enum Recipients {
     /// A uniformly random box per envelope, through `Store::enqueue`.
     Uniform,
-    /// Always this box, through `transact_counted` so conflicts are visible.
+    /// Always this box, through the retry loop spelled out so conflicts are visible.
     Hot(usize),
 }
 
@@ -588,9 +773,7 @@ fn print_enqueue(label: &str, stats: &mut EnqueueStats, usage: String) {
         stats.measured.as_secs_f64(),
     );
     println!("  {}", stats.errors_summary());
-    if !usage.is_empty() {
-        println!("  {usage}");
-    }
+    println!("{usage}");
 }
 
 async fn run(config: &Config) -> (f64, f64) {
@@ -605,7 +788,7 @@ async fn run(config: &Config) -> (f64, f64) {
         started.elapsed().as_secs_f64()
     );
 
-    let usage = Usage::now(&durable.fjall);
+    let usage = Usage::now(&durable);
     let mut enq_durable = enqueue_phase(
         &durable.store,
         &targets,
@@ -620,10 +803,10 @@ async fn run(config: &Config) -> (f64, f64) {
             config.tasks, config.boxes, PAYLOAD_BYTES
         ),
         &mut enq_durable,
-        usage.report(&durable.fjall),
+        usage.report(&durable),
     );
 
-    let usage = Usage::now(&durable.fjall);
+    let usage = Usage::now(&durable);
     let started = Instant::now();
     let drained = drain_phase(&durable.store, &targets, FETCH_TASKS).await;
     let elapsed = started.elapsed();
@@ -644,7 +827,7 @@ async fn run(config: &Config) -> (f64, f64) {
             format!("{:?}", drained.errors)
         }
     );
-    println!("  {}", usage.report(&durable.fjall));
+    println!("{}", usage.report(&durable));
     if drained.delivered != 2 * enq_durable.ok_total {
         println!(
             "  WARNING: expected {} deliveries, got {}",
@@ -653,7 +836,7 @@ async fn run(config: &Config) -> (f64, f64) {
         );
     }
 
-    let usage = Usage::now(&durable.fjall);
+    let usage = Usage::now(&durable);
     let mut hot = enqueue_phase(
         &durable.store,
         &targets,
@@ -665,7 +848,7 @@ async fn run(config: &Config) -> (f64, f64) {
     print_enqueue(
         &format!("[5] hot box (durable, {} tasks, one box)", config.tasks),
         &mut hot,
-        usage.report(&durable.fjall),
+        usage.report(&durable),
     );
     println!(
         "  {} transaction runs, {} conflicts ({:.2} conflicts per successful enqueue)",
@@ -684,7 +867,7 @@ async fn run(config: &Config) -> (f64, f64) {
         config.boxes,
         started.elapsed().as_secs_f64()
     );
-    let usage = Usage::now(&nosync.fjall);
+    let usage = Usage::now(&nosync);
     let mut enq_nosync = enqueue_phase(
         &nosync.store,
         &targets,
@@ -696,7 +879,7 @@ async fn run(config: &Config) -> (f64, f64) {
     print_enqueue(
         &format!("[3] no-sync enqueue ({} tasks, uniform)", config.tasks),
         &mut enq_nosync,
-        usage.report(&nosync.fjall),
+        usage.report(&nosync),
     );
     drop(nosync);
 

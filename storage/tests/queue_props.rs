@@ -17,8 +17,12 @@
 //! 5. no fetch reports a gap (nothing expires here).
 //!
 //! The proptest cases and the fixed schedule run on the memory backend (snapshot
-//! isolation, like TiKV); one fixed schedule also runs on fjall (serializable).
-//! No assertion depends on timing: pauses only vary the interleavings.
+//! isolation, like TiKV), usually through [`JitterKv`], which yields inside
+//! transactions so that transactions of different tasks overlap often; one fixed
+//! schedule also runs on fjall (serializable). Two deterministic tests pin down
+//! the interleaving in which snapshot isolation allows write skew between acks
+//! (and between an ack and a device removal). No assertion depends on timing:
+//! pauses and yields only vary the interleavings.
 
 use async_trait::async_trait;
 use proptest::prelude::*;
@@ -28,7 +32,9 @@ use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::tables::queue::{Acked, Delivered, FetchLimits, Fetched, NewEnvelope};
 use rossby_storage::tables::records::{Device, Pointer, QueueHead, StoredEnvelope};
 use rossby_storage::tables::{self, Store, accounts, devices, queue};
-use rossby_storage::{Error, Kv, KvPair, KvRange, KvStore, Result, ScanOrder, Transaction, Value};
+use rossby_storage::{
+    Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder, Transaction, Value,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -193,7 +199,7 @@ fn plan_strategy() -> impl Strategy<Value = Plan> {
         prop::collection::vec(churn_strategy(), 0..=6),
         prop_oneof![
             1 => Just(None),
-            3 => (any::<u64>(), 1u8..=3).prop_map(Some),
+            3 => (any::<u64>(), 1u8..=4).prop_map(Some),
         ],
     )
         .prop_map(|(stable, senders, churn, jitter)| Plan {
@@ -204,8 +210,9 @@ fn plan_strategy() -> impl Strategy<Value = Plan> {
         })
 }
 
-/// A fixed, larger schedule: three stable devices, four senders with 30 messages
-/// each, and churn that adds three devices (one way each) and removes two.
+/// A fixed, larger schedule: three stable devices, four senders with
+/// `messages_per_sender` messages each, and churn that adds three devices (one
+/// way each) and removes two.
 fn fixed_plan(messages_per_sender: usize) -> Plan {
     let actions = [
         AckAction::Ack,
@@ -304,6 +311,105 @@ macro_rules! txn {
             }
         }
     }};
+}
+
+/// A store that yields to the scheduler a pseudo-random number of times before
+/// every operation of its transactions, so that transactions of different tasks
+/// overlap far more often than they would on the (fast) memory backend.
+struct JitterKv {
+    inner: Kv,
+    max_yields: u8,
+    seed: AtomicU64,
+}
+
+impl JitterKv {
+    fn wrap(inner: Kv, seed: u64, max_yields: u8) -> Kv {
+        Arc::new(JitterKv {
+            inner,
+            max_yields,
+            seed: AtomicU64::new(seed),
+        })
+    }
+}
+
+#[async_trait]
+impl KvStore for JitterKv {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        let state = self
+            .seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            | 1;
+        let inner = self.inner.begin().await?;
+        Ok(Box::new(JitterTxn {
+            inner,
+            state,
+            max_yields: self.max_yields,
+        }))
+    }
+}
+
+struct JitterTxn {
+    inner: Box<dyn Transaction>,
+    state: u64,
+    max_yields: u8,
+}
+
+impl JitterTxn {
+    async fn jitter(&mut self) {
+        // xorshift64
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        for _ in 0..self.state % (u64::from(self.max_yields) + 1) {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Transaction for JitterTxn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        self.jitter().await;
+        self.inner.get(key).await
+    }
+
+    async fn scan(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+        order: ScanOrder,
+    ) -> Result<Vec<KvPair>> {
+        self.jitter().await;
+        self.inner.scan(range, limit, order).await
+    }
+
+    async fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        self.jitter().await;
+        self.inner.get_for_update(key).await
+    }
+
+    async fn put(&mut self, key: RawKey, value: Value) -> Result<()> {
+        self.jitter().await;
+        self.inner.put(key, value).await
+    }
+
+    async fn delete(&mut self, key: RawKey) -> Result<()> {
+        self.jitter().await;
+        self.inner.delete(key).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.jitter().await;
+        self.inner.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.inner.rollback().await
+    }
 }
 
 async fn backoff(attempt: usize) {
@@ -760,6 +866,27 @@ async fn noop_ack(
     log.observe_pointer(acked.acked);
 }
 
+/// Fetches and acknowledges everything up to `last` (no more messages come).
+async fn drain(store: Store, box_id: BoxId, device: DeviceId, start: u64, last: u64) -> FetchLog {
+    let mut log = FetchLog::default();
+    let mut pointer = start;
+    loop {
+        let fetched = fetch(&store, box_id, device, 3).await;
+        log.observe_fetch(start, pointer, &fetched);
+        assert_eq!(fetched.last_seq, last);
+        let Some(target) = fetched.envelopes.last().map(|d| d.seq) else {
+            break;
+        };
+        let acked = ack(&store, box_id, device, target).await;
+        assert_eq!(acked.acked, target);
+        log.observe_pointer(acked.acked);
+        pointer = target;
+        noop_ack(&store, box_id, device, target, pointer, &mut log).await;
+    }
+    assert_eq!(pointer, last, "device {device:?} did not get to the end");
+    log
+}
+
 /// Fetches and acknowledges until the senders are done and everything is acked.
 async fn run_fetcher(
     store: Store,
@@ -815,6 +942,10 @@ async fn run_fetcher(
 // ---------------------------------------------------------------------------
 
 async fn run_scenario(kv: Kv, plan: Plan) {
+    let kv = match plan.jitter {
+        Some((seed, max_yields)) => JitterKv::wrap(kv, seed, max_yields),
+        None => kv,
+    };
     let store = store_on(kv);
     let b = BoxId::new(RegionId(1));
     let stable = create_box_with_devices(&store, b, plan.stable.len()).await;
@@ -929,7 +1060,20 @@ async fn run_scenario(kv: Kv, plan: Plan) {
     }
 
     // 3. Temporary devices still present receive exactly what came after their
-    // starting pointer, encrypted for a list that included them.
+    // starting pointer, encrypted for a list that included them. They fetch and
+    // acknowledge everything at the same time, so their final acks overlap too.
+    let drains: Vec<_> = temps
+        .iter()
+        .filter(|t| t.removed_at_version.is_none())
+        .map(|t| {
+            let handle = tokio::spawn(drain(store.clone(), b, t.id, t.added.pointer, last));
+            (t.id, handle)
+        })
+        .collect();
+    let mut drained = BTreeMap::new();
+    for (id, handle) in drains {
+        drained.insert(id, join(handle).await);
+    }
     for t in &temps {
         if t.removed_at_version.is_some() {
             let err = store
@@ -939,23 +1083,8 @@ async fn run_scenario(kv: Kv, plan: Plan) {
             assert!(matches!(err, Error::DeviceNotFound), "{err:?}");
             continue;
         }
-        let mut log = FetchLog::default();
+        let log = &drained[&t.id];
         let start = t.added.pointer;
-        let mut pointer = start;
-        loop {
-            let fetched = fetch(&store, b, t.id, 3).await;
-            log.observe_fetch(start, pointer, &fetched);
-            assert_eq!(fetched.last_seq, last);
-            let Some(target) = fetched.envelopes.last().map(|d| d.seq) else {
-                break;
-            };
-            let acked = ack(&store, b, t.id, target).await;
-            assert_eq!(acked.acked, target);
-            log.observe_pointer(acked.acked);
-            pointer = target;
-            noop_ack(&store, b, t.id, target, pointer, &mut log).await;
-        }
-        assert_eq!(pointer, last, "temporary device {t:?}");
         let seqs: Vec<u64> = log.received.iter().map(|d| d.seq).collect();
         assert_eq!(
             seqs,
@@ -1045,12 +1174,38 @@ async fn send_sequentially(store: &Store, box_id: BoxId, n: usize) -> u64 {
     last
 }
 
-/// Two devices acknowledge the last message in transactions that overlap (both
-/// begin before either commits), after everything below was already deleted.
+/// Runs two table operations in transactions that overlap (both begin before
+/// either commits), commits the first and then the second; if the second
+/// conflicts, re-runs it alone. This is the interleaving in which snapshot
+/// isolation allows write skew.
+async fn overlapping<A, B>(store: &Store, first: A, second: B)
+where
+    A: AsyncFnOnce(&mut dyn Transaction) -> Result<()>,
+    B: AsyncFn(&mut dyn Transaction) -> Result<()>,
+{
+    let mut t1 = store.kv.begin().await.expect("begin");
+    let mut t2 = store.kv.begin().await.expect("begin");
+    first(t1.as_mut()).await.expect("first operation");
+    second(t2.as_mut()).await.expect("second operation");
+    t1.commit().await.expect("first commit");
+    match t2.commit().await {
+        Ok(()) => {}
+        Err(Error::Conflict(_)) => {
+            txn!(store, |txn| second(txn).await).expect("second operation, re-run");
+        }
+        Err(err) => panic!("second commit: {err:?}"),
+    }
+}
+
+/// Two devices acknowledge the last message in overlapping transactions, after
+/// everything below their pointers was already deleted. Each sees the other's old
+/// pointer; unless the two conflict, neither deletes anything and envelopes every
+/// device acknowledged stay until they expire.
 #[test]
 fn overlapping_final_acks_of_two_devices_leave_nothing_behind() {
     runtime().block_on(async {
         let store = store_on(Arc::new(MemoryStore::new()));
+        let limits = &store.limits;
         let b = BoxId::new(RegionId(1));
         let devs = create_box_with_devices(&store, b, 2).await;
         let (d1, d2) = (devs[0].0, devs[1].0);
@@ -1068,24 +1223,50 @@ fn overlapping_final_acks_of_two_devices_leave_nothing_behind() {
             (6..=last).collect::<Vec<_>>()
         );
 
-        let mut t1 = store.kv.begin().await.unwrap();
-        let mut t2 = store.kv.begin().await.unwrap();
-        let a1 = queue::ack(t1.as_mut(), &store.limits, b, d1, last, NOW_MS)
-            .await
-            .unwrap();
-        let a2 = queue::ack(t2.as_mut(), &store.limits, b, d2, last, NOW_MS)
-            .await
-            .unwrap();
-        let c1 = t1.commit().await;
-        let c2 = t2.commit().await;
-        eprintln!("a1 {a1:?} a2 {a2:?} c1 {c1:?} c2 {c2:?}");
-        if let Err(Error::Conflict(_)) = c2 {
-            ack(&store, b, d2, last).await;
-        }
+        overlapping(
+            &store,
+            async |txn| queue::ack(txn, limits, b, d1, last, NOW_MS).await.map(drop),
+            async |txn| queue::ack(txn, limits, b, d2, last, NOW_MS).await.map(drop),
+        )
+        .await;
         let remaining = queue_entries(&store, b).await;
         assert!(
             remaining.is_empty(),
             "seqs {remaining:?} remain after both devices acknowledged {last}"
+        );
+    });
+}
+
+/// The same with a device acknowledging everything while the only other device is
+/// removed: each transaction sees the other device's old pointer.
+#[test]
+fn ack_overlapping_a_removal_leaves_nothing_behind() {
+    runtime().block_on(async {
+        let store = store_on(Arc::new(MemoryStore::new()));
+        let limits = &store.limits;
+        let b = BoxId::new(RegionId(1));
+        let devs = create_box_with_devices(&store, b, 2).await;
+        let (d1, d2) = (devs[0].0, devs[1].0);
+        let last = send_sequentially(&store, b, 10).await;
+        assert_eq!(ack(&store, b, d1, 5).await.acked, 5);
+        assert_eq!(
+            ack(&store, b, d2, 5).await,
+            Acked {
+                acked: 5,
+                deleted: 5
+            }
+        );
+
+        overlapping(
+            &store,
+            async |txn| queue::ack(txn, limits, b, d1, last, NOW_MS).await.map(drop),
+            async |txn| devices::remove(txn, limits, b, d2).await.map(drop),
+        )
+        .await;
+        let remaining = queue_entries(&store, b).await;
+        assert!(
+            remaining.is_empty(),
+            "seqs {remaining:?} remain after the only remaining device acknowledged {last}"
         );
     });
 }

@@ -1,0 +1,120 @@
+//! Settings of the API layer: authentication, verification codes, limits and rate
+//! limits. `config` fills them from the TOML file, flags and `ROSSBY_*` variables.
+
+use rossby_keyspace::RegionId;
+use rossby_protocol::hawk::ServiceName;
+use rossby_storage::tables::Limits;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where verification codes are sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifierSpec {
+    /// Log the code (development).
+    Log,
+    /// Append `<identifier> <code>` lines to a file (tests and demos).
+    File(PathBuf),
+    /// POST a JSON document to a URL (production; an SMS or e-mail service).
+    Webhook(String),
+}
+
+/// Token-bucket parameters: `per_second` sustained, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Sustained rate.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: f64,
+}
+
+/// Rate limits. Each can be raised for benchmarks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimits {
+    /// Authenticated requests per device.
+    pub per_device: Rate,
+    /// Requests per source IP address (authenticated or not).
+    pub per_ip: Rate,
+    /// Registration attempts (codes sent) per identifier.
+    pub registrations_per_identifier: Rate,
+    /// Contact lookups (RequestKey) per device.
+    pub discovery_per_device: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            per_device: Rate {
+                per_second: 50.0,
+                burst: 200.0,
+            },
+            per_ip: Rate {
+                per_second: 200.0,
+                burst: 1000.0,
+            },
+            registrations_per_identifier: Rate {
+                per_second: 3.0 / 3600.0,
+                burst: 3.0,
+            },
+            discovery_per_device: Rate {
+                per_second: 1.0,
+                burst: 100.0,
+            },
+        }
+    }
+}
+
+/// Settings of the API layer.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// This gateway's region (new boxes are homed here unless asked otherwise).
+    pub region: RegionId,
+    /// The service name requests are signed for.
+    pub service: ServiceName,
+    /// Secret from which device Hawk keys and verification-code hashes are derived
+    /// (at least 32 bytes). The same on every gateway of a deployment.
+    pub server_secret: Vec<u8>,
+    /// Allowed difference between a request's Hawk timestamp and the gateway clock.
+    pub hawk_skew: Duration,
+    /// How long a verification code is valid.
+    pub code_ttl: Duration,
+    /// Wrong codes allowed before a registration must start again.
+    pub code_max_attempts: u32,
+    /// Where codes are sent.
+    pub verifier: VerifierSpec,
+    /// Storage limits (payload size, devices, KeyPackages, retention, ...).
+    pub limits: Limits,
+    /// Most recipient boxes in one Send.
+    pub max_recipients_per_send: usize,
+    /// Largest frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most envelopes returned by one Fetch.
+    pub max_fetch_count: usize,
+    /// Most bytes returned by one Fetch.
+    pub max_fetch_bytes: usize,
+    /// Longest wait a Fetch may ask for.
+    pub max_fetch_wait: Duration,
+    /// Rate limits.
+    pub rate_limits: RateLimits,
+}
+
+impl ApiSettings {
+    /// Defaults for a single-region development gateway with the given secret.
+    pub fn with_secret(server_secret: Vec<u8>) -> Self {
+        ApiSettings {
+            region: RegionId(1),
+            service: ServiceName::default(),
+            server_secret,
+            hawk_skew: Duration::from_secs(120),
+            code_ttl: Duration::from_secs(600),
+            code_max_attempts: 5,
+            verifier: VerifierSpec::Log,
+            limits: Limits::default(),
+            max_recipients_per_send: 256,
+            max_frame_bytes: rossby_protocol::framing::DEFAULT_MAX_FRAME,
+            max_fetch_count: 500,
+            max_fetch_bytes: 4 * 1024 * 1024,
+            max_fetch_wait: Duration::from_secs(60),
+            rate_limits: RateLimits::default(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared cryptographic formats (filled in next).
