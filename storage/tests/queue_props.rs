@@ -281,36 +281,21 @@ fn fixed_plan(messages_per_sender: usize) -> Plan {
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Runs `$body` (an expression using `$txn: &mut dyn Transaction`, evaluating to
-/// `Result<T>`) in a transaction on `$store.kv`, committing on `Ok` and re-running
-/// everything on a conflict. Local so that these tests only rely on the `KvStore`
-/// and `Transaction` traits and the table functions.
+/// Runs `$body` in a transaction on `$store.kv` with a retry policy patient
+/// enough for the contention these tests create on purpose.
 macro_rules! txn {
-    ($store:expr, |$txn:ident| $body:expr) => {{
-        let kv: &dyn KvStore = &*$store.kv;
-        let mut attempt = 0usize;
-        loop {
-            attempt += 1;
-            assert!(attempt <= MAX_REISSUES, "a transaction kept conflicting");
-            let mut boxed = kv.begin().await.expect("begin");
-            let result: Result<_> = async {
-                let $txn: &mut dyn Transaction = &mut *boxed;
-                $body
-            }
-            .await;
-            let outcome = match result {
-                Ok(value) => boxed.commit().await.map(|()| value),
-                Err(err) => {
-                    boxed.rollback().await.expect("rollback");
-                    Err(err)
-                }
-            };
-            match outcome {
-                Err(Error::Conflict(_)) => backoff(attempt).await,
-                other => break other,
-            }
-        }
-    }};
+    ($store:expr, |$txn:ident| $body:expr) => {
+        rossby_storage::transact!($store.kv, &patient(), |$txn| $body)
+    };
+}
+
+/// Retries long enough that only a real livelock fails a test.
+fn patient() -> rossby_storage::RetryPolicy {
+    rossby_storage::RetryPolicy {
+        max_attempts: MAX_REISSUES as u32,
+        deadline: Duration::from_secs(60),
+        ..rossby_storage::RetryPolicy::default()
+    }
 }
 
 /// A store that yields to the scheduler a pseudo-random number of times before
@@ -409,14 +394,6 @@ impl Transaction for JitterTxn {
 
     async fn rollback(self: Box<Self>) -> Result<()> {
         self.inner.rollback().await
-    }
-}
-
-async fn backoff(attempt: usize) {
-    if attempt > 4 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    } else {
-        tokio::task::yield_now().await;
     }
 }
 
