@@ -1,3 +1,23 @@
 //! Rossby's client SDK and the `rossby` CLI: device keys, end-to-end encryption,
-//! local state and every API call. It never depends on a storage backend. Filled by
-//! the client work; a placeholder until then.
+//! an encrypted local state file, and every API call of a Rossby gateway.
+//!
+//! - [`sdk::Client`]: the API (register, authorize, link devices, contacts,
+//!   send, fetch/ack, subscribe, block, settings, devices, safety numbers...);
+//! - [`state`]: the state file and its encryption at rest;
+//! - [`connection`]: QUIC, TLS pinning, Hawk signing, reconnects and retries;
+//! - [`envelopes`]: the pure sealing and checking of envelopes;
+//! - [`error::Error`]: the one error type.
+//!
+//! The client never depends on a storage backend: it speaks only the wire
+//! protocol of `rossby-protocol`.
+
+pub mod connection;
+pub mod envelopes;
+pub mod error;
+pub mod sdk;
+pub mod state;
+
+pub use connection::{RetryPolicy, Subscription};
+pub use error::{Error, Result};
+pub use sdk::{Batch, Body, Client, ClientConfig, Received};
+pub use state::{KdfParams, StateKey};

@@ -5,5 +5,22 @@
 //!
 //! The library form lets tests and benchmarks start real gateways in-process.
 
+pub mod admin;
+pub mod config;
 pub mod context;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod server;
 pub mod settings;
+pub mod tls;
+
+pub use config::Config;
+pub use error::Error;
+pub use gateway::{Gateway, GatewayError};
+pub use metrics::Metrics;
+pub mod api;
+pub mod auth;
+pub mod presence;
+pub mod ratelimit;
+pub mod verifier;

@@ -1,85 +1,120 @@
 //! `rossby-gateway`: the Rossby server process.
 //!
-//! Until the QUIC API lands, the binary runs the storage side of a single-region
-//! gateway with no configuration at all: it opens (or creates) the durable embedded
-//! store in `./rossby-data` (or `ROSSBY_DATA_DIR`), runs the retention sweeper and
-//! the purge of deleted accounts for its region, and stops cleanly on Ctrl-C or
-//! SIGTERM.
+//! Reads its configuration (TOML file, flags, `ROSSBY_*` variables; see
+//! `docs/configuration.md`), starts a [`Gateway`], prints where it listens and the
+//! certificate clients should pin, and drains gracefully on SIGTERM or Ctrl-C. A
+//! second signal during the drain exits at once.
+//!
+//! Exit codes: 0 after a clean shutdown, 2 for invalid options, 1 when the gateway
+//! cannot start, 130 when a second signal interrupts the drain.
 
-use rossby_keyspace::{LookupHasher, Pepper, RegionId};
-use rossby_storage::kv::fjall::{FjallConfig, FjallStore};
-use rossby_storage::tables::Store;
-use std::path::PathBuf;
+use clap::Parser;
+use clap::error::ErrorKind;
+use rossby_gateway::Gateway;
+use rossby_gateway::config::{Args, Config, LogConfig, LogFormat};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Region code of a single-region deployment.
-const DEFAULT_REGION: RegionId = RegionId(1);
-/// How often expired messages are swept.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROSSBY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
         Err(err) => {
-            tracing::error!(error = %err, "gateway stopped");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run() -> Result<(), rossby_storage::Error> {
-    let data_dir = std::env::var_os("ROSSBY_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("rossby-data"));
-    let kv = Arc::new(FjallStore::open(FjallConfig::new(&data_dir))?);
-    // The lookup pepper only matters once identifiers are bound through the API;
-    // the sweeper never hashes identifiers.
-    let hasher = LookupHasher::new(
-        vec![Pepper {
-            version: 1,
-            secret: b"rossby-development-pepper".to_vec(),
-        }],
-        1,
-    )
-    .map_err(|e| rossby_storage::Error::Invalid(e.to_string()))?;
-    let store = Store::new(kv, hasher);
-    tracing::info!(data_dir = %data_dir.display(), region = %DEFAULT_REGION, "embedded store open (durable, group commit)");
-    let purged = store.resume_purges(DEFAULT_REGION).await?;
-    if purged > 0 {
-        tracing::info!(purged, "finished interrupted account purges");
-    }
-    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let swept = store.sweep(DEFAULT_REGION, now_ms(), 1024).await?;
-                if swept.entries > 0 {
-                    tracing::info!(envelopes = swept.envelopes, dedups = swept.dedups, "expired entries swept");
+            return match err.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = err.print();
+                    ExitCode::SUCCESS
                 }
-            }
-            () = shutdown_signal() => {
-                tracing::info!("shutting down");
-                return Ok(());
-            }
+                _ => {
+                    eprintln!("rossby-gateway: {}", one_line(&err.render().to_string()));
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("rossby-gateway: error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rossby-gateway: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+/// Clap's multi-line usage error as one line (without the `--help` hint).
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Logs go to stderr (text or JSON lines); stdout carries only the start-up lines
+/// below, so scripts can read the addresses and the fingerprint.
+fn init_tracing(log: &LogConfig) {
+    // The filter was validated with the configuration; "info" is a safe fallback.
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let gateway = match Gateway::start(config).await {
+        Ok(gateway) => gateway,
+        Err(err) => {
+            tracing::error!(error = %err, "gateway failed to start");
+            eprintln!("rossby-gateway: error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "rossby-gateway quic={} admin={}",
+        gateway.quic_addr(),
+        gateway.admin_addr()
+    );
+    println!(
+        "certificate {} sha256={}{}",
+        gateway.certificate_path().display(),
+        gateway.certificate_fingerprint(),
+        if gateway.certificate_generated() {
+            " (generated)"
+        } else {
+            ""
+        }
+    );
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; draining (signal again to exit at once)");
+    tokio::select! {
+        () = gateway.shutdown() => ExitCode::SUCCESS,
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting without finishing the drain");
+            ExitCode::from(130)
         }
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

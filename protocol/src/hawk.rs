@@ -154,10 +154,15 @@ impl SignedRequest<'_> {
     /// the `Authorization` value including the `Hawk ` prefix.
     pub fn sign(&self, creds: &DeviceCredentials, ts: SystemTime, nonce: &str) -> Result<String> {
         if nonce.is_empty() || nonce.contains('"') {
-            return Err(Error::Auth("nonce must be non-empty and free of quotes".into()));
+            return Err(Error::Auth(
+                "nonce must be non-empty and free of quotes".into(),
+            ));
         }
         let creds = hawk_credentials(&creds.id, &creds.key)?;
-        Ok(format!("Hawk {}", self.header_for(&creds, whole_seconds(ts), nonce)?))
+        Ok(format!(
+            "Hawk {}",
+            self.header_for(&creds, whole_seconds(ts), nonce)?
+        ))
     }
 }
 
@@ -240,7 +245,8 @@ impl Authorization {
         if !bool::from(ext.as_bytes().ct_eq(expected_ext.as_bytes())) {
             return Err(Rejection::WrongConnection);
         }
-        let body_hash = payload_hash(request.body).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let body_hash =
+            payload_hash(request.body).map_err(|e| Rejection::Malformed(e.to_string()))?;
         if !bool::from(hash.as_slice().ct_eq(&body_hash)) {
             return Err(Rejection::PayloadMismatch);
         }
@@ -277,7 +283,10 @@ mod tests {
     #[test]
     fn rpc_paths_are_canonical() {
         assert_eq!(path(Method::Send), "/rossby/v1/send");
-        assert_eq!(path(Method::PublishKeyPackages), "/rossby/v1/publish_key_packages");
+        assert_eq!(
+            path(Method::PublishKeyPackages),
+            "/rossby/v1/publish_key_packages"
+        );
         assert_eq!(ServiceName::default().port, 7400);
         assert!("".parse::<ServiceName>().is_err());
         assert!("host:notaport".parse::<ServiceName>().is_err());
@@ -298,32 +307,74 @@ mod tests {
         let auth = Authorization::parse(&value).unwrap();
         assert_eq!(auth.id, creds.id);
         let skew = Duration::from_secs(60);
-        assert_eq!(auth.verify(&req, &creds.key, ts + Duration::from_secs(5), skew), Ok(()));
+        assert_eq!(
+            auth.verify(&req, &creds.key, ts + Duration::from_secs(5), skew),
+            Ok(())
+        );
         // Clock skew.
         assert_eq!(
             auth.verify(&req, &creds.key, ts + Duration::from_secs(61), skew),
             Err(Rejection::ClockSkew)
         );
         // Another connection.
-        let other = SignedRequest { exporter: &[0x12; 32], ..req };
-        assert_eq!(auth.verify(&other, &creds.key, ts, skew), Err(Rejection::WrongConnection));
+        let other = SignedRequest {
+            exporter: &[0x12; 32],
+            ..req
+        };
+        assert_eq!(
+            auth.verify(&other, &creds.key, ts, skew),
+            Err(Rejection::WrongConnection)
+        );
         // Tampered body.
-        let tampered = SignedRequest { body: &[0x08, 0x2b], ..req };
-        assert_eq!(auth.verify(&tampered, &creds.key, ts, skew), Err(Rejection::PayloadMismatch));
+        let tampered = SignedRequest {
+            body: &[0x08, 0x2b],
+            ..req
+        };
+        assert_eq!(
+            auth.verify(&tampered, &creds.key, ts, skew),
+            Err(Rejection::PayloadMismatch)
+        );
         // Another RPC, another service name, another key.
-        let ack = SignedRequest { method: Method::Ack, ..req };
-        assert_eq!(auth.verify(&ack, &creds.key, ts, skew), Err(Rejection::BadMac));
+        let ack = SignedRequest {
+            method: Method::Ack,
+            ..req
+        };
+        assert_eq!(
+            auth.verify(&ack, &creds.key, ts, skew),
+            Err(Rejection::BadMac)
+        );
         let other_service: ServiceName = "evil.example.net:7400".parse().unwrap();
-        let moved = SignedRequest { service: &other_service, ..req };
-        assert_eq!(auth.verify(&moved, &creds.key, ts, skew), Err(Rejection::BadMac));
-        assert_eq!(auth.verify(&req, &[0x43; 32], ts, skew), Err(Rejection::BadMac));
+        let moved = SignedRequest {
+            service: &other_service,
+            ..req
+        };
+        assert_eq!(
+            auth.verify(&moved, &creds.key, ts, skew),
+            Err(Rejection::BadMac)
+        );
+        assert_eq!(
+            auth.verify(&req, &[0x43; 32], ts, skew),
+            Err(Rejection::BadMac)
+        );
     }
 
     #[test]
     fn malformed_headers_are_rejected() {
-        assert!(matches!(Authorization::parse(""), Err(Rejection::Malformed(_))));
-        assert!(matches!(Authorization::parse("Basic abc"), Err(Rejection::Malformed(_))));
-        assert!(matches!(Authorization::parse("Hawk id=\"x\""), Err(Rejection::Malformed(_))));
-        assert!(matches!(Authorization::parse("Hawk garbage"), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            Authorization::parse(""),
+            Err(Rejection::Malformed(_))
+        ));
+        assert!(matches!(
+            Authorization::parse("Basic abc"),
+            Err(Rejection::Malformed(_))
+        ));
+        assert!(matches!(
+            Authorization::parse("Hawk id=\"x\""),
+            Err(Rejection::Malformed(_))
+        ));
+        assert!(matches!(
+            Authorization::parse("Hawk garbage"),
+            Err(Rejection::Malformed(_))
+        ));
     }
 }

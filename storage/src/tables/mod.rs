@@ -34,6 +34,7 @@ pub mod keypackages;
 pub mod lookup;
 pub mod queue;
 pub mod records;
+pub mod registrations;
 
 pub use records::Record;
 

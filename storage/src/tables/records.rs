@@ -18,8 +18,8 @@ mod generated {
 }
 
 pub use generated::{
-    AcceptFrom, DedupRecord, Device, KeyPackageRecord, LookupRecord, LowWater, Marker, Pointer,
-    Profile, QueueHead, Relation, StoredEnvelope,
+    AcceptFrom, DedupRecord, Device, KeyPackageRecord, LookupRecord, LowWater, Marker,
+    PendingRegistration, Pointer, Profile, QueueHead, Relation, StoredEnvelope,
 };
 
 /// The record-format byte written before every stored message.
@@ -74,6 +74,7 @@ record! {
     Relation => "relation",
     LookupRecord => "lookup",
     Marker => "marker",
+    PendingRegistration => "pending registration",
 }
 
 #[cfg(test)]

@@ -1,0 +1,98 @@
+//! The admin HTTP listener: health checks and metrics.
+//!
+//! - `GET /livez`: `200 ok` while the process runs.
+//! - `GET /readyz`: `200 ready` when the gateway should receive traffic: not
+//!   draining, the QUIC endpoint open, and a storage probe transaction (begin, get
+//!   of a probe key, rollback) answered within the probe deadline. Otherwise `503`
+//!   with a one-line reason: `draining`, `quic endpoint closed`,
+//!   `storage: <error>` or `storage: probe timed out`.
+//! - `GET /metrics`: Prometheus text format.
+//!
+//! Anything else is `404`. The listener should not be exposed publicly (its
+//! default address is loopback); it carries no secrets, but metrics reveal load.
+
+use crate::metrics::Metrics;
+use crate::server::Lifecycle;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use rossby_storage::Kv;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// The key read by the readiness probe. Its `0x00` first byte lies outside every
+/// table's prefix, so the probe never touches (or locks) real data.
+pub const PROBE_KEY: &[u8] = b"\x00rossby/readyz-probe";
+
+/// What the admin handlers look at.
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub lifecycle: Arc<Lifecycle>,
+    /// The store as opened (not instrumented: probes are not client traffic).
+    pub kv: Kv,
+    pub metrics: Arc<Metrics>,
+    pub probe_timeout: Duration,
+}
+
+/// The admin routes.
+pub(crate) fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
+    match readiness(&state).await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+    }
+}
+
+/// Why the gateway is not ready, if it is not.
+pub(crate) async fn readiness(state: &AdminState) -> Result<(), String> {
+    if state.lifecycle.draining.load(Ordering::Acquire) {
+        return Err("draining".into());
+    }
+    if !state.lifecycle.quic_open.load(Ordering::Acquire) {
+        return Err("quic endpoint closed".into());
+    }
+    match tokio::time::timeout(state.probe_timeout, probe(&state.kv)).await {
+        Ok(Ok(())) => Ok(()),
+        // Storage errors describe the backend's state (for example "cluster
+        // unreachable"); they never contain user data.
+        Ok(Err(err)) => Err(format!("storage: {err}").replace('\n', " ")),
+        Err(_) => Err("storage: probe timed out".into()),
+    }
+}
+
+/// Begin, read the probe key, roll back.
+async fn probe(kv: &Kv) -> rossby_storage::Result<()> {
+    let mut txn = kv.begin().await?;
+    let read = txn.get(PROBE_KEY).await;
+    txn.rollback().await?;
+    read.map(|_| ())
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,906 @@
+//! Send, Fetch, Ack and Subscribe.
+//!
+//! # Send
+//! The message id must be a UUIDv7; recipients are distinct boxes, at most
+//! `max_recipients_per_send`, each envelope non-empty and within the payload
+//! limit. Each recipient box gets its own transaction, and concurrent sends to
+//! the same box are coalesced into one transaction by the [`Enqueuer`] (every
+//! enqueue writes the box's `next` key, so separate transactions would conflict
+//! and retry). The reply has one [`pb::SendResult`] per recipient in request
+//! order: `OK` with the sequence number (also for a retried message id: the
+//! original one), `STALE_DEVICES` with the current device list, `NOT_FOUND`
+//! (unknown, deleted, blocking or contacts-only recipient), or a storage status
+//! (`UNAVAILABLE`, `UNDETERMINED`: retry that recipient with the same message id).
+//! After a commit, the recipient box's fetch waiters and subscribed devices are
+//! told. The sender's own box may be a recipient (a copy for its other devices).
+//!
+//! An `ephemeral` send stores nothing: the envelope is pushed as `pb::Ephemeral`
+//! to the recipient's devices subscribed to this gateway right now (never back to
+//! the sending device), after the same checks of visibility and device-list
+//! version as a stored send; its `seq` is 0.
+//!
+//! # Fetch
+//! Returns envelopes after the device's pointer, bounded by the request's and the
+//! gateway's count and byte limits (0 means the gateway's limit). With `wait_ms`,
+//! an empty fetch waits (at most `max_fetch_wait`) until a commit into the box
+//! through this gateway wakes it, re-checking storage every
+//! [`FETCH_POLL_INTERVAL`] for messages that arrived through other gateways.
+//!
+//! # Subscribe
+//! Opens one server-initiated unidirectional stream on the connection for the
+//! calling device (a second Subscribe of the device on the same connection is a
+//! no-op) and writes length-prefixed `pb::Push` frames on it: first a
+//! `MessagesAvailable` with the box's current last sequence number, then one per
+//! commit into the box and one per ephemeral message. The stream ends when the
+//! connection closes or the device is removed.
+
+use super::directory::{device_list, visible_by_box};
+use super::{Failure, Origin, Shared, decode, now_ms, parse_box_id};
+use crate::auth::Authenticated;
+use crate::metrics::Metrics;
+use crate::presence::{PUSH_QUEUE, Presence};
+use rossby_keyspace::{BoxId, MessageId};
+use rossby_protocol::framing;
+use rossby_protocol::pb::{self, Status};
+use rossby_storage::tables::contacts::{self, Relationship};
+use rossby_storage::tables::queue::{Enqueued, FetchLimits, Fetched, NewEnvelope};
+use rossby_storage::tables::records::AcceptFrom;
+use rossby_storage::tables::{Store, accounts, devices};
+use rossby_storage::transact;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// How often a waiting fetch re-reads storage (for messages committed through
+/// other gateways, which do not wake local waiters).
+pub const FETCH_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most envelopes one coalesced enqueue transaction carries.
+pub const MAX_BATCH_ENVELOPES: usize = 64;
+
+/// Most payload bytes one coalesced enqueue transaction carries (one envelope is
+/// always taken, whatever its size).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// How long opening a push stream may take.
+const OPEN_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Reply = oneshot::Sender<Result<Enqueued, Failure>>;
+
+struct Job {
+    envelope: NewEnvelope,
+    reply: Reply,
+}
+
+/// Coalesces concurrent enqueues into the same box: the first sender to a box
+/// starts a worker task that runs one transaction for everything queued for the
+/// box meanwhile, and repeats until nothing is left (group commit per box). The
+/// worker is a task of its own, so a cancelled request cannot strand the others.
+pub struct Enqueuer {
+    store: Store,
+    presence: Presence,
+    metrics: Arc<Metrics>,
+    /// Boxes with a running worker, and what waits for its next transaction.
+    pending: Mutex<HashMap<BoxId, Vec<Job>>>,
+}
+
+impl Enqueuer {
+    /// An enqueuer over `store` that announces commits to `presence`.
+    pub fn new(store: Store, presence: Presence, metrics: Arc<Metrics>) -> Self {
+        Enqueuer {
+            store,
+            presence,
+            metrics,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<BoxId, Vec<Job>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Enqueues one envelope into `recipient`; the receiver yields its outcome.
+    pub fn submit(
+        self: &Arc<Self>,
+        recipient: BoxId,
+        envelope: NewEnvelope,
+    ) -> oneshot::Receiver<Result<Enqueued, Failure>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job { envelope, reply };
+        {
+            let mut pending = self.lock();
+            if let Some(queue) = pending.get_mut(&recipient) {
+                queue.push(job);
+                return rx;
+            }
+            pending.insert(recipient, Vec::new());
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.run(recipient, vec![job]).await });
+        rx
+    }
+
+    async fn run(self: Arc<Self>, recipient: BoxId, first: Vec<Job>) {
+        let guard = WorkerGuard {
+            enqueuer: &self,
+            recipient,
+        };
+        let mut batch = first;
+        loop {
+            self.process(recipient, batch).await;
+            let mut pending = self.lock();
+            match pending.get_mut(&recipient) {
+                Some(queue) if !queue.is_empty() => batch = take_batch(queue),
+                _ => {
+                    pending.remove(&recipient);
+                    std::mem::forget(guard);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn process(&self, recipient: BoxId, batch: Vec<Job>) {
+        let (envelopes, replies): (Vec<NewEnvelope>, Vec<Reply>) =
+            batch.into_iter().map(|j| (j.envelope, j.reply)).unzip();
+        match self.store.enqueue(recipient, &envelopes, now_ms()).await {
+            Ok(outcomes) => {
+                let mut stored = 0u64;
+                let mut last_seq = 0u64;
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let outcome = match outcome {
+                        Ok(enqueued) => {
+                            if !enqueued.duplicate {
+                                stored += 1;
+                                last_seq = last_seq.max(enqueued.seq);
+                            }
+                            Ok(enqueued)
+                        }
+                        Err(err) => Err(Failure::from(err)),
+                    };
+                    // The sender may have gone away; its envelope is stored anyway.
+                    let _ = reply.send(outcome);
+                }
+                if stored > 0 {
+                    self.metrics.envelopes_enqueued_total.inc_by(stored);
+                    self.presence.messages_available(recipient, last_seq);
+                }
+            }
+            Err(err) => {
+                let failure = Failure::from(err);
+                for reply in replies {
+                    let _ = reply.send(Err(failure.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Takes the next batch off a box's queue, bounded in count and bytes.
+fn take_batch(queue: &mut Vec<Job>) -> Vec<Job> {
+    let mut bytes = 0usize;
+    let mut n = 0usize;
+    for job in queue.iter() {
+        if n > 0
+            && (n >= MAX_BATCH_ENVELOPES || bytes + job.envelope.payload.len() > MAX_BATCH_BYTES)
+        {
+            break;
+        }
+        bytes += job.envelope.payload.len();
+        n += 1;
+    }
+    queue.drain(..n).collect()
+}
+
+/// Removes a box's worker entry if its worker dies without finishing (a panic), so
+/// later sends to the box start a new worker; waiting senders see their reply
+/// channel closed.
+struct WorkerGuard<'a> {
+    enqueuer: &'a Enqueuer,
+    recipient: BoxId,
+}
+
+impl Drop for WorkerGuard<'_> {
+    fn drop(&mut self) {
+        self.enqueuer.lock().remove(&self.recipient);
+    }
+}
+
+/// A validated recipient.
+struct Target {
+    box_id: BoxId,
+    device_list_version: u64,
+    envelope: Vec<u8>,
+}
+
+fn validate_send(
+    shared: &Shared,
+    req: pb::SendRequest,
+) -> Result<(MessageId, Vec<Target>, bool), Failure> {
+    let message_id = MessageId::try_from_slice(&req.message_id)
+        .map_err(|_| Failure::bad_request("message_id must be a UUIDv7 (16 bytes)"))?;
+    if req.recipients.is_empty() {
+        return Err(Failure::bad_request("a send needs at least one recipient"));
+    }
+    let max = shared.settings.max_recipients_per_send;
+    if req.recipients.len() > max {
+        return Err(Failure::new(
+            Status::TooLarge,
+            format!("at most {max} recipients per send"),
+        ));
+    }
+    let max_payload = shared.store.limits.max_payload_bytes;
+    let mut seen = HashSet::with_capacity(req.recipients.len());
+    let mut targets = Vec::with_capacity(req.recipients.len());
+    for r in req.recipients {
+        let box_id = parse_box_id(&r.box_id)?;
+        if !seen.insert(box_id) {
+            return Err(Failure::bad_request(
+                "each recipient box may appear only once",
+            ));
+        }
+        if r.envelope.is_empty() {
+            return Err(Failure::bad_request("envelopes must not be empty"));
+        }
+        if r.envelope.len() > max_payload {
+            return Err(Failure::new(
+                Status::TooLarge,
+                format!("an envelope may have at most {max_payload} bytes"),
+            ));
+        }
+        targets.push(Target {
+            box_id,
+            device_list_version: r.device_list_version,
+            envelope: r.envelope,
+        });
+    }
+    Ok((message_id, targets, req.ephemeral))
+}
+
+/// The per-recipient result of a failure; stale lists are read fresh.
+async fn failed_result(shared: &Shared, box_id: BoxId, failure: Failure) -> pb::SendResult {
+    let mut result = pb::SendResult {
+        box_id: box_id.as_bytes().to_vec(),
+        status: failure.status as i32,
+        ..pb::SendResult::default()
+    };
+    if failure.status == Status::StaleDevices {
+        match device_list(shared, box_id).await {
+            Ok(list) => result.current = Some(list),
+            Err(err) => result.status = err.status as i32,
+        }
+    }
+    result
+}
+
+/// Send: enqueues an envelope into each recipient box (or pushes it, ephemeral).
+pub(crate) async fn send(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::SendResponse, Failure> {
+    let req: pb::SendRequest = decode(body, "SendRequest")?;
+    let (message_id, targets, ephemeral) = validate_send(shared, req)?;
+    if ephemeral {
+        return send_ephemeral(shared, caller, targets).await;
+    }
+    let receivers: Vec<_> = targets
+        .into_iter()
+        .map(|t| {
+            let envelope = NewEnvelope {
+                sender_box: caller.box_id,
+                sender_device: caller.device_id,
+                message_id,
+                device_list_version: t.device_list_version,
+                payload: t.envelope,
+            };
+            (t.box_id, shared.enqueuer.submit(t.box_id, envelope))
+        })
+        .collect();
+    let mut results = Vec::with_capacity(receivers.len());
+    for (box_id, rx) in receivers {
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err(Failure::unavailable("the enqueue did not complete; retry")));
+        results.push(match outcome {
+            Ok(enqueued) => pb::SendResult {
+                box_id: box_id.as_bytes().to_vec(),
+                status: Status::Ok as i32,
+                seq: enqueued.seq,
+                current: None,
+            },
+            Err(failure) => failed_result(shared, box_id, failure).await,
+        });
+    }
+    Ok(pb::SendResponse { results })
+}
+
+/// Whether `recipient` accepts messages from `sender` right now (the same rules
+/// as a stored send: own box always; not blocked; contacts-only boxes only from
+/// contacts; unknown boxes answer `NOT_FOUND`), and whether the sender encrypted
+/// for its current device list.
+async fn ephemeral_check(
+    shared: &Shared,
+    recipient: BoxId,
+    sender: BoxId,
+    version: u64,
+) -> Result<(), Failure> {
+    let store = &shared.store;
+    transact!(store, |txn| async {
+        let Some(profile) = accounts::profile(txn, recipient).await? else {
+            return Ok(Err(Failure::not_found()));
+        };
+        if recipient != sender {
+            if !visible_by_box(txn, recipient, sender).await? {
+                return Ok(Err(Failure::not_found()));
+            }
+            if profile.accept_from() == AcceptFrom::Contacts
+                && !contacts::contains(txn, Relationship::Contact, recipient, sender).await?
+            {
+                return Ok(Err(Failure::not_found()));
+            }
+        }
+        let (current, _) = devices::recipients(txn, recipient).await?;
+        if current != version {
+            return Ok(Err(Failure::from(rossby_storage::Error::StaleDeviceList {
+                box_id: recipient,
+                version: current,
+                devices: Vec::new(),
+            })));
+        }
+        Ok(Ok(()))
+    }
+    .await)?
+}
+
+async fn send_ephemeral(
+    shared: &Shared,
+    caller: &Authenticated,
+    targets: Vec<Target>,
+) -> Result<pb::SendResponse, Failure> {
+    let mut results = Vec::with_capacity(targets.len());
+    for t in targets {
+        match ephemeral_check(shared, t.box_id, caller.box_id, t.device_list_version).await {
+            Ok(()) => {
+                let push = pb::Ephemeral {
+                    sender_box: caller.box_id.as_bytes().to_vec(),
+                    sender_device: caller.device_id.as_bytes().to_vec(),
+                    envelope: t.envelope,
+                };
+                let skip = (t.box_id == caller.box_id).then_some(caller.device_id);
+                shared.presence.ephemeral(t.box_id, skip, &push);
+                results.push(pb::SendResult {
+                    box_id: t.box_id.as_bytes().to_vec(),
+                    status: Status::Ok as i32,
+                    ..pb::SendResult::default()
+                });
+            }
+            Err(failure) => results.push(failed_result(shared, t.box_id, failure).await),
+        }
+    }
+    Ok(pb::SendResponse { results })
+}
+
+fn fetch_response(fetched: Fetched) -> pb::FetchResponse {
+    let (gap_from, gap_to) = fetched.gap.map_or((0, 0), |g| (g.from, g.to));
+    pb::FetchResponse {
+        envelopes: fetched
+            .envelopes
+            .into_iter()
+            .map(|d| pb::QueuedEnvelope {
+                seq: d.seq,
+                sender_box: d.envelope.sender_box,
+                sender_device: d.envelope.sender_device,
+                message_id: d.envelope.message_id,
+                enqueued_at_ms: d.envelope.enqueued_at_ms,
+                envelope: d.envelope.payload,
+            })
+            .collect(),
+        last_seq: fetched.last_seq,
+        acked: fetched.acked,
+        gap_from,
+        gap_to,
+    }
+}
+
+/// Fetch: envelopes after the calling device's pointer, optionally waiting.
+pub(crate) async fn fetch(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::FetchResponse, Failure> {
+    let req: pb::FetchRequest = decode(body, "FetchRequest")?;
+    let settings = &shared.settings;
+    let bound = |asked: u32, max: usize| match asked {
+        0 => max,
+        n => usize::try_from(n).unwrap_or(usize::MAX).min(max),
+    };
+    let bounds = FetchLimits {
+        max_count: bound(req.max_count, settings.max_fetch_count),
+        max_bytes: bound(req.max_bytes, settings.max_fetch_bytes),
+    };
+    let wait = Duration::from_millis(u64::from(req.wait_ms)).min(settings.max_fetch_wait);
+    let store = &shared.store;
+    let (box_id, device) = (caller.box_id, caller.device_id);
+    if wait.is_zero() {
+        return Ok(fetch_response(store.fetch(box_id, device, bounds).await?));
+    }
+    let deadline = Instant::now() + wait;
+    let waiter = shared.presence.waiter(box_id);
+    loop {
+        // Armed before reading, so a commit between the read and the wait wakes us.
+        let notified = waiter.notify().notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        let fetched = store.fetch(box_id, device, bounds).await?;
+        let now = Instant::now();
+        if !fetched.envelopes.is_empty() || fetched.gap.is_some() || now >= deadline {
+            return Ok(fetch_response(fetched));
+        }
+        let nap = (deadline - now).min(FETCH_POLL_INTERVAL);
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(nap) => {}
+        }
+    }
+}
+
+/// Ack: advances the calling device's pointer.
+pub(crate) async fn ack(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::AckResponse, Failure> {
+    let req: pb::AckRequest = decode(body, "AckRequest")?;
+    let acked = shared
+        .store
+        .ack(caller.box_id, caller.device_id, req.up_to, now_ms())
+        .await?;
+    Ok(pb::AckResponse { acked: acked.acked })
+}
+
+/// Subscribe: pushes for the calling device on a server-initiated stream.
+pub(crate) async fn subscribe(
+    shared: &Shared,
+    origin: &Origin<'_>,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::SubscribeResponse, Failure> {
+    let _req: pb::SubscribeRequest = decode(body, "SubscribeRequest")?;
+    let Some(connection) = origin.connection else {
+        return Err(Failure::unavailable("subscriptions need a QUIC connection"));
+    };
+    let (box_id, device) = (caller.box_id, caller.device_id);
+    let presence = &shared.presence;
+    if presence.is_subscribed(origin.conn_id, box_id, device) {
+        return Ok(pb::SubscribeResponse {});
+    }
+    let head = shared
+        .store
+        .fetch(
+            box_id,
+            device,
+            FetchLimits {
+                max_count: 0,
+                max_bytes: 0,
+            },
+        )
+        .await?;
+    let stream = match tokio::time::timeout(OPEN_PUSH_TIMEOUT, connection.open_uni()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) | Err(_) => {
+            return Err(Failure::unavailable("could not open the push stream"));
+        }
+    };
+    let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+    let first = pb::Push {
+        event: Some(pb::push::Event::Messages(pb::MessagesAvailable {
+            last_seq: head.last_seq,
+        })),
+    };
+    // The channel is new and empty, so this cannot fail.
+    let _ = tx.try_send(first);
+    let token = presence.subscribe(origin.conn_id, box_id, device, tx);
+    tokio::spawn(push_task(PushTask {
+        stream,
+        rx,
+        connection: connection.clone(),
+        presence: presence.clone(),
+        metrics: shared.metrics.clone(),
+        conn_id: origin.conn_id,
+        box_id,
+        token,
+    }));
+    Ok(pb::SubscribeResponse {})
+}
+
+struct PushTask {
+    stream: quinn::SendStream,
+    rx: mpsc::Receiver<pb::Push>,
+    connection: quinn::Connection,
+    presence: Presence,
+    metrics: Arc<Metrics>,
+    conn_id: u64,
+    box_id: BoxId,
+    token: u64,
+}
+
+/// Writes push frames until the subscription or the connection ends.
+async fn push_task(mut task: PushTask) {
+    loop {
+        let push = tokio::select! {
+            push = task.rx.recv() => push,
+            _ = task.connection.closed() => None,
+        };
+        let Some(push) = push else { break };
+        if task
+            .stream
+            .write_all(&framing::encode(&push))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        task.metrics.pushes_total.inc();
+    }
+    task.presence
+        .unsubscribe(task.conn_id, task.box_id, task.token);
+    let _ = task.stream.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{TestEnv, TestSettings};
+    use rossby_keyspace::MessageId;
+    use rossby_protocol::pb::{self, Method, Status};
+    use rossby_protocol::status::status_of;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn send_fetch_ack_between_two_users_and_own_devices() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let alice2 = env.link(&alice, "laptop").await;
+        let bob = env.register("bob@example.com").await;
+        let to_alice = env.device_list_version(&bob, "alice@example.com").await;
+        let own = env.device_list_version(&bob, "bob@example.com").await;
+
+        // Bob sends to Alice and to his own box (a copy for his other devices).
+        let message_id = MessageId::new();
+        let req = pb::SendRequest {
+            message_id: message_id.as_bytes().to_vec(),
+            recipients: vec![
+                pb::Recipient {
+                    box_id: alice.box_id.as_bytes().to_vec(),
+                    device_list_version: to_alice,
+                    envelope: b"to alice".to_vec(),
+                },
+                pb::Recipient {
+                    box_id: bob.box_id.as_bytes().to_vec(),
+                    device_list_version: own,
+                    envelope: b"copy".to_vec(),
+                },
+            ],
+            ephemeral: false,
+        };
+        let resp = env.call_as(&bob, 1, Method::Send, &req).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let sent: pb::SendResponse = TestEnv::body(&resp);
+        assert_eq!(sent.results.len(), 2);
+        assert!(
+            sent.results
+                .iter()
+                .all(|r| r.status == Status::Ok as i32 && r.seq == 1)
+        );
+        // A retry with the same message id is answered with the same seqs.
+        let again: pb::SendResponse =
+            TestEnv::body(&env.call_as(&bob, 1, Method::Send, &req).await);
+        assert_eq!(again.results, sent.results);
+
+        // Both of Alice's devices get it once.
+        for device in [&alice, &alice2] {
+            let fetched = env.fetch(device, 0).await;
+            assert_eq!(fetched.envelopes.len(), 1);
+            let e = &fetched.envelopes[0];
+            assert_eq!(e.envelope, b"to alice");
+            assert_eq!(e.sender_box, bob.box_id.as_bytes());
+            assert_eq!(e.sender_device, bob.device_id.as_bytes());
+            assert_eq!(e.message_id, message_id.as_bytes());
+            assert_eq!(fetched.last_seq, 1);
+        }
+        // Ack moves the pointer; acking beyond the last is refused.
+        let resp = env
+            .call_as(&alice, 1, Method::Ack, &pb::AckRequest { up_to: 1 })
+            .await;
+        assert_eq!(TestEnv::body::<pb::AckResponse>(&resp).acked, 1);
+        assert!(env.fetch(&alice, 0).await.envelopes.is_empty());
+        assert_eq!(env.fetch(&alice2, 0).await.envelopes.len(), 1);
+        let resp = env
+            .call_as(&alice, 1, Method::Ack, &pb::AckRequest { up_to: 5 })
+            .await;
+        assert_eq!(status_of(&resp), Status::AckBeyondLast);
+        // Bob's own box holds the copy.
+        assert_eq!(env.fetch(&bob, 0).await.envelopes[0].envelope, b"copy");
+    }
+
+    #[tokio::test]
+    async fn bad_sends_are_rejected_whole() {
+        let env = TestEnv::with(TestSettings {
+            max_recipients: 2,
+            ..TestSettings::default()
+        });
+        let bob = env.register("bob@example.com").await;
+        let recipient = |b: &[u8]| pb::Recipient {
+            box_id: b.to_vec(),
+            device_list_version: 1,
+            envelope: vec![1],
+        };
+        let b = bob.box_id.as_bytes().to_vec();
+        let cases = [
+            (vec![0x42; 16], vec![recipient(&b)], Status::BadRequest),
+            (
+                MessageId::new().as_bytes().to_vec(),
+                vec![],
+                Status::BadRequest,
+            ),
+            (
+                MessageId::new().as_bytes().to_vec(),
+                vec![recipient(&b), recipient(&b)],
+                Status::BadRequest,
+            ),
+            (
+                MessageId::new().as_bytes().to_vec(),
+                vec![recipient(&[1; 3])],
+                Status::BadRequest,
+            ),
+            (
+                MessageId::new().as_bytes().to_vec(),
+                vec![
+                    recipient(&[1; 16]),
+                    recipient(&[2; 16]),
+                    recipient(&[3; 16]),
+                ],
+                Status::TooLarge,
+            ),
+        ];
+        for (message_id, recipients, status) in cases {
+            let req = pb::SendRequest {
+                message_id,
+                recipients,
+                ephemeral: false,
+            };
+            let resp = env.call_as(&bob, 1, Method::Send, &req).await;
+            assert_eq!(status_of(&resp), status, "{}", resp.message);
+        }
+        assert!(env.fetch(&bob, 0).await.envelopes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stale_unknown_and_blocked_recipients() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        // Alice adds a device: Bob's view is stale and he learns the new list.
+        let laptop = env.link(&alice, "laptop").await;
+        let stale = env.send(&bob, alice.box_id, version, b"x").await;
+        assert_eq!(stale.status, Status::StaleDevices as i32);
+        let current = stale.current.unwrap();
+        assert!(current.version > version);
+        assert_eq!(current.devices.len(), 2);
+        assert!(
+            current
+                .devices
+                .iter()
+                .any(|d| d.device_id == laptop.device_id.as_bytes())
+        );
+        // An unknown box.
+        let unknown = env
+            .send(&bob, rossby_keyspace::BoxId::new(env.region()), 1, b"x")
+            .await;
+        assert_eq!(unknown.status, Status::NotFound as i32);
+        // Alice blocks Bob: he gets exactly what an unknown box gives.
+        let resp = env
+            .call_as(
+                &alice,
+                1,
+                Method::Block,
+                &pb::BlockRequest {
+                    box_id: bob.box_id.as_bytes().to_vec(),
+                    ..pb::BlockRequest::default()
+                },
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let blocked = env.send(&bob, alice.box_id, current.version, b"x").await;
+        assert_eq!(blocked.status, unknown.status);
+        assert_eq!(blocked.current, None);
+        assert!(env.fetch(&alice, 0).await.envelopes.is_empty());
+        // Unblocked, the message goes through.
+        let resp = env
+            .call_as(
+                &alice,
+                1,
+                Method::Unblock,
+                &pb::BlockRequest {
+                    box_id: bob.box_id.as_bytes().to_vec(),
+                    ..pb::BlockRequest::default()
+                },
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let ok = env.send(&bob, alice.box_id, current.version, b"x").await;
+        assert_eq!(ok.status, Status::Ok as i32);
+    }
+
+    #[tokio::test]
+    async fn contacts_only_accepts_contacts() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let resp = env
+            .call_as(
+                &alice,
+                1,
+                Method::UpdateSettings,
+                &pb::UpdateSettingsRequest {
+                    contacts_only: Some(true),
+                    ..pb::UpdateSettingsRequest::default()
+                },
+            )
+            .await;
+        let settings: pb::UpdateSettingsResponse = TestEnv::body(&resp);
+        assert!(settings.contacts_only && settings.discoverable);
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        let refused = env.send(&bob, alice.box_id, version, b"x").await;
+        assert_eq!(refused.status, Status::NotFound as i32);
+        // Alice adds Bob as a contact (by looking him up with add_contact).
+        let req = pb::RequestKeyRequest {
+            identifier: "bob@example.com".into(),
+            add_contact: true,
+            ..pb::RequestKeyRequest::default()
+        };
+        assert_eq!(
+            status_of(&env.call_as(&alice, 1, Method::RequestKey, &req).await),
+            Status::Ok
+        );
+        let ok = env.send(&bob, alice.box_id, version, b"x").await;
+        assert_eq!(ok.status, Status::Ok as i32);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_fetch_wakes_on_a_send() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        // Nothing queued: a short wait returns empty after the wait.
+        let started = Instant::now();
+        assert!(env.fetch(&alice, 150).await.envelopes.is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        // A long wait returns as soon as Bob's message commits.
+        let api = env.clone_handle();
+        let waiting = {
+            let alice = alice.clone();
+            tokio::spawn(async move { api.fetch(&alice, 10_000).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        assert_eq!(
+            env.send(&bob, alice.box_id, version, b"hi").await.status,
+            Status::Ok as i32
+        );
+        let fetched = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fetched.envelopes.len(), 1);
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "woken, not polled"
+        );
+        assert_eq!(env.presence_boxes(), 0, "waiters unregister");
+    }
+
+    #[tokio::test]
+    async fn fetches_are_bounded() {
+        let env = TestEnv::with(TestSettings {
+            max_fetch_count: 3,
+            ..TestSettings::default()
+        });
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        for i in 0..5u8 {
+            assert_eq!(
+                env.send(&bob, alice.box_id, version, &[i; 10]).await.status,
+                Status::Ok as i32
+            );
+        }
+        assert_eq!(env.fetch(&alice, 0).await.envelopes.len(), 3);
+        let req = pb::FetchRequest {
+            max_count: 2,
+            ..pb::FetchRequest::default()
+        };
+        let resp: pb::FetchResponse =
+            TestEnv::body(&env.call_as(&alice, 1, Method::Fetch, &req).await);
+        assert_eq!(resp.envelopes.len(), 2);
+        assert_eq!(resp.last_seq, 5);
+        let req = pb::FetchRequest {
+            max_bytes: 15,
+            ..pb::FetchRequest::default()
+        };
+        let resp: pb::FetchResponse =
+            TestEnv::body(&env.call_as(&alice, 1, Method::Fetch, &req).await);
+        assert_eq!(resp.envelopes.len(), 1);
+    }
+
+    #[test]
+    fn batches_are_bounded_in_count_and_bytes() {
+        let job = |len: usize| {
+            let (reply, _rx) = tokio::sync::oneshot::channel();
+            super::Job {
+                envelope: super::NewEnvelope {
+                    sender_box: rossby_keyspace::BoxId::new(rossby_keyspace::RegionId(1)),
+                    sender_device: rossby_keyspace::DeviceId::new(),
+                    message_id: MessageId::new(),
+                    device_list_version: 1,
+                    payload: vec![0; len],
+                },
+                reply,
+            }
+        };
+        let mut queue: Vec<super::Job> = (0..100).map(|_| job(10)).collect();
+        assert_eq!(
+            super::take_batch(&mut queue).len(),
+            super::MAX_BATCH_ENVELOPES
+        );
+        assert_eq!(queue.len(), 100 - super::MAX_BATCH_ENVELOPES);
+        let mut queue = vec![job(super::MAX_BATCH_BYTES * 2), job(1)];
+        assert_eq!(
+            super::take_batch(&mut queue).len(),
+            1,
+            "one oversized envelope goes alone"
+        );
+        let mut queue = vec![
+            job(super::MAX_BATCH_BYTES / 2),
+            job(super::MAX_BATCH_BYTES / 2),
+            job(1),
+        ];
+        assert_eq!(super::take_batch(&mut queue).len(), 2);
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_sends_to_one_box_all_land_once() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        let mut tasks = Vec::new();
+        for i in 0..40u8 {
+            let api = env.clone_handle();
+            let bob = bob.clone();
+            let target = alice.box_id;
+            tasks.push(tokio::spawn(async move {
+                api.send(&bob, target, version, &[i]).await
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, Status::Ok as i32);
+            seqs.push(r.seq);
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+        let req = pb::FetchRequest::default();
+        let resp: pb::FetchResponse =
+            TestEnv::body(&env.call_as(&alice, 1, Method::Fetch, &req).await);
+        assert_eq!(resp.envelopes.len(), 40);
+    }
+}

@@ -1,0 +1,1039 @@
+//! The Rossby API: turns one decoded [`pb::Request`] into one [`pb::Response`].
+//!
+//! [`Api::handle`] checks, in order: the protocol version (`UNSUPPORTED_VERSION`),
+//! the method (`UNKNOWN_METHOD`), the rate limit of the source address
+//! (`RATE_LIMITED`), then for every method except Ping, Health, Register and
+//! Authorize the Hawk authorization ([`crate::auth`]) and the device's rate limit,
+//! then decodes the body (`BAD_REQUEST`) and runs the RPC. Every reply carries the
+//! gateway clock in `server_time_ms`, and replies to authenticated requests carry
+//! `home_region` when the caller's box is homed in another region.
+//!
+//! The RPCs live in one module per area: [`registration`] (Register, Authorize,
+//! LinkDevice), [`directory`] (RequestKey, KeyPackages, ListDevices),
+//! [`messaging`] (Send, Fetch, Ack, Subscribe), [`account`] (Block, Unblock,
+//! UpdateSettings, RemoveDevice, DeleteAccount) and [`service`] (Ping, Health).
+//!
+//! # Stored device keys
+//! A device record keeps the device's Ed25519 identity key in `identity_key` and
+//! its whole signed public bundle (a protobuf-encoded [`pb::KeyBundle`]) in
+//! `encryption_key`; RequestKey, ListDevices and stale-device answers hand that
+//! bundle out unchanged, so clients verify its signature themselves.
+//!
+//! # Errors
+//! Handlers fail with a [`Failure`]: a status, a human-readable message that never
+//! contains identifiers, keys, ciphertext or internal details, and for
+//! `RATE_LIMITED` the time to wait. Storage errors map as documented on
+//! [`Failure::from`].
+
+pub mod account;
+pub mod directory;
+pub mod messaging;
+pub mod registration;
+pub mod service;
+
+#[cfg(test)]
+pub(crate) mod testkit;
+
+use crate::auth::{AuthFailure, Authenticated, Authenticator, DEFAULT_NONCE_CAPACITY, Presented};
+use crate::context::ConnContext;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::ratelimit::{Limited, RateLimiter};
+use crate::settings::ApiSettings;
+use crate::verifier::{self, Verifier};
+use prost::Message;
+use rossby_keyspace::{BoxId, DeviceId, Identifier};
+use rossby_protocol::pb::{self, Method, Status};
+use rossby_protocol::{PROTOCOL_VERSION, hawk::EXPORTER_LEN};
+use rossby_storage::tables::Store;
+use rossby_storage::tables::records::Device;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The error of [`Api::new`]: the crate's error type, with the API's complaints in
+/// its [`Api`](crate::error::Error::Api) variant.
+pub type ApiError = crate::error::Error;
+
+/// Longest device label accepted, in bytes.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// The API of one gateway. Cheap to share: clone the `Arc` it lives in, or call
+/// it from many tasks at once.
+pub struct Api {
+    shared: Arc<Shared>,
+}
+
+/// What every handler needs.
+pub(crate) struct Shared {
+    pub(crate) settings: ApiSettings,
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) auth: Authenticator,
+    pub(crate) limits: RateLimiter,
+    pub(crate) presence: Presence,
+    pub(crate) verifier: Box<dyn Verifier>,
+    pub(crate) enqueuer: Arc<messaging::Enqueuer>,
+}
+
+/// Where a request came from: [`ConnContext`] without the requirement of a QUIC
+/// connection, so the API can be driven in-process (tests, benchmarks). Without a
+/// connection, Subscribe answers `UNAVAILABLE`.
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    /// Process-unique id of the connection.
+    pub conn_id: u64,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The connection's TLS exporter value (what Hawk's `ext` must carry).
+    pub exporter: &'a [u8; EXPORTER_LEN],
+    /// The connection, for push streams.
+    pub connection: Option<&'a quinn::Connection>,
+}
+
+impl<'a> From<&'a ConnContext> for Origin<'a> {
+    fn from(ctx: &'a ConnContext) -> Self {
+        Origin {
+            conn_id: ctx.id,
+            remote: ctx.remote,
+            exporter: &ctx.exporter,
+            connection: Some(&ctx.connection),
+        }
+    }
+}
+
+impl Api {
+    /// Builds the API over a store. Fails when the settings are unusable (server
+    /// secret shorter than 32 bytes, zero skew or attempts, bad verifier URL).
+    pub fn new(
+        settings: ApiSettings,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Api, ApiError> {
+        let invalid = |msg: String| ApiError::Api(msg);
+        if settings.server_secret.len() < crate::auth::keys::MIN_SERVER_SECRET {
+            return Err(invalid(format!(
+                "the server secret must have at least {} bytes",
+                crate::auth::keys::MIN_SERVER_SECRET
+            )));
+        }
+        if settings.hawk_skew.is_zero() {
+            return Err(invalid("the Hawk clock skew must be positive".into()));
+        }
+        if settings.code_max_attempts == 0 {
+            return Err(invalid("code_max_attempts must be at least 1".into()));
+        }
+        if settings.code_ttl.is_zero() {
+            return Err(invalid("the code lifetime must be positive".into()));
+        }
+        if settings.max_recipients_per_send == 0 || settings.max_fetch_count == 0 {
+            return Err(invalid(
+                "max_recipients_per_send and max_fetch_count must be at least 1".into(),
+            ));
+        }
+        let verifier =
+            verifier::from_spec(&settings.verifier).map_err(|e| invalid(e.to_string()))?;
+        let mut store = store;
+        store.limits = settings.limits.clone();
+        let presence = Presence::new();
+        let auth = Authenticator::new(
+            settings.server_secret.clone(),
+            settings.service.clone(),
+            settings.hawk_skew,
+            DEFAULT_NONCE_CAPACITY,
+        );
+        let enqueuer = Arc::new(messaging::Enqueuer::new(
+            store.clone(),
+            presence.clone(),
+            metrics.clone(),
+        ));
+        Ok(Api {
+            shared: Arc::new(Shared {
+                limits: RateLimiter::new(&settings.rate_limits),
+                settings,
+                store,
+                metrics,
+                auth,
+                presence,
+                verifier,
+                enqueuer,
+            }),
+        })
+    }
+
+    /// Answers one request that arrived on a QUIC connection. Never panics; always
+    /// answers.
+    pub async fn handle(&self, ctx: &ConnContext, request: pb::Request) -> pb::Response {
+        self.handle_from(&Origin::from(ctx), request).await
+    }
+
+    /// Answers one request from `origin` (see [`Origin`]).
+    pub async fn handle_from(&self, origin: &Origin<'_>, request: pb::Request) -> pb::Response {
+        let (result, home_region) = self.shared.dispatch(origin, request).await;
+        let mut response = match result {
+            Ok(body) => pb::Response {
+                status: Status::Ok as i32,
+                body,
+                ..pb::Response::default()
+            },
+            Err(failure) => self.shared.failure_response(failure).await,
+        };
+        response.home_region = home_region;
+        response.server_time_ms = now_ms();
+        response
+    }
+
+    /// Forgets everything about a closed connection (its push subscriptions).
+    pub fn connection_closed(&self, ctx: &ConnContext) {
+        self.connection_closed_id(ctx.id);
+    }
+
+    /// [`Api::connection_closed`] by connection id.
+    pub fn connection_closed_id(&self, conn_id: u64) {
+        self.shared.presence.connection_closed(conn_id);
+    }
+
+    /// The presence registry (online devices), for observability.
+    pub fn presence(&self) -> &Presence {
+        &self.shared.presence
+    }
+}
+
+impl Shared {
+    /// Runs the checks and the RPC; returns the encoded response body or the
+    /// failure, and the caller's home region when it differs from this gateway's.
+    async fn dispatch(
+        &self,
+        origin: &Origin<'_>,
+        request: pb::Request,
+    ) -> (Result<Vec<u8>, Failure>, u32) {
+        if request.version != PROTOCOL_VERSION {
+            let failure = Failure::new(
+                Status::UnsupportedVersion,
+                format!(
+                    "protocol version {} is not supported; this gateway speaks version {PROTOCOL_VERSION}",
+                    request.version
+                ),
+            );
+            return (Err(failure), 0);
+        }
+        let method = match Method::try_from(request.method) {
+            Ok(Method::Unspecified) | Err(_) => {
+                let failure = Failure::new(
+                    Status::UnknownMethod,
+                    format!("method {} is not known to this gateway", request.method),
+                );
+                return (Err(failure), 0);
+            }
+            Ok(method) => method,
+        };
+        if let Err(limited) = self.limits.ip(origin.remote.ip()) {
+            return (
+                Err(Failure::rate_limited(
+                    limited,
+                    "too many requests from this address",
+                )),
+                0,
+            );
+        }
+        let body = request.body.as_slice();
+        let result = match method {
+            Method::Ping => encode(service::ping(self)),
+            Method::Health => encode(Ok(service::health(self).await)),
+            Method::Register => encode(registration::register(self, body).await),
+            Method::Authorize => encode(registration::authorize(self, body).await),
+            _ => {
+                let caller = match self.authenticate(origin, method, &request).await {
+                    Ok(caller) => caller,
+                    Err(failure) => return (Err(failure), 0),
+                };
+                let home = caller.box_id.home_region();
+                let home_region = if home == self.settings.region {
+                    0
+                } else {
+                    u32::from(home.0)
+                };
+                if let Err(limited) = self.limits.device(caller.box_id, caller.device_id) {
+                    let failure =
+                        Failure::rate_limited(limited, "too many requests from this device");
+                    return (Err(failure), home_region);
+                }
+                let result = self.authenticated(origin, method, &caller, body).await;
+                return (result, home_region);
+            }
+        };
+        (result, 0)
+    }
+
+    async fn authenticated(
+        &self,
+        origin: &Origin<'_>,
+        method: Method,
+        caller: &Authenticated,
+        body: &[u8],
+    ) -> Result<Vec<u8>, Failure> {
+        match method {
+            Method::LinkDevice => encode(registration::link_device(self, caller, body).await),
+            Method::RequestKey => encode(directory::request_key(self, caller, body).await),
+            Method::PublishKeyPackages => {
+                encode(directory::publish_key_packages(self, caller, body).await)
+            }
+            Method::ClaimKeyPackages => {
+                encode(directory::claim_key_packages(self, caller, body).await)
+            }
+            Method::ListDevices => encode(directory::list_devices(self, caller, body).await),
+            Method::Send => encode(messaging::send(self, caller, body).await),
+            Method::Fetch => encode(messaging::fetch(self, caller, body).await),
+            Method::Ack => encode(messaging::ack(self, caller, body).await),
+            Method::Subscribe => encode(messaging::subscribe(self, origin, caller, body).await),
+            Method::Block => encode(account::block(self, caller, body).await),
+            Method::Unblock => encode(account::unblock(self, caller, body).await),
+            Method::UpdateSettings => encode(account::update_settings(self, caller, body).await),
+            Method::RemoveDevice => encode(account::remove_device(self, caller, body).await),
+            Method::DeleteAccount => encode(account::delete_account(self, caller, body).await),
+            // Unauthenticated methods were answered by the caller of this function.
+            Method::Unspecified
+            | Method::Ping
+            | Method::Health
+            | Method::Register
+            | Method::Authorize => Err(Failure::internal()),
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        origin: &Origin<'_>,
+        method: Method,
+        request: &pb::Request,
+    ) -> Result<Authenticated, Failure> {
+        let presented = Presented {
+            method,
+            body: &request.body,
+            authorization: &request.authorization,
+            exporter: origin.exporter,
+        };
+        match self
+            .auth
+            .authenticate(&self.store, presented, SystemTime::now())
+            .await
+        {
+            Ok(caller) => Ok(caller),
+            Err(AuthFailure::Storage(err)) => Err(Failure::from(err)),
+            Err(failure) => {
+                if let Some(reason) = failure.reason() {
+                    self.metrics.auth_failure(reason);
+                }
+                tracing::debug!(reason = failure.reason(), "request not authenticated");
+                Err(Failure::new(failure.status(), failure.message()))
+            }
+        }
+    }
+
+    /// The response for a failure; `STALE_DEVICES` carries the current device
+    /// lists of the boxes concerned.
+    async fn failure_response(&self, failure: Failure) -> pb::Response {
+        let mut body = Vec::new();
+        if failure.status == Status::StaleDevices {
+            let mut details = pb::StaleDevices::default();
+            for box_id in &failure.stale {
+                match directory::device_list(self, *box_id).await {
+                    Ok(list) => details.current.push(list),
+                    Err(err) => {
+                        return pb::Response {
+                            status: err.status as i32,
+                            message: err.message,
+                            ..pb::Response::default()
+                        };
+                    }
+                }
+            }
+            body = details.encode_to_vec();
+        }
+        pb::Response {
+            status: failure.status as i32,
+            message: failure.message,
+            body,
+            retry_after_ms: failure.retry_after.map_or(0, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
+            ..pb::Response::default()
+        }
+    }
+}
+
+/// Why a request failed: what the client is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The status.
+    pub status: Status,
+    /// A human-readable explanation (no identifiers, keys or internals).
+    pub message: String,
+    /// For `RATE_LIMITED`: how long to wait.
+    pub retry_after: Option<Duration>,
+    /// For `STALE_DEVICES`: the boxes whose current device lists go into the
+    /// reply's `StaleDevices` details.
+    pub stale: Vec<BoxId>,
+}
+
+impl Failure {
+    /// A failure with a status and message.
+    pub fn new(status: Status, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            message: message.into(),
+            retry_after: None,
+            stale: Vec::new(),
+        }
+    }
+
+    /// `BAD_REQUEST`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(Status::BadRequest, message)
+    }
+
+    /// `NOT_FOUND` with the one message every unknown, hidden or blocking target
+    /// gets, so they cannot be told apart.
+    pub fn not_found() -> Self {
+        Self::new(Status::NotFound, "no such user, box or device")
+    }
+
+    /// `INTERNAL` with a generic message (details belong in the logs).
+    pub fn internal() -> Self {
+        Self::new(Status::Internal, "internal error")
+    }
+
+    /// `UNAVAILABLE`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Status::Unavailable, message)
+    }
+
+    /// `RATE_LIMITED` with the time to wait.
+    pub fn rate_limited(limited: Limited, message: impl Into<String>) -> Self {
+        Failure {
+            retry_after: Some(limited.retry_after),
+            ..Self::new(Status::RateLimited, message)
+        }
+    }
+}
+
+/// Storage errors as statuses:
+///
+/// | storage error | status |
+/// | --- | --- |
+/// | `StaleDeviceList` | `STALE_DEVICES` (current device list in the details) |
+/// | `RecipientUnavailable`, `BoxNotFound`, `DeviceNotFound` | `NOT_FOUND` |
+/// | `AckBeyondLast` | `ACK_BEYOND_LAST` |
+/// | `QuotaExceeded` | `QUOTA_EXCEEDED` |
+/// | `AlreadyRegistered` | `ALREADY_REGISTERED` |
+/// | `Invalid`, `DeviceExists` | `BAD_REQUEST` |
+/// | `Conflict`, `RetriesExhausted`, `Unavailable`, `BoxExists` | `UNAVAILABLE` |
+/// | `Undetermined` | `UNDETERMINED` |
+/// | `Corrupt` | `INTERNAL` (generic message; details logged) |
+impl From<rossby_storage::Error> for Failure {
+    fn from(err: rossby_storage::Error) -> Self {
+        use rossby_storage::Error as E;
+        match err {
+            E::StaleDeviceList { box_id, .. } => Failure {
+                stale: vec![box_id],
+                ..Failure::new(
+                    Status::StaleDevices,
+                    "the recipient's device list changed; encrypt for the current devices and retry",
+                )
+            },
+            E::RecipientUnavailable | E::BoxNotFound | E::DeviceNotFound => Failure::not_found(),
+            E::AckBeyondLast { requested, last } => Failure::new(
+                Status::AckBeyondLast,
+                format!("cannot acknowledge {requested}: the last sequence number is {last}"),
+            ),
+            E::QuotaExceeded(what) => {
+                Failure::new(Status::QuotaExceeded, format!("quota exceeded: {what}"))
+            }
+            E::AlreadyRegistered => Failure::new(
+                Status::AlreadyRegistered,
+                "this identifier is already registered",
+            ),
+            E::Invalid(what) => Failure::bad_request(what),
+            E::DeviceExists(_) => Failure::bad_request("a device with this id already exists"),
+            E::Undetermined(detail) => {
+                tracing::warn!(%detail, "storage commit outcome undetermined");
+                Failure::new(
+                    Status::Undetermined,
+                    "the outcome of the write is unknown; retry if the request is idempotent",
+                )
+            }
+            E::Corrupt { what, detail } => {
+                tracing::error!(what, %detail, "stored record could not be decoded");
+                Failure::internal()
+            }
+            err @ (E::Conflict(_)
+            | E::RetriesExhausted { .. }
+            | E::Unavailable(_)
+            | E::BoxExists(_)) => {
+                tracing::warn!(error = %err, "storage could not complete a request");
+                Failure::unavailable("storage is busy or unavailable; retry shortly")
+            }
+        }
+    }
+}
+
+fn encode<M: Message>(result: Result<M, Failure>) -> Result<Vec<u8>, Failure> {
+    result.map(|m| m.encode_to_vec())
+}
+
+/// Decodes a request body.
+pub(crate) fn decode<M: Message + Default>(body: &[u8], what: &str) -> Result<M, Failure> {
+    M::decode(body).map_err(|_| Failure::bad_request(format!("the body is not a valid {what}")))
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Parses a normalised identifier.
+pub(crate) fn parse_identifier(raw: &str) -> Result<Identifier, Failure> {
+    Identifier::parse(raw).map_err(|_| {
+        Failure::bad_request(
+            "the identifier must be a phone number in international format (+ and country code) or an e-mail address",
+        )
+    })
+}
+
+/// Parses a 16-byte box id.
+pub(crate) fn parse_box_id(raw: &[u8]) -> Result<BoxId, Failure> {
+    BoxId::try_from_slice(raw).map_err(|_| Failure::bad_request("a box id must have 16 bytes"))
+}
+
+/// Parses a 16-byte device id.
+pub(crate) fn parse_device_id(raw: &[u8]) -> Result<DeviceId, Failure> {
+    DeviceId::try_from_slice(raw)
+        .map_err(|_| Failure::bad_request("a device id must have 16 bytes"))
+}
+
+/// Checks a device label.
+pub(crate) fn check_label(label: &str) -> Result<(), Failure> {
+    if label.len() > MAX_LABEL_BYTES || label.chars().any(char::is_control) {
+        return Err(Failure::bad_request(format!(
+            "a device label must have at most {MAX_LABEL_BYTES} bytes and no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A device as handed to clients: id, signed key bundle and label.
+pub(crate) fn device_info(id: DeviceId, device: &Device) -> Result<pb::DeviceInfo, Failure> {
+    let keys = pb::KeyBundle::decode(device.encryption_key.as_slice()).map_err(|e| {
+        tracing::error!(error = %e, "stored key bundle could not be decoded");
+        Failure::internal()
+    })?;
+    Ok(pb::DeviceInfo {
+        device_id: id.as_bytes().to_vec(),
+        keys: Some(keys),
+        label: device.label.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::{SECRET, TestDevice, TestEnv, TestSettings};
+    use super::*;
+    use crate::auth::keys;
+    use rossby_protocol::status::status_of;
+    use rossby_storage::tables::registrations;
+    use rossby_storage::transact;
+
+    fn list_devices(device: &TestDevice, conn: u64, ts: SystemTime, nonce: &str) -> pb::Request {
+        TestEnv::signed_request(device, conn, Method::ListDevices, Vec::new(), ts, nonce)
+    }
+
+    fn failures(env: &TestEnv, reason: &str) -> u64 {
+        env.metrics
+            .auth_failures_total
+            .with_label_values(&[reason])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn hawk_accepts_good_requests_and_rejects_every_tampering() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let now = SystemTime::now();
+
+        // A good request, then the same request again: replayed.
+        let req = list_devices(&alice, 1, now, "nonce-1");
+        let resp = env.request(1, req.clone()).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        assert_eq!(resp.home_region, 0);
+        let resp = env.request(1, req.clone()).await;
+        assert_eq!(status_of(&resp), Status::Replayed);
+        assert_eq!(failures(&env, "replayed"), 1);
+
+        // Captured and replayed on another connection (other exporter).
+        let req = list_devices(&alice, 1, now, "nonce-2");
+        let resp = env.request(2, req).await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(failures(&env, "wrong_connection"), 1);
+
+        // Outside the skew window: CLOCK_SKEW with the server's time.
+        let old = now - Duration::from_secs(600);
+        let resp = env
+            .request(1, list_devices(&alice, 1, old, "nonce-3"))
+            .await;
+        assert_eq!(status_of(&resp), Status::ClockSkew);
+        let server = UNIX_EPOCH + Duration::from_millis(resp.server_time_ms);
+        assert!(server.duration_since(now).unwrap_or_default() < Duration::from_secs(60));
+        assert_eq!(failures(&env, "clock_skew"), 1);
+
+        // A body changed after signing.
+        let mut req = TestEnv::signed_request(
+            &alice,
+            1,
+            Method::Fetch,
+            pb::FetchRequest::default().encode_to_vec(),
+            now,
+            "nonce-4",
+        );
+        req.body = pb::FetchRequest {
+            max_count: 1,
+            ..pb::FetchRequest::default()
+        }
+        .encode_to_vec();
+        let resp = env.request(1, req).await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(failures(&env, "payload_mismatch"), 1);
+
+        // Signed for one RPC, sent as another.
+        let mut req = list_devices(&alice, 1, now, "nonce-5");
+        req.method = Method::DeleteAccount as i32;
+        let resp = env.request(1, req).await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(failures(&env, "bad_mac"), 1);
+
+        // A forged credential: right shape, unknown device (so a wrong key), and a
+        // correctly derived key for a device that does not exist.
+        let mut forged = alice.clone();
+        forged.creds.key = [0x55; 32];
+        let resp = env
+            .request(1, list_devices(&forged, 1, now, "nonce-6"))
+            .await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        let ghost = DeviceId::new();
+        let mut unknown = alice.clone();
+        unknown.creds = keys::credentials(&SECRET, alice.box_id, ghost, 1);
+        let resp = env
+            .request(1, list_devices(&unknown, 1, now, "nonce-7"))
+            .await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(failures(&env, "unknown_credential"), 1);
+        // A stale key version.
+        let mut revoked = alice.clone();
+        revoked.creds = keys::credentials(&SECRET, alice.box_id, alice.device_id, 2);
+        let resp = env
+            .request(1, list_devices(&revoked, 1, now, "nonce-8"))
+            .await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(failures(&env, "unknown_credential"), 2);
+
+        // Missing and malformed authorization.
+        let resp = env
+            .call(1, Method::ListDevices, &pb::ListDevicesRequest {})
+            .await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        let mut req = list_devices(&alice, 1, now, "nonce-9");
+        req.authorization = "Hawk id=\"x\"".into();
+        let resp = env.request(1, req).await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(failures(&env, "malformed"), 2);
+        // None of these messages says anything about keys or devices.
+        for nonce in ["nonce-10", "nonce-11"] {
+            let resp = env.request(2, list_devices(&alice, 1, now, nonce)).await;
+            assert!(!resp.message.contains(&alice.box_id.to_string()));
+            assert!(!resp.message.contains(&alice.device_id.to_string()));
+        }
+    }
+
+    #[tokio::test]
+    async fn version_method_and_body_are_checked_first() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let mut req = list_devices(&alice, 1, SystemTime::now(), "v");
+        req.version = 2;
+        let resp = env.request(1, req).await;
+        assert_eq!(status_of(&resp), Status::UnsupportedVersion);
+        assert!(resp.server_time_ms > 0);
+        let resp = env.call_raw(1, Method::Unspecified, Vec::new()).await;
+        assert_eq!(status_of(&resp), Status::UnknownMethod);
+        let mut req = list_devices(&alice, 1, SystemTime::now(), "m");
+        req.method = 999;
+        assert_eq!(status_of(&env.request(1, req).await), Status::UnknownMethod);
+        // A signed but undecodable body.
+        let req = TestEnv::signed_request(
+            &alice,
+            1,
+            Method::Fetch,
+            vec![0xff, 0xff, 0xff],
+            SystemTime::now(),
+            "b",
+        );
+        let resp = env.request(1, req).await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+    }
+
+    #[tokio::test]
+    async fn rate_limits_per_address_and_per_device() {
+        let env = TestEnv::with(TestSettings {
+            per_ip: Some((0.0, 5.0)),
+            per_device: Some((0.0, 2.0)),
+            ..TestSettings::default()
+        });
+        let alice = env.register("alice@example.com").await;
+        // Registration came from another address (connection 1000).
+        for _ in 0..2 {
+            let resp = env
+                .call_as(&alice, 1, Method::ListDevices, &pb::ListDevicesRequest {})
+                .await;
+            assert_eq!(status_of(&resp), Status::Ok);
+        }
+        let resp = env
+            .call_as(&alice, 1, Method::ListDevices, &pb::ListDevicesRequest {})
+            .await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        assert!(resp.retry_after_ms > 0);
+        // The same address is limited for unauthenticated requests as well.
+        for _ in 0..2 {
+            assert_eq!(
+                status_of(&env.call(1, Method::Ping, &pb::PingRequest {}).await),
+                Status::Ok
+            );
+        }
+        let resp = env.call(1, Method::Ping, &pb::PingRequest {}).await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        // Another address is not.
+        assert_eq!(
+            status_of(&env.call(2, Method::Ping, &pb::PingRequest {}).await),
+            Status::Ok
+        );
+    }
+
+    #[tokio::test]
+    async fn codes_are_stored_only_as_keyed_hashes() {
+        let env = TestEnv::new();
+        let device = TestEnv::new_device();
+        let resp = env
+            .register_request("alice@example.com", &device, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let code = env.last_code("alice@example.com");
+        let id = Identifier::parse("alice@example.com").unwrap();
+        let digest = env.store.hasher.current(&id);
+        let pending = transact!(env.store, |txn| registrations::pending(txn, &digest).await)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pending.code_mac,
+            crate::auth::codes::code_mac(&SECRET, &digest.digest, &code)
+        );
+        assert!(!pending.code_mac.windows(6).any(|w| w == code.as_bytes()));
+        assert_eq!(pending.attempts, 0);
+        assert_eq!(env.metrics.verification_codes_sent_total.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_from_other_home_regions_are_told_their_region() {
+        let env = TestEnv::new();
+        let device = TestEnv::new_device();
+        let req = pb::RegisterRequest {
+            identifier: "far@example.com".into(),
+            device_id: device.device_id.as_bytes().to_vec(),
+            keys: Some(device.keys.bundle()),
+            region: 7,
+            ..pb::RegisterRequest::default()
+        };
+        assert_eq!(
+            status_of(&env.call(1, Method::Register, &req).await),
+            Status::Ok
+        );
+        let code = env.last_code("far@example.com");
+        let resp = env
+            .authorize_request("far@example.com", &device, &code)
+            .await;
+        let authorized: pb::AuthorizeResponse = TestEnv::body(&resp);
+        let box_id = BoxId::try_from_slice(&authorized.box_id).unwrap();
+        assert_eq!(box_id.home_region(), rossby_keyspace::RegionId(7));
+        let far = TestEnv::open_credentials(&device, box_id, &authorized.sealed_credentials);
+        let resp = env
+            .call_as(&far, 1, Method::ListDevices, &pb::ListDevicesRequest {})
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        assert_eq!(resp.home_region, 7);
+    }
+
+    #[test]
+    fn storage_errors_map_to_documented_statuses() {
+        use rossby_storage::Error as E;
+        let b = BoxId::new(rossby_keyspace::RegionId(1));
+        let cases: Vec<(E, Status)> = vec![
+            (
+                E::StaleDeviceList {
+                    box_id: b,
+                    version: 3,
+                    devices: vec![],
+                },
+                Status::StaleDevices,
+            ),
+            (E::RecipientUnavailable, Status::NotFound),
+            (E::BoxNotFound, Status::NotFound),
+            (E::DeviceNotFound, Status::NotFound),
+            (
+                E::AckBeyondLast {
+                    requested: 9,
+                    last: 3,
+                },
+                Status::AckBeyondLast,
+            ),
+            (E::QuotaExceeded("devices".into()), Status::QuotaExceeded),
+            (E::Invalid("too big".into()), Status::BadRequest),
+            (E::DeviceExists(DeviceId::new()), Status::BadRequest),
+            (E::AlreadyRegistered, Status::AlreadyRegistered),
+            (E::Conflict("x".into()), Status::Unavailable),
+            (
+                E::RetriesExhausted {
+                    attempts: 3,
+                    last: Box::new(E::Conflict("x".into())),
+                },
+                Status::Unavailable,
+            ),
+            (
+                E::Unavailable("disk on fire at /var/lib/x".into()),
+                Status::Unavailable,
+            ),
+            (E::BoxExists(b), Status::Unavailable),
+            (E::Undetermined("x".into()), Status::Undetermined),
+            (
+                E::Corrupt {
+                    what: "device",
+                    detail: "secret detail".into(),
+                },
+                Status::Internal,
+            ),
+        ];
+        for (err, status) in cases {
+            let failure = Failure::from(err);
+            assert_eq!(failure.status, status);
+            assert!(!failure.message.contains("secret detail"));
+            assert!(!failure.message.contains("/var/lib"));
+            assert!(!failure.message.contains(&b.to_string()));
+        }
+        let stale = Failure::from(E::StaleDeviceList {
+            box_id: b,
+            version: 3,
+            devices: vec![],
+        });
+        assert_eq!(stale.stale, vec![b]);
+    }
+
+    #[tokio::test]
+    async fn stale_failures_carry_the_current_device_lists() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let failure = Failure::from(rossby_storage::Error::StaleDeviceList {
+            box_id: alice.box_id,
+            version: 1,
+            devices: vec![],
+        });
+        let resp = env.shared().failure_response(failure).await;
+        assert_eq!(status_of(&resp), Status::StaleDevices);
+        let details = pb::StaleDevices::decode(resp.body.as_slice()).unwrap();
+        assert_eq!(details.current.len(), 1);
+        assert_eq!(
+            details.current[0].devices[0].device_id,
+            alice.device_id.as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn handling_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let env = TestEnv::new();
+        let exporter = [0u8; EXPORTER_LEN];
+        let origin = Origin {
+            conn_id: 1,
+            remote: SocketAddr::from(([127, 0, 0, 1], 1)),
+            exporter: &exporter,
+            connection: None,
+        };
+        let fut = env.api.handle_from(&origin, pb::Request::default());
+        assert_send(&fut);
+        drop(fut);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let metrics = Arc::new(Metrics::new());
+        let store = || {
+            let kv: rossby_storage::Kv = Arc::new(rossby_storage::kv::memory::MemoryStore::new());
+            let hasher = rossby_keyspace::LookupHasher::new(
+                vec![rossby_keyspace::Pepper {
+                    version: 1,
+                    secret: vec![1; 32],
+                }],
+                1,
+            )
+            .unwrap();
+            Store::new(kv, hasher)
+        };
+        let short = ApiSettings::with_secret(vec![1; 16]);
+        assert!(Api::new(short, store(), metrics.clone()).is_err());
+        let mut https = ApiSettings::with_secret(vec![1; 32]);
+        https.verifier = crate::settings::VerifierSpec::Webhook("https://sms.example/".into());
+        let err = Api::new(https, store(), metrics.clone()).err().unwrap();
+        assert!(err.to_string().contains("http://"), "{err}");
+        assert!(Api::new(ApiSettings::with_secret(vec![1; 32]), store(), metrics).is_ok());
+    }
+
+    /// A server and a client endpoint on loopback, connected.
+    async fn loopback() -> (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::Endpoint,
+        quinn::Connection,
+    ) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_der = cert.cert.der().clone();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+        let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der.clone()], key.into())
+            .unwrap();
+        let server_config = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).unwrap(),
+        ));
+        let server =
+            quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der).unwrap();
+        let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client_config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap(),
+        ));
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connecting = client
+            .connect_with(client_config, server.local_addr().unwrap(), "localhost")
+            .unwrap();
+        let accept = async { server.accept().await.unwrap().await.unwrap() };
+        let (client_conn, server_conn) = tokio::join!(connecting, accept);
+        (server, server_conn, client, client_conn.unwrap())
+    }
+
+    async fn read_push(stream: &mut quinn::RecvStream) -> pb::Push {
+        let mut prefix = [0u8; 4];
+        stream.read_exact(&mut prefix).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        pb::Push::decode(body.as_slice()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn subscribers_get_pushes_on_one_server_stream() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        let (_server, server_conn, _client, client_conn) = loopback().await;
+        let mut exporter = [0u8; EXPORTER_LEN];
+        server_conn
+            .export_keying_material(&mut exporter, rossby_protocol::hawk::EXPORTER_LABEL, b"")
+            .unwrap();
+        let ctx = ConnContext {
+            id: 77,
+            remote: server_conn.remote_address(),
+            exporter,
+            connection: server_conn.clone(),
+        };
+        // Alice subscribes; the request is signed for this connection's binding.
+        let sign = |method: Method, nonce: &str| {
+            let service = rossby_protocol::hawk::ServiceName::default();
+            let body = pb::SubscribeRequest {}.encode_to_vec();
+            let signed = rossby_protocol::hawk::SignedRequest {
+                service: &service,
+                method,
+                body: &body,
+                exporter: &exporter,
+            };
+            pb::Request {
+                version: 1,
+                method: method as i32,
+                authorization: signed.sign(&alice.creds, SystemTime::now(), nonce).unwrap(),
+                body,
+            }
+        };
+        let resp = env.api.handle(&ctx, sign(Method::Subscribe, "s1")).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        // A second Subscribe on the same connection reuses the stream.
+        let resp = env.api.handle(&ctx, sign(Method::Subscribe, "s2")).await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        assert_eq!(env.api.presence().online(alice.box_id), 1);
+
+        let mut stream = client_conn.accept_uni().await.unwrap();
+        let first = read_push(&mut stream).await;
+        assert_eq!(
+            first.event,
+            Some(pb::push::Event::Messages(pb::MessagesAvailable {
+                last_seq: 0
+            }))
+        );
+        // Bob sends: Alice is told.
+        assert_eq!(
+            env.send(&bob, alice.box_id, version, b"hi").await.status,
+            Status::Ok as i32
+        );
+        let push = read_push(&mut stream).await;
+        assert_eq!(
+            push.event,
+            Some(pb::push::Event::Messages(pb::MessagesAvailable {
+                last_seq: 1
+            }))
+        );
+        // Bob types: an ephemeral push, nothing stored.
+        let req = pb::SendRequest {
+            message_id: rossby_keyspace::MessageId::new().as_bytes().to_vec(),
+            recipients: vec![pb::Recipient {
+                box_id: alice.box_id.as_bytes().to_vec(),
+                device_list_version: version,
+                envelope: b"typing".to_vec(),
+            }],
+            ephemeral: true,
+        };
+        let resp: pb::SendResponse = TestEnv::body(&env.call_as(&bob, 1, Method::Send, &req).await);
+        assert_eq!(resp.results[0].status, Status::Ok as i32);
+        assert_eq!(resp.results[0].seq, 0);
+        match read_push(&mut stream).await.event {
+            Some(pb::push::Event::Ephemeral(e)) => {
+                assert_eq!(e.envelope, b"typing");
+                assert_eq!(e.sender_box, bob.box_id.as_bytes());
+                assert_eq!(e.sender_device, bob.device_id.as_bytes());
+            }
+            other => panic!("expected an ephemeral push, got {other:?}"),
+        }
+        assert_eq!(
+            env.fetch(&alice, 0).await.envelopes.len(),
+            1,
+            "ephemeral is not stored"
+        );
+        assert_eq!(env.metrics.pushes_total.get(), 3);
+
+        // The connection goes away: the subscription is dropped.
+        env.api.connection_closed(&ctx);
+        assert_eq!(env.api.presence().online(alice.box_id), 0);
+        server_conn.close(0u32.into(), b"bye");
+    }
+}

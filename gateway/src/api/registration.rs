@@ -1,0 +1,584 @@
+//! Register, Authorize and LinkDevice: how devices get credentials.
+//!
+//! Register stores a pending registration (the keyed hash of a fresh six-digit
+//! code, its expiry, an attempt counter, and the device's id, keys, label, recovery
+//! flag and region) and sends the code through the verifier. Authorize checks the
+//! code and, in the same transaction that deletes the pending registration, creates
+//! the account (or, for recovery, replaces its devices and drops its queue) and
+//! authorizes the device. Wrong codes are counted in storage, so the limit holds
+//! across gateways and restarts.
+//!
+//! Credentials (`pb::Credentials`: Hawk id and derived key) are sealed to the
+//! device's public keys with [`seal`] under [`CONTEXT_CREDENTIALS`]; the reply's
+//! `sealed_credentials` is the protobuf encoding of the resulting `pb::Sealed`.
+
+use super::{Failure, Shared, check_label, decode, now_ms, parse_device_id, parse_identifier};
+use crate::auth::{Authenticated, codes, keys};
+use crate::verifier::CodeMessage;
+use prost::Message;
+use rossby_keyspace::{BoxId, DeviceId, RegionId};
+use rossby_protocol::crypto::{CONTEXT_CREDENTIALS, PublicKeys, seal};
+use rossby_protocol::pb::{self, Status};
+use rossby_storage::tables::records::{Device, PendingRegistration};
+use rossby_storage::tables::{devices, lookup, registrations};
+use rossby_storage::transact;
+
+/// The key version of a newly authorized device.
+const FIRST_KEY_VERSION: u32 = 1;
+
+/// Checks a key bundle from a request: present, well-formed and self-signed.
+fn check_bundle(keys: Option<&pb::KeyBundle>) -> Result<pb::KeyBundle, Failure> {
+    let bundle = keys.ok_or_else(|| Failure::bad_request("the device's key bundle is required"))?;
+    PublicKeys::from_bundle(bundle).map_err(|_| {
+        Failure::bad_request("the key bundle is invalid (key lengths, key encodings or signature)")
+    })?;
+    Ok(bundle.clone())
+}
+
+/// The record of a new, not yet authorized device.
+fn device_record(bundle: &pb::KeyBundle, label: &str) -> Device {
+    Device {
+        identity_key: bundle.identity_key.clone(),
+        encryption_key: bundle.encode_to_vec(),
+        credential_version: FIRST_KEY_VERSION,
+        label: label.to_string(),
+        ..Device::default()
+    }
+}
+
+/// The device's Hawk credentials sealed to its keys: a protobuf `pb::Sealed`.
+fn sealed_credentials(
+    shared: &Shared,
+    bundle: &pb::KeyBundle,
+    box_id: BoxId,
+    device_id: DeviceId,
+    key_version: u32,
+) -> Result<Vec<u8>, Failure> {
+    let public = PublicKeys::from_bundle(bundle).map_err(|e| {
+        tracing::error!(error = %e, "a stored key bundle no longer verifies");
+        Failure::internal()
+    })?;
+    let creds = keys::credentials(
+        &shared.settings.server_secret,
+        box_id,
+        device_id,
+        key_version,
+    );
+    let plaintext = pb::Credentials {
+        id: creds.id,
+        key: creds.key.to_vec(),
+    }
+    .encode_to_vec();
+    let sealed = seal(&public, CONTEXT_CREDENTIALS, &plaintext).map_err(|e| {
+        tracing::error!(error = %e, "sealing credentials failed");
+        Failure::internal()
+    })?;
+    Ok(sealed.encode_to_vec())
+}
+
+fn region_of(shared: &Shared, requested: u32) -> Result<RegionId, Failure> {
+    match requested {
+        0 => Ok(shared.settings.region),
+        r => u16::try_from(r)
+            .map(RegionId)
+            .map_err(|_| Failure::bad_request("a region code must fit in 16 bits")),
+    }
+}
+
+/// Register: starts a registration and sends a code.
+pub(crate) async fn register(
+    shared: &Shared,
+    body: &[u8],
+) -> Result<pb::RegisterResponse, Failure> {
+    let req: pb::RegisterRequest = decode(body, "RegisterRequest")?;
+    let id = parse_identifier(&req.identifier)?;
+    let device_id = parse_device_id(&req.device_id)?;
+    let bundle = check_bundle(req.keys.as_ref())?;
+    check_label(&req.device_label)?;
+    region_of(shared, req.region)?;
+    let store = &shared.store;
+    let digest = store.hasher.current(&id);
+    shared
+        .limits
+        .registration(digest.digest)
+        .map_err(|l| Failure::rate_limited(l, "too many verification codes for this identifier"))?;
+    let now = now_ms();
+    let ttl_ms = u64::try_from(shared.settings.code_ttl.as_millis()).unwrap_or(u64::MAX);
+    let expires_at_ms = now.saturating_add(ttl_ms);
+    let code = codes::generate();
+    let record = PendingRegistration {
+        code_mac: codes::code_mac(&shared.settings.server_secret, &digest.digest, &code).to_vec(),
+        expires_at_ms,
+        attempts: 0,
+        device_id: device_id.as_bytes().to_vec(),
+        key_bundle: bundle.encode_to_vec(),
+        label: req.device_label.clone(),
+        recover: req.recover,
+        region: req.region,
+        created_at_ms: now,
+    };
+    let recover = req.recover;
+    let already_bound = transact!(store, |txn| async {
+        let bound = lookup::resolve(txn, &store.hasher, &id, now).await?;
+        if bound.is_some() && !recover {
+            return Ok(true);
+        }
+        registrations::store_pending(txn, &digest, &record).await?;
+        Ok(false)
+    }
+    .await)?;
+    if already_bound {
+        return Err(Failure::new(
+            Status::AlreadyRegistered,
+            "this identifier is already registered: link this device from one of the account's devices, or register with recovery",
+        ));
+    }
+    let message = CodeMessage {
+        identifier: id,
+        code,
+        expires_at_ms,
+    };
+    if let Err(err) = shared.verifier.send(&message).await {
+        tracing::warn!(error = %err, "verification code not delivered");
+        return Err(Failure::unavailable(
+            "the verification code could not be sent; try again later",
+        ));
+    }
+    shared.metrics.verification_codes_sent_total.inc();
+    Ok(pb::RegisterResponse {
+        code_expires_at_ms: expires_at_ms,
+    })
+}
+
+/// What the Authorize transaction decided.
+enum Outcome {
+    /// Nothing pending for this identifier and device, or it expired.
+    Expired,
+    /// Too many wrong codes: the registration was deleted.
+    Exhausted,
+    /// Wrong code, counted.
+    WrongCode,
+    /// The identifier was bound by someone else since the code was sent.
+    AlreadyRegistered,
+    /// The device is authorized.
+    Done {
+        box_id: BoxId,
+        version: u64,
+        bundle: pb::KeyBundle,
+        recovered: bool,
+        purge_left: bool,
+    },
+}
+
+/// Authorize: checks the code and completes the registration.
+pub(crate) async fn authorize(
+    shared: &Shared,
+    body: &[u8],
+) -> Result<pb::AuthorizeResponse, Failure> {
+    let req: pb::AuthorizeRequest = decode(body, "AuthorizeRequest")?;
+    let id = parse_identifier(&req.identifier)?;
+    let device_id = parse_device_id(&req.device_id)?;
+    let store = &shared.store;
+    let limits = &store.limits;
+    let digest = store.hasher.current(&id);
+    let secret = shared.settings.server_secret.as_slice();
+    let max_attempts = shared.settings.code_max_attempts;
+    let home = shared.settings.region;
+    let now = now_ms();
+    let outcome = transact!(store, |txn| async {
+        let Some(pending) = registrations::pending(txn, &digest).await? else {
+            return Ok(Outcome::Expired);
+        };
+        if pending.device_id != device_id.as_bytes() {
+            return Ok(Outcome::Expired);
+        }
+        if pending.expires_at_ms <= now {
+            registrations::remove_pending(txn, &digest).await?;
+            return Ok(Outcome::Expired);
+        }
+        if pending.attempts >= max_attempts {
+            registrations::remove_pending(txn, &digest).await?;
+            return Ok(Outcome::Exhausted);
+        }
+        if !codes::matches(secret, &digest.digest, &req.code, &pending.code_mac) {
+            let attempts = registrations::record_wrong_attempt(txn, &digest).await?;
+            if attempts >= max_attempts {
+                registrations::remove_pending(txn, &digest).await?;
+                return Ok(Outcome::Exhausted);
+            }
+            return Ok(Outcome::WrongCode);
+        }
+        let bundle = pb::KeyBundle::decode(pending.key_bundle.as_slice()).map_err(|e| {
+            rossby_storage::Error::Corrupt {
+                what: "pending registration",
+                detail: e.to_string(),
+            }
+        })?;
+        let device = device_record(&bundle, &pending.label);
+        registrations::remove_pending(txn, &digest).await?;
+        match lookup::resolve(txn, &store.hasher, &id, now).await? {
+            Some(box_id) if pending.recover => {
+                let (version, complete) =
+                    registrations::recover_account(txn, limits, box_id, device_id, &device, now)
+                        .await?;
+                Ok(Outcome::Done {
+                    box_id,
+                    version,
+                    bundle,
+                    recovered: true,
+                    purge_left: !complete,
+                })
+            }
+            Some(_) => Ok(Outcome::AlreadyRegistered),
+            None => {
+                let region = match pending.region {
+                    0 => home,
+                    r => RegionId(u16::try_from(r).unwrap_or(home.0)),
+                };
+                let box_id = BoxId::new(region);
+                let version = registrations::create_account(
+                    txn,
+                    limits,
+                    &store.hasher,
+                    &id,
+                    box_id,
+                    device_id,
+                    &device,
+                    now,
+                )
+                .await?;
+                Ok(Outcome::Done {
+                    box_id,
+                    version,
+                    bundle,
+                    recovered: false,
+                    purge_left: false,
+                })
+            }
+        }
+    }
+    .await)?;
+    match outcome {
+        Outcome::Expired => Err(Failure::new(
+            Status::CodeExpired,
+            "no registration is pending for this identifier and device, or its code expired: register again",
+        )),
+        Outcome::Exhausted => Err(Failure::new(
+            Status::CodeAttemptsExhausted,
+            "too many wrong codes: register again to get a new code",
+        )),
+        Outcome::WrongCode => Err(Failure::new(
+            Status::InvalidCode,
+            "the verification code is wrong",
+        )),
+        Outcome::AlreadyRegistered => Err(Failure::new(
+            Status::AlreadyRegistered,
+            "this identifier was registered meanwhile: link this device or register with recovery",
+        )),
+        Outcome::Done {
+            box_id,
+            version,
+            bundle,
+            recovered,
+            purge_left,
+        } => {
+            if recovered {
+                // Subscriptions of the replaced devices end now.
+                shared.presence.remove_box(box_id);
+                tracing::info!("account recovered; previous devices replaced");
+            }
+            if purge_left {
+                purge_dropped_queue(shared, box_id).await;
+            }
+            let sealed = sealed_credentials(shared, &bundle, box_id, device_id, FIRST_KEY_VERSION)?;
+            Ok(pb::AuthorizeResponse {
+                box_id: box_id.as_bytes().to_vec(),
+                sealed_credentials: sealed,
+                device_list_version: version,
+            })
+        }
+    }
+}
+
+/// Deletes envelopes left below the low-water mark by a recovery, in bounded
+/// transactions. Best effort: they are never served, and a failure only leaves
+/// garbage behind (logged).
+async fn purge_dropped_queue(shared: &Shared, box_id: BoxId) {
+    let store = &shared.store;
+    let step = store.limits.max_deletes_per_txn;
+    loop {
+        match transact!(store, |txn| registrations::purge_dropped(txn, box_id, step)
+            .await)
+        {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "could not delete a recovered box's dropped envelopes");
+                return;
+            }
+        }
+    }
+}
+
+/// LinkDevice: an authorized device adds and authorizes a new device of its box.
+/// Repeating the request for a device that already exists with the same keys
+/// answers its credentials again (a retry after a lost reply).
+pub(crate) async fn link_device(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::LinkDeviceResponse, Failure> {
+    let req: pb::LinkDeviceRequest = decode(body, "LinkDeviceRequest")?;
+    let device_id = parse_device_id(&req.device_id)?;
+    let bundle = check_bundle(req.keys.as_ref())?;
+    check_label(&req.label)?;
+    let record = device_record(&bundle, &req.label);
+    let store = &shared.store;
+    let limits = &store.limits;
+    let box_id = caller.box_id;
+    let now = now_ms();
+    let (version, key_version) = transact!(store, |txn| async {
+        match devices::get_device(txn, box_id, device_id).await? {
+            Some(existing)
+                if existing.authorized && existing.encryption_key == record.encryption_key =>
+            {
+                let (version, _) = devices::recipients(txn, box_id).await?;
+                Ok((version, existing.credential_version))
+            }
+            Some(_) => Err(rossby_storage::Error::DeviceExists(device_id)),
+            None => {
+                devices::add(txn, limits, box_id, device_id, &record, now).await?;
+                let version = devices::authorize(txn, box_id, device_id, now).await?;
+                Ok((version, record.credential_version))
+            }
+        }
+    }
+    .await)?;
+    let sealed = sealed_credentials(shared, &bundle, box_id, device_id, key_version)?;
+    Ok(pb::LinkDeviceResponse {
+        sealed_credentials: sealed,
+        device_list_version: version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{TestEnv, TestSettings};
+    use rossby_protocol::pb::{self, Method, Status};
+    use rossby_protocol::status::status_of;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn register_authorize_and_use_the_credentials() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        assert_eq!(alice.box_id.home_region(), env.region());
+        // The credentials work: an authenticated request succeeds.
+        let resp = env
+            .call_as(&alice, 1, Method::ListDevices, &pb::ListDevicesRequest {})
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let list: pb::ListDevicesResponse = TestEnv::body(&resp);
+        let devices = list.devices.unwrap();
+        assert_eq!(devices.devices.len(), 1);
+        assert_eq!(devices.devices[0].device_id, alice.device_id.as_bytes());
+        assert_eq!(devices.devices[0].keys.as_ref(), Some(&alice.keys.bundle()));
+        // The code was delivered as one line and never stored in clear.
+        let codes = env.code_lines();
+        assert_eq!(codes.len(), 1);
+        assert!(codes[0].starts_with("alice@example.com "));
+    }
+
+    #[tokio::test]
+    async fn an_identifier_registers_once_unless_recovering() {
+        let env = TestEnv::new();
+        let _alice = env.register("+14155550123").await;
+        let other = TestEnv::new_device();
+        let resp = env.register_request("+1 415 555 0123", &other, false).await;
+        assert_eq!(status_of(&resp), Status::AlreadyRegistered);
+        assert_eq!(env.code_lines().len(), 1, "no code is sent");
+    }
+
+    #[tokio::test]
+    async fn recovery_replaces_devices_and_contacts_see_new_keys() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        // Bob sends Alice a message she never fetches.
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        let sent = env.send(&bob, alice.box_id, version, b"hello").await;
+        assert_eq!(sent.status, Status::Ok as i32);
+
+        // Alice loses her phone and recovers on a new device.
+        let recovered = env.recover("alice@example.com").await;
+        assert_eq!(recovered.box_id, alice.box_id);
+        // The old device's credentials are dead.
+        let resp = env
+            .call_as(&alice, 1, Method::ListDevices, &pb::ListDevicesRequest {})
+            .await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        // The queue was dropped: the new device fetches nothing.
+        let fetched = env.fetch(&recovered, 0).await;
+        assert!(fetched.envelopes.is_empty());
+        // Bob's next send with the old device list is stale and carries the new keys.
+        let stale = env.send(&bob, alice.box_id, version, b"again").await;
+        assert_eq!(stale.status, Status::StaleDevices as i32);
+        let current = stale.current.unwrap();
+        assert_eq!(current.devices.len(), 1);
+        assert_eq!(
+            current.devices[0].keys.as_ref(),
+            Some(&recovered.keys.bundle())
+        );
+        // And a lookup shows the new keys.
+        let new_version = env.device_list_version(&bob, "alice@example.com").await;
+        assert_eq!(new_version, current.version);
+        let sent = env.send(&bob, alice.box_id, new_version, b"again").await;
+        assert_eq!(sent.status, Status::Ok as i32);
+        assert_eq!(env.fetch(&recovered, 0).await.envelopes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_codes_are_counted_and_exhaust_the_registration() {
+        let env = TestEnv::with(TestSettings {
+            code_max_attempts: 3,
+            ..TestSettings::default()
+        });
+        let device = TestEnv::new_device();
+        let resp = env
+            .register_request("carol@example.com", &device, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let code = env.last_code("carol@example.com");
+        let wrong = if code == "000000" { "000001" } else { "000000" };
+        for _ in 0..2 {
+            let resp = env
+                .authorize_request("carol@example.com", &device, wrong)
+                .await;
+            assert_eq!(status_of(&resp), Status::InvalidCode);
+        }
+        // A malformed code counts too; the third wrong one ends the registration.
+        let resp = env
+            .authorize_request("carol@example.com", &device, "abc")
+            .await;
+        assert_eq!(status_of(&resp), Status::CodeAttemptsExhausted);
+        // Even the right code is refused now.
+        let resp = env
+            .authorize_request("carol@example.com", &device, &code)
+            .await;
+        assert_eq!(status_of(&resp), Status::CodeExpired);
+    }
+
+    #[tokio::test]
+    async fn the_code_belongs_to_the_device_that_asked_and_expires() {
+        let env = TestEnv::with(TestSettings {
+            code_ttl: Duration::from_millis(300),
+            ..TestSettings::default()
+        });
+        let device = TestEnv::new_device();
+        let resp = env
+            .register_request("dave@example.com", &device, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let code = env.last_code("dave@example.com");
+        let intruder = TestEnv::new_device();
+        let resp = env
+            .authorize_request("dave@example.com", &intruder, &code)
+            .await;
+        assert_eq!(status_of(&resp), Status::CodeExpired);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let resp = env
+            .authorize_request("dave@example.com", &device, &code)
+            .await;
+        assert_eq!(status_of(&resp), Status::CodeExpired);
+        // Nothing pending for an unknown identifier either.
+        let resp = env
+            .authorize_request("nobody@example.com", &device, &code)
+            .await;
+        assert_eq!(status_of(&resp), Status::CodeExpired);
+    }
+
+    #[tokio::test]
+    async fn bad_registrations_are_rejected() {
+        let env = TestEnv::new();
+        let device = TestEnv::new_device();
+        let resp = env
+            .register_request("not an identifier", &device, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+        // A bundle whose signature does not verify.
+        let mut bundle = device.keys.bundle();
+        bundle.x25519_key[0] ^= 1;
+        let req = pb::RegisterRequest {
+            identifier: "erin@example.com".into(),
+            device_id: device.device_id.as_bytes().to_vec(),
+            keys: Some(bundle),
+            ..pb::RegisterRequest::default()
+        };
+        let resp = env.call(1, Method::Register, &req).await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+        assert!(!resp.message.contains("erin"));
+        // A short device id and a missing bundle.
+        let req = pb::RegisterRequest {
+            identifier: "erin@example.com".into(),
+            device_id: vec![1, 2, 3],
+            ..pb::RegisterRequest::default()
+        };
+        assert_eq!(
+            status_of(&env.call(1, Method::Register, &req).await),
+            Status::BadRequest
+        );
+        // Undecodable body.
+        let resp = env.call_raw(1, Method::Register, vec![0xff, 0xff]).await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+        assert!(env.code_lines().is_empty());
+    }
+
+    #[tokio::test]
+    async fn registrations_per_identifier_are_rate_limited() {
+        let env = TestEnv::with(TestSettings {
+            registrations: Some((0.0, 2.0)),
+            ..TestSettings::default()
+        });
+        let device = TestEnv::new_device();
+        for _ in 0..2 {
+            let resp = env
+                .register_request("frank@example.com", &device, false)
+                .await;
+            assert_eq!(status_of(&resp), Status::Ok);
+        }
+        let resp = env
+            .register_request("Frank@Example.com", &device, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        assert!(resp.retry_after_ms > 0);
+        // Another identifier is not affected.
+        let resp = env
+            .register_request("grace@example.com", &device, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+    }
+
+    #[tokio::test]
+    async fn linked_devices_get_their_own_credentials() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let laptop = env.link(&alice, "laptop").await;
+        assert_eq!(laptop.box_id, alice.box_id);
+        let resp = env
+            .call_as(&laptop, 2, Method::ListDevices, &pb::ListDevicesRequest {})
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let list: pb::ListDevicesResponse = TestEnv::body(&resp);
+        assert_eq!(list.devices.unwrap().devices.len(), 2);
+        // Linking the same device again with the same keys answers again;
+        // with other keys it is refused.
+        let again = env
+            .link_request(&alice, &laptop.as_new_device(), "laptop")
+            .await;
+        assert_eq!(status_of(&again), Status::Ok);
+        let mut impostor = TestEnv::new_device();
+        impostor.device_id = laptop.device_id;
+        let resp = env.link_request(&alice, &impostor, "x").await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+    }
+}

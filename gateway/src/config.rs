@@ -1,0 +1,1649 @@
+//! The gateway's configuration: a TOML file, flags and `ROSSBY_*` environment
+//! variables, merged with the precedence **flag > environment > file > default**.
+//!
+//! Every option exists in all three forms: the flag `--max-frame-bytes`, the variable
+//! `ROSSBY_MAX_FRAME_BYTES` and the TOML key `max_frame_bytes` (flat, no tables).
+//! `docs/configuration.md` lists them all. With no options at all the result is a
+//! working single-region gateway: fjall store in `./rossby-data/store`, a generated
+//! self-signed certificate, QUIC on `0.0.0.0:7400`, admin on `127.0.0.1:7401`.
+//!
+//! Parsing is pure: nothing is created or read except the TOML file. Secrets and
+//! certificates are loaded (or generated) by [`crate::gateway::Gateway::start`].
+
+use crate::error::{Error, Result};
+use crate::settings::{ApiSettings, Rate, RateLimits, VerifierSpec};
+use clap::{Parser, ValueEnum};
+use rossby_keyspace::RegionId;
+use rossby_protocol::hawk::ServiceName;
+use rossby_storage::kv::fjall::{Durability, FjallConfig};
+use rossby_storage::kv::tikv::{TikvConfig, TikvTxnMode};
+use rossby_storage::{BackendConfig, Kv};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default directory of everything the gateway keeps locally.
+pub const DEFAULT_DATA_DIR: &str = "./rossby-data";
+/// Default QUIC listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
+/// Default admin (HTTP) listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7401";
+/// Smallest frame limit accepted: smaller ones could not carry a signed request.
+pub const MIN_FRAME_BYTES: usize = 1024;
+
+/// Output format of the logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which storage backend to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Embedded durable store in `--store-dir`.
+    #[default]
+    Fjall,
+    /// In-memory store; nothing survives the process (tests and benchmarks).
+    Memory,
+    /// A TiKV cluster reached through `--pd`.
+    Tikv,
+}
+
+/// Commit durability of the fjall store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityArg {
+    /// Acknowledge commits only after a shared `fdatasync` (deployments).
+    #[default]
+    GroupCommit,
+    /// Acknowledge commits once handed to the OS (benchmarks only).
+    NoSync,
+}
+
+/// TiKV transaction mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TikvModeArg {
+    /// Conflicts detected at commit.
+    #[default]
+    Optimistic,
+    /// Locks taken as keys are written.
+    Pessimistic,
+}
+
+/// Command-line flags. Each is also read from its `ROSSBY_*` variable (the flag
+/// wins) and from the TOML file given by `--config` (which loses to both).
+#[derive(Parser, Debug, Default, Clone)]
+#[command(
+    name = "rossby-gateway",
+    version,
+    about = "Rossby gateway: the Rossby API over QUIC, with an HTTP admin port",
+    long_about = None
+)]
+pub struct Args {
+    /// TOML configuration file (flat keys named like the flags, with `_` for `-`).
+    #[arg(long, env = "ROSSBY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    // ---- general ----
+    /// Directory for the store, certificate, key and secrets [default: ./rossby-data].
+    #[arg(long, env = "ROSSBY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// QUIC (UDP) listen address [default: 0.0.0.0:7400].
+    #[arg(long, env = "ROSSBY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Admin HTTP listen address (/livez, /readyz, /metrics) [default: 127.0.0.1:7401].
+    #[arg(long, env = "ROSSBY_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// This gateway's region code (1..65535) [default: 1].
+    #[arg(long, env = "ROSSBY_REGION", value_name = "CODE")]
+    pub region: Option<u16>,
+    /// The deployment's service name `host:port` that requests are signed for
+    /// [default: rossby:7400].
+    #[arg(long, env = "ROSSBY_SERVICE_NAME", value_name = "HOST:PORT")]
+    pub service_name: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "ROSSBY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter (`tracing` directives such as `info` or `rossby_gateway=debug`)
+    /// [default: info].
+    #[arg(long, env = "ROSSBY_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    // ---- storage ----
+    /// Storage backend [default: fjall].
+    #[arg(long, env = "ROSSBY_STORAGE", value_name = "BACKEND")]
+    pub storage: Option<StorageKind>,
+    /// Directory of the fjall store [default: <data-dir>/store].
+    #[arg(long, env = "ROSSBY_STORE_DIR", value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
+    /// fjall commit durability [default: group-commit].
+    #[arg(long, env = "ROSSBY_DURABILITY", value_name = "MODE")]
+    pub durability: Option<DurabilityArg>,
+    /// fjall block cache in MiB [default: 64].
+    #[arg(long, env = "ROSSBY_CACHE_MB", value_name = "MIB")]
+    pub cache_mb: Option<u64>,
+    /// TiKV placement drivers, `host:port[,host:port..]` (with `--storage tikv`).
+    #[arg(
+        long,
+        env = "ROSSBY_PD",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub pd: Option<Vec<String>>,
+    /// TiKV transaction mode [default: optimistic].
+    #[arg(long, env = "ROSSBY_TIKV_MODE", value_name = "MODE")]
+    pub tikv_mode: Option<TikvModeArg>,
+    /// Deadline of each TiKV RPC in milliseconds [default: 2000].
+    #[arg(long, env = "ROSSBY_TIKV_TIMEOUT_MS", value_name = "MS")]
+    pub tikv_timeout_ms: Option<u64>,
+    /// Deadline of the readiness storage probe in milliseconds [default: 1000].
+    #[arg(long, env = "ROSSBY_PROBE_TIMEOUT_MS", value_name = "MS")]
+    pub probe_timeout_ms: Option<u64>,
+    /// Seconds between retention sweeps [default: 30].
+    #[arg(long, env = "ROSSBY_SWEEP_INTERVAL_SECS", value_name = "SECS")]
+    pub sweep_interval_secs: Option<u64>,
+
+    // ---- TLS and secrets ----
+    /// Certificate chain PEM file (with `--key`) [default: generated <data-dir>/cert.pem].
+    #[arg(long, env = "ROSSBY_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Private key PEM file (with `--cert`) [default: generated <data-dir>/key.pem].
+    #[arg(long, env = "ROSSBY_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Extra name (DNS name or IP) of the generated certificate; repeatable, or
+    /// comma-separated in the variable.
+    #[arg(
+        long,
+        env = "ROSSBY_TLS_NAME",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub tls_name: Option<Vec<String>>,
+    /// Server secret file (Hawk keys, code hashes); the same on every gateway
+    /// [default: <data-dir>/secret, generated].
+    #[arg(long, env = "ROSSBY_SECRET_FILE", value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Identifier lookup pepper file; the same on every gateway
+    /// [default: <data-dir>/pepper, generated].
+    #[arg(long, env = "ROSSBY_PEPPER_FILE", value_name = "FILE")]
+    pub pepper_file: Option<PathBuf>,
+
+    // ---- drain ----
+    /// Seconds between failing readiness and refusing connections on shutdown
+    /// [default: 5].
+    #[arg(long, env = "ROSSBY_DRAIN_GRACE_SECS", value_name = "SECS")]
+    pub drain_grace_secs: Option<u64>,
+    /// Seconds in-flight requests may take to finish on shutdown [default: 30].
+    #[arg(long, env = "ROSSBY_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
+    pub drain_timeout_secs: Option<u64>,
+
+    // ---- QUIC ----
+    /// Most open connections; more are refused [default: 100000].
+    #[arg(long, env = "ROSSBY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Concurrent request streams per connection [default: 64].
+    #[arg(long, env = "ROSSBY_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Seconds without traffic after which a connection is closed [default: 60].
+    #[arg(long, env = "ROSSBY_IDLE_TIMEOUT_SECS", value_name = "SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Receive window per stream in bytes [default: 262144].
+    #[arg(long, env = "ROSSBY_STREAM_RECEIVE_WINDOW", value_name = "BYTES")]
+    pub stream_receive_window: Option<u32>,
+    /// Receive window per connection in bytes [default: 1048576].
+    #[arg(long, env = "ROSSBY_RECEIVE_WINDOW", value_name = "BYTES")]
+    pub receive_window: Option<u32>,
+    /// Send window per connection in bytes [default: 1048576].
+    #[arg(long, env = "ROSSBY_SEND_WINDOW", value_name = "BYTES")]
+    pub send_window: Option<u64>,
+
+    // ---- API ----
+    /// Where verification codes go: `log`, `file:PATH` or `webhook:URL` [default: log].
+    #[arg(long, env = "ROSSBY_VERIFIER", value_name = "SPEC")]
+    pub verifier: Option<String>,
+    /// Allowed Hawk timestamp skew in seconds [default: 120].
+    #[arg(long, env = "ROSSBY_HAWK_SKEW_SECS", value_name = "SECS")]
+    pub hawk_skew_secs: Option<u64>,
+    /// Lifetime of a verification code in seconds [default: 600].
+    #[arg(long, env = "ROSSBY_CODE_TTL_SECS", value_name = "SECS")]
+    pub code_ttl_secs: Option<u64>,
+    /// Wrong codes allowed per registration [default: 5].
+    #[arg(long, env = "ROSSBY_CODE_MAX_ATTEMPTS", value_name = "N")]
+    pub code_max_attempts: Option<u32>,
+    /// Most recipient boxes per Send [default: 256].
+    #[arg(long, env = "ROSSBY_MAX_RECIPIENTS", value_name = "N")]
+    pub max_recipients: Option<usize>,
+    /// Largest request frame in bytes [default: 1114112].
+    #[arg(long, env = "ROSSBY_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Most envelopes per Fetch [default: 500].
+    #[arg(long, env = "ROSSBY_MAX_FETCH_COUNT", value_name = "N")]
+    pub max_fetch_count: Option<usize>,
+    /// Most envelope bytes per Fetch [default: 4194304].
+    #[arg(long, env = "ROSSBY_MAX_FETCH_BYTES", value_name = "BYTES")]
+    pub max_fetch_bytes: Option<usize>,
+    /// Longest wait a Fetch may ask for, in seconds [default: 60].
+    #[arg(long, env = "ROSSBY_MAX_FETCH_WAIT_SECS", value_name = "SECS")]
+    pub max_fetch_wait_secs: Option<u64>,
+    /// Largest envelope payload in bytes [default: 262144].
+    #[arg(long, env = "ROSSBY_MAX_PAYLOAD_BYTES", value_name = "BYTES")]
+    pub max_payload_bytes: Option<usize>,
+    /// Most devices per box [default: 16].
+    #[arg(long, env = "ROSSBY_MAX_DEVICES_PER_BOX", value_name = "N")]
+    pub max_devices_per_box: Option<usize>,
+    /// Most unclaimed KeyPackages per device [default: 200].
+    #[arg(long, env = "ROSSBY_MAX_KEY_PACKAGES_PER_DEVICE", value_name = "N")]
+    pub max_key_packages_per_device: Option<usize>,
+    /// Largest KeyPackage in bytes [default: 16384].
+    #[arg(long, env = "ROSSBY_MAX_KEY_PACKAGE_BYTES", value_name = "BYTES")]
+    pub max_key_package_bytes: Option<usize>,
+    /// Largest encrypted profile in bytes [default: 65536].
+    #[arg(long, env = "ROSSBY_MAX_PROFILE_BYTES", value_name = "BYTES")]
+    pub max_profile_bytes: Option<usize>,
+    /// Most queue entries deleted per transaction [default: 1024].
+    #[arg(long, env = "ROSSBY_MAX_DELETES_PER_TXN", value_name = "N")]
+    pub max_deletes_per_txn: Option<usize>,
+    /// Days an unacknowledged envelope is kept [default: 30].
+    #[arg(long, env = "ROSSBY_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u64>,
+    /// Seconds a send stays idempotent by message id [default: 86400].
+    #[arg(long, env = "ROSSBY_DEDUP_WINDOW_SECS", value_name = "SECS")]
+    pub dedup_window_secs: Option<u64>,
+
+    // ---- rate limits: RATE is `N` or `N/s` (per second), `N/min`, `N/h` ----
+    /// Authenticated requests per device [default: 50/s].
+    #[arg(long, env = "ROSSBY_RATE_PER_DEVICE", value_name = "RATE", value_parser = parse_rate)]
+    pub rate_per_device: Option<f64>,
+    /// Burst of requests per device [default: 200].
+    #[arg(long, env = "ROSSBY_BURST_PER_DEVICE", value_name = "N", value_parser = parse_burst)]
+    pub burst_per_device: Option<f64>,
+    /// Requests per source IP address [default: 200/s].
+    #[arg(long, env = "ROSSBY_RATE_PER_IP", value_name = "RATE", value_parser = parse_rate)]
+    pub rate_per_ip: Option<f64>,
+    /// Burst of requests per source IP address [default: 1000].
+    #[arg(long, env = "ROSSBY_BURST_PER_IP", value_name = "N", value_parser = parse_burst)]
+    pub burst_per_ip: Option<f64>,
+    /// Verification codes sent per identifier [default: 3/h].
+    #[arg(long, env = "ROSSBY_RATE_PER_IDENTIFIER", value_name = "RATE", value_parser = parse_rate)]
+    pub rate_per_identifier: Option<f64>,
+    /// Burst of codes per identifier [default: 3].
+    #[arg(long, env = "ROSSBY_BURST_PER_IDENTIFIER", value_name = "N", value_parser = parse_burst)]
+    pub burst_per_identifier: Option<f64>,
+    /// Contact lookups per device [default: 1/s].
+    #[arg(long, env = "ROSSBY_DISCOVERY_RATE_PER_DEVICE", value_name = "RATE", value_parser = parse_rate)]
+    pub discovery_rate_per_device: Option<f64>,
+    /// Burst of contact lookups per device [default: 100].
+    #[arg(long, env = "ROSSBY_DISCOVERY_BURST_PER_DEVICE", value_name = "N", value_parser = parse_burst)]
+    pub discovery_burst_per_device: Option<f64>,
+}
+
+/// A rate in a TOML file: a number (per second) or a string such as `"3/h"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum RateValue {
+    Number(f64),
+    Text(String),
+}
+
+/// The TOML file: the same options as [`Args`], as flat keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    region: Option<u16>,
+    service_name: Option<String>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    storage: Option<StorageKind>,
+    store_dir: Option<PathBuf>,
+    durability: Option<DurabilityArg>,
+    cache_mb: Option<u64>,
+    pd: Option<Vec<String>>,
+    tikv_mode: Option<TikvModeArg>,
+    tikv_timeout_ms: Option<u64>,
+    probe_timeout_ms: Option<u64>,
+    sweep_interval_secs: Option<u64>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    tls_name: Option<Vec<String>>,
+    secret_file: Option<PathBuf>,
+    pepper_file: Option<PathBuf>,
+    drain_grace_secs: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    max_connections: Option<u32>,
+    max_streams_per_connection: Option<u32>,
+    idle_timeout_secs: Option<u64>,
+    stream_receive_window: Option<u32>,
+    receive_window: Option<u32>,
+    send_window: Option<u64>,
+    verifier: Option<String>,
+    hawk_skew_secs: Option<u64>,
+    code_ttl_secs: Option<u64>,
+    code_max_attempts: Option<u32>,
+    max_recipients: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    max_fetch_count: Option<usize>,
+    max_fetch_bytes: Option<usize>,
+    max_fetch_wait_secs: Option<u64>,
+    max_payload_bytes: Option<usize>,
+    max_devices_per_box: Option<usize>,
+    max_key_packages_per_device: Option<usize>,
+    max_key_package_bytes: Option<usize>,
+    max_profile_bytes: Option<usize>,
+    max_deletes_per_txn: Option<usize>,
+    retention_days: Option<u64>,
+    dedup_window_secs: Option<u64>,
+    rate_per_device: Option<RateValue>,
+    burst_per_device: Option<f64>,
+    rate_per_ip: Option<RateValue>,
+    burst_per_ip: Option<f64>,
+    rate_per_identifier: Option<RateValue>,
+    burst_per_identifier: Option<f64>,
+    discovery_rate_per_device: Option<RateValue>,
+    discovery_burst_per_device: Option<f64>,
+}
+
+/// Where the store lives.
+#[derive(Clone)]
+pub enum StorageConfig {
+    /// Open this backend at start (and close it at shutdown).
+    Backend(BackendConfig),
+    /// Use an already opened store. Several gateways in one process can share one
+    /// store this way (tests); the gateway never closes it.
+    Shared(Kv),
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageConfig::Backend(b) => f.debug_tuple("Backend").field(b).finish(),
+            StorageConfig::Shared(kv) => write!(f, "Shared({})", kv.backend()),
+        }
+    }
+}
+
+/// The gateway's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain PEM file.
+    pub cert: PathBuf,
+    /// Private key PEM file.
+    pub key: PathBuf,
+    /// Generate a self-signed certificate and key at these paths if the
+    /// certificate file does not exist yet (off when `--cert`/`--key` were given:
+    /// a missing production certificate is an error, not a reason to improvise).
+    pub generate: bool,
+    /// Names of a generated certificate besides `localhost`, `127.0.0.1` and `::1`.
+    pub extra_names: Vec<String>,
+}
+
+/// Logging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// `tracing` filter directives.
+    pub level: String,
+}
+
+/// QUIC transport limits. Small stream limits and windows keep idle connections
+/// cheap (quinn's per-connection memory grows with them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuicConfig {
+    /// Most open connections; further handshakes are refused.
+    pub max_connections: usize,
+    /// Concurrent bidirectional (request) streams a client may open.
+    pub max_streams_per_connection: u32,
+    /// Idle timeout of a connection.
+    pub idle_timeout: Duration,
+    /// Receive window of one stream, in bytes.
+    pub stream_receive_window: u32,
+    /// Receive window of a connection, in bytes.
+    pub receive_window: u32,
+    /// Send window of a connection, in bytes.
+    pub send_window: u64,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            max_connections: 100_000,
+            max_streams_per_connection: 64,
+            idle_timeout: Duration::from_secs(60),
+            stream_receive_window: 256 * 1024,
+            receive_window: 1024 * 1024,
+            send_window: 1024 * 1024,
+        }
+    }
+}
+
+/// The complete, validated configuration of a gateway.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Directory of local state (created at start).
+    pub data_dir: PathBuf,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address.
+    pub admin_listen: SocketAddr,
+    /// The store.
+    pub storage: StorageConfig,
+    /// Certificate and key.
+    pub tls: TlsConfig,
+    /// Server secret file (generated with 32 random bytes if missing).
+    pub secret_file: PathBuf,
+    /// Lookup pepper file (generated with 32 random bytes if missing).
+    pub pepper_file: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// QUIC transport limits.
+    pub quic: QuicConfig,
+    /// On shutdown, how long readiness fails before connections are refused (so
+    /// load balancers stop sending new clients first).
+    pub drain_grace: Duration,
+    /// On shutdown, how long in-flight requests may take before connections close.
+    pub drain_timeout: Duration,
+    /// Deadline of the readiness probe transaction.
+    pub probe_timeout: Duration,
+    /// Interval of the retention sweeper.
+    pub sweep_interval: Duration,
+    /// Settings of the API layer. `server_secret` is ignored here: the gateway
+    /// fills it from `secret_file` at start.
+    pub api: ApiSettings,
+}
+
+impl Config {
+    /// Parses the process's flags and `ROSSBY_*` variables and the file they name.
+    /// A usage error is returned as a `clap` error (help and version requests too).
+    pub fn from_process() -> std::result::Result<Result<Config>, clap::Error> {
+        Args::try_parse().map(Config::from_args)
+    }
+
+    /// Builds the configuration from parsed flags (which already include the
+    /// `ROSSBY_*` variables) and the TOML file they name, if any.
+    pub fn from_args(args: Args) -> Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        merge(args, file)
+    }
+
+    /// A configuration for tests: both listeners on `127.0.0.1:0`, fjall storage,
+    /// certificate, key and secrets in `data_dir`, codes appended to
+    /// `<data_dir>/codes.txt`, no drain grace and rate limits raised so they never
+    /// interfere (tests of rate limiting lower them again).
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Config {
+        let data_dir = data_dir.into();
+        let mut config = Config::defaults(data_dir.clone());
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.api.verifier = VerifierSpec::File(data_dir.join("codes.txt"));
+        let unlimited = Rate {
+            per_second: 1e6,
+            burst: 1e6,
+        };
+        config.api.rate_limits = RateLimits {
+            per_device: unlimited,
+            per_ip: unlimited,
+            registrations_per_identifier: unlimited,
+            discovery_per_device: unlimited,
+        };
+        config.drain_grace = Duration::ZERO;
+        config.drain_timeout = Duration::from_secs(5);
+        config
+    }
+
+    /// The same configuration over the in-memory store.
+    #[must_use]
+    pub fn in_memory(mut self) -> Config {
+        self.storage = StorageConfig::Backend(BackendConfig::Memory);
+        self
+    }
+
+    /// This configuration as a second gateway of `other`'s deployment: the same
+    /// store, server secret, lookup pepper, service name and region (so
+    /// credentials, identifiers and messages work across both). For an embedded
+    /// store, `other.storage` must be [`StorageConfig::Shared`]: fjall allows one
+    /// opener per directory.
+    #[must_use]
+    pub fn same_deployment_as(mut self, other: &Config) -> Config {
+        self.storage = other.storage.clone();
+        self.secret_file = other.secret_file.clone();
+        self.pepper_file = other.pepper_file.clone();
+        self.api.service = other.api.service.clone();
+        self.api.region = other.api.region;
+        self
+    }
+
+    /// The configuration with no options, rooted at `data_dir`.
+    fn defaults(data_dir: PathBuf) -> Config {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], rossby_protocol::DEFAULT_PORT)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], rossby_protocol::DEFAULT_PORT + 1)),
+            storage: StorageConfig::Backend(BackendConfig::Fjall(FjallConfig::new(
+                data_dir.join("store"),
+            ))),
+            tls: TlsConfig {
+                cert: data_dir.join("cert.pem"),
+                key: data_dir.join("key.pem"),
+                generate: true,
+                extra_names: Vec::new(),
+            },
+            secret_file: data_dir.join("secret"),
+            pepper_file: data_dir.join("pepper"),
+            log: LogConfig {
+                format: LogFormat::Text,
+                level: "info".into(),
+            },
+            quic: QuicConfig::default(),
+            drain_grace: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(30),
+            api: ApiSettings::with_secret(Vec::new()),
+            data_dir,
+        }
+    }
+
+    /// The region this gateway serves.
+    pub fn region(&self) -> RegionId {
+        self.api.region
+    }
+}
+
+/// Reads and parses the TOML file; errors name the file and the line.
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .and_then(|span| text.get(..span.start))
+            .map(|before| before.matches('\n').count() + 1);
+        let mut message = e.message().replace('\n', " ");
+        // serde lists every known key after an unknown one; too long for one line.
+        if let Some(cut) = message.find(", expected one of") {
+            message.truncate(cut);
+            message.push_str(" (the keys are listed in docs/configuration.md)");
+        }
+        match line {
+            Some(line) => Error::Config(format!(
+                "config file {} line {line}: {message}",
+                path.display()
+            )),
+            None => Error::Config(format!("config file {}: {message}", path.display())),
+        }
+    })
+}
+
+/// Parses a rate: `N`, `N/s`, `N/sec`, `N/m`, `N/min`, `N/h`, `N/hour`, as tokens
+/// per second. Must be positive and finite.
+pub fn parse_rate(s: &str) -> std::result::Result<f64, String> {
+    let s = s.trim();
+    let (number, per) = match s.split_once('/') {
+        Some((n, unit)) => {
+            let secs = match unit.trim() {
+                "s" | "sec" | "second" => 1.0,
+                "m" | "min" | "minute" => 60.0,
+                "h" | "hour" => 3600.0,
+                "d" | "day" => 86400.0,
+                other => {
+                    return Err(format!(
+                        "unknown rate unit {other:?} in {s:?} (use /s, /min, /h or /day)"
+                    ));
+                }
+            };
+            (n.trim(), secs)
+        }
+        None => (s, 1.0),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (examples: 50, 50/s, 3/h)"))?;
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!("rate {s:?} must be positive"));
+    }
+    Ok(n / per)
+}
+
+/// Parses a burst size: a finite number of at least 1.
+pub fn parse_burst(s: &str) -> std::result::Result<f64, String> {
+    let n: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    check_burst(n)
+}
+
+fn check_burst(n: f64) -> std::result::Result<f64, String> {
+    if !n.is_finite() || n < 1.0 {
+        return Err(format!("burst {n} must be at least 1"));
+    }
+    Ok(n)
+}
+
+/// Parses a verifier spec: `log`, `file:PATH` or `webhook:URL`.
+pub fn parse_verifier(s: &str) -> std::result::Result<VerifierSpec, String> {
+    let s = s.trim();
+    if s == "log" {
+        return Ok(VerifierSpec::Log);
+    }
+    if let Some(path) = s.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err("--verifier file: needs a path (file:PATH)".into());
+        }
+        return Ok(VerifierSpec::File(PathBuf::from(path)));
+    }
+    if let Some(url) = s.strip_prefix("webhook:") {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(format!(
+                "--verifier webhook: needs an http:// URL, got {url:?}"
+            ));
+        }
+        return Ok(VerifierSpec::Webhook(url.to_string()));
+    }
+    Err(format!(
+        "--verifier must be log, file:PATH or webhook:URL, got {s:?}"
+    ))
+}
+
+/// Flag over file over default.
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+fn rate_of(flag: Option<f64>, file: Option<RateValue>, name: &str) -> Result<Option<f64>> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    match file {
+        None => Ok(None),
+        Some(RateValue::Number(n)) => parse_rate(&n.to_string())
+            .map(Some)
+            .map_err(|e| Error::Config(format!("{name}: {e}"))),
+        Some(RateValue::Text(s)) => parse_rate(&s)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("{name}: {e}"))),
+    }
+}
+
+fn burst_of(flag: Option<f64>, file: Option<f64>, name: &str) -> Result<Option<f64>> {
+    match flag.or(file) {
+        None => Ok(None),
+        Some(n) => check_burst(n)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("{name}: {e}"))),
+    }
+}
+
+/// Fails unless `value >= min`, naming the flag.
+fn at_least<T: PartialOrd + std::fmt::Display>(flag: &str, value: T, min: T) -> Result<T> {
+    if value < min {
+        return Err(Error::Config(format!(
+            "--{flag} must be at least {min} (got {value})"
+        )));
+    }
+    Ok(value)
+}
+
+fn secs(flag: &str, value: u64, min: u64, max: u64) -> Result<Duration> {
+    if value < min || value > max {
+        return Err(Error::Config(format!(
+            "--{flag} must be between {min} and {max} seconds (got {value})"
+        )));
+    }
+    Ok(Duration::from_secs(value))
+}
+
+/// Applies flags and file over the defaults and validates the result.
+fn merge(a: Args, f: FileConfig) -> Result<Config> {
+    let data_dir = pick(a.data_dir, f.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(Error::Config("--data-dir must not be empty".into()));
+    }
+    let mut c = Config::defaults(data_dir.clone());
+    c.listen = pick(a.listen, f.listen, c.listen);
+    c.admin_listen = pick(a.admin_listen, f.admin_listen, c.admin_listen);
+    if c.listen.port() != 0 && c.listen == c.admin_listen {
+        return Err(Error::Config(
+            "--listen and --admin-listen must differ".into(),
+        ));
+    }
+
+    // Logging.
+    c.log.format = pick(a.log_format, f.log_format, c.log.format);
+    c.log.level = pick(a.log_level, f.log_level, c.log.level);
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
+        return Err(Error::Config(format!(
+            "--log-level {:?} is not a valid filter: {e}",
+            c.log.level
+        )));
+    }
+
+    // Storage.
+    let kind = pick(a.storage, f.storage, StorageKind::Fjall);
+    let pd = a.pd.or(f.pd).unwrap_or_default();
+    let pd: Vec<String> = pd
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let store_dir = pick(a.store_dir, f.store_dir, data_dir.join("store"));
+    let durability = pick(a.durability, f.durability, DurabilityArg::GroupCommit);
+    let cache_mb = at_least("cache-mb", pick(a.cache_mb, f.cache_mb, 64), 1)?;
+    let tikv_mode = pick(a.tikv_mode, f.tikv_mode, TikvModeArg::Optimistic);
+    let tikv_timeout_ms = at_least(
+        "tikv-timeout-ms",
+        pick(a.tikv_timeout_ms, f.tikv_timeout_ms, 2000),
+        1,
+    )?;
+    c.storage = StorageConfig::Backend(match kind {
+        StorageKind::Memory => BackendConfig::Memory,
+        StorageKind::Fjall => BackendConfig::Fjall(FjallConfig {
+            path: store_dir,
+            durability: match durability {
+                DurabilityArg::GroupCommit => Durability::GroupCommit,
+                DurabilityArg::NoSync => Durability::NoSync,
+            },
+            cache_bytes: cache_mb.saturating_mul(1024 * 1024),
+        }),
+        StorageKind::Tikv => {
+            if pd.is_empty() {
+                return Err(Error::Config(
+                    "--storage tikv needs --pd host:port[,host:port..]".into(),
+                ));
+            }
+            for endpoint in &pd {
+                check_host_port("pd", endpoint)?;
+            }
+            BackendConfig::Tikv(
+                TikvConfig::new(pd.clone())
+                    .with_mode(match tikv_mode {
+                        TikvModeArg::Optimistic => TikvTxnMode::Optimistic,
+                        TikvModeArg::Pessimistic => TikvTxnMode::Pessimistic,
+                    })
+                    .with_request_timeout(Duration::from_millis(tikv_timeout_ms)),
+            )
+        }
+    });
+    if !pd.is_empty() && kind != StorageKind::Tikv {
+        return Err(Error::Config(format!(
+            "--pd is only used with --storage tikv (storage is {})",
+            match kind {
+                StorageKind::Fjall => "fjall",
+                StorageKind::Memory => "memory",
+                StorageKind::Tikv => "tikv",
+            }
+        )));
+    }
+    let probe_ms = pick(a.probe_timeout_ms, f.probe_timeout_ms, 1000);
+    if probe_ms == 0 || probe_ms > 60_000 {
+        return Err(Error::Config(format!(
+            "--probe-timeout-ms must be between 1 and 60000 (got {probe_ms})"
+        )));
+    }
+    c.probe_timeout = Duration::from_millis(probe_ms);
+    c.sweep_interval = secs(
+        "sweep-interval-secs",
+        pick(a.sweep_interval_secs, f.sweep_interval_secs, 30),
+        1,
+        86_400,
+    )?;
+
+    // TLS and secrets.
+    let cert = a.cert.or(f.cert);
+    let key = a.key.or(f.key);
+    c.tls = match (cert, key) {
+        (Some(cert), Some(key)) => TlsConfig {
+            cert,
+            key,
+            generate: false,
+            extra_names: Vec::new(),
+        },
+        (None, None) => TlsConfig {
+            cert: data_dir.join("cert.pem"),
+            key: data_dir.join("key.pem"),
+            generate: true,
+            extra_names: Vec::new(),
+        },
+        (Some(_), None) => return Err(Error::Config("--cert needs --key".into())),
+        (None, Some(_)) => return Err(Error::Config("--key needs --cert".into())),
+    };
+    c.tls.extra_names = a
+        .tls_name
+        .or(f.tls_name)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in &c.tls.extra_names {
+        crate::tls::check_name(name)
+            .map_err(|e| Error::Config(format!("--tls-name {name:?}: {e}")))?;
+    }
+    c.secret_file = pick(a.secret_file, f.secret_file, data_dir.join("secret"));
+    c.pepper_file = pick(a.pepper_file, f.pepper_file, data_dir.join("pepper"));
+
+    // Drain.
+    c.drain_grace = secs(
+        "drain-grace-secs",
+        pick(a.drain_grace_secs, f.drain_grace_secs, 5),
+        0,
+        3600,
+    )?;
+    c.drain_timeout = secs(
+        "drain-timeout-secs",
+        pick(a.drain_timeout_secs, f.drain_timeout_secs, 30),
+        0,
+        3600,
+    )?;
+
+    // QUIC.
+    let q = &mut c.quic;
+    q.max_connections = at_least(
+        "max-connections",
+        pick(a.max_connections, f.max_connections, 100_000),
+        1,
+    )? as usize;
+    q.max_streams_per_connection = at_least(
+        "max-streams-per-connection",
+        pick(
+            a.max_streams_per_connection,
+            f.max_streams_per_connection,
+            64,
+        ),
+        1,
+    )?;
+    q.idle_timeout = secs(
+        "idle-timeout-secs",
+        pick(a.idle_timeout_secs, f.idle_timeout_secs, 60),
+        1,
+        86_400,
+    )?;
+    q.stream_receive_window = at_least(
+        "stream-receive-window",
+        pick(a.stream_receive_window, f.stream_receive_window, 256 * 1024),
+        1024,
+    )?;
+    q.receive_window = at_least(
+        "receive-window",
+        pick(a.receive_window, f.receive_window, 1024 * 1024),
+        1024,
+    )?;
+    q.send_window = at_least(
+        "send-window",
+        pick(a.send_window, f.send_window, 1024 * 1024),
+        1024,
+    )?;
+
+    // API.
+    let api = &mut c.api;
+    api.region = RegionId(at_least("region", pick(a.region, f.region, 1), 1)?);
+    if let Some(name) = a.service_name.or(f.service_name) {
+        api.service = name
+            .parse::<ServiceName>()
+            .map_err(|e| Error::Config(format!("--service-name {name:?}: {e}")))?;
+    }
+    if let Some(spec) = a.verifier.or(f.verifier) {
+        api.verifier = parse_verifier(&spec).map_err(Error::Config)?;
+    }
+    api.hawk_skew = secs(
+        "hawk-skew-secs",
+        pick(a.hawk_skew_secs, f.hawk_skew_secs, 120),
+        1,
+        86_400,
+    )?;
+    api.code_ttl = secs(
+        "code-ttl-secs",
+        pick(a.code_ttl_secs, f.code_ttl_secs, 600),
+        1,
+        7 * 86_400,
+    )?;
+    api.code_max_attempts = at_least(
+        "code-max-attempts",
+        pick(a.code_max_attempts, f.code_max_attempts, 5),
+        1,
+    )?;
+    api.max_recipients_per_send = at_least(
+        "max-recipients",
+        pick(
+            a.max_recipients,
+            f.max_recipients,
+            api.max_recipients_per_send,
+        ),
+        1,
+    )?;
+    api.max_frame_bytes = at_least(
+        "max-frame-bytes",
+        pick(a.max_frame_bytes, f.max_frame_bytes, api.max_frame_bytes),
+        MIN_FRAME_BYTES,
+    )?;
+    if api.max_frame_bytes > u32::MAX as usize {
+        return Err(Error::Config(format!(
+            "--max-frame-bytes must be at most {} (got {})",
+            u32::MAX,
+            api.max_frame_bytes
+        )));
+    }
+    api.max_fetch_count = at_least(
+        "max-fetch-count",
+        pick(a.max_fetch_count, f.max_fetch_count, api.max_fetch_count),
+        1,
+    )?;
+    api.max_fetch_bytes = at_least(
+        "max-fetch-bytes",
+        pick(a.max_fetch_bytes, f.max_fetch_bytes, api.max_fetch_bytes),
+        1024,
+    )?;
+    api.max_fetch_wait = secs(
+        "max-fetch-wait-secs",
+        pick(a.max_fetch_wait_secs, f.max_fetch_wait_secs, 60),
+        0,
+        3600,
+    )?;
+    let l = &mut api.limits;
+    l.max_payload_bytes = at_least(
+        "max-payload-bytes",
+        pick(
+            a.max_payload_bytes,
+            f.max_payload_bytes,
+            l.max_payload_bytes,
+        ),
+        1,
+    )?;
+    l.max_devices_per_box = at_least(
+        "max-devices-per-box",
+        pick(
+            a.max_devices_per_box,
+            f.max_devices_per_box,
+            l.max_devices_per_box,
+        ),
+        1,
+    )?;
+    l.max_key_packages_per_device = at_least(
+        "max-key-packages-per-device",
+        pick(
+            a.max_key_packages_per_device,
+            f.max_key_packages_per_device,
+            l.max_key_packages_per_device,
+        ),
+        1,
+    )?;
+    l.max_key_package_bytes = at_least(
+        "max-key-package-bytes",
+        pick(
+            a.max_key_package_bytes,
+            f.max_key_package_bytes,
+            l.max_key_package_bytes,
+        ),
+        1,
+    )?;
+    l.max_profile_bytes = at_least(
+        "max-profile-bytes",
+        pick(
+            a.max_profile_bytes,
+            f.max_profile_bytes,
+            l.max_profile_bytes,
+        ),
+        1,
+    )?;
+    l.max_deletes_per_txn = at_least(
+        "max-deletes-per-txn",
+        pick(
+            a.max_deletes_per_txn,
+            f.max_deletes_per_txn,
+            l.max_deletes_per_txn,
+        ),
+        1,
+    )?;
+    let days = pick(a.retention_days, f.retention_days, 30);
+    if !(1..=3650).contains(&days) {
+        return Err(Error::Config(format!(
+            "--retention-days must be between 1 and 3650 (got {days})"
+        )));
+    }
+    l.retention_ms = days * 86_400_000;
+    let dedup = secs(
+        "dedup-window-secs",
+        pick(a.dedup_window_secs, f.dedup_window_secs, 86_400),
+        1,
+        days * 86_400,
+    )?;
+    l.dedup_window_ms = dedup.as_secs() * 1000;
+    // A payload, KeyPackage or profile that cannot fit in a frame could never be
+    // sent: catch the contradiction at start rather than at the first request.
+    for (flag, value) in [
+        ("max-payload-bytes", l.max_payload_bytes),
+        ("max-key-package-bytes", l.max_key_package_bytes),
+        ("max-profile-bytes", l.max_profile_bytes),
+    ] {
+        if value >= api.max_frame_bytes {
+            return Err(Error::Config(format!(
+                "--{flag} ({value}) must be below --max-frame-bytes ({})",
+                api.max_frame_bytes
+            )));
+        }
+    }
+
+    // Rate limits.
+    let r = &mut api.rate_limits;
+    if let Some(v) = rate_of(a.rate_per_device, f.rate_per_device, "rate_per_device")? {
+        r.per_device.per_second = v;
+    }
+    if let Some(v) = burst_of(a.burst_per_device, f.burst_per_device, "burst_per_device")? {
+        r.per_device.burst = v;
+    }
+    if let Some(v) = rate_of(a.rate_per_ip, f.rate_per_ip, "rate_per_ip")? {
+        r.per_ip.per_second = v;
+    }
+    if let Some(v) = burst_of(a.burst_per_ip, f.burst_per_ip, "burst_per_ip")? {
+        r.per_ip.burst = v;
+    }
+    if let Some(v) = rate_of(
+        a.rate_per_identifier,
+        f.rate_per_identifier,
+        "rate_per_identifier",
+    )? {
+        r.registrations_per_identifier.per_second = v;
+    }
+    if let Some(v) = burst_of(
+        a.burst_per_identifier,
+        f.burst_per_identifier,
+        "burst_per_identifier",
+    )? {
+        r.registrations_per_identifier.burst = v;
+    }
+    if let Some(v) = rate_of(
+        a.discovery_rate_per_device,
+        f.discovery_rate_per_device,
+        "discovery_rate_per_device",
+    )? {
+        r.discovery_per_device.per_second = v;
+    }
+    if let Some(v) = burst_of(
+        a.discovery_burst_per_device,
+        f.discovery_burst_per_device,
+        "discovery_burst_per_device",
+    )? {
+        r.discovery_per_device.burst = v;
+    }
+    Ok(c)
+}
+
+/// Checks a `host:port` endpoint.
+fn check_host_port(flag: &str, s: &str) -> Result<()> {
+    let ok = match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("--{flag} {s:?} is not host:port")))
+    }
+}
+
+/// Reads a secret file, or creates it with 32 random bytes (hex, mode 0600) if it
+/// does not exist. Two gateways starting at once over the same path agree on one
+/// secret: the file appears atomically (written aside, then hard-linked into
+/// place, which fails if the other won) and the loser reads the winner's.
+///
+/// The file holds hex (as generated, easy to copy to other gateways) or raw bytes;
+/// whitespace around hex is ignored.
+pub fn load_or_create_secret(path: &Path, min_len: usize, what: &str) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => return decode_secret(path, &bytes, min_len, what),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    }
+    let mut secret = [0u8; 32];
+    rand::fill(&mut secret);
+    let text = format!("{}\n", hex::encode(secret));
+    write_private_file_once(path, text.as_bytes())?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let secret = decode_secret(path, &bytes, min_len, what)?;
+    tracing::info!(path = %path.display(), "generated the {what}");
+    Ok(secret)
+}
+
+fn decode_secret(path: &Path, bytes: &[u8], min_len: usize, what: &str) -> Result<Vec<u8>> {
+    warn_if_readable_by_others(path, what);
+    let trimmed = std::str::from_utf8(bytes).map(str::trim).ok();
+    let secret = match trimmed.and_then(|t| hex::decode(t).ok()) {
+        Some(decoded) => decoded,
+        None => bytes.to_vec(),
+    };
+    if secret.len() < min_len {
+        return Err(Error::Config(format!(
+            "the {what} in {} has {} bytes; at least {min_len} are required",
+            path.display(),
+            secret.len()
+        )));
+    }
+    Ok(secret)
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the {what} file is accessible to other users; chmod 600 it");
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_path: &Path, _what: &str) {}
+
+/// Creates `path` with `contents` and mode 0600 unless it already exists. The file
+/// appears complete or not at all. Returns whether this call created it.
+pub(crate) fn write_private_file_once(path: &Path, contents: &[u8]) -> Result<bool> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    }
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let tmp = PathBuf::from(tmp_name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let result = (|| {
+        let mut file = options
+            .open(&tmp)
+            .map_err(|e| Error::io("cannot create", &tmp, e))?;
+        file.write_all(contents)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("cannot create", path, e)),
+        }
+    })();
+    // The temporary name is only a staging step; failing to remove it leaves a
+    // harmless stray file.
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Tests that read `ROSSBY_*` variables (every `Args` parse does) run one at a
+    /// time, because one of them sets variables.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    fn parse(argv: &[&str]) -> Result<Config> {
+        let args =
+            Args::try_parse_from(std::iter::once("rossby-gateway").chain(argv.iter().copied()))
+                .map_err(|e| Error::Config(e.to_string()))?;
+        Config::from_args(args)
+    }
+
+    fn err(argv: &[&str]) -> String {
+        match parse(argv) {
+            Ok(_) => panic!("{argv:?} should fail"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn no_options_gives_the_documented_defaults() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./rossby-data"));
+        assert_eq!(c.listen, "0.0.0.0:7400".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:7401".parse().unwrap());
+        match &c.storage {
+            StorageConfig::Backend(BackendConfig::Fjall(f)) => {
+                assert_eq!(f.path, PathBuf::from("./rossby-data/store"));
+                assert_eq!(f.durability, Durability::GroupCommit);
+            }
+            other => panic!("unexpected storage {other:?}"),
+        }
+        assert_eq!(c.tls.cert, PathBuf::from("./rossby-data/cert.pem"));
+        assert_eq!(c.tls.key, PathBuf::from("./rossby-data/key.pem"));
+        assert!(c.tls.generate);
+        assert_eq!(c.secret_file, PathBuf::from("./rossby-data/secret"));
+        assert_eq!(c.pepper_file, PathBuf::from("./rossby-data/pepper"));
+        assert_eq!(c.api.verifier, VerifierSpec::Log);
+        assert_eq!(c.quic.max_streams_per_connection, 64);
+        assert_eq!(c.api.rate_limits, RateLimits::default());
+        assert_eq!(c.api.limits, rossby_storage::tables::Limits::default());
+        assert_eq!(
+            c.api.max_frame_bytes,
+            rossby_protocol::framing::DEFAULT_MAX_FRAME
+        );
+        assert_eq!(c.region(), RegionId(1));
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rossby.toml");
+        std::fs::write(
+            &file,
+            r#"
+max_recipients = 10
+max_fetch_count = 20
+code_max_attempts = 7
+rate_per_identifier = "6/h"
+rate_per_ip = 5
+storage = "memory"
+tls_name = ["chat.example.net"]
+"#,
+        )
+        .unwrap();
+        let file_arg = file.to_str().unwrap();
+        // SAFETY (edition 2024 marks these unsafe): the lock above keeps every
+        // other test that reads the environment out while these are set.
+        unsafe {
+            std::env::set_var("ROSSBY_MAX_RECIPIENTS", "11");
+            std::env::set_var("ROSSBY_MAX_FETCH_COUNT", "21");
+        }
+        let result = parse(&["--config", file_arg, "--max-recipients", "12"]);
+        unsafe {
+            std::env::remove_var("ROSSBY_MAX_RECIPIENTS");
+            std::env::remove_var("ROSSBY_MAX_FETCH_COUNT");
+        }
+        let c = result.unwrap();
+        assert_eq!(c.api.max_recipients_per_send, 12, "flag wins");
+        assert_eq!(c.api.max_fetch_count, 21, "env beats the file");
+        assert_eq!(c.api.code_max_attempts, 7, "file beats the default");
+        assert_eq!(c.api.max_fetch_bytes, 4 * 1024 * 1024, "default");
+        assert!(
+            (c.api.rate_limits.registrations_per_identifier.per_second - 6.0 / 3600.0).abs()
+                < 1e-12
+        );
+        assert!((c.api.rate_limits.per_ip.per_second - 5.0).abs() < 1e-12);
+        assert!(matches!(
+            c.storage,
+            StorageConfig::Backend(BackendConfig::Memory)
+        ));
+        assert_eq!(c.tls.extra_names, vec!["chat.example.net".to_string()]);
+    }
+
+    #[test]
+    fn every_option_has_a_flag() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let c = parse(&[
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:9000",
+            "--admin-listen",
+            "127.0.0.1:9001",
+            "--region",
+            "3",
+            "--service-name",
+            "chat.example.net:443",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--storage",
+            "tikv",
+            "--pd",
+            "pd1:2379,pd2:2379",
+            "--tikv-mode",
+            "pessimistic",
+            "--tikv-timeout-ms",
+            "500",
+            "--probe-timeout-ms",
+            "250",
+            "--sweep-interval-secs",
+            "5",
+            "--tls-name",
+            "a.example",
+            "--tls-name",
+            "10.0.0.1",
+            "--secret-file",
+            "/s",
+            "--pepper-file",
+            "/p",
+            "--drain-grace-secs",
+            "1",
+            "--drain-timeout-secs",
+            "2",
+            "--max-connections",
+            "10",
+            "--max-streams-per-connection",
+            "8",
+            "--idle-timeout-secs",
+            "9",
+            "--stream-receive-window",
+            "4096",
+            "--receive-window",
+            "8192",
+            "--send-window",
+            "16384",
+            "--verifier",
+            "file:/tmp/codes",
+            "--hawk-skew-secs",
+            "30",
+            "--code-ttl-secs",
+            "60",
+            "--code-max-attempts",
+            "2",
+            "--max-recipients",
+            "3",
+            "--max-frame-bytes",
+            "100000",
+            "--max-fetch-count",
+            "4",
+            "--max-fetch-bytes",
+            "5000",
+            "--max-fetch-wait-secs",
+            "6",
+            "--max-payload-bytes",
+            "7000",
+            "--max-devices-per-box",
+            "8",
+            "--max-key-packages-per-device",
+            "9",
+            "--max-key-package-bytes",
+            "1000",
+            "--max-profile-bytes",
+            "2000",
+            "--max-deletes-per-txn",
+            "11",
+            "--retention-days",
+            "2",
+            "--dedup-window-secs",
+            "3600",
+            "--rate-per-device",
+            "10/s",
+            "--burst-per-device",
+            "20",
+            "--rate-per-ip",
+            "30/min",
+            "--burst-per-ip",
+            "40",
+            "--rate-per-identifier",
+            "1/h",
+            "--burst-per-identifier",
+            "2",
+            "--discovery-rate-per-device",
+            "2",
+            "--discovery-burst-per-device",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.admin_listen.port(), 9001);
+        assert_eq!(c.region(), RegionId(3));
+        assert_eq!(c.api.service.host, "chat.example.net");
+        assert_eq!(c.api.service.port, 443);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "debug");
+        match &c.storage {
+            StorageConfig::Backend(BackendConfig::Tikv(t)) => {
+                assert_eq!(t.pd_endpoints, vec!["pd1:2379", "pd2:2379"]);
+                assert_eq!(t.mode, TikvTxnMode::Pessimistic);
+                assert_eq!(t.request_timeout, Duration::from_millis(500));
+            }
+            other => panic!("unexpected storage {other:?}"),
+        }
+        assert_eq!(c.probe_timeout, Duration::from_millis(250));
+        assert_eq!(c.sweep_interval, Duration::from_secs(5));
+        assert_eq!(c.tls.extra_names, vec!["a.example", "10.0.0.1"]);
+        assert_eq!(c.secret_file, PathBuf::from("/s"));
+        assert_eq!(c.pepper_file, PathBuf::from("/p"));
+        assert_eq!(c.drain_grace, Duration::from_secs(1));
+        assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.quic,
+            QuicConfig {
+                max_connections: 10,
+                max_streams_per_connection: 8,
+                idle_timeout: Duration::from_secs(9),
+                stream_receive_window: 4096,
+                receive_window: 8192,
+                send_window: 16384,
+            }
+        );
+        let api = &c.api;
+        assert_eq!(api.verifier, VerifierSpec::File("/tmp/codes".into()));
+        assert_eq!(api.hawk_skew, Duration::from_secs(30));
+        assert_eq!(api.code_ttl, Duration::from_secs(60));
+        assert_eq!(api.code_max_attempts, 2);
+        assert_eq!(api.max_recipients_per_send, 3);
+        assert_eq!(api.max_frame_bytes, 100_000);
+        assert_eq!(api.max_fetch_count, 4);
+        assert_eq!(api.max_fetch_bytes, 5000);
+        assert_eq!(api.max_fetch_wait, Duration::from_secs(6));
+        assert_eq!(api.limits.max_payload_bytes, 7000);
+        assert_eq!(api.limits.max_devices_per_box, 8);
+        assert_eq!(api.limits.max_key_packages_per_device, 9);
+        assert_eq!(api.limits.max_key_package_bytes, 1000);
+        assert_eq!(api.limits.max_profile_bytes, 2000);
+        assert_eq!(api.limits.max_deletes_per_txn, 11);
+        assert_eq!(api.limits.retention_ms, 2 * 86_400_000);
+        assert_eq!(api.limits.dedup_window_ms, 3_600_000);
+        let r = &api.rate_limits;
+        assert_eq!(
+            r.per_device,
+            Rate {
+                per_second: 10.0,
+                burst: 20.0
+            }
+        );
+        assert_eq!(
+            r.per_ip,
+            Rate {
+                per_second: 0.5,
+                burst: 40.0
+            }
+        );
+        assert_eq!(
+            r.registrations_per_identifier,
+            Rate {
+                per_second: 1.0 / 3600.0,
+                burst: 2.0
+            }
+        );
+        assert_eq!(
+            r.discovery_per_device,
+            Rate {
+                per_second: 2.0,
+                burst: 3.0
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors_naming_the_option() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for (argv, needle) in [
+            (&["--storage", "mysql"][..], "--storage"),
+            (&["--listen", "nowhere"][..], "--listen"),
+            (&["--storage", "tikv"][..], "--pd"),
+            (
+                &["--pd", "pd:2379"][..],
+                "--pd is only used with --storage tikv",
+            ),
+            (
+                &["--storage", "tikv", "--pd", "nohost"][..],
+                "not host:port",
+            ),
+            (&["--verifier", "sms"][..], "--verifier"),
+            (&["--verifier", "webhook:ftp://x"][..], "http://"),
+            (&["--rate-per-device", "0"][..], "positive"),
+            (&["--rate-per-device", "5/week"][..], "unit"),
+            (&["--burst-per-ip", "0.5"][..], "at least 1"),
+            (
+                &["--max-frame-bytes", "10"][..],
+                "--max-frame-bytes must be at least",
+            ),
+            (
+                &["--max-payload-bytes", "2000000"][..],
+                "must be below --max-frame-bytes",
+            ),
+            (&["--max-streams-per-connection", "0"][..], "at least 1"),
+            (&["--cert", "/c.pem"][..], "--cert needs --key"),
+            (&["--service-name", "bad host:1"][..], "--service-name"),
+            (&["--retention-days", "0"][..], "--retention-days"),
+            (&["--log-level", "=="][..], "--log-level"),
+            (&["--tls-name", "bad name"][..], "--tls-name"),
+            (&["--region", "0"][..], "--region"),
+        ] {
+            let message = err(argv);
+            assert!(message.contains(needle), "{argv:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn bad_files_are_reported_with_their_line() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:1\"\nmax_recipeints = 3\n").unwrap();
+        let message = err(&["--config", file.to_str().unwrap()]);
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("max_recipeints"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+        std::fs::write(&file, "max_recipients = \"many\"\n").unwrap();
+        let message = err(&["--config", file.to_str().unwrap()]);
+        assert!(message.contains("line 1"), "{message}");
+        let message = err(&[
+            "--config",
+            dir.path().join("missing.toml").to_str().unwrap(),
+        ]);
+        assert!(message.contains("cannot read config file"), "{message}");
+    }
+
+    /// docs/configuration.md, for the tests that keep it honest.
+    fn configuration_doc() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/configuration.md"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_option_is_documented_with_its_variable_and_key() {
+        use clap::CommandFactory;
+        let doc = configuration_doc();
+        let mut toml_keys = 0;
+        for arg in Args::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            assert!(
+                doc.contains(&format!("| `--{long}")),
+                "--{long} is not documented"
+            );
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{long} has no variable"));
+            let env = env.to_str().unwrap();
+            assert_eq!(
+                env,
+                format!("ROSSBY_{}", long.to_uppercase().replace('-', "_"))
+            );
+            assert!(doc.contains(&format!("`{env}`")), "{env} is not documented");
+            if long != "config" {
+                let key = long.replace('-', "_");
+                assert!(
+                    doc.contains(&format!("| `{key}` |")),
+                    "TOML key {key} is not documented"
+                );
+                toml_keys += 1;
+            }
+        }
+        assert!(toml_keys > 50, "{toml_keys}");
+    }
+
+    #[test]
+    fn the_documented_example_file_is_valid() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let doc = configuration_doc();
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, example).unwrap();
+        let c = parse(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.region(), RegionId(2));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(!c.tls.generate);
+        assert!(matches!(
+            c.storage,
+            StorageConfig::Backend(BackendConfig::Tikv(_))
+        ));
+    }
+
+    #[test]
+    fn rates_accept_units() {
+        assert_eq!(parse_rate("50"), Ok(50.0));
+        assert_eq!(parse_rate("50/s"), Ok(50.0));
+        assert_eq!(parse_rate("120/min"), Ok(2.0));
+        assert_eq!(parse_rate("3600/h"), Ok(1.0));
+        assert!(parse_rate("-1").is_err());
+        assert!(parse_rate("inf").is_err());
+        assert!(parse_rate("x/s").is_err());
+    }
+
+    #[test]
+    fn secrets_are_generated_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("secret");
+        let a = load_or_create_secret(&path, 32, "server secret").unwrap();
+        assert_eq!(a.len(), 32);
+        let b = load_or_create_secret(&path, 32, "server secret").unwrap();
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "abcd\n").unwrap();
+        let message = load_or_create_secret(&path, 32, "server secret")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("at least 32"), "{message}");
+        // Raw (non-hex) secrets are accepted as they are.
+        std::fs::write(&path, [0xffu8; 40]).unwrap();
+        assert_eq!(
+            load_or_create_secret(&path, 32, "server secret").unwrap(),
+            vec![0xff; 40]
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+}

@@ -1,0 +1,776 @@
+//! [`Gateway`]: one running gateway (QUIC endpoint, admin listener, retention
+//! sweeper) in this process, as the binary, tests and benchmarks start it.
+
+use crate::admin::{self, AdminState};
+use crate::api::Api;
+use crate::config::{Config, StorageConfig, load_or_create_secret};
+use crate::error::{Error, Result};
+use crate::metrics::{InstrumentedKv, Metrics};
+use crate::server::{self, CLOSE_DRAINING, Lifecycle, Shared};
+use crate::tls;
+use rossby_keyspace::lookup::MIN_PEPPER_BYTES;
+use rossby_keyspace::{LookupHasher, Pepper, RegionId};
+use rossby_storage::Kv;
+use rossby_storage::tables::Store;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The error [`Gateway::start`] returns.
+pub type GatewayError = Error;
+
+/// Shortest server secret accepted.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Entries read per batch of the expiry index by the sweeper.
+const SWEEP_BATCH: usize = 1024;
+
+/// Longest wait for closing connections to be acknowledged by their peers.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Longest wait for the last references to an opened store to go away, so that
+/// fjall closes (and can be reopened) when `shutdown` returns.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// A running gateway. Stop it with [`Gateway::shutdown`]; dropping it instead
+/// closes the endpoint and stops its tasks abruptly (no drain).
+pub struct Gateway {
+    quic_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    identity: tls::Identity,
+    cert_path: PathBuf,
+    store: Store,
+    metrics: Arc<Metrics>,
+    api: Arc<Api>,
+    lifecycle: Arc<Lifecycle>,
+    /// The store as opened, when this gateway opened it (closed at shutdown).
+    owned_kv: Option<Kv>,
+    drain_grace: Duration,
+    drain_timeout: Duration,
+    tasks: Tasks,
+}
+
+/// The gateway's background tasks. Dropping it (a gateway dropped without
+/// `shutdown`) closes the endpoint and aborts the tasks, rather than leaving them
+/// serving with nobody holding the handle.
+struct Tasks {
+    endpoint: quinn::Endpoint,
+    lifecycle: Arc<Lifecycle>,
+    accept: Option<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
+    admin_stop: Option<oneshot::Sender<()>>,
+    sweeper: Option<JoinHandle<()>>,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        if self.accept.is_some() {
+            self.lifecycle.draining.store(true, Ordering::Release);
+            self.lifecycle.refuse();
+            self.lifecycle.quic_open.store(false, Ordering::Release);
+            self.endpoint
+                .close(CLOSE_DRAINING.into(), b"gateway shutting down");
+        }
+        for task in [self.accept.take(), self.admin.take(), self.sweeper.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("quic_addr", &self.quic_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway: creates the data directory, loads (or generates) the
+    /// secrets and the certificate, opens the store, builds the API, binds the QUIC
+    /// endpoint and the admin listener, and starts the retention sweeper (which
+    /// first finishes interrupted account purges).
+    pub async fn start(config: Config) -> Result<Gateway> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::io("cannot create data directory", &config.data_dir, e))?;
+        let metrics = Arc::new(Metrics::new());
+
+        let secret = load_or_create_secret(&config.secret_file, MIN_SECRET_BYTES, "server secret")?;
+        let pepper = load_or_create_secret(&config.pepper_file, MIN_PEPPER_BYTES, "lookup pepper")?;
+        let identity = tls::load_or_generate(&config.tls)?;
+        let server_config = tls::server_config(&identity, &config.quic)?;
+
+        let (raw_kv, owned) = match &config.storage {
+            StorageConfig::Backend(backend) => (rossby_storage::kv::open(backend).await?, true),
+            StorageConfig::Shared(kv) => (kv.clone(), false),
+        };
+        let hasher = LookupHasher::new(
+            vec![Pepper {
+                version: 1,
+                secret: pepper,
+            }],
+            1,
+        )
+        .map_err(|e| Error::Config(format!("lookup pepper: {e}")))?;
+        let mut store = Store::new(
+            InstrumentedKv::wrap(raw_kv.clone(), metrics.clone()),
+            hasher,
+        );
+        store.limits = config.api.limits.clone();
+
+        let region = config.api.region;
+        let max_frame = config.api.max_frame_bytes;
+        let mut settings = config.api.clone();
+        settings.server_secret = secret;
+        let api = Arc::new(Api::new(settings, store.clone(), metrics.clone())?);
+
+        let endpoint =
+            quinn::Endpoint::server(server_config, config.listen).map_err(|e| Error::Io {
+                context: format!("cannot listen on {} (QUIC)", config.listen),
+                source: e,
+            })?;
+        let quic_addr = endpoint.local_addr().map_err(|e| Error::Io {
+            context: "QUIC endpoint address".into(),
+            source: e,
+        })?;
+        let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| Error::Io {
+                context: format!("cannot listen on {} (admin)", config.admin_listen),
+                source: e,
+            })?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| Error::Io {
+            context: "admin listener address".into(),
+            source: e,
+        })?;
+
+        let lifecycle = Arc::new(Lifecycle::default());
+        lifecycle.quic_open.store(true, Ordering::Release);
+        let shared = Arc::new(Shared {
+            api: api.clone(),
+            metrics: metrics.clone(),
+            lifecycle: lifecycle.clone(),
+            max_frame,
+            max_connections: config.quic.max_connections,
+            read_timeout: config.quic.idle_timeout,
+        });
+        let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), shared));
+
+        let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+        let router = admin::router(AdminState {
+            lifecycle: lifecycle.clone(),
+            kv: raw_kv.clone(),
+            metrics: metrics.clone(),
+            probe_timeout: config.probe_timeout,
+        });
+        let admin_task = tokio::spawn(async move {
+            let serve = axum::serve(admin_listener, router).with_graceful_shutdown(async move {
+                let _ = admin_stopped.await;
+            });
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "admin listener failed");
+            }
+        });
+
+        let sweeper_task = tokio::spawn(sweeper(store.clone(), region, config.sweep_interval));
+
+        tracing::info!(
+            quic = %quic_addr,
+            admin = %admin_addr,
+            storage = raw_kv.backend(),
+            region = %region,
+            fingerprint = %identity.fingerprint(),
+            "gateway started"
+        );
+        Ok(Gateway {
+            quic_addr,
+            admin_addr,
+            endpoint: endpoint.clone(),
+            identity,
+            cert_path: config.tls.cert.clone(),
+            store,
+            metrics,
+            api,
+            lifecycle: lifecycle.clone(),
+            owned_kv: owned.then_some(raw_kv),
+            drain_grace: config.drain_grace,
+            drain_timeout: config.drain_timeout,
+            tasks: Tasks {
+                endpoint,
+                lifecycle,
+                accept: Some(accept_task),
+                admin: Some(admin_task),
+                admin_stop: Some(admin_stop),
+                sweeper: Some(sweeper_task),
+            },
+        })
+    }
+
+    /// The bound QUIC (UDP) address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound admin (HTTP) address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The leaf certificate the gateway presents, in DER (what clients pin).
+    pub fn certificate_der(&self) -> &[u8] {
+        self.identity.leaf()
+    }
+
+    /// The certificate chain the gateway presents.
+    pub fn certificate_chain(&self) -> &[rustls::pki_types::CertificateDer<'static>] {
+        &self.identity.chain
+    }
+
+    /// The certificate's PEM file.
+    pub fn certificate_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// SHA-256 fingerprint of the certificate (`AB:CD:...`).
+    pub fn certificate_fingerprint(&self) -> String {
+        self.identity.fingerprint()
+    }
+
+    /// Whether this start generated the certificate.
+    pub fn certificate_generated(&self) -> bool {
+        self.identity.generated
+    }
+
+    /// A quinn client configuration trusting exactly this gateway's certificate,
+    /// with ALPN `rossby/1` (tests and tools).
+    pub fn client_config(&self) -> Result<quinn::ClientConfig> {
+        tls::client_config(&self.identity.chain)
+    }
+
+    /// The domain store the gateway serves from (its KV is instrumented).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The API layer.
+    pub fn api(&self) -> &Arc<Api> {
+        &self.api
+    }
+
+    /// Requests currently being handled.
+    pub fn requests_in_flight(&self) -> usize {
+        self.lifecycle.requests.count()
+    }
+
+    /// Marks the gateway as draining: `/readyz` fails from now on. The first step
+    /// of [`Gateway::shutdown`], exposed for callers that sequence it themselves.
+    pub fn begin_drain(&self) {
+        self.lifecycle.draining.store(true, Ordering::Release);
+    }
+
+    /// Stops the gateway gracefully:
+    /// 1. readiness fails (`/readyz` answers 503 `draining`), so load balancers
+    ///    stop sending new clients;
+    /// 2. after `drain_grace`, new connections are refused and new requests on
+    ///    existing connections are answered `STATUS_DRAINING`;
+    /// 3. requests in flight get up to `drain_timeout` to finish;
+    /// 4. every connection is closed with application code
+    ///    [`CLOSE_DRAINING`](crate::server::CLOSE_DRAINING) and the endpoint waits
+    ///    for the closes to be delivered;
+    /// 5. the sweeper and the admin listener stop and the store is released (an
+    ///    embedded store is closed, so it can be reopened at once).
+    pub async fn shutdown(self) {
+        let Gateway {
+            endpoint,
+            store,
+            api,
+            lifecycle,
+            owned_kv,
+            drain_grace,
+            drain_timeout,
+            mut tasks,
+            ..
+        } = self;
+        lifecycle.draining.store(true, Ordering::Release);
+        tracing::info!(grace = ?drain_grace, "draining: readiness now fails");
+        tokio::time::sleep(drain_grace).await;
+
+        lifecycle.refuse();
+        let in_flight = lifecycle.requests.count();
+        if in_flight > 0 {
+            tracing::info!(in_flight, timeout = ?drain_timeout, "waiting for requests in flight");
+        }
+        if !lifecycle.requests.wait_idle(drain_timeout).await {
+            tracing::warn!(
+                abandoned = lifecycle.requests.count(),
+                "drain timeout: closing connections with requests still in flight"
+            );
+        }
+
+        lifecycle.quic_open.store(false, Ordering::Release);
+        endpoint.close(CLOSE_DRAINING.into(), b"gateway shutting down");
+        if tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!("some connections did not acknowledge the close");
+        }
+        if let Some(task) = tasks.accept.take() {
+            let _ = task.await;
+        }
+        // Connection tasks end once their connection is closed; request tasks
+        // end with their streams.
+        let _ = lifecycle.connections.wait_idle(CLOSE_WAIT).await;
+        let _ = lifecycle.requests.wait_idle(CLOSE_WAIT).await;
+
+        if let Some(task) = tasks.sweeper.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(stop) = tasks.admin_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = tasks.admin.take()
+            && tokio::time::timeout(CLOSE_WAIT, task).await.is_err()
+        {
+            tracing::debug!("admin listener did not stop in time");
+        }
+        drop(tasks);
+        drop(api);
+        drop(store);
+        if let Some(kv) = owned_kv {
+            release_store(kv).await;
+        }
+        tracing::info!("gateway stopped");
+    }
+}
+
+/// Waits for other holders of an opened store (tasks still finishing) to let go,
+/// then closes it off the async threads (fjall's close joins its syncer thread),
+/// so it can be reopened as soon as `shutdown` returns.
+async fn release_store(kv: Kv) {
+    let waited = tokio::time::timeout(STORE_RELEASE_WAIT, async {
+        while Arc::strong_count(&kv) > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        tracing::warn!(
+            holders = Arc::strong_count(&kv) - 1,
+            "the store is still in use; it closes when the last user finishes"
+        );
+    }
+    let _ = tokio::task::spawn_blocking(move || drop(kv)).await;
+}
+
+/// Finishes interrupted account purges, then sweeps expired messages of `region`
+/// every `interval`. Failures are logged and retried at the next tick: the sweep
+/// is idempotent and storage outages are reported by `/readyz`.
+async fn sweeper(store: Store, region: RegionId, interval: Duration) {
+    match store.resume_purges(region).await {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "finished interrupted account purges"),
+        Err(err) => {
+            tracing::warn!(error = %err, "resuming account purges failed; retried at next start")
+        }
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match store.sweep(region, server::now_ms(), SWEEP_BATCH).await {
+            Ok(swept) if swept.entries > 0 => tracing::info!(
+                envelopes = swept.envelopes,
+                dedups = swept.dedups,
+                "expired entries swept"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "retention sweep failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::STOP_TOO_LARGE;
+    use async_trait::async_trait;
+    use rossby_protocol::framing;
+    use rossby_protocol::pb;
+    use rossby_protocol::status::status_of;
+    use rossby_storage::kv::memory::MemoryStore;
+    use rossby_storage::{KvStore, Transaction};
+    use std::sync::atomic::AtomicU8;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A store whose health tests switch: healthy, failing with `Unavailable`, or
+    /// hanging forever on `begin`.
+    struct SwitchableKv {
+        inner: MemoryStore,
+        mode: Arc<AtomicU8>,
+    }
+
+    const HEALTHY: u8 = 0;
+    const FAILING: u8 = 1;
+    const HANGING: u8 = 2;
+
+    #[async_trait]
+    impl KvStore for SwitchableKv {
+        fn backend(&self) -> &'static str {
+            "switchable"
+        }
+
+        async fn begin(&self) -> rossby_storage::Result<Box<dyn Transaction>> {
+            match self.mode.load(Ordering::Acquire) {
+                FAILING => Err(rossby_storage::Error::Unavailable("disk on fire".into())),
+                HANGING => std::future::pending().await,
+                _ => self.inner.begin().await,
+            }
+        }
+    }
+
+    /// GET over a fresh HTTP/1.1 connection: (status code, body).
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, body.to_string())
+    }
+
+    fn test_config(dir: &Path) -> Config {
+        let mut config = Config::for_tests(dir).in_memory();
+        config.probe_timeout = Duration::from_millis(200);
+        config
+    }
+
+    async fn connect(gateway: &Gateway) -> (quinn::Endpoint, quinn::Connection) {
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        endpoint.set_default_client_config(gateway.client_config().unwrap());
+        let connection = endpoint
+            .connect(gateway.quic_addr(), "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        (endpoint, connection)
+    }
+
+    /// Sends raw bytes on a new request stream and reads the response frame.
+    async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> pb::Response {
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        // The gateway may stop the stream (oversize frame) before the FIN.
+        let _ = send.finish();
+        let raw = recv.read_to_end(1 << 20).await.unwrap();
+        framing::decode_one(&raw, 1 << 20, "response").unwrap()
+    }
+
+    fn ping() -> pb::Request {
+        pb::Request {
+            version: rossby_protocol::PROTOCOL_VERSION,
+            method: pb::Method::Ping as i32,
+            ..pb::Request::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn admin_endpoints_report_liveness_readiness_and_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.drain_grace = Duration::from_millis(600);
+        let gateway = Gateway::start(config).await.unwrap();
+        let admin = gateway.admin_addr();
+        assert_eq!(get(admin, "/livez").await, (200, "ok\n".into()));
+        assert_eq!(get(admin, "/readyz").await, (200, "ready\n".into()));
+        let (code, metrics) = get(admin, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(metrics.contains("rossby_build_info{version="), "{metrics}");
+        assert!(metrics.contains("rossby_open_connections 0"), "{metrics}");
+        assert_eq!(get(admin, "/nope").await.0, 404);
+
+        let shutdown = tokio::spawn(gateway.shutdown());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Readiness fails first; the process is still alive.
+        assert_eq!(get(admin, "/readyz").await, (503, "draining\n".into()));
+        assert_eq!(get(admin, "/livez").await.0, 200);
+        shutdown.await.unwrap();
+        assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_storage_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = Arc::new(AtomicU8::new(HEALTHY));
+        let mut config = test_config(dir.path());
+        config.storage = StorageConfig::Shared(Arc::new(SwitchableKv {
+            inner: MemoryStore::new(),
+            mode: mode.clone(),
+        }));
+        let gateway = Gateway::start(config).await.unwrap();
+        let admin = gateway.admin_addr();
+        assert_eq!(get(admin, "/readyz").await.0, 200);
+
+        mode.store(FAILING, Ordering::Release);
+        let (code, body) = get(admin, "/readyz").await;
+        assert_eq!(code, 503);
+        assert_eq!(body, "storage: storage unavailable: disk on fire\n");
+
+        mode.store(HANGING, Ordering::Release);
+        assert_eq!(
+            get(admin, "/readyz").await,
+            (503, "storage: probe timed out\n".into())
+        );
+
+        mode.store(HEALTHY, Ordering::Release);
+        assert_eq!(get(admin, "/readyz").await, (200, "ready\n".into()));
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn quic_round_trip_and_bad_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.api.max_frame_bytes = 4096;
+        let gateway = Gateway::start(config).await.unwrap();
+        let (_client, connection) = connect(&gateway).await;
+        assert_eq!(
+            connection
+                .handshake_data()
+                .and_then(|d| { d.downcast::<quinn::crypto::rustls::HandshakeData>().ok() })
+                .and_then(|d| d.protocol),
+            Some(rossby_protocol::ALPN.to_vec())
+        );
+
+        let response = exchange(&connection, &framing::encode(&ping())).await;
+        assert_eq!(status_of(&response), pb::Status::Ok, "{response:?}");
+        assert!(response.server_time_ms > 0);
+
+        // A frame spanning several packets, just under the limit, is read whole.
+        let big = pb::Request {
+            body: vec![0u8; 3000],
+            ..ping()
+        };
+        let frame = framing::encode(&big);
+        assert!(frame.len() > 3000 && frame.len() - 4 <= 4096);
+        let response = exchange(&connection, &frame).await;
+        assert_ne!(status_of(&response), pb::Status::TooLarge, "{response:?}");
+
+        // Declared length above the limit: answered without reading the body.
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&5000u32.to_be_bytes()).await.unwrap();
+        send.write_all(&[0u8; 100]).await.unwrap();
+        let raw = recv.read_to_end(1 << 20).await.unwrap();
+        let response: pb::Response = framing::decode_one(&raw, 1 << 20, "response").unwrap();
+        assert_eq!(status_of(&response), pb::Status::TooLarge, "{response:?}");
+        // ... and the client is asked to stop sending the body.
+        assert_eq!(send.stopped().await.unwrap(), Some(STOP_TOO_LARGE.into()));
+
+        // Garbage protobuf.
+        let response = exchange(&connection, &[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+        assert_eq!(status_of(&response), pb::Status::BadRequest, "{response:?}");
+
+        // A stream that ends inside the frame.
+        let response = exchange(&connection, &[0, 0, 0, 9, 8, 1]).await;
+        assert_eq!(status_of(&response), pb::Status::BadRequest, "{response:?}");
+        let response = exchange(&connection, &[0, 0]).await;
+        assert_eq!(status_of(&response), pb::Status::BadRequest, "{response:?}");
+
+        // Two frames on one stream.
+        let mut two = framing::encode(&ping());
+        two.extend_from_slice(&framing::encode(&ping()));
+        let response = exchange(&connection, &two).await;
+        assert_eq!(status_of(&response), pb::Status::BadRequest, "{response:?}");
+
+        // Unknown method: the API answers, and the metric label stays bounded.
+        let unknown = pb::Request {
+            method: 999,
+            ..ping()
+        };
+        let response = exchange(&connection, &framing::encode(&unknown)).await;
+        assert_eq!(
+            status_of(&response),
+            pb::Status::UnknownMethod,
+            "{response:?}"
+        );
+
+        // The connection still works after all that.
+        let response = exchange(&connection, &framing::encode(&ping())).await;
+        assert_eq!(status_of(&response), pb::Status::Ok);
+
+        let metrics = gateway.metrics();
+        let count = |rpc: &str, status: &str| {
+            metrics
+                .requests_total
+                .with_label_values(&[rpc, status])
+                .get()
+        };
+        assert_eq!(count("ping", "ok"), 3);
+        assert_eq!(count("unknown", "too_large"), 1);
+        assert_eq!(count("unknown", "bad_request"), 4);
+        assert_eq!(count("unknown", "unknown_method"), 1);
+        assert_eq!(metrics.open_connections.get(), 1);
+        let (_, text) = get(gateway.admin_addr(), "/metrics").await;
+        assert!(
+            text.contains("rossby_requests_total{rpc=\"ping\",status=\"ok\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rossby_request_duration_seconds_count{rpc=\"ping\",status=\"ok\"} 3"),
+            "{text}"
+        );
+
+        connection.close(0u32.into(), b"bye");
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.quic.max_connections = 1;
+        let gateway = Gateway::start(config).await.unwrap();
+        let (_a, first) = connect(&gateway).await;
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        endpoint.set_default_client_config(gateway.client_config().unwrap());
+        let second = endpoint
+            .connect(gateway.quic_addr(), "localhost")
+            .unwrap()
+            .await;
+        assert!(
+            matches!(second, Err(quinn::ConnectionError::ConnectionClosed(_))),
+            "{second:?}"
+        );
+        let response = exchange(&first, &framing::encode(&ping())).await;
+        assert_eq!(status_of(&response), pb::Status::Ok);
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_finishes_requests_in_flight_answers_draining_and_refuses_new_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Gateway::start(test_config(dir.path())).await.unwrap();
+        let quic_addr = gateway.quic_addr();
+        let client_config = gateway.client_config().unwrap();
+        let (_client, connection) = connect(&gateway).await;
+
+        // A request whose frame is half sent when the drain begins.
+        let frame = framing::encode(&ping());
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&frame[..2]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(gateway.requests_in_flight(), 1);
+
+        let shutdown = tokio::spawn(gateway.shutdown());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !shutdown.is_finished(),
+            "shutdown must wait for the request"
+        );
+
+        // New connections are refused while draining.
+        let mut other = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        other.set_default_client_config(client_config);
+        let refused = other.connect(quic_addr, "localhost").unwrap().await;
+        assert!(refused.is_err(), "{refused:?}");
+
+        // The request in flight completes, and is told the gateway is draining.
+        send.write_all(&frame[2..]).await.unwrap();
+        send.finish().unwrap();
+        let raw = recv.read_to_end(1 << 20).await.unwrap();
+        let response: pb::Response = framing::decode_one(&raw, 1 << 20, "response").unwrap();
+        assert_eq!(status_of(&response), pb::Status::Draining);
+
+        tokio::time::timeout(Duration::from_secs(10), shutdown)
+            .await
+            .unwrap()
+            .unwrap();
+        match connection.closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, CLOSE_DRAINING.into());
+            }
+            other => panic!("unexpected close {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_gateways_share_one_store_and_one_set_of_secrets() {
+        let a_dir = tempfile::tempdir().unwrap();
+        let b_dir = tempfile::tempdir().unwrap();
+        let kv: Kv = Arc::new(MemoryStore::new());
+        let mut a_config = Config::for_tests(a_dir.path());
+        a_config.storage = StorageConfig::Shared(kv.clone());
+        let b_config = Config::for_tests(b_dir.path()).same_deployment_as(&a_config);
+        let a = Gateway::start(a_config).await.unwrap();
+        let b = Gateway::start(b_config).await.unwrap();
+        assert_ne!(a.quic_addr(), b.quic_addr());
+        assert!(!b_dir.path().join("secret").exists());
+
+        let mut txn = a.store().kv.begin().await.unwrap();
+        txn.put(b"\x00test".to_vec(), b"shared".to_vec())
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        let mut txn = b.store().kv.begin().await.unwrap();
+        assert_eq!(
+            txn.get(b"\x00test").await.unwrap(),
+            Some(b"shared".to_vec())
+        );
+        txn.rollback().await.unwrap();
+        for gateway in [&a, &b] {
+            let (_client, connection) = connect(gateway).await;
+            let response = exchange(&connection, &framing::encode(&ping())).await;
+            assert_eq!(status_of(&response), pb::Status::Ok);
+        }
+        a.shutdown().await;
+        // The store is shared, so stopping one gateway leaves it to the other.
+        assert_eq!(get(b.admin_addr(), "/readyz").await.0, 200);
+        b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_fjall_gateway_restarts_on_the_same_data_dir_with_the_same_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::for_tests(dir.path());
+        let first = Gateway::start(config.clone()).await.unwrap();
+        assert!(first.certificate_generated());
+        let fingerprint = first.certificate_fingerprint();
+        assert_eq!(first.certificate_path(), dir.path().join("cert.pem"));
+        assert_eq!(tls::fingerprint(first.certificate_der()), fingerprint);
+        let secret = std::fs::read(dir.path().join("secret")).unwrap();
+        first.shutdown().await;
+
+        let second = Gateway::start(config).await.unwrap();
+        assert!(!second.certificate_generated());
+        assert_eq!(second.certificate_fingerprint(), fingerprint);
+        assert_eq!(std::fs::read(dir.path().join("secret")).unwrap(), secret);
+        let (_client, connection) = connect(&second).await;
+        let response = exchange(&connection, &framing::encode(&ping())).await;
+        assert_eq!(status_of(&response), pb::Status::Ok);
+        assert_eq!(get(second.admin_addr(), "/readyz").await.0, 200);
+        second.shutdown().await;
+    }
+}

@@ -1,0 +1,511 @@
+//! Prometheus metrics of one gateway, and [`InstrumentedKv`], the storage decorator
+//! that feeds the storage metrics.
+//!
+//! Every gateway owns its own [`prometheus::Registry`] (tests and the load generator
+//! run several gateways in one process, and a process-global registry would mix
+//! their counts). `/metrics` renders that registry followed by
+//! [`prometheus::default_registry`], where `tikv-client` registers its own metrics.
+//!
+//! Metric names (all prefixed `rossby_`):
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `rossby_requests_total` | counter | `rpc`, `status` |
+//! | `rossby_request_duration_seconds` | histogram | `rpc`, `status` |
+//! | `rossby_open_connections` | gauge | |
+//! | `rossby_auth_failures_total` | counter | `reason` |
+//! | `rossby_storage_transaction_duration_seconds` | histogram | |
+//! | `rossby_storage_conflicts_total` | counter | |
+//! | `rossby_storage_retries_total` | counter | |
+//! | `rossby_storage_errors_total` | counter | `kind` |
+//! | `rossby_verification_codes_sent_total` | counter | |
+//! | `rossby_pushes_total` | counter | |
+//! | `rossby_envelopes_enqueued_total` | counter | |
+//! | `rossby_build_info` | gauge (always 1) | `version` |
+
+use async_trait::async_trait;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use rossby_storage::kv::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value};
+use rossby_storage::{Error as StorageError, Kv, Result as StorageResult};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Buckets of request latency: from half a millisecond to a minute, because a Fetch
+/// may wait up to `max_fetch_wait` for messages.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Buckets of storage transaction latency: fjall group commits take a fraction of a
+/// millisecond, cross-region TiKV transactions hundreds of milliseconds.
+const STORAGE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The metrics of one gateway instance.
+pub struct Metrics {
+    /// The registry holding every metric below.
+    pub registry: Registry,
+    /// `rossby_requests_total{rpc, status}`: requests answered, by RPC name
+    /// (`ping`, `send`, ... or `unknown`) and status name (`ok`, `bad_request`, ...).
+    pub requests_total: IntCounterVec,
+    /// `rossby_request_duration_seconds{rpc, status}`: time from the first byte of
+    /// a request frame being awaited to the response being written.
+    pub request_duration_seconds: HistogramVec,
+    /// `rossby_open_connections`: established QUIC connections.
+    pub open_connections: IntGauge,
+    /// `rossby_auth_failures_total{reason}`: rejected authentications, by reason
+    /// (set by the API layer, for example `bad_mac`, `skew`, `replayed`, `binding`).
+    pub auth_failures_total: IntCounterVec,
+    /// `rossby_storage_transaction_duration_seconds`: begin to commit or rollback of
+    /// every storage transaction.
+    pub storage_transaction_duration_seconds: Histogram,
+    /// `rossby_storage_conflicts_total`: transactions that hit a write conflict.
+    pub storage_conflicts_total: IntCounter,
+    /// `rossby_storage_retries_total`: transactions re-run because of a conflict
+    /// (counted per conflict, so it includes the final attempt of a transaction
+    /// whose retries ran out).
+    pub storage_retries_total: IntCounter,
+    /// `rossby_storage_errors_total{kind}`: storage operations that failed for a
+    /// reason other than a conflict (`unavailable`, `undetermined`, `corrupt`,
+    /// `invalid`, `retries_exhausted`, `other`).
+    pub storage_errors_total: IntCounterVec,
+    /// `rossby_verification_codes_sent_total`: codes handed to the verifier.
+    pub verification_codes_sent_total: IntCounter,
+    /// `rossby_pushes_total`: push frames written to subscribed connections.
+    pub pushes_total: IntCounter,
+    /// `rossby_envelopes_enqueued_total`: envelopes stored into recipient queues.
+    pub envelopes_enqueued_total: IntCounter,
+    /// `rossby_build_info{version}`: always 1; the label carries the gateway version.
+    pub build_info: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Registers a collector built from constant, valid definitions.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: prometheus::Result<C>,
+) -> C {
+    // The definitions are constants with distinct names, so neither building nor
+    // registering can fail; the test `every_metric_is_rendered` covers them.
+    let collector = collector.expect("metric definitions are valid");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are distinct");
+    collector
+}
+
+impl Metrics {
+    /// Fresh metrics in a fresh registry, with `rossby_build_info` set.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let metrics = Metrics {
+            requests_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_requests_total",
+                        "Requests answered, by RPC and status.",
+                    ),
+                    &["rpc", "status"],
+                ),
+            ),
+            request_duration_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "rossby_request_duration_seconds",
+                        "Time to answer a request, by RPC and status.",
+                    )
+                    .buckets(REQUEST_BUCKETS.to_vec()),
+                    &["rpc", "status"],
+                ),
+            ),
+            open_connections: register(
+                r,
+                IntGauge::new("rossby_open_connections", "Established QUIC connections."),
+            ),
+            auth_failures_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_auth_failures_total",
+                        "Rejected request authentications, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            storage_transaction_duration_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "rossby_storage_transaction_duration_seconds",
+                        "Storage transactions from begin to commit or rollback.",
+                    )
+                    .buckets(STORAGE_BUCKETS.to_vec()),
+                ),
+            ),
+            storage_conflicts_total: register(
+                r,
+                IntCounter::new(
+                    "rossby_storage_conflicts_total",
+                    "Storage transactions that hit a write conflict.",
+                ),
+            ),
+            storage_retries_total: register(
+                r,
+                IntCounter::new(
+                    "rossby_storage_retries_total",
+                    "Storage transactions re-run because of a conflict.",
+                ),
+            ),
+            storage_errors_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_storage_errors_total",
+                        "Failed storage operations other than conflicts, by kind.",
+                    ),
+                    &["kind"],
+                ),
+            ),
+            verification_codes_sent_total: register(
+                r,
+                IntCounter::new(
+                    "rossby_verification_codes_sent_total",
+                    "Verification codes handed to the verifier.",
+                ),
+            ),
+            pushes_total: register(
+                r,
+                IntCounter::new("rossby_pushes_total", "Push frames written to devices."),
+            ),
+            envelopes_enqueued_total: register(
+                r,
+                IntCounter::new(
+                    "rossby_envelopes_enqueued_total",
+                    "Envelopes stored into recipient queues.",
+                ),
+            ),
+            build_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("rossby_build_info", "Gateway build; always 1."),
+                    &["version"],
+                ),
+            ),
+            registry,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(&self, rpc: &str, status: &str, elapsed: Duration) {
+        self.requests_total.with_label_values(&[rpc, status]).inc();
+        self.request_duration_seconds
+            .with_label_values(&[rpc, status])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one rejected authentication.
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures_total.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a failed storage operation under its kind; conflicts are counted
+    /// separately by the caller.
+    fn storage_error(&self, err: &StorageError) {
+        self.storage_errors_total
+            .with_label_values(&[storage_error_kind(err)])
+            .inc();
+    }
+
+    /// This registry and the process-wide default registry (tikv-client's metrics)
+    /// in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        let own: std::collections::HashSet<String> =
+            families.iter().map(|f| f.get_name().to_string()).collect();
+        families.extend(
+            prometheus::default_registry()
+                .gather()
+                .into_iter()
+                .filter(|f| !own.contains(f.get_name())),
+        );
+        let mut out = Vec::new();
+        match TextEncoder::new().encode(&families, &mut out) {
+            Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+            Err(err) => format!("# metrics could not be encoded: {err}\n"),
+        }
+    }
+}
+
+/// The `kind` label of a storage error.
+pub fn storage_error_kind(err: &StorageError) -> &'static str {
+    match err {
+        StorageError::Conflict(_) => "conflict",
+        StorageError::Undetermined(_) => "undetermined",
+        StorageError::Unavailable(_) => "unavailable",
+        StorageError::RetriesExhausted { .. } => "retries_exhausted",
+        StorageError::Corrupt { .. } => "corrupt",
+        StorageError::Invalid(_) => "invalid",
+        _ => "other",
+    }
+}
+
+/// A [`KvStore`] decorator that measures every transaction: its duration from
+/// `begin` to `commit` or `rollback` (or being dropped), conflicts, and other
+/// errors by kind. The gateway wraps the opened store with it before building the
+/// domain `Store`, so every domain transaction is measured without the domain code
+/// knowing about metrics.
+pub struct InstrumentedKv {
+    inner: Kv,
+    metrics: Arc<Metrics>,
+}
+
+impl InstrumentedKv {
+    /// Wraps `inner`, reporting into `metrics`.
+    pub fn new(inner: Kv, metrics: Arc<Metrics>) -> Self {
+        InstrumentedKv { inner, metrics }
+    }
+
+    /// Wraps `inner` and returns the result as a shared handle.
+    pub fn wrap(inner: Kv, metrics: Arc<Metrics>) -> Kv {
+        Arc::new(Self::new(inner, metrics))
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &Kv {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl KvStore for InstrumentedKv {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn begin(&self) -> StorageResult<Box<dyn Transaction>> {
+        let started = Instant::now();
+        match self.inner.begin().await {
+            Ok(txn) => Ok(Box::new(InstrumentedTxn {
+                inner: Some(txn),
+                metrics: self.metrics.clone(),
+                started,
+                conflicted: false,
+            })),
+            Err(err) => {
+                self.metrics.storage_error(&err);
+                Err(err)
+            }
+        }
+    }
+}
+
+/// A transaction of an [`InstrumentedKv`]. `inner` is `None` once committed or
+/// rolled back; dropping a transaction that is still open records its duration too
+/// (the backend rolls it back), so cancelled requests are not invisible.
+struct InstrumentedTxn {
+    inner: Option<Box<dyn Transaction>>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    conflicted: bool,
+}
+
+impl InstrumentedTxn {
+    fn txn(&mut self) -> StorageResult<&mut Box<dyn Transaction>> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| StorageError::Invalid("transaction already finished".into()))
+    }
+
+    /// Counts an operation's failure: a conflict once per transaction (the retry
+    /// helper re-runs the whole transaction), anything else by kind.
+    fn note<T>(&mut self, result: StorageResult<T>) -> StorageResult<T> {
+        if let Err(err) = &result {
+            if matches!(err, StorageError::Conflict(_)) {
+                if !self.conflicted {
+                    self.conflicted = true;
+                    self.metrics.storage_conflicts_total.inc();
+                    self.metrics.storage_retries_total.inc();
+                }
+            } else {
+                self.metrics.storage_error(err);
+            }
+        }
+        result
+    }
+
+    fn observe_duration(&self) {
+        self.metrics
+            .storage_transaction_duration_seconds
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for InstrumentedTxn {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            self.observe_duration();
+        }
+    }
+}
+
+#[async_trait]
+impl Transaction for InstrumentedTxn {
+    async fn get(&mut self, key: &[u8]) -> StorageResult<Option<Value>> {
+        let result = self.txn()?.get(key).await;
+        self.note(result)
+    }
+
+    async fn batch_get(&mut self, keys: &[Key]) -> StorageResult<Vec<Option<Value>>> {
+        let result = self.txn()?.batch_get(keys).await;
+        self.note(result)
+    }
+
+    async fn scan(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+        order: ScanOrder,
+    ) -> StorageResult<Vec<KvPair>> {
+        let result = self.txn()?.scan(range, limit, order).await;
+        self.note(result)
+    }
+
+    async fn get_for_update(&mut self, key: &[u8]) -> StorageResult<Option<Value>> {
+        let result = self.txn()?.get_for_update(key).await;
+        self.note(result)
+    }
+
+    async fn put(&mut self, key: Key, value: Value) -> StorageResult<()> {
+        let result = self.txn()?.put(key, value).await;
+        self.note(result)
+    }
+
+    async fn delete(&mut self, key: Key) -> StorageResult<()> {
+        let result = self.txn()?.delete(key).await;
+        self.note(result)
+    }
+
+    async fn commit(mut self: Box<Self>) -> StorageResult<()> {
+        let result = match self.inner.take() {
+            Some(inner) => inner.commit().await,
+            None => Err(StorageError::Invalid("transaction already finished".into())),
+        };
+        self.observe_duration();
+        self.note(result)
+    }
+
+    async fn rollback(mut self: Box<Self>) -> StorageResult<()> {
+        let result = match self.inner.take() {
+            Some(inner) => inner.rollback().await,
+            None => Ok(()),
+        };
+        self.observe_duration();
+        self.note(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rossby_storage::kv::memory::MemoryStore;
+
+    #[test]
+    fn every_metric_is_rendered_with_the_rossby_prefix() {
+        let metrics = Metrics::new();
+        metrics.observe_request("ping", "ok", Duration::from_millis(2));
+        metrics.auth_failure("bad_mac");
+        metrics
+            .storage_errors_total
+            .with_label_values(&["unavailable"])
+            .inc();
+        let text = metrics.render();
+        for name in [
+            "rossby_requests_total{rpc=\"ping\",status=\"ok\"} 1",
+            "rossby_request_duration_seconds_bucket{rpc=\"ping\",status=\"ok\",le=\"0.0025\"} 1",
+            "rossby_open_connections 0",
+            "rossby_auth_failures_total{reason=\"bad_mac\"} 1",
+            "rossby_storage_transaction_duration_seconds_count 0",
+            "rossby_storage_conflicts_total 0",
+            "rossby_storage_retries_total 0",
+            "rossby_storage_errors_total{kind=\"unavailable\"} 1",
+            "rossby_verification_codes_sent_total 0",
+            "rossby_pushes_total 0",
+            "rossby_envelopes_enqueued_total 0",
+            "rossby_build_info{version=\"",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn instances_do_not_share_counts() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.pushes_total.inc();
+        assert_eq!(a.pushes_total.get(), 1);
+        assert_eq!(b.pushes_total.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn instrumented_kv_times_transactions_and_counts_conflicts() {
+        let metrics = Arc::new(Metrics::new());
+        let kv = InstrumentedKv::wrap(Arc::new(MemoryStore::new()), metrics.clone());
+        assert_eq!(kv.backend(), "memory");
+
+        let mut t = kv.begin().await.unwrap();
+        t.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+        assert_eq!(t.get(b"k").await.unwrap(), Some(b"v".to_vec()));
+        t.commit().await.unwrap();
+
+        // Two transactions write the same key: the second commit conflicts.
+        let mut a = kv.begin().await.unwrap();
+        let mut b = kv.begin().await.unwrap();
+        a.put(b"k".to_vec(), b"a".to_vec()).await.unwrap();
+        b.put(b"k".to_vec(), b"b".to_vec()).await.unwrap();
+        a.commit().await.unwrap();
+        assert!(matches!(b.commit().await, Err(StorageError::Conflict(_))));
+
+        // A dropped transaction is measured too.
+        drop(kv.begin().await.unwrap());
+        let r = kv.begin().await.unwrap();
+        r.rollback().await.unwrap();
+
+        assert_eq!(
+            metrics
+                .storage_transaction_duration_seconds
+                .get_sample_count(),
+            5
+        );
+        assert_eq!(metrics.storage_conflicts_total.get(), 1);
+        assert_eq!(metrics.storage_retries_total.get(), 1);
+        let value = rossby_storage::transact!(kv, &rossby_storage::RetryPolicy::default(), |txn| {
+            txn.get(b"k").await
+        })
+        .unwrap();
+        assert_eq!(value, Some(b"a".to_vec()));
+    }
+}

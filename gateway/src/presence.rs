@@ -1,0 +1,392 @@
+//! Who is online: an in-process registry of the devices subscribed to pushes on
+//! each connection, and of requests waiting for a box's next message.
+//!
+//! A subscription is a bounded channel of [`pb::Push`] frames; the task that owns
+//! the connection's push stream drains it. Pushes never block a sender: when a
+//! device's channel is full, a `MessagesAvailable` is dropped (the device fetches
+//! everything after its pointer anyway, and a later push or its next fetch catches
+//! up) and so is an ephemeral message (they are best effort by definition).
+//!
+//! Fetch waiters register a [`Waiter`] for their box; a commit into the box wakes
+//! them all. Entries disappear with the last waiter and subscriber of a box, and
+//! [`Presence::connection_closed`] drops every subscription of a connection, so
+//! memory follows what is online now.
+//!
+//! This registry is per process: a message committed through another gateway does
+//! not wake waiters here (they poll as a fallback).
+
+use rossby_keyspace::{BoxId, DeviceId};
+use rossby_protocol::pb;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, mpsc};
+
+/// Push frames buffered per subscription before new ones are dropped.
+pub const PUSH_QUEUE: usize = 64;
+
+struct Subscriber {
+    token: u64,
+    conn_id: u64,
+    device: DeviceId,
+    tx: mpsc::Sender<pb::Push>,
+}
+
+#[derive(Default)]
+struct BoxEntry {
+    notify: Arc<Notify>,
+    waiters: usize,
+    subscribers: Vec<Subscriber>,
+}
+
+impl BoxEntry {
+    fn is_empty(&self) -> bool {
+        self.waiters == 0 && self.subscribers.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    next_token: u64,
+    boxes: HashMap<BoxId, BoxEntry>,
+    /// Boxes each connection has subscriptions in.
+    conns: HashMap<u64, Vec<BoxId>>,
+}
+
+impl Inner {
+    fn prune(&mut self, box_id: BoxId) {
+        if self.boxes.get(&box_id).is_some_and(BoxEntry::is_empty) {
+            self.boxes.remove(&box_id);
+        }
+    }
+
+    fn forget_conn_box(&mut self, conn_id: u64, box_id: BoxId) {
+        let still = self
+            .boxes
+            .get(&box_id)
+            .is_some_and(|e| e.subscribers.iter().any(|s| s.conn_id == conn_id));
+        if !still && let Some(list) = self.conns.get_mut(&conn_id) {
+            list.retain(|b| *b != box_id);
+            if list.is_empty() {
+                self.conns.remove(&conn_id);
+            }
+        }
+    }
+}
+
+/// The registry. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct Presence {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Presence {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `device` of `box_id` has a live subscription on connection `conn_id`.
+    pub fn is_subscribed(&self, conn_id: u64, box_id: BoxId, device: DeviceId) -> bool {
+        self.lock().boxes.get(&box_id).is_some_and(|e| {
+            e.subscribers
+                .iter()
+                .any(|s| s.conn_id == conn_id && s.device == device && !s.tx.is_closed())
+        })
+    }
+
+    /// Registers a subscription, replacing one of the same device on the same
+    /// connection. Returns the subscription's token for [`Presence::unsubscribe`].
+    pub fn subscribe(
+        &self,
+        conn_id: u64,
+        box_id: BoxId,
+        device: DeviceId,
+        tx: mpsc::Sender<pb::Push>,
+    ) -> u64 {
+        let mut inner = self.lock();
+        inner.next_token += 1;
+        let token = inner.next_token;
+        let entry = inner.boxes.entry(box_id).or_default();
+        entry
+            .subscribers
+            .retain(|s| !(s.conn_id == conn_id && s.device == device));
+        entry.subscribers.push(Subscriber {
+            token,
+            conn_id,
+            device,
+            tx,
+        });
+        let list = inner.conns.entry(conn_id).or_default();
+        if !list.contains(&box_id) {
+            list.push(box_id);
+        }
+        token
+    }
+
+    /// Removes the subscription with this token (called by the push task when its
+    /// stream ends; a no-op if it was replaced or dropped already).
+    pub fn unsubscribe(&self, conn_id: u64, box_id: BoxId, token: u64) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.boxes.get_mut(&box_id) {
+            entry.subscribers.retain(|s| s.token != token);
+        }
+        inner.forget_conn_box(conn_id, box_id);
+        inner.prune(box_id);
+    }
+
+    /// Drops every subscription of a connection.
+    pub fn connection_closed(&self, conn_id: u64) {
+        let mut inner = self.lock();
+        let Some(boxes) = inner.conns.remove(&conn_id) else {
+            return;
+        };
+        for box_id in boxes {
+            if let Some(entry) = inner.boxes.get_mut(&box_id) {
+                entry.subscribers.retain(|s| s.conn_id != conn_id);
+            }
+            inner.prune(box_id);
+        }
+    }
+
+    /// Drops the subscriptions of a removed device.
+    pub fn remove_device(&self, box_id: BoxId, device: DeviceId) {
+        let mut inner = self.lock();
+        let conns: Vec<u64> = match inner.boxes.get_mut(&box_id) {
+            Some(entry) => {
+                let conns = entry
+                    .subscribers
+                    .iter()
+                    .filter(|s| s.device == device)
+                    .map(|s| s.conn_id)
+                    .collect();
+                entry.subscribers.retain(|s| s.device != device);
+                conns
+            }
+            None => return,
+        };
+        for conn_id in conns {
+            inner.forget_conn_box(conn_id, box_id);
+        }
+        inner.prune(box_id);
+    }
+
+    /// Drops every subscription into a deleted box (waiters are woken).
+    pub fn remove_box(&self, box_id: BoxId) {
+        let mut inner = self.lock();
+        let conns: Vec<u64> = match inner.boxes.get_mut(&box_id) {
+            Some(entry) => {
+                entry.notify.notify_waiters();
+                entry.subscribers.drain(..).map(|s| s.conn_id).collect()
+            }
+            None => return,
+        };
+        for conn_id in conns {
+            inner.forget_conn_box(conn_id, box_id);
+        }
+        inner.prune(box_id);
+    }
+
+    /// Announces that envelopes up to `last_seq` are stored in `box_id`: wakes its
+    /// fetch waiters and queues a `MessagesAvailable` push to its subscribed
+    /// devices. Returns how many pushes were queued.
+    pub fn messages_available(&self, box_id: BoxId, last_seq: u64) -> usize {
+        let inner = self.lock();
+        let Some(entry) = inner.boxes.get(&box_id) else {
+            return 0;
+        };
+        entry.notify.notify_waiters();
+        let push = pb::Push {
+            event: Some(pb::push::Event::Messages(pb::MessagesAvailable {
+                last_seq,
+            })),
+        };
+        entry
+            .subscribers
+            .iter()
+            .filter(|s| s.tx.try_send(push.clone()).is_ok())
+            .count()
+    }
+
+    /// Queues an ephemeral push to every subscribed device of `box_id` except
+    /// `skip` (the sending device). Returns how many pushes were queued.
+    pub fn ephemeral(
+        &self,
+        box_id: BoxId,
+        skip: Option<DeviceId>,
+        ephemeral: &pb::Ephemeral,
+    ) -> usize {
+        let inner = self.lock();
+        let Some(entry) = inner.boxes.get(&box_id) else {
+            return 0;
+        };
+        let push = pb::Push {
+            event: Some(pb::push::Event::Ephemeral(ephemeral.clone())),
+        };
+        entry
+            .subscribers
+            .iter()
+            .filter(|s| Some(s.device) != skip)
+            .filter(|s| s.tx.try_send(push.clone()).is_ok())
+            .count()
+    }
+
+    /// Subscribed devices of a box (a device subscribed on two connections counts
+    /// twice).
+    pub fn online(&self, box_id: BoxId) -> usize {
+        self.lock()
+            .boxes
+            .get(&box_id)
+            .map_or(0, |e| e.subscribers.len())
+    }
+
+    /// Registers a waiter for the next message into `box_id`.
+    pub fn waiter(&self, box_id: BoxId) -> Waiter {
+        let mut inner = self.lock();
+        let entry = inner.boxes.entry(box_id).or_default();
+        entry.waiters += 1;
+        Waiter {
+            presence: self.clone(),
+            box_id,
+            notify: entry.notify.clone(),
+        }
+    }
+
+    /// Boxes with waiters or subscribers (for tests and debugging).
+    pub fn tracked_boxes(&self) -> usize {
+        self.lock().boxes.len()
+    }
+}
+
+/// A registered fetch waiter; unregisters itself when dropped.
+pub struct Waiter {
+    presence: Presence,
+    box_id: BoxId,
+    notify: Arc<Notify>,
+}
+
+impl Waiter {
+    /// The notification to wait on. Create it (and `enable` it) before checking
+    /// the queue, so a commit in between is not missed.
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut inner = self.presence.lock();
+        if let Some(entry) = inner.boxes.get_mut(&self.box_id) {
+            entry.waiters = entry.waiters.saturating_sub(1);
+        }
+        inner.prune(self.box_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rossby_keyspace::RegionId;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn pushes_reach_subscribers_and_cleanup_is_complete() {
+        let presence = Presence::new();
+        let b = BoxId::new(RegionId(1));
+        let (d1, d2) = (DeviceId::new(), DeviceId::new());
+        let (tx1, mut rx1) = mpsc::channel(PUSH_QUEUE);
+        let (tx2, mut rx2) = mpsc::channel(PUSH_QUEUE);
+        let token = presence.subscribe(1, b, d1, tx1);
+        presence.subscribe(2, b, d2, tx2);
+        assert!(presence.is_subscribed(1, b, d1));
+        assert!(!presence.is_subscribed(2, b, d1));
+        assert_eq!(presence.messages_available(b, 7), 2);
+        for rx in [&mut rx1, &mut rx2] {
+            let push = rx.recv().await.unwrap();
+            assert_eq!(
+                push.event,
+                Some(pb::push::Event::Messages(pb::MessagesAvailable {
+                    last_seq: 7
+                }))
+            );
+        }
+        // Ephemeral messages skip the sending device.
+        let eph = pb::Ephemeral {
+            envelope: vec![1],
+            ..pb::Ephemeral::default()
+        };
+        assert_eq!(presence.ephemeral(b, Some(d1), &eph), 1);
+        assert!(matches!(
+            rx2.recv().await.unwrap().event,
+            Some(pb::push::Event::Ephemeral(_))
+        ));
+        assert!(rx1.try_recv().is_err());
+
+        presence.connection_closed(2);
+        assert_eq!(presence.online(b), 1);
+        assert!(
+            rx2.recv().await.is_none(),
+            "the channel closes with its last sender"
+        );
+        presence.unsubscribe(1, b, token + 100);
+        assert_eq!(presence.online(b), 1);
+        presence.unsubscribe(1, b, token);
+        assert_eq!(presence.online(b), 0);
+        assert_eq!(presence.tracked_boxes(), 0);
+        assert!(presence.lock().conns.is_empty());
+    }
+
+    #[tokio::test]
+    async fn device_and_box_removal_drop_subscriptions() {
+        let presence = Presence::new();
+        let b = BoxId::new(RegionId(1));
+        let (d1, d2) = (DeviceId::new(), DeviceId::new());
+        let (tx, _rx) = mpsc::channel(1);
+        presence.subscribe(1, b, d1, tx.clone());
+        presence.subscribe(1, b, d2, tx.clone());
+        presence.remove_device(b, d1);
+        assert_eq!(presence.online(b), 1);
+        assert!(!presence.lock().conns.is_empty());
+        presence.remove_box(b);
+        assert_eq!(presence.tracked_boxes(), 0);
+        assert!(presence.lock().conns.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_drops_pushes_instead_of_blocking() {
+        let presence = Presence::new();
+        let b = BoxId::new(RegionId(1));
+        let (tx, _rx) = mpsc::channel(1);
+        presence.subscribe(1, b, DeviceId::new(), tx);
+        assert_eq!(presence.messages_available(b, 1), 1);
+        assert_eq!(presence.messages_available(b, 2), 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_are_woken_and_unregister_on_drop() {
+        let presence = Presence::new();
+        let b = BoxId::new(RegionId(1));
+        let waiter = presence.waiter(b);
+        {
+            let notified = waiter.notify().notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let p = presence.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                p.messages_available(b, 1);
+            });
+            tokio::time::timeout(Duration::from_secs(5), notified)
+                .await
+                .unwrap();
+        }
+        assert_eq!(presence.tracked_boxes(), 1);
+        drop(waiter);
+        assert_eq!(presence.tracked_boxes(), 0);
+    }
+}

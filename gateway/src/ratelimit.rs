@@ -1,0 +1,220 @@
+//! Token-bucket rate limits per device, per source address, per identifier (for
+//! registrations, against SMS pumping) and per device for contact discovery.
+//!
+//! Buckets live in moka caches that forget a bucket once it has been idle long
+//! enough to be full again (a forgotten bucket and a full one behave the same) and
+//! hold a bounded number of buckets, so memory stays bounded however many keys an
+//! attacker invents. A rate whose `per_second` or `burst` is infinite disables that
+//! limit (for benchmarks).
+
+use crate::settings::{Rate, RateLimits};
+use rossby_keyspace::{BoxId, DeviceId};
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Most buckets each limiter keeps.
+pub const DEFAULT_CAPACITY: u64 = 500_000;
+
+/// Longest time a bucket is remembered while idle.
+const MAX_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// Most a caller is told to wait.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// A refused request: try again after this long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limited {
+    /// When one token will be available again.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// One family of token buckets keyed by `K`.
+pub struct Limiter<K> {
+    rate: Rate,
+    buckets: Option<moka::sync::Cache<K, Arc<Mutex<Bucket>>>>,
+}
+
+impl<K: Hash + Eq + Send + Sync + Clone + 'static> Limiter<K> {
+    /// Buckets of `rate`, at most `capacity` of them.
+    pub fn new(rate: Rate, capacity: u64) -> Self {
+        let unlimited = !rate.per_second.is_finite() || !rate.burst.is_finite();
+        let buckets = (!unlimited).then(|| {
+            let refill = if rate.per_second > 0.0 {
+                Duration::try_from_secs_f64(rate.burst.max(1.0) / rate.per_second)
+                    .unwrap_or(MAX_IDLE)
+            } else {
+                MAX_IDLE
+            };
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(refill.clamp(Duration::from_secs(1), MAX_IDLE))
+                .build()
+        });
+        Limiter { rate, buckets }
+    }
+
+    /// Takes one token from `key`'s bucket, or says how long to wait.
+    pub fn check(&self, key: K, now: Instant) -> Result<(), Limited> {
+        let Some(buckets) = &self.buckets else {
+            return Ok(());
+        };
+        let burst = self.rate.burst.max(0.0);
+        let bucket = buckets.get_with(key, || {
+            Arc::new(Mutex::new(Bucket {
+                tokens: burst,
+                updated: now,
+            }))
+        });
+        let mut b = bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * self.rate.per_second.max(0.0)).min(burst);
+        b.updated = now.max(b.updated);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Ok(());
+        }
+        let retry_after = if self.rate.per_second > 0.0 {
+            Duration::try_from_secs_f64((1.0 - b.tokens) / self.rate.per_second)
+                .unwrap_or(MAX_RETRY_AFTER)
+                .min(MAX_RETRY_AFTER)
+        } else {
+            MAX_RETRY_AFTER
+        };
+        Err(Limited {
+            retry_after: retry_after.max(Duration::from_millis(1)),
+        })
+    }
+}
+
+/// The key of a source address: IPv4 addresses (also IPv4-mapped IPv6 ones) as
+/// they are, IPv6 addresses by their /64 prefix, which is what one subscriber
+/// usually gets.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+    }
+}
+
+/// Every rate limit of the API.
+pub struct RateLimiter {
+    per_device: Limiter<(BoxId, DeviceId)>,
+    per_ip: Limiter<IpAddr>,
+    registrations: Limiter<[u8; 32]>,
+    discovery: Limiter<(BoxId, DeviceId)>,
+}
+
+impl RateLimiter {
+    /// Limiters for the configured rates.
+    pub fn new(limits: &RateLimits) -> Self {
+        RateLimiter {
+            per_device: Limiter::new(limits.per_device, DEFAULT_CAPACITY),
+            per_ip: Limiter::new(limits.per_ip, DEFAULT_CAPACITY),
+            registrations: Limiter::new(limits.registrations_per_identifier, DEFAULT_CAPACITY),
+            discovery: Limiter::new(limits.discovery_per_device, DEFAULT_CAPACITY),
+        }
+    }
+
+    /// One request from a source address.
+    pub fn ip(&self, ip: IpAddr) -> Result<(), Limited> {
+        self.per_ip.check(ip_key(ip), Instant::now())
+    }
+
+    /// One authenticated request of a device.
+    pub fn device(&self, box_id: BoxId, device: DeviceId) -> Result<(), Limited> {
+        self.per_device.check((box_id, device), Instant::now())
+    }
+
+    /// One registration (code sent) for the identifier with this lookup digest.
+    pub fn registration(&self, digest: [u8; 32]) -> Result<(), Limited> {
+        self.registrations.check(digest, Instant::now())
+    }
+
+    /// One contact lookup by identifier of a device.
+    pub fn discovery(&self, box_id: BoxId, device: DeviceId) -> Result<(), Limited> {
+        self.discovery.check((box_id, device), Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn rate(per_second: f64, burst: f64) -> Rate {
+        Rate { per_second, burst }
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills() {
+        let limiter = Limiter::new(rate(2.0, 3.0), 10);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(limiter.check("k", t0), Ok(()));
+        }
+        let refused = limiter.check("k", t0).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_millis(500));
+        // Other keys have their own bucket.
+        assert_eq!(limiter.check("other", t0), Ok(()));
+        // Half a second later one token is back, and only one.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(limiter.check("k", t1), Ok(()));
+        assert!(limiter.check("k", t1).is_err());
+        // Long idle: the bucket is full again but never above its burst.
+        let t2 = t1 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert_eq!(limiter.check("k", t2), Ok(()));
+        }
+        assert!(limiter.check("k", t2).is_err());
+    }
+
+    #[test]
+    fn infinite_rates_disable_the_limit_and_zero_rates_never_refill() {
+        let unlimited = Limiter::new(rate(f64::INFINITY, 1.0), 10);
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            assert_eq!(unlimited.check(1u8, now), Ok(()));
+        }
+        let fixed = Limiter::new(rate(0.0, 1.0), 10);
+        assert_eq!(fixed.check(1u8, now), Ok(()));
+        assert_eq!(
+            fixed
+                .check(1u8, now + Duration::from_secs(60))
+                .unwrap_err()
+                .retry_after,
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_share_their_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
+        assert_eq!(ip_key(mapped), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(
+            ip_key(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        );
+    }
+}

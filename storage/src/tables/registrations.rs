@@ -1,0 +1,389 @@
+//! Pending registrations and the transactions that complete them.
+//!
+//! A registration starts with a verification code sent out of band. Until the code
+//! comes back, a [`PendingRegistration`] is stored under the identifier's
+//! registration key (`LookupDigest::registration_key`, current pepper): the keyed
+//! hash of the code (never the code), its expiry, the count of wrong attempts, and
+//! the device that asked (id, key bundle, label), whether it asked for recovery and
+//! the requested home region. The record is global data like the lookup table,
+//! because the identifier decides which box is involved only once it is bound.
+//!
+//! Counting a wrong attempt writes the record, so two concurrent guesses conflict
+//! and each one is counted (also under snapshot isolation). Completing a
+//! registration deletes the record in the same transaction that creates or
+//! recovers the account ([`create_account`], [`recover_account`]), so a code is
+//! accepted at most once.
+
+use super::records::{Device, LowWater, PendingRegistration, QueueHead};
+use super::{Limits, delete, get, put};
+use crate::error::{Error, Result};
+use crate::kv::{ScanOrder, Transaction};
+use rossby_keyspace::{BoxId, DeviceId, Identifier, Key, LookupDigest, LookupHasher};
+
+/// The pending registration of the identifier with this digest, if any (expired
+/// ones included: the caller decides what expiry means).
+pub async fn pending(
+    txn: &mut dyn Transaction,
+    digest: &LookupDigest,
+) -> Result<Option<PendingRegistration>> {
+    get(txn, &digest.registration_key()).await
+}
+
+/// Stores (or replaces) the pending registration of an identifier.
+pub async fn store_pending(
+    txn: &mut dyn Transaction,
+    digest: &LookupDigest,
+    record: &PendingRegistration,
+) -> Result<()> {
+    put(txn, &digest.registration_key(), record).await
+}
+
+/// Deletes the pending registration of an identifier (a no-op if there is none).
+pub async fn remove_pending(txn: &mut dyn Transaction, digest: &LookupDigest) -> Result<()> {
+    delete(txn, &digest.registration_key()).await
+}
+
+/// Counts one wrong code against the pending registration and returns the new
+/// count of wrong attempts. Fails with [`Error::Invalid`] if nothing is pending.
+pub async fn record_wrong_attempt(txn: &mut dyn Transaction, digest: &LookupDigest) -> Result<u32> {
+    let mut record = pending(txn, digest)
+        .await?
+        .ok_or_else(|| Error::Invalid("no registration is pending".into()))?;
+    record.attempts = record.attempts.saturating_add(1);
+    store_pending(txn, digest, &record).await?;
+    Ok(record.attempts)
+}
+
+/// Creates a new account for `id`: an empty box (discoverable, accepting messages
+/// from anyone), the identifier bound to it, and `device` added and authorized.
+/// Returns the device-list version. Fails with [`Error::AlreadyRegistered`] if the
+/// identifier is bound to a box already and with [`Error::BoxExists`] if `box_id`
+/// is taken (draw another id and retry).
+#[allow(clippy::too_many_arguments)]
+pub async fn create_account(
+    txn: &mut dyn Transaction,
+    limits: &Limits,
+    hasher: &LookupHasher,
+    id: &Identifier,
+    box_id: BoxId,
+    device_id: DeviceId,
+    device: &Device,
+    now_ms: u64,
+) -> Result<u64> {
+    super::accounts::create_box(txn, box_id, now_ms).await?;
+    super::lookup::bind(txn, hasher, id, box_id, now_ms).await?;
+    super::devices::add(txn, limits, box_id, device_id, device, now_ms).await?;
+    super::devices::authorize(txn, box_id, device_id, now_ms).await
+}
+
+/// Recovers an account: every device of the box is removed (with its queue pointer
+/// and KeyPackages), the queue is dropped (see [`drop_queue`]), and `device` is
+/// added and authorized. Profile, settings, contacts and blocks stay. Every step
+/// bumps the device-list version, so senders holding the old keys get
+/// `StaleDeviceList` and contacts see the new keys on their next lookup. Returns
+/// the device-list version.
+///
+/// Returns `Ok(false)` as second value when envelopes remain below the new
+/// low-water mark; [`purge_dropped`] removes them in later transactions (they are
+/// never served, because fetches start at the low-water mark).
+pub async fn recover_account(
+    txn: &mut dyn Transaction,
+    limits: &Limits,
+    box_id: BoxId,
+    device_id: DeviceId,
+    device: &Device,
+    now_ms: u64,
+) -> Result<(u64, bool)> {
+    super::accounts::require_profile(txn, box_id).await?;
+    for (old, _) in super::devices::list(txn, box_id).await? {
+        super::devices::remove(txn, limits, box_id, old).await?;
+    }
+    let complete = drop_queue(txn, box_id, limits.max_deletes_per_txn).await?;
+    super::devices::add(txn, limits, box_id, device_id, device, now_ms).await?;
+    let version = super::devices::authorize(txn, box_id, device_id, now_ms).await?;
+    Ok((version, complete))
+}
+
+/// Drops a box's queue: raises the low-water mark to the next sequence number (so
+/// nothing queued so far is ever served again) and deletes up to `max_deletes`
+/// queued envelopes. Returns `true` if none remain. The expiry index entries of
+/// dropped envelopes are removed by the sweeper when they fall due.
+pub async fn drop_queue(
+    txn: &mut dyn Transaction,
+    box_id: BoxId,
+    max_deletes: usize,
+) -> Result<bool> {
+    let head: QueueHead = get(txn, &Key::Next(box_id))
+        .await?
+        .ok_or(Error::BoxNotFound)?;
+    put(
+        txn,
+        &Key::Low(box_id),
+        &LowWater {
+            low: head.next_seq.max(1),
+        },
+    )
+    .await?;
+    delete_queued_below(txn, box_id, head.next_seq, max_deletes).await
+}
+
+/// Deletes up to `max_deletes` envelopes left below the low-water mark after
+/// [`drop_queue`]. Returns `true` when none remain.
+pub async fn purge_dropped(
+    txn: &mut dyn Transaction,
+    box_id: BoxId,
+    max_deletes: usize,
+) -> Result<bool> {
+    let low = get::<LowWater>(txn, &Key::Low(box_id))
+        .await?
+        .map_or(1, |l| l.low.max(1));
+    delete_queued_below(txn, box_id, low, max_deletes).await
+}
+
+async fn delete_queued_below(
+    txn: &mut dyn Transaction,
+    box_id: BoxId,
+    below: u64,
+    max_deletes: usize,
+) -> Result<bool> {
+    let max = max_deletes.max(1);
+    let entries = txn
+        .scan(&Key::queue_range(box_id, 0, below), max, ScanOrder::Forward)
+        .await?;
+    let complete = entries.len() < max;
+    for (key, _) in entries {
+        txn.delete(key).await?;
+    }
+    Ok(complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::memory::MemoryStore;
+    use crate::tables::queue::{FetchLimits, NewEnvelope};
+    use crate::tables::{Store, accounts, devices, keypackages, lookup};
+    use crate::{Kv, transact};
+    use rossby_keyspace::{MessageId, Pepper, RegionId};
+    use std::sync::Arc;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn store() -> Store {
+        let kv: Kv = Arc::new(MemoryStore::new());
+        let hasher = LookupHasher::new(
+            vec![Pepper {
+                version: 1,
+                secret: vec![7; 32],
+            }],
+            1,
+        )
+        .unwrap();
+        Store::new(kv, hasher)
+    }
+
+    fn device(byte: u8) -> Device {
+        Device {
+            identity_key: vec![byte; 32],
+            encryption_key: vec![byte; 8],
+            credential_version: 1,
+            label: format!("device {byte}"),
+            ..Device::default()
+        }
+    }
+
+    fn envelope(sender_box: BoxId, sender_device: DeviceId, version: u64) -> NewEnvelope {
+        NewEnvelope {
+            sender_box,
+            sender_device,
+            message_id: MessageId::new(),
+            device_list_version: version,
+            payload: vec![1, 2, 3],
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_records_round_trip_and_count_wrong_attempts() {
+        let store = store();
+        let id = Identifier::parse("alice@example.com").unwrap();
+        let digest = store.hasher.current(&id);
+        let record = PendingRegistration {
+            code_mac: vec![9; 32],
+            expires_at_ms: T0 + 600_000,
+            device_id: DeviceId::new().as_bytes().to_vec(),
+            label: "phone".into(),
+            ..PendingRegistration::default()
+        };
+        transact!(store, |txn| store_pending(txn, &digest, &record).await).unwrap();
+        let got = transact!(store, |txn| pending(txn, &digest).await).unwrap();
+        assert_eq!(got.as_ref(), Some(&record));
+        assert_eq!(
+            transact!(store, |txn| record_wrong_attempt(txn, &digest).await).unwrap(),
+            1
+        );
+        assert_eq!(
+            transact!(store, |txn| record_wrong_attempt(txn, &digest).await).unwrap(),
+            2
+        );
+        transact!(store, |txn| remove_pending(txn, &digest).await).unwrap();
+        assert!(
+            transact!(store, |txn| pending(txn, &digest).await)
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            transact!(store, |txn| record_wrong_attempt(txn, &digest).await),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn create_then_recover_replaces_devices_and_drops_the_queue() {
+        let store = store();
+        let limits = store.limits.clone();
+        let id = Identifier::parse("+14155550123").unwrap();
+        let box_id = BoxId::new(RegionId(1));
+        let (d1, d2) = (DeviceId::new(), DeviceId::new());
+        let v1 = transact!(store, |txn| create_account(
+            txn,
+            &limits,
+            &store.hasher,
+            &id,
+            box_id,
+            d1,
+            &device(1),
+            T0
+        )
+        .await)
+        .unwrap();
+        // The identifier is bound; a second account for it is refused.
+        assert!(matches!(
+            transact!(store, |txn| create_account(
+                txn,
+                &limits,
+                &store.hasher,
+                &id,
+                BoxId::new(RegionId(1)),
+                d2,
+                &device(2),
+                T0
+            )
+            .await),
+            Err(Error::AlreadyRegistered)
+        ));
+        assert_eq!(
+            transact!(store, |txn| lookup::resolve(txn, &store.hasher, &id, T0)
+                .await)
+            .unwrap(),
+            Some(box_id)
+        );
+        // A second device, a KeyPackage, and three queued envelopes.
+        transact!(store, |txn| async {
+            devices::add(txn, &limits, box_id, d2, &device(2), T0).await?;
+            devices::authorize(txn, box_id, d2, T0).await
+        }
+        .await)
+        .unwrap();
+        transact!(store, |txn| keypackages::publish(
+            txn,
+            &limits,
+            box_id,
+            d2,
+            &[vec![5; 10]],
+            None,
+            T0
+        )
+        .await)
+        .unwrap();
+        let (version, _) = transact!(store, |txn| devices::recipients(txn, box_id).await).unwrap();
+        assert!(version > v1);
+        let envs: Vec<NewEnvelope> = (0..3).map(|_| envelope(box_id, d1, version)).collect();
+        let out = store.enqueue(box_id, &envs, T0).await.unwrap();
+        assert!(out.iter().all(Result::is_ok));
+
+        // Recover with a fresh device, deleting at most two envelopes in the
+        // recovery transaction itself.
+        let d3 = DeviceId::new();
+        let small = Limits {
+            max_deletes_per_txn: 2,
+            ..limits.clone()
+        };
+        let (v3, complete) = transact!(store, |txn| recover_account(
+            txn,
+            &small,
+            box_id,
+            d3,
+            &device(3),
+            T0 + 1
+        )
+        .await)
+        .unwrap();
+        assert!(v3 > version);
+        assert!(!complete);
+        while !transact!(store, |txn| purge_dropped(txn, box_id, 1).await).unwrap() {}
+        let (_, now) = transact!(store, |txn| devices::recipients(txn, box_id).await).unwrap();
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].0, d3);
+        assert!(now[0].1.authorized);
+        // Old devices' KeyPackages and pointers are gone; the new device sees
+        // nothing of the dropped queue, and new messages arrive normally.
+        assert!(
+            transact!(store, |txn| keypackages::count(txn, box_id, d2, 10).await)
+                .is_ok_and(|n| n == 0)
+        );
+        let fetched = store
+            .fetch(box_id, d3, FetchLimits::default())
+            .await
+            .unwrap();
+        assert!(fetched.envelopes.is_empty());
+        assert!(fetched.gap.is_none());
+        let scan = transact!(store, |txn| txn
+            .scan(
+                &Key::queue_range(box_id, 0, u64::MAX),
+                10,
+                ScanOrder::Forward
+            )
+            .await)
+        .unwrap();
+        assert!(scan.is_empty());
+        let sent = store
+            .enqueue(box_id, &[envelope(box_id, d3, v3)], T0 + 2)
+            .await
+            .unwrap();
+        let seq = sent[0].as_ref().unwrap().seq;
+        let fetched = store
+            .fetch(box_id, d3, FetchLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(fetched.envelopes.len(), 1);
+        assert_eq!(fetched.envelopes[0].seq, seq);
+        // A sender still encrypting for the old device list is told it is stale.
+        let stale = store
+            .enqueue(box_id, &[envelope(box_id, d3, version)], T0 + 3)
+            .await
+            .unwrap();
+        assert!(matches!(stale[0], Err(Error::StaleDeviceList { .. })));
+        // The profile survived.
+        assert!(
+            transact!(store, |txn| accounts::profile(txn, box_id).await)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn recovering_an_unknown_box_fails() {
+        let store = store();
+        let limits = store.limits.clone();
+        let result = transact!(store, |txn| recover_account(
+            txn,
+            &limits,
+            BoxId::new(RegionId(1)),
+            DeviceId::new(),
+            &device(1),
+            T0
+        )
+        .await);
+        assert!(matches!(result, Err(Error::BoxNotFound)));
+    }
+}
