@@ -121,7 +121,7 @@ pub struct Args {
     /// Storage backend [default: fjall].
     #[arg(long, env = "ROSSBY_STORAGE", value_name = "BACKEND")]
     pub storage: Option<StorageKind>,
-    /// Directory of the fjall store [default: <data-dir>/store].
+    /// Directory of the fjall store [default: `store` in --data-dir].
     #[arg(long, env = "ROSSBY_STORE_DIR", value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
     /// fjall commit durability [default: group-commit].
@@ -152,10 +152,10 @@ pub struct Args {
     pub sweep_interval_secs: Option<u64>,
 
     // ---- TLS and secrets ----
-    /// Certificate chain PEM file (with `--key`) [default: generated <data-dir>/cert.pem].
+    /// Certificate chain PEM file (with `--key`) [default: `cert.pem` in --data-dir, generated].
     #[arg(long, env = "ROSSBY_CERT", value_name = "FILE")]
     pub cert: Option<PathBuf>,
-    /// Private key PEM file (with `--cert`) [default: generated <data-dir>/key.pem].
+    /// Private key PEM file (with `--cert`) [default: `key.pem` in --data-dir, generated].
     #[arg(long, env = "ROSSBY_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// Extra name (DNS name or IP) of the generated certificate; repeatable, or
@@ -168,11 +168,11 @@ pub struct Args {
     )]
     pub tls_name: Option<Vec<String>>,
     /// Server secret file (Hawk keys, code hashes); the same on every gateway
-    /// [default: <data-dir>/secret, generated].
+    /// [default: `secret` in --data-dir, generated].
     #[arg(long, env = "ROSSBY_SECRET_FILE", value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
     /// Identifier lookup pepper file; the same on every gateway
-    /// [default: <data-dir>/pepper, generated].
+    /// [default: `pepper` in --data-dir, generated].
     #[arg(long, env = "ROSSBY_PEPPER_FILE", value_name = "FILE")]
     pub pepper_file: Option<PathBuf>,
 

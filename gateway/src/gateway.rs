@@ -289,7 +289,7 @@ impl Gateway {
     ///    existing connections are answered `STATUS_DRAINING`;
     /// 3. requests in flight get up to `drain_timeout` to finish;
     /// 4. every connection is closed with application code
-    ///    [`CLOSE_DRAINING`](crate::server::CLOSE_DRAINING) and the endpoint waits
+    ///    [`crate::server::CLOSE_DRAINING`] and the endpoint waits
     ///    for the closes to be delivered;
     /// 5. the sweeper and the admin listener stop and the store is released (an
     ///    embedded store is closed, so it can be reopened at once).
@@ -501,7 +501,7 @@ mod tests {
     async fn admin_endpoints_report_liveness_readiness_and_metrics() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
-        config.drain_grace = Duration::from_millis(600);
+        config.drain_grace = Duration::from_secs(2);
         let gateway = Gateway::start(config).await.unwrap();
         let admin = gateway.admin_addr();
         assert_eq!(get(admin, "/livez").await, (200, "ok\n".into()));
@@ -681,7 +681,12 @@ mod tests {
         let frame = framing::encode(&ping());
         let (mut send, mut recv) = connection.open_bi().await.unwrap();
         send.write_all(&frame[..2]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..500 {
+            if gateway.requests_in_flight() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(gateway.requests_in_flight(), 1);
 
         let shutdown = tokio::spawn(gateway.shutdown());
