@@ -1330,6 +1330,17 @@ impl Client {
         for (b, _, _) in &boxes {
             lists.push(self.devices_for(b).await?);
         }
+        // The copy is for the sender's other devices: with none (as far as this
+        // device knows), storing it would only leave an envelope nobody can open.
+        let has_other_own_device = |list: &pb::DeviceList| {
+            list.devices
+                .iter()
+                .any(|d| d.device_id.as_slice() != self.device_id.as_slice())
+        };
+        if !to_self && lists.last().is_some_and(|own| !has_other_own_device(own)) {
+            boxes.pop();
+            lists.pop();
+        }
         let mut envelopes: Vec<Option<Vec<u8>>> = vec![None; boxes.len()];
         for _round in 0..MAX_STALE_ROUNDS {
             let mut recipients = Vec::with_capacity(boxes.len());

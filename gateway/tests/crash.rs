@@ -1,0 +1,311 @@
+//! A gateway process killed with SIGKILL while clients are sending, then
+//! restarted on the same data directory, has lost nothing it acknowledged: every
+//! send that got a sequence number is fetched afterwards, exactly once, and sends
+//! that were cut off are delivered at most once when retried with their message
+//! ids.
+
+mod support;
+
+use rossby_client::{Body, Client, RetryPolicy};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{WAIT, bounded, http_get, register};
+
+const BOB: &str = "bob@example.com";
+const SENDERS: [&str; 3] = ["alice@example.com", "carol@example.com", "dave@example.com"];
+/// Acknowledged sends before the kill.
+const BEFORE_KILL: usize = 30;
+/// Acknowledged sends after the restart before the senders stop.
+const AFTER_RESTART: usize = 6;
+/// Most sends per sender (bounds the run).
+const MAX_PER_SENDER: usize = 400;
+
+/// A `rossby-gateway` process, killed when dropped.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(data_dir: &Path, quic: SocketAddr, admin: SocketAddr, log: PathBuf) -> Process {
+        let codes = data_dir.join("codes.txt");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rossby-gateway"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ROSSBY_") {
+                command.env_remove(name);
+            }
+        }
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", &quic.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .arg("--verifier")
+            .arg(format!("file:{}", codes.display()))
+            .args(["--log-level", "warn"])
+            .args([
+                "--rate-per-device",
+                "100000",
+                "--burst-per-device",
+                "100000",
+            ])
+            .args(["--rate-per-ip", "100000", "--burst-per-ip", "100000"])
+            .args(["--drain-grace-secs", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the gateway binary starts");
+        Process { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `/readyz` until it answers 200 (bounded).
+    async fn wait_ready(&mut self, admin: SocketAddr) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                panic!("the gateway exited with {status}:\n{}", self.log());
+            }
+            if let Ok((200, _)) = http_get(admin, "/readyz").await {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("the gateway was not ready within {WAIT:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, then reap.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Retries bounded so that a sender notices the dead gateway within seconds.
+fn crash_retry() -> RetryPolicy {
+    RetryPolicy {
+        request_timeout: Duration::from_secs(3),
+        ..support::quick_retry()
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// text -> (seq, message id) of every acknowledged send.
+    acked: BTreeMap<String, (u64, [u8; 16])>,
+    /// Sends that failed, with the reason (retried from the outbox later).
+    failed: BTreeMap<String, String>,
+    /// Sends that began before the kill and ended after it.
+    spanning_kill: usize,
+}
+
+async fn sender(
+    name: &'static str,
+    client: Arc<Client>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    killed: Arc<AtomicBool>,
+) {
+    for i in 0..MAX_PER_SENDER {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let text = format!("{name}#{i}");
+        let before_kill = !killed.load(Ordering::Acquire);
+        let result = client.send_text(BOB, &text).await;
+        if before_kill && killed.load(Ordering::Acquire) {
+            ledger.lock().unwrap().spanning_kill += 1;
+        }
+        match result {
+            Ok(report) => {
+                let mut ledger = ledger.lock().unwrap();
+                ledger
+                    .acked
+                    .insert(text, (report.seq, *report.message_id.as_bytes()));
+            }
+            Err(err) => {
+                ledger.lock().unwrap().failed.insert(text, err.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn until_acked(ledger: &Mutex<Ledger>, n: usize) {
+    bounded("acknowledged sends", async {
+        while ledger.lock().unwrap().acked.len() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let codes = data.join("codes.txt");
+    let log = dir.path().join("gateway.log");
+    let quic = free_udp_port();
+    let admin = free_tcp_port();
+    let mut gateway = Process::spawn(&data, quic, admin, log.clone());
+    gateway.wait_ready(admin).await;
+    let cert = std::fs::read(data.join("cert.pem")).expect("the generated certificate");
+    let cert = rossby_client::connection::parse_certificate(&cert).expect("a PEM certificate");
+
+    let open = |name: &str| {
+        let mut config = rossby_client::ClientConfig::new(dir.path().join(name), quic);
+        config.ca_cert_der = Some(cert.clone());
+        config.retry = crash_retry();
+        Client::open(config)
+    };
+    let bob = open("bob.state").await.unwrap();
+    register(&bob, BOB, &codes).await;
+    let mut senders = Vec::new();
+    for name in SENDERS {
+        let client = open(&format!("{name}.state")).await.unwrap();
+        register(&client, name, &codes).await;
+        senders.push((name, Arc::new(client)));
+    }
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = senders
+        .iter()
+        .map(|(name, client)| {
+            tokio::spawn(sender(
+                name,
+                client.clone(),
+                ledger.clone(),
+                stop.clone(),
+                killed.clone(),
+            ))
+        })
+        .collect();
+
+    // Kill the gateway while the senders keep sending, then restart it at once on
+    // the same directory and address.
+    until_acked(&ledger, BEFORE_KILL).await;
+    gateway.kill();
+    killed.store(true, Ordering::Release);
+    let acked_at_kill = ledger.lock().unwrap().acked.len();
+    let admin = free_tcp_port();
+    let mut gateway = Process::spawn(&data, quic, admin, log.clone());
+    gateway.wait_ready(admin).await;
+
+    // The senders recover on their own; then they stop.
+    until_acked(&ledger, acked_at_kill + AFTER_RESTART).await;
+    stop.store(true, Ordering::Release);
+    for task in tasks {
+        bounded("a sender to stop", task).await.unwrap();
+    }
+    // Sends that were cut off are retried with their message ids.
+    for (_, client) in &senders {
+        let retried = bounded("retrying the outbox", client.retry_outbox())
+            .await
+            .unwrap();
+        let mut ledger = ledger.lock().unwrap();
+        for (pending, result) in retried {
+            let report = result.unwrap_or_else(|e| panic!("retry of {}: {e}", pending.text));
+            assert_eq!(report.message_id, pending.message_id);
+            ledger
+                .acked
+                .insert(pending.text, (report.seq, *report.message_id.as_bytes()));
+        }
+    }
+
+    // Bob fetches everything: each acknowledged send exactly once, with its seq.
+    let mut received: HashMap<String, Vec<(u64, [u8; 16])>> = HashMap::new();
+    loop {
+        let batch = bounded("fetch", bob.fetch(Duration::ZERO)).await.unwrap();
+        assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+        assert!(batch.gap.is_none());
+        for m in &batch.messages {
+            let Body::Text(text) = &m.body else {
+                panic!("unexpected message {m:?}");
+            };
+            received
+                .entry(text.clone())
+                .or_default()
+                .push((m.seq, m.message_id));
+        }
+        if batch.ack_up_to.is_none() {
+            break;
+        }
+    }
+    let ledger = ledger.lock().unwrap();
+    for (text, copies) in &received {
+        assert_eq!(
+            copies.len(),
+            1,
+            "{text} was delivered {} times",
+            copies.len()
+        );
+    }
+    for (text, (seq, message_id)) in &ledger.acked {
+        let copies = received
+            .get(text)
+            .unwrap_or_else(|| panic!("acknowledged send {text} (seq {seq}) was lost"));
+        assert_eq!(copies[0], (*seq, *message_id), "{text}");
+    }
+    // Whatever else arrived is a send that failed from the sender's point of view
+    // (cut off by the kill) and was not confirmed by a retry.
+    for text in received.keys() {
+        assert!(
+            ledger.acked.contains_key(text) || ledger.failed.contains_key(text),
+            "{text} arrived but was never sent"
+        );
+    }
+    assert!(ledger.acked.len() >= BEFORE_KILL + AFTER_RESTART);
+    assert!(
+        ledger.spanning_kill > 0,
+        "no send was in flight when the gateway was killed"
+    );
+    eprintln!(
+        "crash test: {} sends acknowledged ({} before the kill, {} in flight at the kill), {} received, failed attempts: {:?}",
+        ledger.acked.len(),
+        acked_at_kill,
+        ledger.spanning_kill,
+        received.len(),
+        ledger.failed
+    );
+    drop(gateway);
+}

@@ -1,0 +1,482 @@
+//! Shared helpers of the gateway's integration tests: starting gateways on
+//! loopback, SDK clients pinned to them, registering through the real API (codes
+//! read from the `file:` verifier), a raw QUIC client that builds requests by hand,
+//! and a snapshot of the whole key-value store to prove that a failed request
+//! changed nothing.
+//!
+//! Every test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+use prost::Message;
+use rossby_client::{Client, ClientConfig, RetryPolicy};
+use rossby_gateway::{Config, Gateway};
+use rossby_keyspace::{BoxId, DeviceId, Identifier};
+use rossby_protocol::crypto::{CONTEXT_CREDENTIALS, DeviceKeys, open};
+use rossby_protocol::framing;
+use rossby_protocol::hawk::SignedRequest;
+use rossby_protocol::hawk::{DeviceCredentials, EXPORTER_LABEL, EXPORTER_LEN, ServiceName};
+use rossby_protocol::pb::{self, Method, Status};
+use rossby_protocol::status::status_of;
+use rossby_storage::tables::Store;
+use rossby_storage::{KeyRange, ScanOrder};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// Upper bound of every single wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs `fut`, failing the test if it takes longer than [`WAIT`].
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what} did not finish within {WAIT:?}"),
+    }
+}
+
+// ----- gateways -----
+
+/// The `file:` verifier's code file of a gateway started with
+/// [`Config::for_tests`] on `data_dir`.
+pub fn codes_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("codes.txt")
+}
+
+/// Starts a test gateway on loopback (fjall in `data_dir`).
+pub async fn start_gateway(data_dir: &Path) -> Gateway {
+    start_with(Config::for_tests(data_dir)).await
+}
+
+/// Starts a gateway with a prepared configuration.
+pub async fn start_with(config: Config) -> Gateway {
+    bounded("gateway start", Gateway::start(config))
+        .await
+        .expect("the gateway starts")
+}
+
+/// The most recent code the verifier wrote for `identifier`.
+pub fn last_code(codes: &Path, identifier: &str) -> String {
+    codes_for(codes, identifier)
+        .pop()
+        .unwrap_or_else(|| panic!("no code was sent to {identifier}"))
+}
+
+/// Every code the verifier wrote for `identifier`, oldest first.
+pub fn codes_for(codes: &Path, identifier: &str) -> Vec<String> {
+    let id = Identifier::parse(identifier).expect("valid identifier");
+    let prefix = format!("{} ", id.as_str());
+    std::fs::read_to_string(codes)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix).map(str::to_string))
+        .collect()
+}
+
+/// A six-digit code different from `code`.
+pub fn wrong_code(code: &str) -> String {
+    let n: u32 = code.parse().expect("numeric code");
+    format!("{:06}", (n + 1) % 1_000_000)
+}
+
+// ----- SDK clients -----
+
+/// A retry policy that gives up quickly (tests must not hang on a dead gateway).
+pub fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        max_rate_limit_wait: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(2),
+        max_connect_attempts: 2,
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+/// An SDK client with its state at `state`, pinned to `cert_der`, talking to `addr`.
+pub async fn client_at(state: PathBuf, addr: SocketAddr, cert_der: &[u8]) -> Client {
+    let mut config = ClientConfig::new(state, addr);
+    config.ca_cert_der = Some(cert_der.to_vec());
+    config.device_label = "test".into();
+    config.retry = quick_retry();
+    Client::open(config).await.expect("client opens")
+}
+
+/// An SDK client of `gateway` with its state at `state`.
+pub async fn client(gateway: &Gateway, state: PathBuf) -> Client {
+    client_at(state, gateway.quic_addr(), gateway.certificate_der()).await
+}
+
+/// Registers and authorizes `client` as `identifier`; returns its box.
+pub async fn register(client: &Client, identifier: &str, codes: &Path) -> BoxId {
+    bounded("register", client.register(identifier, false))
+        .await
+        .expect("register");
+    let code = last_code(codes, identifier);
+    bounded("authorize", client.authorize(&code))
+        .await
+        .expect("authorize")
+}
+
+/// Links `new` (an unregistered client) to the box of `existing`.
+pub async fn link(existing: &Client, new: &Client) -> BoxId {
+    let request = new.link_request().await.expect("link request");
+    let grant = bounded("link", existing.link_device(&request))
+        .await
+        .expect("link device");
+    bounded("finish link", new.finish_link(&grant))
+        .await
+        .expect("finish link")
+}
+
+/// The Hawk credentials an SDK client holds.
+pub async fn credentials_of(client: &Client) -> DeviceCredentials {
+    let creds = client.state().await.credentials.expect("authorized");
+    DeviceCredentials {
+        id: creds.id,
+        key: creds.key.as_slice().try_into().expect("32-byte key"),
+    }
+}
+
+/// The device keys an SDK client holds.
+pub async fn keys_of(client: &Client) -> DeviceKeys {
+    DeviceKeys::from_secret_bytes(&client.state().await.device_secret).expect("device keys")
+}
+
+// ----- raw protocol -----
+
+static NONCE: AtomicU64 = AtomicU64::new(1);
+
+/// A nonce never used before in this process.
+pub fn fresh_nonce() -> String {
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NONCE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An authorized device, registered through the real API.
+#[derive(Clone)]
+pub struct RawDevice {
+    pub keys: DeviceKeys,
+    pub device_id: DeviceId,
+    pub box_id: BoxId,
+    pub creds: DeviceCredentials,
+}
+
+/// One QUIC connection to a gateway on which requests are built by hand.
+pub struct RawConn {
+    endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    /// The connection's TLS exporter value (what Hawk's `ext` carries).
+    pub exporter: [u8; EXPORTER_LEN],
+    pub service: ServiceName,
+}
+
+impl RawConn {
+    /// Connects to `gateway`, trusting exactly its certificate.
+    pub async fn connect(gateway: &Gateway) -> RawConn {
+        let mut endpoint =
+            quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("UDP socket");
+        endpoint.set_default_client_config(gateway.client_config().expect("client config"));
+        let conn = bounded(
+            "QUIC handshake",
+            endpoint
+                .connect(gateway.quic_addr(), "localhost")
+                .expect("connect"),
+        )
+        .await
+        .expect("handshake");
+        let mut exporter = [0u8; EXPORTER_LEN];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .expect("TLS exporter");
+        RawConn {
+            endpoint,
+            conn,
+            exporter,
+            service: ServiceName::default(),
+        }
+    }
+
+    /// Writes `frame` on a new stream (tolerating the gateway refusing to read
+    /// it) and returns the decoded response.
+    pub async fn exchange(&self, frame: &[u8]) -> pb::Response {
+        bounded("raw exchange", async {
+            let (mut send, mut recv) = self.conn.open_bi().await.expect("open stream");
+            let write = async {
+                // The gateway may stop reading (oversize frames): not an error here.
+                if send.write_all(frame).await.is_ok() {
+                    let _ = send.finish();
+                }
+            };
+            let read = recv.read_to_end(framing::DEFAULT_MAX_FRAME + framing::LENGTH_PREFIX);
+            let ((), bytes) = tokio::join!(write, read);
+            let bytes = bytes.expect("a response");
+            framing::decode_one::<pb::Response>(&bytes, framing::DEFAULT_MAX_FRAME, "response")
+                .expect("a response frame")
+        })
+        .await
+    }
+
+    /// Sends a request and returns the response.
+    pub async fn send(&self, request: &pb::Request) -> pb::Response {
+        self.exchange(&framing::encode(request)).await
+    }
+
+    /// A request signed by `device` for this connection, at `ts` with `nonce`.
+    pub fn signed_at(
+        &self,
+        device: &RawDevice,
+        method: Method,
+        body: Vec<u8>,
+        ts: SystemTime,
+        nonce: &str,
+    ) -> pb::Request {
+        let authorization = SignedRequest {
+            service: &self.service,
+            method,
+            body: &body,
+            exporter: &self.exporter,
+        }
+        .sign(&device.creds, ts, nonce)
+        .expect("sign");
+        pb::Request {
+            version: rossby_protocol::PROTOCOL_VERSION,
+            method: method as i32,
+            body,
+            authorization,
+        }
+    }
+
+    /// A request signed by `device` for this connection, now, with a fresh nonce.
+    pub fn signed(&self, device: &RawDevice, method: Method, body: Vec<u8>) -> pb::Request {
+        self.signed_at(device, method, body, SystemTime::now(), &fresh_nonce())
+    }
+
+    /// An authenticated call.
+    pub async fn call<M: Message>(
+        &self,
+        device: &RawDevice,
+        method: Method,
+        message: &M,
+    ) -> pb::Response {
+        self.send(&self.signed(device, method, message.encode_to_vec()))
+            .await
+    }
+
+    /// An unauthenticated call.
+    pub async fn call_anonymous<M: Message>(&self, method: Method, message: &M) -> pb::Response {
+        self.send(&pb::Request {
+            version: rossby_protocol::PROTOCOL_VERSION,
+            method: method as i32,
+            body: message.encode_to_vec(),
+            authorization: String::new(),
+        })
+        .await
+    }
+
+    /// Closes the connection and waits for the close to be sent.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Asserts `response` is OK and decodes its body.
+pub fn ok<M: Message + Default>(response: &pb::Response) -> M {
+    assert_eq!(
+        status_of(response),
+        Status::Ok,
+        "expected OK, got {:?}: {}",
+        status_of(response),
+        response.message
+    );
+    M::decode(response.body.as_slice()).expect("response body decodes")
+}
+
+/// Asserts `response` carries `status`.
+pub fn expect_status(response: &pb::Response, status: Status) {
+    assert_eq!(
+        status_of(response),
+        status,
+        "expected {status:?}, got {:?}: {}",
+        status_of(response),
+        response.message
+    );
+}
+
+/// A Register request for a fresh device.
+pub fn register_request(
+    identifier: &str,
+    keys: &DeviceKeys,
+    device: DeviceId,
+) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        identifier: identifier.into(),
+        device_id: device.as_bytes().to_vec(),
+        keys: Some(keys.bundle()),
+        device_label: "raw".into(),
+        recover: false,
+        region: 0,
+    }
+}
+
+/// Opens the sealed credentials of an Authorize or LinkDevice reply.
+pub fn open_credentials(keys: &DeviceKeys, sealed: &[u8]) -> DeviceCredentials {
+    let sealed = pb::Sealed::decode(sealed).expect("sealed credentials decode");
+    let plain = open(keys, CONTEXT_CREDENTIALS, &sealed).expect("credentials open");
+    let creds = pb::Credentials::decode(plain.as_slice()).expect("credentials decode");
+    DeviceCredentials {
+        id: creds.id,
+        key: creds.key.as_slice().try_into().expect("32-byte key"),
+    }
+}
+
+/// Registers a new account through the real API (Register, the code from the
+/// `file:` verifier, Authorize) and returns its device with credentials.
+pub async fn register_raw(conn: &RawConn, codes: &Path, identifier: &str) -> RawDevice {
+    let keys = DeviceKeys::generate();
+    let device_id = DeviceId::new();
+    let response = conn
+        .call_anonymous(
+            Method::Register,
+            &register_request(identifier, &keys, device_id),
+        )
+        .await;
+    let _: pb::RegisterResponse = ok(&response);
+    let authorize = pb::AuthorizeRequest {
+        identifier: identifier.into(),
+        device_id: device_id.as_bytes().to_vec(),
+        code: last_code(codes, identifier),
+    };
+    let reply: pb::AuthorizeResponse =
+        ok(&conn.call_anonymous(Method::Authorize, &authorize).await);
+    let box_id = BoxId::try_from_slice(&reply.box_id).expect("box id");
+    let creds = open_credentials(&keys, &reply.sealed_credentials);
+    RawDevice {
+        keys,
+        device_id,
+        box_id,
+        creds,
+    }
+}
+
+/// Links a fresh device to `by`'s box through the real API.
+pub async fn link_raw(conn: &RawConn, by: &RawDevice) -> RawDevice {
+    let keys = DeviceKeys::generate();
+    let device_id = DeviceId::new();
+    let request = pb::LinkDeviceRequest {
+        device_id: device_id.as_bytes().to_vec(),
+        keys: Some(keys.bundle()),
+        label: "linked".into(),
+    };
+    let reply: pb::LinkDeviceResponse = ok(&conn.call(by, Method::LinkDevice, &request).await);
+    RawDevice {
+        creds: open_credentials(&keys, &reply.sealed_credentials),
+        keys,
+        device_id,
+        box_id: by.box_id,
+    }
+}
+
+/// The device list of the user `identifier` as `by` sees it.
+pub async fn device_list(conn: &RawConn, by: &RawDevice, identifier: &str) -> pb::DeviceList {
+    let request = pb::RequestKeyRequest {
+        identifier: identifier.into(),
+        ..pb::RequestKeyRequest::default()
+    };
+    let reply: pb::RequestKeyResponse = ok(&conn.call(by, Method::RequestKey, &request).await);
+    reply.devices.expect("a device list")
+}
+
+/// A Send of one opaque envelope to one box.
+pub fn send_request(to: BoxId, version: u64, envelope: &[u8]) -> pb::SendRequest {
+    pb::SendRequest {
+        message_id: rossby_keyspace::MessageId::new().as_bytes().to_vec(),
+        recipients: vec![pb::Recipient {
+            box_id: to.as_bytes().to_vec(),
+            device_list_version: version,
+            envelope: envelope.to_vec(),
+        }],
+        ephemeral: false,
+    }
+}
+
+/// Everything queued for `device` (fetched without waiting, not acknowledged).
+pub async fn fetch_raw(conn: &RawConn, device: &RawDevice) -> pb::FetchResponse {
+    ok(&conn
+        .call(device, Method::Fetch, &pb::FetchRequest::default())
+        .await)
+}
+
+// ----- storage -----
+
+/// Every key and value in the store, read in one snapshot.
+pub async fn snapshot(store: &Store) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut txn = store.kv.begin().await.expect("begin");
+    let everything = KeyRange {
+        start: Vec::new(),
+        end: None,
+    };
+    let pairs = txn
+        .scan(&everything, usize::MAX, ScanOrder::Forward)
+        .await
+        .expect("scan");
+    txn.rollback().await.expect("rollback");
+    pairs.into_iter().collect()
+}
+
+/// Asserts two snapshots are equal, naming the first differing key.
+pub fn assert_unchanged(
+    what: &str,
+    before: &BTreeMap<Vec<u8>, Vec<u8>>,
+    after: &BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    if before == after {
+        return;
+    }
+    let changed: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .take(5)
+        .map(hex::encode)
+        .collect();
+    panic!(
+        "{what} changed storage ({} keys before, {} after); first changed keys: {changed:?}",
+        before.len(),
+        after.len()
+    );
+}
+
+// ----- admin HTTP -----
+
+/// A plain HTTP/1.1 GET against an admin listener: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "admin request timed out")
+        })??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status"))?;
+    Ok((status, body.to_string()))
+}
