@@ -85,7 +85,7 @@ pub(crate) fn seal_with(
         ct_m.as_slice(),
         recipient.mlkem_key(),
         context,
-    );
+    )?;
     let ciphertext = aead_seal(&key, context, plaintext)?;
     Ok(pb::Sealed {
         x25519_ephemeral: ct_x.as_bytes().to_vec(),
@@ -139,7 +139,7 @@ pub fn open(keys: &DeviceKeys, context: &[u8], sealed: &pb::Sealed) -> Result<Ve
         &sealed.mlkem_ciphertext,
         keys.mlkem_public(),
         context,
-    );
+    )?;
     aead_open(&key, context, &sealed.ciphertext)
         .map_err(|_| Error::Crypto("sealed message does not open".into()))
 }
@@ -155,16 +155,17 @@ pub(crate) fn derive_seal_key(
     ct_m: &[u8],
     pk_m: &[u8],
     context: &[u8],
-) -> [u8; AEAD_KEY_LEN] {
+) -> Result<[u8; AEAD_KEY_LEN]> {
     let mut extract = HkdfExtract::<Sha256>::new(Some(SEAL_LABEL));
     for part in [&ss_m[..], ss_x, ct_x, pk_x, ct_m, pk_m] {
         extract.input_ikm(part);
     }
     let (_, hkdf) = extract.finalize();
     let mut key = [0u8; AEAD_KEY_LEN];
+    // Cannot fail: 32 bytes is far below HKDF-SHA-256's output limit.
     hkdf.expand_multi_info(&[SEAL_LABEL, context], &mut key)
-        .expect("32 bytes is a valid HKDF-SHA-256 output length");
-    key
+        .map_err(|_| Error::Crypto("HKDF output length".into()))?;
+    Ok(key)
 }
 
 /// ChaCha20-Poly1305 with the all-zero nonce: only for single-use keys.
@@ -337,7 +338,8 @@ mod tests {
             &[5; MLKEM_CIPHERTEXT_LEN],
             &[6; MLKEM_KEY_LEN],
             CONTEXT_CREDENTIALS,
-        );
+        )
+        .unwrap();
         assert_eq!(hex::encode(key), KAT_KDF_KEY);
         // One step spelled out: HKDF-Expand with a single block is
         // HMAC-SHA-256(PRK, info || 0x01).
@@ -359,7 +361,8 @@ mod tests {
             &[5; MLKEM_CIPHERTEXT_LEN],
             &[6; MLKEM_KEY_LEN],
             CONTEXT_CONTENT_KEY,
-        );
+        )
+        .unwrap();
         assert_ne!(other, key);
     }
 
