@@ -9,10 +9,14 @@
 //!
 //! Committed but unsynced data is already visible inside fjall, so reads must wait
 //! too: a transaction records the last ticket issued when it began (`visible`), and
-//! its first read waits until everything up to `visible` is synced. Together, no
-//! reply can expose data a crash could still take away (for example a dedup hit for
-//! a send that then vanishes). If a sync fails the store stops: commits waiting on
-//! it report `Undetermined`, everything after reports `Unavailable`.
+//! neither its commit nor its rollback returns before everything up to `visible` is
+//! synced. What a transaction read therefore cannot leave it (the KV contract: a
+//! body acts on its reads only after the transaction ended) before it is durable, so
+//! no reply can expose data a crash could still take away (for example a dedup hit
+//! for a send that then vanishes). A write commit waits for its own, later ticket,
+//! which covers its snapshot too, so it pays for one sync, not two. If a sync fails
+//! the store stops: commits waiting on it report `Undetermined`, everything after
+//! reports `Unavailable`.
 //!
 //! # Isolation
 //! fjall validates reads at commit, which is stricter than TiKV's snapshot isolation
@@ -272,7 +276,6 @@ impl KvStore for FjallStore {
             shared: Arc::clone(&self.shared),
             tx: Some(tx),
             visible,
-            reads_durable: false,
             wrote: false,
         }))
     }
@@ -290,22 +293,17 @@ struct FjallTxn {
     /// Last ticket issued when the transaction began: its snapshot may contain
     /// everything up to here.
     visible: u64,
-    /// Whether the snapshot is known to be durable.
-    reads_durable: bool,
     wrote: bool,
 }
 
 impl FjallTxn {
-    /// Waits, once, until the snapshot this transaction reads is durable.
-    async fn before_read(&mut self) -> Result<&mut OptimisticWriteTx> {
-        if !self.reads_durable {
-            self.shared
-                .wait_durable(self.visible)
-                .await
-                .map_err(|msg| Error::Unavailable(msg.to_string()))?;
-            self.reads_durable = true;
-        }
-        self.live()
+    /// Waits until everything this transaction's snapshot may contain is durable.
+    /// Called when the transaction ends, before anything it read can leave it.
+    async fn settle_reads(&self) -> Result<()> {
+        self.shared
+            .wait_durable(self.visible)
+            .await
+            .map_err(|msg| Error::Unavailable(msg.to_string()))
     }
 
     fn live(&mut self) -> Result<&mut OptimisticWriteTx> {
@@ -329,7 +327,7 @@ impl FjallTxn {
 impl Transaction for FjallTxn {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
         let keyspace = self.shared.keyspace.clone();
-        let tx = self.before_read().await?;
+        let tx = self.live()?;
         let value = tx.get(&keyspace, key).map_err(backend_error)?;
         Ok(value.map(|v| v.to_vec()))
     }
@@ -344,7 +342,7 @@ impl Transaction for FjallTxn {
             return Ok(Vec::new());
         }
         let keyspace = self.shared.keyspace.clone();
-        let tx = self.before_read().await?;
+        let tx = self.live()?;
         let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (
             Bound::Included(range.start.as_slice()),
             match &range.end {
@@ -405,7 +403,7 @@ impl Transaction for FjallTxn {
             .ok_or_else(|| Error::Invalid("transaction already finished".into()))?;
         if !self.wrote {
             tx.rollback();
-            return Ok(());
+            return self.settle_reads().await;
         }
         self.shared.check_failed()?;
         let ticket = {
@@ -433,7 +431,7 @@ impl Transaction for FjallTxn {
         if let Some(tx) = self.tx.take() {
             tx.rollback();
         }
-        Ok(())
+        self.settle_reads().await
     }
 }
 

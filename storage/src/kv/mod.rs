@@ -48,6 +48,11 @@ pub trait KvStore: Send + Sync + 'static {
 /// A running transaction. Every transaction must end in [`Transaction::commit`] or
 /// [`Transaction::rollback`]; backends roll back a transaction that is dropped
 /// (for example because the request that owned it was cancelled).
+///
+/// Reads may return data whose commit is not yet durable (the embedded store syncs
+/// in groups); the transaction's end waits until it is. So what a transaction read
+/// must not leave it (into a reply, a push, another system) before `commit` or
+/// `rollback` returned `Ok` — [`transact!`](crate::transact) guarantees that.
 #[async_trait]
 pub trait Transaction: Send {
     /// Reads one key at the transaction's snapshot (or its own pending write).
@@ -83,10 +88,12 @@ pub trait Transaction: Send {
     async fn delete(&mut self, key: Key) -> Result<()>;
 
     /// Commits. `Ok` means the writes are durable (on the embedded store: synced to
-    /// disk) and visible to transactions that begin afterwards.
+    /// disk) and visible to transactions that begin afterwards, and that everything
+    /// this transaction read is durable too.
     async fn commit(self: Box<Self>) -> Result<()>;
 
-    /// Discards every buffered write.
+    /// Discards every buffered write. `Ok` means everything this transaction read
+    /// is durable; an error means it may not be, and nothing read may be used.
     async fn rollback(self: Box<Self>) -> Result<()>;
 }
 

@@ -118,14 +118,15 @@ impl<'p> Retry<'p> {
                 Ok(()) => return ControlFlow::Break(Ok(value)),
                 Err(err) => err,
             },
-            Err(err) => {
-                // The body's error is what the caller needs; a failed rollback only
-                // means the backend cleans the transaction up by itself.
-                if let Err(rollback_err) = txn.rollback().await {
-                    tracing::debug!(error = %rollback_err, "rollback after failed transaction body");
+            Err(err) => match txn.rollback().await {
+                Ok(()) => err,
+                // The body's error may carry what it read, which may not be
+                // durable: report the rollback's failure instead.
+                Err(rollback_err) => {
+                    tracing::debug!(error = %err, "transaction body failed, then its rollback");
+                    rollback_err
                 }
-                err
-            }
+            },
         };
         if !err.is_retryable() {
             return ControlFlow::Break(Err(err));
