@@ -114,8 +114,8 @@ struct BenchStore {
 struct Timing {
     begins: AtomicU64,
     begin_ns: AtomicU64,
-    /// The first read of a transaction: on fjall with group commit it first waits
-    /// until the snapshot the transaction reads is durable.
+    /// The first read of a transaction (where a backend that makes reads wait for a
+    /// durable snapshot spends that wait).
     first_reads: AtomicU64,
     first_read_ns: AtomicU64,
     /// Commits of transactions that wrote (they wait for the group sync).
@@ -367,6 +367,21 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// Machine-wide CPU time from `/proc/stat`: (busy, iowait, steal), so a report can
+/// show how much of the machine other processes and the hypervisor took.
+fn machine_cpu() -> Option<(Duration, Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let tick = |t: u64| Duration::from_millis(t * 10);
+    // user nice system idle iowait irq softirq steal
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
+    Some((tick(busy), tick(*v.get(4)?), tick(*v.get(7)?)))
+}
+
 /// CPU time and voluntary context switches of the (single) fjall syncer thread.
 #[derive(Clone, Copy, Debug, Default)]
 struct ThreadStats {
@@ -405,6 +420,7 @@ fn syncer_stats() -> Option<ThreadStats> {
 struct Usage {
     wall: Instant,
     cpu: Option<Duration>,
+    machine: Option<(Duration, Duration, Duration)>,
     syncer: Option<ThreadStats>,
     ticket: u64,
     timing: TimingSnapshot,
@@ -415,6 +431,7 @@ impl Usage {
         Usage {
             wall: Instant::now(),
             cpu: process_cpu(),
+            machine: machine_cpu(),
             syncer: syncer_stats(),
             ticket: bench.fjall.durable_ticket(),
             timing: bench.timing.snapshot(),
@@ -435,6 +452,15 @@ impl Usage {
                 cpu.as_secs_f64() / wall.as_secs_f64(),
                 std::thread::available_parallelism().map_or(0, |n| n.get())
             ));
+            if let (Some(ma), Some(mb)) = (self.machine, end.machine) {
+                let per_s = |d: Duration| d.as_secs_f64() / wall.as_secs_f64();
+                lines.push(format!(
+                    "machine: other processes {:.2} cores, iowait {:.2}, hypervisor steal {:.2}",
+                    per_s(mb.0.saturating_sub(ma.0).saturating_sub(cpu)),
+                    per_s(mb.1.saturating_sub(ma.1)),
+                    per_s(mb.2.saturating_sub(ma.2)),
+                ));
+            }
         }
         let (a, b) = (self.timing, end.timing);
         let avg = |n: u64, ns: u64| {
@@ -445,8 +471,8 @@ impl Usage {
             }
         };
         lines.push(format!(
-            "transactions: {} begun (avg begin {:.3} ms), first read avg {:.3} ms (waits for \
-             a durable snapshot), {} write commits (avg commit {:.3} ms)",
+            "transactions: {} begun (avg begin {:.3} ms), first read avg {:.3} ms, {} write \
+             commits (avg commit {:.3} ms, including the wait for durability)",
             b.begins - a.begins,
             avg(b.begins - a.begins, b.begin_ns - a.begin_ns),
             avg(
@@ -460,15 +486,12 @@ impl Usage {
             ),
         ));
         if let (Some(a), Some(b)) = (self.syncer, end.syncer) {
-            let switches = b.voluntary_switches - a.voluntary_switches;
-            let commits = end.ticket - self.ticket;
             lines.push(format!(
-                "syncer thread: CPU {:.2} s, {} voluntary context switches (at least one \
-                 per sync), {} commits made durable ({:.1} per switch)",
+                "syncer thread: CPU {:.2} s, {} voluntary context switches (waits for I/O or \
+                 for work); {} commits made durable",
                 b.cpu.saturating_sub(a.cpu).as_secs_f64(),
-                switches,
-                commits,
-                commits as f64 / switches.max(1) as f64
+                b.voluntary_switches - a.voluntary_switches,
+                end.ticket - self.ticket,
             ));
         }
         lines
