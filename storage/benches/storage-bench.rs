@@ -790,8 +790,8 @@ async fn drain_phase(store: &Store, targets: &Arc<Vec<Target>>, tasks: usize) ->
 fn print_enqueue(label: &str, stats: &mut EnqueueStats, usage: String) {
     let latency = stats.latency_summary();
     println!(
-        "{label}: {:.0} enqueues/s ({} ok in {:.1} s); {latency}",
-        stats.per_s(),
+        "{label}: {} enqueues/s ({} ok in {:.1} s); {latency}",
+        stats.per_s().round() as u64,
         stats.ok,
         stats.measured.as_secs_f64(),
     );
