@@ -1381,12 +1381,12 @@ impl Window {
     }
 }
 
-/// Client and gateway CPU and the gateway's counters around a timed window.
-/// Busy CPU seconds of the whole machine (all processes), from `/proc/stat`.
-fn machine_busy_secs() -> f64 {
+/// Busy CPU seconds of the machine's processes (user, nice, system, irq,
+/// softirq) and CPU seconds stolen by the hypervisor, from `/proc/stat`.
+fn machine_busy_secs() -> (f64, f64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = text.lines().next() else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let v: Vec<f64> = line
         .split_whitespace()
@@ -1397,14 +1397,17 @@ fn machine_busy_secs() -> f64 {
     let busy: f64 = v
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 7)
         .map(|(_, x)| x)
         .sum();
-    busy / clock_ticks()
+    let steal = v.get(7).copied().unwrap_or(0.0);
+    (busy / clock_ticks(), steal / clock_ticks())
 }
 
+/// Client and gateway CPU and the gateway's counters around a timed window.
 struct Probe {
-    machine_cpu: f64,
+    /// (processes, hypervisor steal), CPU seconds.
+    machine_cpu: (f64, f64),
     at: Instant,
     client_cpu: f64,
     gateway_cpu: f64,
@@ -1460,15 +1463,18 @@ impl Probe {
             later.metrics.sum(name, labels) - self.metrics.sum(name, labels)
         };
         let per_req = |cpu_cores: f64| cpu_cores * secs * 1e6 / requests.max(1) as f64;
-        let machine = (later.machine_cpu - self.machine_cpu) / secs;
+        let machine = (later.machine_cpu.0 - self.machine_cpu.0) / secs;
+        let steal = (later.machine_cpu.1 - self.machine_cpu.1) / secs;
         println!(
             "  cpu: gateway {:.2} cores ({:.0} us/request), client {:.2} cores ({:.0} us/request), \
-             other processes {:.2} cores, machine {} cores",
+             other processes {:.2} cores, stolen by the hypervisor {:.2} \
+             cores, machine {} cores",
             gateway,
             per_req(gateway),
             client,
             per_req(client),
             (machine - gateway - client).max(0.0),
+            steal,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         let label = format!("rpc=\"{rpc}\"");
@@ -1601,6 +1607,7 @@ async fn peak_phase(
             tasks.push(tokio::spawn(async move {
                 let creds = &senders[c % senders.len()].device.creds;
                 let mut tally = Tally::default();
+                let mut outside = Tally::default();
                 let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
                 tokio::time::sleep_until(t0.into()).await;
                 loop {
@@ -1622,6 +1629,12 @@ async fn peak_phase(
                         ok_per_box[p.to_box as usize].fetch_add(1, Ordering::Relaxed);
                     }
                     if !window.contains(done) {
+                        // Warm-up, or requests still in flight when the window
+                        // closed: not counted, but their errors are reported.
+                        match outcome {
+                            None => outside.ok += 1,
+                            Some(e) => *outside.errors.entry(e).or_default() += 1,
+                        }
                         continue;
                     }
                     match outcome {
@@ -1632,7 +1645,7 @@ async fn peak_phase(
                         Some(e) => *tally.errors.entry(e).or_default() += 1,
                     }
                 }
-                (tally, hist)
+                (tally, hist, outside)
             }));
         }
     }
@@ -1643,9 +1656,11 @@ async fn peak_phase(
     let probe_end = Probe::at_end(gw.handle()).await;
     let mut tally = Tally::default();
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut outside = Tally::default();
     for t in tasks {
-        let (t, h) = t.await.expect("sender task");
+        let (t, h, o) = t.await.expect("sender task");
         tally.merge(t);
+        outside.merge(o);
         latency.add(&h).unwrap();
     }
     let rate = tally.ok as f64 / dur.as_secs_f64();
@@ -1658,6 +1673,12 @@ async fn peak_phase(
         opts.warmup_secs,
         rate,
         tally.errors_line()
+    );
+    println!(
+        "  outside the window (warm-up and requests in flight at its end, not counted): {} ok; \
+         errors: {}",
+        outside.ok,
+        outside.errors_line()
     );
     println!(
         "  closed-loop latency (send to response): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
@@ -2009,7 +2030,7 @@ async fn fetch_phase(
         extra,
         errors.errors_line()
     );
-    probe_start.report(&probe_end, "fetch", requests.load(Ordering::Relaxed) / 2);
+    probe_start.report(&probe_end, "fetch", requests.load(Ordering::Relaxed));
     FetchResult {
         rate,
         envelopes,
