@@ -96,6 +96,17 @@ pub struct Connection {
     endpoint: quinn::Endpoint,
     live: Mutex<Option<Live>>,
     clock_offset_ms: AtomicI64,
+    home: std::sync::Mutex<Option<HomeHint>>,
+}
+
+/// What the last authenticated reply said about where the caller's box lives, when
+/// that is another region than the gateway's (docs/geo.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HomeHint {
+    /// The box's home region code.
+    pub region: u32,
+    /// QUIC addresses of that region's gateways, when the gateway knows them.
+    pub gateways: Vec<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -142,6 +153,7 @@ impl Connection {
             endpoint,
             live: Mutex::new(None),
             clock_offset_ms: AtomicI64::new(0),
+            home: std::sync::Mutex::new(None),
         })
     }
 
@@ -297,6 +309,9 @@ impl Connection {
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
             };
+            if credentials.is_some() {
+                self.note_home(&response);
+            }
             let status = status_of(&response);
             match status {
                 pb::Status::ClockSkew if !skew_retried && credentials.is_some() => {
@@ -333,6 +348,22 @@ impl Connection {
                 }
                 _ => return Ok(response),
             }
+        }
+    }
+
+    /// Where the caller's box lives when the last authenticated reply said it is
+    /// homed in another region than the gateway's; `None` when it is local.
+    pub fn home_hint(&self) -> Option<HomeHint> {
+        self.home.lock().map(|h| h.clone()).unwrap_or(None)
+    }
+
+    fn note_home(&self, response: &pb::Response) {
+        let hint = (response.home_region != 0).then(|| HomeHint {
+            region: response.home_region,
+            gateways: response.home_gateways.clone(),
+        });
+        if let Ok(mut home) = self.home.lock() {
+            *home = hint;
         }
     }
 

@@ -6,6 +6,10 @@
 //! - [`state`]: the state file and its encryption at rest;
 //! - [`connection`]: QUIC, TLS pinning, Hawk signing, reconnects and retries;
 //! - [`envelopes`]: the pure sealing and checking of envelopes;
+//! - [`groups`]: MLS groups (create, add, remove, leave, send) over the gateway's
+//!   epoch records;
+//! - [`placement`]: planning TiKV placement from a topology and applying it
+//!   through PD's HTTP API (`rossby placement`);
 //! - [`error::Error`]: the one error type.
 //!
 //! The client never depends on a storage backend: it speaks only the wire
@@ -14,10 +18,12 @@
 pub mod connection;
 pub mod envelopes;
 pub mod error;
+pub mod groups;
+pub mod placement;
 pub mod sdk;
 pub mod state;
 
-pub use connection::{RetryPolicy, Subscription};
+pub use connection::{HomeHint, RetryPolicy, Subscription};
 pub use error::{Error, Result};
 pub use sdk::{Batch, Body, Client, ClientConfig, Received};
 pub use state::{KdfParams, StateKey};

@@ -46,6 +46,7 @@ use crate::connection::{
 };
 use crate::envelopes::{id16, open_queued, seal_for_list};
 use crate::error::{Error, Result};
+use crate::groups::GroupEngine;
 use crate::state::{Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, State, StateKey, StateStore};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -184,6 +185,19 @@ pub enum Body {
     Signal(String),
     /// An MLS message.
     Mls(Vec<u8>),
+    /// A message to a group.
+    Group {
+        /// The group's name.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// This device joined the named group.
+    GroupJoined(String),
+    /// This device was removed from the named group.
+    GroupRemoved(String),
+    /// This account left the named group (on another of its devices).
+    GroupLeft(String),
     /// Nothing this client understands.
     Empty,
 }
@@ -283,10 +297,12 @@ pub struct SafetyNumber {
 
 /// The client SDK for one device.
 pub struct Client {
-    store: Mutex<StateStore>,
-    keys: DeviceKeys,
-    device_id: [u8; 16],
-    conn: Connection,
+    pub(crate) store: Mutex<StateStore>,
+    pub(crate) keys: DeviceKeys,
+    pub(crate) device_id: [u8; 16],
+    pub(crate) conn: Connection,
+    /// MLS groups ([`crate::groups`]). Lock order: `groups` before `store`.
+    pub(crate) groups: Mutex<GroupEngine>,
     unconfirmed: std::sync::Mutex<Option<GatewaySettings>>,
 }
 
@@ -311,9 +327,9 @@ impl std::fmt::Debug for Client {
 type RecipientBox<'a> = ([u8; 16], &'a pb::Content, Option<[u8; 16]>);
 
 /// The result of resolving a recipient.
-struct Target {
-    box_id: [u8; 16],
-    identifier: String,
+pub(crate) struct Target {
+    pub(crate) box_id: [u8; 16],
+    pub(crate) identifier: String,
 }
 
 fn normalize(identifier: &str) -> Result<String> {
@@ -322,23 +338,23 @@ fn normalize(identifier: &str) -> Result<String> {
         .map_err(|e| Error::Invalid(format!("invalid identifier {identifier:?}: {e}")))
 }
 
-fn box_display(b: &[u8]) -> String {
+pub(crate) fn box_display(b: &[u8]) -> String {
     match <[u8; 16]>::try_from(b) {
         Ok(raw) => uuid::Uuid::from_bytes(raw).hyphenated().to_string(),
         Err(_) => hex::encode(b),
     }
 }
 
-fn box_id(raw: [u8; 16]) -> BoxId {
+pub(crate) fn box_id(raw: [u8; 16]) -> BoxId {
     // BoxId accepts any 16 bytes.
     BoxId::from_bytes(raw).unwrap_or_else(|_| BoxId::with_random(rossby_keyspace::RegionId(0), raw))
 }
 
-fn device_id(raw: [u8; 16]) -> DeviceId {
+pub(crate) fn device_id(raw: [u8; 16]) -> DeviceId {
     DeviceId::from_bytes(raw).unwrap_or_default()
 }
 
-fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M> {
+pub(crate) fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M> {
     M::decode(bytes).map_err(|e| Error::BadReply(format!("undecodable {what}: {e}")))
 }
 
@@ -504,6 +520,7 @@ impl Client {
                 service_name: service_text,
                 ca_cert_der: ca_bytes,
             });
+        let groups = GroupEngine::from_state(store.state.groups.as_ref())?;
         let conn = Connection::new(GatewayConfig {
             addr: gateway,
             server_name,
@@ -516,6 +533,7 @@ impl Client {
             keys,
             device_id,
             conn,
+            groups: Mutex::new(groups),
             unconfirmed: std::sync::Mutex::new(unconfirmed),
         })
     }
@@ -571,7 +589,14 @@ impl Client {
         self.store.lock().await.state.clone()
     }
 
-    /// The connection (for its clock offset and configuration).
+    /// Where this device's box lives, when the last authenticated reply said it
+    /// is homed in another region than the gateway's: its region code and that
+    /// region's gateways (closer to the box's data). `None` when it is local.
+    pub fn home_hint(&self) -> Option<crate::HomeHint> {
+        self.conn.home_hint()
+    }
+
+    /// The connection to the gateway.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -581,11 +606,11 @@ impl Client {
         self.conn.close().await;
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(unix_ms(self.conn.now())).unwrap_or(0)
     }
 
-    async fn credentials(&self) -> Result<DeviceCredentials> {
+    pub(crate) async fn credentials(&self) -> Result<DeviceCredentials> {
         let store = self.store.lock().await;
         let creds = store
             .state
@@ -603,13 +628,13 @@ impl Client {
         })
     }
 
-    async fn own_box(&self) -> Result<[u8; 16]> {
+    pub(crate) async fn own_box(&self) -> Result<[u8; 16]> {
         let store = self.store.lock().await;
         <[u8; 16]>::try_from(store.state.box_id.as_slice()).map_err(|_| Error::NotAuthorized)
     }
 
     /// Sends an authenticated request and decodes the OK response.
-    async fn rpc<Req: Message, Resp: Message + Default>(
+    pub(crate) async fn rpc<Req: Message, Resp: Message + Default>(
         &self,
         method: Method,
         request: &Req,
@@ -649,6 +674,18 @@ impl Client {
     /// `recover` replaces the devices of an account already bound to it.
     /// Returns when the code expires (ms since the epoch).
     pub async fn register(&self, identifier: &str, recover: bool) -> Result<u64> {
+        self.register_homed(identifier, recover, None).await
+    }
+
+    /// [`Client::register`] asking for the new box to be homed in `region`
+    /// (`None`: the gateway's region). Gateways with a topology refuse regions it
+    /// does not name (`STATUS_BAD_REQUEST`).
+    pub async fn register_homed(
+        &self,
+        identifier: &str,
+        recover: bool,
+        region: Option<rossby_keyspace::RegionId>,
+    ) -> Result<u64> {
         let identifier = normalize(identifier)?;
         let label = {
             let store = self.store.lock().await;
@@ -663,7 +700,7 @@ impl Client {
             keys: Some(self.keys.bundle()),
             device_label: label,
             recover,
-            region: 0,
+            region: region.map_or(0, |r| u32::from(r.0)),
         };
         let response: pb::RegisterResponse = self.rpc_anonymous(Method::Register, &request).await?;
         let mut store = self.store.lock().await;
@@ -706,8 +743,9 @@ impl Client {
             s.outbox.clear();
             store.save()?;
         }
-        // Best effort: learn the own box's devices now.
+        // Best effort: learn the own box's devices and publish KeyPackages now.
         let _ = self.devices().await;
+        let _ = self.publish_key_packages().await;
         Ok(box_id(box_raw))
     }
 
@@ -819,6 +857,7 @@ impl Client {
             store.save()?;
         }
         let _ = self.devices().await;
+        let _ = self.publish_key_packages().await;
         Ok(box_id(box_raw))
     }
 
@@ -851,8 +890,10 @@ impl Client {
             device_id: device.as_bytes().to_vec(),
         };
         let response: pb::RemoveDeviceResponse = self.rpc(Method::RemoveDevice, &request).await?;
+        let mut groups = self.groups.lock().await;
         let mut store = self.store.lock().await;
         if device.as_bytes() == &self.device_id {
+            groups.reset()?;
             forget_account(&mut store.state);
         } else {
             store.state.own_devices = None;
@@ -867,6 +908,8 @@ impl Client {
         let _: pb::DeleteAccountResponse = self
             .rpc(Method::DeleteAccount, &pb::DeleteAccountRequest {})
             .await?;
+        let mut groups = self.groups.lock().await;
+        groups.reset()?;
         let mut store = self.store.lock().await;
         forget_account(&mut store.state);
         store.state.identifier.clear();
@@ -967,7 +1010,7 @@ impl Client {
 
     /// Fetches (and caches) the device list of a box by id. Returns the list and
     /// whether its identity keys changed.
-    async fn lookup_box(&self, box_raw: &[u8; 16]) -> Result<(pb::DeviceList, bool)> {
+    pub(crate) async fn lookup_box(&self, box_raw: &[u8; 16]) -> Result<(pb::DeviceList, bool)> {
         if box_raw.as_slice() == self.own_box().await?.as_slice() {
             return Ok((self.refresh_own_devices().await?, false));
         }
@@ -1017,7 +1060,7 @@ impl Client {
     }
 
     /// A cached device list for a box (own or contact).
-    async fn cached_devices(&self, box_raw: &[u8]) -> Option<pb::DeviceList> {
+    pub(crate) async fn cached_devices(&self, box_raw: &[u8]) -> Option<pb::DeviceList> {
         let store = self.store.lock().await;
         if box_raw == store.state.box_id.as_slice() {
             return store.state.own_devices.clone();
@@ -1030,7 +1073,7 @@ impl Client {
             .and_then(|c| c.devices.clone())
     }
 
-    async fn display_name(&self, box_raw: &[u8]) -> String {
+    pub(crate) async fn display_name(&self, box_raw: &[u8]) -> String {
         let store = self.store.lock().await;
         if box_raw == store.state.box_id.as_slice() && !store.state.identifier.is_empty() {
             return store.state.identifier.clone();
@@ -1045,7 +1088,7 @@ impl Client {
 
     /// Resolves an identifier or a box id (UUID text) to a box, looking the
     /// identifier up when it is not a known contact.
-    async fn resolve(&self, to: &str) -> Result<Target> {
+    pub(crate) async fn resolve(&self, to: &str) -> Result<Target> {
         if let Ok(uuid) = uuid::Uuid::parse_str(to.trim()) {
             let raw = *uuid.as_bytes();
             let identifier = {
@@ -1499,6 +1542,15 @@ impl Client {
             if queued.sender_box == own && queued.sender_device == self.device_id {
                 continue;
             }
+            if let Some(results) = self.group_receipts(queued).await? {
+                for result in results {
+                    match result {
+                        Ok(received) => batch.messages.push(received),
+                        Err(rejected) => batch.rejected.push(rejected),
+                    }
+                }
+                continue;
+            }
             let outcome = match self.process(queued, &mut batch.key_changes).await? {
                 Ok(received) => {
                     let mut key = queued.sender_box.clone();
@@ -1523,7 +1575,10 @@ impl Client {
                 }),
             }
         }
+        self.after_group_batch().await;
+        let groups = self.groups.lock().await;
         let mut store = self.store.lock().await;
+        store.state.groups = Some(groups.snapshot());
         store.state.last_seq = store.state.last_seq.max(reply.last_seq);
         let remembered = &mut store.state.seen_messages;
         remembered.extend(new_seen);
@@ -1626,7 +1681,10 @@ impl Client {
     /// delete it for this device.
     pub async fn ack(&self, up_to: u64) -> Result<()> {
         let _: pb::AckResponse = self.rpc(Method::Ack, &pb::AckRequest { up_to }).await?;
+        let mut groups = self.groups.lock().await;
+        groups.acked(up_to);
         let mut store = self.store.lock().await;
+        store.state.groups = Some(groups.snapshot());
         store.state.acked_seq = store.state.acked_seq.max(up_to);
         store.save()
     }
@@ -1725,6 +1783,7 @@ fn forget_account(state: &mut State) {
     state.outbox.clear();
     state.acked_seq = 0;
     state.last_seq = 0;
+    state.groups = None;
 }
 
 /// What the linking device hands the new device (see the module docs); its

@@ -5,8 +5,8 @@
 //! belongs to, its Hawk credentials, the gateway it talks to (address, TLS name,
 //! pinned certificate, service name), its own box's device list, known contacts
 //! (identifier, box, device list with public keys), its queue pointers, the
-//! sends not yet confirmed (outbox) and the ids of recently accepted messages
-//! (to drop replays). It is
+//! sends not yet confirmed (outbox), the ids of recently accepted messages
+//! (to drop replays) and the MLS group state. It is
 //! serialised as protobuf (the messages below are defined with `prost` derives;
 //! nested device lists and credentials are the wire schema's own messages).
 //!
@@ -117,6 +117,10 @@ pub struct State {
     /// envelope is recognised and dropped.
     #[prost(bytes = "vec", repeated, tag = "18")]
     pub seen_messages: Vec<Vec<u8>>,
+    /// MLS groups: the signing key, openmls' storage and the groups' bookkeeping
+    /// (see [`crate::groups`]).
+    #[prost(message, optional, tag = "19")]
+    pub groups: Option<crate::groups::GroupsState>,
 }
 
 impl fmt::Debug for State {

@@ -1,15 +1,28 @@
 //! The admin HTTP listener: health checks and metrics.
 //!
-//! - `GET /livez`: `200 ok` while the process runs.
-//! - `GET /readyz`: `200 ready` when the gateway should receive traffic: not
-//!   draining, the QUIC endpoint open, and a storage probe transaction (begin, get
-//!   of a probe key, rollback) answered within the probe deadline. Otherwise `503`
-//!   with a one-line reason: `draining`, `quic endpoint closed`,
-//!   `storage: <error>` or `storage: probe timed out`.
+//! - `GET /livez`: `200 ok` while the process runs and this listener serves. It
+//!   checks nothing else on purpose: a storage outage must not make a supervisor
+//!   restart every healthy gateway.
+//! - `GET /readyz`: `200 ready` when the gateway should receive new clients.
+//!   Otherwise `503` with a one-line reason, from the first of these checks that
+//!   fails, in this order:
+//!   1. `draining`: a drain has begun ([`crate::Gateway::shutdown`], SIGTERM); it
+//!      stays so until the process exits;
+//!   2. `quic endpoint closed`: the QUIC endpoint accepts no more connections
+//!      (the end of a drain, or the accept loop ended for any other reason);
+//!   3. `storage: <error>` or `storage: probe timed out`: a probe transaction on
+//!      the store as opened (begin, get of [`PROBE_KEY`], rollback) failed, or did
+//!      not finish within the probe deadline (`probe_timeout_ms`).
+//!
+//!   Every request evaluates the checks afresh (nothing is cached), so readiness
+//!   returns with the first probe that succeeds after storage recovers. Probes do
+//!   not go through the instrumented store, so they are not counted as traffic.
 //! - `GET /metrics`: Prometheus text format.
 //!
-//! Anything else is `404`. The listener should not be exposed publicly (its
-//! default address is loopback); it carries no secrets, but metrics reveal load.
+//! `HEAD` is answered like `GET`; other methods on these paths get `405`, other
+//! paths `404`. The listener should not be exposed publicly (its default address
+//! is loopback); it carries no secrets, but metrics reveal load. Operators'
+//! documentation: `docs/operations/metrics.md`.
 
 use crate::metrics::Metrics;
 use crate::server::Lifecycle;
@@ -35,6 +48,8 @@ pub(crate) struct AdminState {
     pub kv: Kv,
     pub metrics: Arc<Metrics>,
     pub probe_timeout: Duration,
+    /// `POST /backup`.
+    pub backup: Arc<crate::backup::BackupService>,
 }
 
 /// The admin routes.
@@ -43,6 +58,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/backup", axum::routing::post(backup))
         .fallback(not_found)
         .with_state(state)
 }
@@ -95,4 +111,15 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+async fn backup(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    state
+        .backup
+        .clone()
+        .respond(state.kv.clone(), state.lifecycle.clone(), &headers)
+        .await
 }

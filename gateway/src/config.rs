@@ -15,12 +15,14 @@ use crate::settings::{ApiSettings, Rate, RateLimits, VerifierSpec};
 use clap::{Parser, ValueEnum};
 use rossby_keyspace::RegionId;
 use rossby_protocol::hawk::ServiceName;
+use rossby_replication::Topology;
 use rossby_storage::kv::fjall::{Durability, FjallConfig};
 use rossby_storage::kv::tikv::{TikvConfig, TikvTxnMode};
 use rossby_storage::{BackendConfig, Kv};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default directory of everything the gateway keeps locally.
@@ -105,6 +107,22 @@ pub struct Args {
     /// This gateway's region code (1..65535) [default: 1].
     #[arg(long, env = "ROSSBY_REGION", value_name = "CODE")]
     pub region: Option<u16>,
+    /// The deployment's topology (TOML or JSON, docs/geo.md): `--region` must be
+    /// one of its regions; new boxes may only be homed in its regions, and replies
+    /// name the gateways of a box's home region.
+    #[arg(long, env = "ROSSBY_TOPOLOGY", value_name = "FILE")]
+    pub topology: Option<PathBuf>,
+    /// SIMULATION: delay every storage transaction by the round trips a TiKV
+    /// deployment of the topology would pay from this gateway's region (needs
+    /// `--topology`; for load tests on one machine, never for real traffic).
+    #[arg(long, env = "ROSSBY_WAN_SIM", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub wan_sim: Option<bool>,
+    /// Local multi-region mode: one gateway per region of `--topology` in this
+    /// process, over one store, each on a free loopback port (the topology's
+    /// addresses are ignored; the chosen ones are printed). For demos and load
+    /// tests.
+    #[arg(long, env = "ROSSBY_LOCAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub local: Option<bool>,
     /// The deployment's service name `host:port` that requests are signed for
     /// [default: rossby:7400].
     #[arg(long, env = "ROSSBY_SERVICE_NAME", value_name = "HOST:PORT")]
@@ -175,6 +193,11 @@ pub struct Args {
     /// [default: `pepper` in --data-dir, generated].
     #[arg(long, env = "ROSSBY_PEPPER_FILE", value_name = "FILE")]
     pub pepper_file: Option<PathBuf>,
+    /// Current lookup pepper version, under which new identifier bindings are
+    /// written; the file's other versions are still found
+    /// [default: the highest version in the pepper file].
+    #[arg(long, env = "ROSSBY_PEPPER_VERSION", value_name = "N")]
+    pub pepper_version: Option<u32>,
 
     // ---- drain ----
     /// Seconds between failing readiness and refusing connections on shutdown
@@ -283,6 +306,35 @@ pub struct Args {
     /// Burst of contact lookups per device [default: 100].
     #[arg(long, env = "ROSSBY_DISCOVERY_BURST_PER_DEVICE", value_name = "N", value_parser = parse_burst)]
     pub discovery_burst_per_device: Option<f64>,
+
+    // ---- gateway-to-gateway push (docs/configuration.md, "Cross-gateway push") ----
+    /// Peer endpoint (UDP) listen address; turns gateway-to-gateway notifications
+    /// on (with --peer-ca, --peer-cert, --peer-key) [default: off].
+    #[arg(long, env = "ROSSBY_PEER_LISTEN", value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+    /// `host:port` other gateways dial to reach this one's peer endpoint
+    /// [default: --peer-listen, when it is a specific address].
+    #[arg(long, env = "ROSSBY_PEER_ADVERTISE", value_name = "HOST:PORT")]
+    pub peer_advertise: Option<String>,
+    /// The deployment CA certificate (PEM) that signs every gateway's peer certificate.
+    #[arg(long, env = "ROSSBY_PEER_CA", value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+    /// This gateway's peer certificate chain (PEM), signed by --peer-ca.
+    #[arg(long, env = "ROSSBY_PEER_CERT", value_name = "FILE")]
+    pub peer_cert: Option<PathBuf>,
+    /// The private key (PEM) of --peer-cert.
+    #[arg(long, env = "ROSSBY_PEER_KEY", value_name = "FILE")]
+    pub peer_key: Option<PathBuf>,
+    /// Lifetime of a presence lease in seconds [default: 30].
+    #[arg(long, env = "ROSSBY_PEER_LEASE_SECS", value_name = "SECS")]
+    pub peer_lease_secs: Option<u64>,
+    /// Seconds between presence lease renewals; below --peer-lease-secs [default: 10].
+    #[arg(long, env = "ROSSBY_PEER_RENEW_SECS", value_name = "SECS")]
+    pub peer_renew_secs: Option<u64>,
+    /// Milliseconds between storage re-reads of a waiting fetch (the fallback for
+    /// lost notifications); 0 switches it off [default: 1000].
+    #[arg(long, env = "ROSSBY_FETCH_POLL_MS", value_name = "MS")]
+    pub fetch_poll_ms: Option<u64>,
 }
 
 /// A rate in a TOML file: a number (per second) or a string such as `"3/h"`.
@@ -301,6 +353,9 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
     region: Option<u16>,
+    topology: Option<PathBuf>,
+    wan_sim: Option<bool>,
+    local: Option<bool>,
     service_name: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -318,6 +373,7 @@ struct FileConfig {
     tls_name: Option<Vec<String>>,
     secret_file: Option<PathBuf>,
     pepper_file: Option<PathBuf>,
+    pepper_version: Option<u32>,
     drain_grace_secs: Option<u64>,
     drain_timeout_secs: Option<u64>,
     max_connections: Option<u32>,
@@ -351,6 +407,14 @@ struct FileConfig {
     burst_per_identifier: Option<f64>,
     discovery_rate_per_device: Option<RateValue>,
     discovery_burst_per_device: Option<f64>,
+    peer_listen: Option<SocketAddr>,
+    peer_advertise: Option<String>,
+    peer_ca: Option<PathBuf>,
+    peer_cert: Option<PathBuf>,
+    peer_key: Option<PathBuf>,
+    peer_lease_secs: Option<u64>,
+    peer_renew_secs: Option<u64>,
+    fetch_poll_ms: Option<u64>,
 }
 
 /// Where the store lives.
@@ -444,6 +508,9 @@ pub struct Config {
     pub secret_file: PathBuf,
     /// Lookup pepper file (generated with 32 random bytes if missing).
     pub pepper_file: PathBuf,
+    /// The current lookup pepper version; `None`: the highest in the pepper file
+    /// ([`crate::pepper`]).
+    pub pepper_version: Option<u32>,
     /// Logging.
     pub log: LogConfig,
     /// QUIC transport limits.
@@ -457,6 +524,21 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Interval of the retention sweeper.
     pub sweep_interval: Duration,
+    /// The file the topology (in `api.topology`) was read from.
+    pub topology_file: Option<PathBuf>,
+    /// Whether storage transactions are delayed by the simulated WAN round trips
+    /// of the topology (`rossby_storage::kv::wansim`).
+    pub wan_sim: bool,
+    /// Whether the process runs every region of the topology locally
+    /// ([`crate::local`]).
+    pub local: bool,
+    /// The gateway-to-gateway endpoint; `None`: peer notifications are off.
+    /// Enable it programmatically with [`crate::peer::PeerConfig::loopback`] and
+    /// credentials from [`crate::peer::tls::DevCa`].
+    pub peer: Option<crate::peer::PeerConfig>,
+    /// How often a waiting fetch re-reads storage for messages that arrived through
+    /// other gateways; `None`: never (notifications alone wake it).
+    pub fetch_poll_interval: Option<Duration>,
     /// Settings of the API layer. `server_secret` is ignored here: the gateway
     /// fills it from `secret_file` at start.
     pub api: ApiSettings,
@@ -521,6 +603,7 @@ impl Config {
         self.storage = other.storage.clone();
         self.secret_file = other.secret_file.clone();
         self.pepper_file = other.pepper_file.clone();
+        self.pepper_version = other.pepper_version;
         self.api.service = other.api.service.clone();
         self.api.region = other.api.region;
         self
@@ -542,6 +625,7 @@ impl Config {
             },
             secret_file: data_dir.join("secret"),
             pepper_file: data_dir.join("pepper"),
+            pepper_version: None,
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -551,6 +635,11 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(30),
+            topology_file: None,
+            wan_sim: false,
+            local: false,
+            peer: None,
+            fetch_poll_interval: Some(crate::api::messaging::FETCH_POLL_INTERVAL),
             api: ApiSettings::with_secret(Vec::new()),
             data_dir,
         }
@@ -585,6 +674,24 @@ fn read_file(path: &Path) -> Result<FileConfig> {
             None => Error::Config(format!("config file {}: {message}", path.display())),
         }
     })
+}
+
+/// Reads and validates a topology file (TOML, or JSON when it starts with `{`).
+pub fn read_topology(path: &Path) -> Result<Topology> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read topology file {}: {e}", path.display())))?;
+    Topology::parse(&text)
+        .map_err(|e| Error::Config(format!("topology file {}: {e}", path.display())))
+}
+
+/// `name=code` of every region, for error messages.
+fn region_list(topology: &Topology) -> String {
+    topology
+        .regions()
+        .iter()
+        .map(|r| format!("{}={}", r.name, r.code))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses a rate: `N`, `N/s`, `N/sec`, `N/m`, `N/min`, `N/h`, `N/hour`, as tokens
@@ -834,6 +941,10 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     }
     c.secret_file = pick(a.secret_file, f.secret_file, data_dir.join("secret"));
     c.pepper_file = pick(a.pepper_file, f.pepper_file, data_dir.join("pepper"));
+    c.pepper_version = a.pepper_version.or(f.pepper_version);
+    if c.pepper_version == Some(0) {
+        return Err(Error::Config("--pepper-version must be at least 1".into()));
+    }
 
     // Drain.
     c.drain_grace = secs(
@@ -1078,7 +1189,101 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     )? {
         r.discovery_per_device.burst = v;
     }
+
+    // Geography.
+    c.local = a.local.or(f.local).unwrap_or(false);
+    c.wan_sim = a.wan_sim.or(f.wan_sim).unwrap_or(false);
+    if let Some(path) = a.topology.or(f.topology) {
+        let topology = read_topology(&path)?;
+        // In local mode every region gets its own gateway, so --region is not used.
+        if !c.local && topology.region(c.api.region).is_none() {
+            return Err(Error::Config(format!(
+                "--region {} is not a region of the topology {} (its regions: {})",
+                c.api.region,
+                path.display(),
+                region_list(&topology)
+            )));
+        }
+        c.api.topology = Some(Arc::new(topology));
+        c.topology_file = Some(path);
+    }
+    if c.api.topology.is_none() {
+        if c.wan_sim {
+            return Err(Error::Config(
+                "--wan-sim needs --topology (the simulated round trips come from its rtt_ms)"
+                    .into(),
+            ));
+        }
+        if c.local {
+            return Err(Error::Config(
+                "--local needs --topology (one gateway is started per region)".into(),
+            ));
+        }
+    }
+
+    // Gateway-to-gateway push.
+    let poll_ms = pick(a.fetch_poll_ms, f.fetch_poll_ms, 1000);
+    if poll_ms > 60_000 {
+        return Err(Error::Config(format!(
+            "--fetch-poll-ms must be between 0 (off) and 60000 (got {poll_ms})"
+        )));
+    }
+    c.fetch_poll_interval = (poll_ms > 0).then(|| Duration::from_millis(poll_ms));
+    c.peer = peer_config(
+        a.peer_listen.or(f.peer_listen),
+        a.peer_advertise.or(f.peer_advertise),
+        [
+            ("peer-ca", a.peer_ca.or(f.peer_ca)),
+            ("peer-cert", a.peer_cert.or(f.peer_cert)),
+            ("peer-key", a.peer_key.or(f.peer_key)),
+        ],
+        pick(a.peer_lease_secs, f.peer_lease_secs, 30),
+        pick(a.peer_renew_secs, f.peer_renew_secs, 10),
+    )?;
     Ok(c)
+}
+
+/// The peer endpoint's configuration: off without `--peer-listen`, which then
+/// needs the CA, certificate and key files.
+fn peer_config(
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    files: [(&str, Option<PathBuf>); 3],
+    lease_secs: u64,
+    renew_secs: u64,
+) -> Result<Option<crate::peer::PeerConfig>> {
+    let lease = secs("peer-lease-secs", lease_secs, 2, 3600)?;
+    let renew_interval = secs("peer-renew-secs", renew_secs, 1, 3600)?;
+    let Some(listen) = listen else {
+        if let Some((flag, _)) = files.iter().find(|(_, path)| path.is_some()) {
+            return Err(Error::Config(format!("--{flag} needs --peer-listen")));
+        }
+        if advertise.is_some() {
+            return Err(Error::Config("--peer-advertise needs --peer-listen".into()));
+        }
+        return Ok(None);
+    };
+    let [(_, ca), (_, cert), (_, key)] = files;
+    let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
+        return Err(Error::Config(
+            "--peer-listen needs --peer-ca, --peer-cert and --peer-key".into(),
+        ));
+    };
+    let advertise = advertise.map(|a| a.trim().to_string());
+    if advertise.is_none() && listen.ip().is_unspecified() {
+        return Err(Error::Config(format!(
+            "--peer-advertise is needed when --peer-listen is {listen} (other gateways cannot dial it)"
+        )));
+    }
+    let peer = crate::peer::PeerConfig {
+        listen,
+        advertise,
+        tls: crate::peer::tls::PeerTls::Files { ca, cert, key },
+        lease,
+        renew_interval,
+    };
+    peer.check()?;
+    Ok(Some(peer))
 }
 
 /// Checks a `host:port` endpoint.
@@ -1117,7 +1322,13 @@ pub fn load_or_create_secret(path: &Path, min_len: usize, what: &str) -> Result<
     Ok(secret)
 }
 
-fn decode_secret(path: &Path, bytes: &[u8], min_len: usize, what: &str) -> Result<Vec<u8>> {
+/// Decodes a secret file's content (hex, or raw bytes) and checks its length.
+pub(crate) fn decode_secret(
+    path: &Path,
+    bytes: &[u8],
+    min_len: usize,
+    what: &str,
+) -> Result<Vec<u8>> {
     warn_if_readable_by_others(path, what);
     let trimmed = std::str::from_utf8(bytes).map(str::trim).ok();
     let secret = match trimmed.and_then(|t| hex::decode(t).ok()) {
@@ -1135,7 +1346,7 @@ fn decode_secret(path: &Path, bytes: &[u8], min_len: usize, what: &str) -> Resul
 }
 
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path, what: &str) {
+pub(crate) fn warn_if_readable_by_others(path: &Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
@@ -1145,7 +1356,7 @@ fn warn_if_readable_by_others(path: &Path, what: &str) {
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path, _what: &str) {}
+pub(crate) fn warn_if_readable_by_others(_path: &Path, _what: &str) {}
 
 /// Creates `path` with `contents` and mode 0600 unless it already exists. The file
 /// appears complete or not at all. Returns whether this call created it.
@@ -1518,6 +1729,68 @@ tls_name = ["chat.example.net"]
         }
     }
 
+    fn example_topology() -> String {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/examples/three-regions.toml"
+        )
+        .to_string()
+    }
+
+    #[test]
+    fn a_topology_must_name_the_gateways_region() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let topology = example_topology();
+        let c = parse(&["--topology", &topology, "--region", "2"]).unwrap();
+        let loaded = c.api.topology.as_deref().unwrap();
+        assert_eq!(loaded.regions().len(), 3);
+        assert_eq!(c.topology_file.as_deref(), Some(Path::new(&topology)));
+        assert!(!c.wan_sim && !c.local);
+        let message = err(&["--topology", &topology, "--region", "9"]);
+        assert!(message.contains("--region 9 is not a region"), "{message}");
+        assert!(message.contains("us-east=1"), "{message}");
+        // In local mode every region runs, so --region does not matter.
+        let c = parse(&["--topology", &topology, "--region", "9", "--local"]).unwrap();
+        assert!(c.local);
+        let c = parse(&["--topology", &topology, "--wan-sim"]).unwrap();
+        assert!(c.wan_sim);
+        let c = parse(&["--topology", &topology, "--wan-sim", "false"]).unwrap();
+        assert!(!c.wan_sim);
+    }
+
+    #[test]
+    fn geography_options_are_checked() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "primary = \"nowhere\"\n").unwrap();
+        let bad = bad.to_str().unwrap().to_string();
+        let missing = dir.path().join("missing.toml");
+        let missing = missing.to_str().unwrap().to_string();
+        for (argv, needle) in [
+            (vec!["--wan-sim"], "--wan-sim needs --topology"),
+            (vec!["--local"], "--local needs --topology"),
+            (vec!["--topology", &bad], "topology file"),
+            (vec!["--topology", &missing], "cannot read topology file"),
+        ] {
+            let message = err(&argv);
+            assert!(message.contains(needle), "{argv:?}: {message}");
+        }
+        // The same options from a file.
+        let file = dir.path().join("gw.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "topology = {:?}\nregion = 3\nwan_sim = true\n",
+                example_topology()
+            ),
+        )
+        .unwrap();
+        let c = parse(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.region(), RegionId(3));
+        assert!(c.wan_sim);
+    }
+
     #[test]
     fn bad_files_are_reported_with_their_line() {
         let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -1645,5 +1918,86 @@ tls_name = ["chat.example.net"]
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn peer_options_turn_notifications_on_and_are_checked() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let c = parse(&[]).unwrap();
+        assert!(c.peer.is_none(), "off by default");
+        assert_eq!(c.fetch_poll_interval, Some(Duration::from_secs(1)));
+
+        let c = parse(&[
+            "--peer-listen",
+            "0.0.0.0:7402",
+            "--peer-advertise",
+            "gw1.us-east.internal:7402",
+            "--peer-ca",
+            "/ca.pem",
+            "--peer-cert",
+            "/peer.pem",
+            "--peer-key",
+            "/peer.key",
+            "--peer-lease-secs",
+            "20",
+            "--peer-renew-secs",
+            "5",
+            "--fetch-poll-ms",
+            "0",
+        ])
+        .unwrap();
+        let peer = c.peer.unwrap();
+        assert_eq!(peer.listen, "0.0.0.0:7402".parse().unwrap());
+        assert_eq!(peer.advertise.as_deref(), Some("gw1.us-east.internal:7402"));
+        assert_eq!(
+            peer.tls,
+            crate::peer::tls::PeerTls::Files {
+                ca: "/ca.pem".into(),
+                cert: "/peer.pem".into(),
+                key: "/peer.key".into(),
+            }
+        );
+        assert_eq!(peer.lease, Duration::from_secs(20));
+        assert_eq!(peer.renew_interval, Duration::from_secs(5));
+        assert_eq!(c.fetch_poll_interval, None);
+
+        let files = ["--peer-ca", "/c", "--peer-cert", "/p", "--peer-key", "/k"];
+        let with = |extra: &[&'static str]| {
+            let mut argv = files.to_vec();
+            argv.extend_from_slice(extra);
+            argv
+        };
+        for (argv, needle) in [
+            (vec!["--peer-ca", "/c"], "--peer-ca needs --peer-listen"),
+            (
+                vec!["--peer-advertise", "gw:1"],
+                "--peer-advertise needs --peer-listen",
+            ),
+            (
+                vec!["--peer-listen", "127.0.0.1:7402"],
+                "needs --peer-ca, --peer-cert and --peer-key",
+            ),
+            (
+                with(&["--peer-listen", "0.0.0.0:7402"]),
+                "--peer-advertise is needed",
+            ),
+            (
+                with(&[
+                    "--peer-listen",
+                    "127.0.0.1:7402",
+                    "--peer-advertise",
+                    "nohost",
+                ]),
+                "--peer-advertise",
+            ),
+            (
+                with(&["--peer-listen", "127.0.0.1:7402", "--peer-renew-secs", "30"]),
+                "--peer-renew-secs",
+            ),
+            (vec!["--fetch-poll-ms", "70000"], "--fetch-poll-ms"),
+        ] {
+            let message = err(&argv);
+            assert!(message.contains(needle), "{argv:?}: {message}");
+        }
     }
 }

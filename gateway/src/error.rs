@@ -32,6 +32,10 @@ pub enum Error {
     /// The API layer refused its settings.
     #[error("api: {0}")]
     Api(String),
+    /// A backup could not be taken, verified or restored: the stream or file is
+    /// damaged or incomplete, the gateway refused it, or the target is not usable.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 impl Error {

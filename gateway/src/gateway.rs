@@ -6,11 +6,13 @@ use crate::api::Api;
 use crate::config::{Config, StorageConfig, load_or_create_secret};
 use crate::error::{Error, Result};
 use crate::metrics::{InstrumentedKv, Metrics};
+use crate::peer::Peers;
 use crate::server::{self, CLOSE_DRAINING, Lifecycle, Shared};
 use crate::tls;
-use rossby_keyspace::lookup::MIN_PEPPER_BYTES;
-use rossby_keyspace::{LookupHasher, Pepper, RegionId};
+use rossby_keyspace::RegionId;
+use rossby_replication::LatencyModel;
 use rossby_storage::Kv;
+use rossby_storage::kv::wansim::WanSimulation;
 use rossby_storage::tables::Store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,8 @@ struct Tasks {
     admin: Option<JoinHandle<()>>,
     admin_stop: Option<oneshot::Sender<()>>,
     sweeper: Option<JoinHandle<()>>,
+    /// The gateway-to-gateway machinery, when configured.
+    peers: Option<Arc<Peers>>,
 }
 
 impl Drop for Tasks {
@@ -75,6 +79,9 @@ impl Drop for Tasks {
             self.lifecycle.quic_open.store(false, Ordering::Release);
             self.endpoint
                 .close(CLOSE_DRAINING.into(), b"gateway shutting down");
+        }
+        if let Some(peers) = self.peers.take() {
+            peers.abort();
         }
         for task in [self.accept.take(), self.admin.take(), self.sweeper.take()]
             .into_iter()
@@ -105,26 +112,25 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
 
         let secret = load_or_create_secret(&config.secret_file, MIN_SECRET_BYTES, "server secret")?;
-        let pepper = load_or_create_secret(&config.pepper_file, MIN_PEPPER_BYTES, "lookup pepper")?;
+        let backup = Arc::new(crate::backup::BackupService::new(&secret));
+        let hasher = crate::pepper::load_hasher(&config.pepper_file, config.pepper_version)?;
         let identity = tls::load_or_generate(&config.tls)?;
+        if metrics.set_certificate_expiry(identity.leaf()).is_none() {
+            tracing::warn!(
+                cert = %config.tls.cert.display(),
+                "cannot read the certificate's expiry; rossby_tls_certificate_expiry_timestamp_seconds is 0"
+            );
+        }
         let server_config = tls::server_config(&identity, &config.quic)?;
 
         let (raw_kv, owned) = match &config.storage {
             StorageConfig::Backend(backend) => (rossby_storage::kv::open(backend).await?, true),
             StorageConfig::Shared(kv) => (kv.clone(), false),
         };
-        let hasher = LookupHasher::new(
-            vec![Pepper {
-                version: 1,
-                secret: pepper,
-            }],
-            1,
-        )
-        .map_err(|e| Error::Config(format!("lookup pepper: {e}")))?;
-        let mut store = Store::new(
-            InstrumentedKv::wrap(raw_kv.clone(), metrics.clone()),
-            hasher,
-        );
+        // The simulation wraps only the API's view of the store: the admin probe
+        // and shutdown keep the real store.
+        let api_kv = simulated_wan(&config, raw_kv.clone())?;
+        let mut store = Store::new(InstrumentedKv::wrap(api_kv, metrics.clone()), hasher);
         store.limits = config.api.limits.clone();
 
         let region = config.api.region;
@@ -153,6 +159,18 @@ impl Gateway {
             source: e,
         })?;
 
+        // Cross-gateway push: attached before the first request is served.
+        api.set_fetch_poll_interval(config.fetch_poll_interval);
+        let peers = match &config.peer {
+            Some(peer) => {
+                let peers =
+                    Peers::start(peer, store.clone(), api.presence().clone(), metrics.clone())?;
+                api.attach_peers(peers.clone());
+                Some(peers)
+            }
+            None => None,
+        };
+
         let lifecycle = Arc::new(Lifecycle::default());
         lifecycle.quic_open.store(true, Ordering::Release);
         let shared = Arc::new(Shared {
@@ -163,7 +181,16 @@ impl Gateway {
             max_connections: config.quic.max_connections,
             read_timeout: config.quic.idle_timeout,
         });
-        let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), shared));
+        let accept_task = {
+            let endpoint = endpoint.clone();
+            let lifecycle = lifecycle.clone();
+            tokio::spawn(async move {
+                server::accept_loop(endpoint, shared).await;
+                // However the endpoint was closed, it takes no more connections:
+                // readiness must say so.
+                lifecycle.quic_open.store(false, Ordering::Release);
+            })
+        };
 
         let (admin_stop, admin_stopped) = oneshot::channel::<()>();
         let router = admin::router(AdminState {
@@ -171,6 +198,7 @@ impl Gateway {
             kv: raw_kv.clone(),
             metrics: metrics.clone(),
             probe_timeout: config.probe_timeout,
+            backup,
         });
         let admin_task = tokio::spawn(async move {
             let serve = axum::serve(admin_listener, router).with_graceful_shutdown(async move {
@@ -181,7 +209,12 @@ impl Gateway {
             }
         });
 
-        let sweeper_task = tokio::spawn(sweeper(store.clone(), region, config.sweep_interval));
+        let sweeper_task = tokio::spawn(sweeper(
+            store.clone(),
+            region,
+            config.sweep_interval,
+            metrics.clone(),
+        ));
 
         tracing::info!(
             quic = %quic_addr,
@@ -211,6 +244,7 @@ impl Gateway {
                 admin: Some(admin_task),
                 admin_stop: Some(admin_stop),
                 sweeper: Some(sweeper_task),
+                peers,
             },
         })
     }
@@ -269,6 +303,16 @@ impl Gateway {
     /// The API layer.
     pub fn api(&self) -> &Arc<Api> {
         &self.api
+    }
+
+    /// The gateway-to-gateway machinery, when peer notifications are on.
+    pub fn peers(&self) -> Option<&Arc<Peers>> {
+        self.tasks.peers.as_ref()
+    }
+
+    /// The bound address of the peer (gateway-to-gateway) endpoint, when on.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peers().map(|p| p.local_addr())
     }
 
     /// Requests currently being handled.
@@ -337,6 +381,11 @@ impl Gateway {
         let _ = lifecycle.connections.wait_idle(CLOSE_WAIT).await;
         let _ = lifecycle.requests.wait_idle(CLOSE_WAIT).await;
 
+        // Subscriptions have ended with their connections; other gateways stop
+        // notifying this one once its leases are released.
+        if let Some(peers) = tasks.peers.take() {
+            peers.shutdown().await;
+        }
         if let Some(task) = tasks.sweeper.take() {
             task.abort();
             let _ = task.await;
@@ -359,10 +408,29 @@ impl Gateway {
     }
 }
 
+/// The store as the API sees it: `kv` itself, or with `--wan-sim` `kv` delayed by
+/// the round trips the topology's TiKV deployment would pay from this region.
+fn simulated_wan(config: &Config, kv: Kv) -> Result<Kv> {
+    if !config.wan_sim {
+        return Ok(kv);
+    }
+    let Some(topology) = config.api.topology.as_deref() else {
+        return Err(Error::Config("--wan-sim needs --topology".into()));
+    };
+    let model = LatencyModel::new(topology.clone(), config.api.region)
+        .map_err(|e| Error::Config(format!("--wan-sim: {e}")))?;
+    tracing::warn!(
+        region = %config.api.region,
+        timestamp_rtt = ?model.timestamp(),
+        "WAN SIMULATION: storage transactions are delayed by modelled round trips; not for real traffic"
+    );
+    Ok(WanSimulation::wrap(kv, model))
+}
+
 /// Waits for other holders of an opened store (tasks still finishing) to let go,
 /// then closes it off the async threads (fjall's close joins its syncer thread),
 /// so it can be reopened as soon as `shutdown` returns.
-async fn release_store(kv: Kv) {
+pub(crate) async fn release_store(kv: Kv) {
     let waited = tokio::time::timeout(STORE_RELEASE_WAIT, async {
         while Arc::strong_count(&kv) > 1 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -381,7 +449,7 @@ async fn release_store(kv: Kv) {
 /// Finishes interrupted account purges, then sweeps expired messages of `region`
 /// every `interval`. Failures are logged and retried at the next tick: the sweep
 /// is idempotent and storage outages are reported by `/readyz`.
-async fn sweeper(store: Store, region: RegionId, interval: Duration) {
+async fn sweeper(store: Store, region: RegionId, interval: Duration, metrics: Arc<Metrics>) {
     match store.resume_purges(region).await {
         Ok(0) => {}
         Ok(purged) => tracing::info!(purged, "finished interrupted account purges"),
@@ -394,11 +462,14 @@ async fn sweeper(store: Store, region: RegionId, interval: Duration) {
     loop {
         ticker.tick().await;
         match store.sweep(region, server::now_ms(), SWEEP_BATCH).await {
-            Ok(swept) if swept.entries > 0 => tracing::info!(
-                envelopes = swept.envelopes,
-                dedups = swept.dedups,
-                "expired entries swept"
-            ),
+            Ok(swept) if swept.entries > 0 => {
+                metrics.envelopes_expired_total.inc_by(swept.envelopes);
+                tracing::info!(
+                    envelopes = swept.envelopes,
+                    dedups = swept.dedups,
+                    "expired entries swept"
+                )
+            }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "retention sweep failed"),
         }
@@ -547,6 +618,30 @@ mod tests {
 
         mode.store(HEALTHY, Ordering::Release);
         assert_eq!(get(admin, "/readyz").await, (200, "ready\n".into()));
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn readiness_fails_once_the_quic_endpoint_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Gateway::start(test_config(dir.path())).await.unwrap();
+        let admin = gateway.admin_addr();
+        assert_eq!(get(admin, "/readyz").await, (200, "ready\n".into()));
+
+        // Closed under the gateway, without a drain: not draining, yet not ready.
+        gateway
+            .endpoint
+            .close(0u32.into(), b"closed under the gateway");
+        let mut answer = get(admin, "/readyz").await;
+        for _ in 0..200 {
+            if answer.0 != 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            answer = get(admin, "/readyz").await;
+        }
+        assert_eq!(answer, (503, "quic endpoint closed\n".into()));
+        assert_eq!(get(admin, "/livez").await, (200, "ok\n".into()));
         gateway.shutdown().await;
     }
 

@@ -6,11 +6,15 @@
 //! The library form lets tests and benchmarks start real gateways in-process.
 
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod context;
 pub mod error;
 pub mod gateway;
+pub mod local;
 pub mod metrics;
+pub mod peer;
+pub mod pepper;
 pub mod server;
 pub mod settings;
 pub mod tls;
@@ -18,6 +22,7 @@ pub mod tls;
 pub use config::Config;
 pub use error::Error;
 pub use gateway::{Gateway, GatewayError};
+pub use local::LocalDeployment;
 pub use metrics::Metrics;
 pub mod api;
 pub mod auth;

@@ -7,28 +7,36 @@
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for invalid options, 1 when the gateway
 //! cannot start, 130 when a second signal interrupts the drain.
+//!
+//! `rossby-gateway backup ...` and `rossby-gateway restore ...` (first argument)
+//! are tools with their own options instead ([`rossby_gateway::backup`]): 0 done,
+//! 1 failed, 2 invalid options.
 
-use clap::Parser;
 use clap::error::ErrorKind;
-use rossby_gateway::Gateway;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use rossby_gateway::backup::{self, BackupArgs, RestoreArgs, RestoreOptions};
 use rossby_gateway::config::{Args, Config, LogConfig, LogFormat};
+use rossby_gateway::{Gateway, LocalDeployment};
+use std::ffi::OsString;
 use std::process::ExitCode;
 
+/// Shown at the end of the gateway's `--help`.
+const SUBCOMMANDS_HELP: &str = "Tools (first argument; each has its own --help):
+  rossby-gateway backup --out DIR       back up a running gateway's embedded store
+  rossby-gateway restore --from DIR --store-dir DIR
+                                        restore a backup into a new store (gateway stopped)";
+
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    if let Some(code) = run_tool_command() {
+        return code;
+    }
+    let parsed = Args::command()
+        .after_help(SUBCOMMANDS_HELP)
+        .try_get_matches()
+        .and_then(|matches| Args::from_arg_matches(&matches));
+    let args = match parsed {
         Ok(args) => args,
-        Err(err) => {
-            return match err.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-                    let _ = err.print();
-                    ExitCode::SUCCESS
-                }
-                _ => {
-                    eprintln!("rossby-gateway: {}", one_line(&err.render().to_string()));
-                    ExitCode::from(2)
-                }
-            };
-        }
+        Err(err) => return usage_exit(&err),
     };
     let config = match Config::from_args(args) {
         Ok(config) => config,
@@ -48,7 +56,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    if config.local {
+        runtime.block_on(run_local(config))
+    } else {
+        runtime.block_on(run(config))
+    }
 }
 
 /// Clap's multi-line usage error as one line (without the `--help` hint).
@@ -114,6 +126,62 @@ async fn run(config: Config) -> ExitCode {
     }
 }
 
+/// Local multi-region mode: prints one line per region with its chosen addresses
+/// and writes the topology naming them next to the store, for clients and load
+/// tests.
+async fn run_local(config: Config) -> ExitCode {
+    let data_dir = config.data_dir.clone();
+    let deployment = match LocalDeployment::start(config).await {
+        Ok(deployment) => deployment,
+        Err(err) => {
+            tracing::error!(error = %err, "local deployment failed to start");
+            eprintln!("rossby-gateway: error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for local in deployment.gateways() {
+        println!(
+            "rossby-gateway region={} code={} quic={} admin={}",
+            local.name,
+            local.code,
+            local.gateway.quic_addr(),
+            local.gateway.admin_addr()
+        );
+    }
+    if let Some(first) = deployment.gateways().first() {
+        let gateway = &first.gateway;
+        println!(
+            "certificate {} sha256={}{}",
+            gateway.certificate_path().display(),
+            gateway.certificate_fingerprint(),
+            if gateway.certificate_generated() {
+                " (generated)"
+            } else {
+                ""
+            }
+        );
+    }
+    let topology_path = data_dir.join("local-topology.json");
+    match std::fs::write(&topology_path, deployment.topology().to_json()) {
+        Ok(()) => println!("topology {}", topology_path.display()),
+        Err(err) => {
+            eprintln!(
+                "rossby-gateway: warning: cannot write {}: {err}",
+                topology_path.display()
+            );
+        }
+    }
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; draining every region (signal again to exit at once)");
+    tokio::select! {
+        () = deployment.shutdown() => ExitCode::SUCCESS,
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting without finishing the drain");
+            ExitCode::from(130)
+        }
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -134,5 +202,122 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Help and version requests exit 0 after printing; usage errors print one line
+/// and exit 2.
+fn usage_exit(err: &clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("rossby-gateway: {}", one_line(&err.render().to_string()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs `backup` or `restore` when the first argument names one (each with its
+/// own parser, so the gateway's flat options stay as they are); `None` otherwise.
+fn run_tool_command() -> Option<ExitCode> {
+    let mut argv = std::env::args_os().skip(1);
+    let first = argv.next()?;
+    let name = match first.to_str() {
+        Some(name @ ("backup" | "restore")) => name.to_string(),
+        _ => return None,
+    };
+    let argv = std::iter::once(OsString::from(format!("rossby-gateway {name}"))).chain(argv);
+    let code = if name == "backup" {
+        match BackupArgs::try_parse_from(argv) {
+            Ok(args) => run_tool(run_backup(args)),
+            Err(err) => usage_exit(&err),
+        }
+    } else {
+        match RestoreArgs::try_parse_from(argv) {
+            Ok(args) => run_tool(run_restore(args)),
+            Err(err) => usage_exit(&err),
+        }
+    };
+    Some(code)
+}
+
+/// Runs a tool: its one-line result on stdout (exit 0), or its error on stderr
+/// (exit 1). Logs (warnings only) go to stderr.
+fn run_tool(
+    tool: impl std::future::Future<Output = rossby_gateway::error::Result<String>>,
+) -> ExitCode {
+    init_tracing(&LogConfig {
+        format: LogFormat::Text,
+        level: "warn".into(),
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rossby-gateway: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tool) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("rossby-gateway: error: {}", one_line(&err.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_backup(args: BackupArgs) -> rossby_gateway::error::Result<String> {
+    let options = args.options()?;
+    let report = backup::take_backup(&options).await?;
+    let s = &report.summary;
+    Ok(format!(
+        "backup {}: {} records ({} bytes) of the {} store, snapshot at unix ms {}, sha256 {}",
+        options.out.display(),
+        s.records,
+        s.record_bytes,
+        s.header.backend,
+        s.header.snapshot_unix_ms,
+        report.file_sha256
+    ))
+}
+
+async fn run_restore(args: RestoreArgs) -> rossby_gateway::error::Result<String> {
+    let describe = |s: &backup::Summary| {
+        format!(
+            "{} records ({} bytes) of the {} store, snapshot at unix ms {}",
+            s.records, s.record_bytes, s.header.backend, s.header.snapshot_unix_ms
+        )
+    };
+    match args.store_dir {
+        Some(store_dir) => {
+            let options = RestoreOptions {
+                from: args.from,
+                store_dir,
+            };
+            let summary = backup::restore(&options).await?;
+            Ok(format!(
+                "restored {} from {} into {}",
+                describe(&summary),
+                options.from.display(),
+                options.store_dir.display()
+            ))
+        }
+        None => {
+            let summary = backup::verify_backup(&args.from)?;
+            Ok(format!(
+                "backup {} is complete: {}",
+                args.from.display(),
+                describe(&summary)
+            ))
+        }
     }
 }

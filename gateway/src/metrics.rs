@@ -22,6 +22,12 @@
 //! | `rossby_pushes_total` | counter | |
 //! | `rossby_envelopes_enqueued_total` | counter | |
 //! | `rossby_build_info` | gauge (always 1) | `version` |
+//! | `rossby_peer_notifications_total` | counter | `result` |
+//! | `rossby_envelopes_expired_total` | counter | |
+//! | `rossby_tls_certificate_expiry_timestamp_seconds` | gauge | |
+//!
+//! `docs/operations/metrics.md` describes each one for operators, and
+//! `tests/observability.rs` checks that it documents every metric exported here.
 
 use async_trait::async_trait;
 use prometheus::{
@@ -45,6 +51,14 @@ const REQUEST_BUCKETS: &[f64] = &[
 const STORAGE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// The `kind` labels of `rossby_storage_errors_total` that storage operations
+/// report. Their series exist from the start at 0, so that `rate()` sees the first
+/// error of a kind and dashboards show a flat line rather than no data.
+/// (`retries_exhausted` is left out: the retry helper decides it after the last
+/// transaction has ended, so it never passes through [`InstrumentedKv`].)
+pub const STORAGE_ERROR_KINDS: &[&str] =
+    &["unavailable", "undetermined", "corrupt", "invalid", "other"];
 
 /// The metrics of one gateway instance.
 pub struct Metrics {
@@ -82,6 +96,18 @@ pub struct Metrics {
     pub envelopes_enqueued_total: IntCounter,
     /// `rossby_build_info{version}`: always 1; the label carries the gateway version.
     pub build_info: IntGaugeVec,
+    /// `rossby_peer_notifications_total{result}`: gateway-to-gateway notifications,
+    /// counted per box: `sent`, `dropped` (a queue was full), `failed` (leases
+    /// unreadable, peer unreachable or the write failed), `received`, `rejected`
+    /// (malformed).
+    pub peer_notifications_total: IntCounterVec,
+    /// `rossby_envelopes_expired_total`: envelopes the retention sweeper deleted
+    /// because they stayed queued, unacknowledged, past the retention period.
+    pub envelopes_expired_total: IntCounter,
+    /// `rossby_tls_certificate_expiry_timestamp_seconds`: the not-after time of the
+    /// certificate the QUIC endpoint presents, in Unix seconds; 0 when it could not
+    /// be read (see [`Metrics::set_certificate_expiry`]).
+    pub tls_certificate_expiry_timestamp_seconds: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -210,12 +236,39 @@ impl Metrics {
                     &["version"],
                 ),
             ),
+            peer_notifications_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_peer_notifications_total",
+                        "Gateway-to-gateway notifications per box, by result.",
+                    ),
+                    &["result"],
+                ),
+            ),
+            envelopes_expired_total: register(
+                r,
+                IntCounter::new(
+                    "rossby_envelopes_expired_total",
+                    "Envelopes deleted unacknowledged by the retention sweeper.",
+                ),
+            ),
+            tls_certificate_expiry_timestamp_seconds: register(
+                r,
+                IntGauge::new(
+                    "rossby_tls_certificate_expiry_timestamp_seconds",
+                    "Not-after time of the served TLS certificate, in Unix seconds (0: unreadable).",
+                ),
+            ),
             registry,
         };
         metrics
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for kind in STORAGE_ERROR_KINDS {
+            metrics.storage_errors_total.with_label_values(&[kind]);
+        }
         metrics
     }
 
@@ -225,6 +278,24 @@ impl Metrics {
         self.request_duration_seconds
             .with_label_values(&[rpc, status])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts `n` gateway-to-gateway notifications with `result`.
+    pub fn peer_notifications(&self, result: &str, n: usize) {
+        self.peer_notifications_total
+            .with_label_values(&[result])
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Sets `rossby_tls_certificate_expiry_timestamp_seconds` from the leaf
+    /// certificate (DER) and returns its not-after time. A certificate whose
+    /// validity cannot be read leaves the gauge at 0, which the expiry alert treats
+    /// as expired: an unknown expiry is worth a look.
+    pub fn set_certificate_expiry(&self, leaf_der: &[u8]) -> Option<i64> {
+        let not_after = certificate_not_after(leaf_der);
+        self.tls_certificate_expiry_timestamp_seconds
+            .set(not_after.unwrap_or(0));
+        not_after
     }
 
     /// Counts one rejected authentication.
@@ -257,6 +328,44 @@ impl Metrics {
             Ok(()) => String::from_utf8_lossy(&out).into_owned(),
             Err(err) => format!("# metrics could not be encoded: {err}\n"),
         }
+    }
+}
+
+/// The not-after time (Unix seconds) of an X.509 certificate in DER, or `None`
+/// when it is not a certificate. Only the outer structure is walked (Certificate,
+/// TBSCertificate, Validity, RFC 5280 section 4.1); BER is accepted, as some
+/// issuers are not strict about DER.
+pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
+    yasna::parse_ber(der, |reader| {
+        reader.read_sequence(|certificate| {
+            let not_after = certificate.next().read_sequence(|tbs| {
+                // version [0] EXPLICIT, absent in v1 certificates.
+                tbs.read_optional(|r| r.read_tagged(yasna::Tag::context(0), |r| r.read_der()))?;
+                tbs.next().read_der()?; // serialNumber
+                tbs.next().read_der()?; // signature (algorithm)
+                tbs.next().read_der()?; // issuer
+                let not_after = tbs.next().read_sequence(|validity| {
+                    read_x509_time(validity.next())?; // notBefore
+                    read_x509_time(validity.next())
+                })?;
+                // subject, subjectPublicKeyInfo, unique ids, extensions.
+                while tbs.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(not_after)
+            })?;
+            certificate.next().read_der()?; // signatureAlgorithm
+            certificate.next().read_der()?; // signatureValue
+            Ok(not_after)
+        })
+    })
+    .ok()
+}
+
+/// An X.509 `Time` (UTCTime or GeneralizedTime) as Unix seconds.
+fn read_x509_time(reader: yasna::BERReader<'_, '_>) -> yasna::ASN1Result<i64> {
+    if reader.lookahead_tag()? == yasna::tags::TAG_UTCTIME {
+        Ok(reader.read_utctime()?.datetime().unix_timestamp())
+    } else {
+        Ok(reader.read_generalized_time()?.datetime().unix_timestamp())
     }
 }
 
@@ -438,6 +547,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe_request("ping", "ok", Duration::from_millis(2));
         metrics.auth_failure("bad_mac");
+        metrics.peer_notifications("sent", 2);
         metrics
             .storage_errors_total
             .with_label_values(&["unavailable"])
@@ -456,9 +566,35 @@ mod tests {
             "rossby_pushes_total 0",
             "rossby_envelopes_enqueued_total 0",
             "rossby_build_info{version=\"",
+            "rossby_peer_notifications_total{result=\"sent\"} 2",
+            "rossby_envelopes_expired_total 0",
+            "rossby_tls_certificate_expiry_timestamp_seconds 0",
+            "rossby_storage_errors_total{kind=\"undetermined\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn certificate_expiry_is_read_from_the_certificate() {
+        // 2031-05-06 (encoded as UTCTime) and 2051-01-02 (RFC 5280 requires
+        // GeneralizedTime from 2050 on), both at midnight UTC.
+        for ((year, month, day), unix) in
+            [((2031, 5, 6), 1_935_792_000), ((2051, 1, 2), 2_556_230_400)]
+        {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(year, month, day);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            assert_eq!(certificate_not_after(cert.der()), Some(unix));
+            let metrics = Metrics::new();
+            assert_eq!(metrics.set_certificate_expiry(cert.der()), Some(unix));
+            assert_eq!(metrics.tls_certificate_expiry_timestamp_seconds.get(), unix);
+        }
+        let metrics = Metrics::new();
+        assert_eq!(metrics.set_certificate_expiry(b"not a certificate"), None);
+        assert_eq!(metrics.tls_certificate_expiry_timestamp_seconds.get(), 0);
+        assert_eq!(certificate_not_after(&[]), None);
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! [`Presence::connection_closed`] drops every subscription of a connection, so
 //! memory follows what is online now.
 //!
-//! This registry is per process: a message committed through another gateway does
-//! not wake waiters here (they poll as a fallback).
+//! This registry is per process. A message committed through another gateway
+//! reaches it through a peer notification ([`crate::peer`]), which calls
+//! [`Presence::messages_available`] just like a local commit; without peers, or
+//! when a notification is lost, waiting fetches find it by polling storage.
 
 use rossby_keyspace::{BoxId, DeviceId};
 use rossby_protocol::pb;

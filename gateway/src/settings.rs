@@ -3,8 +3,10 @@
 
 use rossby_keyspace::RegionId;
 use rossby_protocol::hawk::ServiceName;
+use rossby_replication::Topology;
 use rossby_storage::tables::Limits;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where verification codes are sent.
@@ -95,6 +97,10 @@ pub struct ApiSettings {
     pub max_fetch_wait: Duration,
     /// Rate limits.
     pub rate_limits: RateLimits,
+    /// The deployment's regions and gateways, when configured: registrations may
+    /// only home boxes in its regions, and replies to a box homed elsewhere name
+    /// the gateways of its home region.
+    pub topology: Option<Arc<Topology>>,
 }
 
 impl ApiSettings {
@@ -115,6 +121,7 @@ impl ApiSettings {
             max_fetch_bytes: 4 * 1024 * 1024,
             max_fetch_wait: Duration::from_secs(60),
             rate_limits: RateLimits::default(),
+            topology: None,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The admin listener (`/livez`, `/readyz`, `/metrics`) and the graceful drain of
-//! a gateway on loopback.
+//! a gateway on loopback, and the health checks SREs rely on: `/readyz` and the
+//! `rossby health` CLI (run as a built binary) as storage fails, hangs and
+//! recovers, against a draining gateway, a closed port and a wrong certificate.
 //!
 //! To hold a request in flight deterministically while the gateway drains, the
 //! gateway runs on a fjall store wrapped in a gate that can hold every commit
@@ -14,13 +16,19 @@ use rossby_gateway::config::StorageConfig;
 use rossby_protocol::pb::{self, Method, Status};
 use rossby_protocol::status::status_of;
 use rossby_storage::kv::fjall::FjallConfig;
+use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::{
-    BackendConfig, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder, Transaction, Value,
+    BackendConfig, Error as StorageError, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder,
+    Transaction, Value,
 };
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use support::{RawConn, bounded, client, client_at, codes_file, http_get, register, start_with};
+use support::{
+    RawConn, bounded, client, client_at, codes_file, http_get, ok, register, start_with,
+};
 use tokio::sync::Notify;
 
 /// Holds commits while closed.
@@ -270,4 +278,303 @@ async fn admin_endpoints_and_graceful_drain() {
     tokio::task::spawn_blocking(move || drop(fjall))
         .await
         .unwrap();
+}
+
+// ----- health checks: /readyz and `rossby health` against storage failures -----
+
+/// A store the health tests switch between healthy, failing (every `begin`
+/// answers `Unavailable`) and hanging (`begin` never returns).
+struct SwitchableKv {
+    inner: Kv,
+    mode: Arc<AtomicU8>,
+    /// Transactions begun while hanging.
+    hung: Arc<AtomicUsize>,
+}
+
+const HEALTHY: u8 = 0;
+const FAILING: u8 = 1;
+const HANGING: u8 = 2;
+
+#[async_trait]
+impl KvStore for SwitchableKv {
+    fn backend(&self) -> &'static str {
+        "switchable"
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        match self.mode.load(Ordering::Acquire) {
+            FAILING => Err(StorageError::Unavailable("disk on fire".into())),
+            HANGING => {
+                self.hung.fetch_add(1, Ordering::AcqRel);
+                std::future::pending().await
+            }
+            _ => self.inner.begin().await,
+        }
+    }
+}
+
+/// The `rossby` CLI of this workspace, (re)built by Cargo in this test's profile.
+/// The binary belongs to another package, so Cargo does not hand its path to
+/// these tests; building it here also keeps a stale binary from being tested.
+fn rossby_cli() -> PathBuf {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        // <target>/<profile>/deps/admin-<hash>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
+            "debug" => "dev".to_string(),
+            other => other.to_string(),
+        };
+        let output = Command::new(env!("CARGO"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args(["build", "--quiet", "--message-format=json"])
+            .args([
+                "--profile",
+                &profile,
+                "-p",
+                "rossby-client",
+                "--bin",
+                "rossby",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "building the rossby CLI failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "rossby")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the rossby executable")
+    })
+    .clone()
+}
+
+/// What one run of the CLI did.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `rossby health --gateway <addr> <extra...>` in an empty directory, with no
+/// ROSSBY_* settings from the environment.
+async fn rossby_health(addr: std::net::SocketAddr, extra: &[&str]) -> Run {
+    // Building may take a while the first time: not bounded by `WAIT`.
+    let cli = tokio::task::spawn_blocking(rossby_cli).await.unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut command = Command::new(cli);
+    command
+        .current_dir(cwd.path())
+        .args(["health", "--gateway", &addr.to_string()])
+        .args(extra);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ROSSBY_") {
+            command.env_remove(key);
+        }
+    }
+    let output = bounded(
+        "rossby health",
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(cwd);
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// Asserts the run failed with exit status 1 and a single `rossby: ` line
+/// containing `needle`.
+fn assert_fails_with(run: &Run, needle: &str) {
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(run.stdout, "", "{run:?}");
+    let line = run.stderr.strip_suffix('\n').unwrap_or(&run.stderr);
+    assert!(!line.contains('\n'), "one line expected: {run:?}");
+    assert!(line.starts_with("rossby: "), "{run:?}");
+    assert!(line.contains(needle), "expected {needle:?} in {run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_rossby_health_follow_storage_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mode = Arc::new(AtomicU8::new(HEALTHY));
+    let hung = Arc::new(AtomicUsize::new(0));
+    let mut config = Config::for_tests(dir.path());
+    config.storage = StorageConfig::Shared(Arc::new(SwitchableKv {
+        inner: Arc::new(MemoryStore::new()),
+        mode: mode.clone(),
+        hung: hung.clone(),
+    }));
+    config.probe_timeout = Duration::from_millis(300);
+    // Only the requests of this test touch storage while it hangs.
+    config.sweep_interval = Duration::from_secs(3600);
+    let gw = start_with(config).await;
+    let admin = gw.admin_addr();
+    let cert = dir.path().join("cert.pem");
+    assert_eq!(gw.certificate_path(), cert);
+    let pinned = ["--ca-cert", cert.to_str().unwrap()];
+
+    // Healthy: a full QUIC round trip with a storage read.
+    assert_eq!(
+        http_get(admin, "/readyz").await.unwrap(),
+        (200, "ready\n".into())
+    );
+    let run = rossby_health(gw.quic_addr(), &pinned).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout.starts_with("ok region 1 storage latency ") && run.stdout.contains(" rtt "),
+        "{run:?}"
+    );
+    assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
+
+    // Storage fails: readiness says why, `rossby health` fails with a reason;
+    // liveness is unaffected.
+    mode.store(FAILING, Ordering::Release);
+    assert_eq!(
+        http_get(admin, "/readyz").await.unwrap(),
+        (503, "storage: storage unavailable: disk on fire\n".into())
+    );
+    assert_eq!(
+        http_get(admin, "/livez").await.unwrap(),
+        (200, "ok\n".into())
+    );
+    let run = rossby_health(gw.quic_addr(), &pinned).await;
+    assert_fails_with(&run, "storage not ok");
+    assert!(run.stderr.contains("(region 1)"), "{run:?}");
+
+    // Storage hangs: the probe's deadline turns readiness off; the Health RPC
+    // gives up after its own deadline, and a shorter --timeout stops the CLI first.
+    mode.store(HANGING, Ordering::Release);
+    assert_eq!(
+        http_get(admin, "/readyz").await.unwrap(),
+        (503, "storage: probe timed out\n".into())
+    );
+    let run = rossby_health(gw.quic_addr(), &pinned).await;
+    assert_fails_with(&run, "storage not ok");
+    let run = rossby_health(gw.quic_addr(), &[pinned[0], pinned[1], "--timeout", "1"]).await;
+    assert_fails_with(
+        &run,
+        "health check timed out after 1 s waiting for the Health RPC's storage read",
+    );
+
+    // Storage recovers: so do both checks, at once.
+    mode.store(HEALTHY, Ordering::Release);
+    assert_eq!(
+        http_get(admin, "/readyz").await.unwrap(),
+        (200, "ready\n".into())
+    );
+    let run = rossby_health(gw.quic_addr(), &pinned).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+
+    // Draining: readiness fails at once, and a new `rossby health` is refused
+    // while a request in flight (a Health whose storage read hangs) holds the
+    // drain open.
+    mode.store(HANGING, Ordering::Release);
+    let raw = RawConn::connect(&gw).await;
+    let hung_before = hung.load(Ordering::Acquire);
+    let in_flight = tokio::spawn(async move {
+        let response = raw
+            .call_anonymous(Method::Health, &pb::HealthRequest {})
+            .await;
+        (raw, response)
+    });
+    bounded("the Health request to reach storage", async {
+        while hung.load(Ordering::Acquire) == hung_before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let quic = gw.quic_addr();
+    let shutdown = tokio::spawn(gw.shutdown());
+    let (_, body) = poll_admin(admin, "/readyz", |status, _| status == 503).await;
+    assert_eq!(body, "draining\n");
+    let run = rossby_health(quic, &[pinned[0], pinned[1], "--timeout", "2"]).await;
+    assert_fails_with(&run, &format!("cannot reach the gateway at {quic}: "));
+    let (raw, response) = bounded("the request in flight", in_flight).await.unwrap();
+    let health: pb::HealthResponse = ok(&response);
+    assert!(!health.storage_ok);
+    bounded("shutdown", shutdown).await.unwrap();
+    drop(raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rossby_health_fails_on_a_closed_port_and_on_an_unexpected_certificate() {
+    // A port nobody listens on: no handshake completes within the timeout.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    tokio::task::spawn_blocking(rossby_cli).await.unwrap();
+    let started = std::time::Instant::now();
+    let run = rossby_health(closed, &["--timeout", "2"]).await;
+    assert_fails_with(
+        &run,
+        &format!(
+            "cannot reach the gateway at {closed}: health check timed out after 2 s waiting for the QUIC handshake and Ping"
+        ),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A live gateway whose certificate is not the pinned one.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_with(Config::for_tests(dir.path()).in_memory()).await;
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let other_pem = dir.path().join("other.pem");
+    std::fs::write(&other_pem, other.cert.pem()).unwrap();
+    let run = rossby_health(gw.quic_addr(), &["--ca-cert", other_pem.to_str().unwrap()]).await;
+    assert_fails_with(&run, "TLS");
+    // No pin at all: the self-signed certificate is not in the web PKI either.
+    let run = rossby_health(gw.quic_addr(), &["--timeout", "5"]).await;
+    assert_fails_with(&run, "TLS");
+    gw.shutdown().await;
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) to the admin listener and returns
+/// the raw answer.
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded("admin request", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        String::from_utf8(raw).unwrap()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn health_endpoints_answer_head_and_refuse_other_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_with(Config::for_tests(dir.path()).in_memory()).await;
+    let admin = gw.admin_addr();
+    let head = raw_http(
+        admin,
+        "HEAD /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
+    let post = raw_http(
+        admin,
+        "POST /livez HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    gw.shutdown().await;
 }

@@ -21,6 +21,8 @@
 //!        0x0a <box 16>                                    contact
 //!        0x0b <box 16>                                    blocked box
 //!        0x0c <pepper version u32> <digest 32>            identifier bound to this box
+//!        0x0d <device 16>                                 push presence lease of a device
+//!        0x0e <group id 16>                               epoch record of a group this box created
 //!   0x02 <shard u8> <expires at ms u64> <box 16> <entry>  expiry index
 //!   0x03 <box 16>                                         box awaiting purge
 //! ```
@@ -78,6 +80,10 @@ pub enum Table {
     Block = 0x0b,
     /// Identifiers bound to the box (mirror of the lookup table for unbinding).
     Ident = 0x0c,
+    /// Leases naming the gateway that holds a device's push subscription.
+    Presence = 0x0d,
+    /// Epoch records of the MLS groups the box created.
+    Group = 0x0e,
 }
 
 impl Table {
@@ -95,6 +101,8 @@ impl Table {
             0x0a => Table::Contact,
             0x0b => Table::Block,
             0x0c => Table::Ident,
+            0x0d => Table::Presence,
+            0x0e => Table::Group,
             _ => return Err(Error::MalformedKey("unknown box table")),
         })
     }
@@ -151,6 +159,10 @@ pub enum Key {
     Block(BoxId, BoxId),
     /// An identifier bound to the box, by its lookup digest.
     Ident(BoxId, u32, [u8; 32]),
+    /// The push presence lease of a device: which gateway holds its subscription.
+    Presence(BoxId, DeviceId),
+    /// The epoch record of a group, in the key range of the box that created it.
+    GroupEpoch(BoxId, [u8; 16]),
     /// Expiry index entry, in the home region of the box.
     Expiry {
         /// Index shard, derived from the box.
@@ -239,6 +251,8 @@ impl Key {
                 table_prefix(b, Table::Ident),
                 &[&version.to_be_bytes(), &digest],
             ),
+            Key::Presence(b, d) => with(table_prefix(b, Table::Presence), &[d.as_bytes()]),
+            Key::GroupEpoch(b, g) => with(table_prefix(b, Table::Group), &[&g]),
             Key::Expiry {
                 shard,
                 expires_at_ms,
@@ -333,6 +347,8 @@ impl Key {
             Table::Contact => Key::Contact(b, r.box_any()?),
             Table::Block => Key::Block(b, r.box_any()?),
             Table::Ident => Key::Ident(b, r.u32()?, r.array()?),
+            Table::Presence => Key::Presence(b, r.device()?),
+            Table::Group => Key::GroupEpoch(b, r.array()?),
         })
     }
 
@@ -514,6 +530,8 @@ mod tests {
             (any_box(), any_box()).prop_map(|(b, o)| Key::Contact(b, o)),
             (any_box(), any_box()).prop_map(|(b, o)| Key::Block(b, o)),
             (any_box(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(b, v, d)| Key::Ident(b, v, d)),
+            (any_box(), any_device()).prop_map(|(b, d)| Key::Presence(b, d)),
+            (any_box(), any::<[u8; 16]>()).prop_map(|(b, g)| Key::GroupEpoch(b, g)),
             (any_box(), any::<u64>(), any::<u64>()).prop_map(|(b, t, s)| Key::Expiry {
                 shard: expiry_shard(b),
                 expires_at_ms: t,
@@ -578,7 +596,8 @@ mod tests {
                 }
                 Key::Profile(b) | Key::Device(b, _) | Key::Pointer(b, _) | Key::KeyPackage(b, _, _)
                 | Key::LastResortKeyPackage(b, _) | Key::Next(b) | Key::Low(b) | Key::Queue(b, _)
-                | Key::Dedup(b, _, _) | Key::Contact(b, _) | Key::Block(b, _) | Key::Ident(b, _, _) => {
+                | Key::Dedup(b, _, _) | Key::Contact(b, _) | Key::Block(b, _) | Key::Ident(b, _, _)
+                | Key::Presence(b, _) | Key::GroupEpoch(b, _) => {
                     prop_assert!(Key::box_range(b).contains(&bytes));
                     b
                 }

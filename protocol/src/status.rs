@@ -59,6 +59,8 @@ mod tests {
             (Status::Undetermined, 19),
             (Status::Draining, 20),
             (Status::Internal, 21),
+            (Status::EpochConflict, 22),
+            (Status::NotGroupMember, 23),
         ];
         for (status, number) in expected {
             assert_eq!(status as i32, number, "{status:?}");

@@ -6,6 +6,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use rossby_client::connection::{Connection, GatewayConfig, parse_certificate};
+use rossby_client::groups::GroupSummary;
+use rossby_client::groups::state::Membership;
 use rossby_client::sdk::{self, Batch, Body, Client, ClientConfig, DEFAULT_GATEWAY, Received};
 use rossby_client::state::{Protection, StateKey, StateStore};
 use rossby_client::{Error, KdfParams, Result, RetryPolicy};
@@ -68,6 +70,9 @@ enum Command {
         /// Label of this device.
         #[arg(long, default_value = "rossby-cli")]
         label: String,
+        /// Home region code of the new box [default: the gateway's region].
+        #[arg(long, value_name = "CODE")]
+        region: Option<u16>,
     },
     /// Complete registration with the verification code.
     Authorize {
@@ -161,10 +166,97 @@ enum Command {
     },
     /// Show this device's local state (no network).
     Whoami,
-    /// Ask the gateway about its health.
-    Health,
+    /// Check a gateway end to end: QUIC (TLS) handshake, Ping, and the Health
+    /// RPC's storage read. Prints `ok ...` and exits 0, or exits 1 with the reason.
+    /// With --gateway no state file is read.
+    Health {
+        /// Give up (and fail) after this many seconds in all.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+    },
     /// Measure the round trip to the gateway.
     Ping,
+    /// Plan TiKV placement from a topology file, or send it to PD (no state file needed).
+    #[command(subcommand)]
+    Placement(PlacementCommand),
+    /// Groups (MLS): create, add, remove, leave, send, list.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+/// `rossby group ...`: end-to-end encrypted groups. `fetch` prints group messages
+/// as `<group> <sender> <text>`.
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Create a group (your other devices join it).
+    Create {
+        /// The group's name (members see it).
+        name: String,
+    },
+    /// Add a user (all their devices) to a group.
+    Add {
+        /// The group's name.
+        name: String,
+        /// Identifier or box id of the user.
+        identifier: String,
+    },
+    /// Remove a user (all their devices) from a group.
+    Remove {
+        /// The group's name.
+        name: String,
+        /// Identifier or box id of the user.
+        identifier: String,
+    },
+    /// Leave a group (with all your devices).
+    Leave {
+        /// The group's name.
+        name: String,
+    },
+    /// Send a text to a group.
+    Send {
+        /// The group's name.
+        name: String,
+        /// The text (several words are joined by spaces).
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        text: Vec<String>,
+    },
+    /// Replace this device's key material in a group.
+    Update {
+        /// The group's name.
+        name: String,
+    },
+    /// List your groups (no network).
+    List,
+}
+
+/// `rossby placement ...`: operator commands of a multi-region deployment.
+#[derive(Debug, Subcommand)]
+enum PlacementCommand {
+    /// Print the placement rules and the expected latencies of a topology.
+    ///
+    /// Prints the rules summary, the expected commit latency per home region and
+    /// the latency of a cross-region send per region pair, then the rules as the
+    /// JSON PD accepts (written to --rules-out instead, when given).
+    Plan {
+        /// The topology file (TOML, or JSON).
+        #[arg(long, value_name = "FILE")]
+        topology: PathBuf,
+        /// Write the rules JSON to this file instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        rules_out: Option<PathBuf>,
+    },
+    /// Send the placement rules of a topology to PD and check that PD holds them.
+    Apply {
+        /// The topology file (TOML, or JSON).
+        #[arg(long, value_name = "FILE")]
+        topology: PathBuf,
+        /// PD's client URL, e.g. http://10.0.1.20:2379 (plain http only).
+        #[arg(long, value_name = "URL", env = "ROSSBY_PD")]
+        pd: String,
+        /// Give up on a request to PD after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -390,6 +482,12 @@ fn format_message(m: &Received) -> String {
         }
         Body::Signal(s) => format!("{} [signal] {}", m.sender, printable(s)),
         Body::Mls(b) => format!("{} [mls message, {} bytes]", m.sender, b.len()),
+        Body::Group { group, text } => {
+            format!("{} {} {}", printable(group), m.sender, printable(text))
+        }
+        Body::GroupJoined(group) => format!("joined {} (added by {})", printable(group), m.sender),
+        Body::GroupRemoved(group) => format!("removed from {}", printable(group)),
+        Body::GroupLeft(group) => format!("left {}", printable(group)),
         Body::Empty => format!("{} [empty message]", m.sender),
     }
 }
@@ -473,16 +571,39 @@ fn parse_device(s: &str) -> Result<DeviceId> {
 
 async fn run(cli: Cli) -> Result<()> {
     let command = cli.command;
+    if let Command::Placement(placement_command) = command {
+        return placement(placement_command).await;
+    }
     if let Command::DeleteAccount { yes: false } = command {
         return Err(Error::Invalid(
             "deleting the account removes all its data; confirm with --yes".into(),
         ));
     }
-    if matches!(command, Command::Ping | Command::Health) && !cli.global.state.exists() {
-        return probe(&cli.global, &command).await;
+    if let Command::Health { timeout } = command
+        && (cli.global.gateway.is_some() || !cli.global.state.exists())
+    {
+        return probe_health(&cli.global, Duration::from_secs(timeout)).await;
+    }
+    if matches!(command, Command::Ping) && !cli.global.state.exists() {
+        return probe_ping(&cli.global).await;
     }
     let client = open_client(&cli.global, &command).await?;
     let result = execute(&client, command, &cli.global.state).await;
+    if let Some(home) = client.home_hint() {
+        // On stderr: scripts read stdout.
+        eprintln!(
+            "rossby: note: your box is homed in region {}{}",
+            home.region,
+            if home.gateways.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its gateways are closer to your data: {}",
+                    home.gateways.join(", ")
+                )
+            }
+        );
+    }
     client.close().await;
     result.map_err(|e| with_hint(e, &cli.global))
 }
@@ -509,8 +630,9 @@ fn with_hint(e: Error, global: &GlobalOptions) -> Error {
     }
 }
 
-/// Ping and health without a state file: only the gateway options are used.
-async fn probe(global: &GlobalOptions, command: &Command) -> Result<()> {
+/// The connection `ping` and `health` use without a state file: only the gateway
+/// options count.
+async fn probe_connection(global: &GlobalOptions, retry: RetryPolicy) -> Result<Connection> {
     let (addr, server_name) = match &global.gateway {
         Some(spec) => resolve_gateway(spec).await?,
         None => (
@@ -529,31 +651,82 @@ async fn probe(global: &GlobalOptions, command: &Command) -> Result<()> {
         })
         .transpose()?
         .unwrap_or_default();
-    let conn = Connection::new(GatewayConfig {
+    Connection::new(GatewayConfig {
         addr,
         server_name: server_name.unwrap_or_else(|| addr.ip().to_string()),
         ca_cert_der: read_ca_cert(global)?,
         service,
-        retry: RetryPolicy::default(),
-    })?;
-    let result = match command {
-        Command::Health => print_health(&sdk::health(&conn).await?),
-        _ => print_pong(&sdk::ping(&conn).await?),
-    };
+        retry,
+    })
+}
+
+/// `ping` without a state file.
+async fn probe_ping(global: &GlobalOptions) -> Result<()> {
+    let conn = probe_connection(global, RetryPolicy::default()).await?;
+    let result = sdk::ping(&conn).await.and_then(|pong| print_pong(&pong));
     conn.close().await;
     result
 }
 
-fn print_health(h: &pb::HealthResponse) -> Result<()> {
-    if !h.storage_ok {
+/// `health` without a state file. A health check answers quickly or fails: one
+/// handshake per attempt and a single retry of a broken request, all within the
+/// check's `timeout` (the per-step limits lie beyond it, so a slow step is always
+/// reported by [`check_health`], naming the step).
+async fn probe_health(global: &GlobalOptions, timeout: Duration) -> Result<()> {
+    let beyond = timeout + Duration::from_secs(1);
+    let retry = RetryPolicy {
+        max_attempts: 2,
+        max_connect_attempts: 1,
+        connect_timeout: beyond,
+        request_timeout: beyond,
+        ..RetryPolicy::default()
+    };
+    let conn = probe_connection(global, retry).await?;
+    let result = check_health(&conn, timeout).await;
+    // Closing waits for the gateway to acknowledge (a loopback or LAN round trip);
+    // an unreachable gateway never does, and must not hold the exit up.
+    let _ = tokio::time::timeout(Duration::from_millis(250), conn.close()).await;
+    result
+}
+
+/// The health check: the QUIC handshake and a Ping (is the gateway up and
+/// reachable, with the expected certificate?), then the Health RPC (can it read
+/// from storage?), all within `timeout`. Prints one `ok` line, or fails with the
+/// first problem.
+async fn check_health(conn: &Connection, timeout: Duration) -> Result<()> {
+    let step = std::cell::Cell::new("the QUIC handshake and Ping");
+    let checks = async {
+        let pong = sdk::ping(conn).await?;
+        step.set("the Health RPC's storage read");
+        let health = sdk::health(conn).await?;
+        Ok::<_, Error>((pong, health))
+    };
+    let (pong, health) = match tokio::time::timeout(timeout, checks).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(Error::Unreachable {
+                addr: conn.config().addr.to_string(),
+                reason: format!(
+                    "health check timed out after {} s waiting for {}",
+                    timeout.as_secs_f64(),
+                    step.get()
+                ),
+            });
+        }
+    };
+    if !health.storage_ok {
         return Err(Error::Invalid(format!(
-            "gateway in region {} reports storage unhealthy",
-            h.region
+            "storage not ok: the gateway at {} (region {}) could not read from storage (gave up after {} ms); see its /readyz and log",
+            conn.config().addr,
+            health.region,
+            health.storage_latency_us / 1000
         )));
     }
     out(format!(
-        "ok region {} storage latency {} us",
-        h.region, h.storage_latency_us
+        "ok region {} storage latency {} us rtt {:.1} ms",
+        health.region,
+        health.storage_latency_us,
+        pong.rtt.as_secs_f64() * 1000.0
     ))
 }
 
@@ -571,9 +744,11 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
         Command::Register {
             identifier,
             recover,
+            region,
             ..
         } => {
-            let expires = client.register(&identifier, recover).await?;
+            let region = region.map(rossby_keyspace::RegionId);
+            let expires = client.register_homed(&identifier, recover, region).await?;
             let now = rossby_client::connection::unix_ms(client.connection().now());
             let minutes =
                 ((i64::try_from(expires).unwrap_or(i64::MAX) - now).max(0) + 30_000) / 60_000;
@@ -787,8 +962,128 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
                 state.service_name
             ))
         }
-        Command::Health => print_health(&client.health().await?),
+        Command::Health { timeout } => {
+            check_health(client.connection(), Duration::from_secs(timeout)).await
+        }
         Command::Ping => print_pong(&client.ping().await?),
+        Command::Placement(placement_command) => placement(placement_command).await,
+        Command::Group(group_command) => group(client, group_command).await,
+    }
+}
+
+/// `rossby group ...`.
+async fn group(client: &Client, command: GroupCommand) -> Result<()> {
+    let describe = |g: &GroupSummary| {
+        format!(
+            "{} epoch {} members {} devices {}",
+            printable(&g.name),
+            g.epoch,
+            g.members
+                .iter()
+                .map(|m| printable(m))
+                .collect::<Vec<_>>()
+                .join(","),
+            g.devices
+        )
+    };
+    match command {
+        GroupCommand::Create { name } => {
+            let g = client.create_group(&name).await?;
+            out(format!("created {}", describe(&g)))
+        }
+        GroupCommand::Add { name, identifier } => {
+            let g = client.add_to_group(&name, &identifier).await?;
+            out(format!(
+                "added {} to {}",
+                printable(&identifier),
+                describe(&g)
+            ))
+        }
+        GroupCommand::Remove { name, identifier } => {
+            let g = client.remove_from_group(&name, &identifier).await?;
+            out(format!(
+                "removed {} from {}",
+                printable(&identifier),
+                describe(&g)
+            ))
+        }
+        GroupCommand::Leave { name } => {
+            client.leave_group(&name).await?;
+            out(format!("left {}", printable(&name)))
+        }
+        GroupCommand::Send { name, text } => {
+            let report = client.send_to_group(&name, &text.join(" ")).await?;
+            if report.failed > 0 {
+                warn(format!(
+                    "{} member account(s) did not take the message (deleted, blocking you, or unavailable)",
+                    report.failed
+                ));
+            }
+            out(format!(
+                "sent {} to {} ({} member accounts)",
+                report.message_id,
+                printable(&name),
+                report.delivered
+            ))
+        }
+        GroupCommand::Update { name } => {
+            let g = client.update_group_keys(&name).await?;
+            out(format!("updated keys in {}", describe(&g)))
+        }
+        GroupCommand::List => {
+            for g in client.groups().await {
+                match g.membership {
+                    Membership::Active => out(describe(&g))?,
+                    Membership::Removed => out(format!("{} (removed)", printable(&g.name)))?,
+                    Membership::Left => out(format!("{} (left)", printable(&g.name)))?,
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `rossby placement plan|apply`: works on a topology file and PD only.
+async fn placement(command: PlacementCommand) -> Result<()> {
+    match command {
+        PlacementCommand::Plan {
+            topology,
+            rules_out,
+        } => {
+            let plan = rossby_client::placement::plan_file(&topology)?;
+            out(plan.to_string().trim_end())?;
+            let rules = plan.rules_json();
+            match rules_out {
+                Some(path) => {
+                    std::fs::write(&path, format!("{rules}\n")).map_err(|e| Error::Io {
+                        what: "cannot write rules file",
+                        path: path.clone(),
+                        source: e,
+                    })?;
+                    out(format!("\nrules written to {}", path.display()))
+                }
+                None => {
+                    out(
+                        "\nPD placement rules (POST /pd/api/v1/config/placement-rule?partial=true):",
+                    )?;
+                    out(rules)
+                }
+            }
+        }
+        PlacementCommand::Apply {
+            topology,
+            pd,
+            timeout,
+        } => {
+            if timeout == 0 {
+                return Err(Error::Invalid("--timeout must be at least 1 second".into()));
+            }
+            let plan = rossby_client::placement::plan_file(&topology)?;
+            let client =
+                rossby_client::placement::PdClient::new(&pd, Duration::from_secs(timeout))?;
+            let applied = client.apply(&plan).await?;
+            out(applied.to_string())
+        }
     }
 }
 
@@ -844,6 +1139,13 @@ mod tests {
             &["authorize", "123456"],
             &["contact", "a@b.c"],
             &["contacts"],
+            &["group", "create", "friends"],
+            &["group", "add", "friends", "a@b.c"],
+            &["group", "remove", "friends", "a@b.c"],
+            &["group", "leave", "friends"],
+            &["group", "send", "friends", "hello", "-there"],
+            &["group", "update", "friends"],
+            &["group", "list"],
             &["fetch"],
             &["watch"],
             &["link", "--new"],
@@ -862,6 +1164,7 @@ mod tests {
             &["settings"],
             &["safety-number", "a@b.c"],
             &["health"],
+            &["health", "--timeout", "3"],
             &["ping"],
             &["devices"],
             &["remove-device", "5f0c1d2e-3a4b-4c5d-8e6f-708192a3b4c5"],
@@ -869,6 +1172,33 @@ mod tests {
             &["outbox", "--retry"],
             &["whoami"],
             &["send", "a@b.c", "-dash text"],
+            &["placement", "plan", "--topology", "t.toml"],
+            &[
+                "placement",
+                "plan",
+                "--topology",
+                "t.toml",
+                "--rules-out",
+                "r.json",
+            ],
+            &[
+                "placement",
+                "apply",
+                "--topology",
+                "t.toml",
+                "--pd",
+                "http://pd:2379",
+            ],
+            &[
+                "placement",
+                "apply",
+                "--topology",
+                "t.json",
+                "--pd",
+                "pd:2379",
+                "--timeout",
+                "3",
+            ],
         ];
         for args in ok {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -882,6 +1212,16 @@ mod tests {
             &["link", "--new", "--finish", "x"],
             &["outbox", "--retry", "--clear"],
             &["frobnicate"],
+            &["placement"],
+            &["placement", "plan"],
+            &[
+                "placement",
+                "apply",
+                "--topology",
+                "t.toml",
+                "--timeout",
+                "soon",
+            ],
         ];
         for args in bad {
             assert!(parse(args).is_err(), "{args:?} should not parse");

@@ -12,7 +12,9 @@
 //! (unknown, deleted, blocking or contacts-only recipient), or a storage status
 //! (`UNAVAILABLE`, `UNDETERMINED`: retry that recipient with the same message id).
 //! After a commit, the recipient box's fetch waiters and subscribed devices are
-//! told. The sender's own box may be a recipient (a copy for its other devices).
+//! told, here and, when peer notifications are on ([`crate::peer`]), on the other
+//! gateways holding presence leases of the box's devices (off the reply path).
+//! The sender's own box may be a recipient (a copy for its other devices).
 //!
 //! An `ephemeral` send stores nothing: the envelope is pushed as `pb::Ephemeral`
 //! to the recipient's devices subscribed to this gateway right now (never back to
@@ -23,8 +25,11 @@
 //! Returns envelopes after the device's pointer, bounded by the request's and the
 //! gateway's count and byte limits (0 means the gateway's limit). With `wait_ms`,
 //! an empty fetch waits (at most `max_fetch_wait`) until a commit into the box
-//! through this gateway wakes it, re-checking storage every
-//! [`FETCH_POLL_INTERVAL`] for messages that arrived through other gateways.
+//! through this gateway, or a peer notification of one through another gateway,
+//! wakes it. With peers on, a waiting fetch holds the device's presence lease
+//! (claimed before the queue is re-read, so no commit falls in between). As the
+//! fallback for lost notifications it re-checks storage every fetch poll interval
+//! ([`FETCH_POLL_INTERVAL`] unless configured; it can be switched off).
 //!
 //! # Subscribe
 //! Opens one server-initiated unidirectional stream on the connection for the
@@ -32,12 +37,16 @@
 //! no-op) and writes length-prefixed `pb::Push` frames on it: first a
 //! `MessagesAvailable` with the box's current last sequence number, then one per
 //! commit into the box and one per ephemeral message. The stream ends when the
-//! connection closes or the device is removed.
+//! connection closes or the device is removed. With peers on, the subscription
+//! holds the device's presence lease, claimed before the box's head is read.
+//! Ephemeral messages reach only devices subscribed to the gateway that got them.
 
 use super::directory::{device_list, visible_by_box};
 use super::{Failure, Origin, Shared, decode, now_ms, parse_box_id};
 use crate::auth::Authenticated;
 use crate::metrics::Metrics;
+use crate::peer::Peers;
+use crate::peer::leases::LeaseGuard;
 use crate::presence::{PUSH_QUEUE, Presence};
 use rossby_keyspace::{BoxId, MessageId};
 use rossby_protocol::framing;
@@ -48,7 +57,8 @@ use rossby_storage::tables::records::AcceptFrom;
 use rossby_storage::tables::{Store, accounts, devices};
 use rossby_storage::transact;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -69,6 +79,53 @@ const OPEN_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Result<Enqueued, Failure>>;
 
+/// How commits made through other gateways reach this one: peer notifications,
+/// once attached, and storage polling by waiting fetches.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    peers: OnceLock<Arc<Peers>>,
+    /// Milliseconds between storage re-reads of a waiting fetch; 0: never.
+    fetch_poll_ms: AtomicU64,
+}
+
+impl Default for Remote {
+    fn default() -> Self {
+        Remote {
+            peers: OnceLock::new(),
+            fetch_poll_ms: AtomicU64::new(millis(FETCH_POLL_INTERVAL)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Remote {
+    /// The peer machinery, when attached.
+    pub(crate) fn peers(&self) -> Option<&Arc<Peers>> {
+        self.peers.get()
+    }
+
+    /// Attaches the peer machinery; false if some was attached already.
+    pub(crate) fn attach(&self, peers: Arc<Peers>) -> bool {
+        self.peers.set(peers).is_ok()
+    }
+
+    /// Sets the storage poll interval of waiting fetches (`None`: no polling).
+    pub(crate) fn set_fetch_poll_interval(&self, interval: Option<Duration>) {
+        let ms = interval.map_or(0, |d| millis(d).max(1));
+        self.fetch_poll_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn fetch_poll_interval(&self) -> Option<Duration> {
+        match self.fetch_poll_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
 struct Job {
     envelope: NewEnvelope,
     reply: Reply,
@@ -84,6 +141,8 @@ pub struct Enqueuer {
     metrics: Arc<Metrics>,
     /// Boxes with a running worker, and what waits for its next transaction.
     pending: Mutex<HashMap<BoxId, Vec<Job>>>,
+    /// Other gateways' side of the announcements.
+    pub(crate) remote: Remote,
 }
 
 impl Enqueuer {
@@ -94,6 +153,7 @@ impl Enqueuer {
             presence,
             metrics,
             pending: Mutex::new(HashMap::new()),
+            remote: Remote::default(),
         }
     }
 
@@ -168,6 +228,9 @@ impl Enqueuer {
                 if stored > 0 {
                     self.metrics.envelopes_enqueued_total.inc_by(stored);
                     self.presence.messages_available(recipient, last_seq);
+                    if let Some(peers) = self.remote.peers() {
+                        peers.committed(recipient, last_seq);
+                    }
                 }
             }
             Err(err) => {
@@ -431,6 +494,8 @@ pub(crate) async fn fetch(
     }
     let deadline = Instant::now() + wait;
     let waiter = shared.presence.waiter(box_id);
+    let remote = &shared.enqueuer.remote;
+    let mut lease: Option<LeaseGuard> = None;
     loop {
         // Armed before reading, so a commit between the read and the wait wakes us.
         let notified = waiter.notify().notified();
@@ -441,7 +506,18 @@ pub(crate) async fn fetch(
         if !fetched.envelopes.is_empty() || fetched.gap.is_some() || now >= deadline {
             return Ok(fetch_response(fetched));
         }
-        let nap = (deadline - now).min(FETCH_POLL_INTERVAL);
+        // About to wait: make sure other gateways notify this one, then read again
+        // (a commit before the lease was visible is in that read).
+        if lease.is_none()
+            && let Some(peers) = remote.peers()
+        {
+            lease = Some(peers.hold(box_id, device, false).await);
+            continue;
+        }
+        let left = deadline - now;
+        let nap = remote
+            .fetch_poll_interval()
+            .map_or(left, |poll| left.min(poll));
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep(nap) => {}
@@ -479,6 +555,12 @@ pub(crate) async fn subscribe(
     if presence.is_subscribed(origin.conn_id, box_id, device) {
         return Ok(pb::SubscribeResponse {});
     }
+    // Claimed before the head is read: a commit through another gateway is either
+    // in the head or notified here.
+    let lease = match shared.enqueuer.remote.peers() {
+        Some(peers) => Some(peers.hold(box_id, device, true).await),
+        None => None,
+    };
     let head = shared
         .store
         .fetch(
@@ -514,6 +596,7 @@ pub(crate) async fn subscribe(
         conn_id: origin.conn_id,
         box_id,
         token,
+        _lease: lease,
     }));
     Ok(pb::SubscribeResponse {})
 }
@@ -527,6 +610,8 @@ struct PushTask {
     conn_id: u64,
     box_id: BoxId,
     token: u64,
+    /// The device's presence lease, held while the subscription lives.
+    _lease: Option<LeaseGuard>,
 }
 
 /// Writes push frames until the subscription or the connection ends.

@@ -27,8 +27,10 @@
 
 pub mod account;
 pub mod directory;
+pub mod groups;
 pub mod messaging;
 pub mod registration;
+mod routing;
 pub mod service;
 
 #[cfg(test)]
@@ -169,7 +171,7 @@ impl Api {
 
     /// Answers one request from `origin` (see [`Origin`]).
     pub async fn handle_from(&self, origin: &Origin<'_>, request: pb::Request) -> pb::Response {
-        let (result, home_region) = self.shared.dispatch(origin, request).await;
+        let (result, (home_region, home_gateways)) = self.shared.dispatch(origin, request).await;
         let mut response = match result {
             Ok(body) => pb::Response {
                 status: Status::Ok as i32,
@@ -179,6 +181,7 @@ impl Api {
             Err(failure) => self.shared.failure_response(failure).await,
         };
         response.home_region = home_region;
+        response.home_gateways = home_gateways;
         response.server_time_ms = now_ms();
         response
     }
@@ -197,16 +200,37 @@ impl Api {
     pub fn presence(&self) -> &Presence {
         &self.shared.presence
     }
+
+    /// Attaches the gateway-to-gateway machinery: from now on commits are
+    /// announced to other gateways, and Subscribe and waiting fetches hold
+    /// presence leases. Returns false (and changes nothing) if peers were
+    /// attached already.
+    pub fn attach_peers(&self, peers: Arc<crate::peer::Peers>) -> bool {
+        self.shared.enqueuer.remote.attach(peers)
+    }
+
+    /// How often a waiting fetch re-reads storage for messages committed through
+    /// other gateways (the fallback for lost notifications); `None` switches that
+    /// polling off. The default is [`messaging::FETCH_POLL_INTERVAL`].
+    pub fn set_fetch_poll_interval(&self, interval: Option<Duration>) {
+        self.shared
+            .enqueuer
+            .remote
+            .set_fetch_poll_interval(interval);
+    }
 }
+
+/// `home_region` and `home_gateways` of a reply (see [`routing::home_hint`]).
+type HomeHint = (u32, Vec<String>);
 
 impl Shared {
     /// Runs the checks and the RPC; returns the encoded response body or the
-    /// failure, and the caller's home region when it differs from this gateway's.
+    /// failure, and where the caller's box is homed when that is another region.
     async fn dispatch(
         &self,
         origin: &Origin<'_>,
         request: pb::Request,
-    ) -> (Result<Vec<u8>, Failure>, u32) {
+    ) -> (Result<Vec<u8>, Failure>, HomeHint) {
         if request.version != PROTOCOL_VERSION {
             let failure = Failure::new(
                 Status::UnsupportedVersion,
@@ -215,7 +239,7 @@ impl Shared {
                     request.version
                 ),
             );
-            return (Err(failure), 0);
+            return (Err(failure), HomeHint::default());
         }
         let method = match Method::try_from(request.method) {
             Ok(Method::Unspecified) | Err(_) => {
@@ -223,7 +247,7 @@ impl Shared {
                     Status::UnknownMethod,
                     format!("method {} is not known to this gateway", request.method),
                 );
-                return (Err(failure), 0);
+                return (Err(failure), HomeHint::default());
             }
             Ok(method) => method,
         };
@@ -233,7 +257,7 @@ impl Shared {
                     limited,
                     "too many requests from this address",
                 )),
-                0,
+                HomeHint::default(),
             );
         }
         let body = request.body.as_slice();
@@ -245,24 +269,19 @@ impl Shared {
             _ => {
                 let caller = match self.authenticate(origin, method, &request).await {
                     Ok(caller) => caller,
-                    Err(failure) => return (Err(failure), 0),
+                    Err(failure) => return (Err(failure), HomeHint::default()),
                 };
-                let home = caller.box_id.home_region();
-                let home_region = if home == self.settings.region {
-                    0
-                } else {
-                    u32::from(home.0)
-                };
+                let home = routing::home_hint(&self.settings, caller.box_id);
                 if let Err(limited) = self.limits.device(caller.box_id, caller.device_id) {
                     let failure =
                         Failure::rate_limited(limited, "too many requests from this device");
-                    return (Err(failure), home_region);
+                    return (Err(failure), home);
                 }
                 let result = self.authenticated(origin, method, &caller, body).await;
-                return (result, home_region);
+                return (result, home);
             }
         };
-        (result, 0)
+        (result, HomeHint::default())
     }
 
     async fn authenticated(
@@ -291,6 +310,11 @@ impl Shared {
             Method::UpdateSettings => encode(account::update_settings(self, caller, body).await),
             Method::RemoveDevice => encode(account::remove_device(self, caller, body).await),
             Method::DeleteAccount => encode(account::delete_account(self, caller, body).await),
+            Method::CreateGroup => encode(groups::create_group(self, caller, body).await),
+            Method::GroupCommit => encode(groups::group_commit(self, caller, body).await),
+            Method::GroupSend => encode(groups::group_send(self, caller, body).await),
+            Method::LeaveGroup => encode(groups::leave_group(self, caller, body).await),
+            Method::GroupInfo => encode(groups::group_info(self, caller, body).await),
             // Unauthenticated methods were answered by the caller of this function.
             Method::Unspecified
             | Method::Ping
@@ -332,7 +356,7 @@ impl Shared {
     /// The response for a failure; `STALE_DEVICES` carries the current device
     /// lists of the boxes concerned.
     async fn failure_response(&self, failure: Failure) -> pb::Response {
-        let mut body = Vec::new();
+        let mut body = failure.body;
         if failure.status == Status::StaleDevices {
             let mut details = pb::StaleDevices::default();
             for box_id in &failure.stale {
@@ -373,6 +397,8 @@ pub struct Failure {
     /// For `STALE_DEVICES`: the boxes whose current device lists go into the
     /// reply's `StaleDevices` details.
     pub stale: Vec<BoxId>,
+    /// A protobuf body for the reply (for `EPOCH_CONFLICT`: a `GroupState`).
+    pub body: Vec<u8>,
 }
 
 impl Failure {
@@ -383,6 +409,7 @@ impl Failure {
             message: message.into(),
             retry_after: None,
             stale: Vec::new(),
+            body: Vec::new(),
         }
     }
 

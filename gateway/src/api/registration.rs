@@ -76,15 +76,6 @@ fn sealed_credentials(
     Ok(sealed.encode_to_vec())
 }
 
-fn region_of(shared: &Shared, requested: u32) -> Result<RegionId, Failure> {
-    match requested {
-        0 => Ok(shared.settings.region),
-        r => u16::try_from(r)
-            .map(RegionId)
-            .map_err(|_| Failure::bad_request("a region code must fit in 16 bits")),
-    }
-}
-
 /// Register: starts a registration and sends a code.
 pub(crate) async fn register(
     shared: &Shared,
@@ -95,7 +86,7 @@ pub(crate) async fn register(
     let device_id = parse_device_id(&req.device_id)?;
     let bundle = check_bundle(req.keys.as_ref())?;
     check_label(&req.device_label)?;
-    region_of(shared, req.region)?;
+    super::routing::region_for_new_box(&shared.settings, req.region)?;
     let store = &shared.store;
     let digest = store.hasher.current(&id);
     shared

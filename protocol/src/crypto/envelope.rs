@@ -121,6 +121,7 @@ pub fn seal_envelope(
         ciphertext,
         keys,
         signature: Vec::new(),
+        group: None,
     };
     envelope.signature = sender.sign(&envelope_signed_bytes(&envelope)).to_vec();
     Ok(envelope)
@@ -557,6 +558,7 @@ mod tests {
                 },
             ],
             signature: vec![0xff; 64],
+            group: None,
         };
         let expected = [
             hex::encode(ENVELOPE_SIGNATURE_LABEL).as_str(),

@@ -15,6 +15,7 @@ pub mod fjall;
 pub mod memory;
 pub mod retry;
 pub mod tikv;
+pub mod wansim;
 
 /// A key: arbitrary bytes, compared lexicographically.
 pub type Key = Vec<u8>;
@@ -25,6 +26,7 @@ pub type KvPair = (Key, Value);
 
 pub use rossby_keyspace::KeyRange;
 pub use rossby_keyspace::range::prefix_end;
+pub use wansim::WanSimulation;
 
 /// Direction of a scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,6 +17,8 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/rossby.storage.v1.rs"));
 }
 
+pub use generated::GroupRecord;
+pub use generated::PresenceRecord;
 pub use generated::{
     AcceptFrom, DedupRecord, Device, KeyPackageRecord, LookupRecord, LowWater, Marker,
     PendingRegistration, Pointer, Profile, QueueHead, Relation, StoredEnvelope,
@@ -75,6 +77,8 @@ record! {
     LookupRecord => "lookup",
     Marker => "marker",
     PendingRegistration => "pending registration",
+    GroupRecord => "group",
+    PresenceRecord => "presence lease",
 }
 
 #[cfg(test)]

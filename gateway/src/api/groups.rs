@@ -1,0 +1,579 @@
+//! CreateGroup, GroupCommit, GroupSend, LeaveGroup and GroupInfo: ordering and
+//! fan-out of MLS groups.
+//!
+//! The gateway never reads MLS content. It keeps one epoch record per group
+//! ([`rossby_storage::tables::groups`]) and:
+//! - **GroupCommit** compares the sender's epoch with the stored one. A match
+//!   advances the epoch, applies the member-box change and enqueues the Commit
+//!   into every member box (before and after the change) in one transaction; a
+//!   mismatch answers `EPOCH_CONFLICT` with a `GroupState` body, and the client
+//!   fetches the Commit that won, processes it and commits again. A retry of an
+//!   accepted Commit (same device and message id) is answered with the state it
+//!   produced.
+//! - **GroupSend** enqueues one envelope, encrypted in the group's current epoch
+//!   (`EPOCH_CONFLICT` otherwise), into every member box, coalesced with
+//!   other sends per box like Send (same idempotency by message id). A box that
+//!   changed its device list while the fan-out was prepared is retried with the
+//!   new version: group envelopes are not sealed per device.
+//! - **LeaveGroup** removes the caller's box from the member boxes and enqueues its
+//!   Remove proposals into the remaining ones; the next Commit of a remaining
+//!   member removes the box's devices from the MLS group.
+//!
+//! Only member boxes may commit, send, leave or read the state (`NOT_GROUP_MEMBER`
+//! otherwise); an unknown group is `NOT_FOUND`. Member boxes per group are bounded
+//! by `max_recipients_per_send`.
+
+use super::{Failure, Shared, decode, now_ms, parse_box_id};
+use crate::auth::Authenticated;
+use prost::Message;
+use rossby_keyspace::{BoxId, MessageId};
+use rossby_protocol::pb::{self, Status};
+use rossby_storage::tables::groups::{self, Commit, GroupKey, GroupState, Outcome};
+use rossby_storage::tables::queue::NewEnvelope;
+use rossby_storage::transact;
+
+/// Rounds of re-reading device-list versions for boxes whose list changed during
+/// a group fan-out.
+const FAN_OUT_ROUNDS: usize = 3;
+
+fn parse_group(creator_box: &[u8], group_id: &[u8]) -> Result<GroupKey, Failure> {
+    let creator = parse_box_id(creator_box)?;
+    let group_id = <[u8; 16]>::try_from(group_id)
+        .map_err(|_| Failure::bad_request("a group id must have 16 bytes"))?;
+    Ok(GroupKey { creator, group_id })
+}
+
+fn parse_message_id(raw: &[u8]) -> Result<MessageId, Failure> {
+    MessageId::try_from_slice(raw)
+        .map_err(|_| Failure::bad_request("message_id must be a UUIDv7 (16 bytes)"))
+}
+
+fn parse_boxes(raw: &[Vec<u8>], max: usize, what: &str) -> Result<Vec<BoxId>, Failure> {
+    if raw.len() > max {
+        return Err(Failure::new(
+            Status::TooLarge,
+            format!("at most {max} {what}"),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for b in raw {
+        let b = parse_box_id(b)?;
+        if out.contains(&b) {
+            return Err(Failure::bad_request(format!("{what} must be distinct")));
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+fn check_envelope(shared: &Shared, envelope: &[u8], required: bool) -> Result<(), Failure> {
+    if required && envelope.is_empty() {
+        return Err(Failure::bad_request("envelopes must not be empty"));
+    }
+    let max = shared.store.limits.max_payload_bytes;
+    if envelope.len() > max {
+        return Err(Failure::new(
+            Status::TooLarge,
+            format!("an envelope may have at most {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The wire form of a group state.
+pub(crate) fn state_message(state: &GroupState) -> pb::GroupState {
+    pb::GroupState {
+        epoch: state.epoch,
+        members: state
+            .members
+            .iter()
+            .map(|b| b.as_bytes().to_vec())
+            .collect(),
+    }
+}
+
+fn not_member() -> Failure {
+    Failure::new(
+        Status::NotGroupMember,
+        "your box is not a member of this group",
+    )
+}
+
+fn unknown_group() -> Failure {
+    Failure::new(Status::NotFound, "no such group")
+}
+
+/// `EPOCH_CONFLICT` with the current state as the body.
+fn conflict(state: &GroupState) -> Failure {
+    Failure {
+        body: state_message(state).encode_to_vec(),
+        ..Failure::new(
+            Status::EpochConflict,
+            format!(
+                "the group is at epoch {}: fetch and process its messages, then commit again",
+                state.epoch
+            ),
+        )
+    }
+}
+
+fn settle<T>(outcome: Outcome<T>) -> Result<T, Failure> {
+    match outcome {
+        Outcome::Done(v) => Ok(v),
+        Outcome::NotFound => Err(unknown_group()),
+        Outcome::NotMember => Err(not_member()),
+        Outcome::Conflict(state) => Err(conflict(&state)),
+    }
+}
+
+/// CreateGroup: registers a group of the caller's box at epoch 0.
+pub(crate) async fn create_group(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::CreateGroupResponse, Failure> {
+    let req: pb::CreateGroupRequest = decode(body, "CreateGroupRequest")?;
+    let group = parse_group(caller.box_id.as_bytes(), &req.group_id)?;
+    let store = &shared.store;
+    let now = now_ms();
+    let outcome = transact!(store, |txn| groups::create(txn, group, now).await)?;
+    let state = settle(outcome)?;
+    Ok(pb::CreateGroupResponse {
+        state: Some(state_message(&state)),
+    })
+}
+
+/// GroupCommit: compare-and-set of the epoch plus the Commit's fan-out.
+pub(crate) async fn group_commit(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::GroupCommitResponse, Failure> {
+    let req: pb::GroupCommitRequest = decode(body, "GroupCommitRequest")?;
+    let group = parse_group(&req.creator_box, &req.group_id)?;
+    let message_id = parse_message_id(&req.message_id)?;
+    let max = shared.settings.max_recipients_per_send;
+    let add = parse_boxes(&req.add_boxes, max, "added boxes")?;
+    let remove = parse_boxes(&req.remove_boxes, max, "removed boxes")?;
+    let welcome_boxes = parse_boxes(&req.welcome_boxes, max, "welcome boxes")?;
+    check_envelope(shared, &req.envelope, true)?;
+    check_envelope(shared, &req.welcome_envelope, !welcome_boxes.is_empty())?;
+    let commit = Commit {
+        group,
+        sender_box: caller.box_id,
+        sender_device: caller.device_id,
+        message_id,
+        epoch: req.epoch,
+        add: &add,
+        remove: &remove,
+        envelope: &req.envelope,
+        welcome_envelope: &req.welcome_envelope,
+        welcome_boxes: &welcome_boxes,
+    };
+    let store = &shared.store;
+    let limits = &store.limits;
+    let now = now_ms();
+    let outcome = transact!(store, |txn| groups::commit(txn, limits, max, &commit, now)
+        .await)?;
+    let committed = settle(outcome)?;
+    if !committed.duplicate {
+        shared
+            .metrics
+            .envelopes_enqueued_total
+            .inc_by(committed.delivered.len() as u64);
+    }
+    for (box_id, seq) in &committed.delivered {
+        shared.presence.messages_available(*box_id, *seq);
+    }
+    Ok(pb::GroupCommitResponse {
+        state: Some(state_message(&committed.state)),
+    })
+}
+
+/// GroupSend: one envelope into every member box.
+pub(crate) async fn group_send(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::GroupSendResponse, Failure> {
+    let req: pb::GroupSendRequest = decode(body, "GroupSendRequest")?;
+    let group = parse_group(&req.creator_box, &req.group_id)?;
+    let message_id = parse_message_id(&req.message_id)?;
+    check_envelope(shared, &req.envelope, true)?;
+    let store = &shared.store;
+    let sender = caller.box_id;
+    let epoch = req.epoch;
+    let outcome = transact!(store, |txn| groups::fan_out_targets(
+        txn, group, sender, epoch
+    )
+    .await)?;
+    let (state, targets) = settle(outcome)?;
+    let mut results: Vec<pb::SendResult> = targets
+        .iter()
+        .map(|(b, _)| pb::SendResult {
+            box_id: b.as_bytes().to_vec(),
+            status: Status::Unavailable as i32,
+            ..pb::SendResult::default()
+        })
+        .collect();
+    let mut pending: Vec<(usize, BoxId, u64)> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (b, v))| (i, *b, *v))
+        .collect();
+    for _round in 0..FAN_OUT_ROUNDS {
+        if pending.is_empty() {
+            break;
+        }
+        let receivers: Vec<_> = pending
+            .iter()
+            .map(|(i, box_id, version)| {
+                let envelope = NewEnvelope {
+                    sender_box: caller.box_id,
+                    sender_device: caller.device_id,
+                    message_id,
+                    device_list_version: *version,
+                    payload: req.envelope.clone(),
+                };
+                (*i, *box_id, shared.enqueuer.submit(*box_id, envelope))
+            })
+            .collect();
+        let mut stale = Vec::new();
+        for (i, box_id, rx) in receivers {
+            let outcome = rx.await.unwrap_or_else(|_| {
+                Err(Failure::unavailable("the enqueue did not complete; retry"))
+            });
+            match outcome {
+                Ok(enqueued) => {
+                    results[i].status = Status::Ok as i32;
+                    results[i].seq = enqueued.seq;
+                }
+                Err(failure) if failure.status == Status::StaleDevices => stale.push((i, box_id)),
+                Err(failure) => results[i].status = failure.status as i32,
+            }
+        }
+        pending.clear();
+        for (i, box_id) in stale {
+            let (version, _) = transact!(store, |txn| {
+                rossby_storage::tables::devices::recipients(txn, box_id).await
+            })?;
+            pending.push((i, box_id, version));
+        }
+    }
+    for (i, _, _) in pending {
+        results[i].status = Status::Unavailable as i32;
+    }
+    Ok(pb::GroupSendResponse {
+        state: Some(state_message(&state)),
+        results,
+    })
+}
+
+/// LeaveGroup: the caller's box stops being a member.
+pub(crate) async fn leave_group(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::LeaveGroupResponse, Failure> {
+    let req: pb::LeaveGroupRequest = decode(body, "LeaveGroupRequest")?;
+    let group = parse_group(&req.creator_box, &req.group_id)?;
+    let message_id = parse_message_id(&req.message_id)?;
+    check_envelope(shared, &req.envelope, false)?;
+    let store = &shared.store;
+    let limits = &store.limits;
+    let now = now_ms();
+    let (member, device) = (caller.box_id, caller.device_id);
+    let outcome = transact!(store, |txn| groups::leave(
+        txn,
+        limits,
+        group,
+        member,
+        device,
+        message_id,
+        &req.envelope,
+        now
+    )
+    .await)?;
+    let left = settle(outcome)?;
+    for (box_id, seq) in &left.delivered {
+        shared.presence.messages_available(*box_id, *seq);
+    }
+    Ok(pb::LeaveGroupResponse {})
+}
+
+/// GroupInfo: the epoch and member boxes, for members.
+pub(crate) async fn group_info(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::GroupInfoResponse, Failure> {
+    let req: pb::GroupInfoRequest = decode(body, "GroupInfoRequest")?;
+    let group = parse_group(&req.creator_box, &req.group_id)?;
+    let store = &shared.store;
+    let member = caller.box_id;
+    let outcome = transact!(store, |txn| groups::state_for(txn, group, member).await)?;
+    let state = settle(outcome)?;
+    Ok(pb::GroupInfoResponse {
+        state: Some(state_message(&state)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{TestDevice, TestEnv};
+    use prost::Message;
+    use rossby_keyspace::MessageId;
+    use rossby_protocol::pb::{self, Method, Status};
+    use rossby_protocol::status::status_of;
+
+    const GROUP: [u8; 16] = [7; 16];
+
+    async fn create(env: &TestEnv, by: &TestDevice) -> pb::Response {
+        let req = pb::CreateGroupRequest {
+            group_id: GROUP.to_vec(),
+        };
+        env.call_as(by, 1, Method::CreateGroup, &req).await
+    }
+
+    fn commit(
+        creator: &TestDevice,
+        epoch: u64,
+        add: &[&TestDevice],
+        remove: &[&TestDevice],
+        payload: &[u8],
+    ) -> pb::GroupCommitRequest {
+        pb::GroupCommitRequest {
+            creator_box: creator.box_id.as_bytes().to_vec(),
+            group_id: GROUP.to_vec(),
+            epoch,
+            message_id: MessageId::new().as_bytes().to_vec(),
+            add_boxes: add.iter().map(|d| d.box_id.as_bytes().to_vec()).collect(),
+            remove_boxes: remove
+                .iter()
+                .map(|d| d.box_id.as_bytes().to_vec())
+                .collect(),
+            envelope: payload.to_vec(),
+            ..pb::GroupCommitRequest::default()
+        }
+    }
+
+    fn state(resp: &pb::Response) -> pb::GroupState {
+        TestEnv::body::<pb::GroupCommitResponse>(resp)
+            .state
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn commits_are_ordered_by_compare_and_set() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let carol = env.register("carol@example.com").await;
+        let resp = create(&env, &alice).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        // Creating again is harmless.
+        assert_eq!(status_of(&create(&env, &alice).await), Status::Ok);
+
+        // Alice adds Bob in epoch 0.
+        let add_bob = commit(&alice, 0, &[&bob], &[], b"commit-1");
+        let resp = env.call_as(&alice, 1, Method::GroupCommit, &add_bob).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let s = state(&resp);
+        assert_eq!(s.epoch, 1);
+        assert_eq!(s.members.len(), 2);
+        // A retry of the same Commit is answered with the state it produced.
+        let resp = env.call_as(&alice, 1, Method::GroupCommit, &add_bob).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        assert_eq!(state(&resp).epoch, 1);
+        // Bob got the Commit once.
+        let fetched = env.fetch(&bob, 0).await;
+        assert_eq!(fetched.envelopes.len(), 1);
+        assert_eq!(fetched.envelopes[0].envelope, b"commit-1");
+
+        // Both commit in epoch 1: the first wins, the second is told the epoch.
+        let resp = env
+            .call_as(
+                &bob,
+                1,
+                Method::GroupCommit,
+                &commit(&alice, 1, &[&carol], &[], b"b"),
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let resp = env
+            .call_as(
+                &alice,
+                1,
+                Method::GroupCommit,
+                &commit(&alice, 1, &[], &[], b"a"),
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::EpochConflict);
+        let current = pb::GroupState::decode(resp.body.as_slice()).unwrap();
+        assert_eq!(current.epoch, 2);
+        assert_eq!(current.members.len(), 3);
+        // The loser's Commit reached nobody.
+        assert_eq!(env.fetch(&carol, 0).await.envelopes.len(), 1);
+        let alice_queue = env.fetch(&alice, 0).await;
+        assert!(alice_queue.envelopes.iter().all(|e| e.envelope != b"a"));
+
+        // Removing Carol: she still gets the Commit that removes her, then nothing.
+        let resp = env
+            .call_as(
+                &alice,
+                1,
+                Method::GroupCommit,
+                &commit(&alice, 2, &[], &[&carol], b"rm"),
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let carol_queue = env.fetch(&carol, 0).await;
+        assert_eq!(carol_queue.envelopes.last().unwrap().envelope, b"rm");
+        let resp = env
+            .call_as(
+                &carol,
+                1,
+                Method::GroupCommit,
+                &commit(&alice, 3, &[], &[], b"x"),
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::NotGroupMember);
+        // A committer cannot remove its own box.
+        let resp = env
+            .call_as(
+                &alice,
+                1,
+                Method::GroupCommit,
+                &commit(&alice, 3, &[], &[&alice], b"x"),
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+    }
+
+    #[tokio::test]
+    async fn sends_reach_every_member_box_and_leaving_stops_them() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let alice2 = env.link(&alice, "laptop").await;
+        let bob = env.register("bob@example.com").await;
+        let carol = env.register("carol@example.com").await;
+        assert_eq!(status_of(&create(&env, &alice).await), Status::Ok);
+        let resp = env
+            .call_as(
+                &alice,
+                1,
+                Method::GroupCommit,
+                &commit(&alice, 0, &[&bob], &[], b"c"),
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let send = |payload: &[u8]| pb::GroupSendRequest {
+            creator_box: alice.box_id.as_bytes().to_vec(),
+            group_id: GROUP.to_vec(),
+            message_id: MessageId::new().as_bytes().to_vec(),
+            envelope: payload.to_vec(),
+            epoch: 1,
+        };
+        let req = send(b"hello");
+        let resp = env.call_as(&bob, 1, Method::GroupSend, &req).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let sent: pb::GroupSendResponse = TestEnv::body(&resp);
+        assert_eq!(sent.results.len(), 2);
+        assert!(sent.results.iter().all(|r| r.status == Status::Ok as i32));
+        // A retry enqueues nothing twice.
+        let again: pb::GroupSendResponse =
+            TestEnv::body(&env.call_as(&bob, 1, Method::GroupSend, &req).await);
+        assert_eq!(again.results, sent.results);
+        for device in [&alice, &alice2] {
+            let queue = env.fetch(device, 0).await;
+            assert_eq!(queue.envelopes.last().unwrap().envelope, b"hello");
+            let hellos = queue.envelopes.iter().filter(|e| e.envelope == b"hello");
+            assert_eq!(hellos.count(), 1);
+        }
+        // Outsiders can neither send nor read the state.
+        let resp = env.call_as(&carol, 1, Method::GroupSend, &send(b"x")).await;
+        assert_eq!(status_of(&resp), Status::NotGroupMember);
+        // A message of an old epoch is refused with the current one.
+        let mut stale = send(b"old");
+        stale.epoch = 0;
+        let resp = env.call_as(&bob, 1, Method::GroupSend, &stale).await;
+        assert_eq!(status_of(&resp), Status::EpochConflict);
+        assert_eq!(
+            pb::GroupState::decode(resp.body.as_slice()).unwrap().epoch,
+            1
+        );
+        let info = pb::GroupInfoRequest {
+            creator_box: alice.box_id.as_bytes().to_vec(),
+            group_id: GROUP.to_vec(),
+        };
+        let resp = env.call_as(&carol, 1, Method::GroupInfo, &info).await;
+        assert_eq!(status_of(&resp), Status::NotGroupMember);
+        let unknown = pb::GroupInfoRequest {
+            creator_box: alice.box_id.as_bytes().to_vec(),
+            group_id: vec![9; 16],
+        };
+        let resp = env.call_as(&alice, 1, Method::GroupInfo, &unknown).await;
+        assert_eq!(status_of(&resp), Status::NotFound);
+
+        // Bob leaves: Alice's box gets his proposals, he gets nothing more.
+        let leave = pb::LeaveGroupRequest {
+            creator_box: alice.box_id.as_bytes().to_vec(),
+            group_id: GROUP.to_vec(),
+            message_id: MessageId::new().as_bytes().to_vec(),
+            envelope: b"bye".to_vec(),
+        };
+        let resp = env.call_as(&bob, 1, Method::LeaveGroup, &leave).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        assert_eq!(
+            env.fetch(&alice, 0)
+                .await
+                .envelopes
+                .last()
+                .unwrap()
+                .envelope,
+            b"bye"
+        );
+        let resp = env.call_as(&alice, 1, Method::GroupInfo, &info).await;
+        let info_state = TestEnv::body::<pb::GroupInfoResponse>(&resp).state.unwrap();
+        assert_eq!(info_state.members, vec![alice.box_id.as_bytes().to_vec()]);
+        assert_eq!(info_state.epoch, 1);
+        let bob_before = env.fetch(&bob, 0).await.envelopes.len();
+        let resp = env
+            .call_as(&alice, 1, Method::GroupSend, &send(b"later"))
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        assert_eq!(env.fetch(&bob, 0).await.envelopes.len(), bob_before);
+    }
+
+    #[tokio::test]
+    async fn bad_group_requests_are_rejected() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let req = pb::CreateGroupRequest {
+            group_id: vec![1; 3],
+        };
+        let resp = env.call_as(&alice, 1, Method::CreateGroup, &req).await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+        assert_eq!(status_of(&create(&env, &alice).await), Status::Ok);
+        let mut c = commit(&alice, 0, &[], &[], b"");
+        let resp = env.call_as(&alice, 1, Method::GroupCommit, &c).await;
+        assert_eq!(status_of(&resp), Status::BadRequest, "empty envelope");
+        c.envelope = b"x".to_vec();
+        c.message_id = vec![0; 16];
+        let resp = env.call_as(&alice, 1, Method::GroupCommit, &c).await;
+        assert_eq!(status_of(&resp), Status::BadRequest, "message id");
+        let mut c = commit(&alice, 0, &[], &[], b"x");
+        c.welcome_boxes = vec![vec![5; 16]];
+        c.welcome_envelope = b"w".to_vec();
+        let resp = env.call_as(&alice, 1, Method::GroupCommit, &c).await;
+        assert_eq!(
+            status_of(&resp),
+            Status::BadRequest,
+            "welcome to an outsider"
+        );
+        let mut c = commit(&alice, 0, &[], &[], b"x");
+        c.add_boxes = vec![vec![5; 16], vec![5; 16]];
+        let resp = env.call_as(&alice, 1, Method::GroupCommit, &c).await;
+        assert_eq!(status_of(&resp), Status::BadRequest, "duplicate boxes");
+    }
+}

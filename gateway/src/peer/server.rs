@@ -1,0 +1,168 @@
+//! The accepting side of the gateway-to-gateway endpoint: every connection has
+//! passed mutual TLS (its certificate chains to the deployment CA), and every
+//! unidirectional stream on it carries one framed [`pb::PeerNotify`]. A
+//! notification is applied exactly like a local commit: the box's fetch waiters
+//! wake and its subscribed devices get a `MessagesAvailable` push.
+//!
+//! Nothing a peer sends can panic the gateway: oversized or malformed frames are
+//! counted as `rejected` and dropped.
+
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use rossby_keyspace::BoxId;
+use rossby_protocol::framing;
+use rossby_protocol::pb;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Most boxes one notification may name.
+pub const MAX_BOXES_PER_NOTIFY: usize = 1024;
+
+/// Largest notification frame accepted: a full [`MAX_BOXES_PER_NOTIFY`] list with
+/// room to spare.
+pub const MAX_NOTIFY_FRAME: usize = 64 * 1024;
+
+/// Most peer connections accepted at once (a deployment has a handful of gateways).
+pub const MAX_PEER_CONNECTIONS: usize = 1024;
+
+/// Serves the peer endpoint until it is closed.
+pub(crate) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    presence: Presence,
+    metrics: Arc<Metrics>,
+) {
+    let mut connections = JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_PEER_CONNECTIONS {
+            incoming.refuse();
+            continue;
+        }
+        let presence = presence.clone();
+        let metrics = metrics.clone();
+        connections.spawn(async move {
+            match incoming.await {
+                Ok(connection) => serve(connection, presence, metrics).await,
+                // Failed handshakes (a certificate not from the deployment CA, no
+                // certificate, wrong ALPN) end here.
+                Err(err) => tracing::debug!(error = %err, "peer handshake failed"),
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+async fn serve(connection: quinn::Connection, presence: Presence, metrics: Arc<Metrics>) {
+    let remote = connection.remote_address();
+    tracing::debug!(%remote, "peer connected");
+    let mut streams = JoinSet::new();
+    while let Ok(mut stream) = connection.accept_uni().await {
+        while streams.try_join_next().is_some() {}
+        let presence = presence.clone();
+        let metrics = metrics.clone();
+        streams.spawn(async move {
+            match stream
+                .read_to_end(framing::LENGTH_PREFIX + MAX_NOTIFY_FRAME)
+                .await
+            {
+                Ok(bytes) => {
+                    apply(&bytes, &presence, &metrics);
+                }
+                Err(err) => {
+                    metrics.peer_notifications("rejected", 1);
+                    tracing::debug!(error = %err, "peer notification stream failed");
+                }
+            }
+        });
+    }
+    streams.shutdown().await;
+    tracing::debug!(%remote, "peer disconnected");
+}
+
+/// Decodes one notification frame and wakes the boxes it names. Returns how many
+/// boxes were announced.
+pub(crate) fn apply(bytes: &[u8], presence: &Presence, metrics: &Metrics) -> usize {
+    let notify = match framing::decode_one::<pb::PeerNotify>(bytes, MAX_NOTIFY_FRAME, "PeerNotify")
+    {
+        Ok(n) => n,
+        Err(err) => {
+            metrics.peer_notifications("rejected", 1);
+            tracing::debug!(error = %err, "malformed peer notification");
+            return 0;
+        }
+    };
+    if notify.box_id.len() != notify.last_seq.len() || notify.box_id.len() > MAX_BOXES_PER_NOTIFY {
+        metrics.peer_notifications("rejected", 1);
+        tracing::debug!(
+            boxes = notify.box_id.len(),
+            seqs = notify.last_seq.len(),
+            "peer notification with mismatched or too many entries"
+        );
+        return 0;
+    }
+    let mut applied = 0;
+    for (raw, last_seq) in notify.box_id.iter().zip(&notify.last_seq) {
+        match BoxId::try_from_slice(raw) {
+            Ok(box_id) => {
+                presence.messages_available(box_id, *last_seq);
+                metrics.peer_notifications("received", 1);
+                applied += 1;
+            }
+            Err(_) => metrics.peer_notifications("rejected", 1),
+        }
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rossby_keyspace::{DeviceId, RegionId};
+    use tokio::sync::mpsc;
+
+    fn frame(boxes: &[BoxId], seqs: &[u64]) -> Vec<u8> {
+        framing::encode(&pb::PeerNotify {
+            box_id: boxes.iter().map(|b| b.as_bytes().to_vec()).collect(),
+            last_seq: seqs.to_vec(),
+            gateway_id: "g".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn notifications_push_like_a_local_commit_and_garbage_is_counted() {
+        let presence = Presence::new();
+        let metrics = Metrics::new();
+        let (b, other) = (BoxId::new(RegionId(2)), BoxId::new(RegionId(3)));
+        let (tx, mut rx) = mpsc::channel(8);
+        presence.subscribe(1, b, DeviceId::new(), tx);
+        assert_eq!(apply(&frame(&[b, other], &[7, 1]), &presence, &metrics), 2);
+        assert_eq!(
+            rx.recv().await.unwrap().event,
+            Some(pb::push::Event::Messages(pb::MessagesAvailable {
+                last_seq: 7
+            }))
+        );
+        let count = |r: &str| {
+            metrics
+                .peer_notifications_total
+                .with_label_values(&[r])
+                .get()
+        };
+        assert_eq!(count("received"), 2);
+
+        assert_eq!(apply(&frame(&[b], &[1, 2]), &presence, &metrics), 0);
+        assert_eq!(apply(&[0, 0, 0, 2, 0xff, 0xff], &presence, &metrics), 0);
+        assert_eq!(apply(&[0, 1], &presence, &metrics), 0);
+        let mut bad_box = pb::PeerNotify {
+            box_id: vec![vec![1; 3]],
+            last_seq: vec![1],
+            gateway_id: String::new(),
+        };
+        assert_eq!(apply(&framing::encode(&bad_box), &presence, &metrics), 0);
+        bad_box.box_id = vec![vec![0; 16]; MAX_BOXES_PER_NOTIFY + 1];
+        bad_box.last_seq = vec![1; MAX_BOXES_PER_NOTIFY + 1];
+        assert_eq!(apply(&framing::encode(&bad_box), &presence, &metrics), 0);
+        assert_eq!(count("rejected"), 5);
+        assert!(rx.try_recv().is_err());
+    }
+}
