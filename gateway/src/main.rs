@@ -46,15 +46,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rossby-gateway: error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if config.local {
         runtime.block_on(run_local(config))
@@ -244,6 +238,18 @@ fn run_tool_command() -> Option<ExitCode> {
     Some(code)
 }
 
+/// The multi-threaded tokio runtime, or the exit code after saying why it could
+/// not start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            eprintln!("rossby-gateway: error: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
+        })
+}
+
 /// Runs a tool: its one-line result on stdout (exit 0), or its error on stderr
 /// (exit 1). Logs (warnings only) go to stderr.
 fn run_tool(
@@ -253,15 +259,9 @@ fn run_tool(
         format: LogFormat::Text,
         level: "warn".into(),
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rossby-gateway: error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(tool) {
         Ok(line) => {

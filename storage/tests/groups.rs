@@ -1,93 +1,28 @@
 //! Group epoch records and KeyPackage claims under concurrency, on the memory
 //! backend (snapshot isolation, like TiKV) and on fjall (serializable, persistent).
 
-use rossby_keyspace::{BoxId, DeviceId, LookupHasher, MessageId, Pepper, RegionId};
-use rossby_storage::kv::fjall::{FjallConfig, FjallStore};
-use rossby_storage::kv::memory::MemoryStore;
+mod backends;
+mod support;
+
+use backends::T0;
+use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
 use rossby_storage::tables::groups::{self, Commit, GroupKey, Outcome};
 use rossby_storage::tables::queue::{self, FetchLimits};
-use rossby_storage::tables::records::Device;
-use rossby_storage::tables::{Store, accounts, devices, keypackages};
-use rossby_storage::{Kv, transact};
+use rossby_storage::tables::{Store, keypackages};
+use rossby_storage::transact;
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use tempfile::TempDir;
 
 const REGION: RegionId = RegionId(1);
-const T0: u64 = 1_700_000_000_000;
 const MAX_MEMBERS: usize = 256;
 
-struct Env {
-    store: Store,
-    _dir: Option<TempDir>,
-}
-
-fn hasher() -> LookupHasher {
-    LookupHasher::new(
-        vec![Pepper {
-            version: 1,
-            secret: vec![7; 32],
-        }],
-        1,
-    )
-    .unwrap()
-}
-
-fn memory() -> Env {
-    let kv: Kv = Arc::new(MemoryStore::new());
-    Env {
-        store: Store::new(kv, hasher()),
-        _dir: None,
-    }
-}
-
-fn fjall() -> Env {
-    let dir = TempDir::new().unwrap();
-    let kv: Kv = Arc::new(FjallStore::open(FjallConfig::new(dir.path())).unwrap());
-    Env {
-        store: Store::new(kv, hasher()),
-        _dir: Some(dir),
-    }
-}
-
-macro_rules! on_every_backend {
-    ($($check:ident),* $(,)?) => {
-        mod on_memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { super::$check(&super::memory().store).await; })*
-        }
-        mod on_fjall {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { let env = super::fjall(); super::$check(&env.store).await; })*
-        }
-    };
-}
-
-on_every_backend!(
+backends::on_every_backend!(
     concurrent_commits_in_one_epoch_have_one_winner,
     concurrent_box_claims_hand_out_each_package_once,
     leaving_keeps_the_epoch_and_stops_delivery,
 );
 
 async fn new_box(store: &Store, n: usize) -> (BoxId, Vec<DeviceId>) {
-    let b = BoxId::new(REGION);
-    let list: Vec<DeviceId> = (0..n).map(|_| DeviceId::new()).collect();
-    let record = Device {
-        identity_key: vec![1; 32],
-        encryption_key: vec![2; 64],
-        label: "test".into(),
-        ..Device::default()
-    };
-    transact!(store, |txn| {
-        accounts::create_box(txn, b, T0).await?;
-        for d in &list {
-            devices::add(txn, &store.limits, b, *d, &record, T0).await?;
-            devices::authorize(txn, b, *d, T0).await?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    (b, list)
+    backends::new_box(store, REGION, n).await
 }
 
 async fn queued(store: &Store, b: BoxId, d: DeviceId) -> Vec<Vec<u8>> {

@@ -1,67 +1,19 @@
 //! Presence leases (`tables::presence`), run on the memory backend (snapshot
 //! isolation, like TiKV) and on fjall.
 
-use rossby_keyspace::{BoxId, DeviceId, Key, LookupHasher, Pepper, RegionId, Table};
-use rossby_storage::kv::fjall::{FjallConfig, FjallStore};
-use rossby_storage::kv::memory::MemoryStore;
+mod backends;
+mod support;
+
+use backends::T0;
+use rossby_keyspace::{BoxId, DeviceId, Key, RegionId, Table};
 use rossby_storage::tables::presence::{self, Holder, Renewal};
-use rossby_storage::tables::records::Device;
 use rossby_storage::tables::{Store, accounts, devices};
-use rossby_storage::{Error, Kv, ScanOrder, transact};
-use std::sync::Arc;
-use tempfile::TempDir;
+use rossby_storage::{Error, ScanOrder, transact};
 
 const REGION: RegionId = RegionId(3);
-const T0: u64 = 1_700_000_000_000;
 const LEASE: u64 = 30_000;
 
-fn hasher() -> LookupHasher {
-    LookupHasher::new(
-        vec![Pepper {
-            version: 1,
-            secret: vec![7; 32],
-        }],
-        1,
-    )
-    .unwrap()
-}
-
-struct Env {
-    store: Store,
-    _dir: Option<TempDir>,
-}
-
-fn memory() -> Env {
-    let kv: Kv = Arc::new(MemoryStore::new());
-    Env {
-        store: Store::new(kv, hasher()),
-        _dir: None,
-    }
-}
-
-fn fjall() -> Env {
-    let dir = TempDir::new().unwrap();
-    let kv: Kv = Arc::new(FjallStore::open(FjallConfig::new(dir.path())).unwrap());
-    Env {
-        store: Store::new(kv, hasher()),
-        _dir: Some(dir),
-    }
-}
-
-macro_rules! on_every_backend {
-    ($($check:ident),* $(,)?) => {
-        mod on_memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { super::$check(&super::memory().store).await; })*
-        }
-        mod on_fjall {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { let env = super::fjall(); super::$check(&env.store).await; })*
-        }
-    };
-}
-
-on_every_backend!(
+backends::on_every_backend!(
     claimed_leases_are_listed_until_they_expire,
     renewals_never_take_a_live_lease_from_another_gateway,
     removed_devices_lose_their_leases,
@@ -79,23 +31,7 @@ fn holder(name: &str) -> Holder {
 }
 
 async fn new_box(store: &Store, n: usize) -> (BoxId, Vec<DeviceId>) {
-    let b = BoxId::new(REGION);
-    let devices: Vec<DeviceId> = (0..n).map(|_| DeviceId::new()).collect();
-    transact!(store, |txn| {
-        accounts::create_box(txn, b, T0).await?;
-        for d in &devices {
-            let record = Device {
-                identity_key: vec![1; 32],
-                encryption_key: vec![2; 64],
-                ..Device::default()
-            };
-            devices::add(txn, &store.limits, b, *d, &record, T0).await?;
-            devices::authorize(txn, b, *d, T0).await?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    (b, devices)
+    backends::new_box(store, REGION, n).await
 }
 
 /// Raw presence keys of a box, whatever their expiry.

@@ -1,73 +1,24 @@
 //! Behaviour of the domain tables, run on the memory backend (snapshot isolation,
 //! like TiKV) and on fjall (serializable, persistent).
 
+mod backends;
+mod support;
+
+use backends::{T0, device_record};
 use rossby_keyspace::{
     BoxId, DeviceId, Identifier, Key, LookupHasher, MessageId, Pepper, RegionId, Table,
 };
-use rossby_storage::kv::fjall::{FjallConfig, FjallStore};
-use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
-use rossby_storage::tables::records::{AcceptFrom, Device};
+use rossby_storage::tables::records::AcceptFrom;
 use rossby_storage::tables::{Limits, Store, devices, keypackages, lookup};
-use rossby_storage::{Error, Kv, ScanOrder, transact};
+use rossby_storage::{Error, ScanOrder, transact};
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use tempfile::TempDir;
 
 const REGION: RegionId = RegionId(1);
-const T0: u64 = 1_700_000_000_000;
 
-fn hasher() -> LookupHasher {
-    LookupHasher::new(
-        vec![Pepper {
-            version: 1,
-            secret: vec![7; 32],
-        }],
-        1,
-    )
-    .unwrap()
-}
-
-/// A store and whatever keeps its backend alive.
-struct Env {
-    store: Store,
-    _dir: Option<TempDir>,
-}
-
-fn memory() -> Env {
-    let kv: Kv = Arc::new(MemoryStore::new());
-    Env {
-        store: Store::new(kv, hasher()),
-        _dir: None,
-    }
-}
-
-fn fjall() -> Env {
-    let dir = TempDir::new().unwrap();
-    let kv: Kv = Arc::new(FjallStore::open(FjallConfig::new(dir.path())).unwrap());
-    Env {
-        store: Store::new(kv, hasher()),
-        _dir: Some(dir),
-    }
-}
-
-/// Generates one test per backend for each check.
-macro_rules! on_every_backend {
-    ($($check:ident),* $(,)?) => {
-        mod on_memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { super::$check(&super::memory().store).await; })*
-        }
-        mod on_fjall {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { let env = super::fjall(); super::$check(&env.store).await; })*
-        }
-    };
-}
-
-on_every_backend!(
+backends::on_every_backend!(
     identifiers_bind_once_and_resolve_from_any_spelling,
     pepper_rotation_migrates_lazily,
     hidden_and_blocking_users_look_unknown,
@@ -88,29 +39,9 @@ on_every_backend!(
     bad_input_is_rejected_and_changes_nothing,
 );
 
-fn device_record() -> Device {
-    Device {
-        identity_key: vec![1; 32],
-        encryption_key: vec![2; 64],
-        label: "test".into(),
-        ..Device::default()
-    }
-}
-
 /// Creates a box with `n` authorized devices.
 async fn new_box(store: &Store, n: usize) -> (BoxId, Vec<DeviceId>) {
-    let b = BoxId::new(REGION);
-    let devices: Vec<DeviceId> = (0..n).map(|_| DeviceId::new()).collect();
-    transact!(store, |txn| {
-        accounts::create_box(txn, b, T0).await?;
-        for d in &devices {
-            devices::add(txn, &store.limits, b, *d, &device_record(), T0).await?;
-            devices::authorize(txn, b, *d, T0).await?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    (b, devices)
+    backends::new_box(store, REGION, n).await
 }
 
 async fn version(store: &Store, b: BoxId) -> u64 {

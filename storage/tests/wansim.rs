@@ -2,8 +2,9 @@
 //! paused tokio clock, and the backend conformance suite through the wrapper.
 
 mod conformance;
+mod support;
 
-use rossby_keyspace::{BoxId, DeviceId, Key, LookupHasher, MessageId, Pepper, RegionId};
+use rossby_keyspace::{BoxId, DeviceId, Key, MessageId, RegionId};
 use rossby_replication::{Home, LatencyModel, Topology};
 use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::kv::{KeyRange, WanSimulation};
@@ -12,6 +13,7 @@ use rossby_storage::tables::{Store, accounts, devices, records::Device};
 use rossby_storage::{Kv, ScanOrder, transact};
 use std::sync::Arc;
 use std::time::Duration;
+use support::hasher;
 use tokio::time::Instant;
 
 const US_EAST: RegionId = RegionId(1);
@@ -253,17 +255,6 @@ async fn commits_charge_the_written_homes_with_the_first_as_primary() {
     assert_eq!(check.get(&local).await.unwrap(), None);
     check.rollback().await.unwrap();
     assert_eq!(sim.backend(), "memory");
-}
-
-fn hasher() -> LookupHasher {
-    LookupHasher::new(
-        vec![Pepper {
-            version: 1,
-            secret: vec![7; 32],
-        }],
-        1,
-    )
-    .unwrap()
 }
 
 /// A real enqueue through the domain tables: a recipient homed elsewhere costs at
