@@ -18,6 +18,9 @@
 //!   returns with the first probe that succeeds after storage recovers. Probes do
 //!   not go through the instrumented store, so they are not counted as traffic.
 //! - `GET /metrics`: Prometheus text format.
+//! - `POST /backup`: a consistent snapshot of the embedded store in the backup
+//!   format, only for `Authorization: Bearer <token>` with the token derived from
+//!   the server secret ([`crate::backup`]).
 //!
 //! `HEAD` is answered like `GET`; other methods on these paths get `405`, other
 //! paths `404`. The listener should not be exposed publicly (its default address

@@ -73,7 +73,8 @@ pub struct Metrics {
     /// `rossby_open_connections`: established QUIC connections.
     pub open_connections: IntGauge,
     /// `rossby_auth_failures_total{reason}`: rejected authentications, by reason
-    /// (set by the API layer, for example `bad_mac`, `skew`, `replayed`, `binding`).
+    /// (set by the API layer: `malformed`, `unknown_credential`, `clock_skew`,
+    /// `wrong_connection`, `payload_mismatch`, `bad_mac`, `replayed`).
     pub auth_failures_total: IntCounterVec,
     /// `rossby_storage_transaction_duration_seconds`: begin to commit or rollback of
     /// every storage transaction.
