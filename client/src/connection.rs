@@ -12,6 +12,11 @@
 //! and the gateway's deduplication guarantees it is enqueued once. On
 //! `CLOCK_SKEW` the local clock offset is corrected from the gateway's
 //! `server_time_ms` and the request is retried once.
+//!
+//! A reply saying `credentials_outdated` (the request was signed with credentials
+//! of a server secret version the gateway no longer issues) is remembered with the
+//! credential id it concerns ([`Connection::outdated_credentials`]); the SDK then
+//! fetches new credentials.
 
 use crate::error::{Error, Result};
 use rossby_protocol::framing;
@@ -97,6 +102,7 @@ pub struct Connection {
     live: Mutex<Option<Live>>,
     clock_offset_ms: AtomicI64,
     home: std::sync::Mutex<Option<HomeHint>>,
+    outdated: std::sync::Mutex<Option<String>>,
 }
 
 /// What the last authenticated reply said about where the caller's box lives, when
@@ -154,6 +160,7 @@ impl Connection {
             live: Mutex::new(None),
             clock_offset_ms: AtomicI64::new(0),
             home: std::sync::Mutex::new(None),
+            outdated: std::sync::Mutex::new(None),
         })
     }
 
@@ -309,8 +316,11 @@ impl Connection {
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
             };
-            if credentials.is_some() {
+            if let Some(creds) = credentials {
                 self.note_home(&response);
+                if response.credentials_outdated {
+                    self.note_outdated(creds.id.clone());
+                }
             }
             let status = status_of(&response);
             match status {
@@ -355,6 +365,27 @@ impl Connection {
     /// homed in another region than the gateway's; `None` when it is local.
     pub fn home_hint(&self) -> Option<HomeHint> {
         self.home.lock().map(|h| h.clone()).unwrap_or(None)
+    }
+
+    /// The credential id of the last authenticated reply that said
+    /// `credentials_outdated`, until [`Connection::clear_outdated`] forgets it.
+    pub fn outdated_credentials(&self) -> Option<String> {
+        self.outdated.lock().map(|o| o.clone()).unwrap_or(None)
+    }
+
+    /// Forgets that the credentials `id` were said to be outdated (once replaced).
+    pub fn clear_outdated(&self, id: &str) {
+        if let Ok(mut outdated) = self.outdated.lock()
+            && outdated.as_deref() == Some(id)
+        {
+            *outdated = None;
+        }
+    }
+
+    fn note_outdated(&self, id: String) {
+        if let Ok(mut outdated) = self.outdated.lock() {
+            *outdated = Some(id);
+        }
     }
 
     fn note_home(&self, response: &pb::Response) {

@@ -40,6 +40,15 @@
 //! Requests and grants are one-line `base64url` strings prefixed with
 //! `rossby-link-request:` / `rossby-link-grant:`. Neither holds a secret: the
 //! credentials in a grant open only with the new device's private key.
+//!
+//! # Refreshing credentials
+//! When the deployment rotates its server secret, replies to requests signed with
+//! credentials of the old secret version say `credentials_outdated`. After such a
+//! call completes (and, for calls that could not check, before the next
+//! authenticated call), the SDK fetches credentials of the current version once
+//! ([`Client::refresh_credentials`]), saves them in the state, and only then uses
+//! them. A failed refresh is not reported: the old credentials keep working until
+//! the deployment removes their version, and the next outdated reply tries again.
 
 use crate::connection::{
     Connection, GatewayConfig, RetryPolicy, Subscription, ok_body, one_line, unix_ms,
@@ -304,6 +313,8 @@ pub struct Client {
     /// MLS groups ([`crate::groups`]). Lock order: `groups` before `store`.
     pub(crate) groups: Mutex<GroupEngine>,
     unconfirmed: std::sync::Mutex<Option<GatewaySettings>>,
+    /// Held while credentials are refreshed, so concurrent calls refresh once.
+    refreshing: Mutex<()>,
 }
 
 /// Gateway settings to remember in the state once they worked.
@@ -535,6 +546,7 @@ impl Client {
             conn,
             groups: Mutex::new(groups),
             unconfirmed: std::sync::Mutex::new(unconfirmed),
+            refreshing: Mutex::new(()),
         })
     }
 
@@ -610,7 +622,14 @@ impl Client {
         u64::try_from(unix_ms(self.conn.now())).unwrap_or(0)
     }
 
+    /// The credentials to sign the next request with (refreshed first when a
+    /// reply said they are outdated).
     pub(crate) async fn credentials(&self) -> Result<DeviceCredentials> {
+        self.refresh_if_outdated().await;
+        self.stored_credentials().await
+    }
+
+    async fn stored_credentials(&self) -> Result<DeviceCredentials> {
         let store = self.store.lock().await;
         let creds = store
             .state
@@ -626,6 +645,63 @@ impl Client {
             id: creds.id.clone(),
             key,
         })
+    }
+
+    /// Fetches credentials under the gateway's current server secret version
+    /// (RefreshCredentials; this device keeps its key version) and saves them in
+    /// the state before anything uses them. The SDK does this by itself when a
+    /// reply says `credentials_outdated`; call it only to force a refresh.
+    pub async fn refresh_credentials(&self) -> Result<()> {
+        self.refresh(None).await
+    }
+
+    /// After an authenticated call: refreshes once when a reply said the stored
+    /// credentials are outdated. Best effort (see the module documentation).
+    async fn refresh_if_outdated(&self) {
+        let Some(id) = self.conn.outdated_credentials() else {
+            return;
+        };
+        // A failure leaves the old credentials in place; they still work.
+        let _ = self.refresh(Some(&id)).await;
+    }
+
+    /// Refreshes the stored credentials; with `outdated`, only if they still are
+    /// the ones with that id.
+    async fn refresh(&self, outdated: Option<&str>) -> Result<()> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let old = self.stored_credentials().await?;
+        if let Some(id) = outdated
+            && old.id != id
+        {
+            // Already replaced (by a concurrent refresh, or a new registration).
+            self.conn.clear_outdated(id);
+            return Ok(());
+        }
+        let body = self
+            .conn
+            .call_ok(
+                Method::RefreshCredentials,
+                &pb::RefreshCredentialsRequest {}.encode_to_vec(),
+                Some(&old),
+                Duration::ZERO,
+            )
+            .await?;
+        let reply: pb::RefreshCredentialsResponse = decode(&body, "refresh response")?;
+        let fresh = self.open_credentials(&reply.sealed_credentials)?;
+        {
+            let mut store = self.store.lock().await;
+            if store.state.credentials.as_ref().map(|c| c.id.as_str()) != Some(old.id.as_str()) {
+                // The device was signed out or re-registered meanwhile.
+                return Ok(());
+            }
+            let previous = store.state.credentials.replace(fresh);
+            if let Err(err) = store.save() {
+                store.state.credentials = previous;
+                return Err(err);
+            }
+        }
+        self.conn.clear_outdated(&old.id);
+        Ok(())
     }
 
     pub(crate) async fn own_box(&self) -> Result<[u8; 16]> {
@@ -648,7 +724,9 @@ impl Client {
                 Some(&creds),
                 Duration::ZERO,
             )
-            .await?;
+            .await;
+        self.refresh_if_outdated().await;
+        let body = body?;
         self.confirm_settings().await?;
         decode(&body, "response")
     }
@@ -1421,7 +1499,10 @@ impl Client {
                     Some(&creds),
                     Duration::ZERO,
                 )
-                .await?;
+                .await;
+            // A repeated Send keeps the credentials it started with; they still work.
+            self.refresh_if_outdated().await;
+            let response = response?;
             let mut stale: Vec<(usize, Option<pb::DeviceList>)> = Vec::new();
             let mut seq = None;
             if crate::connection::status_is(&response, pb::Status::StaleDevices) {
@@ -1519,7 +1600,9 @@ impl Client {
         let body = self
             .conn
             .call_ok(Method::Fetch, &request.encode_to_vec(), Some(&creds), wait)
-            .await?;
+            .await;
+        self.refresh_if_outdated().await;
+        let body = body?;
         self.confirm_settings().await?;
         let reply: pb::FetchResponse = decode(&body, "fetch response")?;
         let own = self.own_box().await?;
@@ -1719,7 +1802,9 @@ impl Client {
     /// Subscribes to pushes on the current connection.
     pub async fn subscribe(&self) -> Result<Subscription> {
         let creds = self.credentials().await?;
-        let subscription = self.conn.subscribe(&creds).await?;
+        let subscription = self.conn.subscribe(&creds).await;
+        self.refresh_if_outdated().await;
+        let subscription = subscription?;
         self.confirm_settings().await?;
         Ok(subscription)
     }

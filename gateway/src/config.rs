@@ -189,6 +189,11 @@ pub struct Args {
     /// [default: `secret` in --data-dir, generated].
     #[arg(long, env = "ROSSBY_SECRET_FILE", value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// Current server secret version, from which new credentials and code hashes
+    /// are derived; credentials of the file's other versions still verify
+    /// [default: the highest version in the secret file].
+    #[arg(long, env = "ROSSBY_SECRET_VERSION", value_name = "N")]
+    pub secret_version: Option<u32>,
     /// Identifier lookup pepper file; the same on every gateway
     /// [default: `pepper` in --data-dir, generated].
     #[arg(long, env = "ROSSBY_PEPPER_FILE", value_name = "FILE")]
@@ -372,6 +377,7 @@ struct FileConfig {
     key: Option<PathBuf>,
     tls_name: Option<Vec<String>>,
     secret_file: Option<PathBuf>,
+    secret_version: Option<u32>,
     pepper_file: Option<PathBuf>,
     pepper_version: Option<u32>,
     drain_grace_secs: Option<u64>,
@@ -506,10 +512,13 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Server secret file (generated with 32 random bytes if missing).
     pub secret_file: PathBuf,
+    /// The current server secret version; `None`: the highest in the secret file
+    /// ([`crate::secret_file`]).
+    pub secret_version: Option<u32>,
     /// Lookup pepper file (generated with 32 random bytes if missing).
     pub pepper_file: PathBuf,
     /// The current lookup pepper version; `None`: the highest in the pepper file
-    /// ([`crate::pepper`]).
+    /// ([`crate::secret_file`]).
     pub pepper_version: Option<u32>,
     /// Logging.
     pub log: LogConfig,
@@ -602,6 +611,7 @@ impl Config {
     pub fn same_deployment_as(mut self, other: &Config) -> Config {
         self.storage = other.storage.clone();
         self.secret_file = other.secret_file.clone();
+        self.secret_version = other.secret_version;
         self.pepper_file = other.pepper_file.clone();
         self.pepper_version = other.pepper_version;
         self.api.service = other.api.service.clone();
@@ -624,6 +634,7 @@ impl Config {
                 extra_names: Vec::new(),
             },
             secret_file: data_dir.join("secret"),
+            secret_version: None,
             pepper_file: data_dir.join("pepper"),
             pepper_version: None,
             log: LogConfig {
@@ -940,6 +951,10 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
             .map_err(|e| Error::Config(format!("--tls-name {name:?}: {e}")))?;
     }
     c.secret_file = pick(a.secret_file, f.secret_file, data_dir.join("secret"));
+    c.secret_version = a.secret_version.or(f.secret_version);
+    if c.secret_version == Some(0) {
+        return Err(Error::Config("--secret-version must be at least 1".into()));
+    }
     c.pepper_file = pick(a.pepper_file, f.pepper_file, data_dir.join("pepper"));
     c.pepper_version = a.pepper_version.or(f.pepper_version);
     if c.pepper_version == Some(0) {
@@ -1536,6 +1551,8 @@ tls_name = ["chat.example.net"]
             "10.0.0.1",
             "--secret-file",
             "/s",
+            "--secret-version",
+            "2",
             "--pepper-file",
             "/p",
             "--drain-grace-secs",
@@ -1625,6 +1642,7 @@ tls_name = ["chat.example.net"]
         assert_eq!(c.sweep_interval, Duration::from_secs(5));
         assert_eq!(c.tls.extra_names, vec!["a.example", "10.0.0.1"]);
         assert_eq!(c.secret_file, PathBuf::from("/s"));
+        assert_eq!(c.secret_version, Some(2));
         assert_eq!(c.pepper_file, PathBuf::from("/p"));
         assert_eq!(c.drain_grace, Duration::from_secs(1));
         assert_eq!(c.drain_timeout, Duration::from_secs(2));

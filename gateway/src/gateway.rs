@@ -12,6 +12,7 @@ use crate::tls;
 use rossby_keyspace::RegionId;
 use rossby_replication::LatencyModel;
 use rossby_storage::Kv;
+use rossby_storage::kv::retry::RetryPolicy;
 use rossby_storage::kv::wansim::WanSimulation;
 use rossby_storage::tables::Store;
 use std::net::SocketAddr;
@@ -111,9 +112,14 @@ impl Gateway {
             .map_err(|e| Error::io("cannot create data directory", &config.data_dir, e))?;
         let metrics = Arc::new(Metrics::new());
 
-        let secret = load_or_create_secret(&config.secret_file, MIN_SECRET_BYTES, "server secret")?;
-        let backup = Arc::new(crate::backup::BackupService::new(&secret));
-        let hasher = crate::pepper::load_hasher(&config.pepper_file, config.pepper_version)?;
+        // The backup token is formed from the secret file's content as
+        // `rossby-gateway backup` reads it (for a versioned file, the whole file).
+        let file_secret =
+            load_or_create_secret(&config.secret_file, MIN_SECRET_BYTES, "server secret")?;
+        let backup = Arc::new(crate::backup::BackupService::new(&file_secret));
+        let secrets =
+            crate::secret_file::load_server_secrets(&config.secret_file, config.secret_version)?;
+        let hasher = crate::secret_file::load_hasher(&config.pepper_file, config.pepper_version)?;
         let identity = tls::load_or_generate(&config.tls)?;
         if metrics.set_certificate_expiry(identity.leaf()).is_none() {
             tracing::warn!(
@@ -129,15 +135,23 @@ impl Gateway {
         };
         // The simulation wraps only the API's view of the store: the admin probe
         // and shutdown keep the real store.
-        let api_kv = simulated_wan(&config, raw_kv.clone())?;
+        let (api_kv, wan_model) = simulated_wan(&config, raw_kv.clone())?;
         let mut store = Store::new(InstrumentedKv::wrap(api_kv, metrics.clone()), hasher);
         store.limits = config.api.limits.clone();
+        if let Some(model) = &wan_model {
+            store.retry = wan_retry_policy(model, store.retry.clone());
+        }
 
         let region = config.api.region;
         let max_frame = config.api.max_frame_bytes;
         let mut settings = config.api.clone();
-        settings.server_secret = secret;
-        let api = Arc::new(Api::new(settings, store.clone(), metrics.clone())?);
+        settings.server_secret = secrets.current().to_vec();
+        let api = Arc::new(Api::with_server_secrets(
+            settings,
+            secrets,
+            store.clone(),
+            metrics.clone(),
+        )?);
 
         let endpoint =
             quinn::Endpoint::server(server_config, config.listen).map_err(|e| Error::Io {
@@ -410,9 +424,10 @@ impl Gateway {
 
 /// The store as the API sees it: `kv` itself, or with `--wan-sim` `kv` delayed by
 /// the round trips the topology's TiKV deployment would pay from this region.
-fn simulated_wan(config: &Config, kv: Kv) -> Result<Kv> {
+/// Also returns the latency model when the simulation is on.
+fn simulated_wan(config: &Config, kv: Kv) -> Result<(Kv, Option<LatencyModel>)> {
     if !config.wan_sim {
-        return Ok(kv);
+        return Ok((kv, None));
     }
     let Some(topology) = config.api.topology.as_deref() else {
         return Err(Error::Config("--wan-sim needs --topology".into()));
@@ -424,7 +439,28 @@ fn simulated_wan(config: &Config, kv: Kv) -> Result<Kv> {
         timestamp_rtt = ?model.timestamp(),
         "WAN SIMULATION: storage transactions are delayed by modelled round trips; not for real traffic"
     );
-    Ok(WanSimulation::wrap(kv, model))
+    Ok((WanSimulation::wrap(kv, model.clone()), Some(model)))
+}
+
+/// The retry policy under the WAN simulation. A simulated transaction lasts as
+/// long as its round trips (up to a second between distant regions), so the
+/// default budget (a few seconds, back-off in milliseconds) would give up on write
+/// conflicts between regions after a handful of attempts that all collide again.
+/// The deadline and the largest back-off scale with the slowest modelled send, so
+/// retries spread out as they would against a real multi-region cluster.
+fn wan_retry_policy(model: &LatencyModel, default: RetryPolicy) -> RetryPolicy {
+    let slowest = model
+        .topology()
+        .regions()
+        .iter()
+        .map(|r| model.send(r.code))
+        .max()
+        .unwrap_or_default();
+    RetryPolicy {
+        deadline: default.deadline.max(slowest * default.max_attempts),
+        max_backoff: default.max_backoff.max(slowest),
+        ..default
+    }
 }
 
 /// Waits for other holders of an opened store (tasks still finishing) to let go,
@@ -488,6 +524,25 @@ mod tests {
     use rossby_storage::{KvStore, Transaction};
     use std::sync::atomic::AtomicU8;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn the_wan_simulation_stretches_the_retry_budget_to_its_round_trips() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/examples/three-regions.toml"
+        ))
+        .unwrap();
+        let topology = rossby_replication::Topology::parse(&text).unwrap();
+        let model = LatencyModel::new(topology, RegionId(3)).unwrap();
+        let slowest = model.send(RegionId(1)).max(model.send(RegionId(2)));
+        assert!(slowest >= Duration::from_millis(215), "{slowest:?}");
+        let default = RetryPolicy::default();
+        let policy = wan_retry_policy(&model, default.clone());
+        assert_eq!(policy.max_attempts, default.max_attempts);
+        assert!(policy.deadline >= slowest * default.max_attempts);
+        assert!(policy.max_backoff >= slowest);
+        assert!(policy.deadline > default.deadline);
+    }
 
     /// A store whose health tests switch: healthy, failing with `Unavailable`, or
     /// hanging forever on `begin`.

@@ -14,7 +14,7 @@ pub mod gateway;
 pub mod local;
 pub mod metrics;
 pub mod peer;
-pub mod pepper;
+pub mod secret_file;
 pub mod server;
 pub mod settings;
 pub mod tls;

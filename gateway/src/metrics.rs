@@ -74,7 +74,8 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// `rossby_auth_failures_total{reason}`: rejected authentications, by reason
     /// (set by the API layer: `malformed`, `unknown_credential`, `clock_skew`,
-    /// `wrong_connection`, `payload_mismatch`, `bad_mac`, `replayed`).
+    /// `wrong_connection`, `payload_mismatch`, `bad_mac`, `replayed`,
+    /// `unknown_secret_version`).
     pub auth_failures_total: IntCounterVec,
     /// `rossby_storage_transaction_duration_seconds`: begin to commit or rollback of
     /// every storage transaction.

@@ -72,8 +72,10 @@ pub struct ApiSettings {
     pub region: RegionId,
     /// The service name requests are signed for.
     pub service: ServiceName,
-    /// Secret from which device Hawk keys and verification-code hashes are derived
-    /// (at least 32 bytes). The same on every gateway of a deployment.
+    /// The current server secret (at least 32 bytes), the same on every gateway of
+    /// a deployment. A gateway started from a secret file with several versions
+    /// builds its API with all of them (`Api::with_server_secrets`); this field is
+    /// then the current one.
     pub server_secret: Vec<u8>,
     /// Allowed difference between a request's Hawk timestamp and the gateway clock.
     pub hawk_skew: Duration,

@@ -6,10 +6,12 @@
 //! Authorize the Hawk authorization ([`crate::auth`]) and the device's rate limit,
 //! then decodes the body (`BAD_REQUEST`) and runs the RPC. Every reply carries the
 //! gateway clock in `server_time_ms`, and replies to authenticated requests carry
-//! `home_region` when the caller's box is homed in another region.
+//! `home_region` when the caller's box is homed in another region and
+//! `credentials_outdated` when the caller signed with credentials of a server
+//! secret version other than the current one.
 //!
 //! The RPCs live in one module per area: [`registration`] (Register, Authorize,
-//! LinkDevice), [`directory`] (RequestKey, KeyPackages, ListDevices),
+//! LinkDevice, RefreshCredentials), [`directory`] (RequestKey, KeyPackages, ListDevices),
 //! [`messaging`] (Send, Fetch, Ack, Subscribe), [`account`] (Block, Unblock,
 //! UpdateSettings, RemoveDevice, DeleteAccount) and [`service`] (Ping, Health).
 //!
@@ -36,6 +38,7 @@ pub mod service;
 #[cfg(test)]
 pub(crate) mod testkit;
 
+use crate::auth::secrets::ServerSecrets;
 use crate::auth::{AuthFailure, Authenticated, Authenticator, DEFAULT_NONCE_CAPACITY, Presented};
 use crate::context::ConnContext;
 use crate::metrics::Metrics;
@@ -105,20 +108,35 @@ impl<'a> From<&'a ConnContext> for Origin<'a> {
 }
 
 impl Api {
-    /// Builds the API over a store. Fails when the settings are unusable (server
+    /// Builds the API over a store, with `settings.server_secret` as the only
+    /// server secret (version 1). Fails when the settings are unusable (server
     /// secret shorter than 32 bytes, zero skew or attempts, bad verifier URL).
     pub fn new(
         settings: ApiSettings,
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Result<Api, ApiError> {
-        let invalid = |msg: String| ApiError::Api(msg);
         if settings.server_secret.len() < crate::auth::keys::MIN_SERVER_SECRET {
-            return Err(invalid(format!(
+            return Err(ApiError::Api(format!(
                 "the server secret must have at least {} bytes",
                 crate::auth::keys::MIN_SERVER_SECRET
             )));
         }
+        let secrets =
+            ServerSecrets::single(settings.server_secret.clone()).map_err(ApiError::Api)?;
+        Api::with_server_secrets(settings, secrets, store, metrics)
+    }
+
+    /// Builds the API over a store with several server secret versions
+    /// ([`crate::auth::secrets`]); `settings.server_secret` is not used. Fails
+    /// when the settings are unusable (zero skew or attempts, bad verifier URL).
+    pub fn with_server_secrets(
+        settings: ApiSettings,
+        secrets: ServerSecrets,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Api, ApiError> {
+        let invalid = |msg: String| ApiError::Api(msg);
         if settings.hawk_skew.is_zero() {
             return Err(invalid("the Hawk clock skew must be positive".into()));
         }
@@ -139,7 +157,7 @@ impl Api {
         store.limits = settings.limits.clone();
         let presence = Presence::new();
         let auth = Authenticator::new(
-            settings.server_secret.clone(),
+            secrets,
             settings.service.clone(),
             settings.hawk_skew,
             DEFAULT_NONCE_CAPACITY,
@@ -171,7 +189,7 @@ impl Api {
 
     /// Answers one request from `origin` (see [`Origin`]).
     pub async fn handle_from(&self, origin: &Origin<'_>, request: pb::Request) -> pb::Response {
-        let (result, (home_region, home_gateways)) = self.shared.dispatch(origin, request).await;
+        let (result, hints) = self.shared.dispatch(origin, request).await;
         let mut response = match result {
             Ok(body) => pb::Response {
                 status: Status::Ok as i32,
@@ -180,8 +198,9 @@ impl Api {
             },
             Err(failure) => self.shared.failure_response(failure).await,
         };
-        response.home_region = home_region;
-        response.home_gateways = home_gateways;
+        response.home_region = hints.home.0;
+        response.home_gateways = hints.home.1;
+        response.credentials_outdated = hints.credentials_outdated;
         response.server_time_ms = now_ms();
         response
     }
@@ -223,6 +242,15 @@ impl Api {
 /// `home_region` and `home_gateways` of a reply (see [`routing::home_hint`]).
 type HomeHint = (u32, Vec<String>);
 
+/// What a reply says besides its outcome, once the caller is authenticated.
+#[derive(Default)]
+struct Hints {
+    /// Where the caller's box is homed, when that is another region.
+    home: HomeHint,
+    /// The caller signed with credentials of a non-current server secret version.
+    credentials_outdated: bool,
+}
+
 impl Shared {
     /// Runs the checks and the RPC; returns the encoded response body or the
     /// failure, and where the caller's box is homed when that is another region.
@@ -230,7 +258,7 @@ impl Shared {
         &self,
         origin: &Origin<'_>,
         request: pb::Request,
-    ) -> (Result<Vec<u8>, Failure>, HomeHint) {
+    ) -> (Result<Vec<u8>, Failure>, Hints) {
         if request.version != PROTOCOL_VERSION {
             let failure = Failure::new(
                 Status::UnsupportedVersion,
@@ -239,7 +267,7 @@ impl Shared {
                     request.version
                 ),
             );
-            return (Err(failure), HomeHint::default());
+            return (Err(failure), Hints::default());
         }
         let method = match Method::try_from(request.method) {
             Ok(Method::Unspecified) | Err(_) => {
@@ -247,7 +275,7 @@ impl Shared {
                     Status::UnknownMethod,
                     format!("method {} is not known to this gateway", request.method),
                 );
-                return (Err(failure), HomeHint::default());
+                return (Err(failure), Hints::default());
             }
             Ok(method) => method,
         };
@@ -257,7 +285,7 @@ impl Shared {
                     limited,
                     "too many requests from this address",
                 )),
-                HomeHint::default(),
+                Hints::default(),
             );
         }
         let body = request.body.as_slice();
@@ -269,19 +297,22 @@ impl Shared {
             _ => {
                 let caller = match self.authenticate(origin, method, &request).await {
                     Ok(caller) => caller,
-                    Err(failure) => return (Err(failure), HomeHint::default()),
+                    Err(failure) => return (Err(failure), Hints::default()),
                 };
-                let home = routing::home_hint(&self.settings, caller.box_id);
+                let hints = Hints {
+                    home: routing::home_hint(&self.settings, caller.box_id),
+                    credentials_outdated: caller.credentials_outdated,
+                };
                 if let Err(limited) = self.limits.device(caller.box_id, caller.device_id) {
                     let failure =
                         Failure::rate_limited(limited, "too many requests from this device");
-                    return (Err(failure), home);
+                    return (Err(failure), hints);
                 }
                 let result = self.authenticated(origin, method, &caller, body).await;
-                return (result, home);
+                return (result, hints);
             }
         };
-        (result, HomeHint::default())
+        (result, Hints::default())
     }
 
     async fn authenticated(
@@ -315,6 +346,9 @@ impl Shared {
             Method::GroupSend => encode(groups::group_send(self, caller, body).await),
             Method::LeaveGroup => encode(groups::leave_group(self, caller, body).await),
             Method::GroupInfo => encode(groups::group_info(self, caller, body).await),
+            Method::RefreshCredentials => {
+                encode(registration::refresh_credentials(self, caller, body).await)
+            }
             // Unauthenticated methods were answered by the caller of this function.
             Method::Unspecified
             | Method::Ping
@@ -648,7 +682,15 @@ mod tests {
         assert_eq!(status_of(&resp), Status::Unauthenticated);
         let ghost = DeviceId::new();
         let mut unknown = alice.clone();
-        unknown.creds = keys::credentials(&SECRET, alice.box_id, ghost, 1);
+        unknown.creds = keys::credentials(
+            &SECRET,
+            keys::CredentialId {
+                box_id: alice.box_id,
+                device: ghost,
+                key_version: 1,
+                secret_version: 1,
+            },
+        );
         let resp = env
             .request(1, list_devices(&unknown, 1, now, "nonce-7"))
             .await;
@@ -656,7 +698,15 @@ mod tests {
         assert_eq!(failures(&env, "unknown_credential"), 1);
         // A stale key version.
         let mut revoked = alice.clone();
-        revoked.creds = keys::credentials(&SECRET, alice.box_id, alice.device_id, 2);
+        revoked.creds = keys::credentials(
+            &SECRET,
+            keys::CredentialId {
+                box_id: alice.box_id,
+                device: alice.device_id,
+                key_version: 2,
+                secret_version: 1,
+            },
+        );
         let resp = env
             .request(1, list_devices(&revoked, 1, now, "nonce-8"))
             .await;

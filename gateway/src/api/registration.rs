@@ -1,4 +1,5 @@
-//! Register, Authorize and LinkDevice: how devices get credentials.
+//! Register, Authorize, LinkDevice and RefreshCredentials: how devices get
+//! credentials.
 //!
 //! Register stores a pending registration (the keyed hash of a fresh six-digit
 //! code, its expiry, an attempt counter, and the device's id, keys, label, recovery
@@ -8,11 +9,15 @@
 //! authorizes the device. Wrong codes are counted in storage, so the limit holds
 //! across gateways and restarts.
 //!
-//! Credentials (`pb::Credentials`: Hawk id and derived key) are sealed to the
-//! device's public keys with [`seal`] under [`CONTEXT_CREDENTIALS`]; the reply's
-//! `sealed_credentials` is the protobuf encoding of the resulting `pb::Sealed`.
+//! Credentials (`pb::Credentials`: Hawk id and derived key) are always issued
+//! under the current server secret version, sealed to the device's public keys
+//! with [`seal`] under [`CONTEXT_CREDENTIALS`]; the reply's `sealed_credentials`
+//! is the protobuf encoding of the resulting `pb::Sealed`. Code hashes are made
+//! with the current version and checked against every configured one
+//! ([`codes::matches_any`]).
 
 use super::{Failure, Shared, check_label, decode, now_ms, parse_device_id, parse_identifier};
+use crate::auth::keys::CredentialId;
 use crate::auth::{Authenticated, codes, keys};
 use crate::verifier::CodeMessage;
 use prost::Message;
@@ -58,11 +63,15 @@ fn sealed_credentials(
         tracing::error!(error = %e, "a stored key bundle no longer verifies");
         Failure::internal()
     })?;
+    let secrets = shared.auth.secrets();
     let creds = keys::credentials(
-        &shared.settings.server_secret,
-        box_id,
-        device_id,
-        key_version,
+        secrets.current(),
+        CredentialId {
+            box_id,
+            device: device_id,
+            key_version,
+            secret_version: secrets.current_version(),
+        },
     );
     let plaintext = pb::Credentials {
         id: creds.id,
@@ -98,7 +107,7 @@ pub(crate) async fn register(
     let expires_at_ms = now.saturating_add(ttl_ms);
     let code = codes::generate();
     let record = PendingRegistration {
-        code_mac: codes::code_mac(&shared.settings.server_secret, &digest.digest, &code).to_vec(),
+        code_mac: codes::code_mac(shared.auth.secrets().current(), &digest.digest, &code).to_vec(),
         expires_at_ms,
         attempts: 0,
         device_id: device_id.as_bytes().to_vec(),
@@ -172,7 +181,7 @@ pub(crate) async fn authorize(
     let store = &shared.store;
     let limits = &store.limits;
     let digest = store.hasher.current(&id);
-    let secret = shared.settings.server_secret.as_slice();
+    let secrets = shared.auth.secrets();
     let max_attempts = shared.settings.code_max_attempts;
     let home = shared.settings.region;
     let now = now_ms();
@@ -191,7 +200,7 @@ pub(crate) async fn authorize(
             registrations::remove_pending(txn, &digest).await?;
             return Ok(Outcome::Exhausted);
         }
-        if !codes::matches(secret, &digest.digest, &req.code, &pending.code_mac) {
+        if !codes::matches_any(secrets, &digest.digest, &req.code, &pending.code_mac) {
             let attempts = registrations::record_wrong_attempt(txn, &digest).await?;
             if attempts >= max_attempts {
                 registrations::remove_pending(txn, &digest).await?;
@@ -352,9 +361,38 @@ pub(crate) async fn link_device(
     })
 }
 
+/// RefreshCredentials: the caller's credentials under the current server secret
+/// version, with its key version, sealed to its stored key bundle.
+pub(crate) async fn refresh_credentials(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::RefreshCredentialsResponse, Failure> {
+    let _: pb::RefreshCredentialsRequest = decode(body, "RefreshCredentialsRequest")?;
+    let bundle = pb::KeyBundle::decode(caller.device.encryption_key.as_slice()).map_err(|e| {
+        tracing::error!(error = %e, "a stored key bundle does not decode");
+        Failure::internal()
+    })?;
+    let sealed = sealed_credentials(
+        shared,
+        &bundle,
+        caller.box_id,
+        caller.device_id,
+        caller.device.credential_version,
+    )?;
+    Ok(pb::RefreshCredentialsResponse {
+        sealed_credentials: sealed,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{TestEnv, TestSettings};
+    use super::super::testkit::{SECRET, TestDevice, TestEnv, TestSettings};
+    use crate::auth::keys::{self, CredentialId};
+    use crate::auth::secrets::ServerSecrets;
+    use prost::Message;
+    use rossby_protocol::crypto::{CONTEXT_CREDENTIALS, open};
+    use rossby_protocol::hawk::DeviceCredentials;
     use rossby_protocol::pb::{self, Method, Status};
     use rossby_protocol::status::status_of;
     use std::time::Duration;
@@ -571,5 +609,145 @@ mod tests {
         impostor.device_id = laptop.device_id;
         let resp = env.link_request(&alice, &impostor, "x").await;
         assert_eq!(status_of(&resp), Status::BadRequest);
+    }
+
+    const NEW_SECRET: [u8; 32] = [8; 32];
+
+    fn secrets(current: u32) -> ServerSecrets {
+        ServerSecrets::new(
+            vec![(1, SECRET.to_vec()), (2, NEW_SECRET.to_vec())],
+            current,
+        )
+        .unwrap()
+    }
+
+    async fn list_devices(env: &TestEnv, device: &TestDevice) -> pb::Response {
+        env.call_as(device, 1, Method::ListDevices, &pb::ListDevicesRequest {})
+            .await
+    }
+
+    async fn refreshed(env: &TestEnv, device: &TestDevice) -> TestDevice {
+        let resp = env
+            .call_as(
+                device,
+                1,
+                Method::RefreshCredentials,
+                &pb::RefreshCredentialsRequest {},
+            )
+            .await;
+        let reply: pb::RefreshCredentialsResponse = TestEnv::body(&resp);
+        let sealed = pb::Sealed::decode(reply.sealed_credentials.as_slice()).unwrap();
+        let plain = open(&device.keys, CONTEXT_CREDENTIALS, &sealed).unwrap();
+        let creds = pb::Credentials::decode(plain.as_slice()).unwrap();
+        TestDevice {
+            creds: DeviceCredentials {
+                id: creds.id,
+                key: creds.key.try_into().unwrap(),
+            },
+            ..device.clone()
+        }
+    }
+
+    fn failures(env: &TestEnv, reason: &str) -> u64 {
+        env.metrics
+            .auth_failures_total
+            .with_label_values(&[reason])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_keeps_old_credentials_and_refreshes_them() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let resp = list_devices(&env, &alice).await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        assert!(!resp.credentials_outdated);
+
+        // Versions 1 and 2, 2 current: version 1 credentials work and are outdated.
+        let rotated = env.with_server_secrets(secrets(2));
+        let resp = list_devices(&rotated, &alice).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        assert!(resp.credentials_outdated);
+        let fresh = refreshed(&rotated, &alice).await;
+        let expected = CredentialId {
+            box_id: alice.box_id,
+            device: alice.device_id,
+            key_version: 1,
+            secret_version: 2,
+        };
+        assert_eq!(
+            fresh.creds.id,
+            format!("{}.{}.1.2", alice.box_id, alice.device_id)
+        );
+        assert_eq!(fresh.creds.key, keys::device_key(&NEW_SECRET, &expected));
+        let resp = list_devices(&rotated, &fresh).await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        assert!(!resp.credentials_outdated);
+        // Both work side by side while version 1 is configured.
+        assert_eq!(status_of(&list_devices(&rotated, &alice).await), Status::Ok);
+
+        // Version 1 pinned as current: version 2 credentials work and are outdated;
+        // a refresh gives the three-part id back.
+        let pinned = env.with_server_secrets(secrets(1));
+        let resp = list_devices(&pinned, &fresh).await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        assert!(resp.credentials_outdated);
+        assert_eq!(refreshed(&pinned, &fresh).await.creds, alice.creds);
+
+        // Only version 1 configured: version 2 credentials are unknown.
+        let resp = list_devices(&env, &fresh).await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(failures(&env, "unknown_secret_version"), 1);
+        // Only version 2: version 1 credentials are unknown.
+        let only_new =
+            env.with_server_secrets(ServerSecrets::new(vec![(2, NEW_SECRET.to_vec())], 2).unwrap());
+        let resp = list_devices(&only_new, &alice).await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(failures(&only_new, "unknown_secret_version"), 1);
+        assert_eq!(
+            status_of(&list_devices(&only_new, &fresh).await),
+            Status::Ok
+        );
+        // A refresh needs valid credentials like any authenticated RPC.
+        let resp = only_new
+            .call(
+                1,
+                Method::RefreshCredentials,
+                &pb::RefreshCredentialsRequest {},
+            )
+            .await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn codes_sent_before_a_rotation_still_verify() {
+        let env = TestEnv::new();
+        let device = TestEnv::new_device();
+        let resp = env
+            .register_request("bob@example.com", &device, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let code = env.last_code("bob@example.com");
+        // The deployment now runs with version 2 current.
+        let rotated = env.with_server_secrets(secrets(2));
+        let resp = rotated
+            .authorize_request("bob@example.com", &device, &code)
+            .await;
+        let reply: pb::AuthorizeResponse = TestEnv::body(&resp);
+        let sealed = pb::Sealed::decode(reply.sealed_credentials.as_slice()).unwrap();
+        let plain = open(&device.keys, CONTEXT_CREDENTIALS, &sealed).unwrap();
+        let creds = pb::Credentials::decode(plain.as_slice()).unwrap();
+        assert!(creds.id.ends_with(".1.2"), "{}", creds.id);
+        // A code hashed under version 2 fails once version 2 is removed.
+        let carol = TestEnv::new_device();
+        let resp = rotated
+            .register_request("carol@example.com", &carol, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let code = rotated.last_code("carol@example.com");
+        let resp = env
+            .authorize_request("carol@example.com", &carol, &code)
+            .await;
+        assert_eq!(status_of(&resp), Status::InvalidCode);
     }
 }

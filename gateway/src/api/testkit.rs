@@ -147,6 +147,26 @@ impl TestEnv {
         self.clone()
     }
 
+    /// Another API over the same store, settings and code file, with these
+    /// server secrets: a restart of the deployment with a rotated secret file.
+    pub fn with_server_secrets(&self, secrets: crate::auth::secrets::ServerSecrets) -> TestEnv {
+        let metrics = Arc::new(Metrics::new());
+        let api = Api::with_server_secrets(
+            self.api.shared.settings.clone(),
+            secrets,
+            self.store.clone(),
+            metrics.clone(),
+        )
+        .expect("api");
+        TestEnv {
+            api: Arc::new(api),
+            store: self.store.clone(),
+            metrics,
+            dir: self.dir.clone(),
+            region: self.region,
+        }
+    }
+
     pub fn region(&self) -> RegionId {
         self.region
     }
@@ -310,7 +330,13 @@ impl TestEnv {
         let creds = pb::Credentials::decode(plain.as_slice()).expect("credentials");
         assert_eq!(
             creds.id,
-            crate::auth::keys::credential_id(box_id, device.device_id, 1)
+            crate::auth::keys::CredentialId {
+                box_id,
+                device: device.device_id,
+                key_version: 1,
+                secret_version: 1,
+            }
+            .to_string()
         );
         TestDevice {
             keys: device.keys.clone(),

@@ -5,7 +5,13 @@
 //! hash, so a leaked registration record reveals neither the code nor the
 //! identifier, and a code for one identifier is worthless for another. Checking a
 //! code compares the hashes in constant time.
+//!
+//! New codes are hashed with the current server secret version. The version is not
+//! stored with the hash: a code is checked against every configured version
+//! ([`matches_any`]), so codes sent before a rotation made another version current
+//! still verify, as long as the version they were hashed with is configured.
 
+use super::secrets::ServerSecrets;
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use sha2::Sha256;
@@ -47,6 +53,15 @@ pub fn matches(secret: &[u8], digest: &[u8; 32], code: &str, stored: &[u8]) -> b
     well_formed && equal
 }
 
+/// Whether `code` matches the stored hash under any configured server secret
+/// version (see [`matches()`]). Every version is tried, so the time taken does not
+/// say which one matched.
+pub fn matches_any(secrets: &ServerSecrets, digest: &[u8; 32], code: &str, stored: &[u8]) -> bool {
+    secrets.all().fold(false, |found, (_, secret)| {
+        matches(secret, digest, code, stored) | found
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +98,17 @@ mod tests {
         assert!(!matches(&secret, &[3; 32], "12345", &stored));
         assert!(!matches(&secret, &[3; 32], "", &stored));
         assert!(!matches(&secret, &[3; 32], "012345", &[]));
+    }
+
+    #[test]
+    fn codes_hashed_under_any_configured_version_match() {
+        let secrets = ServerSecrets::new(vec![(1, vec![1; 32]), (2, vec![2; 32])], 2).unwrap();
+        let under_one = code_mac(&[1; 32], &[3; 32], "012345");
+        let under_two = code_mac(&[2; 32], &[3; 32], "012345");
+        assert!(matches_any(&secrets, &[3; 32], "012345", &under_one));
+        assert!(matches_any(&secrets, &[3; 32], "012345", &under_two));
+        assert!(!matches_any(&secrets, &[3; 32], "012346", &under_one));
+        let removed = ServerSecrets::new(vec![(2, vec![2; 32])], 2).unwrap();
+        assert!(!matches_any(&removed, &[3; 32], "012345", &under_one));
     }
 }

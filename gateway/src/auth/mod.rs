@@ -4,8 +4,10 @@
 //! [`Authenticator::authenticate`] checks a request in this order:
 //! 1. the `Authorization` value parses as Hawk with id, ts, nonce, hash and mac
 //!    (else `malformed`), and the id is a canonical credential id (else
-//!    `unknown_credential`);
-//! 2. Hawk verification with the derived key ([`keys::device_key`]): timestamp
+//!    `unknown_credential`) naming a configured server secret version (else
+//!    `unknown_secret_version`);
+//! 2. Hawk verification with the key derived from that version's secret
+//!    ([`keys::device_key`]): timestamp
 //!    within the skew window (`clock_skew`), `ext` equal to this connection's TLS
 //!    exporter value (`wrong_connection`), payload hash over the body
 //!    (`payload_mismatch`), MAC (`bad_mac`);
@@ -17,16 +19,23 @@
 //! The MAC is checked before the device is read, so a forged request never costs a
 //! storage read. The labels above are the `reason` values of
 //! `rossby_auth_failures_total`.
+//!
+//! A request that authenticates with credentials of a server secret version other
+//! than the current one succeeds, and [`Authenticated::credentials_outdated`] says
+//! so (the reply's `credentials_outdated`; see [`secrets`]).
 
 pub mod codes;
 pub mod keys;
+pub mod secrets;
 
+use keys::CredentialId;
 use rossby_keyspace::{BoxId, DeviceId};
 use rossby_protocol::hawk::{Authorization, Rejection, ServiceName, SignedRequest};
 use rossby_protocol::pb::{Method, Status};
 use rossby_storage::tables::records::Device;
 use rossby_storage::tables::{Store, devices};
 use rossby_storage::transact;
+use secrets::ServerSecrets;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime};
 
@@ -74,6 +83,9 @@ pub enum AuthFailure {
     Malformed,
     /// The credential does not name an authorized device at its current key version.
     UnknownCredential,
+    /// The credential names a server secret version that is not configured (it was
+    /// removed, or never existed).
+    UnknownSecretVersion,
     /// The timestamp is outside the skew window.
     ClockSkew,
     /// `ext` carries another connection's binding.
@@ -95,6 +107,7 @@ impl AuthFailure {
         Some(match self {
             AuthFailure::Malformed => "malformed",
             AuthFailure::UnknownCredential => "unknown_credential",
+            AuthFailure::UnknownSecretVersion => "unknown_secret_version",
             AuthFailure::ClockSkew => "clock_skew",
             AuthFailure::WrongConnection => "wrong_connection",
             AuthFailure::PayloadMismatch => "payload_mismatch",
@@ -117,7 +130,9 @@ impl AuthFailure {
     pub fn message(&self) -> &'static str {
         match self {
             AuthFailure::Malformed => "missing or malformed Hawk authorization",
-            AuthFailure::UnknownCredential => "unknown or revoked credentials",
+            AuthFailure::UnknownCredential | AuthFailure::UnknownSecretVersion => {
+                "unknown or revoked credentials"
+            }
             AuthFailure::ClockSkew => {
                 "request timestamp is outside the allowed clock skew; see server_time_ms"
             }
@@ -151,6 +166,11 @@ pub struct Authenticated {
     pub device_id: DeviceId,
     /// Its record as read during authentication.
     pub device: Device,
+    /// The server secret version of the credentials used.
+    pub secret_version: u32,
+    /// Whether that version is not the current one: the device should fetch new
+    /// credentials (RefreshCredentials).
+    pub credentials_outdated: bool,
 }
 
 /// What one request presents for authentication.
@@ -168,22 +188,32 @@ pub struct Presented<'a> {
 
 /// Verifies Hawk-signed requests.
 pub struct Authenticator {
-    secret: Vec<u8>,
+    secrets: ServerSecrets,
     service: ServiceName,
     skew: Duration,
     nonces: NonceCache,
 }
 
 impl Authenticator {
-    /// An authenticator for a deployment's server secret and service name; nonces
+    /// An authenticator for a deployment's server secrets and service name; nonces
     /// live for twice the skew window.
-    pub fn new(secret: Vec<u8>, service: ServiceName, skew: Duration, nonce_capacity: u64) -> Self {
+    pub fn new(
+        secrets: ServerSecrets,
+        service: ServiceName,
+        skew: Duration,
+        nonce_capacity: u64,
+    ) -> Self {
         Authenticator {
-            secret,
+            secrets,
             service,
             skew,
             nonces: NonceCache::new(skew.saturating_mul(2), nonce_capacity),
         }
+    }
+
+    /// The server secrets credentials are derived from.
+    pub fn secrets(&self) -> &ServerSecrets {
+        &self.secrets
     }
 
     /// Authenticates one request (see the module documentation for the order of
@@ -201,9 +231,13 @@ impl Authenticator {
         if auth.nonce.is_empty() || auth.nonce.len() > MAX_NONCE_LEN {
             return Err(AuthFailure::Malformed);
         }
-        let (box_id, device_id, version) =
-            keys::parse_credential_id(&auth.id).ok_or(AuthFailure::UnknownCredential)?;
-        let key = keys::device_key(&self.secret, box_id, device_id, version);
+        let id = CredentialId::parse(&auth.id).ok_or(AuthFailure::UnknownCredential)?;
+        let secret = self
+            .secrets
+            .get(id.secret_version)
+            .ok_or(AuthFailure::UnknownSecretVersion)?;
+        let key = keys::device_key(secret, &id);
+        let (box_id, device_id) = (id.box_id, id.device);
         let signed = SignedRequest {
             service: &self.service,
             method: presented.method,
@@ -215,7 +249,7 @@ impl Authenticator {
             .await)
         .map_err(AuthFailure::Storage)?;
         let device = match device {
-            Some(d) if d.authorized && d.credential_version == version => d,
+            Some(d) if d.authorized && d.credential_version == id.key_version => d,
             _ => return Err(AuthFailure::UnknownCredential),
         };
         if !self.nonces.remember(&auth.id, &auth.nonce) {
@@ -225,6 +259,8 @@ impl Authenticator {
             box_id,
             device_id,
             device,
+            secret_version: id.secret_version,
+            credentials_outdated: id.secret_version != self.secrets.current_version(),
         })
     }
 }
