@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::local::LocalOptions;
 use crate::progress::ProgressMode;
-use crate::scenario::{Overrides, Scenario};
+use crate::scenario::{Overrides, Scenario, ScenarioFile};
 use crate::units::parse_duration;
 use crate::{DEFAULT_OUTPUT_DIR, Mode, Options, Phase, RemoteOptions};
 use clap::{Parser, ValueEnum};
@@ -166,22 +166,24 @@ impl Args {
     pub fn overrides(&self) -> Overrides {
         Overrides {
             scenario_file: self.scenario.clone(),
-            topology: self.topology.clone(),
-            users_per_region: self.users_per_region,
-            devices_per_user: self.devices_per_user,
-            contacts_per_user: self.contacts_per_user,
-            sizes: self.sizes.clone(),
-            rate: self.rate,
-            duration: self.duration.clone(),
-            warmup: self.warmup.clone(),
-            drain: self.drain.clone(),
-            mix: self.mix.clone(),
-            groups: self.groups,
-            group_members: self.group_members,
-            fetch: self.fetch.clone(),
-            fallback_poll: self.fallback_poll.clone(),
-            seed: self.seed,
-            max_in_flight: self.max_in_flight,
+            settings: ScenarioFile {
+                topology: self.topology.clone(),
+                users_per_region: self.users_per_region,
+                devices_per_user: self.devices_per_user,
+                contacts_per_user: self.contacts_per_user,
+                sizes: self.sizes.clone(),
+                rate: self.rate,
+                duration: self.duration.clone(),
+                warmup: self.warmup.clone(),
+                drain: self.drain.clone(),
+                mix: self.mix.clone(),
+                groups: self.groups,
+                group_members: self.group_members,
+                fetch: self.fetch.clone(),
+                fallback_poll: self.fallback_poll.clone(),
+                seed: self.seed,
+                max_in_flight: self.max_in_flight,
+            },
         }
     }
 

@@ -39,6 +39,8 @@ pub mod scenario;
 pub mod stats;
 pub mod svg;
 pub mod target;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod units;
 
 pub use error::{Error, Result};

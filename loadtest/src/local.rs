@@ -147,30 +147,17 @@ pub async fn start(scenario: &Scenario, options: LocalOptions) -> Result<Local> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{Overrides, ScenarioFile};
+    use crate::testkit;
 
     #[test]
     fn rate_limits_grow_with_the_scenario() {
-        let topology = rossby_replication::Topology::parse(
-            r#"
-primary = "a"
-survival = "zone"
-[[regions]]
-code = 1
-name = "a"
-zones = ["a1"]
-gateways = [{ quic = "127.0.0.1:7400", admin = "127.0.0.1:7401" }]
-"#,
-        )
-        .unwrap();
-        let o = |rate: f64| Overrides {
-            rate: Some(rate),
-            mix: Some("same=1".into()),
-            ..Overrides::default()
+        let o = |rate: f64| {
+            let mut o = testkit::same_region_only();
+            o.settings.rate = Some(rate);
+            o
         };
-        let file = ScenarioFile::default();
-        let small = Scenario::from_parts("t".into(), topology.clone(), &file, &o(1.0)).unwrap();
-        let big = Scenario::from_parts("t".into(), topology, &file, &o(5000.0)).unwrap();
+        let small = testkit::build(testkit::one_region(), "", &o(1.0)).unwrap();
+        let big = testkit::build(testkit::one_region(), "", &o(5000.0)).unwrap();
         let defaults = RateLimits::default();
         let s = fitted_rate_limits(&small);
         let b = fitted_rate_limits(&big);

@@ -438,31 +438,11 @@ fn mix64(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{Overrides, ScenarioFile};
-    use rossby_replication::Topology;
+    use crate::scenario::Overrides;
+    use crate::testkit;
 
     fn scenario(extra: &str) -> Scenario {
-        let topology = Topology::parse(
-            r#"
-primary = "a"
-survival = "zone"
-[[regions]]
-code = 1
-name = "a"
-zones = ["a1"]
-gateways = [{ quic = "127.0.0.1:7400", admin = "127.0.0.1:7401" }]
-[[regions]]
-code = 2
-name = "b"
-zones = ["b1"]
-gateways = [{ quic = "127.0.0.1:7500", admin = "127.0.0.1:7501" }]
-[rtt_ms]
-"a:b" = 80
-"#,
-        )
-        .unwrap();
-        let file: ScenarioFile = toml::from_str(extra).unwrap();
-        Scenario::from_parts("t".into(), topology, &file, &Overrides::default()).unwrap()
+        testkit::build(testkit::two_regions(), extra, &Overrides::default()).unwrap()
     }
 
     #[test]

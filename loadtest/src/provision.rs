@@ -790,27 +790,10 @@ async fn join_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{Overrides, ScenarioFile};
+    use crate::testkit;
 
     fn scenario(extra: &str) -> Scenario {
-        let topology = rossby_replication::Topology::parse(
-            r#"
-primary = "a"
-survival = "zone"
-[[regions]]
-code = 1
-name = "a"
-zones = ["a1"]
-gateways = [{ quic = "127.0.0.1:7400", admin = "127.0.0.1:7401" }]
-"#,
-        )
-        .unwrap();
-        let file: ScenarioFile = toml::from_str(extra).unwrap();
-        let o = Overrides {
-            mix: Some("same=1".into()),
-            ..Overrides::default()
-        };
-        Scenario::from_parts("t".into(), topology, &file, &o).unwrap()
+        testkit::build(testkit::one_region(), extra, &testkit::same_region_only()).unwrap()
     }
 
     #[test]

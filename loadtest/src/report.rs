@@ -651,36 +651,17 @@ mod tests {
     use crate::ledger::Totals;
     use crate::plan::Population;
     use crate::scenario::{Overrides, ScenarioFile};
+    use crate::testkit;
     use std::time::Duration;
 
     fn fixture(lost: u64, achieved_sends: u64) -> (Scenario, Population, Stats, RunOutcome) {
-        let topology = rossby_replication::Topology::parse(
-            r#"
-primary = "a"
-survival = "zone"
-[[regions]]
-code = 1
-name = "a"
-zones = ["a1"]
-gateways = [{ quic = "127.0.0.1:7400", admin = "127.0.0.1:7401" }]
-[[regions]]
-code = 2
-name = "b"
-zones = ["b1"]
-gateways = [{ quic = "127.0.0.1:7500", admin = "127.0.0.1:7501" }]
-[rtt_ms]
-"a:b" = 80
-"#,
-        )
-        .unwrap();
-        let o = Overrides {
+        let o = Overrides::from(ScenarioFile {
             rate: Some(10.0),
             duration: Some("10s".into()),
             users_per_region: Some(3),
-            ..Overrides::default()
-        };
-        let s =
-            Scenario::from_parts("t.toml".into(), topology, &ScenarioFile::default(), &o).unwrap();
+            ..ScenarioFile::default()
+        });
+        let s = testkit::build(testkit::two_regions(), "", &o).unwrap();
         let p = Population::build(&s, "x").unwrap();
         let stats = Stats::default();
         for i in 0..50u64 {

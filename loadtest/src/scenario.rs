@@ -85,7 +85,8 @@ pub struct Scenario {
     pub max_in_flight: usize,
 }
 
-/// The scenario file: every key optional.
+/// The scenario file (every key optional); [`Overrides`] carry the same keys
+/// from the command line.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFile {
@@ -128,38 +129,17 @@ pub struct ScenarioFile {
 pub struct Overrides {
     /// Scenario file.
     pub scenario_file: Option<PathBuf>,
-    /// Topology file.
-    pub topology: Option<PathBuf>,
-    /// Users per region.
-    pub users_per_region: Option<u32>,
-    /// Devices per user.
-    pub devices_per_user: Option<u32>,
-    /// Contacts per user.
-    pub contacts_per_user: Option<u32>,
-    /// Size distribution.
-    pub sizes: Option<String>,
-    /// Rate.
-    pub rate: Option<f64>,
-    /// Duration.
-    pub duration: Option<String>,
-    /// Warm-up.
-    pub warmup: Option<String>,
-    /// Drain.
-    pub drain: Option<String>,
-    /// Mix.
-    pub mix: Option<String>,
-    /// Groups.
-    pub groups: Option<u32>,
-    /// Members per group.
-    pub group_members: Option<u32>,
-    /// Fetch mode.
-    pub fetch: Option<String>,
-    /// Fallback poll.
-    pub fallback_poll: Option<String>,
-    /// Seed.
-    pub seed: Option<u64>,
-    /// In-flight bound.
-    pub max_in_flight: Option<usize>,
+    /// The scenario file's keys, as flags.
+    pub settings: ScenarioFile,
+}
+
+impl From<ScenarioFile> for Overrides {
+    fn from(settings: ScenarioFile) -> Overrides {
+        Overrides {
+            scenario_file: None,
+            settings,
+        }
+    }
 }
 
 /// Defaults of everything but the topology.
@@ -208,7 +188,7 @@ impl Scenario {
             }
             None => (ScenarioFile::default(), PathBuf::new()),
         };
-        let topology_path = match (&overrides.topology, &file.topology) {
+        let topology_path = match (&overrides.settings.topology, &file.topology) {
             (Some(p), _) => p.clone(),
             (None, Some(p)) if p.is_relative() => base_dir.join(p),
             (None, Some(p)) => p.clone(),
@@ -235,6 +215,7 @@ impl Scenario {
         file: &ScenarioFile,
         o: &Overrides,
     ) -> Result<Scenario> {
+        let o = &o.settings;
         let bad = Error::Scenario;
         let text = |flag: &Option<String>, key: &Option<String>, default: &str| {
             flag.clone()
@@ -452,31 +433,10 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TOPOLOGY: &str = r#"
-primary = "a"
-survival = "zone"
-[[regions]]
-code = 1
-name = "a"
-zones = ["a1"]
-gateways = [{ quic = "127.0.0.1:7400", admin = "127.0.0.1:7401" }]
-[[regions]]
-code = 2
-name = "b"
-zones = ["b1"]
-gateways = [{ quic = "127.0.0.1:7500", admin = "127.0.0.1:7501" }]
-[rtt_ms]
-"a:b" = 80
-"#;
-
-    fn topology() -> Topology {
-        Topology::parse(TOPOLOGY).unwrap()
-    }
+    use crate::testkit;
 
     fn build(file: &str, o: &Overrides) -> Result<Scenario> {
-        let file: ScenarioFile = toml::from_str(file).unwrap();
-        Scenario::from_parts("t.toml".into(), topology(), &file, o)
+        testkit::build(testkit::two_regions(), file, o)
     }
 
     #[test]
@@ -507,11 +467,11 @@ fetch = "poll:250ms"
 mix = "same=1,cross=1"
 fallback_poll = "off"
 "#;
-        let o = Overrides {
+        let o = Overrides::from(ScenarioFile {
             rate: Some(20.0),
             warmup: Some("0s".into()),
-            ..Overrides::default()
-        };
+            ..ScenarioFile::default()
+        });
         let s = build(file, &o).unwrap();
         assert_eq!(s.rate, 20.0);
         assert_eq!(s.duration, Duration::from_secs(10));
@@ -562,33 +522,15 @@ fallback_poll = "off"
 
     #[test]
     fn one_region_topologies_need_no_cross_region_sends() {
-        let one = Topology::parse(
-            r#"
-primary = "a"
-survival = "zone"
-[[regions]]
-code = 1
-name = "a"
-zones = ["a1"]
-gateways = [{ quic = "127.0.0.1:7400", admin = "127.0.0.1:7401" }]
-"#,
-        )
-        .unwrap();
-        let file = ScenarioFile::default();
-        let err = Scenario::from_parts("t".into(), one.clone(), &file, &Overrides::default())
-            .unwrap_err();
+        let err = testkit::build(testkit::one_region(), "", &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("cross-region"), "{err}");
-        let o = Overrides {
-            mix: Some("same=1".into()),
-            ..Overrides::default()
-        };
-        assert!(Scenario::from_parts("t".into(), one, &file, &o).is_ok());
+        assert!(testkit::build(testkit::one_region(), "", &testkit::same_region_only()).is_ok());
     }
 
     #[test]
     fn scenario_files_resolve_the_topology_beside_them() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("topo.toml"), TOPOLOGY).unwrap();
+        std::fs::write(dir.path().join("topo.toml"), testkit::two_regions_text()).unwrap();
         let scenario = dir.path().join("s.toml");
         std::fs::write(&scenario, "topology = \"topo.toml\"\nrate = 7\n").unwrap();
         let s = Scenario::load(&Overrides {

@@ -148,6 +148,7 @@ fn host_of(addr: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit;
 
     #[test]
     fn hosts_are_split_from_ports() {
@@ -161,25 +162,12 @@ mod tests {
 
     #[tokio::test]
     async fn local_mode_refuses_addresses_off_loopback() {
-        let topology = Topology::parse(
-            r#"
-primary = "a"
-survival = "zone"
-[[regions]]
-code = 1
-name = "a"
-zones = ["a1"]
-gateways = [{ quic = "127.0.0.1:7400", admin = "127.0.0.1:7401" }, { quic = "127.0.0.2:7400", admin = "127.0.0.1:7402" }]
-[[regions]]
-code = 2
-name = "b"
-zones = ["b1"]
-gateways = [{ quic = "10.1.2.3:7400", admin = "10.1.2.3:7401" }]
-[rtt_ms]
-"a:b" = 80
-"#,
-        )
-        .unwrap();
+        let a = format!(
+            r#"{}, {{ quic = "127.0.0.2:7400", admin = "127.0.0.1:7402" }}"#,
+            testkit::GATEWAY_A
+        );
+        let b = r#"{ quic = "10.1.2.3:7400", admin = "10.1.2.3:7401" }"#;
+        let topology = Topology::parse(&testkit::topology_text(&a, Some(b))).unwrap();
         let err = Targets::resolve(&topology, None, ServiceName::default(), true)
             .await
             .unwrap_err();

@@ -5,7 +5,7 @@
 
 use rossby_loadtest::local::LocalOptions;
 use rossby_loadtest::progress::ProgressMode;
-use rossby_loadtest::scenario::Overrides;
+use rossby_loadtest::scenario::{Overrides, ScenarioFile};
 use rossby_loadtest::{Mode, Options, Phase, Scenario, execute};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ fn a_short_local_run_delivers_every_message_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let topology = dir.path().join("two-regions.toml");
     std::fs::write(&topology, TOPOLOGY).unwrap();
-    let scenario = Scenario::load(&Overrides {
+    let scenario = Scenario::load(&Overrides::from(ScenarioFile {
         topology: Some(topology),
         users_per_region: Some(3),
         devices_per_user: Some(2),
@@ -47,8 +47,8 @@ fn a_short_local_run_delivers_every_message_exactly_once() {
         groups: Some(2),
         group_members: Some(3),
         sizes: Some("64-256:3,2048:1".into()),
-        ..Overrides::default()
-    })
+        ..ScenarioFile::default()
+    }))
     .unwrap();
     let out = dir.path().join("out");
     let started = Instant::now();
