@@ -184,28 +184,18 @@ fn with_gateways(
     topology: &Topology,
     addrs: &[(RegionId, SocketAddr, SocketAddr)],
 ) -> Result<Topology> {
-    let mut doc: serde_json::Value = serde_json::from_str(&topology.to_json())
-        .map_err(|e| Error::Config(format!("topology as JSON: {e}")))?;
-    let regions = doc
-        .get_mut("regions")
-        .and_then(serde_json::Value::as_array_mut)
-        .ok_or_else(|| Error::Config("topology JSON has no regions array".into()))?;
-    for region in regions {
-        let code = region
-            .get("code")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| Error::Config("topology JSON region without a code".into()))?;
-        let Some((_, quic, admin)) = addrs.iter().find(|(c, _, _)| u64::from(c.0) == code) else {
-            continue;
-        };
-        let gateways = vec![GatewayAddrs {
-            quic: quic.to_string(),
-            admin: admin.to_string(),
-        }];
-        region["gateways"] = serde_json::to_value(gateways)
-            .map_err(|e| Error::Config(format!("gateway addresses as JSON: {e}")))?;
-    }
-    Topology::from_json_str(&doc.to_string())
+    let gateways: Vec<(RegionId, Vec<GatewayAddrs>)> = addrs
+        .iter()
+        .map(|(code, quic, admin)| {
+            let gateway = GatewayAddrs {
+                quic: quic.to_string(),
+                admin: admin.to_string(),
+            };
+            (*code, vec![gateway])
+        })
+        .collect();
+    topology
+        .with_gateways(&gateways)
         .map_err(|e| Error::Config(format!("local topology: {e}")))
 }
 

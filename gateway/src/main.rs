@@ -99,25 +99,8 @@ async fn run(config: Config) -> ExitCode {
         gateway.quic_addr(),
         gateway.admin_addr()
     );
-    println!(
-        "certificate {} sha256={}{}",
-        gateway.certificate_path().display(),
-        gateway.certificate_fingerprint(),
-        if gateway.certificate_generated() {
-            " (generated)"
-        } else {
-            ""
-        }
-    );
-    shutdown_signal().await;
-    tracing::info!("shutdown requested; draining (signal again to exit at once)");
-    tokio::select! {
-        () = gateway.shutdown() => ExitCode::SUCCESS,
-        () = shutdown_signal() => {
-            tracing::warn!("second signal: exiting without finishing the drain");
-            ExitCode::from(130)
-        }
-    }
+    print_certificate(&gateway);
+    drain_on_signal(gateway.shutdown()).await
 }
 
 /// Local multi-region mode: prints one line per region with its chosen addresses
@@ -142,18 +125,9 @@ async fn run_local(config: Config) -> ExitCode {
             local.gateway.admin_addr()
         );
     }
+    // Every local gateway serves the same certificate.
     if let Some(first) = deployment.gateways().first() {
-        let gateway = &first.gateway;
-        println!(
-            "certificate {} sha256={}{}",
-            gateway.certificate_path().display(),
-            gateway.certificate_fingerprint(),
-            if gateway.certificate_generated() {
-                " (generated)"
-            } else {
-                ""
-            }
-        );
+        print_certificate(&first.gateway);
     }
     let topology_path = data_dir.join("local-topology.json");
     match std::fs::write(&topology_path, deployment.topology().to_json()) {
@@ -165,10 +139,30 @@ async fn run_local(config: Config) -> ExitCode {
             );
         }
     }
+    drain_on_signal(deployment.shutdown()).await
+}
+
+/// The pinned-certificate line scripts read from stdout.
+fn print_certificate(gateway: &Gateway) {
+    println!(
+        "certificate {} sha256={}{}",
+        gateway.certificate_path().display(),
+        gateway.certificate_fingerprint(),
+        if gateway.certificate_generated() {
+            " (generated)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// Waits for SIGTERM or Ctrl-C, then runs `drain`; a second signal during the
+/// drain exits at once (130).
+async fn drain_on_signal(drain: impl std::future::Future<Output = ()>) -> ExitCode {
     shutdown_signal().await;
-    tracing::info!("shutdown requested; draining every region (signal again to exit at once)");
+    tracing::info!("shutdown requested; draining (signal again to exit at once)");
     tokio::select! {
-        () = deployment.shutdown() => ExitCode::SUCCESS,
+        () = drain => ExitCode::SUCCESS,
         () = shutdown_signal() => {
             tracing::warn!("second signal: exiting without finishing the drain");
             ExitCode::from(130)

@@ -130,6 +130,19 @@ impl Topology {
         toml::to_string(&self.to_raw()).unwrap_or_default()
     }
 
+    /// This topology with the gateways of each listed region replaced (other
+    /// regions keep theirs), validated like a parsed file: the local multi-region
+    /// mode runs a topology's regions on loopback addresses.
+    pub fn with_gateways(&self, gateways: &[(RegionId, Vec<GatewayAddrs>)]) -> Result<Topology> {
+        let mut raw = self.to_raw();
+        for region in &mut raw.regions {
+            if let Some((_, addrs)) = gateways.iter().find(|(code, _)| code.0 == region.code) {
+                region.gateways = addrs.clone();
+            }
+        }
+        Self::validate(raw)
+    }
+
     fn to_raw(&self) -> RawTopology {
         let mut rtt_ms = BTreeMap::new();
         for (&(a, b), &ms) in &self.rtt_ms {
@@ -429,6 +442,33 @@ gateways = [{ quic = "gw.c.example:7400", admin = "10.0.0.3:7401" }]
         assert_eq!(t.region_named("c").map(|r| r.code), Some(c));
         assert!(t.region(RegionId(4)).is_none());
         assert!(t.region_named("d").is_none());
+    }
+
+    #[test]
+    fn gateways_can_be_replaced_and_are_validated() {
+        let t = Topology::from_toml_str(BASE).unwrap();
+        let local = vec![GatewayAddrs {
+            quic: "127.0.0.1:5000".into(),
+            admin: "127.0.0.1:5001".into(),
+        }];
+        let replaced = t.with_gateways(&[(RegionId(2), local.clone())]).unwrap();
+        assert_eq!(replaced.region(RegionId(2)).unwrap().gateways, local);
+        assert_eq!(
+            replaced.region(RegionId(1)).unwrap().gateways,
+            t.region(RegionId(1)).unwrap().gateways
+        );
+        assert_eq!(
+            replaced.rtt(RegionId(1), RegionId(3)),
+            t.rtt(RegionId(1), RegionId(3))
+        );
+        let bad = vec![GatewayAddrs {
+            quic: "no-port".into(),
+            admin: "127.0.0.1:5001".into(),
+        }];
+        assert!(matches!(
+            t.with_gateways(&[(RegionId(1), bad)]),
+            Err(Error::BadGateway { .. })
+        ));
     }
 
     #[test]

@@ -609,13 +609,6 @@ mod tests {
         TestEnv::signed_request(device, conn, Method::ListDevices, Vec::new(), ts, nonce)
     }
 
-    fn failures(env: &TestEnv, reason: &str) -> u64 {
-        env.metrics
-            .auth_failures_total
-            .with_label_values(&[reason])
-            .get()
-    }
-
     #[tokio::test]
     async fn hawk_accepts_good_requests_and_rejects_every_tampering() {
         let env = TestEnv::new();
@@ -629,13 +622,13 @@ mod tests {
         assert_eq!(resp.home_region, 0);
         let resp = env.request(1, req.clone()).await;
         assert_eq!(status_of(&resp), Status::Replayed);
-        assert_eq!(failures(&env, "replayed"), 1);
+        assert_eq!(env.auth_failures("replayed"), 1);
 
         // Captured and replayed on another connection (other exporter).
         let req = list_devices(&alice, 1, now, "nonce-2");
         let resp = env.request(2, req).await;
         assert_eq!(status_of(&resp), Status::Unauthenticated);
-        assert_eq!(failures(&env, "wrong_connection"), 1);
+        assert_eq!(env.auth_failures("wrong_connection"), 1);
 
         // Outside the skew window: CLOCK_SKEW with the server's time.
         let old = now - Duration::from_secs(600);
@@ -645,7 +638,7 @@ mod tests {
         assert_eq!(status_of(&resp), Status::ClockSkew);
         let server = UNIX_EPOCH + Duration::from_millis(resp.server_time_ms);
         assert!(server.duration_since(now).unwrap_or_default() < Duration::from_secs(60));
-        assert_eq!(failures(&env, "clock_skew"), 1);
+        assert_eq!(env.auth_failures("clock_skew"), 1);
 
         // A body changed after signing.
         let mut req = TestEnv::signed_request(
@@ -663,14 +656,14 @@ mod tests {
         .encode_to_vec();
         let resp = env.request(1, req).await;
         assert_eq!(status_of(&resp), Status::Unauthenticated);
-        assert_eq!(failures(&env, "payload_mismatch"), 1);
+        assert_eq!(env.auth_failures("payload_mismatch"), 1);
 
         // Signed for one RPC, sent as another.
         let mut req = list_devices(&alice, 1, now, "nonce-5");
         req.method = Method::DeleteAccount as i32;
         let resp = env.request(1, req).await;
         assert_eq!(status_of(&resp), Status::Unauthenticated);
-        assert_eq!(failures(&env, "bad_mac"), 1);
+        assert_eq!(env.auth_failures("bad_mac"), 1);
 
         // A forged credential: right shape, unknown device (so a wrong key), and a
         // correctly derived key for a device that does not exist.
@@ -695,7 +688,7 @@ mod tests {
             .request(1, list_devices(&unknown, 1, now, "nonce-7"))
             .await;
         assert_eq!(status_of(&resp), Status::Unauthenticated);
-        assert_eq!(failures(&env, "unknown_credential"), 1);
+        assert_eq!(env.auth_failures("unknown_credential"), 1);
         // A stale key version.
         let mut revoked = alice.clone();
         revoked.creds = keys::credentials(
@@ -711,7 +704,7 @@ mod tests {
             .request(1, list_devices(&revoked, 1, now, "nonce-8"))
             .await;
         assert_eq!(status_of(&resp), Status::Unauthenticated);
-        assert_eq!(failures(&env, "unknown_credential"), 2);
+        assert_eq!(env.auth_failures("unknown_credential"), 2);
 
         // Missing and malformed authorization.
         let resp = env
@@ -722,7 +715,7 @@ mod tests {
         req.authorization = "Hawk id=\"x\"".into();
         let resp = env.request(1, req).await;
         assert_eq!(status_of(&resp), Status::Unauthenticated);
-        assert_eq!(failures(&env, "malformed"), 2);
+        assert_eq!(env.auth_failures("malformed"), 2);
         // None of these messages says anything about keys or devices.
         for nonce in ["nonce-10", "nonce-11"] {
             let resp = env.request(2, list_devices(&alice, 1, now, nonce)).await;

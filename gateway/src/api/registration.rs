@@ -648,13 +648,6 @@ mod tests {
         }
     }
 
-    fn failures(env: &TestEnv, reason: &str) -> u64 {
-        env.metrics
-            .auth_failures_total
-            .with_label_values(&[reason])
-            .get()
-    }
-
     #[tokio::test]
     async fn a_rotated_secret_keeps_old_credentials_and_refreshes_them() {
         let env = TestEnv::new();
@@ -697,13 +690,13 @@ mod tests {
         // Only version 1 configured: version 2 credentials are unknown.
         let resp = list_devices(&env, &fresh).await;
         assert_eq!(status_of(&resp), Status::Unauthenticated);
-        assert_eq!(failures(&env, "unknown_secret_version"), 1);
+        assert_eq!(env.auth_failures("unknown_secret_version"), 1);
         // Only version 2: version 1 credentials are unknown.
         let only_new =
             env.with_server_secrets(ServerSecrets::new(vec![(2, NEW_SECRET.to_vec())], 2).unwrap());
         let resp = list_devices(&only_new, &alice).await;
         assert_eq!(status_of(&resp), Status::Unauthenticated);
-        assert_eq!(failures(&only_new, "unknown_secret_version"), 1);
+        assert_eq!(only_new.auth_failures("unknown_secret_version"), 1);
         assert_eq!(
             status_of(&list_devices(&only_new, &fresh).await),
             Status::Ok

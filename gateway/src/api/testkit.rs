@@ -102,6 +102,14 @@ pub(crate) struct TestEnv {
 static NONCES: AtomicU64 = AtomicU64::new(1);
 
 impl TestEnv {
+    /// `rossby_auth_failures_total{reason}` so far.
+    pub fn auth_failures(&self, reason: &str) -> u64 {
+        self.metrics
+            .auth_failures_total
+            .with_label_values(&[reason])
+            .get()
+    }
+
     pub fn new() -> Self {
         Self::with(TestSettings::default())
     }
