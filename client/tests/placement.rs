@@ -215,6 +215,54 @@ async fn read_request(stream: &mut TcpStream) -> Option<Recorded> {
     })
 }
 
+#[test]
+fn plan_prints_the_forwarded_send_latency_per_pair() {
+    let plan = plan_file(&example_topology()).expect("the example topology plans");
+    let send = |from: &str, to: &str| {
+        plan.send_latency
+            .iter()
+            .find(|(a, b, _)| a == from && b == to)
+            .map(|(_, _, d)| *d)
+    };
+    let ms = Duration::from_millis;
+    // The peer round trip to the home region, then the owner's two timestamps from
+    // us-east (zero quorums under the zone goal).
+    assert_eq!(send("us-east", "us-east"), Some(ms(0)));
+    assert_eq!(send("eu-west", "eu-west"), Some(ms(136)));
+    assert_eq!(send("ap-southeast", "ap-southeast"), Some(ms(430)));
+    assert_eq!(send("us-east", "ap-southeast"), Some(ms(215 + 430)));
+    assert_eq!(send("ap-southeast", "us-east"), Some(ms(215)));
+    assert_eq!(send("ap-southeast", "eu-west"), Some(ms(160 + 136)));
+
+    let text = plan.to_string();
+    let table = text
+        .split("Expected send latency")
+        .nth(1)
+        .expect("a send latency table");
+    assert!(
+        table.starts_with(", forwarded home-region path (rows: gateway region;"),
+        "{text}"
+    );
+    assert!(table.contains("owning gateway"), "{text}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.trim_start().starts_with(name) && l.ends_with(" ms"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    // Columns in region order: us-east, eu-west, ap-southeast.
+    assert_eq!(
+        row("ap-southeast").as_deref(),
+        Some("ap-southeast 215 ms 296 ms 430 ms"),
+        "{text}"
+    );
+    assert_eq!(
+        row("us-east").as_deref(),
+        Some("us-east 0 ms 204 ms 645 ms"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn apply_sends_the_plans_json_and_verifies_it() {
     let plan = plan_file(&example_topology()).expect("the example topology plans");

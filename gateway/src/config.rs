@@ -17,8 +17,8 @@ use rossby_keyspace::RegionId;
 use rossby_protocol::hawk::ServiceName;
 use rossby_replication::Topology;
 use rossby_storage::kv::fjall::{Durability, FjallConfig};
-use rossby_storage::kv::tikv::{TikvConfig, TikvTxnMode};
-use rossby_storage::{BackendConfig, Kv};
+use rossby_storage::kv::tikv::TikvConfig;
+use rossby_storage::{BackendConfig, Kv, RetryPolicy};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,17 +67,6 @@ pub enum DurabilityArg {
     GroupCommit,
     /// Acknowledge commits once handed to the OS (benchmarks only).
     NoSync,
-}
-
-/// TiKV transaction mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TikvModeArg {
-    /// Conflicts detected at commit.
-    #[default]
-    Optimistic,
-    /// Locks taken as keys are written.
-    Pessimistic,
 }
 
 /// Command-line flags. Each is also read from its `ROSSBY_*` variable (the flag
@@ -156,9 +145,10 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub pd: Option<Vec<String>>,
-    /// TiKV transaction mode [default: optimistic].
-    #[arg(long, env = "ROSSBY_TIKV_MODE", value_name = "MODE")]
-    pub tikv_mode: Option<TikvModeArg>,
+    /// Removed: read only so that a configuration still setting it fails with
+    /// the reason ([`TIKV_MODE_REMOVED`]) instead of being ignored.
+    #[arg(long, env = "ROSSBY_TIKV_MODE", value_name = "MODE", hide = true)]
+    pub tikv_mode: Option<String>,
     /// Deadline of each TiKV RPC in milliseconds [default: 2000].
     #[arg(long, env = "ROSSBY_TIKV_TIMEOUT_MS", value_name = "MS")]
     pub tikv_timeout_ms: Option<u64>,
@@ -168,6 +158,21 @@ pub struct Args {
     /// Seconds between retention sweeps [default: 30].
     #[arg(long, env = "ROSSBY_SWEEP_INTERVAL_SECS", value_name = "SECS")]
     pub sweep_interval_secs: Option<u64>,
+    /// Most runs of a storage transaction that keeps conflicting [default: 16;
+    /// setting any --retry-* option turns off the --wan-sim scaling].
+    #[arg(long, env = "ROSSBY_RETRY_ATTEMPTS", value_name = "N")]
+    pub retry_attempts: Option<u32>,
+    /// No retry of a conflicting transaction starts later than this many
+    /// milliseconds after its first run [default: 5000].
+    #[arg(long, env = "ROSSBY_RETRY_DEADLINE_MS", value_name = "MS")]
+    pub retry_deadline_ms: Option<u64>,
+    /// Ceiling of the random back-off before the first retry, in milliseconds;
+    /// it doubles with each further retry [default: 1].
+    #[arg(long, env = "ROSSBY_RETRY_INITIAL_BACKOFF_MS", value_name = "MS")]
+    pub retry_initial_backoff_ms: Option<u64>,
+    /// Ceiling of any back-off between retries, in milliseconds [default: 100].
+    #[arg(long, env = "ROSSBY_RETRY_MAX_BACKOFF_MS", value_name = "MS")]
+    pub retry_max_backoff_ms: Option<u64>,
 
     // ---- TLS and secrets ----
     /// Certificate chain PEM file (with `--key`) [default: `cert.pem` in --data-dir, generated].
@@ -336,6 +341,14 @@ pub struct Args {
     /// Seconds between presence lease renewals; below --peer-lease-secs [default: 10].
     #[arg(long, env = "ROSSBY_PEER_RENEW_SECS", value_name = "SECS")]
     pub peer_renew_secs: Option<u64>,
+    /// Lifetime of a gateway's box-ownership lease in milliseconds: a dead
+    /// owner's boxes move within this plus --owner-renew-ms [default: 5000].
+    #[arg(long, env = "ROSSBY_OWNER_LEASE_MS", value_name = "MS")]
+    pub owner_lease_ms: Option<u64>,
+    /// Milliseconds between ownership lease renewals (and refreshes of the view of
+    /// every region's gateways); below --owner-lease-ms [default: 1000].
+    #[arg(long, env = "ROSSBY_OWNER_RENEW_MS", value_name = "MS")]
+    pub owner_renew_ms: Option<u64>,
     /// Milliseconds between storage re-reads of a waiting fetch (the fallback for
     /// lost notifications); 0 switches it off [default: 1000].
     #[arg(long, env = "ROSSBY_FETCH_POLL_MS", value_name = "MS")]
@@ -369,10 +382,15 @@ struct FileConfig {
     durability: Option<DurabilityArg>,
     cache_mb: Option<u64>,
     pd: Option<Vec<String>>,
-    tikv_mode: Option<TikvModeArg>,
+    /// Removed; any value is an error (see [`TIKV_MODE_REMOVED`]).
+    tikv_mode: Option<serde::de::IgnoredAny>,
     tikv_timeout_ms: Option<u64>,
     probe_timeout_ms: Option<u64>,
     sweep_interval_secs: Option<u64>,
+    retry_attempts: Option<u32>,
+    retry_deadline_ms: Option<u64>,
+    retry_initial_backoff_ms: Option<u64>,
+    retry_max_backoff_ms: Option<u64>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     tls_name: Option<Vec<String>>,
@@ -420,6 +438,8 @@ struct FileConfig {
     peer_key: Option<PathBuf>,
     peer_lease_secs: Option<u64>,
     peer_renew_secs: Option<u64>,
+    owner_lease_ms: Option<u64>,
+    owner_renew_ms: Option<u64>,
     fetch_poll_ms: Option<u64>,
 }
 
@@ -533,6 +553,10 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Interval of the retention sweeper.
     pub sweep_interval: Duration,
+    /// How the API's storage transactions are retried on conflict; `None` when no
+    /// `--retry-*` option was given: the default policy, stretched to the modelled
+    /// round trips under the WAN simulation (`crate::gateway`).
+    pub retry: Option<RetryPolicy>,
     /// The file the topology (in `api.topology`) was read from.
     pub topology_file: Option<PathBuf>,
     /// Whether storage transactions are delayed by the simulated WAN round trips
@@ -548,6 +572,9 @@ pub struct Config {
     /// How often a waiting fetch re-reads storage for messages that arrived through
     /// other gateways; `None`: never (notifications alone wake it).
     pub fetch_poll_interval: Option<Duration>,
+    /// Lifetime and renewal interval of the box-ownership lease (with peers and
+    /// a topology; docs/geo.md).
+    pub owner_lease: (Duration, Duration),
     /// Settings of the API layer. `server_secret` is ignored here: the gateway
     /// fills it from `secret_file` at start.
     pub api: ApiSettings,
@@ -646,11 +673,16 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(30),
+            retry: None,
             topology_file: None,
             wan_sim: false,
             local: false,
             peer: None,
             fetch_poll_interval: Some(crate::api::messaging::FETCH_POLL_INTERVAL),
+            owner_lease: (
+                crate::peer::ownership::DEFAULT_OWNER_LEASE,
+                crate::peer::ownership::DEFAULT_OWNER_RENEW,
+            ),
             api: ApiSettings::with_secret(Vec::new()),
             data_dir,
         }
@@ -776,6 +808,85 @@ pub fn parse_verifier(s: &str) -> std::result::Result<VerifierSpec, String> {
     ))
 }
 
+/// Why `--tikv-mode` is gone, for configurations that still set it.
+const TIKV_MODE_REMOVED: &str = "was removed: TiKV transactions are always optimistic. \
+Pessimistic mode read a box's `next` key without locking it, so two gateways could give \
+two messages the same sequence number and one would be lost; delete the setting";
+
+/// Fails if the removed `--tikv-mode` is set anywhere, naming where.
+fn reject_tikv_mode(flag_or_env: bool, file: bool) -> Result<()> {
+    if flag_or_env {
+        return Err(Error::Config(format!(
+            "--tikv-mode (ROSSBY_TIKV_MODE) {TIKV_MODE_REMOVED}"
+        )));
+    }
+    if file {
+        return Err(Error::Config(format!(
+            "config key tikv_mode {TIKV_MODE_REMOVED}"
+        )));
+    }
+    Ok(())
+}
+
+/// Longest retry deadline or back-off accepted, in milliseconds: a request waits
+/// for its retries, and an hour is already far beyond any client's patience.
+const MAX_RETRY_MS: u64 = 3_600_000;
+
+/// The retry policy from the `--retry-*` options (already merged flag over
+/// environment over file); `None` when none is set, so the gateway keeps its
+/// default (scaled under the WAN simulation). Unset options take
+/// [`RetryPolicy::default`]'s values.
+fn retry_policy(
+    attempts: Option<u32>,
+    deadline_ms: Option<u64>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+) -> Result<Option<RetryPolicy>> {
+    if attempts.is_none()
+        && deadline_ms.is_none()
+        && initial_backoff_ms.is_none()
+        && max_backoff_ms.is_none()
+    {
+        return Ok(None);
+    }
+    let default = RetryPolicy::default();
+    let default_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let max_attempts = at_least(
+        "retry-attempts",
+        attempts.unwrap_or(default.max_attempts),
+        1,
+    )?;
+    let deadline = deadline_ms.unwrap_or(default_ms(default.deadline));
+    if deadline == 0 || deadline > MAX_RETRY_MS {
+        return Err(Error::Config(format!(
+            "--retry-deadline-ms must be between 1 and {MAX_RETRY_MS} (got {deadline})"
+        )));
+    }
+    let initial = initial_backoff_ms.unwrap_or(default_ms(default.base_backoff));
+    let max = max_backoff_ms.unwrap_or(default_ms(default.max_backoff));
+    if max > MAX_RETRY_MS {
+        return Err(Error::Config(format!(
+            "--retry-max-backoff-ms must be at most {MAX_RETRY_MS} (got {max})"
+        )));
+    }
+    if initial > max {
+        let which = if max_backoff_ms.is_some() {
+            "--retry-max-backoff-ms"
+        } else {
+            "the default --retry-max-backoff-ms"
+        };
+        return Err(Error::Config(format!(
+            "--retry-initial-backoff-ms ({initial}) must not exceed {which} ({max})"
+        )));
+    }
+    Ok(Some(RetryPolicy {
+        max_attempts,
+        base_backoff: Duration::from_millis(initial),
+        max_backoff: Duration::from_millis(max),
+        deadline: Duration::from_millis(deadline),
+    }))
+}
+
 /// Flag over file over default.
 fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
     flag.or(file).unwrap_or(default)
@@ -860,7 +971,7 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     let store_dir = pick(a.store_dir, f.store_dir, data_dir.join("store"));
     let durability = pick(a.durability, f.durability, DurabilityArg::GroupCommit);
     let cache_mb = at_least("cache-mb", pick(a.cache_mb, f.cache_mb, 64), 1)?;
-    let tikv_mode = pick(a.tikv_mode, f.tikv_mode, TikvModeArg::Optimistic);
+    reject_tikv_mode(a.tikv_mode.is_some(), f.tikv_mode.is_some())?;
     let tikv_timeout_ms = at_least(
         "tikv-timeout-ms",
         pick(a.tikv_timeout_ms, f.tikv_timeout_ms, 2000),
@@ -887,10 +998,6 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
             }
             BackendConfig::Tikv(
                 TikvConfig::new(pd.clone())
-                    .with_mode(match tikv_mode {
-                        TikvModeArg::Optimistic => TikvTxnMode::Optimistic,
-                        TikvModeArg::Pessimistic => TikvTxnMode::Pessimistic,
-                    })
                     .with_request_timeout(Duration::from_millis(tikv_timeout_ms)),
             )
         }
@@ -917,6 +1024,12 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         pick(a.sweep_interval_secs, f.sweep_interval_secs, 30),
         1,
         86_400,
+    )?;
+    c.retry = retry_policy(
+        a.retry_attempts.or(f.retry_attempts),
+        a.retry_deadline_ms.or(f.retry_deadline_ms),
+        a.retry_initial_backoff_ms.or(f.retry_initial_backoff_ms),
+        a.retry_max_backoff_ms.or(f.retry_max_backoff_ms),
     )?;
 
     // TLS and secrets.
@@ -1244,7 +1357,12 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         )));
     }
     c.fetch_poll_interval = (poll_ms > 0).then(|| Duration::from_millis(poll_ms));
+    c.owner_lease = owner_lease(
+        pick(a.owner_lease_ms, f.owner_lease_ms, 5000),
+        pick(a.owner_renew_ms, f.owner_renew_ms, 1000),
+    )?;
     c.peer = peer_config(
+        c.owner_lease,
         a.peer_listen.or(f.peer_listen),
         a.peer_advertise.or(f.peer_advertise),
         [
@@ -1258,9 +1376,28 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     Ok(c)
 }
 
+/// The box-ownership lease and its renewal interval, checked.
+fn owner_lease(lease_ms: u64, renew_ms: u64) -> Result<(Duration, Duration)> {
+    if !(100..=600_000).contains(&lease_ms) {
+        return Err(Error::Config(format!(
+            "--owner-lease-ms must be between 100 and 600000 (got {lease_ms})"
+        )));
+    }
+    if renew_ms == 0 || renew_ms >= lease_ms {
+        return Err(Error::Config(format!(
+            "--owner-renew-ms must be positive and below --owner-lease-ms ({lease_ms}) (got {renew_ms})"
+        )));
+    }
+    Ok((
+        Duration::from_millis(lease_ms),
+        Duration::from_millis(renew_ms),
+    ))
+}
+
 /// The peer endpoint's configuration: off without `--peer-listen`, which then
 /// needs the CA, certificate and key files.
 fn peer_config(
+    (owner_lease, owner_renew): (Duration, Duration),
     listen: Option<SocketAddr>,
     advertise: Option<String>,
     files: [(&str, Option<PathBuf>); 3],
@@ -1296,6 +1433,8 @@ fn peer_config(
         tls: crate::peer::tls::PeerTls::Files { ca, cert, key },
         lease,
         renew_interval,
+        owner_lease,
+        owner_renew,
     };
     peer.check()?;
     Ok(Some(peer))
@@ -1537,14 +1676,20 @@ tls_name = ["chat.example.net"]
             "tikv",
             "--pd",
             "pd1:2379,pd2:2379",
-            "--tikv-mode",
-            "pessimistic",
             "--tikv-timeout-ms",
             "500",
             "--probe-timeout-ms",
             "250",
             "--sweep-interval-secs",
             "5",
+            "--retry-attempts",
+            "4",
+            "--retry-deadline-ms",
+            "900",
+            "--retry-initial-backoff-ms",
+            "2",
+            "--retry-max-backoff-ms",
+            "50",
             "--tls-name",
             "a.example",
             "--tls-name",
@@ -1633,13 +1778,21 @@ tls_name = ["chat.example.net"]
         match &c.storage {
             StorageConfig::Backend(BackendConfig::Tikv(t)) => {
                 assert_eq!(t.pd_endpoints, vec!["pd1:2379", "pd2:2379"]);
-                assert_eq!(t.mode, TikvTxnMode::Pessimistic);
                 assert_eq!(t.request_timeout, Duration::from_millis(500));
             }
             other => panic!("unexpected storage {other:?}"),
         }
         assert_eq!(c.probe_timeout, Duration::from_millis(250));
         assert_eq!(c.sweep_interval, Duration::from_secs(5));
+        assert_eq!(
+            c.retry,
+            Some(RetryPolicy {
+                max_attempts: 4,
+                base_backoff: Duration::from_millis(2),
+                max_backoff: Duration::from_millis(50),
+                deadline: Duration::from_millis(900),
+            })
+        );
         assert_eq!(c.tls.extra_names, vec!["a.example", "10.0.0.1"]);
         assert_eq!(c.secret_file, PathBuf::from("/s"));
         assert_eq!(c.secret_version, Some(2));
@@ -1738,6 +1891,11 @@ tls_name = ["chat.example.net"]
             (&["--cert", "/c.pem"][..], "--cert needs --key"),
             (&["--service-name", "bad host:1"][..], "--service-name"),
             (&["--retention-days", "0"][..], "--retention-days"),
+            (&["--owner-lease-ms", "50"][..], "--owner-lease-ms"),
+            (
+                &["--owner-lease-ms", "1000", "--owner-renew-ms", "1000"][..],
+                "--owner-renew-ms",
+            ),
             (&["--log-level", "=="][..], "--log-level"),
             (&["--tls-name", "bad name"][..], "--tls-name"),
             (&["--region", "0"][..], "--region"),
@@ -1845,7 +2003,8 @@ tls_name = ["chat.example.net"]
         let mut toml_keys = 0;
         for arg in Args::command().get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if matches!(long, "help" | "version") {
+            // Hidden flags are removed options kept only to explain their removal.
+            if matches!(long, "help" | "version") || arg.is_hide_set() {
                 continue;
             }
             assert!(
@@ -1960,11 +2119,17 @@ tls_name = ["chat.example.net"]
             "20",
             "--peer-renew-secs",
             "5",
+            "--owner-lease-ms",
+            "3000",
+            "--owner-renew-ms",
+            "500",
             "--fetch-poll-ms",
             "0",
         ])
         .unwrap();
         let peer = c.peer.unwrap();
+        assert_eq!(peer.owner_lease, Duration::from_millis(3000));
+        assert_eq!(peer.owner_renew, Duration::from_millis(500));
         assert_eq!(peer.listen, "0.0.0.0:7402".parse().unwrap());
         assert_eq!(peer.advertise.as_deref(), Some("gw1.us-east.internal:7402"));
         assert_eq!(
@@ -2017,5 +2182,170 @@ tls_name = ["chat.example.net"]
             let message = err(&argv);
             assert!(message.contains(needle), "{argv:?}: {message}");
         }
+    }
+
+    #[test]
+    fn no_retry_option_keeps_the_gateway_default() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(parse(&[]).unwrap().retry, None);
+        let topology = example_topology();
+        let c = parse(&["--topology", &topology, "--wan-sim"]).unwrap();
+        assert_eq!(c.retry, None, "the WAN scaling is the gateway's to apply");
+    }
+
+    #[test]
+    fn retry_options_follow_flag_env_file_precedence() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rossby.toml");
+        std::fs::write(
+            &file,
+            "retry_attempts = 3\nretry_deadline_ms = 700\nretry_initial_backoff_ms = 5\nretry_max_backoff_ms = 40\n",
+        )
+        .unwrap();
+        let file_arg = file.to_str().unwrap();
+        let from_file = parse(&["--config", file_arg]).unwrap().retry.unwrap();
+        assert_eq!(
+            from_file,
+            RetryPolicy {
+                max_attempts: 3,
+                base_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(40),
+                deadline: Duration::from_millis(700),
+            }
+        );
+        // SAFETY (edition 2024 marks these unsafe): the lock above keeps every
+        // other test that reads the environment out while these are set.
+        unsafe {
+            std::env::set_var("ROSSBY_RETRY_ATTEMPTS", "6");
+            std::env::set_var("ROSSBY_RETRY_MAX_BACKOFF_MS", "80");
+        }
+        let result = parse(&["--config", file_arg, "--retry-attempts", "9"]);
+        unsafe {
+            std::env::remove_var("ROSSBY_RETRY_ATTEMPTS");
+            std::env::remove_var("ROSSBY_RETRY_MAX_BACKOFF_MS");
+        }
+        let policy = result.unwrap().retry.unwrap();
+        assert_eq!(policy.max_attempts, 9, "flag wins");
+        assert_eq!(
+            policy.max_backoff,
+            Duration::from_millis(80),
+            "env beats the file"
+        );
+        assert_eq!(policy.deadline, Duration::from_millis(700), "file");
+        assert_eq!(policy.base_backoff, Duration::from_millis(5), "file");
+        // One option alone: the others keep the default policy's values.
+        let one = parse(&["--retry-deadline-ms", "250"])
+            .unwrap()
+            .retry
+            .unwrap();
+        assert_eq!(
+            one,
+            RetryPolicy {
+                deadline: Duration::from_millis(250),
+                ..RetryPolicy::default()
+            }
+        );
+    }
+
+    #[test]
+    fn retry_options_are_validated() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for (argv, needle) in [
+            (
+                &["--retry-attempts", "0"][..],
+                "--retry-attempts must be at least 1",
+            ),
+            (
+                &["--retry-deadline-ms", "0"][..],
+                "--retry-deadline-ms must be between 1",
+            ),
+            (
+                &["--retry-deadline-ms", "3600001"][..],
+                "--retry-deadline-ms must be between 1",
+            ),
+            (
+                &["--retry-max-backoff-ms", "3600001"][..],
+                "--retry-max-backoff-ms must be at most",
+            ),
+            (
+                &[
+                    "--retry-initial-backoff-ms",
+                    "20",
+                    "--retry-max-backoff-ms",
+                    "10",
+                ][..],
+                "--retry-initial-backoff-ms (20) must not exceed --retry-max-backoff-ms (10)",
+            ),
+            (
+                &["--retry-initial-backoff-ms", "500"][..],
+                "must not exceed the default --retry-max-backoff-ms (100)",
+            ),
+            (&["--retry-attempts", "many"][..], "--retry-attempts"),
+        ] {
+            let message = err(argv);
+            assert!(message.contains(needle), "{argv:?}: {message}");
+        }
+        // Equal back-offs and no back-off at all are fine.
+        let flat = parse(&[
+            "--retry-initial-backoff-ms",
+            "7",
+            "--retry-max-backoff-ms",
+            "7",
+        ])
+        .unwrap()
+        .retry
+        .unwrap();
+        assert_eq!(flat.backoff_ceiling(5), Duration::from_millis(7));
+        let none = parse(&[
+            "--retry-initial-backoff-ms",
+            "0",
+            "--retry-max-backoff-ms",
+            "0",
+        ])
+        .unwrap()
+        .retry
+        .unwrap();
+        assert_eq!(none.backoff_ceiling(1), Duration::ZERO);
+        // The same checks apply to the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rossby.toml");
+        std::fs::write(&file, "retry_attempts = 0\n").unwrap();
+        let message = err(&["--config", file.to_str().unwrap()]);
+        assert!(message.contains("--retry-attempts"), "{message}");
+    }
+
+    #[test]
+    fn the_removed_tikv_mode_is_an_error_that_says_why() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let check = |message: &str, names: &str| {
+            assert!(message.contains(names), "{message}");
+            assert!(message.contains("was removed"), "{message}");
+            assert!(message.contains("same sequence number"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        };
+        for mode in ["pessimistic", "optimistic"] {
+            check(&err(&["--tikv-mode", mode]), "--tikv-mode");
+        }
+        // SAFETY: as above, the lock keeps other environment readers out.
+        unsafe { std::env::set_var("ROSSBY_TIKV_MODE", "pessimistic") };
+        let result = parse(&[]);
+        unsafe { std::env::remove_var("ROSSBY_TIKV_MODE") };
+        match result {
+            Ok(_) => panic!("ROSSBY_TIKV_MODE should be refused"),
+            Err(e) => check(&e.to_string(), "ROSSBY_TIKV_MODE"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rossby.toml");
+        std::fs::write(
+            &file,
+            "storage = \"tikv\"\npd = [\"pd:2379\"]\ntikv_mode = \"pessimistic\"\n",
+        )
+        .unwrap();
+        check(&err(&["--config", file.to_str().unwrap()]), "tikv_mode");
+        // The flag is gone from the help.
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        assert!(!help.contains("tikv-mode"), "{help}");
     }
 }

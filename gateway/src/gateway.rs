@@ -6,7 +6,8 @@ use crate::api::Api;
 use crate::config::{Config, StorageConfig, load_or_create_secret};
 use crate::error::{Error, Result};
 use crate::metrics::{InstrumentedKv, Metrics};
-use crate::peer::Peers;
+use crate::peer::forward::WanDelay;
+use crate::peer::{PeerGeo, Peers};
 use crate::server::{self, CLOSE_DRAINING, Lifecycle, Shared};
 use crate::tls;
 use rossby_keyspace::RegionId;
@@ -138,9 +139,7 @@ impl Gateway {
         let (api_kv, wan_model) = simulated_wan(&config, raw_kv.clone())?;
         let mut store = Store::new(InstrumentedKv::wrap(api_kv, metrics.clone()), hasher);
         store.limits = config.api.limits.clone();
-        if let Some(model) = &wan_model {
-            store.retry = wan_retry_policy(model, store.retry.clone());
-        }
+        store.retry = retry_policy(config.retry.as_ref(), wan_model.as_ref());
 
         let region = config.api.region;
         let max_frame = config.api.max_frame_bytes;
@@ -177,8 +176,14 @@ impl Gateway {
         api.set_fetch_poll_interval(config.fetch_poll_interval);
         let peers = match &config.peer {
             Some(peer) => {
-                let peers =
-                    Peers::start(peer, store.clone(), api.presence().clone(), metrics.clone())?;
+                let geo = peer_geo(&config, wan_model.as_ref());
+                let peers = Peers::start(
+                    peer,
+                    geo,
+                    store.clone(),
+                    api.presence().clone(),
+                    metrics.clone(),
+                )?;
                 api.attach_peers(peers.clone());
                 Some(peers)
             }
@@ -223,12 +228,18 @@ impl Gateway {
             }
         });
 
-        let sweeper_task = tokio::spawn(sweeper(
-            store.clone(),
-            region,
-            config.sweep_interval,
-            metrics.clone(),
-        ));
+        let sweeper_task = {
+            let sweep = sweeper(
+                store.clone(),
+                region,
+                config.sweep_interval,
+                metrics.clone(),
+            );
+            let resume = resume_outboxes(api.clone(), region);
+            tokio::spawn(async move {
+                tokio::join!(sweep, resume);
+            })
+        };
 
         tracing::info!(
             quic = %quic_addr,
@@ -365,6 +376,11 @@ impl Gateway {
         } = self;
         lifecycle.draining.store(true, Ordering::Release);
         tracing::info!(grace = ?drain_grace, "draining: readiness now fails");
+        // Hand this gateway's boxes to the others of its region first: writes
+        // forwarded here meanwhile are still executed until the endpoint closes.
+        if let Some(ownership) = tasks.peers.as_ref().and_then(|p| p.ownership()) {
+            ownership.release().await;
+        }
         tokio::time::sleep(drain_grace).await;
 
         lifecycle.refuse();
@@ -422,6 +438,21 @@ impl Gateway {
     }
 }
 
+/// Where the gateway sits, for box ownership and the peer link's simulated
+/// round trips. Without a topology there is no ownership: every gateway writes
+/// every box (a single gateway, or several without a shared picture of regions).
+fn peer_geo(config: &Config, wan: Option<&LatencyModel>) -> PeerGeo {
+    let topology = config.api.topology.as_deref();
+    PeerGeo {
+        region: config.api.region,
+        regions: topology.map_or_else(Vec::new, |t| t.regions().iter().map(|r| r.code).collect()),
+        wan: wan.map(|m| WanDelay {
+            topology: Arc::new(m.topology().clone()),
+            region: config.api.region,
+        }),
+    }
+}
+
 /// The store as the API sees it: `kv` itself, or with `--wan-sim` `kv` delayed by
 /// the round trips the topology's TiKV deployment would pay from this region.
 /// Also returns the latency model when the simulation is on.
@@ -440,6 +471,18 @@ fn simulated_wan(config: &Config, kv: Kv) -> Result<(Kv, Option<LatencyModel>)> 
         "WAN SIMULATION: storage transactions are delayed by modelled round trips; not for real traffic"
     );
     Ok((WanSimulation::wrap(kv, model.clone()), Some(model)))
+}
+
+/// The retry policy of the API's transactions: the configured one when any
+/// `--retry-*` option was given (it wins over the WAN scaling: whoever sets it
+/// tunes it for this deployment), otherwise the default, stretched under the WAN
+/// simulation.
+fn retry_policy(configured: Option<&RetryPolicy>, wan: Option<&LatencyModel>) -> RetryPolicy {
+    match (configured, wan) {
+        (Some(policy), _) => policy.clone(),
+        (None, Some(model)) => wan_retry_policy(model, RetryPolicy::default()),
+        (None, None) => RetryPolicy::default(),
+    }
 }
 
 /// The retry policy under the WAN simulation. A simulated transaction lasts as
@@ -485,6 +528,26 @@ pub(crate) async fn release_store(kv: Kv) {
 /// Finishes interrupted account purges, then sweeps expired messages of `region`
 /// every `interval`. Failures are logged and retried at the next tick: the sweep
 /// is idempotent and storage outages are reported by `/readyz`.
+/// How often interrupted group fan-outs of this region are resumed.
+const OUTBOX_RESUME_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Delivers the fan-outs (group Commits and leaves) that a crashed or failed
+/// request left in this region's outbox, every [`OUTBOX_RESUME_INTERVAL`].
+/// Delivery is idempotent, so gateways of one region resuming the same entry at
+/// once is harmless.
+async fn resume_outboxes(api: Arc<Api>, region: RegionId) {
+    let mut ticker = tokio::time::interval(OUTBOX_RESUME_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match api.resume_outboxes(region).await {
+            Ok(0) => {}
+            Ok(delivered) => tracing::info!(delivered, "resumed interrupted group fan-outs"),
+            Err(err) => tracing::warn!(error = %err.message, "resuming group fan-outs failed"),
+        }
+    }
+}
+
 async fn sweeper(store: Store, region: RegionId, interval: Duration, metrics: Arc<Metrics>) {
     match store.resume_purges(region).await {
         Ok(0) => {}
@@ -542,6 +605,16 @@ mod tests {
         assert!(policy.deadline >= slowest * default.max_attempts);
         assert!(policy.max_backoff >= slowest);
         assert!(policy.deadline > default.deadline);
+
+        // Without options the gateway uses exactly these; configured ones win.
+        assert_eq!(retry_policy(None, None), default);
+        assert_eq!(retry_policy(None, Some(&model)), policy);
+        let configured = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(retry_policy(Some(&configured), Some(&model)), configured);
+        assert_eq!(retry_policy(Some(&configured), None), configured);
     }
 
     /// A store whose health tests switch: healthy, failing with `Unavailable`, or

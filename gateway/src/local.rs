@@ -157,6 +157,7 @@ async fn start_all(
         config.admin_listen = *admin;
         config.storage = StorageConfig::Shared(kv.clone());
         let mut peer = PeerConfig::loopback(ca.issue("127.0.0.1")?);
+        (peer.owner_lease, peer.owner_renew) = base.owner_lease;
         if let Some(base_peer) = &base.peer {
             peer.lease = base_peer.lease;
             peer.renew_interval = base_peer.renew_interval;

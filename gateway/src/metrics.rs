@@ -23,6 +23,7 @@
 //! | `rossby_envelopes_enqueued_total` | counter | |
 //! | `rossby_build_info` | gauge (always 1) | `version` |
 //! | `rossby_peer_notifications_total` | counter | `result` |
+//! | `rossby_peer_forwards_total` | counter | `result` |
 //! | `rossby_envelopes_expired_total` | counter | |
 //! | `rossby_tls_certificate_expiry_timestamp_seconds` | gauge | |
 //!
@@ -34,7 +35,9 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use rossby_storage::kv::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value};
+use rossby_storage::kv::{
+    CommitDone, Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value,
+};
 use rossby_storage::{Error as StorageError, Kv, Result as StorageResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +54,10 @@ const REQUEST_BUCKETS: &[f64] = &[
 const STORAGE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// The `result` labels of `rossby_peer_forwards_total`, exported from the start
+/// at 0 like the storage error kinds.
+pub const PEER_FORWARD_RESULTS: &[&str] = &["answered", "failed", "served"];
 
 /// The `kind` labels of `rossby_storage_errors_total` that storage operations
 /// report. Their series exist from the start at 0, so that `rate()` sees the first
@@ -103,6 +110,11 @@ pub struct Metrics {
     /// unreadable, peer unreachable or the write failed), `received`, `rejected`
     /// (malformed).
     pub peer_notifications_total: IntCounterVec,
+    /// `rossby_peer_forwards_total{result}`: writes forwarded to the owning gateway
+    /// of their box, counted per envelope: `answered` (the owner answered),
+    /// `failed` (no answer: executed here instead), `served` (executed here for
+    /// another gateway).
+    pub peer_forwards_total: IntCounterVec,
     /// `rossby_envelopes_expired_total`: envelopes the retention sweeper deleted
     /// because they stayed queued, unacknowledged, past the retention period.
     pub envelopes_expired_total: IntCounter,
@@ -248,6 +260,16 @@ impl Metrics {
                     &["result"],
                 ),
             ),
+            peer_forwards_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_peer_forwards_total",
+                        "Envelopes forwarded to or served for the owning gateway of their box, by result.",
+                    ),
+                    &["result"],
+                ),
+            ),
             envelopes_expired_total: register(
                 r,
                 IntCounter::new(
@@ -271,6 +293,9 @@ impl Metrics {
         for kind in STORAGE_ERROR_KINDS {
             metrics.storage_errors_total.with_label_values(&[kind]);
         }
+        for result in PEER_FORWARD_RESULTS {
+            metrics.peer_forwards_total.with_label_values(&[result]);
+        }
         metrics
     }
 
@@ -285,6 +310,13 @@ impl Metrics {
     /// Counts `n` gateway-to-gateway notifications with `result`.
     pub fn peer_notifications(&self, result: &str, n: usize) {
         self.peer_notifications_total
+            .with_label_values(&[result])
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Counts `n` forwarded envelopes with `result`.
+    pub fn peer_forwards(&self, result: &str, n: usize) {
+        self.peer_forwards_total
             .with_label_values(&[result])
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
@@ -419,7 +451,30 @@ impl KvStore for InstrumentedKv {
 
     async fn begin(&self) -> StorageResult<Box<dyn Transaction>> {
         let started = Instant::now();
-        match self.inner.begin().await {
+        let begun = self.inner.begin().await;
+        self.instrument(started, begun)
+    }
+
+    async fn begin_after(&self, prior: CommitDone) -> StorageResult<Box<dyn Transaction>> {
+        let started = Instant::now();
+        let begun = self.inner.begin_after(prior).await;
+        self.instrument(started, begun)
+    }
+
+    async fn begin_recent_read(&self) -> StorageResult<Box<dyn Transaction>> {
+        let started = Instant::now();
+        let begun = self.inner.begin_recent_read().await;
+        self.instrument(started, begun)
+    }
+}
+
+impl InstrumentedKv {
+    fn instrument(
+        &self,
+        started: Instant,
+        begun: StorageResult<Box<dyn Transaction>>,
+    ) -> StorageResult<Box<dyn Transaction>> {
+        match begun {
             Ok(txn) => Ok(Box::new(InstrumentedTxn {
                 inner: Some(txn),
                 metrics: self.metrics.clone(),

@@ -10,7 +10,11 @@ use rossby_client::groups::GroupSummary;
 use rossby_client::groups::state::Membership;
 use rossby_client::{Batch, Body, Client};
 use rossby_gateway::Gateway;
-use rossby_protocol::pb;
+use rossby_keyspace::{BoxId, MessageId, RegionId};
+use rossby_protocol::pb::{self, Method};
+use rossby_storage::tables::groups::{self, Commit, GroupKey, Outcome};
+use rossby_storage::tables::outbox::{self, Entry};
+use rossby_storage::transact;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -320,7 +324,6 @@ async fn concurrent_adds_do_not_fork_the_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_packages_are_published_on_authorize_and_refilled() {
     use rossby_client::groups::{KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW};
-    use rossby_protocol::pb::Method;
     let dir = tempfile::tempdir().unwrap();
     let gateway = start_gateway(&dir.path().join("gw")).await;
     let codes = codes_file(&dir.path().join("gw"));
@@ -363,5 +366,269 @@ async fn key_packages_are_published_on_authorize_and_refilled() {
     assert_eq!(g.devices, 2);
     let bodies = drain(&alice).await;
     assert_eq!(bodies, vec![Body::GroupJoined("g".into())]);
+    gateway.shutdown().await;
+}
+
+// ----- the outbox: fan-out delivered after the Commit's transaction -----
+
+const GROUP_ID: [u8; 16] = [0x42; 16];
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Commits through storage alone, as a gateway that crashed right after the
+/// Commit's transaction leaves it: accepted, its fan-out still in the outbox,
+/// recorded at `at_ms`.
+#[allow(clippy::too_many_arguments)]
+async fn commit_without_delivery(
+    gateway: &Gateway,
+    by: &RawDevice,
+    epoch: u64,
+    add: &[BoxId],
+    payload: &[u8],
+    welcome: &[u8],
+    at_ms: u64,
+) -> Entry {
+    let store = gateway.store();
+    let commit = Commit {
+        group: GroupKey {
+            creator: by.box_id,
+            group_id: GROUP_ID,
+        },
+        sender_box: by.box_id,
+        sender_device: by.device_id,
+        message_id: MessageId::new(),
+        epoch,
+        add,
+        remove: &[],
+        envelope: payload,
+        welcome_envelope: welcome,
+        welcome_boxes: if welcome.is_empty() { &[] } else { add },
+    };
+    let limits = store.limits.clone();
+    let outcome = transact!(store, |txn| groups::commit(
+        txn, &limits, 256, &commit, at_ms
+    )
+    .await)
+    .expect("the Commit's transaction");
+    match outcome {
+        Outcome::Done(committed) => committed.fan_out.expect("a fan-out"),
+        other => panic!("the Commit was not accepted: {other:?}"),
+    }
+}
+
+async fn pending_entries(gateway: &Gateway, region: RegionId) -> usize {
+    let store = gateway.store();
+    transact!(store, |txn| outbox::pending(txn, region, None, 1000).await)
+        .unwrap()
+        .len()
+}
+
+/// The envelopes queued for `device`, oldest first (nothing acknowledged).
+async fn queue_of(conn: &RawConn, device: &RawDevice) -> Vec<Vec<u8>> {
+    fetch_raw(conn, device)
+        .await
+        .envelopes
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect()
+}
+
+fn count(queue: &[Vec<u8>], payload: &[u8]) -> usize {
+    queue.iter().filter(|e| e.as_slice() == payload).count()
+}
+
+fn group_send(creator: &RawDevice, epoch: u64, payload: &[u8]) -> pb::GroupSendRequest {
+    pb::GroupSendRequest {
+        creator_box: creator.box_id.as_bytes().to_vec(),
+        group_id: GROUP_ID.to_vec(),
+        message_id: MessageId::new().as_bytes().to_vec(),
+        envelope: payload.to_vec(),
+        epoch,
+    }
+}
+
+fn group_info(creator: &RawDevice) -> pb::GroupInfoRequest {
+    pb::GroupInfoRequest {
+        creator_box: creator.box_id.as_bytes().to_vec(),
+        group_id: GROUP_ID.to_vec(),
+    }
+}
+
+/// Alice, Bob and Carol registered raw; Alice's group created (epoch 0).
+async fn three_raw(gateway: &Gateway, dir: &Path) -> (RawConn, [RawDevice; 3]) {
+    let codes = codes_file(&dir.join("gw"));
+    let conn = RawConn::connect(gateway).await;
+    let alice = support::register_raw(&conn, &codes, ALICE).await;
+    let bob = support::register_raw(&conn, &codes, BOB).await;
+    let carol = support::register_raw(&conn, &codes, CAROL).await;
+    let create = pb::CreateGroupRequest {
+        group_id: GROUP_ID.to_vec(),
+    };
+    let _: pb::CreateGroupResponse =
+        support::ok(&conn.call(&alice, Method::CreateGroup, &create).await);
+    (conn, [alice, bob, carol])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_fan_out_is_resumed_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&dir.path().join("gw")).await;
+    let (conn, [alice, bob, carol]) = three_raw(&gateway, dir.path()).await;
+    let region = alice.box_id.home_region();
+
+    // Alice's gateway crashed a minute ago, right after her Commit's transaction.
+    let add = [bob.box_id, carol.box_id];
+    commit_without_delivery(&gateway, &alice, 0, &add, b"c1", b"c1+w", now_ms() - 60_000).await;
+    assert_eq!(pending_entries(&gateway, region).await, 1);
+    for device in [&alice, &bob, &carol] {
+        assert!(
+            queue_of(&conn, device).await.is_empty(),
+            "delivered too early"
+        );
+    }
+
+    // The resume delivers it once, and running it again delivers nothing twice.
+    let api = gateway.api();
+    assert_eq!(
+        bounded("resume", api.resume_outboxes(region))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(pending_entries(&gateway, region).await, 0);
+    assert_eq!(
+        bounded("resume", api.resume_outboxes(region))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(queue_of(&conn, &alice).await, vec![b"c1".to_vec()]);
+    for device in [&bob, &carol] {
+        assert_eq!(queue_of(&conn, device).await, vec![b"c1+w".to_vec()]);
+    }
+
+    // A fan-out recorded just now is left to the request delivering it...
+    commit_without_delivery(&gateway, &alice, 1, &[], b"c2", b"", now_ms()).await;
+    assert_eq!(
+        bounded("resume", api.resume_outboxes(region))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(pending_entries(&gateway, region).await, 1);
+    // ...and any request on the group delivers it before answering: GroupInfo
+    // never shows epoch 2 to a member whose box lacks Commit 2.
+    let info: pb::GroupInfoResponse = support::ok(
+        &conn
+            .call(&carol, Method::GroupInfo, &group_info(&alice))
+            .await,
+    );
+    assert_eq!(info.state.unwrap().epoch, 2);
+    assert_eq!(pending_entries(&gateway, region).await, 0);
+    for device in [&alice, &bob, &carol] {
+        let queue = queue_of(&conn, device).await;
+        assert_eq!(queue.last().unwrap(), b"c2");
+        assert_eq!(count(&queue, b"c2"), 1);
+    }
+    conn.close().await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_send_never_lands_before_the_commit_of_its_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&dir.path().join("gw")).await;
+    let (conn, [alice, bob, carol]) = three_raw(&gateway, dir.path()).await;
+    let region = alice.box_id.home_region();
+    // Alice adds Bob through the API: the answer comes once Bob has the Commit.
+    let add_bob = pb::GroupCommitRequest {
+        creator_box: alice.box_id.as_bytes().to_vec(),
+        group_id: GROUP_ID.to_vec(),
+        epoch: 0,
+        message_id: MessageId::new().as_bytes().to_vec(),
+        add_boxes: vec![bob.box_id.as_bytes().to_vec()],
+        envelope: b"c1".to_vec(),
+        welcome_envelope: b"c1+w".to_vec(),
+        welcome_boxes: vec![bob.box_id.as_bytes().to_vec()],
+        ..pb::GroupCommitRequest::default()
+    };
+    let reply: pb::GroupCommitResponse =
+        support::ok(&conn.call(&alice, Method::GroupCommit, &add_bob).await);
+    assert_eq!(reply.state.unwrap().epoch, 1);
+    assert_eq!(queue_of(&conn, &bob).await, vec![b"c1+w".to_vec()]);
+    assert_eq!(pending_entries(&gateway, region).await, 0);
+
+    // Rounds in which a Commit adding nobody new is accepted but not delivered
+    // (its gateway crashed), and then a member sends in the new epoch while the
+    // resume and a GroupInfo deliver the same fan-out at the same time.
+    let members = [&alice, &bob];
+    for round in 1..=3u64 {
+        let commit = format!("commit-{round}").into_bytes();
+        let add: &[BoxId] = if round == 2 { &[carol.box_id] } else { &[] };
+        let welcome = if round == 2 {
+            b"welcome".as_slice()
+        } else {
+            b""
+        };
+        commit_without_delivery(
+            &gateway,
+            &alice,
+            round,
+            add,
+            &commit,
+            welcome,
+            now_ms() - 60_000,
+        )
+        .await;
+        let message = format!("message-{round}").into_bytes();
+        let sender = members[(round % 2) as usize];
+        let send = group_send(&alice, round + 1, &message);
+        let api = gateway.api();
+        let info = group_info(&alice);
+        let (sent, info, resumed) = tokio::join!(
+            conn.call(sender, Method::GroupSend, &send),
+            conn.call(&alice, Method::GroupInfo, &info),
+            api.resume_outboxes(region),
+        );
+        let sent: pb::GroupSendResponse = support::ok(&sent);
+        let expected = if round >= 2 { 3 } else { 2 };
+        assert_eq!(sent.results.len(), expected);
+        for r in &sent.results {
+            assert_eq!(r.status, pb::Status::Ok as i32, "{r:?}");
+        }
+        let _: pb::GroupInfoResponse = support::ok(&info);
+        resumed.unwrap();
+        assert_eq!(pending_entries(&gateway, region).await, 0);
+
+        let mut recipients = vec![&alice, &bob];
+        if round >= 2 {
+            recipients.push(&carol);
+        }
+        for device in recipients {
+            let queue = queue_of(&conn, device).await;
+            let handshake = if round == 2 && device.box_id == carol.box_id {
+                b"welcome".to_vec()
+            } else {
+                commit.clone()
+            };
+            assert_eq!(count(&queue, &handshake), 1, "round {round}: {queue:?}");
+            assert_eq!(count(&queue, &message), 1, "round {round}: {queue:?}");
+            let at = |p: &[u8]| queue.iter().position(|e| e.as_slice() == p).unwrap();
+            assert!(
+                at(&handshake) < at(&message),
+                "round {round}: a message of epoch {} came before its Commit: {queue:?}",
+                round + 1
+            );
+        }
+    }
+    conn.close().await;
     gateway.shutdown().await;
 }

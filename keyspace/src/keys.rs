@@ -25,6 +25,8 @@
 //!        0x0e <group id 16>                               epoch record of a group this box created
 //!   0x02 <shard u8> <expires at ms u64> <box 16> <entry>  expiry index
 //!   0x03 <box 16>                                         box awaiting purge
+//!   0x04 <gateway id 16>                                  ownership lease of a gateway of the region
+//!   0x05 <box 16> <entry id 16>                           outbox: fan-out recorded by a box, still to deliver
 //! ```
 //!
 //! A box's region code is both in the regional prefix and in the box id; decoding
@@ -43,6 +45,8 @@ const GLOBAL_REGISTRATION: u8 = 0x02;
 const REGION_BOX: u8 = 0x01;
 const REGION_EXPIRY: u8 = 0x02;
 const REGION_PURGE: u8 = 0x03;
+const REGION_GATEWAY: u8 = 0x04;
+const REGION_OUTBOX: u8 = 0x05;
 
 const ENTRY_MESSAGE: u8 = 0x01;
 const ENTRY_DEDUP: u8 = 0x02;
@@ -163,6 +167,10 @@ pub enum Key {
     Presence(BoxId, DeviceId),
     /// The epoch record of a group, in the key range of the box that created it.
     GroupEpoch(BoxId, [u8; 16]),
+    /// A fan-out entry recorded by a transaction of the box, still to be
+    /// delivered; in the box's region, outside its box range, so one scan of the
+    /// region finds every pending entry.
+    Outbox(BoxId, [u8; 16]),
     /// Expiry index entry, in the home region of the box.
     Expiry {
         /// Index shard, derived from the box.
@@ -176,6 +184,8 @@ pub enum Key {
     },
     /// A deleted box whose remaining keys still have to be removed.
     Purge(BoxId),
+    /// The ownership lease of a gateway of a region, by the gateway run's id.
+    GatewayLease(RegionId, [u8; 16]),
 }
 
 /// The prefix of every key of one box.
@@ -253,6 +263,10 @@ impl Key {
             ),
             Key::Presence(b, d) => with(table_prefix(b, Table::Presence), &[d.as_bytes()]),
             Key::GroupEpoch(b, g) => with(table_prefix(b, Table::Group), &[&g]),
+            Key::Outbox(b, id) => with(
+                region_prefix(b.home_region(), REGION_OUTBOX),
+                &[b.as_bytes(), &id],
+            ),
             Key::Expiry {
                 shard,
                 expires_at_ms,
@@ -280,6 +294,7 @@ impl Key {
                 region_prefix(b.home_region(), REGION_PURGE),
                 &[b.as_bytes()],
             ),
+            Key::GatewayLease(region, id) => with(region_prefix(region, REGION_GATEWAY), &[&id]),
         }
     }
 
@@ -322,6 +337,8 @@ impl Key {
                         }
                     }
                     REGION_PURGE => Key::Purge(r.box_in(region)?),
+                    REGION_GATEWAY => Key::GatewayLease(region, r.array()?),
+                    REGION_OUTBOX => Key::Outbox(r.box_in(region)?, r.array()?),
                     _ => return Err(Error::MalformedKey("unknown regional kind")),
                 }
             }
@@ -393,6 +410,24 @@ impl Key {
         let mut end = start.clone();
         end.extend_from_slice(&before_ms.to_be_bytes());
         KeyRange::new(start, end)
+    }
+
+    /// Ownership leases of the gateways of a region.
+    pub fn gateway_lease_range(region: RegionId) -> KeyRange {
+        KeyRange::prefix(&region_prefix(region, REGION_GATEWAY))
+    }
+
+    /// Every outbox entry of a region.
+    pub fn outbox_range(region: RegionId) -> KeyRange {
+        KeyRange::prefix(&region_prefix(region, REGION_OUTBOX))
+    }
+
+    /// The outbox entries of one box.
+    pub fn box_outbox_range(box_id: BoxId) -> KeyRange {
+        KeyRange::prefix(&with(
+            region_prefix(box_id.home_region(), REGION_OUTBOX),
+            &[box_id.as_bytes()],
+        ))
     }
 
     /// Boxes of a region awaiting purge.
@@ -532,6 +567,9 @@ mod tests {
             (any_box(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(b, v, d)| Key::Ident(b, v, d)),
             (any_box(), any_device()).prop_map(|(b, d)| Key::Presence(b, d)),
             (any_box(), any::<[u8; 16]>()).prop_map(|(b, g)| Key::GroupEpoch(b, g)),
+            (any_box(), any::<[u8; 16]>()).prop_map(|(b, id)| Key::Outbox(b, id)),
+            (any::<u16>(), any::<[u8; 16]>())
+                .prop_map(|(r, id)| Key::GatewayLease(RegionId(r), id)),
             (any_box(), any::<u64>(), any::<u64>()).prop_map(|(b, t, s)| Key::Expiry {
                 shard: expiry_shard(b),
                 expires_at_ms: t,
@@ -599,11 +637,20 @@ mod tests {
                 | Key::Dedup(b, _, _) | Key::Contact(b, _) | Key::Block(b, _) | Key::Ident(b, _, _)
                 | Key::Presence(b, _) | Key::GroupEpoch(b, _) => {
                     prop_assert!(Key::box_range(b).contains(&bytes));
-                    b
+                    b.home_region()
                 }
-                Key::Expiry { box_id, .. } | Key::Purge(box_id) => box_id,
+                Key::Expiry { box_id, .. } | Key::Purge(box_id) => box_id.home_region(),
+                Key::Outbox(b, _) => {
+                    prop_assert!(Key::outbox_range(b.home_region()).contains(&bytes));
+                    prop_assert!(Key::box_outbox_range(b).contains(&bytes));
+                    b.home_region()
+                }
+                Key::GatewayLease(region, _) => {
+                    prop_assert!(Key::gateway_lease_range(region).contains(&bytes));
+                    region
+                }
             };
-            prop_assert!(region_range(home.home_region()).contains(&bytes));
+            prop_assert!(region_range(home).contains(&bytes));
             prop_assert!(!global_range().contains(&bytes));
         }
 

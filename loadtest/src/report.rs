@@ -4,6 +4,13 @@
 //! The run fails when any delivery was lost, duplicated or corrupted, or when
 //! the achieved rate (sends confirmed inside the measured period, per second)
 //! is below 90 % of the asked rate.
+//!
+//! Each region pair of `send` also carries the latency model's lower bound of
+//! such a send (`rossby_replication::latency::send_bound`: forwarded to the
+//! recipient box's home region, one transaction there; with several devices per
+//! user, no less than the sender's own copy in its home region) and whether the measured
+//! p99 stayed within [`BOUND_FACTOR`] × bound + [`BOUND_SLACK_MS`]. That comparison
+//! is informational and never changes the verdict.
 
 use crate::ledger::Totals;
 use crate::plan::Population;
@@ -14,6 +21,7 @@ use crate::scenario::Scenario;
 use crate::stats::{Measurements, Op, Stats};
 use crate::svg;
 use hdrhistogram::Histogram;
+use rossby_replication::latency::send_bound;
 use serde::Serialize;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -22,6 +30,14 @@ use std::sync::atomic::Ordering;
 pub const FORMAT: &str = "rossby-loadtest/1";
 /// Share of the asked rate a run must achieve.
 pub const MIN_RATE_SHARE: f64 = 0.9;
+/// How far above the model's bound a send pair's p99 may be and still count as
+/// within it, as a factor of the bound: the model leaves out CPU, disk, queueing
+/// at the owning gateway and retries, which grow with the round trips.
+pub const BOUND_FACTOR: f64 = 1.25;
+/// The fixed part of that allowance, ms: what the model leaves out whatever the
+/// distances (the client's own round trip to its gateway, the hop between
+/// gateways inside one region, scheduling).
+pub const BOUND_SLACK_MS: f64 = 100.0;
 
 /// Latency summary of one histogram, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -85,6 +101,34 @@ pub struct PairReport {
     /// Its latency.
     #[serde(flatten)]
     pub latency: Latency,
+    /// `send` only: the latency model's lower bound of a send from `from` into a
+    /// box homed in `to`, ms, from the scenario's topology.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_bound_ms: Option<f64>,
+    /// `send` only: whether the p99 is within the bound ([`within_bound`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub within_bound: Option<bool>,
+}
+
+/// Whether a measured p99 is within the model's bound: at most
+/// [`BOUND_FACTOR`] × bound + [`BOUND_SLACK_MS`].
+pub fn within_bound(p99_ms: f64, bound_ms: f64) -> bool {
+    p99_ms <= BOUND_FACTOR * bound_ms + BOUND_SLACK_MS
+}
+
+/// The model's bound of a send between two of the population's regions, ms;
+/// `None` for a destination that is not a region (a group). A sender with other
+/// devices also stores its sent copy in its own box in the same Send, so the
+/// bound is the slower of the two writes: the recipient's (forwarded to its
+/// home) and the sender's own (in the sender's home).
+fn send_bound_ms(scenario: &Scenario, population: &Population, pair: (u8, u8)) -> Option<f64> {
+    let code = |i: u8| population.regions.get(usize::from(i)).map(|r| r.code);
+    let (from, to) = (code(pair.0)?, code(pair.1)?);
+    let mut bound = send_bound(&scenario.topology, from, to).ok()?;
+    if scenario.devices_per_user > 1 {
+        bound = bound.max(send_bound(&scenario.topology, from, from).ok()?);
+    }
+    Some(round3(bound.as_secs_f64() * 1000.0))
 }
 
 /// Errors of one kind.
@@ -301,11 +345,20 @@ pub fn build(inputs: Inputs<'_>) -> Report {
     let pairs = m
         .by_pair
         .iter()
-        .map(|((op, (from, to)), h)| PairReport {
-            op: op.name(),
-            from: population.region_name(*from).to_string(),
-            to: population.region_name(*to).to_string(),
-            latency: Latency::of(h),
+        .map(|((op, (from, to)), h)| {
+            let latency = Latency::of(h);
+            let send_bound_ms = match op {
+                Op::Send => send_bound_ms(scenario, population, (*from, *to)),
+                _ => None,
+            };
+            PairReport {
+                op: op.name(),
+                from: population.region_name(*from).to_string(),
+                to: population.region_name(*to).to_string(),
+                within_bound: send_bound_ms.map(|b| within_bound(latency.p99_ms, b)),
+                send_bound_ms,
+                latency,
+            }
         })
         .collect();
     let errors = m
@@ -542,13 +595,15 @@ pub fn table(report: &Report) -> String {
     if !interesting.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<11} {:<28} {:>8} {:>9} {:>9} {:>9}",
-            "by region", "from -> to", "count", "p50 ms", "p99 ms", "max ms"
+            "\n{:<11} {:<28} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "by region", "from -> to", "count", "p50 ms", "p99 ms", "max ms", "bound ms"
         );
         for p in interesting {
-            let _ = writeln!(
-                out,
-                "{:<11} {:<28} {:>8} {:>9.2} {:>9.2} {:>9.2}",
+            let bound = p
+                .send_bound_ms
+                .map_or_else(String::new, |b| format!("{b:.2}"));
+            let row = format!(
+                "{:<11} {:<28} {:>8} {:>9.2} {:>9.2} {:>9.2} {bound:>9}",
                 p.op,
                 format!("{} -> {}", p.from, p.to),
                 p.latency.count,
@@ -556,6 +611,8 @@ pub fn table(report: &Report) -> String {
                 p.latency.p99_ms,
                 p.latency.max_ms
             );
+            // Rows without a bound end at their last number.
+            let _ = writeln!(out, "{}", row.trim_end());
         }
     }
     let a = &report.accounting;
@@ -669,6 +726,11 @@ mod tests {
             stats.record(Op::Delivery, (0, 1), Duration::from_millis(5 + i));
             stats.record(Op::Delivery, (0, 0), Duration::from_millis(2));
         }
+        // b's own boxes at 500 ms: well above their bound (b's two timestamps from
+        // the primary a, 2 x 80 ms, with the allowance: 300 ms).
+        for _ in 0..10 {
+            stats.record(Op::Send, (1, 1), Duration::from_millis(500));
+        }
         stats.record(
             Op::GroupSend,
             (1, crate::plan::GROUP_DESTINATION),
@@ -750,7 +812,7 @@ mod tests {
             .iter()
             .find(|o| o["op"] == "send")
             .unwrap();
-        assert_eq!(send["count"], 50);
+        assert_eq!(send["count"], 60);
         assert_eq!(send["errors"], 1);
         assert!(send["p99_ms"].as_f64().unwrap() > 1.0);
         let pairs = v["pairs"].as_array().unwrap();
@@ -766,6 +828,44 @@ mod tests {
         );
         assert_eq!(v["errors"][0]["kind"], "UNAVAILABLE");
         assert_eq!(v["throughput"]["achieved_rate"], 10.0);
+    }
+
+    #[test]
+    fn send_pairs_carry_the_models_bound() {
+        let (r, _, _) = report(0, 100);
+        let v = serde_json::to_value(&r).unwrap();
+        let pair = |op: &str, from: &str, to: &str| {
+            v["pairs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["op"] == op && p["from"] == from && p["to"] == to)
+                .unwrap()
+                .clone()
+        };
+        // a -> b: the forwarded hop (80) and b's two timestamps from a (2 x 80).
+        let ab = pair("send", "a", "b");
+        assert_eq!(ab["send_bound_ms"], 240.0);
+        assert_eq!(ab["within_bound"], true);
+        let bb = pair("send", "b", "b");
+        assert_eq!(bb["send_bound_ms"], 160.0);
+        assert_eq!(bb["within_bound"], false);
+        // Other operations have neither field.
+        for other in [pair("delivery", "a", "b"), pair("group_send", "b", "group")] {
+            let fields = other.as_object().unwrap();
+            assert!(!fields.contains_key("send_bound_ms"), "{other}");
+            assert!(!fields.contains_key("within_bound"), "{other}");
+        }
+        // Informational: a pair outside its bound does not fail the run.
+        assert!(r.passed, "{:?}", r.failures);
+    }
+
+    #[test]
+    fn within_bound_allows_a_quarter_and_100_ms() {
+        assert!(within_bound(400.0, 240.0));
+        assert!(!within_bound(400.001, 240.0));
+        assert!(within_bound(100.0, 0.0));
+        assert!(!within_bound(100.5, 0.0));
     }
 
     #[test]
@@ -819,5 +919,31 @@ mod tests {
         assert!(table.contains("delivery"));
         assert!(table.contains("a -> b"));
         assert!(table.contains("UNAVAILABLE=1"));
+        let header = table.lines().find(|l| l.starts_with("by region")).unwrap();
+        assert!(header.ends_with(" max ms  bound ms"), "{table}");
+        let row = |op: &str, pair: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(&format!("{op:<11} {pair} ")))
+                .unwrap_or_else(|| panic!("no {op} {pair} row in\n{table}"))
+        };
+        // The bound sits under its header, right-aligned; other operations leave
+        // it blank.
+        let send = row("send", "a -> b");
+        assert!(send.ends_with("   240.00"), "{table}");
+        assert_eq!(send.len(), header.len(), "{table}");
+        assert!(row("send", "b -> b").ends_with("   160.00"), "{table}");
+        let delivery = row("delivery", "a -> b");
+        assert!(delivery.len() < header.len() - 8, "{table}");
+        let delivery_max = r
+            .pairs
+            .iter()
+            .find(|p| p.op == "delivery" && p.from == "a" && p.to == "b")
+            .map(|p| p.latency.max_ms)
+            .unwrap();
+        assert!(
+            delivery.ends_with(&format!(" {delivery_max:.2}")),
+            "{table}"
+        );
     }
 }

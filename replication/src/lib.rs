@@ -26,6 +26,7 @@
 
 pub mod error;
 pub mod latency;
+pub mod ownership;
 pub mod placement;
 pub mod routing;
 pub mod topology;

@@ -864,7 +864,13 @@ impl fmt::Display for Plan {
         writeln!(f)?;
         writeln!(
             f,
-            "Expected send latency (rows: gateway region; columns: recipient's home region)"
+            "Expected send latency, forwarded home-region path (rows: gateway region; \
+             columns: recipient's home region)"
+        )?;
+        writeln!(
+            f,
+            "  peer round trip to the home region's owning gateway + its transaction there \
+             (2 timestamps from the primary + quorums)"
         )?;
         let names: Vec<&String> = self.commit_latency.iter().map(|(n, _)| n).collect();
         let col = names.iter().map(|n| n.len()).max().unwrap_or(0).max(9);

@@ -1,24 +1,38 @@
-//! Group epoch records and KeyPackage claims under concurrency, on the memory
-//! backend (snapshot isolation, like TiKV) and on fjall (serializable, persistent).
+//! Group epoch records, their outbox fan-out and KeyPackage claims under
+//! concurrency, on the memory backend (snapshot isolation, like TiKV) and on
+//! fjall (serializable, persistent).
+//!
+//! [`deliver`] plays the gateway's part: it enqueues a group's outbox entries
+//! into their boxes (each box in a transaction of its own) and then finishes the
+//! entries.
 
 mod backends;
 mod support;
 
+use async_trait::async_trait;
 use backends::T0;
 use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
-use rossby_storage::tables::groups::{self, Commit, GroupKey, Outcome};
+use rossby_replication::{Home, home_of_key};
+use rossby_storage::tables::groups::{self, Commit, Committed, GroupKey, Outcome};
+use rossby_storage::tables::outbox::{self, Entry};
 use rossby_storage::tables::queue::{self, FetchLimits};
 use rossby_storage::tables::{Store, keypackages};
-use rossby_storage::transact;
+use rossby_storage::{Error, KeyRange, KvPair, ScanOrder, Transaction, Value, transact};
 use std::collections::BTreeSet;
 
 const REGION: RegionId = RegionId(1);
+const FAR: RegionId = RegionId(2);
 const MAX_MEMBERS: usize = 256;
 
 backends::on_every_backend!(
     concurrent_commits_in_one_epoch_have_one_winner,
     concurrent_box_claims_hand_out_each_package_once,
     leaving_keeps_the_epoch_and_stops_delivery,
+    a_commit_writes_only_the_creators_region_and_delivery_follows,
+    a_retried_commit_records_its_fan_out_once,
+    entries_are_listed_and_delivered_in_the_order_they_were_recorded,
+    finishing_one_entry_twice_at_once_conflicts,
+    deleting_the_creator_purges_its_outbox,
 );
 
 async fn new_box(store: &Store, n: usize) -> (BoxId, Vec<DeviceId>) {
@@ -34,6 +48,134 @@ async fn queued(store: &Store, b: BoxId, d: DeviceId) -> Vec<Vec<u8>> {
         .into_iter()
         .map(|e| e.envelope.payload)
         .collect()
+}
+
+async fn commit(store: &Store, c: &Commit<'_>) -> Outcome<Committed> {
+    let limits = store.limits.clone();
+    transact!(store, |txn| groups::commit(
+        txn,
+        &limits,
+        MAX_MEMBERS,
+        c,
+        T0
+    )
+    .await)
+    .unwrap()
+}
+
+async fn leave(
+    store: &Store,
+    group: GroupKey,
+    b: BoxId,
+    d: DeviceId,
+    envelope: &[u8],
+) -> Outcome<Committed> {
+    let limits = store.limits.clone();
+    transact!(store, |txn| groups::leave(
+        txn,
+        &limits,
+        group,
+        b,
+        d,
+        MessageId::new(),
+        envelope,
+        T0
+    )
+    .await)
+    .unwrap()
+}
+
+/// Delivers every pending outbox entry of `group` the way a gateway does: into
+/// each box against its current device-list version, idempotently by the
+/// entry's sender device and message id; then finishes the entries. Returns how
+/// many envelopes were newly enqueued.
+async fn deliver(store: &Store, group: GroupKey) -> usize {
+    let entries = transact!(store, |txn| outbox::of_group(txn, group).await).unwrap();
+    let mut enqueued = 0;
+    for entry in &entries {
+        let (done, new) = enqueue_entry(store, entry).await;
+        enqueued += new;
+        let (creator, id) = (entry.group.creator, entry.id);
+        let gone = transact!(store, |txn| outbox::finish(txn, creator, id, &done).await).unwrap();
+        assert!(gone, "every recipient was done");
+    }
+    enqueued
+}
+
+/// Enqueues an entry into its boxes without finishing it (what a gateway that
+/// crashes right after the enqueues leaves behind). Returns the boxes done with
+/// it and how many envelopes were newly enqueued.
+async fn enqueue_entry(store: &Store, entry: &Entry) -> (Vec<BoxId>, usize) {
+    let mut done = Vec::new();
+    let mut enqueued = 0;
+    for r in &entry.recipients {
+        let outcome = transact!(store, |txn| {
+            let version = groups::device_list_versions(txn, &[r.box_id]).await?[0];
+            let envelope = entry.envelope_for(r, version);
+            queue::enqueue(txn, &store.limits, r.box_id, &[envelope], T0).await
+        })
+        .unwrap();
+        match &outcome[0] {
+            Ok(e) => enqueued += usize::from(!e.duplicate),
+            Err(Error::RecipientUnavailable) => {}
+            Err(other) => panic!("delivery failed: {other}"),
+        }
+        done.push(r.box_id);
+    }
+    (done, enqueued)
+}
+
+async fn pending_in(store: &Store, region: RegionId) -> Vec<Entry> {
+    transact!(store, |txn| outbox::pending(txn, region, None, 1000).await).unwrap()
+}
+
+/// A transaction that remembers the keys written through it.
+struct Recording {
+    inner: Box<dyn Transaction>,
+    written: Vec<Vec<u8>>,
+}
+
+#[async_trait]
+impl Transaction for Recording {
+    async fn get(&mut self, key: &[u8]) -> rossby_storage::Result<Option<Value>> {
+        self.inner.get(key).await
+    }
+
+    async fn batch_get(&mut self, keys: &[Vec<u8>]) -> rossby_storage::Result<Vec<Option<Value>>> {
+        self.inner.batch_get(keys).await
+    }
+
+    async fn scan(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+        order: ScanOrder,
+    ) -> rossby_storage::Result<Vec<KvPair>> {
+        self.inner.scan(range, limit, order).await
+    }
+
+    async fn get_for_update(&mut self, key: &[u8]) -> rossby_storage::Result<Option<Value>> {
+        self.written.push(key.to_vec());
+        self.inner.get_for_update(key).await
+    }
+
+    async fn put(&mut self, key: Vec<u8>, value: Value) -> rossby_storage::Result<()> {
+        self.written.push(key.clone());
+        self.inner.put(key, value).await
+    }
+
+    async fn delete(&mut self, key: Vec<u8>) -> rossby_storage::Result<()> {
+        self.written.push(key.clone());
+        self.inner.delete(key).await
+    }
+
+    async fn commit(self: Box<Self>) -> rossby_storage::Result<()> {
+        self.inner.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) -> rossby_storage::Result<()> {
+        self.inner.rollback().await
+    }
 }
 
 async fn concurrent_commits_in_one_epoch_have_one_winner(store: &Store) {
@@ -62,16 +204,7 @@ async fn concurrent_commits_in_one_epoch_have_one_winner(store: &Store) {
         welcome_envelope: &[],
         welcome_boxes: &[],
     };
-    let limits = store.limits.clone();
-    let outcome = transact!(store, |txn| groups::commit(
-        txn,
-        &limits,
-        MAX_MEMBERS,
-        &add,
-        T0
-    )
-    .await)
-    .unwrap();
+    let outcome = commit(store, &add).await;
     assert!(matches!(outcome, Outcome::Done(ref c) if c.state.epoch == 1));
 
     // Every member commits in epoch 1 at once: exactly one wins.
@@ -92,16 +225,7 @@ async fn concurrent_commits_in_one_epoch_have_one_winner(store: &Store) {
                 welcome_envelope: &[],
                 welcome_boxes: &[],
             };
-            let limits = store.limits.clone();
-            let outcome = transact!(store, |txn| groups::commit(
-                txn,
-                &limits,
-                MAX_MEMBERS,
-                &c,
-                T0
-            )
-            .await)
-            .unwrap();
+            let outcome = commit(&store, &c).await;
             (payload, outcome)
         }));
     }
@@ -118,6 +242,14 @@ async fn concurrent_commits_in_one_epoch_have_one_winner(store: &Store) {
         }
     }
     assert_eq!(winners.len(), 1, "one Commit per epoch");
+    // Only the accepted Commits recorded a fan-out, one each.
+    let entries = transact!(store, |txn| outbox::of_group(txn, group).await).unwrap();
+    let epochs: Vec<u64> = entries.iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, vec![1, 2]);
+    assert_eq!(entries[1].payloads, vec![winners[0].clone()]);
+    // Nothing is in the boxes before delivery.
+    assert!(queued(store, members[1].0, members[1].1).await.is_empty());
+    assert_eq!(deliver(store, group).await, 2 * members.len());
     // Every member box holds the epoch-1 and the winning Commit, and nothing else.
     for (b, d) in &members {
         let payloads = queued(store, *b, *d).await;
@@ -128,6 +260,7 @@ async fn concurrent_commits_in_one_epoch_have_one_winner(store: &Store) {
         .unwrap();
     assert_eq!(state.epoch, 2);
     assert_eq!(state.members.len(), 5);
+    assert!(pending_in(store, REGION).await.is_empty());
 }
 
 async fn concurrent_box_claims_hand_out_each_package_once(store: &Store) {
@@ -200,36 +333,19 @@ async fn leaving_keeps_the_epoch_and_stops_delivery(store: &Store) {
         welcome_envelope: b"w1",
         welcome_boxes: &add,
     };
-    let limits = store.limits.clone();
-    transact!(store, |txn| groups::commit(
-        txn,
-        &limits,
-        MAX_MEMBERS,
-        &c,
-        T0
-    )
-    .await)
-    .unwrap();
+    assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
+    assert_eq!(deliver(store, group).await, 2);
     // The new member's box got the Welcome envelope, the creator's the Commit.
     assert_eq!(queued(store, b, bd[0]).await, vec![b"w1".to_vec()]);
     assert_eq!(queued(store, a, ad[0]).await, vec![b"c1".to_vec()]);
-    let left = transact!(store, |txn| groups::leave(
-        txn,
-        &limits,
-        group,
-        b,
-        bd[0],
-        MessageId::new(),
-        b"bye",
-        T0
-    )
-    .await)
-    .unwrap();
-    let Outcome::Done(left) = left else {
-        panic!("leave failed: {left:?}")
+    let Outcome::Done(left) = leave(store, group, b, bd[0], b"bye").await else {
+        panic!("leave failed")
     };
     assert_eq!(left.state.epoch, 1);
     assert_eq!(left.state.members, vec![a]);
+    let entry = left.fan_out.expect("the leave recorded its fan-out");
+    assert_eq!((entry.seq, entry.epoch), (2, 1));
+    assert_eq!(deliver(store, group).await, 2);
     // The remaining member and the leaver's other device learn of it.
     assert_eq!(queued(store, a, ad[0]).await.last().unwrap(), b"bye");
     assert_eq!(queued(store, b, bd[1]).await.last().unwrap(), b"bye");
@@ -246,27 +362,300 @@ async fn leaving_keeps_the_epoch_and_stops_delivery(store: &Store) {
         welcome_envelope: &[],
         welcome_boxes: &[],
     };
-    let outcome = transact!(store, |txn| groups::commit(
-        txn,
-        &limits,
-        MAX_MEMBERS,
-        &c,
-        T0
-    )
-    .await)
-    .unwrap();
-    assert_eq!(outcome, Outcome::NotMember);
-    let again = transact!(store, |txn| groups::leave(
-        txn,
-        &limits,
+    assert_eq!(commit(store, &c).await, Outcome::NotMember);
+    assert_eq!(leave(store, group, b, bd[0], &[]).await, Outcome::NotMember);
+    assert!(
+        pending_in(store, REGION).await.is_empty(),
+        "a refusal records nothing"
+    );
+}
+
+async fn a_commit_writes_only_the_creators_region_and_delivery_follows(store: &Store) {
+    let (creator, cd) = new_box(store, 1).await;
+    let (far, fd) = backends::new_box(store, FAR, 2).await;
+    let group = GroupKey {
+        creator,
+        group_id: [5; 16],
+    };
+    transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
+    let add = [far];
+    let c = Commit {
         group,
-        b,
-        bd[0],
-        MessageId::new(),
-        b"",
-        T0
-    )
-    .await)
+        sender_box: creator,
+        sender_device: cd[0],
+        message_id: MessageId::new(),
+        epoch: 0,
+        add: &add,
+        remove: &[],
+        envelope: b"commit",
+        welcome_envelope: b"commit+welcome",
+        welcome_boxes: &add,
+    };
+    let mut txn = Recording {
+        inner: store.kv.begin().await.unwrap(),
+        written: Vec::new(),
+    };
+    let outcome = groups::commit(&mut txn, &store.limits, MAX_MEMBERS, &c, T0)
+        .await
+        .unwrap();
+    let written = std::mem::take(&mut txn.written);
+    Box::new(txn).commit().await.unwrap();
+    let Outcome::Done(committed) = outcome else {
+        panic!("the Commit failed: {outcome:?}")
+    };
+    assert!(!written.is_empty());
+    for key in &written {
+        assert_eq!(
+            home_of_key(key),
+            Some(Home::Region(REGION)),
+            "the Commit wrote outside the creator's region: {key:02x?}"
+        );
+    }
+
+    // The fan-out waits in the creator's region; the far box has nothing yet.
+    let entry = committed.fan_out.expect("a fan-out was recorded");
+    assert_eq!(pending_in(store, REGION).await, vec![entry.clone()]);
+    assert!(pending_in(store, FAR).await.is_empty());
+    assert_eq!((entry.seq, entry.epoch), (1, 1));
+    let mut to: Vec<(BoxId, Vec<u8>)> = entry
+        .recipients
+        .iter()
+        .map(|r| (r.box_id, entry.payloads[r.payload].clone()))
+        .collect();
+    to.sort();
+    let mut want = vec![
+        (creator, b"commit".to_vec()),
+        (far, b"commit+welcome".to_vec()),
+    ];
+    want.sort();
+    assert_eq!(to, want);
+    assert!(queued(store, far, fd[0]).await.is_empty());
+
+    // A gateway enqueues into every box and crashes before finishing the entry:
+    // delivering it again enqueues nothing twice, and then the entry is gone.
+    let (_, first) = enqueue_entry(store, &entry).await;
+    assert_eq!(first, 2);
+    assert_eq!(pending_in(store, REGION).await.len(), 1);
+    assert_eq!(deliver(store, group).await, 0, "all deduplicated");
+    assert!(pending_in(store, REGION).await.is_empty());
+    for d in &fd {
+        assert_eq!(
+            queued(store, far, *d).await,
+            vec![b"commit+welcome".to_vec()]
+        );
+    }
+    assert_eq!(
+        queued(store, creator, cd[0]).await,
+        vec![b"commit".to_vec()]
+    );
+}
+
+async fn a_retried_commit_records_its_fan_out_once(store: &Store) {
+    let (creator, cd) = new_box(store, 1).await;
+    let (b, bd) = new_box(store, 1).await;
+    let group = GroupKey {
+        creator,
+        group_id: [6; 16],
+    };
+    transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
+    let add = [b];
+    let c = Commit {
+        group,
+        sender_box: creator,
+        sender_device: cd[0],
+        message_id: MessageId::new(),
+        epoch: 0,
+        add: &add,
+        remove: &[],
+        envelope: b"c1",
+        welcome_envelope: b"w1",
+        welcome_boxes: &add,
+    };
+    let Outcome::Done(first) = commit(store, &c).await else {
+        panic!("the Commit failed")
+    };
+    assert!(!first.duplicate);
+    // Retried before delivery (its answer was lost): same state, no new entry.
+    let Outcome::Done(again) = commit(store, &c).await else {
+        panic!("the retry failed")
+    };
+    assert!(again.duplicate);
+    assert_eq!(again.state, first.state);
+    assert_eq!(again.fan_out, None);
+    assert_eq!(
+        pending_in(store, REGION).await,
+        vec![first.fan_out.unwrap()]
+    );
+    assert_eq!(deliver(store, group).await, 2);
+    // Retried after delivery: still nothing recorded, nothing enqueued.
+    let Outcome::Done(late) = commit(store, &c).await else {
+        panic!("the late retry failed")
+    };
+    assert!(late.duplicate);
+    assert!(pending_in(store, REGION).await.is_empty());
+    assert_eq!(queued(store, b, bd[0]).await, vec![b"w1".to_vec()]);
+    assert_eq!(queued(store, creator, cd[0]).await, vec![b"c1".to_vec()]);
+}
+
+async fn entries_are_listed_and_delivered_in_the_order_they_were_recorded(store: &Store) {
+    let (creator, cd) = new_box(store, 1).await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(new_box(store, 1).await);
+    }
+    let group = GroupKey {
+        creator,
+        group_id: [8; 16],
+    };
+    let other = GroupKey {
+        creator,
+        group_id: [9; 16],
+    };
+    for g in [group, other] {
+        transact!(store, |txn| groups::create(txn, g, T0).await).unwrap();
+    }
+    // Enough undelivered Commits in two groups of one creator that their (hashed)
+    // ids do not sort by number. The Commit made in epoch e adds member e mod 3.
+    let boxes: Vec<BoxId> = members.iter().map(|(b, _)| *b).collect();
+    for epoch in 0..8u64 {
+        let add = [boxes[(epoch % 3) as usize]];
+        let payload = format!("e{}", epoch + 1).into_bytes();
+        for g in [group, other] {
+            let c = Commit {
+                group: g,
+                sender_box: creator,
+                sender_device: cd[0],
+                message_id: MessageId::new(),
+                epoch,
+                add: &add,
+                remove: &[],
+                envelope: &payload,
+                welcome_envelope: &[],
+                welcome_boxes: &[],
+            };
+            assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
+        }
+    }
+    let entries = transact!(store, |txn| outbox::of_group(txn, group).await).unwrap();
+    assert!(entries.iter().all(|e| e.group == group));
+    let order: Vec<(u64, u64)> = entries.iter().map(|e| (e.seq, e.epoch)).collect();
+    let want: Vec<(u64, u64)> = (1..=8).map(|n| (n, n)).collect();
+    assert_eq!(order, want);
+    // Paging through the region finds both groups' entries, each once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = transact!(store, |txn| outbox::pending(txn, REGION, after, 3).await).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.group.creator, last.id));
+        seen.extend(page.iter().map(|e| (e.group.group_id, e.seq)));
+    }
+    assert_eq!(seen.len(), 16);
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), 16);
+    // Delivered in order: each box gets the group's Commits in epoch order, from
+    // the one that added it.
+    deliver(store, group).await;
+    let from = |first: usize| -> Vec<Vec<u8>> {
+        (first..=8).map(|n| format!("e{n}").into_bytes()).collect()
+    };
+    assert_eq!(queued(store, creator, cd[0]).await, from(1));
+    for (i, (b, d)) in members.iter().enumerate() {
+        assert_eq!(queued(store, *b, d[0]).await, from(i + 1), "member {i}");
+    }
+    // The other group's entries are still pending.
+    let rest = pending_in(store, REGION).await;
+    assert_eq!(rest.len(), 8);
+    assert!(rest.iter().all(|e| e.group == other));
+}
+
+async fn finishing_one_entry_twice_at_once_conflicts(store: &Store) {
+    let (creator, cd) = new_box(store, 1).await;
+    let (a, _) = new_box(store, 1).await;
+    let (b, _) = new_box(store, 1).await;
+    let group = GroupKey {
+        creator,
+        group_id: [10; 16],
+    };
+    transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
+    let add = [a, b];
+    let c = Commit {
+        group,
+        sender_box: creator,
+        sender_device: cd[0],
+        message_id: MessageId::new(),
+        epoch: 0,
+        add: &add,
+        remove: &[],
+        envelope: b"c",
+        welcome_envelope: &[],
+        welcome_boxes: &[],
+    };
+    let Outcome::Done(committed) = commit(store, &c).await else {
+        panic!("the Commit failed")
+    };
+    let entry = committed.fan_out.unwrap();
+    // Two deliverers finish different boxes from the same snapshot: one must
+    // lose, or the entry would keep a box that is done or drop one that is not.
+    let mut t1 = store.kv.begin().await.unwrap();
+    let mut t2 = store.kv.begin().await.unwrap();
+    let gone1 = outbox::finish(&mut *t1, creator, entry.id, &[creator, a])
+        .await
+        .unwrap();
+    let gone2 = outbox::finish(&mut *t2, creator, entry.id, &[b])
+        .await
+        .unwrap();
+    assert!(!gone1 && !gone2);
+    t1.commit().await.unwrap();
+    let second = t2.commit().await;
+    assert!(
+        matches!(second, Err(Error::Conflict(_))),
+        "expected a conflict, got {second:?}"
+    );
+    let left = pending_in(store, REGION).await;
+    let boxes: Vec<BoxId> = left[0].recipients.iter().map(|r| r.box_id).collect();
+    assert_eq!(boxes, vec![b]);
+    // The retry sees the first deliverer's progress and finishes the entry.
+    let gone = transact!(store, |txn| outbox::finish(txn, creator, entry.id, &[b])
+        .await)
     .unwrap();
-    assert_eq!(again, Outcome::NotMember);
+    assert!(gone);
+    assert!(pending_in(store, REGION).await.is_empty());
+    // Finishing an entry that is gone changes nothing.
+    let again = transact!(store, |txn| outbox::finish(txn, creator, entry.id, &[b])
+        .await)
+    .unwrap();
+    assert!(again);
+    assert!(pending_in(store, REGION).await.is_empty());
+}
+
+async fn deleting_the_creator_purges_its_outbox(store: &Store) {
+    let (creator, cd) = new_box(store, 1).await;
+    let (b, _) = new_box(store, 1).await;
+    let (other_creator, od) = new_box(store, 1).await;
+    for (owner, device, id) in [(creator, cd[0], [11; 16]), (other_creator, od[0], [12; 16])] {
+        let group = GroupKey {
+            creator: owner,
+            group_id: id,
+        };
+        transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
+        let add = [b];
+        let c = Commit {
+            group,
+            sender_box: owner,
+            sender_device: device,
+            message_id: MessageId::new(),
+            epoch: 0,
+            add: &add,
+            remove: &[],
+            envelope: b"c",
+            welcome_envelope: &[],
+            welcome_boxes: &[],
+        };
+        assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
+    }
+    assert_eq!(pending_in(store, REGION).await.len(), 2);
+    store.delete_account(creator, T0).await.unwrap();
+    let left = pending_in(store, REGION).await;
+    assert_eq!(left.len(), 1, "only the other creator's entry is left");
+    assert_eq!(left[0].group.creator, other_creator);
 }

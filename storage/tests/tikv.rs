@@ -5,12 +5,10 @@
 //!
 //! The cluster is shared between runs and between concurrently running tests, so
 //! every test works under its own random key prefix and deletes what it wrote.
-//! The conformance suite runs in optimistic mode, the one that provides the
-//! snapshot-isolation contract of `KvStore`; pessimistic mode gets its own tests.
 
 mod conformance;
 
-use rossby_storage::kv::tikv::{TikvConfig, TikvStore, TikvTxnMode};
+use rossby_storage::kv::tikv::{TikvConfig, TikvStore};
 use rossby_storage::{Error, Key, Kv, KvStore, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,15 +25,15 @@ fn pd_endpoints() -> Option<Vec<String>> {
     (!endpoints.is_empty()).then_some(endpoints)
 }
 
-/// A store in `mode` on the test cluster, or `None` when no cluster is configured.
-async fn connect(mode: TikvTxnMode) -> Option<TikvStore> {
+/// A store on the test cluster, or `None` when no cluster is configured.
+async fn connect() -> Option<TikvStore> {
     let Some(endpoints) = pd_endpoints() else {
         // Both streams: libtest captures stdout of passing tests, CI logs stderr.
         eprintln!("skipped: set ROSSBY_TEST_PD");
         println!("skipped: set ROSSBY_TEST_PD");
         return None;
     };
-    let cfg = TikvConfig::new(endpoints).with_mode(mode);
+    let cfg = TikvConfig::new(endpoints);
     match TikvStore::connect(cfg).await {
         Ok(store) => Some(store),
         // A configured but unreachable cluster is a failure, not a skip.
@@ -43,9 +41,9 @@ async fn connect(mode: TikvTxnMode) -> Option<TikvStore> {
     }
 }
 
-/// The conformance suite's store factory: optimistic transactions.
+/// The conformance suite's store factory.
 async fn make_store() -> Option<Kv> {
-    Some(Arc::new(connect(TikvTxnMode::Optimistic).await?))
+    Some(Arc::new(connect().await?))
 }
 
 conformance::conformance_suite!(make_store, write_skew = conformance::WriteSkew::Allowed);
@@ -70,52 +68,11 @@ async fn cleanup(kv: &TikvStore, keys: &[Key]) {
     txn.commit().await.expect("cleanup commit");
 }
 
-/// A pessimistic `get_for_update` that had to wait for another transaction's lock
-/// fails with `Error::Conflict` once that transaction commits a write to the key
-/// (TiKV wakes the waiter with a `PessimisticRetry` write conflict).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pessimistic_get_for_update_conflict_is_a_conflict() {
-    let Some(kv) = connect(TikvTxnMode::Pessimistic).await else {
-        return;
-    };
-    let kv = Arc::new(kv);
-    let k = test_key("pessimistic-conflict");
-
-    let mut holder = begin(&kv).await;
-    assert_eq!(holder.get_for_update(&k).await.unwrap(), None);
-
-    let waiter = tokio::spawn({
-        let (kv, k) = (Arc::clone(&kv), k.clone());
-        async move {
-            let mut txn = begin(&kv).await;
-            let result = txn.get_for_update(&k).await;
-            txn.rollback().await.unwrap();
-            result
-        }
-    });
-    // Give the waiter time to reach TiKV and queue behind the holder's lock.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !waiter.is_finished(),
-        "the waiter should be blocked on the lock"
-    );
-
-    holder.put(k.clone(), b"holder".to_vec()).await.unwrap();
-    holder.commit().await.unwrap();
-
-    let result = waiter.await.unwrap();
-    assert!(
-        matches!(result, Err(Error::Conflict(_))),
-        "expected a conflict, got {result:?}"
-    );
-    cleanup(&kv, &[k]).await;
-}
-
 /// Optimistic `get_for_update` locks the key: a concurrent commit to it makes our
 /// commit fail with `Error::Conflict` even though we never wrote the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optimistic_get_for_update_conflicts_at_commit() {
-    let Some(kv) = connect(TikvTxnMode::Optimistic).await else {
+    let Some(kv) = connect().await else {
         return;
     };
     let (locked, other) = (test_key("lock-only"), test_key("lock-only-other"));
@@ -144,47 +101,31 @@ async fn optimistic_get_for_update_conflicts_at_commit() {
     cleanup(&kv, &[locked, other]).await;
 }
 
-/// In pessimistic mode `get_for_update` sees this transaction's own pending write
-/// (the client alone would return the value stored on TiKV).
+/// A transaction dropped without commit or rollback (a cancelled request) leaves
+/// nothing on TiKV: its write is invisible and the next writer of the key commits
+/// without waiting for a lock or conflicting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pessimistic_get_for_update_sees_own_writes() {
-    let Some(kv) = connect(TikvTxnMode::Pessimistic).await else {
+async fn a_dropped_transaction_writes_nothing_and_blocks_nobody() {
+    let Some(kv) = connect().await else {
         return;
     };
-    let k = test_key("pessimistic-own-write");
-    let mut txn = begin(&kv).await;
-    txn.put(k.clone(), b"mine".to_vec()).await.unwrap();
-    assert_eq!(
-        txn.get_for_update(&k).await.unwrap(),
-        Some(b"mine".to_vec())
-    );
-    txn.delete(k.clone()).await.unwrap();
-    assert_eq!(txn.get_for_update(&k).await.unwrap(), None);
-    txn.rollback().await.unwrap();
-}
-
-/// Dropping a transaction that holds pessimistic locks rolls it back in the
-/// background, so the next transaction gets the lock at once instead of waiting
-/// out the lock's TTL (20 s) and failing with a conflict.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_pessimistic_transaction_releases_its_locks() {
-    let Some(kv) = connect(TikvTxnMode::Pessimistic).await else {
-        return;
-    };
-    let k = test_key("dropped-lock");
+    let k = test_key("dropped");
     let mut dropped = begin(&kv).await;
     dropped.put(k.clone(), b"never".to_vec()).await.unwrap();
     drop(dropped);
-    // Let the background rollback land first: a lock request queued behind the
-    // lock would be woken with a write conflict (TiKV's legacy wake-up mode).
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut next = begin(&kv).await;
-    let read = tokio::time::timeout(Duration::from_secs(5), next.get_for_update(&k))
+    assert_eq!(
+        next.get(&k).await.unwrap(),
+        None,
+        "the dropped write is invisible"
+    );
+    next.put(k.clone(), b"next".to_vec()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), next.commit())
         .await
-        .expect("the dropped transaction's lock should be released promptly");
-    assert_eq!(read.unwrap(), None, "the dropped write must not be visible");
-    next.rollback().await.unwrap();
+        .expect("nothing should hold a lock on the key")
+        .unwrap();
+    cleanup(&kv, &[k]).await;
 }
 
 /// Without a reachable placement driver, `connect` fails with `Unavailable` and

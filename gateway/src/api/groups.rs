@@ -4,37 +4,81 @@
 //! The gateway never reads MLS content. It keeps one epoch record per group
 //! ([`rossby_storage::tables::groups`]) and:
 //! - **GroupCommit** compares the sender's epoch with the stored one. A match
-//!   advances the epoch, applies the member-box change and enqueues the Commit
-//!   into every member box (before and after the change) in one transaction; a
-//!   mismatch answers `EPOCH_CONFLICT` with a `GroupState` body, and the client
-//!   fetches the Commit that won, processes it and commits again. A retry of an
-//!   accepted Commit (same device and message id) is answered with the state it
-//!   produced.
+//!   advances the epoch, applies the member-box change and records the Commit's
+//!   fan-out (every member box before and after the change) in the creator's
+//!   outbox, in one transaction of the creator's region; the gateway then
+//!   delivers it and answers `OK` only once every member box has it (so a client
+//!   that sees `OK` knows its members have the handshake). A mismatch answers
+//!   `EPOCH_CONFLICT` with a `GroupState` body, and the client fetches the Commit
+//!   that won, processes it and commits again. A retry of an accepted Commit
+//!   (same device and message id) is answered with the state it produced, after
+//!   delivering whatever of its fan-out is still pending.
 //! - **GroupSend** enqueues one envelope, encrypted in the group's current epoch
 //!   (`EPOCH_CONFLICT` otherwise), into every member box, coalesced with
 //!   other sends per box like Send (same idempotency by message id). A box that
 //!   changed its device list while the fan-out was prepared is retried with the
 //!   new version: group envelopes are not sealed per device.
-//! - **LeaveGroup** removes the caller's box from the member boxes and enqueues its
-//!   Remove proposals into the remaining ones; the next Commit of a remaining
-//!   member removes the box's devices from the MLS group.
+//! - **LeaveGroup** removes the caller's box from the member boxes and records its
+//!   Remove proposals for the remaining ones (and the caller's other devices),
+//!   delivered like a Commit's; the next Commit of a remaining member removes the
+//!   box's devices from the MLS group.
 //!
 //! Only member boxes may commit, send, leave or read the state (`NOT_GROUP_MEMBER`
 //! otherwise); an unknown group is `NOT_FOUND`. Member boxes per group are bounded
 //! by `max_recipients_per_send`.
+//!
+//! # Delivering the outbox
+//! An outbox entry ([`rossby_storage::tables::outbox`]) is delivered by enqueuing
+//! its envelope into each recipient box through the [`Enqueuer`](super::messaging::Enqueuer)
+//! (which runs the enqueue where the box's writes run), against the box's current
+//! device-list version, re-read and retried on `STALE_DEVICES`. The enqueue is
+//! idempotent by the entry's sender device and message id, so delivering an
+//! entry again (after a crash, or by two gateways at once) enqueues nothing
+//! twice. A box that refuses it (`NOT_FOUND`: deleted, or blocking the sender) is
+//! done with; a box that could not be reached (`UNAVAILABLE`, a crash) stays in
+//! the entry. Boxes that have it are removed from the entry, and the entry once
+//! none is left. A group's entries are delivered in the order they were recorded,
+//! and a box that missed one gets none of the group's later entries until it
+//! has it, so every box receives the group's Commits in epoch order.
+//!
+//! # Members never see an epoch without its handshake
+//! Between a Commit's transaction and its delivery the group record says N+1
+//! while some member box may not hold Commit N+1 yet. So before answering,
+//! GroupSend and GroupInfo read the group record and the group's pending entries
+//! in one snapshot and deliver those entries first; GroupCommit and LeaveGroup
+//! read and deliver them after their own transaction, before answering. An
+//! entry is removed only once delivered, so everything up to the epoch a request
+//! read has reached the boxes when it answers, except for boxes the delivery
+//! could not reach: the request then answers `UNAVAILABLE` if the caller's own
+//! box is one of them (or, for GroupCommit and LeaveGroup, if any box is), and
+//! GroupSend does not enqueue into those boxes (their result is `UNAVAILABLE`).
+//! A GroupSend at epoch N+1 is therefore never enqueued into a box before that
+//! box's Commit N+1. What stays undelivered is finished by the next request on
+//! the group or by [`Api::resume_outboxes`].
 
-use super::{Failure, Shared, decode, now_ms, parse_box_id};
+use super::{Api, Failure, Shared, decode, now_ms, parse_box_id};
 use crate::auth::Authenticated;
 use prost::Message;
-use rossby_keyspace::{BoxId, MessageId};
+use rossby_keyspace::{BoxId, MessageId, RegionId};
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::groups::{self, Commit, GroupKey, GroupState, Outcome};
+use rossby_storage::tables::outbox::{self, Entry, Recipient};
 use rossby_storage::tables::queue::NewEnvelope;
 use rossby_storage::transact;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// Rounds of re-reading device-list versions for boxes whose list changed during
 /// a group fan-out.
 const FAN_OUT_ROUNDS: usize = 3;
+
+/// How old an outbox entry must be before [`Api::resume_outboxes`] delivers it:
+/// younger ones are normally being delivered by the request that recorded them
+/// (delivering them twice would be harmless, only wasted work).
+pub const OUTBOX_GRACE: Duration = Duration::from_secs(5);
+
+/// Outbox entries [`Api::resume_outboxes`] reads per page.
+const RESUME_PAGE: usize = 64;
 
 fn parse_group(creator_box: &[u8], group_id: &[u8]) -> Result<GroupKey, Failure> {
     let creator = parse_box_id(creator_box)?;
@@ -126,6 +170,183 @@ fn settle<T>(outcome: Outcome<T>) -> Result<T, Failure> {
     }
 }
 
+/// [`settle`] for a caller whose box may still miss some of the group's
+/// handshakes: telling it the group's state before it has them could show it an
+/// epoch it cannot follow yet.
+fn settle_for<T>(outcome: Outcome<T>, delivery: &Delivery, caller: BoxId) -> Result<T, Failure> {
+    if delivery.missing.contains(&caller) {
+        return Err(Failure::unavailable(
+            "a change of this group has not reached your box yet; retry shortly",
+        ));
+    }
+    settle(outcome)
+}
+
+/// What delivering some of a group's outbox entries left undone.
+#[derive(Debug, Default)]
+struct Delivery {
+    /// Boxes still missing at least one of the entries (they were given none of
+    /// the later ones either).
+    missing: BTreeSet<BoxId>,
+    /// Entries delivered to every recipient (and removed from the outbox).
+    completed: usize,
+}
+
+/// Delivers one group's outbox entries, in the order [`outbox::of_group`] lists
+/// them (see the module documentation). Never fails: what could not be
+/// delivered stays in the outbox and is reported in [`Delivery::missing`].
+async fn deliver(shared: &Shared, entries: &[Entry]) -> Delivery {
+    let mut delivery = Delivery::default();
+    for entry in entries {
+        // A box that missed an earlier entry of the group must not get this one first.
+        let todo: Vec<Recipient> = entry
+            .recipients
+            .iter()
+            .filter(|r| !delivery.missing.contains(&r.box_id))
+            .copied()
+            .collect();
+        let (done, missing) = deliver_entry(shared, entry, todo).await;
+        delivery.missing.extend(missing);
+        if done.is_empty() {
+            continue;
+        }
+        let (creator, id) = (entry.group.creator, entry.id);
+        match transact!(shared.store, |txn| outbox::finish(txn, creator, id, &done)
+            .await)
+        {
+            Ok(true) => delivery.completed += 1,
+            Ok(false) => {}
+            // The boxes have the envelope; a later delivery finds it deduplicated.
+            Err(err) => tracing::warn!(error = %err, "could not record a delivered group fan-out"),
+        }
+    }
+    delivery
+}
+
+/// Enqueues one entry's envelope into `todo`. Returns the boxes that are done
+/// with it (enqueued now or before, or refusing it for good) and those that
+/// still need it.
+async fn deliver_entry(
+    shared: &Shared,
+    entry: &Entry,
+    todo: Vec<Recipient>,
+) -> (Vec<BoxId>, Vec<BoxId>) {
+    let store = &shared.store;
+    let mut done = Vec::with_capacity(todo.len());
+    let mut failed = Vec::new();
+    let mut pending = todo;
+    for _round in 0..FAN_OUT_ROUNDS {
+        if pending.is_empty() {
+            break;
+        }
+        let boxes: Vec<BoxId> = pending.iter().map(|r| r.box_id).collect();
+        let versions = match transact!(store, |txn| groups::device_list_versions(txn, &boxes).await)
+        {
+            Ok(versions) => versions,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read device lists for a group fan-out");
+                break;
+            }
+        };
+        let receivers: Vec<_> = pending
+            .iter()
+            .zip(versions)
+            .map(|(r, version)| {
+                let envelope = entry.envelope_for(r, version);
+                (*r, shared.enqueuer.submit(r.box_id, envelope))
+            })
+            .collect();
+        let mut stale = Vec::new();
+        for (r, rx) in receivers {
+            let outcome = rx.await.unwrap_or_else(|_| {
+                Err(Failure::unavailable("the enqueue did not complete; retry"))
+            });
+            match outcome {
+                Ok(_) => done.push(r.box_id),
+                Err(f) if f.status == Status::StaleDevices => stale.push(r),
+                // Deleted, or blocking the sender: there is nobody to deliver to.
+                Err(f) if f.status == Status::NotFound => done.push(r.box_id),
+                // Refused for good (an envelope over a since lowered size limit):
+                // retrying cannot help, and it must not hold up the group.
+                Err(f) if f.status == Status::BadRequest => {
+                    tracing::warn!(message = %f.message, "a group fan-out was refused by a box");
+                    done.push(r.box_id);
+                }
+                Err(_) => failed.push(r.box_id),
+            }
+        }
+        pending = stale;
+    }
+    failed.extend(pending.iter().map(|r| r.box_id));
+    (done, failed)
+}
+
+/// Reads and delivers every pending outbox entry of `group`.
+async fn deliver_group(shared: &Shared, group: GroupKey) -> Result<Delivery, Failure> {
+    let entries = transact!(shared.store, |txn| outbox::of_group(txn, group).await)?;
+    Ok(deliver(shared, &entries).await)
+}
+
+impl Api {
+    /// Delivers the group fan-out left in `region`'s outbox by requests that did
+    /// not finish it (the gateway crashed, or a member box was unreachable), so
+    /// that every accepted Commit and leave eventually reaches its boxes. Entries
+    /// younger than [`OUTBOX_GRACE`] are left to the request delivering them now.
+    /// Each group's entries go out in order, as a request would deliver them, and
+    /// idempotently: running this concurrently with requests or with itself
+    /// enqueues nothing twice.
+    ///
+    /// Meant to run periodically on the gateway that owns the creator boxes of
+    /// `region` (the outbox lives in the creator's region). Returns how many
+    /// entries were delivered completely; what still cannot be delivered stays for
+    /// the next run. Fails only when the outbox cannot be read.
+    pub async fn resume_outboxes(&self, region: RegionId) -> Result<usize, Failure> {
+        let shared = &*self.shared;
+        let store = &shared.store;
+        let grace = u64::try_from(OUTBOX_GRACE.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms().saturating_sub(grace);
+        let mut after = None;
+        let mut groups_seen: BTreeSet<GroupKey> = BTreeSet::new();
+        let mut completed = 0;
+        loop {
+            let page = transact!(store, |txn| outbox::pending(
+                txn,
+                region,
+                after,
+                RESUME_PAGE
+            )
+            .await)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some((last.group.creator, last.id));
+            for entry in &page {
+                if entry.created_at_ms > cutoff || !groups_seen.insert(entry.group) {
+                    continue;
+                }
+                let group = entry.group;
+                let entries = match transact!(store, |txn| outbox::of_group(txn, group).await) {
+                    Ok(entries) => entries,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not read a group's outbox");
+                        continue;
+                    }
+                };
+                // In order, up to the first entry still in its grace period.
+                let due: Vec<Entry> = entries
+                    .into_iter()
+                    .take_while(|e| e.created_at_ms <= cutoff)
+                    .collect();
+                completed += deliver(shared, &due).await.completed;
+            }
+            if page.len() < RESUME_PAGE {
+                break;
+            }
+        }
+        Ok(completed)
+    }
+}
+
 /// CreateGroup: registers a group of the caller's box at epoch 0.
 pub(crate) async fn create_group(
     shared: &Shared,
@@ -143,7 +364,16 @@ pub(crate) async fn create_group(
     })
 }
 
-/// GroupCommit: compare-and-set of the epoch plus the Commit's fan-out.
+/// `UNAVAILABLE` for a Commit or leave that was accepted but has not reached
+/// every box yet (it stays in the outbox).
+fn undelivered(what: &str) -> Failure {
+    Failure::unavailable(format!(
+        "the {what} was accepted but has not reached every member box yet; \
+         send it again with the same message id"
+    ))
+}
+
+/// GroupCommit: compare-and-set of the epoch, then delivery of the Commit's fan-out.
 pub(crate) async fn group_commit(
     shared: &Shared,
     caller: &Authenticated,
@@ -175,15 +405,16 @@ pub(crate) async fn group_commit(
     let now = now_ms();
     let outcome = transact!(store, |txn| groups::commit(txn, limits, max, &commit, now)
         .await)?;
-    let committed = settle(outcome)?;
-    if !committed.duplicate {
-        shared
-            .metrics
-            .envelopes_enqueued_total
-            .inc_by(committed.delivered.len() as u64);
+    if outcome == Outcome::NotFound {
+        return Err(unknown_group());
     }
-    for (box_id, seq) in &committed.delivered {
-        shared.presence.messages_available(*box_id, *seq);
+    // Read after the Commit's transaction: holds its own entry (unless already
+    // delivered) and every earlier one still pending, including those of the
+    // epoch a conflict answer reports.
+    let delivery = deliver_group(shared, group).await?;
+    let committed = settle_for(outcome, &delivery, caller.box_id)?;
+    if !delivery.missing.is_empty() {
+        return Err(undelivered("Commit"));
     }
     Ok(pb::GroupCommitResponse {
         state: Some(state_message(&committed.state)),
@@ -203,11 +434,16 @@ pub(crate) async fn group_send(
     let store = &shared.store;
     let sender = caller.box_id;
     let epoch = req.epoch;
-    let outcome = transact!(store, |txn| groups::fan_out_targets(
-        txn, group, sender, epoch
-    )
-    .await)?;
-    let (state, targets) = settle(outcome)?;
+    // One snapshot: every pending entry up to the epoch read is in `entries`.
+    let (outcome, entries) = transact!(store, |txn| {
+        let outcome = groups::fan_out_targets(txn, group, sender, epoch).await?;
+        let entries = outbox::of_group(txn, group).await?;
+        Ok((outcome, entries))
+    })?;
+    let delivery = deliver(shared, &entries).await;
+    let (state, targets) = settle_for(outcome, &delivery, caller.box_id)?;
+    // Boxes still missing a handshake keep the UNAVAILABLE result: the message
+    // must not reach them before the Commit of its epoch.
     let mut results: Vec<pb::SendResult> = targets
         .iter()
         .map(|(b, _)| pb::SendResult {
@@ -219,6 +455,7 @@ pub(crate) async fn group_send(
     let mut pending: Vec<(usize, BoxId, u64)> = targets
         .iter()
         .enumerate()
+        .filter(|(_, (b, _))| !delivery.missing.contains(b))
         .map(|(i, (b, v))| (i, *b, *v))
         .collect();
     for _round in 0..FAN_OUT_ROUNDS {
@@ -294,9 +531,14 @@ pub(crate) async fn leave_group(
         now
     )
     .await)?;
-    let left = settle(outcome)?;
-    for (box_id, seq) in &left.delivered {
-        shared.presence.messages_available(*box_id, *seq);
+    if outcome == Outcome::NotFound {
+        return Err(unknown_group());
+    }
+    let delivery = deliver_group(shared, group).await?;
+    settle_for(outcome, &delivery, caller.box_id)?;
+    // A retry answers NOT_GROUP_MEMBER, which tells the client it has left.
+    if !delivery.missing.is_empty() {
+        return Err(undelivered("leave"));
     }
     Ok(pb::LeaveGroupResponse {})
 }
@@ -311,8 +553,13 @@ pub(crate) async fn group_info(
     let group = parse_group(&req.creator_box, &req.group_id)?;
     let store = &shared.store;
     let member = caller.box_id;
-    let outcome = transact!(store, |txn| groups::state_for(txn, group, member).await)?;
-    let state = settle(outcome)?;
+    let (outcome, entries) = transact!(store, |txn| {
+        let outcome = groups::state_for(txn, group, member).await?;
+        let entries = outbox::of_group(txn, group).await?;
+        Ok((outcome, entries))
+    })?;
+    let delivery = deliver(shared, &entries).await;
+    let state = settle_for(outcome, &delivery, caller.box_id)?;
     Ok(pb::GroupInfoResponse {
         state: Some(state_message(&state)),
     })

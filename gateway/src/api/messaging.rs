@@ -47,12 +47,13 @@ use crate::auth::Authenticated;
 use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::peer::leases::LeaseGuard;
+use crate::peer::ownership::Owner;
 use crate::presence::{PUSH_QUEUE, Presence};
-use rossby_keyspace::{BoxId, MessageId};
+use rossby_keyspace::{BoxId, DeviceId, MessageId};
 use rossby_protocol::framing;
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::contacts::{self, Relationship};
-use rossby_storage::tables::queue::{Enqueued, FetchLimits, Fetched, NewEnvelope};
+use rossby_storage::tables::queue::{self, Enqueued, FetchLimits, Fetched, NewEnvelope};
 use rossby_storage::tables::records::AcceptFrom;
 use rossby_storage::tables::{Store, accounts, devices};
 use rossby_storage::transact;
@@ -60,7 +61,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// How often a waiting fetch re-reads storage (for messages committed through
@@ -107,11 +108,6 @@ impl Remote {
         self.peers.get()
     }
 
-    /// Attaches the peer machinery; false if some was attached already.
-    pub(crate) fn attach(&self, peers: Arc<Peers>) -> bool {
-        self.peers.set(peers).is_ok()
-    }
-
     /// Sets the storage poll interval of waiting fetches (`None`: no polling).
     pub(crate) fn set_fetch_poll_interval(&self, interval: Option<Duration>) {
         let ms = interval.map_or(0, |d| millis(d).max(1));
@@ -129,23 +125,58 @@ impl Remote {
 struct Job {
     envelope: NewEnvelope,
     reply: Reply,
+    /// Transactions this envelope took part in that hit a conflict.
+    conflicts: u32,
+    /// When it was first submitted (the retry deadline counts from here).
+    submitted: Instant,
 }
 
-/// Coalesces concurrent enqueues into the same box: the first sender to a box
-/// starts a worker task that runs one transaction for everything queued for the
-/// box meanwhile, and repeats until nothing is left (group commit per box). The
-/// worker is a task of its own, so a cancelled request cannot strand the others.
+/// A box's envelopes waiting for its worker's next transaction.
+struct BoxQueue {
+    jobs: Vec<Job>,
+    /// Wakes the worker when it waits for work while a commit is running.
+    wake: Arc<Notify>,
+}
+
+/// Coalesces concurrent enqueues into the same box and pipelines the box's
+/// transactions.
+///
+/// The first envelope for a box starts a worker task that runs one transaction
+/// for everything queued for the box (group commit per box), until nothing is
+/// left. The next transaction begins as soon as the previous one is committing
+/// ([`KvStore::begin_after`](rossby_storage::KvStore::begin_after)): its start
+/// timestamp's round trip overlaps the earlier commit, its snapshot includes it,
+/// and it takes every envelope that arrived meanwhile. So an envelope waits at
+/// most for the start of the next transaction, never for a whole earlier one,
+/// and consecutive transactions of a box never conflict (each reads the `next`
+/// key the previous one wrote). Commit order is still sequence order: a
+/// transaction's snapshot is taken only after the previous commit returned.
+///
+/// A transaction that conflicts (another gateway wrote the box: ownership was
+/// moving) puts its envelopes back at the front of the queue for the next one,
+/// within the store's retry policy (attempts and deadline). The worker and each
+/// commit are tasks of their own, so a cancelled request cannot strand the others.
+///
+/// With peers attached, [`Enqueuer::submit`] sends envelopes for boxes another
+/// gateway owns to that owner ([`crate::peer::forward`]) and executes them here
+/// when it cannot be reached.
 pub struct Enqueuer {
     store: Store,
     presence: Presence,
     metrics: Arc<Metrics>,
     /// Boxes with a running worker, and what waits for its next transaction.
-    pending: Mutex<HashMap<BoxId, Vec<Job>>>,
+    pending: Mutex<HashMap<BoxId, BoxQueue>>,
     /// Other gateways' side of the announcements.
     pub(crate) remote: Remote,
 }
 
 impl Enqueuer {
+    /// Attaches the peer machinery: from now on writes for boxes other gateways
+    /// own go to them. False (and nothing changes) if peers were attached already.
+    pub(crate) fn attach(&self, peers: Arc<Peers>) -> bool {
+        self.remote.peers.set(peers).is_ok()
+    }
+
     /// An enqueuer over `store` that announces commits to `presence`.
     pub fn new(store: Store, presence: Presence, metrics: Arc<Metrics>) -> Self {
         Enqueuer {
@@ -157,89 +188,376 @@ impl Enqueuer {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<BoxId, Vec<Job>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<BoxId, BoxQueue>> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Enqueues one envelope into `recipient`; the receiver yields its outcome.
+    /// Enqueues one envelope into `recipient`, through the box's owner when that
+    /// is another gateway; the receiver yields its outcome.
     pub fn submit(
         self: &Arc<Self>,
         recipient: BoxId,
         envelope: NewEnvelope,
     ) -> oneshot::Receiver<Result<Enqueued, Failure>> {
+        let owner = self
+            .remote
+            .peers()
+            .map(|p| (p.clone(), p.owner_of(recipient)));
+        let Some((peers, Owner::Remote(address))) = owner else {
+            return self.submit_local(recipient, envelope);
+        };
         let (reply, rx) = oneshot::channel();
-        let job = Job { envelope, reply };
-        {
-            let mut pending = self.lock();
-            if let Some(queue) = pending.get_mut(&recipient) {
-                queue.push(job);
-                return rx;
-            }
-            pending.insert(recipient, Vec::new());
-        }
         let this = self.clone();
-        tokio::spawn(async move { this.run(recipient, vec![job]).await });
+        tokio::spawn(async move {
+            let forwarded = peers
+                .forward(
+                    &address,
+                    to_peer(recipient, &envelope),
+                    recipient.home_region(),
+                )
+                .await;
+            let outcome = match forwarded {
+                Ok(result) => from_peer(result),
+                Err(why) => {
+                    // Idempotent per (sender device, message id): if the owner did
+                    // commit it, this answers from its dedup record.
+                    tracing::debug!(peer = %address, error = %why, "owner unreachable; enqueueing here");
+                    this.submit_local(recipient, envelope)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Failure::unavailable("the enqueue did not complete; retry"))
+                        })
+                }
+            };
+            let _ = reply.send(outcome);
+        });
         rx
     }
 
-    async fn run(self: Arc<Self>, recipient: BoxId, first: Vec<Job>) {
+    /// Enqueues one envelope into `recipient` in this gateway, whoever owns it.
+    pub fn submit_local(
+        self: &Arc<Self>,
+        recipient: BoxId,
+        envelope: NewEnvelope,
+    ) -> oneshot::Receiver<Result<Enqueued, Failure>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            envelope,
+            reply,
+            conflicts: 0,
+            submitted: Instant::now(),
+        };
+        let wake = {
+            let mut pending = self.lock();
+            if let Some(queue) = pending.get_mut(&recipient) {
+                queue.jobs.push(job);
+                queue.wake.notify_one();
+                return rx;
+            }
+            let wake = Arc::new(Notify::new());
+            pending.insert(
+                recipient,
+                BoxQueue {
+                    jobs: vec![job],
+                    wake: wake.clone(),
+                },
+            );
+            wake
+        };
+        let this = self.clone();
+        tokio::spawn(async move { this.run(recipient, wake).await });
+        rx
+    }
+
+    /// The worker of one box (see [`Enqueuer`]).
+    async fn run(self: Arc<Self>, recipient: BoxId, wake: Arc<Notify>) {
         let guard = WorkerGuard {
             enqueuer: &self,
             recipient,
         };
-        let mut batch = first;
+        // The commit still running, if any: true once it has returned.
+        let mut committing: Option<watch::Receiver<bool>> = None;
         loop {
-            self.process(recipient, batch).await;
-            let mut pending = self.lock();
-            match pending.get_mut(&recipient) {
-                Some(queue) if !queue.is_empty() => batch = take_batch(queue),
-                _ => {
-                    pending.remove(&recipient);
-                    std::mem::forget(guard);
-                    return;
+            // Wait for envelopes; leave when there are none and nothing commits.
+            loop {
+                let waiting = {
+                    let mut pending = self.lock();
+                    if pending.get(&recipient).is_some_and(|q| !q.jobs.is_empty()) {
+                        break;
+                    }
+                    match &committing {
+                        Some(done) if !*done.borrow() => done.clone(),
+                        _ => {
+                            pending.remove(&recipient);
+                            std::mem::forget(guard);
+                            return;
+                        }
+                    }
+                };
+                let mut done = waiting;
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = done.wait_for(|d| *d) => {}
+                }
+            }
+            let begun = match committing.take() {
+                Some(mut done) => {
+                    let prior = Box::pin(async move {
+                        let _ = done.wait_for(|d| *d).await;
+                    });
+                    self.store.kv.begin_after(prior).await
+                }
+                None => self.store.kv.begin().await,
+            };
+            // Taken after the begin: everything that arrived meanwhile goes in.
+            let batch = {
+                let mut pending = self.lock();
+                pending
+                    .get_mut(&recipient)
+                    .map(|q| take_batch(&mut q.jobs))
+                    .unwrap_or_default()
+            };
+            let mut txn = match begun {
+                Ok(txn) => txn,
+                Err(err) => {
+                    fail(batch, &Failure::from(err));
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                let _ = txn.rollback().await;
+                continue;
+            }
+            let (envelopes, jobs): (Vec<NewEnvelope>, Vec<Waiting>) =
+                batch.into_iter().map(Job::split).unzip();
+            let limits = &self.store.limits;
+            match queue::enqueue(&mut *txn, limits, recipient, &envelopes, now_ms()).await {
+                Ok(outcomes) => {
+                    let (tx, rx) = watch::channel(false);
+                    committing = Some(rx);
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        match txn.commit().await {
+                            Ok(()) => this.delivered(recipient, jobs, outcomes),
+                            Err(err) => this.retry_or_fail(recipient, envelopes, jobs, err).await,
+                        }
+                        // Only now may the next transaction take its snapshot.
+                        let _ = tx.send(true);
+                    });
+                }
+                Err(err) => {
+                    let _ = txn.rollback().await;
+                    self.retry_or_fail(recipient, envelopes, jobs, err).await;
                 }
             }
         }
     }
 
-    async fn process(&self, recipient: BoxId, batch: Vec<Job>) {
-        let (envelopes, replies): (Vec<NewEnvelope>, Vec<Reply>) =
-            batch.into_iter().map(|j| (j.envelope, j.reply)).unzip();
-        match self.store.enqueue(recipient, &envelopes, now_ms()).await {
-            Ok(outcomes) => {
-                let mut stored = 0u64;
-                let mut last_seq = 0u64;
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let outcome = match outcome {
-                        Ok(enqueued) => {
-                            if !enqueued.duplicate {
-                                stored += 1;
-                                last_seq = last_seq.max(enqueued.seq);
-                            }
-                            Ok(enqueued)
-                        }
-                        Err(err) => Err(Failure::from(err)),
-                    };
-                    // The sender may have gone away; its envelope is stored anyway.
-                    let _ = reply.send(outcome);
-                }
-                if stored > 0 {
-                    self.metrics.envelopes_enqueued_total.inc_by(stored);
-                    self.presence.messages_available(recipient, last_seq);
-                    if let Some(peers) = self.remote.peers() {
-                        peers.committed(recipient, last_seq);
+    /// Answers the envelopes of a committed transaction and announces it.
+    fn delivered(
+        &self,
+        recipient: BoxId,
+        jobs: Vec<Waiting>,
+        outcomes: Vec<rossby_storage::Result<Enqueued>>,
+    ) {
+        let mut stored = 0u64;
+        let mut last_seq = 0u64;
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            let outcome = match outcome {
+                Ok(enqueued) => {
+                    if !enqueued.duplicate {
+                        stored += 1;
+                        last_seq = last_seq.max(enqueued.seq);
                     }
+                    Ok(enqueued)
                 }
-            }
-            Err(err) => {
-                let failure = Failure::from(err);
-                for reply in replies {
-                    let _ = reply.send(Err(failure.clone()));
-                }
+                Err(err) => Err(Failure::from(err)),
+            };
+            // The sender may have gone away; its envelope is stored anyway.
+            let _ = job.reply.send(outcome);
+        }
+        if stored > 0 {
+            self.metrics.envelopes_enqueued_total.inc_by(stored);
+            self.presence.messages_available(recipient, last_seq);
+            if let Some(peers) = self.remote.peers() {
+                peers.committed(recipient, last_seq);
             }
         }
+    }
+
+    /// After a failed transaction: envelopes that met a conflict go back to the
+    /// front of the box's queue (after the policy's back-off) while the retry
+    /// policy allows; everything else is answered with the failure.
+    async fn retry_or_fail(
+        &self,
+        recipient: BoxId,
+        envelopes: Vec<NewEnvelope>,
+        jobs: Vec<Waiting>,
+        err: rossby_storage::Error,
+    ) {
+        let policy = &self.store.retry;
+        let conflict = matches!(err, rossby_storage::Error::Conflict(_));
+        let failure = Failure::from(err);
+        let mut retry = Vec::new();
+        for (envelope, job) in envelopes.into_iter().zip(jobs) {
+            let conflicts = job.conflicts + 1;
+            if conflict
+                && conflicts < policy.max_attempts
+                && job.submitted.elapsed() < policy.deadline
+            {
+                retry.push(Job {
+                    envelope,
+                    reply: job.reply,
+                    conflicts,
+                    submitted: job.submitted,
+                });
+            } else {
+                let failure = if conflict {
+                    Failure::unavailable(format!(
+                        "the enqueue kept conflicting ({conflicts} attempts); retry"
+                    ))
+                } else {
+                    failure.clone()
+                };
+                let _ = job.reply.send(Err(failure));
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        self.metrics.storage_retries_total.inc();
+        let attempt = retry.iter().map(|j| j.conflicts).max().unwrap_or(1);
+        tokio::time::sleep(policy.backoff(attempt)).await;
+        let mut pending = self.lock();
+        if let Some(queue) = pending.get_mut(&recipient) {
+            retry.append(&mut queue.jobs);
+            queue.jobs = retry;
+            queue.wake.notify_one();
+        } else {
+            // The worker is gone (it cannot be while this transaction runs, but
+            // never strand a sender).
+            let failure = Failure::unavailable("the enqueue did not complete; retry");
+            fail(retry, &failure);
+        }
+    }
+}
+
+/// What an envelope's sender waits on while its envelope is in a transaction.
+struct Waiting {
+    reply: Reply,
+    conflicts: u32,
+    submitted: Instant,
+}
+
+impl Job {
+    fn split(self) -> (NewEnvelope, Waiting) {
+        (
+            self.envelope,
+            Waiting {
+                reply: self.reply,
+                conflicts: self.conflicts,
+                submitted: self.submitted,
+            },
+        )
+    }
+}
+
+fn fail(jobs: Vec<Job>, failure: &Failure) {
+    for job in jobs {
+        let _ = job.reply.send(Err(failure.clone()));
+    }
+}
+
+/// A forwarded envelope as the peer protocol carries it.
+fn to_peer(recipient: BoxId, envelope: &NewEnvelope) -> pb::PeerEnqueue {
+    pb::PeerEnqueue {
+        recipient: recipient.as_bytes().to_vec(),
+        sender_box: envelope.sender_box.as_bytes().to_vec(),
+        sender_device: envelope.sender_device.as_bytes().to_vec(),
+        message_id: envelope.message_id.as_bytes().to_vec(),
+        device_list_version: envelope.device_list_version,
+        payload: envelope.payload.clone(),
+    }
+}
+
+/// The owner's answer as this gateway's outcome.
+fn from_peer(result: pb::PeerEnqueueResult) -> Result<Enqueued, Failure> {
+    let status = i32::try_from(result.status)
+        .ok()
+        .and_then(|s| Status::try_from(s).ok())
+        .unwrap_or(Status::Internal);
+    if status == Status::Ok {
+        Ok(Enqueued {
+            seq: result.seq,
+            duplicate: result.duplicate,
+        })
+    } else {
+        Err(Failure::new(status, result.message))
+    }
+}
+
+/// An enqueue's outcome as the peer protocol carries it.
+fn peer_result(outcome: Result<Enqueued, Failure>) -> pb::PeerEnqueueResult {
+    match outcome {
+        Ok(e) => pb::PeerEnqueueResult {
+            status: Status::Ok as u32,
+            message: String::new(),
+            seq: e.seq,
+            duplicate: e.duplicate,
+        },
+        Err(f) => pb::PeerEnqueueResult {
+            status: u32::try_from(f.status as i32).unwrap_or(Status::Internal as u32),
+            message: f.message,
+            seq: 0,
+            duplicate: false,
+        },
+    }
+}
+
+fn from_wire(e: pb::PeerEnqueue) -> Result<(BoxId, NewEnvelope), Failure> {
+    let bad = |what: &str| Failure::bad_request(format!("forwarded envelope: bad {what}"));
+    Ok((
+        BoxId::try_from_slice(&e.recipient).map_err(|_| bad("recipient"))?,
+        NewEnvelope {
+            sender_box: BoxId::try_from_slice(&e.sender_box).map_err(|_| bad("sender box"))?,
+            sender_device: DeviceId::try_from_slice(&e.sender_device)
+                .map_err(|_| bad("sender device"))?,
+            message_id: MessageId::try_from_slice(&e.message_id).map_err(|_| bad("message id"))?,
+            device_list_version: e.device_list_version,
+            payload: e.payload,
+        },
+    ))
+}
+
+impl Enqueuer {
+    /// Enqueues envelopes another gateway forwarded here, without forwarding them
+    /// again: each coalesces with its box's other pending envelopes. One answer
+    /// per envelope, in order.
+    pub(crate) async fn execute_forwarded(
+        self: &Arc<Self>,
+        enqueues: Vec<pb::PeerEnqueue>,
+    ) -> Vec<pb::PeerEnqueueResult> {
+        let n = enqueues.len();
+        let receivers: Vec<_> = enqueues
+            .into_iter()
+            .map(|e| from_wire(e).map(|(recipient, env)| self.submit_local(recipient, env)))
+            .collect();
+        let mut results = Vec::with_capacity(receivers.len());
+        for receiver in receivers {
+            let outcome = match receiver {
+                Ok(rx) => rx.await.unwrap_or_else(|_| {
+                    Err(Failure::unavailable("the enqueue did not complete; retry"))
+                }),
+                Err(failure) => Err(failure),
+            };
+            results.push(peer_result(outcome));
+        }
+        if n > 0 {
+            self.metrics.peer_forwards("served", n);
+        }
+        results
     }
 }
 
@@ -532,6 +850,9 @@ pub(crate) async fn ack(
     body: &[u8],
 ) -> Result<pb::AckResponse, Failure> {
     let req: pb::AckRequest = decode(body, "AckRequest")?;
+    // Acks of one box's devices all write its `low` key: one at a time here
+    // rather than conflicting in storage.
+    let _box = shared.box_locks.lock(caller.box_id).await;
     let acked = shared
         .store
         .ack(caller.box_id, caller.device_id, req.up_to, now_ms())
@@ -937,6 +1258,8 @@ mod tests {
                     payload: vec![0; len],
                 },
                 reply,
+                conflicts: 0,
+                submitted: super::Instant::now(),
             }
         };
         let mut queue: Vec<super::Job> = (0..100).map(|_| job(10)).collect();

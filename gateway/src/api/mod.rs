@@ -28,6 +28,7 @@
 //! [`Failure::from`].
 
 pub mod account;
+mod box_locks;
 pub mod directory;
 pub mod groups;
 pub mod messaging;
@@ -42,6 +43,8 @@ use crate::auth::secrets::ServerSecrets;
 use crate::auth::{AuthFailure, Authenticated, Authenticator, DEFAULT_NONCE_CAPACITY, Presented};
 use crate::context::ConnContext;
 use crate::metrics::Metrics;
+use crate::peer::ownership::Owner;
+use crate::peer::server::OwnedWrites;
 use crate::presence::Presence;
 use crate::ratelimit::{Limited, RateLimiter};
 use crate::settings::ApiSettings;
@@ -52,6 +55,7 @@ use rossby_protocol::pb::{self, Method, Status};
 use rossby_protocol::{PROTOCOL_VERSION, hawk::EXPORTER_LEN};
 use rossby_storage::tables::Store;
 use rossby_storage::tables::records::Device;
+use rossby_storage::transact;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) presence: Presence,
     pub(crate) verifier: Box<dyn Verifier>,
     pub(crate) enqueuer: Arc<messaging::Enqueuer>,
+    /// Serialises acknowledgements per box (see [`box_locks`]).
+    pub(crate) box_locks: box_locks::BoxLocks,
 }
 
 /// Where a request came from: [`ConnContext`] without the requirement of a QUIC
@@ -177,6 +183,7 @@ impl Api {
                 presence,
                 verifier,
                 enqueuer,
+                box_locks: box_locks::BoxLocks::default(),
             }),
         })
     }
@@ -225,7 +232,12 @@ impl Api {
     /// presence leases. Returns false (and changes nothing) if peers were
     /// attached already.
     pub fn attach_peers(&self, peers: Arc<crate::peer::Peers>) -> bool {
-        self.shared.enqueuer.remote.attach(peers)
+        if !self.shared.enqueuer.attach(peers.clone()) {
+            return false;
+        }
+        let handler: std::sync::Weak<Shared> = Arc::downgrade(&self.shared);
+        peers.serve_forwarded(handler);
+        true
     }
 
     /// How often a waiting fetch re-reads storage for messages committed through
@@ -308,6 +320,9 @@ impl Shared {
                         Failure::rate_limited(limited, "too many requests from this device");
                     return (Err(failure), hints);
                 }
+                if let Some(result) = self.forward_to_owner(method, &caller, body).await {
+                    return (result, hints);
+                }
                 let result = self.authenticated(origin, method, &caller, body).await;
                 return (result, hints);
             }
@@ -355,6 +370,88 @@ impl Shared {
             | Method::Health
             | Method::Register
             | Method::Authorize => Err(Failure::internal()),
+        }
+    }
+
+    /// Sends a request that writes the caller's own box to the box's owner when
+    /// that is another gateway, and returns its answer; `None` means: execute it
+    /// here (this gateway owns the box, the method writes no box of the caller's,
+    /// or the owner could not be reached: every such method is safe to run where
+    /// it arrived).
+    async fn forward_to_owner(
+        &self,
+        method: Method,
+        caller: &Authenticated,
+        body: &[u8],
+    ) -> Option<Result<Vec<u8>, Failure>> {
+        if !OWNER_METHODS.contains(&method) {
+            return None;
+        }
+        let peers = self.enqueuer.remote.peers()?;
+        let Owner::Remote(address) = peers.owner_of(caller.box_id) else {
+            return None;
+        };
+        let call = pb::PeerCall {
+            method: method as i32,
+            body: body.to_vec(),
+            box_id: caller.box_id.as_bytes().to_vec(),
+            device_id: caller.device_id.as_bytes().to_vec(),
+            secret_version: caller.secret_version,
+        };
+        match peers
+            .call(&address, call, caller.box_id.home_region())
+            .await
+        {
+            Ok(response) => Some(from_response(response)),
+            Err(why) => {
+                tracing::debug!(peer = %address, error = %why, "owner unreachable; executing here");
+                None
+            }
+        }
+    }
+
+    /// Executes a request another gateway authenticated and forwarded here.
+    async fn execute_call(&self, call: pb::PeerCall) -> pb::Response {
+        let result = async {
+            let method = Method::try_from(call.method)
+                .ok()
+                .filter(|m| OWNER_METHODS.contains(m))
+                .ok_or_else(|| Failure::bad_request("this method is not forwarded"))?;
+            let box_id = parse_box_id(&call.box_id)?;
+            let device_id = DeviceId::try_from_slice(&call.device_id)
+                .map_err(|_| Failure::bad_request("a device id must have 16 bytes"))?;
+            let store = &self.store;
+            let device = transact!(store, |txn| rossby_storage::tables::devices::get_device(
+                txn, box_id, device_id
+            )
+            .await)?
+            .filter(|d| d.authorized)
+            .ok_or_else(|| Failure::new(Status::Unauthenticated, "unknown credentials"))?;
+            let caller = Authenticated {
+                box_id,
+                device_id,
+                device,
+                secret_version: call.secret_version,
+                credentials_outdated: false,
+            };
+            let exporter = [0u8; EXPORTER_LEN];
+            let origin = Origin {
+                conn_id: 0,
+                remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+                exporter: &exporter,
+                connection: None,
+            };
+            self.authenticated(&origin, method, &caller, &call.body)
+                .await
+        }
+        .await;
+        match result {
+            Ok(body) => pb::Response {
+                status: Status::Ok as i32,
+                body,
+                ..pb::Response::default()
+            },
+            Err(failure) => self.failure_response(failure).await,
         }
     }
 
@@ -416,6 +513,47 @@ impl Shared {
             }),
             ..pb::Response::default()
         }
+    }
+}
+
+/// The methods that write the caller's own box and run at the box's owner.
+const OWNER_METHODS: &[Method] = &[
+    Method::Ack,
+    Method::LinkDevice,
+    Method::RemoveDevice,
+    Method::Block,
+    Method::Unblock,
+    Method::UpdateSettings,
+    Method::DeleteAccount,
+    Method::PublishKeyPackages,
+];
+
+/// An owner's answer as this gateway's outcome.
+fn from_response(response: pb::Response) -> Result<Vec<u8>, Failure> {
+    let status = Status::try_from(response.status).unwrap_or(Status::Internal);
+    if status == Status::Ok {
+        return Ok(response.body);
+    }
+    Err(Failure {
+        status,
+        message: response.message,
+        retry_after: (response.retry_after_ms > 0)
+            .then(|| Duration::from_millis(response.retry_after_ms)),
+        stale: Vec::new(),
+        body: response.body,
+    })
+}
+
+#[async_trait::async_trait]
+impl OwnedWrites for Shared {
+    async fn execute(&self, request: pb::PeerRequest) -> pb::PeerResponse {
+        let enqueues = self.enqueuer.execute_forwarded(request.enqueues).await;
+        let mut calls = Vec::with_capacity(request.calls.len());
+        for call in request.calls {
+            calls.push(self.execute_call(call).await);
+            self.metrics.peer_forwards("served", 1);
+        }
+        pb::PeerResponse { enqueues, calls }
     }
 }
 

@@ -245,13 +245,10 @@ impl Authenticator {
             exporter: presented.exporter,
         };
         auth.verify(&signed, &key, now, self.skew)?;
-        let device = transact!(store, |txn| devices::get_device(txn, box_id, device_id)
-            .await)
-        .map_err(AuthFailure::Storage)?;
-        let device = match device {
-            Some(d) if d.authorized && d.credential_version == id.key_version => d,
-            _ => return Err(AuthFailure::UnknownCredential),
-        };
+        let device = current_device(store, box_id, device_id, id.key_version)
+            .await
+            .map_err(AuthFailure::Storage)?
+            .ok_or(AuthFailure::UnknownCredential)?;
         if !self.nonces.remember(&auth.id, &auth.nonce) {
             return Err(AuthFailure::Replayed);
         }
@@ -263,6 +260,32 @@ impl Authenticator {
             credentials_outdated: id.secret_version != self.secrets.current_version(),
         })
     }
+}
+
+/// The device record if the device is authorized with credentials of
+/// `key_version`. Read first from a recent snapshot (no timestamp round trip to
+/// the primary region on the request path), so a device removed or re-keyed in
+/// the last [`RECENT_READ_STALENESS`](rossby_storage::kv::RECENT_READ_STALENESS)
+/// may still pass; a refusal is confirmed
+/// with a fresh read, so a device authorized a moment ago is never refused.
+async fn current_device(
+    store: &Store,
+    box_id: BoxId,
+    device_id: DeviceId,
+    key_version: u32,
+) -> rossby_storage::Result<Option<Device>> {
+    let usable =
+        |d: Option<Device>| d.filter(|d| d.authorized && d.credential_version == key_version);
+    let mut txn = store.kv.begin_recent_read().await?;
+    let read = devices::get_device(&mut *txn, box_id, device_id).await;
+    // Nothing read leaves the transaction before it ended (durability on fjall).
+    txn.rollback().await?;
+    if let Some(device) = usable(read?) {
+        return Ok(Some(device));
+    }
+    let fresh = transact!(store, |txn| devices::get_device(txn, box_id, device_id)
+        .await)?;
+    Ok(usable(fresh))
 }
 
 #[cfg(test)]

@@ -21,8 +21,10 @@
 //! single-gateway deployment needs.
 
 pub mod fanout;
+pub mod forward;
 pub mod leases;
 pub mod notifier;
+pub mod ownership;
 pub mod server;
 pub mod tls;
 
@@ -30,9 +32,12 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use fanout::Fanout;
+use forward::{Forwarded, Forwarder, WanDelay};
 use leases::{LeaseGuard, Leases};
 use notifier::Notifier;
-use rossby_keyspace::{BoxId, DeviceId};
+use ownership::{Owner, Ownership};
+use rossby_keyspace::{BoxId, DeviceId, RegionId};
+use rossby_protocol::pb;
 use rossby_storage::tables::Store;
 use rossby_storage::tables::presence::Holder;
 use std::net::SocketAddr;
@@ -66,6 +71,26 @@ pub struct PeerConfig {
     pub lease: Duration,
     /// How often leases are renewed; shorter than `lease`.
     pub renew_interval: Duration,
+    /// How long an ownership lease lasts unless renewed (a dead owner's boxes
+    /// move within `owner_lease + owner_renew`).
+    pub owner_lease: Duration,
+    /// How often the ownership lease is renewed and the view refreshed; shorter
+    /// than `owner_lease`.
+    pub owner_renew: Duration,
+}
+
+/// Where this gateway sits: what box ownership and the peer link's WAN
+/// simulation need.
+#[derive(Clone, Debug)]
+pub struct PeerGeo {
+    /// This gateway's region.
+    pub region: RegionId,
+    /// Every region of the deployment (whose owners this gateway must know);
+    /// empty: no box ownership (every gateway writes every box, the path of a
+    /// deployment without a topology).
+    pub regions: Vec<RegionId>,
+    /// The peer link's simulated round trips (`--wan-sim`).
+    pub wan: Option<WanDelay>,
 }
 
 impl PeerConfig {
@@ -79,6 +104,8 @@ impl PeerConfig {
             tls: PeerTls::Pem(credentials),
             lease: DEFAULT_LEASE,
             renew_interval: DEFAULT_RENEW_INTERVAL,
+            owner_lease: ownership::DEFAULT_OWNER_LEASE,
+            owner_renew: ownership::DEFAULT_OWNER_RENEW,
         }
     }
 
@@ -88,6 +115,12 @@ impl PeerConfig {
             return Err(Error::Config(format!(
                 "--peer-renew-secs ({:?}) must be positive and shorter than --peer-lease-secs ({:?})",
                 self.renew_interval, self.lease
+            )));
+        }
+        if self.owner_renew.is_zero() || self.owner_renew >= self.owner_lease {
+            return Err(Error::Config(format!(
+                "--owner-renew-ms ({:?}) must be positive and shorter than --owner-lease-ms ({:?})",
+                self.owner_renew, self.owner_lease
             )));
         }
         if let Some(addr) = &self.advertise {
@@ -116,6 +149,9 @@ pub struct Peers {
     leases: Arc<Leases>,
     fanout: Fanout,
     notifier: Notifier,
+    forwarder: Forwarder,
+    ownership: Option<Arc<Ownership>>,
+    handler: server::Handler,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -133,6 +169,7 @@ impl Peers {
     /// loop, the fan-out worker and the lease renewer.
     pub fn start(
         config: &PeerConfig,
+        geo: PeerGeo,
         store: Store,
         presence: Presence,
         metrics: Arc<Metrics>,
@@ -172,6 +209,24 @@ impl Peers {
             holder.gateway_id.clone(),
             metrics.clone(),
         );
+        let forwarder = Forwarder::new(
+            endpoint.clone(),
+            identity.client_config()?,
+            holder.gateway_id.clone(),
+            metrics.clone(),
+            geo.wan.clone(),
+        );
+        let ownership = (!geo.regions.is_empty()).then(|| {
+            Arc::new(Ownership::new(
+                store.clone(),
+                geo.region,
+                geo.regions.clone(),
+                id,
+                holder.peer_address.clone(),
+                config.owner_lease,
+            ))
+        });
+        let handler = server::Handler::default();
         let (fanout, fanout_worker) = Fanout::new(
             store.clone(),
             holder.clone(),
@@ -185,11 +240,22 @@ impl Peers {
             config.lease,
             config.renew_interval,
         ));
-        let tasks = vec![
-            tokio::spawn(server::accept_loop(endpoint.clone(), presence, metrics)),
+        let mut tasks = vec![
+            tokio::spawn(server::accept_loop(
+                endpoint.clone(),
+                presence,
+                metrics,
+                handler.clone(),
+            )),
             tokio::spawn(fanout_worker),
             tokio::spawn(renewer(leases.clone(), config.renew_interval)),
         ];
+        if let Some(ownership) = &ownership {
+            tasks.push(tokio::spawn(ownership::run(
+                ownership.clone(),
+                config.owner_renew,
+            )));
+        }
         tracing::info!(peer = %local_addr, advertised = %holder.peer_address, "peer endpoint started");
         Ok(Arc::new(Peers {
             holder,
@@ -198,8 +264,49 @@ impl Peers {
             leases,
             fanout,
             notifier,
+            forwarder,
+            ownership,
+            handler,
             tasks: Mutex::new(tasks),
         }))
+    }
+
+    /// Who executes writes to `box_id`: this gateway when there is no box
+    /// ownership (no topology).
+    pub fn owner_of(&self, box_id: BoxId) -> Owner {
+        self.ownership
+            .as_ref()
+            .map_or(Owner::Local, |o| o.owner_of(box_id))
+    }
+
+    /// The ownership view, when box ownership is on.
+    pub fn ownership(&self) -> Option<&Arc<Ownership>> {
+        self.ownership.as_ref()
+    }
+
+    /// Sets the executor of writes other gateways forward here (once).
+    pub fn serve_forwarded(&self, handler: std::sync::Weak<dyn server::OwnedWrites>) {
+        let _ = self.handler.set(handler);
+    }
+
+    /// Forwards one request of a caller to the owner of its box at `address`.
+    pub async fn call(
+        &self,
+        address: &str,
+        call: pb::PeerCall,
+        home: RegionId,
+    ) -> std::result::Result<pb::Response, String> {
+        self.forwarder.call(address, home, call).await
+    }
+
+    /// Forwards one envelope to the owner of its recipient box at `address`.
+    pub async fn forward(
+        &self,
+        address: &str,
+        enqueue: pb::PeerEnqueue,
+        home: RegionId,
+    ) -> Forwarded {
+        self.forwarder.enqueue(address, home, enqueue).await
     }
 
     /// The bound address of the peer endpoint.
@@ -240,6 +347,7 @@ impl Peers {
     /// shutdown): the leases lapse by themselves.
     pub fn abort(&self) {
         self.notifier.close();
+        self.forwarder.close();
         for task in self.take_tasks() {
             task.abort();
         }
@@ -260,9 +368,17 @@ impl Peers {
     /// bounded time.
     pub async fn shutdown(&self) {
         self.notifier.close();
+        self.forwarder.close();
         for task in self.take_tasks() {
             task.abort();
             let _ = task.await;
+        }
+        if let Some(ownership) = &self.ownership
+            && tokio::time::timeout(RELEASE_WAIT, ownership.release())
+                .await
+                .is_err()
+        {
+            tracing::debug!("releasing the ownership lease timed out; it lapses");
         }
         if tokio::time::timeout(RELEASE_WAIT, self.leases.release_all())
             .await

@@ -133,26 +133,7 @@ impl Notifier {
     }
 
     async fn connect(&self, address: &str) -> Result<quinn::Connection, String> {
-        let (host, _) = split_host_port(address)
-            .ok_or_else(|| format!("peer address {address:?} is not host:port"))?;
-        let attempt = async {
-            let target = tokio::net::lookup_host(address)
-                .await
-                .map_err(|e| format!("cannot resolve {address}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{address} resolves to no address"))?;
-            let connecting = self
-                .inner
-                .endpoint
-                .connect_with(self.inner.client.clone(), target, host)
-                .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-            connecting
-                .await
-                .map_err(|e| format!("handshake with {address} failed: {e}"))
-        };
-        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
-            .await
-            .map_err(|_| format!("connecting to {address} timed out"))?
+        dial(&self.inner.endpoint, &self.inner.client, address).await
     }
 
     fn count(&self, result: &str, n: usize) {
@@ -160,6 +141,33 @@ impl Notifier {
             self.inner.metrics.peer_notifications(result, n);
         }
     }
+}
+
+/// Connects from `endpoint` to the peer at `address` (`host:port`) with `client`
+/// (mutual TLS), within [`CONNECT_TIMEOUT`].
+pub(crate) async fn dial(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    address: &str,
+) -> Result<quinn::Connection, String> {
+    let (host, _) = split_host_port(address)
+        .ok_or_else(|| format!("peer address {address:?} is not host:port"))?;
+    let attempt = async {
+        let target = tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| format!("cannot resolve {address}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{address} resolves to no address"))?;
+        let connecting = endpoint
+            .connect_with(client.clone(), target, host)
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        connecting
+            .await
+            .map_err(|e| format!("handshake with {address} failed: {e}"))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("connecting to {address} timed out"))?
 }
 
 /// `host` and `port` of `host:port` (`[v6]:port` for IPv6).

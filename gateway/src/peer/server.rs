@@ -2,18 +2,35 @@
 //! passed mutual TLS (its certificate chains to the deployment CA), and every
 //! unidirectional stream on it carries one framed [`pb::PeerNotify`]. A
 //! notification is applied exactly like a local commit: the box's fetch waiters
-//! wake and its subscribed devices get a `MessagesAvailable` push.
+//! wake and its subscribed devices get a `MessagesAvailable` push. Every
+//! bidirectional stream carries one forwarded [`pb::PeerRequest`] (writes for
+//! boxes this gateway owns), executed by the [`OwnedWrites`] handler and answered
+//! with one [`pb::PeerResponse`] on the same stream.
 //!
 //! Nothing a peer sends can panic the gateway: oversized or malformed frames are
 //! counted as `rejected` and dropped.
 
+use super::forward::MAX_FORWARD_FRAME;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use async_trait::async_trait;
 use rossby_keyspace::BoxId;
 use rossby_protocol::framing;
 use rossby_protocol::pb;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use tokio::task::JoinSet;
+
+/// Executes writes forwarded by other gateways (the API's enqueuer).
+#[async_trait]
+pub trait OwnedWrites: Send + Sync {
+    /// Executes every write of `request` here (never forwarding it again) and
+    /// answers each.
+    async fn execute(&self, request: pb::PeerRequest) -> pb::PeerResponse;
+}
+
+/// Where forwarded writes go once the API is attached; weak, so the peer
+/// endpoint does not keep the API alive.
+pub type Handler = Arc<OnceLock<Weak<dyn OwnedWrites>>>;
 
 /// Most boxes one notification may name.
 pub const MAX_BOXES_PER_NOTIFY: usize = 1024;
@@ -30,6 +47,7 @@ pub(crate) async fn accept_loop(
     endpoint: quinn::Endpoint,
     presence: Presence,
     metrics: Arc<Metrics>,
+    handler: Handler,
 ) {
     let mut connections = JoinSet::new();
     while let Some(incoming) = endpoint.accept().await {
@@ -40,9 +58,15 @@ pub(crate) async fn accept_loop(
         }
         let presence = presence.clone();
         let metrics = metrics.clone();
+        let handler = handler.clone();
         connections.spawn(async move {
             match incoming.await {
-                Ok(connection) => serve(connection, presence, metrics).await,
+                Ok(connection) => {
+                    tokio::join!(
+                        serve(connection.clone(), presence, metrics),
+                        serve_forwarded(connection, handler)
+                    );
+                }
                 // Failed handshakes (a certificate not from the deployment CA, no
                 // certificate, wrong ALPN) end here.
                 Err(err) => tracing::debug!(error = %err, "peer handshake failed"),
@@ -77,6 +101,46 @@ async fn serve(connection: quinn::Connection, presence: Presence, metrics: Arc<M
     }
     streams.shutdown().await;
     tracing::debug!(%remote, "peer disconnected");
+}
+
+/// Answers the forwarded requests of one peer connection.
+async fn serve_forwarded(connection: quinn::Connection, handler: Handler) {
+    let mut streams = JoinSet::new();
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        while streams.try_join_next().is_some() {}
+        let handler = handler.clone();
+        streams.spawn(async move {
+            let response = match recv
+                .read_to_end(framing::LENGTH_PREFIX + MAX_FORWARD_FRAME)
+                .await
+            {
+                Ok(bytes) => match framing::decode_one::<pb::PeerRequest>(
+                    &bytes,
+                    MAX_FORWARD_FRAME,
+                    "PeerRequest",
+                ) {
+                    Ok(request) => match handler.get().and_then(Weak::upgrade) {
+                        Some(owner) => owner.execute(request).await,
+                        // Not attached (starting or stopping): the forwarding
+                        // gateway executes the writes itself.
+                        None => return,
+                    },
+                    Err(err) => {
+                        tracing::debug!(error = %err, "malformed forwarded request");
+                        return;
+                    }
+                },
+                Err(err) => {
+                    tracing::debug!(error = %err, "forwarded request stream failed");
+                    return;
+                }
+            };
+            if send.write_all(&framing::encode(&response)).await.is_ok() {
+                let _ = send.finish();
+            }
+        });
+    }
+    streams.shutdown().await;
 }
 
 /// Decodes one notification frame and wakes the boxes it names. Returns how many

@@ -170,7 +170,7 @@ impl PeerIdentity {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| Error::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(transport(MAX_PEER_STREAMS)?));
+        server.transport_config(Arc::new(transport(MAX_PEER_STREAMS, MAX_PEER_STREAMS)?));
         Ok(server)
     }
 
@@ -189,18 +189,18 @@ impl PeerIdentity {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| Error::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut t = transport(0)?;
+        let mut t = transport(0, 0)?;
         t.keep_alive_interval(Some(PEER_IDLE_TIMEOUT / 3));
         client.transport_config(Arc::new(t));
         Ok(client)
     }
 }
 
-/// Transport parameters: the peer may open `uni` unidirectional streams and no
-/// bidirectional ones.
-fn transport(uni: u32) -> Result<quinn::TransportConfig> {
+/// Transport parameters: the peer may open `uni` unidirectional streams
+/// (notifications) and `bidi` bidirectional ones (forwarded writes).
+fn transport(uni: u32, bidi: u32) -> Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(0))
+    t.max_concurrent_bidi_streams(VarInt::from_u32(bidi))
         .max_concurrent_uni_streams(VarInt::from_u32(uni))
         .datagram_receive_buffer_size(None)
         .max_idle_timeout(Some(

@@ -9,7 +9,10 @@
 
 use crate::error::{Error, Result};
 use async_trait::async_trait;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub mod fjall;
 pub mod memory;
@@ -45,6 +48,86 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Starts a transaction whose reads see a snapshot of the store as of now.
     async fn begin(&self) -> Result<Box<dyn Transaction>>;
+
+    /// Starts a transaction whose snapshot includes the outcome of a commit that
+    /// is still running: `prior` resolves once that commit has returned. The caller
+    /// calls this only after the earlier commit was issued, which is what lets a
+    /// backend overlap the new start timestamp with the earlier commit timestamp
+    /// (PD hands out timestamps in the order they are asked for, so a start
+    /// timestamp asked for after a commit timestamp is larger and its reads wait
+    /// for that commit). The default waits for `prior`, then begins: no overlap.
+    async fn begin_after(&self, prior: CommitDone) -> Result<Box<dyn Transaction>> {
+        prior.await;
+        self.begin().await
+    }
+
+    /// Starts a read-only transaction whose snapshot may be up to
+    /// [`RECENT_READ_STALENESS`] old, so a backend can serve it from a timestamp it
+    /// fetched in the background instead of asking for a new one. For checks where
+    /// a slightly old answer is safe (a positive answer that may have been revoked
+    /// a moment ago) and a negative one is confirmed with [`KvStore::begin`].
+    /// Writes and locks fail with [`Error::Invalid`]. The default begins a fresh
+    /// transaction (staleness zero).
+    async fn begin_recent_read(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(ReadOnly(self.begin().await?)))
+    }
+}
+
+/// The completion of an earlier commit that [`KvStore::begin_after`] waits for.
+pub type CommitDone = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The oldest snapshot [`KvStore::begin_recent_read`] may serve.
+pub const RECENT_READ_STALENESS: Duration = Duration::from_secs(1);
+
+/// A transaction that refuses writes: what [`KvStore::begin_recent_read`] returns.
+pub struct ReadOnly(pub Box<dyn Transaction>);
+
+impl ReadOnly {
+    fn refuse<T>() -> Result<T> {
+        Err(Error::Invalid(
+            "a recent-read transaction is read-only".to_string(),
+        ))
+    }
+}
+
+#[async_trait]
+impl Transaction for ReadOnly {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        self.0.get(key).await
+    }
+
+    async fn batch_get(&mut self, keys: &[Key]) -> Result<Vec<Option<Value>>> {
+        self.0.batch_get(keys).await
+    }
+
+    async fn scan(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+        order: ScanOrder,
+    ) -> Result<Vec<KvPair>> {
+        self.0.scan(range, limit, order).await
+    }
+
+    async fn get_for_update(&mut self, _key: &[u8]) -> Result<Option<Value>> {
+        Self::refuse()
+    }
+
+    async fn put(&mut self, _key: Key, _value: Value) -> Result<()> {
+        Self::refuse()
+    }
+
+    async fn delete(&mut self, _key: Key) -> Result<()> {
+        Self::refuse()
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.0.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.0.rollback().await
+    }
 }
 
 /// A running transaction. Every transaction must end in [`Transaction::commit`] or

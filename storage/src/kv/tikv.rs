@@ -1,10 +1,20 @@
 //! TiKV backend: the [`KvStore`] abstraction on top of `tikv-client`'s
 //! transactional API.
 //!
-//! Transactions are plain two-phase (percolator) commits. Async commit and 1PC are
-//! deliberately left off: the Rust client's async-commit path is incomplete (by its
-//! own FIXME it has no fallback to 2PC when TiKV declines async commit), and 1PC
-//! gains little for the small transactions Rossby runs.
+//! Transactions are optimistic, plain two-phase (percolator) commits: writes are
+//! buffered and checked for conflicts at prewrite, exactly the snapshot-isolation
+//! contract of [`KvStore`]. There is deliberately no pessimistic mode: the client
+//! takes pessimistic locks at a fresh `for_update_ts`, so a key read with a plain
+//! `get` and then written does not conflict with commits made after the
+//! transaction began. An enqueue reads `next` that way, so two gateways could give
+//! two envelopes the same sequence number and one message would be lost. Enqueues
+//! into one box go through one owner, so there is no lock contention left for
+//! pessimistic locking to save.
+//!
+//! Async commit and 1PC are deliberately left off: the Rust client's async-commit
+//! path is incomplete (by its own FIXME it has no fallback to 2PC when TiKV
+//! declines async commit), and 1PC gains little for the small transactions Rossby
+//! runs.
 //!
 //! The part that needs care is error reporting. The client returns one large error
 //! enum whose interesting cases arrive nested (a write conflict is a `KeyError`
@@ -25,30 +35,11 @@ use std::ops::Bound;
 use std::time::Duration;
 use tikv_client::{BoundRange, CheckLevel, TransactionClient, TransactionOptions};
 
-/// How TiKV transactions take their locks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TikvTxnMode {
-    /// Writes are buffered and checked for conflicts at commit (prewrite): exactly
-    /// the snapshot-isolation contract of [`KvStore`]. The default.
-    Optimistic,
-    /// Every `put`, `delete` and `get_for_update` takes a pessimistic lock on TiKV
-    /// right away, so conflicting transactions wait or fail early instead of at
-    /// commit. Caveat (TiDB semantics, inherent to the client): locks are taken at
-    /// a fresh `for_update_ts`, so a write to a key that was read with a plain
-    /// `get` does *not* conflict with commits made after this transaction began,
-    /// and `get_for_update` returns the newest committed value rather than the
-    /// snapshot's. Code relying on read-then-write safety must read such keys with
-    /// `get_for_update` in this mode.
-    Pessimistic,
-}
-
 /// Settings for connecting to a TiKV cluster.
 #[derive(Clone, Debug)]
 pub struct TikvConfig {
     /// Placement driver addresses (`host:port`); any reachable one is enough.
     pub pd_endpoints: Vec<String>,
-    /// Optimistic or pessimistic transactions.
-    pub mode: TikvTxnMode,
     /// Deadline of each RPC to PD or TiKV (the client retries failed RPCs with
     /// back-off, so one operation may take several of these).
     pub request_timeout: Duration,
@@ -58,8 +49,7 @@ impl TikvConfig {
     /// The client's own default RPC deadline.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-    /// Optimistic transactions against the given placement drivers, with the
-    /// default request timeout.
+    /// The given placement drivers, with the default request timeout.
     pub fn new<I, S>(pd_endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -67,16 +57,8 @@ impl TikvConfig {
     {
         TikvConfig {
             pd_endpoints: pd_endpoints.into_iter().map(Into::into).collect(),
-            mode: TikvTxnMode::Optimistic,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
         }
-    }
-
-    /// The same settings with another transaction mode.
-    #[must_use]
-    pub fn with_mode(mut self, mode: TikvTxnMode) -> Self {
-        self.mode = mode;
-        self
     }
 
     /// The same settings with another RPC deadline.
@@ -99,7 +81,6 @@ impl TikvConfig {
 /// A TiKV cluster seen through the [`KvStore`] abstraction.
 pub struct TikvStore {
     client: TransactionClient,
-    mode: TikvTxnMode,
     endpoints: Vec<String>,
 }
 
@@ -107,7 +88,6 @@ impl fmt::Debug for TikvStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TikvStore")
             .field("pd_endpoints", &self.endpoints)
-            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
@@ -142,27 +122,15 @@ impl TikvStore {
                 )));
             }
         };
-        Ok(TikvStore {
-            client,
-            mode: cfg.mode,
-            endpoints,
-        })
+        Ok(TikvStore { client, endpoints })
     }
 
-    /// The transaction mode every [`KvStore::begin`] uses.
-    pub fn mode(&self) -> TikvTxnMode {
-        self.mode
-    }
-
-    fn options(&self) -> TransactionOptions {
-        let options = match self.mode {
-            TikvTxnMode::Optimistic => TransactionOptions::new_optimistic(),
-            TikvTxnMode::Pessimistic => TransactionOptions::new_pessimistic(),
-        };
-        // Our wrapper rolls back dropped transactions itself (see `Drop for
-        // TikvTxn`); the client's default check would panic instead. Async commit
-        // and 1PC stay off (the constructors' defaults), see the module docs.
-        options.drop_check(CheckLevel::None)
+    fn options() -> TransactionOptions {
+        // An optimistic transaction holds nothing on TiKV before commit, so
+        // dropping it (a cancelled request) is its whole rollback; the client's
+        // default check would panic instead. Async commit and 1PC stay off (the
+        // constructor's defaults), see the module docs.
+        TransactionOptions::new_optimistic().drop_check(CheckLevel::None)
     }
 }
 
@@ -175,27 +143,17 @@ impl KvStore for TikvStore {
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let txn = self
             .client
-            .begin_with_options(self.options())
+            .begin_with_options(Self::options())
             .await
             .map_err(classify)?;
-        Ok(Box::new(TikvTxn {
-            inner: Some(txn),
-            mode: self.mode,
-            written: HashSet::new(),
-        }))
+        Ok(Box::new(TikvTxn { inner: Some(txn) }))
     }
 }
 
 /// One running TiKV transaction.
 struct TikvTxn {
-    /// `None` once commit or rollback took the transaction over; while it is
-    /// `Some`, dropping the wrapper rolls it back.
+    /// `None` once commit took the transaction over.
     inner: Option<tikv_client::Transaction>,
-    mode: TikvTxnMode,
-    /// Keys this transaction wrote, tracked in pessimistic mode only: the client's
-    /// pessimistic `get_for_update` returns the value stored on TiKV even when this
-    /// transaction has a pending write to the key.
-    written: HashSet<Key>,
 }
 
 impl TikvTxn {
@@ -205,18 +163,6 @@ impl TikvTxn {
         self.inner
             .as_mut()
             .ok_or_else(|| Error::Invalid("the TiKV transaction has already ended".into()))
-    }
-
-    /// The key to remember once a write to it succeeded (pessimistic mode only;
-    /// a write whose lock failed must not count, since the key is not locked).
-    fn key_to_note(&self, key: &[u8]) -> Option<Key> {
-        (self.mode == TikvTxnMode::Pessimistic && !self.written.contains(key)).then(|| key.to_vec())
-    }
-
-    fn note_write(&mut self, key: Option<Key>) {
-        if let Some(key) = key {
-            self.written.insert(key);
-        }
     }
 }
 
@@ -283,41 +229,21 @@ impl Transaction for TikvTxn {
     }
 
     async fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Value>> {
-        match self.mode {
-            TikvTxnMode::Optimistic => {
-                // The lock becomes a `Lock` mutation in the prewrite, where TiKV
-                // rejects it if anyone committed the key after our start: the same
-                // guarantee as writing the key.
-                let txn = self.txn()?;
-                txn.lock_keys([key.to_vec()]).await.map_err(classify)?;
-                txn.get(key.to_vec()).await.map_err(classify)
-            }
-            TikvTxnMode::Pessimistic if self.written.contains(key) => {
-                // Writing the key already locked it; our pending write is the
-                // answer (the client's get_for_update would return TiKV's value).
-                self.txn()?.get(key.to_vec()).await.map_err(classify)
-            }
-            TikvTxnMode::Pessimistic => self
-                .txn()?
-                .get_for_update(key.to_vec())
-                .await
-                .map_err(classify),
-        }
+        // The lock becomes a `Lock` mutation in the prewrite, where TiKV rejects it
+        // if anyone committed the key after our start: the same guarantee as
+        // writing the key.
+        let txn = self.txn()?;
+        txn.lock_keys([key.to_vec()]).await.map_err(classify)?;
+        txn.get(key.to_vec()).await.map_err(classify)
     }
 
     async fn put(&mut self, key: Key, value: Value) -> Result<()> {
         check_value_size(&value)?;
-        let note = self.key_to_note(&key);
-        self.txn()?.put(key, value).await.map_err(classify)?;
-        self.note_write(note);
-        Ok(())
+        self.txn()?.put(key, value).await.map_err(classify)
     }
 
     async fn delete(&mut self, key: Key) -> Result<()> {
-        let note = self.key_to_note(&key);
-        self.txn()?.delete(key).await.map_err(classify)?;
-        self.note_write(note);
-        Ok(())
+        self.txn()?.delete(key).await.map_err(classify)
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
@@ -348,30 +274,11 @@ impl Transaction for TikvTxn {
         }
     }
 
-    async fn rollback(mut self: Box<Self>) -> Result<()> {
-        match self.inner.take() {
-            Some(mut txn) if self.mode == TikvTxnMode::Pessimistic => {
-                txn.rollback().await.map_err(classify)
-            }
-            // Before commit an optimistic transaction exists only in this process;
-            // the client would still write a rollback record for every buffered key.
-            Some(_) | None => Ok(()),
-        }
-    }
-}
-
-impl Drop for TikvTxn {
-    // A transaction dropped without commit or rollback (typically a cancelled
-    // request) may hold pessimistic locks; rolling it back in the background
-    // releases them instead of leaving other transactions to wait out the lock TTL
-    // (20 s). An optimistic one holds nothing on TiKV before commit, so dropping
-    // the client's transaction is its whole rollback.
-    fn drop(&mut self) {
-        if let Some(txn) = self.inner.take()
-            && self.mode == TikvTxnMode::Pessimistic
-        {
-            spawn_rollback(txn, "of a dropped transaction");
-        }
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        // Before commit an optimistic transaction exists only in this process, so
+        // dropping it is the whole rollback; the client's own rollback would
+        // still write a rollback record for every buffered key.
+        Ok(())
     }
 }
 
@@ -1034,18 +941,15 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_to_optimistic() {
+    fn config_keeps_endpoints_and_timeouts() {
         let cfg = TikvConfig::new(["pd1:2379", "pd2:2379"]);
         assert_eq!(
             cfg.pd_endpoints,
             vec!["pd1:2379".to_owned(), "pd2:2379".to_owned()]
         );
-        assert_eq!(cfg.mode, TikvTxnMode::Optimistic);
         assert_eq!(cfg.request_timeout, TikvConfig::DEFAULT_REQUEST_TIMEOUT);
-        let cfg = cfg
-            .with_mode(TikvTxnMode::Pessimistic)
-            .with_request_timeout(Duration::from_secs(1));
-        assert_eq!(cfg.mode, TikvTxnMode::Pessimistic);
+        let cfg = cfg.with_request_timeout(Duration::from_secs(1));
+        assert_eq!(cfg.request_timeout, Duration::from_secs(1));
         assert_eq!(cfg.connect_timeout(), Duration::from_secs(10));
     }
 

@@ -7,7 +7,10 @@
 //! before each operation for as long as TiKV would take:
 //!
 //! - [`KvStore::begin`]: the start timestamp, one round trip to the primary region
-//!   (where PD's timestamp oracle lives);
+//!   (where PD's timestamp oracle lives); [`KvStore::begin_after`] overlaps that
+//!   round trip with the earlier commit it follows, and takes its snapshot after
+//!   that commit; [`KvStore::begin_recent_read`] pays none (its timestamp is one
+//!   fetched in the background);
 //! - every read (`get`, `get_for_update`, each key of `batch_get`, `scan`): the
 //!   round trip to the leader of the key's data, `model.read(home)`. A scan is
 //!   charged by the home of its range's start key; a `batch_get` as TiKV sends it,
@@ -31,7 +34,9 @@
 //! exact and cost no real time.
 
 use crate::error::Result;
-use crate::kv::{Key, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value};
+use crate::kv::{
+    CommitDone, Key, KeyRange, Kv, KvPair, KvStore, ReadOnly, ScanOrder, Transaction, Value,
+};
 use async_trait::async_trait;
 use rossby_replication::{Home, LatencyModel, home_of_key};
 use std::fmt;
@@ -92,12 +97,34 @@ impl KvStore for WanSimulation {
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         simulate(self.model.timestamp()).await;
-        let inner = self.inner.begin().await?;
-        Ok(Box::new(SimulatedTransaction {
+        Ok(self.simulated(self.inner.begin().await?))
+    }
+
+    /// The start timestamp's round trip overlaps the earlier commit (asked for
+    /// after its commit timestamp, so PD answers it with a larger one); the
+    /// snapshot is taken once both are done, as TiKV's reads would wait for the
+    /// earlier commit's locks.
+    async fn begin_after(&self, prior: CommitDone) -> Result<Box<dyn Transaction>> {
+        tokio::join!(simulate(self.model.timestamp()), prior);
+        Ok(self.simulated(self.inner.begin().await?))
+    }
+
+    /// No timestamp round trip: the timestamp comes from a background refresh
+    /// (at most [`RECENT_READ_STALENESS`](crate::kv::RECENT_READ_STALENESS) old).
+    /// Reads are charged as usual.
+    async fn begin_recent_read(&self) -> Result<Box<dyn Transaction>> {
+        let inner = self.simulated(self.inner.begin().await?);
+        Ok(Box::new(ReadOnly(inner)))
+    }
+}
+
+impl WanSimulation {
+    fn simulated(&self, inner: Box<dyn Transaction>) -> Box<dyn Transaction> {
+        Box::new(SimulatedTransaction {
             inner,
             model: Arc::clone(&self.model),
             written: Vec::new(),
-        }))
+        })
     }
 }
 

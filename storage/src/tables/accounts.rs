@@ -106,13 +106,30 @@ pub async fn delete_account(
     put(txn, &Key::Purge(box_id), &Marker { at_ms: now_ms }).await
 }
 
-/// Removes up to `max_keys` remaining keys of a deleted box. Returns `true` when the
-/// box is gone completely (its purge entry is removed in the same transaction).
+/// Removes up to `max_keys` remaining keys of a deleted box (its outbox entries,
+/// then its box range). Returns `true` when the box is gone completely (its purge
+/// entry is removed in the same transaction).
 pub async fn purge_step(txn: &mut dyn Transaction, box_id: BoxId, max_keys: usize) -> Result<bool> {
     if let Some(p) = get::<Profile>(txn, &Key::Profile(box_id)).await?
         && !p.deleted
     {
         return Err(Error::Invalid("box is not deleted".into()));
+    }
+    // Undelivered fan-out of the box's groups lives in the region's outbox,
+    // outside the box range; it goes first, while the tombstone still marks the
+    // box deleted (its groups are gone with it, so nothing is left to deliver).
+    let outbox = txn
+        .scan(
+            &Key::box_outbox_range(box_id),
+            max_keys.max(1),
+            ScanOrder::Forward,
+        )
+        .await?;
+    if !outbox.is_empty() {
+        for (key, _) in outbox {
+            txn.delete(key).await?;
+        }
+        return Ok(false);
     }
     let keys = txn
         .scan(&Key::box_range(box_id), max_keys.max(1), ScanOrder::Reverse)

@@ -4,23 +4,45 @@
 //! the box that created it. It holds the group's epoch (Commits accepted so far)
 //! and its member boxes. A Commit is accepted only when it was made in the stored
 //! epoch (compare-and-set) by a member box; the same transaction advances the
-//! epoch, applies the membership change and enqueues the Commit into every member
-//! box through [`super::queue::enqueue`], so no accepted epoch exists without its
-//! handshake messages in the members' queues, and each box receives Commits in
-//! epoch order.
+//! epoch, applies the membership change and records the Commit's fan-out (every
+//! box that was or becomes a member, each with its envelope) as an entry of the
+//! creator's [`super::outbox`]. A leave likewise removes the box and records its
+//! Remove proposals for the remaining members and the leaver's other devices.
+//!
+//! Everything such a transaction writes lies in the creator box's region (the
+//! group record in its box range, the outbox entry in the region's outbox), so a
+//! Commit is a transaction of one region however many regions its members live
+//! in. The envelopes reach the member boxes afterwards, when a deliverer (the
+//! gateway) enqueues each of them in the member's home region, idempotently by
+//! the Commit's sender device and message id, and then removes the entry.
+//!
+//! # Members never see an epoch without its handshake
+//! Between the Commit and its delivery the record already says N+1 while a
+//! member box may not hold Commit N+1 yet. Whoever answers with the group's state
+//! or fans out in the group therefore reads the record and the group's pending
+//! entries ([`super::outbox::of_group`]) in one snapshot and delivers those
+//! entries first: an entry is removed only once delivered, so every entry of an
+//! epoch up to the one read is either in that list or in every box already.
+//! Entries are numbered per group (`outbox_seq` in the record) and delivered in
+//! that order, so each box receives a group's Commits in epoch order.
 //!
 //! # Correct under snapshot isolation
 //! Every Commit and every leave writes the group record, so two of them running
 //! concurrently conflict at commit; the retried one then reads the new epoch and
-//! is told it lost. Enqueues write each recipient's `next` key as usual.
+//! is told it lost. The outbox entry is written in that same transaction (its
+//! number comes from the record), so there is never an accepted epoch without
+//! its entry nor an entry of a Commit that lost. Delivery transactions (the
+//! enqueues into member boxes, and [`super::outbox::finish`]) never write the
+//! group record, so they never conflict with Commits; two deliverers of one entry
+//! conflict on the entry's key, and enqueues dedup on the message id.
 //!
-//! The outcomes a client must act on ([`CommitOutcome::Conflict`],
-//! [`CommitOutcome::NotMember`], ...) are values, not errors: the transaction
+//! The outcomes a client must act on ([`Outcome::Conflict`],
+//! [`Outcome::NotMember`], ...) are values, not errors: the transaction
 //! itself succeeded (and wrote nothing).
 
-use super::queue::{self, NewEnvelope};
+use super::outbox::{self, Entry, Recipient};
 use super::records::{GroupRecord, QueueHead};
-use super::{Limits, get, put};
+use super::{Limits, Record, get, put};
 use crate::error::{Error, Result};
 use crate::kv::Transaction;
 use rossby_keyspace::{BoxId, DeviceId, Key, MessageId};
@@ -88,14 +110,15 @@ pub struct Commit<'a> {
     pub welcome_boxes: &'a [BoxId],
 }
 
-/// The result of an accepted Commit.
+/// The result of an accepted Commit or leave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
-    /// The group after the Commit.
+    /// The group after the change.
     pub state: GroupState,
-    /// Boxes the Commit was enqueued into (for push notifications), with the
-    /// sequence number it got there.
-    pub delivered: Vec<(BoxId, u64)>,
+    /// The fan-out this transaction recorded in the creator's outbox, still to
+    /// deliver (`None` for a retry of the last Commit, whose entry was recorded
+    /// by the original, and when there was no envelope to deliver).
+    pub fan_out: Option<Entry>,
     /// True if this was a retry of the last accepted Commit (nothing was written).
     pub duplicate: bool,
 }
@@ -202,7 +225,7 @@ pub async fn commit(
     {
         return Ok(Outcome::Done(Committed {
             state: current,
-            delivered: Vec::new(),
+            fan_out: None,
             duplicate: true,
         }));
     }
@@ -240,85 +263,89 @@ pub async fn commit(
             recipients.push(*m);
         }
     }
-    let mut delivered = Vec::with_capacity(recipients.len());
-    for recipient in recipients {
-        let payload = if welcome.contains(&recipient) {
-            c.welcome_envelope
-        } else {
-            c.envelope
-        };
-        if payload.is_empty() {
-            continue;
-        }
-        if let Some(seq) = enqueue_one(
-            txn,
-            limits,
-            recipient,
-            c.sender_box,
-            c.sender_device,
-            c.message_id,
-            payload,
-            now_ms,
-        )
-        .await?
-        {
-            delivered.push((recipient, seq));
-        }
-    }
+    let recipients: Vec<(BoxId, &[u8])> = recipients
+        .into_iter()
+        .map(|r| {
+            let payload = if welcome.contains(&r) {
+                c.welcome_envelope
+            } else {
+                c.envelope
+            };
+            (r, payload)
+        })
+        .collect();
     record.epoch += 1;
     record.members = members.iter().map(|b| b.as_bytes().to_vec()).collect();
     record.updated_at_ms = now_ms;
     record.last_commit_device = c.sender_device.as_bytes().to_vec();
     record.last_commit_message_id = c.message_id.as_bytes().to_vec();
+    let sender = (c.sender_box, c.sender_device, c.message_id);
+    let fan_out = record_fan_out(txn, c.group, &mut record, sender, &recipients, now_ms).await?;
     put(txn, &c.group.key(), &record).await?;
     Ok(Outcome::Done(Committed {
         state: GroupState {
             epoch: record.epoch,
             members,
         },
-        delivered,
+        fan_out,
         duplicate: false,
     }))
 }
 
-/// Enqueues one envelope into a box against its current device list (group
-/// envelopes are not sealed per device). Returns its sequence number, or `None`
-/// when the box does not accept it (deleted, or blocking the sender).
-#[allow(clippy::too_many_arguments)]
-async fn enqueue_one(
+/// Records the fan-out of a change of `record` (already updated to the group's
+/// new epoch) as the group's next outbox entry; recipients with an empty envelope
+/// are left out, and nothing is recorded when none is left. The caller writes
+/// `record` in the same transaction (its `outbox_seq` numbers the entry).
+async fn record_fan_out(
     txn: &mut dyn Transaction,
-    limits: &Limits,
-    recipient: BoxId,
-    sender_box: BoxId,
-    sender_device: DeviceId,
-    message_id: MessageId,
-    payload: &[u8],
+    group: GroupKey,
+    record: &mut GroupRecord,
+    (sender_box, sender_device, message_id): (BoxId, DeviceId, MessageId),
+    recipients: &[(BoxId, &[u8])],
     now_ms: u64,
-) -> Result<Option<u64>> {
-    let Some(head) = get::<QueueHead>(txn, &Key::Next(recipient)).await? else {
+) -> Result<Option<Entry>> {
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    let mut to = Vec::with_capacity(recipients.len());
+    for (box_id, payload) in recipients {
+        if payload.is_empty() {
+            continue;
+        }
+        // Boxes getting the same envelope share one stored copy.
+        let index = match payloads.iter().position(|p| p.as_slice() == *payload) {
+            Some(i) => i,
+            None => {
+                payloads.push(payload.to_vec());
+                payloads.len() - 1
+            }
+        };
+        to.push(Recipient {
+            box_id: *box_id,
+            payload: index,
+        });
+    }
+    if to.is_empty() {
         return Ok(None);
-    };
-    let envelope = NewEnvelope {
+    }
+    record.outbox_seq += 1;
+    let entry = Entry {
+        group,
+        id: outbox::entry_id(group, record.outbox_seq),
+        seq: record.outbox_seq,
+        epoch: record.epoch,
         sender_box,
         sender_device,
         message_id,
-        device_list_version: head.device_list_version,
-        payload: payload.to_vec(),
+        payloads,
+        recipients: to,
+        created_at_ms: now_ms,
     };
-    let outcome = queue::enqueue(txn, limits, recipient, &[envelope], now_ms)
-        .await?
-        .into_iter()
-        .next();
-    match outcome {
-        Some(Ok(enqueued)) => Ok(Some(enqueued.seq)),
-        Some(Err(Error::RecipientUnavailable)) | None => Ok(None),
-        Some(Err(other)) => Err(other),
-    }
+    outbox::record(txn, &entry).await?;
+    Ok(Some(entry))
 }
 
-/// Removes `member` from a group's member boxes and enqueues `envelope` (its
-/// Remove proposals) into the remaining member boxes and into `member` itself (for
-/// its other devices). The epoch is unchanged.
+/// Removes `member` from a group's member boxes and records `envelope` (its
+/// Remove proposals) in the outbox for the remaining member boxes and for
+/// `member` itself (its other devices), as a Commit does. The epoch is unchanged.
 #[allow(clippy::too_many_arguments)]
 pub async fn leave(
     txn: &mut dyn Transaction,
@@ -345,37 +372,25 @@ pub async fn leave(
         return Ok(Outcome::NotMember);
     }
     current.members.retain(|m| *m != member);
-    let mut delivered = Vec::new();
-    if !envelope.is_empty() {
-        // The leaving box's other devices learn of it too.
-        let recipients = current.members.iter().chain(std::iter::once(&member));
-        for recipient in recipients {
-            if let Some(seq) = enqueue_one(
-                txn,
-                limits,
-                *recipient,
-                member,
-                sender_device,
-                message_id,
-                envelope,
-                now_ms,
-            )
-            .await?
-            {
-                delivered.push((*recipient, seq));
-            }
-        }
-    }
+    // The leaving box's other devices learn of it too.
+    let recipients: Vec<(BoxId, &[u8])> = current
+        .members
+        .iter()
+        .chain(std::iter::once(&member))
+        .map(|b| (*b, envelope))
+        .collect();
     record.members = current
         .members
         .iter()
         .map(|b| b.as_bytes().to_vec())
         .collect();
     record.updated_at_ms = now_ms;
+    let sender = (member, sender_device, message_id);
+    let fan_out = record_fan_out(txn, group, &mut record, sender, &recipients, now_ms).await?;
     put(txn, &group.key(), &record).await?;
     Ok(Outcome::Done(Committed {
         state: current,
-        delivered,
+        fan_out,
         duplicate: false,
     }))
 }
@@ -396,12 +411,28 @@ pub async fn fan_out_targets(
         Outcome::NotMember => return Ok(Outcome::NotMember),
         Outcome::Conflict(s) => return Ok(Outcome::Conflict(s)),
     };
-    let mut targets = Vec::with_capacity(state.members.len());
-    for member in &state.members {
-        let version = get::<QueueHead>(txn, &Key::Next(*member))
-            .await?
-            .map_or(0, |h| h.device_list_version);
-        targets.push((*member, version));
-    }
+    let versions = device_list_versions(txn, &state.members).await?;
+    let targets = state.members.iter().copied().zip(versions).collect();
     Ok(Outcome::Done((state, targets)))
+}
+
+/// The current device-list version of each box (0 for a box that does not
+/// exist), read with one `batch_get`: the boxes may live in as many regions, and
+/// one batch costs one round of reads instead of one per box.
+pub async fn device_list_versions(txn: &mut dyn Transaction, boxes: &[BoxId]) -> Result<Vec<u64>> {
+    let keys: Vec<Vec<u8>> = boxes.iter().map(|b| Key::Next(*b).encode()).collect();
+    let values = txn.batch_get(&keys).await?;
+    if values.len() != keys.len() {
+        return Err(Error::corrupt(
+            QueueHead::WHAT,
+            "the store answered a batch read with another number of values",
+        ));
+    }
+    values
+        .into_iter()
+        .map(|v| match v {
+            Some(bytes) => Ok(QueueHead::from_stored(&bytes)?.device_list_version),
+            None => Ok(0),
+        })
+        .collect()
 }

@@ -22,10 +22,10 @@ use super::records::{
 };
 use super::{Limits, Record, decode_key, delete, get, put};
 use crate::error::{Error, Result};
-use crate::kv::{KeyRange, ScanOrder, Transaction};
+use crate::kv::{Key as RawKey, KeyRange, ScanOrder, Transaction, Value};
 use rossby_keyspace::keys::expiry_shard;
 use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, MessageId, RegionId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One envelope to enqueue into a recipient box.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,9 +119,10 @@ async fn low(txn: &mut dyn Transaction, box_id: BoxId) -> Result<u64> {
         .map_or(1, |l| l.low.max(1)))
 }
 
-/// Whether `recipient` accepts messages from `sender_box`. Own boxes always do.
-async fn accepts(
-    txn: &mut dyn Transaction,
+/// Whether `recipient` accepts messages from `sender_box`, judged from the
+/// block and contact entries in `read`. Own boxes always do.
+fn accepts(
+    read: &BatchRead,
     recipient: BoxId,
     profile: &Profile,
     sender_box: BoxId,
@@ -129,21 +130,60 @@ async fn accepts(
     if recipient == sender_box {
         return Ok(true);
     }
-    if super::contacts::is_blocked(txn, recipient, sender_box).await? {
+    if read.contains(&Key::Block(recipient, sender_box))? {
         return Ok(false);
     }
     Ok(match profile.accept_from() {
         AcceptFrom::Anyone => true,
-        AcceptFrom::Contacts => {
-            super::contacts::contains(
-                txn,
-                super::contacts::Relationship::Contact,
-                recipient,
-                sender_box,
-            )
-            .await?
-        }
+        AcceptFrom::Contacts => read.contains(&Key::Contact(recipient, sender_box))?,
     })
+}
+
+/// The values of a fixed set of keys, read with one `batch_get`.
+///
+/// In a multi-region deployment every sequential read is a round trip to the
+/// leader of the key's data, so [`enqueue`] reads everything it may need at once:
+/// one round trip instead of one for the profile, the head, each sender and each
+/// envelope.
+struct BatchRead {
+    values: BTreeMap<RawKey, Option<Value>>,
+}
+
+impl BatchRead {
+    async fn of(txn: &mut dyn Transaction, keys: BTreeSet<RawKey>) -> Result<BatchRead> {
+        let keys: Vec<RawKey> = keys.into_iter().collect();
+        let values = txn.batch_get(&keys).await?;
+        if values.len() != keys.len() {
+            return Err(Error::corrupt(
+                "batch read",
+                format!(
+                    "the store answered a read of {} keys with {} values",
+                    keys.len(),
+                    values.len()
+                ),
+            ));
+        }
+        Ok(BatchRead {
+            values: keys.into_iter().zip(values).collect(),
+        })
+    }
+
+    /// The stored value of `key`. A key left out of the read is an error, not
+    /// "absent": a forgotten key must not pass for a missing block or dedup record.
+    fn raw(&self, key: &Key) -> Result<Option<&[u8]>> {
+        self.values
+            .get(&key.encode())
+            .map(Option::as_deref)
+            .ok_or_else(|| Error::corrupt("batch read", "a key the enqueue needs was not read"))
+    }
+
+    fn contains(&self, key: &Key) -> Result<bool> {
+        Ok(self.raw(key)?.is_some())
+    }
+
+    fn record<R: Record>(&self, key: &Key) -> Result<Option<R>> {
+        self.raw(key)?.map(R::from_stored).transpose()
+    }
 }
 
 /// Enqueues envelopes into one recipient box in one transaction (a gateway
@@ -152,6 +192,10 @@ async fn accepts(
 /// [`Error::StaleDeviceList`], [`Error::RecipientUnavailable`] or
 /// [`Error::Invalid`]. Envelopes that succeed are written even when others fail.
 /// The transaction-level `Err` is only for storage failures and conflicts.
+///
+/// Everything the outcomes depend on (profile, `next`, the block and contact
+/// entries of each sender, the dedup record of each envelope) is read with one
+/// `batch_get`; only a stale device list costs a further read (of the devices).
 pub async fn enqueue(
     txn: &mut dyn Transaction,
     limits: &Limits,
@@ -159,8 +203,23 @@ pub async fn enqueue(
     envelopes: &[NewEnvelope],
     now_ms: u64,
 ) -> Result<Vec<Result<Enqueued>>> {
-    let profile = super::accounts::profile(txn, recipient).await?;
-    let head = head(txn, recipient).await?;
+    let profile_key = Key::Profile(recipient);
+    let next_key = Key::Next(recipient);
+    let mut keys = BTreeSet::from([profile_key.encode(), next_key.encode()]);
+    for env in envelopes {
+        if env.sender_box != recipient {
+            keys.insert(Key::Block(recipient, env.sender_box).encode());
+            // Only consulted when the box accepts contacts only; reading it
+            // anyway costs nothing extra in a batch.
+            keys.insert(Key::Contact(recipient, env.sender_box).encode());
+        }
+        keys.insert(Key::Dedup(recipient, env.sender_device, env.message_id).encode());
+    }
+    let read = BatchRead::of(txn, keys).await?;
+    // A tombstoned profile is a box being deleted: as absent as an unknown one
+    // (the same rule as `accounts::profile`).
+    let profile = read.record::<Profile>(&profile_key)?.filter(|p| !p.deleted);
+    let head = read.record::<QueueHead>(&next_key)?;
     let (Some(profile), Some(mut head)) = (profile, head) else {
         return Ok(envelopes
             .iter()
@@ -184,7 +243,7 @@ pub async fn enqueue(
         let ok = match accepted.get(&env.sender_box) {
             Some(ok) => *ok,
             None => {
-                let ok = accepts(txn, recipient, &profile, env.sender_box).await?;
+                let ok = accepts(&read, recipient, &profile, env.sender_box)?;
                 accepted.insert(env.sender_box, ok);
                 ok
             }
@@ -200,8 +259,10 @@ pub async fn enqueue(
             }));
             continue;
         }
+        // Read before this loop wrote anything: a dedup key written earlier in the
+        // loop belongs to an envelope with the same id, answered by `in_batch` above.
         let dedup_key = Key::Dedup(recipient, env.sender_device, env.message_id);
-        if let Some(dedup) = get::<DedupRecord>(txn, &dedup_key).await?
+        if let Some(dedup) = read.record::<DedupRecord>(&dedup_key)?
             && dedup.expires_at_ms > now_ms
         {
             outcomes.push(Ok(Enqueued {

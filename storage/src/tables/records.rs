@@ -23,6 +23,7 @@ pub use generated::{
     AcceptFrom, DedupRecord, Device, KeyPackageRecord, LookupRecord, LowWater, Marker,
     PendingRegistration, Pointer, Profile, QueueHead, Relation, StoredEnvelope,
 };
+pub use generated::{OutboxEntry, OutboxRecipient};
 
 /// The record-format byte written before every stored message.
 pub const RECORD_FORMAT: u8 = 1;
@@ -78,6 +79,7 @@ record! {
     Marker => "marker",
     PendingRegistration => "pending registration",
     GroupRecord => "group",
+    OutboxEntry => "outbox entry",
     PresenceRecord => "presence lease",
 }
 
@@ -119,6 +121,18 @@ mod tests {
         // Pointer with acked = 5 plus an unknown field 15 (varint 1).
         let newer: &[u8] = &[1, 0x08, 0x05, 0x78, 0x01];
         assert_eq!(Pointer::from_stored(newer).unwrap().acked, 5);
+    }
+
+    #[test]
+    fn a_group_record_from_before_the_outbox_decodes_with_no_entries() {
+        // epoch = 3 (field 1) and one member box (field 2, 16 bytes of 5).
+        let mut old = vec![1, 0x08, 0x03, 0x12, 0x10];
+        old.extend_from_slice(&[5; 16]);
+        let g = GroupRecord::from_stored(&old).unwrap();
+        assert_eq!(g.epoch, 3);
+        assert_eq!(g.members, vec![vec![5; 16]]);
+        // No outbox entry was ever recorded for it: the next one is number 1.
+        assert_eq!(g.outbox_seq, 0);
     }
 
     #[test]

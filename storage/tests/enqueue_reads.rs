@@ -1,0 +1,349 @@
+//! How many read rounds an enqueue costs.
+//!
+//! In a multi-region deployment every sequential read is a WAN round trip, so an
+//! enqueue must read everything it needs (profile, `next`, each sender's block
+//! and contact entries, each envelope's dedup record) with one `batch_get`.
+//! [`CountingKv`] wraps a store and records the reads of every transaction.
+
+mod support;
+
+use async_trait::async_trait;
+use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
+use rossby_storage::kv::memory::MemoryStore;
+use rossby_storage::tables::accounts::{self, SettingsUpdate};
+use rossby_storage::tables::contacts::{self, Relationship};
+use rossby_storage::tables::queue::{Enqueued, NewEnvelope};
+use rossby_storage::tables::records::{AcceptFrom, Device};
+use rossby_storage::tables::{Store, devices};
+use rossby_storage::{
+    Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder, Transaction, Value,
+    transact,
+};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+const REGION: RegionId = RegionId(1);
+/// The clock reading every test starts from (milliseconds since the epoch).
+const T0: u64 = 1_700_000_000_000;
+
+/// The reads one transaction made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Reads {
+    get: usize,
+    batch_get: usize,
+    /// Keys asked for across all `batch_get` calls.
+    batch_keys: usize,
+    scan: usize,
+    get_for_update: usize,
+}
+
+/// A store that records, per transaction (in `begin` order), which reads it made.
+struct CountingKv {
+    inner: MemoryStore,
+    log: Arc<Mutex<Vec<Reads>>>,
+}
+
+struct CountingTxn {
+    inner: Box<dyn Transaction>,
+    log: Arc<Mutex<Vec<Reads>>>,
+    index: usize,
+}
+
+impl CountingTxn {
+    fn count(&self, f: impl FnOnce(&mut Reads)) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut log[self.index]);
+    }
+}
+
+#[async_trait]
+impl KvStore for CountingKv {
+    fn backend(&self) -> &'static str {
+        "counting"
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        let inner = self.inner.begin().await?;
+        let index = {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            log.push(Reads::default());
+            log.len() - 1
+        };
+        Ok(Box::new(CountingTxn {
+            inner,
+            log: self.log.clone(),
+            index,
+        }))
+    }
+}
+
+#[async_trait]
+impl Transaction for CountingTxn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        self.count(|r| r.get += 1);
+        self.inner.get(key).await
+    }
+
+    async fn batch_get(&mut self, keys: &[RawKey]) -> Result<Vec<Option<Value>>> {
+        self.count(|r| {
+            r.batch_get += 1;
+            r.batch_keys += keys.len();
+        });
+        // The inner store's own batch_get may fall back to `get`s of its own; they
+        // are not counted here, since TiKV sends them as one request.
+        self.inner.batch_get(keys).await
+    }
+
+    async fn scan(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+        order: ScanOrder,
+    ) -> Result<Vec<KvPair>> {
+        self.count(|r| r.scan += 1);
+        self.inner.scan(range, limit, order).await
+    }
+
+    async fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Value>> {
+        self.count(|r| r.get_for_update += 1);
+        self.inner.get_for_update(key).await
+    }
+
+    async fn put(&mut self, key: RawKey, value: Value) -> Result<()> {
+        self.inner.put(key, value).await
+    }
+
+    async fn delete(&mut self, key: RawKey) -> Result<()> {
+        self.inner.delete(key).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.inner.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.inner.rollback().await
+    }
+}
+
+/// A store over a counting memory backend, and its log.
+fn counting_store() -> (Store, Arc<Mutex<Vec<Reads>>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let kv: Kv = Arc::new(CountingKv {
+        inner: MemoryStore::new(),
+        log: log.clone(),
+    });
+    (Store::new(kv, support::hasher()), log)
+}
+
+/// The reads of the transactions begun while `run` ran.
+async fn reads_of<T>(log: &Mutex<Vec<Reads>>, run: impl AsyncFnOnce() -> T) -> (T, Vec<Reads>) {
+    let before = log.lock().unwrap().len();
+    let out = run().await;
+    let after = log.lock().unwrap()[before..].to_vec();
+    (out, after)
+}
+
+fn device_record() -> Device {
+    Device {
+        identity_key: vec![1; 32],
+        encryption_key: vec![2; 64],
+        ..Device::default()
+    }
+}
+
+/// Creates a box with `n` authorized devices.
+async fn new_box(store: &Store, n: usize) -> (BoxId, Vec<DeviceId>) {
+    let b = BoxId::new(REGION);
+    let list: Vec<DeviceId> = (0..n).map(|_| DeviceId::new()).collect();
+    transact!(store, |txn| {
+        accounts::create_box(txn, b, T0).await?;
+        for d in &list {
+            devices::add(txn, &store.limits, b, *d, &device_record(), T0).await?;
+            devices::authorize(txn, b, *d, T0).await?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    (b, list)
+}
+
+fn envelope(from: (BoxId, DeviceId), version: u64, payload: &[u8]) -> NewEnvelope {
+    NewEnvelope {
+        sender_box: from.0,
+        sender_device: from.1,
+        message_id: MessageId::new(),
+        device_list_version: version,
+        payload: payload.to_vec(),
+    }
+}
+
+async fn version(store: &Store, b: BoxId) -> u64 {
+    transact!(store, |txn| Ok(devices::recipients(txn, b).await?.0)).unwrap()
+}
+
+fn fresh(seq: u64) -> Enqueued {
+    Enqueued {
+        seq,
+        duplicate: false,
+    }
+}
+
+fn repeat(seq: u64) -> Enqueued {
+    Enqueued {
+        seq,
+        duplicate: true,
+    }
+}
+
+#[tokio::test]
+async fn an_enqueue_from_two_senders_reads_in_one_round() {
+    let (store, log) = counting_store();
+    let (recipient, _) = new_box(&store, 2).await;
+    let (alice, ad) = new_box(&store, 1).await;
+    let (bob, bd) = new_box(&store, 2).await;
+    let v = version(&store, recipient).await;
+    let retried = envelope((alice, ad[0]), v, b"sent before");
+    let first = store
+        .enqueue(recipient, std::slice::from_ref(&retried), T0)
+        .await
+        .unwrap();
+    assert_eq!(first[0].as_ref().unwrap(), &fresh(1));
+
+    let twice = envelope((bob, bd[1]), v, b"twice in the batch");
+    let batch = vec![
+        envelope((alice, ad[0]), v, b"a1"),
+        envelope((bob, bd[0]), v, b"b1"),
+        retried.clone(),
+        twice.clone(),
+        envelope((alice, ad[0]), v, b"a2"),
+        twice,
+        envelope(
+            (bob, bd[0]),
+            v,
+            &vec![0; store.limits.max_payload_bytes + 1],
+        ),
+    ];
+    let (out, reads) = reads_of(&log, async || {
+        store.enqueue(recipient, &batch, T0 + 1).await.unwrap()
+    })
+    .await;
+
+    let seqs: Vec<Enqueued> = out[..6].iter().map(|r| *r.as_ref().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        vec![fresh(2), fresh(3), repeat(1), fresh(4), fresh(5), repeat(4)]
+    );
+    assert!(matches!(out[6], Err(Error::Invalid(_))), "{:?}", out[6]);
+    assert_eq!(reads.len(), 1, "one transaction: {reads:?}");
+    assert_eq!(
+        reads[0],
+        Reads {
+            get: 0,
+            batch_get: 1,
+            // profile, next, block and contact of two senders, six distinct
+            // dedup keys (the in-batch duplicate shares one).
+            batch_keys: 2 + 2 * 2 + 6,
+            scan: 0,
+            get_for_update: 0,
+        }
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_decided_from_the_same_single_read() {
+    let (store, log) = counting_store();
+    let (recipient, rd) = new_box(&store, 1).await;
+    let (friend, fd) = new_box(&store, 1).await;
+    let (stranger, sd) = new_box(&store, 1).await;
+    let (blocked, bd) = new_box(&store, 1).await;
+    let contacts_only = SettingsUpdate {
+        accept_from: Some(AcceptFrom::Contacts),
+        ..SettingsUpdate::default()
+    };
+    transact!(store, |txn| {
+        accounts::update_settings(txn, &store.limits, recipient, &contacts_only, T0).await?;
+        contacts::add(txn, Relationship::Contact, recipient, friend, T0).await?;
+        contacts::add(txn, Relationship::Contact, recipient, blocked, T0).await?;
+        contacts::add(txn, Relationship::Block, recipient, blocked, T0).await
+    })
+    .unwrap();
+    let v = version(&store, recipient).await;
+    let batch = [
+        envelope((stranger, sd[0]), v, b"not a contact"),
+        envelope((friend, fd[0]), v, b"a contact"),
+        envelope((blocked, bd[0]), v, b"a blocked contact"),
+        envelope((recipient, rd[0]), v, b"note to self"),
+    ];
+    let (out, reads) = reads_of(&log, async || {
+        store.enqueue(recipient, &batch, T0).await.unwrap()
+    })
+    .await;
+    assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+    assert_eq!(out[1].as_ref().unwrap(), &fresh(1));
+    assert!(matches!(out[2], Err(Error::RecipientUnavailable)));
+    assert_eq!(out[3].as_ref().unwrap(), &fresh(2));
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!((reads[0].get, reads[0].batch_get, reads[0].scan), (0, 1, 0));
+}
+
+#[tokio::test]
+async fn an_unknown_or_deleted_recipient_costs_one_read_too() {
+    let (store, log) = counting_store();
+    let (sender, sd) = new_box(&store, 1).await;
+    let (doomed, _) = new_box(&store, 1).await;
+    let v = version(&store, doomed).await;
+    transact!(store, |txn| accounts::delete_account(
+        txn,
+        &store.limits,
+        doomed,
+        T0
+    )
+    .await)
+    .unwrap();
+    for recipient in [BoxId::new(REGION), doomed] {
+        let batch = [envelope((sender, sd[0]), v, b"x")];
+        let (out, reads) = reads_of(&log, async || {
+            store.enqueue(recipient, &batch, T0).await.unwrap()
+        })
+        .await;
+        assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+        assert_eq!(reads.len(), 1, "{reads:?}");
+        assert_eq!((reads[0].get, reads[0].batch_get, reads[0].scan), (0, 1, 0));
+    }
+}
+
+#[tokio::test]
+async fn only_a_stale_device_list_reads_again() {
+    let (store, log) = counting_store();
+    let (recipient, rd) = new_box(&store, 1).await;
+    let (sender, sd) = new_box(&store, 1).await;
+    let old = version(&store, recipient).await;
+    let added = DeviceId::new();
+    transact!(store, |txn| {
+        devices::add(txn, &store.limits, recipient, added, &device_record(), T0).await?;
+        devices::authorize(txn, recipient, added, T0).await
+    })
+    .unwrap();
+    let batch = [
+        envelope((sender, sd[0]), old, b"stale"),
+        envelope((sender, sd[0]), old, b"stale too"),
+    ];
+    let (out, reads) = reads_of(&log, async || {
+        store.enqueue(recipient, &batch, T0).await.unwrap()
+    })
+    .await;
+    for outcome in &out {
+        match outcome {
+            Err(Error::StaleDeviceList { devices, .. }) => {
+                let got: BTreeSet<DeviceId> = devices.iter().copied().collect();
+                assert_eq!(got, BTreeSet::from([rd[0], added]));
+            }
+            other => panic!("expected StaleDeviceList, got {other:?}"),
+        }
+    }
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0].batch_get, 1);
+    // The device list is read once for both envelopes, after the batch.
+    assert_eq!(reads[0].scan, 1, "{:?}", reads[0]);
+}
