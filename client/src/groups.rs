@@ -11,8 +11,8 @@
 //! # Ordering
 //! The gateway keeps the group's epoch and member boxes. A Commit is sent with
 //! the epoch it was made in ([`Client`]'s GroupCommit): the gateway accepts it
-//! only in that epoch and then enqueues it into every member box in the same
-//! transaction; the device merges its pending Commit only after that. A device
+//! only in that epoch and delivers it into every member box (through an outbox
+//! recorded with the epoch change) before it answers; the device merges its pending Commit only after that. A device
 //! that loses the race (`EPOCH_CONFLICT`) discards its Commit, processes the
 //! group envelopes waiting in its queue (without acknowledging anything) and makes
 //! the Commit again, so concurrent Commits never fork the group. A Commit whose

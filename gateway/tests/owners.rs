@@ -215,28 +215,51 @@ fn peer(ca: &DevCa) -> PeerConfig {
     peer
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_death_of_an_owner_moves_its_boxes_and_loses_no_send() {
-    let dir = tempfile::tempdir().unwrap();
-    let kv = rossby_storage::kv::open(&BackendConfig::Memory)
-        .await
-        .unwrap();
-    let ca = DevCa::generate().unwrap();
-    let topology = Arc::new(read_topology(&example_topology()).unwrap());
-    let config = |name: &str, region: RegionId, base: Option<&Config>| {
-        let mut c = Config::for_tests(dir.path().join(name));
+/// Gateways of the example topology over one in-memory store, with short
+/// ownership leases: each started by [`Fleet::config`] with its own directory.
+struct Fleet {
+    dir: tempfile::TempDir,
+    kv: rossby_storage::Kv,
+    ca: DevCa,
+    topology: Arc<rossby_replication::Topology>,
+}
+
+impl Fleet {
+    async fn new() -> Fleet {
+        Fleet {
+            dir: tempfile::tempdir().unwrap(),
+            kv: rossby_storage::kv::open(&BackendConfig::Memory)
+                .await
+                .unwrap(),
+            ca: DevCa::generate().unwrap(),
+            topology: Arc::new(read_topology(&example_topology()).unwrap()),
+        }
+    }
+
+    /// A gateway of `region` named `name`, of the same deployment as `base`.
+    fn config(&self, name: &str, region: RegionId, base: Option<&Config>) -> Config {
+        let mut c = Config::for_tests(self.dir.path().join(name));
         if let Some(base) = base {
             c = c.same_deployment_as(base);
         }
-        c.storage = StorageConfig::Shared(kv.clone());
+        c.storage = StorageConfig::Shared(self.kv.clone());
         c.api.region = region;
-        c.api.topology = Some(topology.clone());
-        c.peer = Some(peer(&ca));
+        c.api.topology = Some(self.topology.clone());
+        c.peer = Some(peer(&self.ca));
         c
-    };
-    let c1 = config("a1", US_EAST, None);
-    let c2 = config("a2", US_EAST, Some(&c1));
-    let cb = config("b", EU_WEST, Some(&c1));
+    }
+
+    fn codes(&self, name: &str) -> PathBuf {
+        codes_file(&self.dir.path().join(name))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_death_of_an_owner_moves_its_boxes_and_loses_no_send() {
+    let fleet = Fleet::new().await;
+    let c1 = fleet.config("a1", US_EAST, None);
+    let c2 = fleet.config("a2", US_EAST, Some(&c1));
+    let cb = fleet.config("b", EU_WEST, Some(&c1));
     let a1 = support::start_with(c1).await;
     let a2 = support::start_with(c2).await;
     let b = support::start_with(cb).await;
@@ -244,14 +267,9 @@ async fn the_death_of_an_owner_moves_its_boxes_and_loses_no_send() {
 
     // The recipient is homed in us-east (two gateways), the sender in eu-west.
     let conn_a = RawConn::connect(&a1).await;
-    let recipient = register_raw(
-        &conn_a,
-        &codes_file(&dir.path().join("a1")),
-        "r@example.com",
-    )
-    .await;
+    let recipient = register_raw(&conn_a, &fleet.codes("a1"), "r@example.com").await;
     let conn_b = RawConn::connect(&b).await;
-    let sender = register_raw(&conn_b, &codes_file(&dir.path().join("b")), "s@example.com").await;
+    let sender = register_raw(&conn_b, &fleet.codes("b"), "s@example.com").await;
     let version = device_list(&conn_b, &sender, "r@example.com").await.version;
     let Owner::Remote(owner_addr) = b.peers().unwrap().owner_of(recipient.box_id) else {
         panic!("the recipient's box is owned in us-east");
@@ -349,21 +367,9 @@ fn forwards(gateway: &Gateway, result: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_the_callers_own_box_run_at_its_owner() {
-    let dir = tempfile::tempdir().unwrap();
-    let kv = rossby_storage::kv::open(&BackendConfig::Memory)
-        .await
-        .unwrap();
-    let ca = DevCa::generate().unwrap();
-    let topology = Arc::new(read_topology(&example_topology()).unwrap());
-    let mut ca_config = Config::for_tests(dir.path().join("a"));
-    ca_config.storage = StorageConfig::Shared(kv.clone());
-    ca_config.api.topology = Some(topology.clone());
-    ca_config.api.region = US_EAST;
-    ca_config.peer = Some(peer(&ca));
-    let mut cb = Config::for_tests(dir.path().join("b")).same_deployment_as(&ca_config);
-    cb.api.region = EU_WEST;
-    cb.api.topology = Some(topology);
-    cb.peer = Some(peer(&ca));
+    let fleet = Fleet::new().await;
+    let ca_config = fleet.config("a", US_EAST, None);
+    let cb = fleet.config("b", EU_WEST, Some(&ca_config));
     let a = support::start_with(ca_config).await;
     let b = support::start_with(cb).await;
     settled(&[&a, &b], &[(US_EAST, 1), (EU_WEST, 1)]).await;
@@ -371,7 +377,7 @@ async fn writes_to_the_callers_own_box_run_at_its_owner() {
     // Alice is homed in us-east; her second device and all her requests below
     // go through eu-west, which forwards them to us-east.
     let conn_a = RawConn::connect(&a).await;
-    let alice = register_raw(&conn_a, &codes_file(&dir.path().join("a")), "a@example.com").await;
+    let alice = register_raw(&conn_a, &fleet.codes("a"), "a@example.com").await;
     let conn_b = RawConn::connect(&b).await;
     let served = forwards(&a, "served");
     let laptop = support::link_raw(&conn_b, &alice).await;
@@ -394,9 +400,22 @@ async fn writes_to_the_callers_own_box_run_at_its_owner() {
     let after = device_list(&conn_a, &alice, "a@example.com").await;
     assert_eq!(after.devices.len(), 1);
     assert!(after.version > list.version);
-    // us-east executed the link, the envelope, the ack and the removal.
+    // Group requests run at the owner of the group's creator box.
+    let group_id = vec![7u8; 16];
+    let create = pb::CreateGroupRequest {
+        group_id: group_id.clone(),
+    };
+    let _: pb::CreateGroupResponse = ok(&conn_b.call(&alice, Method::CreateGroup, &create).await);
+    let info = pb::GroupInfoRequest {
+        creator_box: alice.box_id.as_bytes().to_vec(),
+        group_id,
+    };
+    let state: pb::GroupInfoResponse = ok(&conn_b.call(&alice, Method::GroupInfo, &info).await);
+    assert_eq!(state.state.unwrap().epoch, 0);
+    // us-east executed the link, the envelope, the ack, the removal and the two
+    // group requests.
     assert!(
-        forwards(&a, "served") >= served + 4,
+        forwards(&a, "served") >= served + 6,
         "{}",
         forwards(&a, "served")
     );

@@ -46,7 +46,7 @@
 //! quorums are zero under the zone goal.
 //!
 //! Not counted: CPU and disk time, the hop between gateways inside one region,
-//! queueing at the owning gateway, PD region-cache misses, pessimistic lock rounds,
+//! queueing at the owning gateway, PD region-cache misses,
 //! lock conflicts and retries, bandwidth. So a send's figure is a lower bound of what
 //! a deployment (or the WAN simulation) measures. The model is deterministic;
 //! callers that want jitter add it themselves.

@@ -5,7 +5,12 @@
 //! and contact entries, each envelope's dedup record) with one `batch_get`.
 //! [`CountingKv`] wraps a store and records the reads of every transaction.
 
+// Only the box fixtures of the shared support module are used here.
+#[allow(dead_code, unused_imports)]
+mod backends;
 mod support;
+
+use backends::T0;
 
 use async_trait::async_trait;
 use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
@@ -13,7 +18,7 @@ use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{Enqueued, NewEnvelope};
-use rossby_storage::tables::records::{AcceptFrom, Device};
+use rossby_storage::tables::records::AcceptFrom;
 use rossby_storage::tables::{Store, devices};
 use rossby_storage::{
     Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder, Transaction, Value,
@@ -23,8 +28,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 const REGION: RegionId = RegionId(1);
-/// The clock reading every test starts from (milliseconds since the epoch).
-const T0: u64 = 1_700_000_000_000;
 
 /// The reads one transaction made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,30 +147,6 @@ async fn reads_of<T>(log: &Mutex<Vec<Reads>>, run: impl AsyncFnOnce() -> T) -> (
     (out, after)
 }
 
-fn device_record() -> Device {
-    Device {
-        identity_key: vec![1; 32],
-        encryption_key: vec![2; 64],
-        ..Device::default()
-    }
-}
-
-/// Creates a box with `n` authorized devices.
-async fn new_box(store: &Store, n: usize) -> (BoxId, Vec<DeviceId>) {
-    let b = BoxId::new(REGION);
-    let list: Vec<DeviceId> = (0..n).map(|_| DeviceId::new()).collect();
-    transact!(store, |txn| {
-        accounts::create_box(txn, b, T0).await?;
-        for d in &list {
-            devices::add(txn, &store.limits, b, *d, &device_record(), T0).await?;
-            devices::authorize(txn, b, *d, T0).await?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    (b, list)
-}
-
 fn envelope(from: (BoxId, DeviceId), version: u64, payload: &[u8]) -> NewEnvelope {
     NewEnvelope {
         sender_box: from.0,
@@ -199,9 +178,9 @@ fn repeat(seq: u64) -> Enqueued {
 #[tokio::test]
 async fn an_enqueue_from_two_senders_reads_in_one_round() {
     let (store, log) = counting_store();
-    let (recipient, _) = new_box(&store, 2).await;
-    let (alice, ad) = new_box(&store, 1).await;
-    let (bob, bd) = new_box(&store, 2).await;
+    let (recipient, _) = backends::new_box(&store, REGION, 2).await;
+    let (alice, ad) = backends::new_box(&store, REGION, 1).await;
+    let (bob, bd) = backends::new_box(&store, REGION, 2).await;
     let v = version(&store, recipient).await;
     let retried = envelope((alice, ad[0]), v, b"sent before");
     let first = store
@@ -253,10 +232,10 @@ async fn an_enqueue_from_two_senders_reads_in_one_round() {
 #[tokio::test]
 async fn refusals_are_decided_from_the_same_single_read() {
     let (store, log) = counting_store();
-    let (recipient, rd) = new_box(&store, 1).await;
-    let (friend, fd) = new_box(&store, 1).await;
-    let (stranger, sd) = new_box(&store, 1).await;
-    let (blocked, bd) = new_box(&store, 1).await;
+    let (recipient, rd) = backends::new_box(&store, REGION, 1).await;
+    let (friend, fd) = backends::new_box(&store, REGION, 1).await;
+    let (stranger, sd) = backends::new_box(&store, REGION, 1).await;
+    let (blocked, bd) = backends::new_box(&store, REGION, 1).await;
     let contacts_only = SettingsUpdate {
         accept_from: Some(AcceptFrom::Contacts),
         ..SettingsUpdate::default()
@@ -290,8 +269,8 @@ async fn refusals_are_decided_from_the_same_single_read() {
 #[tokio::test]
 async fn an_unknown_or_deleted_recipient_costs_one_read_too() {
     let (store, log) = counting_store();
-    let (sender, sd) = new_box(&store, 1).await;
-    let (doomed, _) = new_box(&store, 1).await;
+    let (sender, sd) = backends::new_box(&store, REGION, 1).await;
+    let (doomed, _) = backends::new_box(&store, REGION, 1).await;
     let v = version(&store, doomed).await;
     transact!(store, |txn| accounts::delete_account(
         txn,
@@ -316,12 +295,20 @@ async fn an_unknown_or_deleted_recipient_costs_one_read_too() {
 #[tokio::test]
 async fn only_a_stale_device_list_reads_again() {
     let (store, log) = counting_store();
-    let (recipient, rd) = new_box(&store, 1).await;
-    let (sender, sd) = new_box(&store, 1).await;
+    let (recipient, rd) = backends::new_box(&store, REGION, 1).await;
+    let (sender, sd) = backends::new_box(&store, REGION, 1).await;
     let old = version(&store, recipient).await;
     let added = DeviceId::new();
     transact!(store, |txn| {
-        devices::add(txn, &store.limits, recipient, added, &device_record(), T0).await?;
+        devices::add(
+            txn,
+            &store.limits,
+            recipient,
+            added,
+            &backends::device_record(),
+            T0,
+        )
+        .await?;
         devices::authorize(txn, recipient, added, T0).await
     })
     .unwrap();

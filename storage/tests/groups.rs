@@ -35,6 +35,31 @@ backends::on_every_backend!(
     deleting_the_creator_purges_its_outbox,
 );
 
+/// A Commit of `sender` (box, device) made in `epoch` that adds `add`, with a
+/// fresh message id: `envelope` for the members, `welcome` (envelope, boxes) for
+/// the boxes that join.
+fn commit_in<'a>(
+    group: GroupKey,
+    (sender_box, sender_device): (BoxId, DeviceId),
+    epoch: u64,
+    add: &'a [BoxId],
+    envelope: &'a [u8],
+    (welcome_envelope, welcome_boxes): (&'a [u8], &'a [BoxId]),
+) -> Commit<'a> {
+    Commit {
+        group,
+        sender_box,
+        sender_device,
+        message_id: MessageId::new(),
+        epoch,
+        add,
+        remove: &[],
+        envelope,
+        welcome_envelope,
+        welcome_boxes,
+    }
+}
+
 async fn new_box(store: &Store, n: usize) -> (BoxId, Vec<DeviceId>) {
     backends::new_box(store, REGION, n).await
 }
@@ -192,18 +217,7 @@ async fn concurrent_commits_in_one_epoch_have_one_winner(store: &Store) {
     let created = transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
     assert!(matches!(created, Outcome::Done(_)));
     let others: Vec<BoxId> = members[1..].iter().map(|(b, _)| *b).collect();
-    let add = Commit {
-        group,
-        sender_box: creator,
-        sender_device: cd[0],
-        message_id: MessageId::new(),
-        epoch: 0,
-        add: &others,
-        remove: &[],
-        envelope: b"epoch-1",
-        welcome_envelope: &[],
-        welcome_boxes: &[],
-    };
+    let add = commit_in(group, (creator, cd[0]), 0, &others, b"epoch-1", (&[], &[]));
     let outcome = commit(store, &add).await;
     assert!(matches!(outcome, Outcome::Done(ref c) if c.state.epoch == 1));
 
@@ -213,18 +227,7 @@ async fn concurrent_commits_in_one_epoch_have_one_winner(store: &Store) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let payload = format!("from-{i}").into_bytes();
-            let c = Commit {
-                group,
-                sender_box: b,
-                sender_device: d,
-                message_id: MessageId::new(),
-                epoch: 1,
-                add: &[],
-                remove: &[],
-                envelope: &payload,
-                welcome_envelope: &[],
-                welcome_boxes: &[],
-            };
+            let c = commit_in(group, (b, d), 1, &[], &payload, (&[], &[]));
             let outcome = commit(&store, &c).await;
             (payload, outcome)
         }));
@@ -321,18 +324,7 @@ async fn leaving_keeps_the_epoch_and_stops_delivery(store: &Store) {
     };
     transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
     let add = [b];
-    let c = Commit {
-        group,
-        sender_box: a,
-        sender_device: ad[0],
-        message_id: MessageId::new(),
-        epoch: 0,
-        add: &add,
-        remove: &[],
-        envelope: b"c1",
-        welcome_envelope: b"w1",
-        welcome_boxes: &add,
-    };
+    let c = commit_in(group, (a, ad[0]), 0, &add, b"c1", (b"w1", &add));
     assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
     assert_eq!(deliver(store, group).await, 2);
     // The new member's box got the Welcome envelope, the creator's the Commit.
@@ -350,18 +342,7 @@ async fn leaving_keeps_the_epoch_and_stops_delivery(store: &Store) {
     assert_eq!(queued(store, a, ad[0]).await.last().unwrap(), b"bye");
     assert_eq!(queued(store, b, bd[1]).await.last().unwrap(), b"bye");
     // The leaver can no longer commit; leaving twice is refused.
-    let c = Commit {
-        group,
-        sender_box: b,
-        sender_device: bd[0],
-        message_id: MessageId::new(),
-        epoch: 1,
-        add: &[],
-        remove: &[],
-        envelope: b"late",
-        welcome_envelope: &[],
-        welcome_boxes: &[],
-    };
+    let c = commit_in(group, (b, bd[0]), 1, &[], b"late", (&[], &[]));
     assert_eq!(commit(store, &c).await, Outcome::NotMember);
     assert_eq!(leave(store, group, b, bd[0], &[]).await, Outcome::NotMember);
     assert!(
@@ -379,18 +360,14 @@ async fn a_commit_writes_only_the_creators_region_and_delivery_follows(store: &S
     };
     transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
     let add = [far];
-    let c = Commit {
+    let c = commit_in(
         group,
-        sender_box: creator,
-        sender_device: cd[0],
-        message_id: MessageId::new(),
-        epoch: 0,
-        add: &add,
-        remove: &[],
-        envelope: b"commit",
-        welcome_envelope: b"commit+welcome",
-        welcome_boxes: &add,
-    };
+        (creator, cd[0]),
+        0,
+        &add,
+        b"commit",
+        (b"commit+welcome", &add),
+    );
     let mut txn = Recording {
         inner: store.kv.begin().await.unwrap(),
         written: Vec::new(),
@@ -459,18 +436,7 @@ async fn a_retried_commit_records_its_fan_out_once(store: &Store) {
     };
     transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
     let add = [b];
-    let c = Commit {
-        group,
-        sender_box: creator,
-        sender_device: cd[0],
-        message_id: MessageId::new(),
-        epoch: 0,
-        add: &add,
-        remove: &[],
-        envelope: b"c1",
-        welcome_envelope: b"w1",
-        welcome_boxes: &add,
-    };
+    let c = commit_in(group, (creator, cd[0]), 0, &add, b"c1", (b"w1", &add));
     let Outcome::Done(first) = commit(store, &c).await else {
         panic!("the Commit failed")
     };
@@ -521,18 +487,7 @@ async fn entries_are_listed_and_delivered_in_the_order_they_were_recorded(store:
         let add = [boxes[(epoch % 3) as usize]];
         let payload = format!("e{}", epoch + 1).into_bytes();
         for g in [group, other] {
-            let c = Commit {
-                group: g,
-                sender_box: creator,
-                sender_device: cd[0],
-                message_id: MessageId::new(),
-                epoch,
-                add: &add,
-                remove: &[],
-                envelope: &payload,
-                welcome_envelope: &[],
-                welcome_boxes: &[],
-            };
+            let c = commit_in(g, (creator, cd[0]), epoch, &add, &payload, (&[], &[]));
             assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
         }
     }
@@ -578,18 +533,7 @@ async fn finishing_one_entry_twice_at_once_conflicts(store: &Store) {
     };
     transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
     let add = [a, b];
-    let c = Commit {
-        group,
-        sender_box: creator,
-        sender_device: cd[0],
-        message_id: MessageId::new(),
-        epoch: 0,
-        add: &add,
-        remove: &[],
-        envelope: b"c",
-        welcome_envelope: &[],
-        welcome_boxes: &[],
-    };
+    let c = commit_in(group, (creator, cd[0]), 0, &add, b"c", (&[], &[]));
     let Outcome::Done(committed) = commit(store, &c).await else {
         panic!("the Commit failed")
     };
@@ -639,18 +583,7 @@ async fn deleting_the_creator_purges_its_outbox(store: &Store) {
         };
         transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
         let add = [b];
-        let c = Commit {
-            group,
-            sender_box: owner,
-            sender_device: device,
-            message_id: MessageId::new(),
-            epoch: 0,
-            add: &add,
-            remove: &[],
-            envelope: b"c",
-            welcome_envelope: &[],
-            welcome_boxes: &[],
-        };
+        let c = commit_in(group, (owner, device), 0, &add, b"c", (&[], &[]));
         assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
     }
     assert_eq!(pending_in(store, REGION).await.len(), 2);

@@ -138,6 +138,70 @@ async fn a_remote_primary_costs_the_timestamp_round_trips() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_begin_after_a_commit_overlaps_its_timestamp_and_sees_the_commit() {
+    // eu-west gateway, eu-west box, us-east primary: 75 ms per timestamp.
+    let model = model("zone", EU_WEST);
+    let (_, sim) = simulated(&model);
+    let b = BoxId::new(EU_WEST);
+    let key = Key::Next(b).encode();
+    let started = Instant::now();
+    let mut first = sim.begin().await.unwrap();
+    first.put(key.clone(), b"1".to_vec()).await.unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let committing = tokio::spawn(async move {
+        first.commit().await.unwrap();
+        let _ = done_tx.send(());
+    });
+    // Begun while the first commits: one timestamp round trip for both, and the
+    // snapshot is taken after the commit returned.
+    let prior = Box::pin(async move {
+        let _ = done_rx.await;
+    });
+    let mut second = sim.begin_after(prior).await.unwrap();
+    assert_eq!(
+        started.elapsed(),
+        ms(150),
+        "begin 75 + overlapped commit 75"
+    );
+    assert_eq!(second.get(&key).await.unwrap(), Some(b"1".to_vec()));
+    second.put(key.clone(), b"2".to_vec()).await.unwrap();
+    second
+        .commit()
+        .await
+        .expect("no conflict with the commit it followed");
+    committing.await.unwrap();
+    assert_eq!(started.elapsed(), ms(225));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recent_read_pays_no_timestamp_and_refuses_writes() {
+    let model = model("zone", AP_SOUTH);
+    let (memory, sim) = simulated(&model);
+    let b = BoxId::new(AP_SOUTH);
+    let key = Key::Profile(b).encode();
+    let mut txn = memory.begin().await.unwrap();
+    txn.put(key.clone(), b"p".to_vec()).await.unwrap();
+    txn.commit().await.unwrap();
+    let started = Instant::now();
+    let mut read = sim.begin_recent_read().await.unwrap();
+    assert_eq!(read.get(&key).await.unwrap(), Some(b"p".to_vec()));
+    // Only the read of the home region's leader (local): no timestamp.
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert!(read.put(key.clone(), b"x".to_vec()).await.is_err());
+    assert!(read.get_for_update(&key).await.is_err());
+    assert!(read.delete(key.clone()).await.is_err());
+    read.rollback().await.unwrap();
+    // A read of another region's data pays that round trip only.
+    let started = Instant::now();
+    let mut read = sim.begin_recent_read().await.unwrap();
+    read.get(&Key::Profile(BoxId::new(US_EAST)).encode())
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), model.read(Home::Region(US_EAST)));
+    read.rollback().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn region_survival_adds_the_quorum() {
     let zone = model("zone", US_EAST);
     let region = model("region", US_EAST);

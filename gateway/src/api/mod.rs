@@ -373,22 +373,21 @@ impl Shared {
         }
     }
 
-    /// Sends a request that writes the caller's own box to the box's owner when
-    /// that is another gateway, and returns its answer; `None` means: execute it
-    /// here (this gateway owns the box, the method writes no box of the caller's,
-    /// or the owner could not be reached: every such method is safe to run where
-    /// it arrived).
+    /// Sends a request that writes the caller's own box, or a group's, to the
+    /// owner of that box when that is another gateway, and returns its answer;
+    /// `None` means: execute it here (this gateway owns the box, the method writes
+    /// no box, or the owner could not be reached: every such method is safe to
+    /// run where it arrived, since storage conflicts and dedup records keep two
+    /// writers of one box exact).
     async fn forward_to_owner(
         &self,
         method: Method,
         caller: &Authenticated,
         body: &[u8],
     ) -> Option<Result<Vec<u8>, Failure>> {
-        if !OWNER_METHODS.contains(&method) {
-            return None;
-        }
+        let target = owning_box(method, caller, body)?;
         let peers = self.enqueuer.remote.peers()?;
-        let Owner::Remote(address) = peers.owner_of(caller.box_id) else {
+        let Owner::Remote(address) = peers.owner_of(target) else {
             return None;
         };
         let call = pb::PeerCall {
@@ -398,10 +397,7 @@ impl Shared {
             device_id: caller.device_id.as_bytes().to_vec(),
             secret_version: caller.secret_version,
         };
-        match peers
-            .call(&address, call, caller.box_id.home_region())
-            .await
-        {
+        match peers.call(&address, call, target.home_region()).await {
             Ok(response) => Some(from_response(response)),
             Err(why) => {
                 tracing::debug!(peer = %address, error = %why, "owner unreachable; executing here");
@@ -415,7 +411,7 @@ impl Shared {
         let result = async {
             let method = Method::try_from(call.method)
                 .ok()
-                .filter(|m| OWNER_METHODS.contains(m))
+                .filter(|m| OWNER_METHODS.contains(m) || GROUP_METHODS.contains(m))
                 .ok_or_else(|| Failure::bad_request("this method is not forwarded"))?;
             let box_id = parse_box_id(&call.box_id)?;
             let device_id = DeviceId::try_from_slice(&call.device_id)
@@ -519,6 +515,7 @@ impl Shared {
 /// The methods that write the caller's own box and run at the box's owner.
 const OWNER_METHODS: &[Method] = &[
     Method::Ack,
+    Method::CreateGroup,
     Method::LinkDevice,
     Method::RemoveDevice,
     Method::Block,
@@ -527,6 +524,32 @@ const OWNER_METHODS: &[Method] = &[
     Method::DeleteAccount,
     Method::PublishKeyPackages,
 ];
+
+/// The methods of a group, which run at the owner of the box that created the
+/// group (its epoch record and outbox live in that box's region).
+const GROUP_METHODS: &[Method] = &[
+    Method::GroupCommit,
+    Method::GroupSend,
+    Method::LeaveGroup,
+    Method::GroupInfo,
+];
+
+/// The box whose owner runs `method`: the caller's own box for [`OWNER_METHODS`],
+/// the group's creator box for [`GROUP_METHODS`]; `None` for every other method,
+/// and for a body that does not decode (executed here, it is refused there).
+fn owning_box(method: Method, caller: &Authenticated, body: &[u8]) -> Option<BoxId> {
+    if OWNER_METHODS.contains(&method) {
+        return Some(caller.box_id);
+    }
+    let creator = match method {
+        Method::GroupCommit => pb::GroupCommitRequest::decode(body).ok()?.creator_box,
+        Method::GroupSend => pb::GroupSendRequest::decode(body).ok()?.creator_box,
+        Method::LeaveGroup => pb::LeaveGroupRequest::decode(body).ok()?.creator_box,
+        Method::GroupInfo => pb::GroupInfoRequest::decode(body).ok()?.creator_box,
+        _ => return None,
+    };
+    BoxId::try_from_slice(&creator).ok()
+}
 
 /// An owner's answer as this gateway's outcome.
 fn from_response(response: pb::Response) -> Result<Vec<u8>, Failure> {

@@ -18,6 +18,13 @@
 //! - binding an identifier writes its lookup key, so two boxes cannot bind it;
 //! - deleting an account writes `next` and the profile, so no enqueue or settings
 //!   change can commit into a box concurrently being deleted.
+//! - a group Commit or leave writes the group's epoch record (one wins per epoch)
+//!   and records its fan-out in the outbox in the same transaction; delivering
+//!   the fan-out writes the recipients' `next` keys and the outbox entry, never
+//!   the epoch record, so delivery never conflicts with the next Commit;
+//! - each gateway writes only its own ownership lease, so renewals never
+//!   conflict; ownership itself protects nothing (two gateways that both think
+//!   they own a box still conflict on its `next` key).
 
 use crate::error::Result;
 use crate::kv::retry::RetryPolicy;
