@@ -1283,6 +1283,61 @@ mod tests {
         assert_eq!(queue.len(), 1);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateways_writing_one_box_conflict_retry_and_land_everything_once() {
+        // Two APIs over one snapshot-isolation store and no ownership: both
+        // enqueuers write the same box, conflict on its `next` key, and put the
+        // losing envelopes back into their next transaction.
+        let env = TestEnv::new();
+        let secrets =
+            crate::auth::secrets::ServerSecrets::single(super::super::testkit::SECRET.to_vec())
+                .unwrap();
+        let other = env.with_server_secrets(secrets);
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        let mut tasks = Vec::new();
+        for i in 0..60u8 {
+            let api = if i % 2 == 0 {
+                env.clone_handle()
+            } else {
+                other.clone_handle()
+            };
+            let bob = bob.clone();
+            let target = alice.box_id;
+            tasks.push(tokio::spawn(async move {
+                api.send(&bob, target, version, &[i]).await
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, Status::Ok as i32);
+            seqs.push(r.seq);
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=60).collect::<Vec<u64>>(), "no gap, no repeat");
+        let mut payloads: Vec<u8> = Vec::new();
+        loop {
+            let fetched = env.fetch(&alice, 0).await;
+            if fetched.envelopes.is_empty() {
+                break;
+            }
+            payloads.extend(fetched.envelopes.iter().map(|e| e.envelope[0]));
+            let up_to = fetched.envelopes.last().unwrap().seq;
+            let resp = env
+                .call_as(&alice, 1, Method::Ack, &pb::AckRequest { up_to })
+                .await;
+            assert_eq!(status_of(&resp), Status::Ok);
+        }
+        payloads.sort_unstable();
+        assert_eq!(
+            payloads,
+            (0..60u8).collect::<Vec<u8>>(),
+            "each exactly once"
+        );
+    }
+
     #[tokio::test]
     async fn concurrent_sends_to_one_box_all_land_once() {
         let env = TestEnv::new();

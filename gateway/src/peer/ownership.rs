@@ -3,7 +3,8 @@
 //! box's owner is chosen ([`rossby_replication::ownership`]).
 //!
 //! Every `renew` interval one task renews this gateway's lease (a transaction in
-//! its own region) and re-reads the live leases of every region. A gateway that
+//! its own region) and re-reads the live leases of every region (from a recent
+//! snapshot, at most a second old). A gateway that
 //! dies stops renewing; its lease lapses after `lease`, and every other gateway
 //! sees that at its next refresh, so a dead owner's boxes move within
 //! `lease + renew`. A draining gateway deletes its lease first, so its boxes move
@@ -133,8 +134,7 @@ impl Ownership {
             tracing::warn!(error = %err, "cannot renew the ownership lease");
         }
         for &region in &self.regions {
-            let live = transact!(self.store, |txn| gateways::live(txn, region, now_ms).await);
-            match live {
+            match self.live(region, now_ms).await {
                 Ok(leases) => {
                     let mut members: Vec<Member> = leases
                         .into_iter()
@@ -159,6 +159,20 @@ impl Ownership {
                 }
             }
         }
+    }
+
+    /// The live leases of `region`, read from a recent snapshot: the view may be
+    /// up to a second old anyway, and this way a refresh pays no timestamp round
+    /// trip per region.
+    async fn live(
+        &self,
+        region: RegionId,
+        now_ms: u64,
+    ) -> rossby_storage::Result<Vec<gateways::GatewayLease>> {
+        let mut txn = self.store.kv.begin_recent_read().await?;
+        let live = gateways::live(&mut *txn, region, now_ms).await;
+        txn.rollback().await?;
+        live
     }
 
     /// Deletes this gateway's lease and stops counting itself: its boxes move to
