@@ -17,7 +17,7 @@ use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
 use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
-use rossby_storage::tables::queue::{Enqueued, NewEnvelope};
+use rossby_storage::tables::queue::{self, ANY_DEVICE_LIST, Enqueued, FetchLimits, NewEnvelope};
 use rossby_storage::tables::records::AcceptFrom;
 use rossby_storage::tables::{Store, devices};
 use rossby_storage::{
@@ -333,4 +333,57 @@ async fn only_a_stale_device_list_reads_again() {
     assert_eq!(reads[0].batch_get, 1);
     // The device list is read once for both envelopes, after the batch.
     assert_eq!(reads[0].scan, 1, "{:?}", reads[0]);
+}
+
+#[tokio::test]
+async fn an_envelope_for_any_device_list_is_never_stale_and_reads_once() {
+    let (store, log) = counting_store();
+    let (recipient, _) = backends::new_box(&store, REGION, 1).await;
+    let (sender, sd) = backends::new_box(&store, REGION, 1).await;
+    let added = DeviceId::new();
+    transact!(store, |txn| {
+        devices::add(
+            txn,
+            &store.limits,
+            recipient,
+            added,
+            &backends::device_record(),
+            T0,
+        )
+        .await
+    })
+    .unwrap();
+    let current = version(&store, recipient).await;
+    let batch = [envelope((sender, sd[0]), ANY_DEVICE_LIST, b"group")];
+    let (out, reads) = reads_of(&log, async || {
+        store.enqueue(recipient, &batch, T0).await.unwrap()
+    })
+    .await;
+    assert!(
+        matches!(
+            out[0],
+            Ok(Enqueued {
+                seq: 1,
+                duplicate: false
+            })
+        ),
+        "{out:?}"
+    );
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(
+        (reads[0].batch_get, reads[0].scan),
+        (1, 0),
+        "{:?}",
+        reads[0]
+    );
+    // Stored with the list it was accepted against.
+    let fetched = transact!(store, |txn| queue::fetch(
+        txn,
+        recipient,
+        added,
+        FetchLimits::default()
+    )
+    .await)
+    .unwrap();
+    assert_eq!(fetched.envelopes[0].envelope.device_list_version, current);
 }

@@ -15,7 +15,7 @@ use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
 use rossby_replication::{Home, home_of_key};
 use rossby_storage::tables::groups::{self, Commit, Committed, GroupKey, Outcome};
 use rossby_storage::tables::outbox::{self, Entry};
-use rossby_storage::tables::queue::{self, FetchLimits};
+use rossby_storage::tables::queue::{self, ANY_DEVICE_LIST, FetchLimits};
 use rossby_storage::tables::{Store, keypackages};
 use rossby_storage::{Error, KeyRange, KvPair, ScanOrder, Transaction, Value, transact};
 use std::collections::BTreeSet;
@@ -135,8 +135,7 @@ async fn enqueue_entry(store: &Store, entry: &Entry) -> (Vec<BoxId>, usize) {
     let mut enqueued = 0;
     for r in &entry.recipients {
         let outcome = transact!(store, |txn| {
-            let version = groups::device_list_versions(txn, &[r.box_id]).await?[0];
-            let envelope = entry.envelope_for(r, version);
+            let envelope = entry.envelope_for(r, ANY_DEVICE_LIST);
             queue::enqueue(txn, &store.limits, r.box_id, &[envelope], T0).await
         })
         .unwrap();

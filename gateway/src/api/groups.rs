@@ -15,9 +15,9 @@
 //!   delivering whatever of its fan-out is still pending.
 //! - **GroupSend** enqueues one envelope, encrypted in the group's current epoch
 //!   (`EPOCH_CONFLICT` otherwise), into every member box, coalesced with
-//!   other sends per box like Send (same idempotency by message id). A box that
-//!   changed its device list while the fan-out was prepared is retried with the
-//!   new version: group envelopes are not sealed per device.
+//!   other sends per box like Send (same idempotency by message id), against
+//!   whatever device list the box has: group envelopes are not sealed per device
+//!   ([`ANY_DEVICE_LIST`]), so no member's list is read.
 //! - **LeaveGroup** removes the caller's box from the member boxes and records its
 //!   Remove proposals for the remaining ones (and the caller's other devices),
 //!   delivered like a Commit's; the next Commit of a remaining member removes the
@@ -30,8 +30,8 @@
 //! # Delivering the outbox
 //! An outbox entry ([`rossby_storage::tables::outbox`]) is delivered by enqueuing
 //! its envelope into each recipient box through the [`Enqueuer`](super::messaging::Enqueuer)
-//! (which runs the enqueue where the box's writes run), against the box's current
-//! device-list version, re-read and retried on `STALE_DEVICES`. The enqueue is
+//! (which runs the enqueue where the box's writes run), against any device list
+//! ([`ANY_DEVICE_LIST`]). The enqueue is
 //! idempotent by the entry's sender device and message id, so delivering an
 //! entry again (after a crash, or by two gateways at once) enqueues nothing
 //! twice. A box that refuses it (`NOT_FOUND`: deleted, or blocking the sender) is
@@ -63,14 +63,10 @@ use rossby_keyspace::{BoxId, MessageId, RegionId};
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::groups::{self, Commit, GroupKey, GroupState, Outcome};
 use rossby_storage::tables::outbox::{self, Entry, Recipient};
-use rossby_storage::tables::queue::NewEnvelope;
+use rossby_storage::tables::queue::{ANY_DEVICE_LIST, NewEnvelope};
 use rossby_storage::transact;
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-/// Rounds of re-reading device-list versions for boxes whose list changed during
-/// a group fan-out.
-const FAN_OUT_ROUNDS: usize = 3;
 
 /// How old an outbox entry must be before [`Api::resume_outboxes`] delivers it:
 /// younger ones are normally being delivered by the request that recorded them
@@ -223,61 +219,41 @@ async fn deliver(shared: &Shared, entries: &[Entry]) -> Delivery {
     delivery
 }
 
-/// Enqueues one entry's envelope into `todo`. Returns the boxes that are done
-/// with it (enqueued now or before, or refusing it for good) and those that
-/// still need it.
+/// Enqueues one entry's envelope into `todo` (against any device list: group
+/// envelopes are not sealed per device). Returns the boxes that are done with it
+/// (enqueued now or before, or refusing it for good) and those that still need
+/// it.
 async fn deliver_entry(
     shared: &Shared,
     entry: &Entry,
     todo: Vec<Recipient>,
 ) -> (Vec<BoxId>, Vec<BoxId>) {
-    let store = &shared.store;
-    let mut done = Vec::with_capacity(todo.len());
+    let receivers: Vec<_> = todo
+        .iter()
+        .map(|r| {
+            let envelope = entry.envelope_for(r, ANY_DEVICE_LIST);
+            (r.box_id, shared.enqueuer.submit(r.box_id, envelope))
+        })
+        .collect();
+    let mut done = Vec::with_capacity(receivers.len());
     let mut failed = Vec::new();
-    let mut pending = todo;
-    for _round in 0..FAN_OUT_ROUNDS {
-        if pending.is_empty() {
-            break;
-        }
-        let boxes: Vec<BoxId> = pending.iter().map(|r| r.box_id).collect();
-        let versions = match transact!(store, |txn| groups::device_list_versions(txn, &boxes).await)
-        {
-            Ok(versions) => versions,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not read device lists for a group fan-out");
-                break;
+    for (box_id, rx) in receivers {
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err(Failure::unavailable("the enqueue did not complete; retry")));
+        match outcome {
+            Ok(_) => done.push(box_id),
+            // Deleted, or blocking the sender: there is nobody to deliver to.
+            Err(f) if f.status == Status::NotFound => done.push(box_id),
+            // Refused for good (an envelope over a since lowered size limit):
+            // retrying cannot help, and it must not hold up the group.
+            Err(f) if f.status == Status::BadRequest => {
+                tracing::warn!(message = %f.message, "a group fan-out was refused by a box");
+                done.push(box_id);
             }
-        };
-        let receivers: Vec<_> = pending
-            .iter()
-            .zip(versions)
-            .map(|(r, version)| {
-                let envelope = entry.envelope_for(r, version);
-                (*r, shared.enqueuer.submit(r.box_id, envelope))
-            })
-            .collect();
-        let mut stale = Vec::new();
-        for (r, rx) in receivers {
-            let outcome = rx.await.unwrap_or_else(|_| {
-                Err(Failure::unavailable("the enqueue did not complete; retry"))
-            });
-            match outcome {
-                Ok(_) => done.push(r.box_id),
-                Err(f) if f.status == Status::StaleDevices => stale.push(r),
-                // Deleted, or blocking the sender: there is nobody to deliver to.
-                Err(f) if f.status == Status::NotFound => done.push(r.box_id),
-                // Refused for good (an envelope over a since lowered size limit):
-                // retrying cannot help, and it must not hold up the group.
-                Err(f) if f.status == Status::BadRequest => {
-                    tracing::warn!(message = %f.message, "a group fan-out was refused by a box");
-                    done.push(r.box_id);
-                }
-                Err(_) => failed.push(r.box_id),
-            }
+            Err(_) => failed.push(box_id),
         }
-        pending = stale;
     }
-    failed.extend(pending.iter().map(|r| r.box_id));
     (done, failed)
 }
 
@@ -452,53 +428,32 @@ pub(crate) async fn group_send(
             ..pb::SendResult::default()
         })
         .collect();
-    let mut pending: Vec<(usize, BoxId, u64)> = targets
+    let receivers: Vec<_> = targets
         .iter()
         .enumerate()
         .filter(|(_, (b, _))| !delivery.missing.contains(b))
-        .map(|(i, (b, v))| (i, *b, *v))
+        .map(|(i, (box_id, version))| {
+            let envelope = NewEnvelope {
+                sender_box: caller.box_id,
+                sender_device: caller.device_id,
+                message_id,
+                device_list_version: *version,
+                payload: req.envelope.clone(),
+            };
+            (i, shared.enqueuer.submit(*box_id, envelope))
+        })
         .collect();
-    for _round in 0..FAN_OUT_ROUNDS {
-        if pending.is_empty() {
-            break;
-        }
-        let receivers: Vec<_> = pending
-            .iter()
-            .map(|(i, box_id, version)| {
-                let envelope = NewEnvelope {
-                    sender_box: caller.box_id,
-                    sender_device: caller.device_id,
-                    message_id,
-                    device_list_version: *version,
-                    payload: req.envelope.clone(),
-                };
-                (*i, *box_id, shared.enqueuer.submit(*box_id, envelope))
-            })
-            .collect();
-        let mut stale = Vec::new();
-        for (i, box_id, rx) in receivers {
-            let outcome = rx.await.unwrap_or_else(|_| {
-                Err(Failure::unavailable("the enqueue did not complete; retry"))
-            });
-            match outcome {
-                Ok(enqueued) => {
-                    results[i].status = Status::Ok as i32;
-                    results[i].seq = enqueued.seq;
-                }
-                Err(failure) if failure.status == Status::StaleDevices => stale.push((i, box_id)),
-                Err(failure) => results[i].status = failure.status as i32,
+    for (i, rx) in receivers {
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err(Failure::unavailable("the enqueue did not complete; retry")));
+        match outcome {
+            Ok(enqueued) => {
+                results[i].status = Status::Ok as i32;
+                results[i].seq = enqueued.seq;
             }
+            Err(failure) => results[i].status = failure.status as i32,
         }
-        pending.clear();
-        for (i, box_id) in stale {
-            let (version, _) = transact!(store, |txn| {
-                rossby_storage::tables::devices::recipients(txn, box_id).await
-            })?;
-            pending.push((i, box_id, version));
-        }
-    }
-    for (i, _, _) in pending {
-        results[i].status = Status::Unavailable as i32;
     }
     Ok(pb::GroupSendResponse {
         state: Some(state_message(&state)),

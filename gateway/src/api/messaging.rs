@@ -53,7 +53,9 @@ use rossby_keyspace::{BoxId, DeviceId, MessageId};
 use rossby_protocol::framing;
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::contacts::{self, Relationship};
-use rossby_storage::tables::queue::{self, Enqueued, FetchLimits, Fetched, NewEnvelope};
+use rossby_storage::tables::queue::{
+    self, ANY_DEVICE_LIST, Enqueued, FetchLimits, Fetched, NewEnvelope,
+};
 use rossby_storage::tables::records::AcceptFrom;
 use rossby_storage::tables::{Store, accounts, devices};
 use rossby_storage::transact;
@@ -627,6 +629,11 @@ fn validate_send(
         if r.envelope.is_empty() {
             return Err(Failure::bad_request("envelopes must not be empty"));
         }
+        if r.device_list_version == ANY_DEVICE_LIST {
+            return Err(Failure::bad_request(
+                "device_list_version must be the version the envelope was sealed for",
+            ));
+        }
         if r.envelope.len() > max_payload {
             return Err(Failure::new(
                 Status::TooLarge,
@@ -1061,6 +1068,14 @@ mod tests {
             (
                 MessageId::new().as_bytes().to_vec(),
                 vec![recipient(&[1; 3])],
+                Status::BadRequest,
+            ),
+            (
+                MessageId::new().as_bytes().to_vec(),
+                vec![pb::Recipient {
+                    device_list_version: u64::MAX,
+                    ..recipient(&b)
+                }],
                 Status::BadRequest,
             ),
             (

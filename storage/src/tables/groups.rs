@@ -41,8 +41,8 @@
 //! itself succeeded (and wrote nothing).
 
 use super::outbox::{self, Entry, Recipient};
-use super::records::{GroupRecord, QueueHead};
-use super::{Limits, Record, get, put};
+use super::records::GroupRecord;
+use super::{Limits, get, put};
 use crate::error::{Error, Result};
 use crate::kv::Transaction;
 use rossby_keyspace::{BoxId, DeviceId, Key, MessageId};
@@ -395,9 +395,11 @@ pub async fn leave(
     }))
 }
 
-/// The member boxes of a group with their current device-list versions, for a
-/// member about to fan out an application message encrypted in `epoch`
-/// ([`Outcome::Conflict`] unless that is the current epoch).
+/// The member boxes of a group, each with the device-list version to enqueue
+/// against ([`ANY_DEVICE_LIST`](super::queue::ANY_DEVICE_LIST): group messages
+/// are not sealed per device), for a member about to fan out an application
+/// message encrypted in `epoch` ([`Outcome::Conflict`] unless that is the
+/// current epoch). Reads only the group's record, in the group's home region.
 pub async fn fan_out_targets(
     txn: &mut dyn Transaction,
     group: GroupKey,
@@ -411,28 +413,10 @@ pub async fn fan_out_targets(
         Outcome::NotMember => return Ok(Outcome::NotMember),
         Outcome::Conflict(s) => return Ok(Outcome::Conflict(s)),
     };
-    let versions = device_list_versions(txn, &state.members).await?;
-    let targets = state.members.iter().copied().zip(versions).collect();
+    let targets = state
+        .members
+        .iter()
+        .map(|m| (*m, super::queue::ANY_DEVICE_LIST))
+        .collect();
     Ok(Outcome::Done((state, targets)))
-}
-
-/// The current device-list version of each box (0 for a box that does not
-/// exist), read with one `batch_get`: the boxes may live in as many regions, and
-/// one batch costs one round of reads instead of one per box.
-pub async fn device_list_versions(txn: &mut dyn Transaction, boxes: &[BoxId]) -> Result<Vec<u64>> {
-    let keys: Vec<Vec<u8>> = boxes.iter().map(|b| Key::Next(*b).encode()).collect();
-    let values = txn.batch_get(&keys).await?;
-    if values.len() != keys.len() {
-        return Err(Error::corrupt(
-            QueueHead::WHAT,
-            "the store answered a batch read with another number of values",
-        ));
-    }
-    values
-        .into_iter()
-        .map(|v| match v {
-            Some(bytes) => Ok(QueueHead::from_stored(&bytes)?.device_list_version),
-            None => Ok(0),
-        })
-        .collect()
 }

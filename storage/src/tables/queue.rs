@@ -27,6 +27,13 @@ use rossby_keyspace::keys::expiry_shard;
 use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, MessageId, RegionId};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The device-list version of an envelope that is not sealed per device (a
+/// group's MLS message, readable by every member device): it is accepted against
+/// whatever device list the box has, so a group fan-out needs no read of the
+/// member boxes' lists (in other regions) and never meets a stale list. Clients
+/// cannot send it (the gateway refuses it in a Send).
+pub const ANY_DEVICE_LIST: u64 = u64::MAX;
+
 /// One envelope to enqueue into a recipient box.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEnvelope {
@@ -36,7 +43,8 @@ pub struct NewEnvelope {
     pub sender_device: DeviceId,
     /// Client-chosen id; a retry with the same id is not enqueued again.
     pub message_id: MessageId,
-    /// The recipient's device-list version the sender encrypted for.
+    /// The recipient's device-list version the sender encrypted for, or
+    /// [`ANY_DEVICE_LIST`] for an envelope that is not sealed per device.
     pub device_list_version: u64,
     /// The ciphertext.
     pub payload: Vec<u8>,
@@ -271,7 +279,9 @@ pub async fn enqueue(
             }));
             continue;
         }
-        if env.device_list_version != head.device_list_version {
+        if env.device_list_version != ANY_DEVICE_LIST
+            && env.device_list_version != head.device_list_version
+        {
             let devices = match &stale_devices {
                 Some(d) => d.clone(),
                 None => {
@@ -297,7 +307,8 @@ pub async fn enqueue(
             message_id: env.message_id.as_bytes().to_vec(),
             enqueued_at_ms: now_ms,
             expires_at_ms,
-            device_list_version: env.device_list_version,
+            // The list the envelope was accepted against.
+            device_list_version: head.device_list_version,
             payload: env.payload.clone(),
         };
         put(txn, &Key::Queue(recipient, seq), &stored).await?;
