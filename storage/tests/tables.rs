@@ -11,8 +11,8 @@ use rossby_keyspace::{
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
-use rossby_storage::tables::records::AcceptFrom;
-use rossby_storage::tables::{Limits, Store, devices, keypackages, lookup};
+use rossby_storage::tables::records::{AcceptFrom, QueueHead};
+use rossby_storage::tables::{Limits, Record, Store, devices, keypackages, lookup};
 use rossby_storage::{Error, ScanOrder, transact};
 use std::collections::BTreeSet;
 
@@ -37,6 +37,7 @@ backends::on_every_backend!(
     interrupted_purges_are_resumed,
     deletion_racing_with_sends_leaves_nothing_behind,
     bad_input_is_rejected_and_changes_nothing,
+    a_corrupt_queue_head_is_reported_not_wrapped,
 );
 
 /// Creates a box with `n` authorized devices.
@@ -792,4 +793,85 @@ async fn bad_input_is_rejected_and_changes_nothing(store: &Store) {
     })
     .unwrap_err();
     assert!(matches!(err, Error::QuotaExceeded(_)));
+}
+
+/// A stored queue head whose counters cannot be right (next sequence number 0,
+/// exhausted counters) is reported as corrupt by every operation that computes
+/// from it, instead of panicking (debug) or wrapping around (release).
+async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (sender, sd) = new_box(store, 1).await;
+    let write_head = async |head: QueueHead| {
+        let bytes = head.to_stored();
+        transact!(store, |txn| txn
+            .put(Key::Next(b).encode(), bytes.clone())
+            .await)
+        .unwrap();
+    };
+    let corrupt = |r: &Result<(), Error>| matches!(r, Err(Error::Corrupt { .. }));
+    write_head(QueueHead {
+        next_seq: 0,
+        device_list_version: 1,
+    })
+    .await;
+    let fetched = store
+        .fetch(b, d[0], FetchLimits::default())
+        .await
+        .map(|_| ());
+    assert!(corrupt(&fetched), "{fetched:?}");
+    let acked = store.ack(b, d[0], 3, T0).await.map(|_| ());
+    assert!(corrupt(&acked), "{acked:?}");
+    let added = transact!(store, |txn| devices::add(
+        txn,
+        &store.limits,
+        b,
+        DeviceId::new(),
+        &device_record(),
+        T0
+    )
+    .await)
+    .map(|_| ());
+    assert!(corrupt(&added), "{added:?}");
+    let sent = store
+        .enqueue(b, &[envelope(sender, sd[0], 1, b"x")], T0)
+        .await
+        .map(|mut o| o.pop().unwrap().map(|_| ()))
+        .and_then(|o| o);
+    assert!(corrupt(&sent), "{sent:?}");
+    // Exhausted counters.
+    write_head(QueueHead {
+        next_seq: u64::MAX,
+        device_list_version: u64::MAX - 1,
+    })
+    .await;
+    let sent = store
+        .enqueue(b, &[envelope(sender, sd[0], u64::MAX - 1, b"x")], T0)
+        .await
+        .map(|mut o| o.pop().unwrap().map(|_| ()))
+        .and_then(|o| o);
+    assert!(corrupt(&sent), "{sent:?}");
+    let removed = transact!(store, |txn| devices::remove(txn, &store.limits, b, d[0])
+        .await)
+    .map(|_| ());
+    assert!(corrupt(&removed), "{removed:?}");
+    // A pointer past the last sequence number.
+    write_head(QueueHead {
+        next_seq: 5,
+        device_list_version: 1,
+    })
+    .await;
+    let pointer = rossby_storage::tables::records::Pointer {
+        acked: u64::MAX,
+        last_seen_ms: T0,
+    }
+    .to_stored();
+    transact!(store, |txn| txn
+        .put(Key::Pointer(b, d[0]).encode(), pointer.clone())
+        .await)
+    .unwrap();
+    let fetched = store
+        .fetch(b, d[0], FetchLimits::default())
+        .await
+        .map(|_| ());
+    assert!(corrupt(&fetched), "{fetched:?}");
 }

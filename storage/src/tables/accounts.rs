@@ -97,7 +97,7 @@ pub async fn delete_account(
     let mut head: QueueHead = get(txn, &Key::Next(box_id))
         .await?
         .ok_or(Error::BoxNotFound)?;
-    head.device_list_version += 1;
+    head.bump_device_list()?;
     put(txn, &Key::Next(box_id), &head).await?;
     super::lookup::unbind_all(txn, box_id).await?;
     for (device, _) in super::devices::list(txn, box_id).await? {

@@ -23,9 +23,9 @@ async fn head(txn: &mut dyn Transaction, box_id: BoxId) -> Result<QueueHead> {
 
 async fn bump_device_list(txn: &mut dyn Transaction, box_id: BoxId) -> Result<u64> {
     let mut head = head(txn, box_id).await?;
-    head.device_list_version += 1;
+    let version = head.bump_device_list()?;
     put(txn, &Key::Next(box_id), &head).await?;
-    Ok(head.device_list_version)
+    Ok(version)
 }
 
 /// Adds a device. Its queue pointer starts at the box's current last sequence
@@ -56,16 +56,16 @@ pub async fn add(
     }
     let mut head = head(txn, box_id).await?;
     let pointer = Pointer {
-        acked: head.next_seq - 1,
+        acked: head.last_seq()?,
         last_seen_ms: now_ms,
     };
     let mut record = record.clone();
     record.created_at_ms = now_ms;
     put(txn, &Key::Device(box_id, device_id), &record).await?;
     put(txn, &Key::Pointer(box_id, device_id), &pointer).await?;
-    head.device_list_version += 1;
+    let version = head.bump_device_list()?;
     put(txn, &Key::Next(box_id), &head).await?;
-    Ok(head.device_list_version)
+    Ok(version)
 }
 
 /// One device's record, if it exists.

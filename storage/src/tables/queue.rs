@@ -298,8 +298,7 @@ pub async fn enqueue(
             }));
             continue;
         }
-        let seq = head.next_seq;
-        head.next_seq += 1;
+        let seq = head.assign()?;
         let expires_at_ms = now_ms.saturating_add(limits.retention_ms);
         let stored = StoredEnvelope {
             sender_box: env.sender_box.as_bytes().to_vec(),
@@ -367,7 +366,14 @@ pub async fn fetch(
         .ok_or(Error::DeviceNotFound)?;
     let head = head(txn, box_id).await?.ok_or(Error::BoxNotFound)?;
     let low = low(txn, box_id).await?;
-    let last_seq = head.next_seq - 1;
+    let last_seq = head.last_seq()?;
+    // A pointer can never pass the last sequence number; one that does is corrupt.
+    if pointer.acked > last_seq {
+        return Err(Error::corrupt(
+            "pointer",
+            "acknowledged beyond the last sequence number",
+        ));
+    }
     let first_wanted = pointer.acked + 1;
     let gap = (first_wanted < low).then(|| Gap {
         from: first_wanted,
@@ -438,7 +444,10 @@ pub async fn ack(
     // exists, or `upto` lies below `low` (already deleted, so it was assigned).
     let low = low(txn, box_id).await?;
     if upto >= low && txn.get(&Key::Queue(box_id, upto).encode()).await?.is_none() {
-        let last = head(txn, box_id).await?.map_or(0, |h| h.next_seq - 1);
+        let last = match head(txn, box_id).await? {
+            Some(h) => h.last_seq()?,
+            None => 0,
+        };
         if upto > last {
             return Err(Error::AckBeyondLast {
                 requested: upto,
@@ -496,7 +505,7 @@ async fn delete_through(
     let mut deleted = 0;
     for (raw, _) in entries {
         if let Key::Queue(_, seq) = decode_key(&raw)? {
-            new_low = seq + 1;
+            new_low = seq.saturating_add(1);
         }
         txn.delete(raw).await?;
         deleted += 1;

@@ -25,6 +25,39 @@ pub use generated::{
 };
 pub use generated::{OutboxEntry, OutboxRecipient};
 
+impl QueueHead {
+    /// The highest sequence number assigned in the box (0 before the first).
+    /// Sequence numbers start at 1, so a record whose next one is 0 is corrupt:
+    /// reported, never wrapped around.
+    pub fn last_seq(&self) -> crate::Result<u64> {
+        self.next_seq
+            .checked_sub(1)
+            .ok_or_else(|| crate::Error::corrupt(Self::WHAT, "next sequence number 0"))
+    }
+
+    /// Takes the next sequence number (corrupt records and an exhausted counter
+    /// are errors, not wrap-arounds).
+    pub fn assign(&mut self) -> crate::Result<u64> {
+        self.last_seq()?;
+        let seq = self.next_seq;
+        self.next_seq = seq
+            .checked_add(1)
+            .ok_or_else(|| crate::Error::corrupt(Self::WHAT, "sequence numbers exhausted"))?;
+        Ok(seq)
+    }
+
+    /// Moves the device-list version on and returns it. The last value is never
+    /// reached: it is [`ANY_DEVICE_LIST`](super::queue::ANY_DEVICE_LIST).
+    pub fn bump_device_list(&mut self) -> crate::Result<u64> {
+        self.device_list_version = self
+            .device_list_version
+            .checked_add(1)
+            .filter(|v| *v != super::queue::ANY_DEVICE_LIST)
+            .ok_or_else(|| crate::Error::corrupt(Self::WHAT, "device-list versions exhausted"))?;
+        Ok(self.device_list_version)
+    }
+}
+
 /// The record-format byte written before every stored message.
 pub const RECORD_FORMAT: u8 = 1;
 
