@@ -38,6 +38,8 @@ backends::on_every_backend!(
     deletion_racing_with_sends_leaves_nothing_behind,
     bad_input_is_rejected_and_changes_nothing,
     a_corrupt_queue_head_is_reported_not_wrapped,
+    expiry_never_brings_a_purged_box_back,
+    an_expiry_racing_with_a_purge_conflicts,
 );
 
 /// Creates a box with `n` authorized devices.
@@ -874,4 +876,75 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
         .await
         .map(|_| ());
     assert!(corrupt(&fetched), "{fetched:?}");
+}
+
+/// The expiry index keeps entries of a box after its account is deleted and
+/// purged; when they fall due the sweep removes them and writes nothing into the
+/// purged box (it used to write the box's `low` key back).
+async fn expiry_never_brings_a_purged_box_back(store: &Store) {
+    let (b, _) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    for i in 0..3u8 {
+        send(store, (s, sd[0]), b, &[i], T0).await;
+    }
+    store.delete_account(b, T0).await.unwrap();
+    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+    let shard = rossby_keyspace::keys::expiry_shard(b);
+    let entries_of_b = async || {
+        let range = Key::expiry_due(REGION, shard, u64::MAX);
+        let all = transact!(store, |txn| txn
+            .scan(&range, 10_000, ScanOrder::Forward)
+            .await)
+        .unwrap();
+        all.iter()
+            .filter(
+                |(k, _)| matches!(Key::decode(k), Ok(Key::Expiry { box_id, .. }) if box_id == b),
+            )
+            .count()
+    };
+    assert!(
+        entries_of_b().await > 0,
+        "the index still names the purged box"
+    );
+    let swept = store
+        .sweep(REGION, T0 + store.limits.retention_ms + 100, 100)
+        .await
+        .unwrap();
+    assert!(swept.entries > 0);
+    assert!(
+        !transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap(),
+        "the sweep wrote into the purged box"
+    );
+    assert_eq!(entries_of_b().await, 0, "its index entries are gone");
+}
+
+/// An expiry that read the box alive and a purge that empties it write common
+/// keys (`low`, which every purge step writes even when it is absent, and the
+/// expired envelope), so the expiry cannot commit a `low` into the purged range
+/// (snapshot isolation detects only write-write conflicts).
+async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
+    let (b, _) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let seq = send(store, (s, sd[0]), b, b"x", T0).await;
+    // A box without a `low` key yet (read as 1): the purge finds nothing to
+    // delete there, and still writes it.
+    transact!(store, |txn| txn.delete(Key::Low(b).encode()).await).unwrap();
+    let expires = T0 + store.limits.retention_ms;
+    let mut expiry = store.kv.begin().await.unwrap();
+    let swept = queue::expire(
+        &mut *expiry,
+        &store.limits,
+        b,
+        &[(expires, rossby_keyspace::ExpiryEntry::Message(seq))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(swept.envelopes, 1, "the box was alive in its snapshot");
+    store.delete_account(b, T0).await.unwrap();
+    let committed = expiry.commit().await;
+    assert!(
+        matches!(committed, Err(Error::Conflict(_))),
+        "{committed:?}"
+    );
+    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
 }

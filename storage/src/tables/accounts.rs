@@ -131,6 +131,10 @@ pub async fn purge_step(txn: &mut dyn Transaction, box_id: BoxId, max_keys: usiz
         }
         return Ok(false);
     }
+    // Written by every step (even when already gone), as every expiry writes
+    // `low`: an expiry that saw the box alive conflicts with the purge instead of
+    // writing `low` back into the emptied range.
+    delete(txn, &Key::Low(box_id)).await?;
     let keys = txn
         .scan(&Key::box_range(box_id), max_keys.max(1), ScanOrder::Reverse)
         .await?;

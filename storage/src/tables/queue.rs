@@ -577,6 +577,19 @@ pub async fn expire(
     entries: &[(u64, ExpiryEntry)],
 ) -> Result<Swept> {
     let mut swept = Swept::default();
+    // A deleted (or purged) box keeps its index entries until they fall due:
+    // they are removed, and nothing is written into the box's range, which the
+    // purge empties. (Purge steps write `low` too, so an expiry that read the
+    // box alive before its deletion conflicts with them instead of writing
+    // `low` back into the purged range.)
+    let alive = super::accounts::profile(txn, box_id).await?.is_some();
+    if !alive {
+        for &(expires_at_ms, entry) in entries {
+            delete(txn, &expiry_key(box_id, expires_at_ms, entry)).await?;
+            swept.entries += 1;
+        }
+        return Ok(swept);
+    }
     let mut messages = Vec::new();
     for &(expires_at_ms, entry) in entries {
         match entry {
