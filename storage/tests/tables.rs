@@ -40,6 +40,7 @@ backends::on_every_backend!(
     a_corrupt_queue_head_is_reported_not_wrapped,
     expiry_never_brings_a_purged_box_back,
     an_expiry_racing_with_a_purge_conflicts,
+    writes_racing_with_a_removal_or_deletion_conflict,
 );
 
 /// Creates a box with `n` authorized devices.
@@ -947,4 +948,63 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
         "{committed:?}"
     );
     assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+}
+
+/// Publishing KeyPackages for a device, adding a contact and creating a group
+/// each write into a box that a concurrent device removal or account deletion
+/// empties. They read the device record or profile for update, so under
+/// snapshot isolation they conflict with the removal instead of leaving orphan
+/// keys behind (a plain read protects nothing there).
+async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
+    let conflicted = |r: Result<(), Error>| matches!(r, Err(Error::Conflict(_)));
+    // KeyPackages of a device removed meanwhile.
+    let (b, d) = new_box(store, 2).await;
+    let mut publish = store.kv.begin().await.unwrap();
+    keypackages::publish(
+        &mut *publish,
+        &store.limits,
+        b,
+        d[1],
+        &[vec![1; 10]],
+        None,
+        T0,
+    )
+    .await
+    .unwrap();
+    transact!(store, |txn| devices::remove(txn, &store.limits, b, d[1])
+        .await)
+    .unwrap();
+    assert!(
+        conflicted(publish.commit().await),
+        "KeyPackages outlived their device"
+    );
+    // A contact of an account deleted meanwhile.
+    let (owner, _) = new_box(store, 1).await;
+    let (other, _) = new_box(store, 1).await;
+    let mut add = store.kv.begin().await.unwrap();
+    contacts::add(&mut *add, Relationship::Contact, owner, other, T0)
+        .await
+        .unwrap();
+    store.delete_account(owner, T0).await.unwrap();
+    assert!(
+        conflicted(add.commit().await),
+        "a contact outlived its account"
+    );
+    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, owner).await).unwrap());
+    // A group of an account deleted meanwhile.
+    let (creator, _) = new_box(store, 1).await;
+    let group = rossby_storage::tables::groups::GroupKey {
+        creator,
+        group_id: [3; 16],
+    };
+    let mut create = store.kv.begin().await.unwrap();
+    rossby_storage::tables::groups::create(&mut *create, group, T0)
+        .await
+        .unwrap();
+    store.delete_account(creator, T0).await.unwrap();
+    assert!(
+        conflicted(create.commit().await),
+        "a group outlived its creator"
+    );
+    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, creator).await).unwrap());
 }

@@ -1,7 +1,7 @@
 //! Boxes: creation, profile and settings, and account deletion.
 
 use super::records::{AcceptFrom, Marker, Profile, QueueHead};
-use super::{Limits, delete, get, put};
+use super::{Limits, Record, delete, get, put};
 use crate::error::{Error, Result};
 use crate::kv::{ScanOrder, Transaction};
 use rossby_keyspace::{BoxId, Key, RegionId};
@@ -47,6 +47,19 @@ pub async fn profile(txn: &mut dyn Transaction, box_id: BoxId) -> Result<Option<
 /// The profile of a live box, or [`Error::BoxNotFound`].
 pub async fn require_profile(txn: &mut dyn Transaction, box_id: BoxId) -> Result<Profile> {
     profile(txn, box_id).await?.ok_or(Error::BoxNotFound)
+}
+
+/// The profile of a live box read for update, or [`Error::BoxNotFound`]: for a
+/// write into the box that must not outlive a concurrent account deletion. The
+/// deletion writes the profile (its tombstone), so under snapshot isolation the
+/// two conflict instead of leaving the write behind in a purged box.
+pub async fn lock_profile(txn: &mut dyn Transaction, box_id: BoxId) -> Result<Profile> {
+    txn.get_for_update(&Key::Profile(box_id).encode())
+        .await?
+        .map(|bytes| Profile::from_stored(&bytes))
+        .transpose()?
+        .filter(|p| !p.deleted)
+        .ok_or(Error::BoxNotFound)
 }
 
 /// Applies the given changes to a box's settings and returns the new profile.

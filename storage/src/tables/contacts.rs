@@ -48,7 +48,8 @@ pub async fn add(
     if owner == other {
         return Err(Error::Invalid("a box cannot relate to itself".into()));
     }
-    super::accounts::require_profile(txn, owner).await?;
+    // For update: a contact must not outlive a concurrent account deletion.
+    super::accounts::lock_profile(txn, owner).await?;
     let key = rel.key(owner, other);
     if txn.get(&key.encode()).await?.is_some() {
         return Ok(());

@@ -152,7 +152,8 @@ pub async fn create(
     group: GroupKey,
     now_ms: u64,
 ) -> Result<Outcome<GroupState>> {
-    super::accounts::require_profile(txn, group.creator).await?;
+    // For update: a group record must not outlive a concurrent account deletion.
+    super::accounts::lock_profile(txn, group.creator).await?;
     let fresh = GroupState {
         epoch: 0,
         members: vec![group.creator],

@@ -85,7 +85,15 @@ async fn require_authorized(
     box_id: BoxId,
     device_id: DeviceId,
 ) -> Result<Device> {
-    match get::<Device>(txn, &Key::Device(box_id, device_id)).await? {
+    // For update: removing the device (or deleting its account) writes its
+    // record, so KeyPackages published concurrently conflict with the removal
+    // instead of being left behind for a device that no longer exists.
+    let record = txn
+        .get_for_update(&Key::Device(box_id, device_id).encode())
+        .await?
+        .map(|bytes| Device::from_stored(&bytes))
+        .transpose()?;
+    match record {
         Some(d) if d.authorized => Ok(d),
         _ => Err(Error::DeviceNotFound),
     }

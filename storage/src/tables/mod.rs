@@ -17,7 +17,12 @@
 //! - claiming a KeyPackage deletes it, so two claims of one package conflict;
 //! - binding an identifier writes its lookup key, so two boxes cannot bind it;
 //! - deleting an account writes `next` and the profile, so no enqueue or settings
-//!   change can commit into a box concurrently being deleted.
+//!   change can commit into a box concurrently being deleted; adding a contact or
+//!   creating a group reads the profile for update, and publishing KeyPackages
+//!   reads the device record for update, so none of them leaves keys behind in
+//!   a box or for a device removed meanwhile;
+//! - every expiry and every purge step write the box's `low` key, and expiry
+//!   writes nothing into a box that is no longer alive;
 //! - a group Commit or leave writes the group's epoch record (one wins per epoch)
 //!   and records its fan-out in the outbox in the same transaction; delivering
 //!   the fan-out writes the recipients' `next` keys and the outbox entry, never
