@@ -41,6 +41,7 @@ backends::on_every_backend!(
     expiry_never_brings_a_purged_box_back,
     an_expiry_racing_with_a_purge_conflicts,
     writes_racing_with_a_removal_or_deletion_conflict,
+    concurrent_inserts_cannot_exceed_a_quota,
 );
 
 /// Creates a box with `n` authorized devices.
@@ -1007,4 +1008,64 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
         "a group outlived its creator"
     );
     assert!(!transact!(store, |txn| accounts::box_has_keys(txn, creator).await).unwrap());
+}
+
+/// Count-then-insert quotas hold under concurrency: two KeyPackage publishes of
+/// one device that each fit the quota on their own both lock the device record,
+/// so the second to commit conflicts (and, re-run, is refused) instead of both
+/// landing over the limit. Contacts lock the owner's profile the same way.
+async fn concurrent_inserts_cannot_exceed_a_quota(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let max = store.limits.max_key_packages_per_device;
+    let almost: Vec<Vec<u8>> = (0..max - 1)
+        .map(|i| vec![u8::try_from(i % 250).unwrap(); 12])
+        .collect();
+    transact!(store, |txn| keypackages::publish(
+        txn,
+        &store.limits,
+        b,
+        d[0],
+        &almost,
+        None,
+        T0
+    )
+    .await)
+    .unwrap();
+    let mut first = store.kv.begin().await.unwrap();
+    let mut second = store.kv.begin().await.unwrap();
+    keypackages::publish(
+        &mut *first,
+        &store.limits,
+        b,
+        d[0],
+        &[vec![251; 12]],
+        None,
+        T0,
+    )
+    .await
+    .unwrap();
+    keypackages::publish(
+        &mut *second,
+        &store.limits,
+        b,
+        d[0],
+        &[vec![252; 12]],
+        None,
+        T0,
+    )
+    .await
+    .unwrap();
+    first.commit().await.unwrap();
+    assert!(matches!(second.commit().await, Err(Error::Conflict(_))));
+    let again = transact!(store, |txn| keypackages::publish(
+        txn,
+        &store.limits,
+        b,
+        d[0],
+        &[vec![252; 12]],
+        None,
+        T0
+    )
+    .await);
+    assert!(matches!(again, Err(Error::QuotaExceeded(_))), "{again:?}");
 }
