@@ -961,17 +961,7 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
     // KeyPackages of a device removed meanwhile.
     let (b, d) = new_box(store, 2).await;
     let mut publish = store.kv.begin().await.unwrap();
-    keypackages::publish(
-        &mut *publish,
-        &store.limits,
-        b,
-        d[1],
-        &[vec![1; 10]],
-        None,
-        T0,
-    )
-    .await
-    .unwrap();
+    publish_one(&mut *publish, store, (b, d[1]), vec![1; 10]).await;
     transact!(store, |txn| devices::remove(txn, &store.limits, b, d[1])
         .await)
     .unwrap();
@@ -1033,28 +1023,8 @@ async fn concurrent_inserts_cannot_exceed_a_quota(store: &Store) {
     .unwrap();
     let mut first = store.kv.begin().await.unwrap();
     let mut second = store.kv.begin().await.unwrap();
-    keypackages::publish(
-        &mut *first,
-        &store.limits,
-        b,
-        d[0],
-        &[vec![251; 12]],
-        None,
-        T0,
-    )
-    .await
-    .unwrap();
-    keypackages::publish(
-        &mut *second,
-        &store.limits,
-        b,
-        d[0],
-        &[vec![252; 12]],
-        None,
-        T0,
-    )
-    .await
-    .unwrap();
+    publish_one(&mut *first, store, (b, d[0]), vec![251; 12]).await;
+    publish_one(&mut *second, store, (b, d[0]), vec![252; 12]).await;
     first.commit().await.unwrap();
     assert!(matches!(second.commit().await, Err(Error::Conflict(_))));
     let again = transact!(store, |txn| keypackages::publish(
@@ -1068,4 +1038,16 @@ async fn concurrent_inserts_cannot_exceed_a_quota(store: &Store) {
     )
     .await);
     assert!(matches!(again, Err(Error::QuotaExceeded(_))), "{again:?}");
+}
+
+/// Publishes one KeyPackage for `device` inside `txn`.
+async fn publish_one(
+    txn: &mut dyn rossby_storage::Transaction,
+    store: &Store,
+    (b, device): (BoxId, DeviceId),
+    package: Vec<u8>,
+) {
+    keypackages::publish(txn, &store.limits, b, device, &[package], None, T0)
+        .await
+        .unwrap();
 }
