@@ -442,12 +442,13 @@ impl Gateway {
 /// round trips. Without a topology there is no ownership: every gateway writes
 /// every box (a single gateway, or several without a shared picture of regions).
 fn peer_geo(config: &Config, wan: Option<&LatencyModel>) -> PeerGeo {
-    let topology = config.api.topology.as_deref();
+    let topology = config.api.topology.as_ref();
     PeerGeo {
         region: config.api.region,
         regions: topology.map_or_else(Vec::new, |t| t.regions().iter().map(|r| r.code).collect()),
-        wan: wan.map(|m| WanDelay {
-            topology: Arc::new(m.topology().clone()),
+        // The simulation is on only with a topology: the model's is this one.
+        wan: wan.and(topology).map(|topology| WanDelay {
+            topology: topology.clone(),
             region: config.api.region,
         }),
     }

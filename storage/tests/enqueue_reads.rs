@@ -262,8 +262,7 @@ async fn refusals_are_decided_from_the_same_single_read() {
     assert_eq!(out[1].as_ref().unwrap(), &fresh(1));
     assert!(matches!(out[2], Err(Error::RecipientUnavailable)));
     assert_eq!(out[3].as_ref().unwrap(), &fresh(2));
-    assert_eq!(reads.len(), 1, "{reads:?}");
-    assert_eq!((reads[0].get, reads[0].batch_get, reads[0].scan), (0, 1, 0));
+    assert_one_read_round(&reads);
 }
 
 #[tokio::test]
@@ -287,8 +286,7 @@ async fn an_unknown_or_deleted_recipient_costs_one_read_too() {
         })
         .await;
         assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
-        assert_eq!(reads.len(), 1, "{reads:?}");
-        assert_eq!((reads[0].get, reads[0].batch_get, reads[0].scan), (0, 1, 0));
+        assert_one_read_round(&reads);
     }
 }
 
@@ -369,13 +367,7 @@ async fn an_envelope_for_any_device_list_is_never_stale_and_reads_once() {
         ),
         "{out:?}"
     );
-    assert_eq!(reads.len(), 1, "{reads:?}");
-    assert_eq!(
-        (reads[0].batch_get, reads[0].scan),
-        (1, 0),
-        "{:?}",
-        reads[0]
-    );
+    assert_one_read_round(&reads);
     // Stored with the list it was accepted against.
     let fetched = transact!(store, |txn| queue::fetch(
         txn,
@@ -386,4 +378,15 @@ async fn an_envelope_for_any_device_list_is_never_stale_and_reads_once() {
     .await)
     .unwrap();
     assert_eq!(fetched.envelopes[0].envelope.device_list_version, current);
+}
+
+/// One transaction that read with exactly one `batch_get` and nothing else.
+fn assert_one_read_round(reads: &[Reads]) {
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(
+        (reads[0].get, reads[0].batch_get, reads[0].scan),
+        (0, 1, 0),
+        "{:?}",
+        reads[0]
+    );
 }

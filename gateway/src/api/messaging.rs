@@ -1298,6 +1298,33 @@ mod tests {
         assert_eq!(queue.len(), 1);
     }
 
+    /// Sends `n` one-byte envelopes (0, 1, ...) from `from` to `target` at once,
+    /// taking the APIs in turn; each must succeed. Returns the sorted sequence
+    /// numbers.
+    async fn concurrent_sends(
+        apis: &[&TestEnv],
+        from: &super::super::testkit::TestDevice,
+        target: rossby_keyspace::BoxId,
+        version: u64,
+        n: u8,
+    ) -> Vec<u64> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let api = apis[usize::from(i) % apis.len()].clone_handle();
+                let from = from.clone();
+                tokio::spawn(async move { api.send(&from, target, version, &[i]).await })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, Status::Ok as i32);
+            seqs.push(r.seq);
+        }
+        seqs.sort_unstable();
+        seqs
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_gateways_writing_one_box_conflict_retry_and_land_everything_once() {
         // Two APIs over one snapshot-isolation store and no ownership: both
@@ -1311,26 +1338,7 @@ mod tests {
         let alice = env.register("alice@example.com").await;
         let bob = env.register("bob@example.com").await;
         let version = env.device_list_version(&bob, "alice@example.com").await;
-        let mut tasks = Vec::new();
-        for i in 0..60u8 {
-            let api = if i % 2 == 0 {
-                env.clone_handle()
-            } else {
-                other.clone_handle()
-            };
-            let bob = bob.clone();
-            let target = alice.box_id;
-            tasks.push(tokio::spawn(async move {
-                api.send(&bob, target, version, &[i]).await
-            }));
-        }
-        let mut seqs = Vec::new();
-        for t in tasks {
-            let r = t.await.unwrap();
-            assert_eq!(r.status, Status::Ok as i32);
-            seqs.push(r.seq);
-        }
-        seqs.sort_unstable();
+        let seqs = concurrent_sends(&[&env, &other], &bob, alice.box_id, version, 60).await;
         assert_eq!(seqs, (1..=60).collect::<Vec<u64>>(), "no gap, no repeat");
         let mut payloads: Vec<u8> = Vec::new();
         loop {
@@ -1359,22 +1367,7 @@ mod tests {
         let alice = env.register("alice@example.com").await;
         let bob = env.register("bob@example.com").await;
         let version = env.device_list_version(&bob, "alice@example.com").await;
-        let mut tasks = Vec::new();
-        for i in 0..40u8 {
-            let api = env.clone_handle();
-            let bob = bob.clone();
-            let target = alice.box_id;
-            tasks.push(tokio::spawn(async move {
-                api.send(&bob, target, version, &[i]).await
-            }));
-        }
-        let mut seqs = Vec::new();
-        for t in tasks {
-            let r = t.await.unwrap();
-            assert_eq!(r.status, Status::Ok as i32);
-            seqs.push(r.seq);
-        }
-        seqs.sort_unstable();
+        let seqs = concurrent_sends(&[&env], &bob, alice.box_id, version, 40).await;
         assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
         let req = pb::FetchRequest::default();
         let resp: pb::FetchResponse =

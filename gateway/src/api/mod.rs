@@ -55,7 +55,6 @@ use rossby_protocol::pb::{self, Method, Status};
 use rossby_protocol::{PROTOCOL_VERSION, hawk::EXPORTER_LEN};
 use rossby_storage::tables::Store;
 use rossby_storage::tables::records::Device;
-use rossby_storage::transact;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -396,6 +395,7 @@ impl Shared {
             box_id: caller.box_id.as_bytes().to_vec(),
             device_id: caller.device_id.as_bytes().to_vec(),
             secret_version: caller.secret_version,
+            key_version: caller.device.credential_version,
         };
         match peers.call(&address, call, target.home_region()).await {
             Ok(response) => Some(from_response(response)),
@@ -416,13 +416,11 @@ impl Shared {
             let box_id = parse_box_id(&call.box_id)?;
             let device_id = DeviceId::try_from_slice(&call.device_id)
                 .map_err(|_| Failure::bad_request("a device id must have 16 bytes"))?;
-            let store = &self.store;
-            let device = transact!(store, |txn| rossby_storage::tables::devices::get_device(
-                txn, box_id, device_id
-            )
-            .await)?
-            .filter(|d| d.authorized)
-            .ok_or_else(|| Failure::new(Status::Unauthenticated, "unknown credentials"))?;
+            // The same check as at the edge (a recent snapshot, refusals confirmed).
+            let device =
+                crate::auth::current_device(&self.store, box_id, device_id, call.key_version)
+                    .await?
+                    .ok_or_else(|| Failure::new(Status::Unauthenticated, "unknown credentials"))?;
             let caller = Authenticated {
                 box_id,
                 device_id,

@@ -268,7 +268,7 @@ impl Authenticator {
 /// the last [`RECENT_READ_STALENESS`](rossby_storage::kv::RECENT_READ_STALENESS)
 /// may still pass; a refusal is confirmed
 /// with a fresh read, so a device authorized a moment ago is never refused.
-async fn current_device(
+pub(crate) async fn current_device(
     store: &Store,
     box_id: BoxId,
     device_id: DeviceId,

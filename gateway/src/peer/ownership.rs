@@ -51,8 +51,8 @@ pub struct Ownership {
     store: Store,
     region: RegionId,
     regions: Vec<RegionId>,
-    id: [u8; 16],
-    peer_address: String,
+    /// This gateway, as it appears among a region's live gateways.
+    me: Member,
     lease: Duration,
     view: RwLock<BTreeMap<RegionId, Vec<Member>>>,
 }
@@ -61,7 +61,7 @@ impl std::fmt::Debug for Ownership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ownership")
             .field("region", &self.region)
-            .field("peer_address", &self.peer_address)
+            .field("peer_address", &self.me.peer_address)
             .finish_non_exhaustive()
     }
 }
@@ -77,17 +77,13 @@ impl Ownership {
         peer_address: String,
         lease: Duration,
     ) -> Ownership {
-        let me = Member {
-            id,
-            peer_address: peer_address.clone(),
-        };
-        let view = BTreeMap::from([(region, vec![me])]);
+        let me = Member { id, peer_address };
+        let view = BTreeMap::from([(region, vec![me.clone()])]);
         Ownership {
             store,
             region,
             regions,
-            id,
-            peer_address,
+            me,
             lease,
             view: RwLock::new(view),
         }
@@ -103,7 +99,7 @@ impl Ownership {
             return Owner::Unknown;
         };
         match ownership::owner(box_id, members, |m| m.id.as_slice()) {
-            Some(m) if m.id == self.id => Owner::Local,
+            Some(m) if m.id == self.me.id => Owner::Local,
             Some(m) => Owner::Remote(m.peer_address.clone()),
             None => Owner::Unknown,
         }
@@ -124,8 +120,8 @@ impl Ownership {
         let renewed = transact!(self.store, |txn| gateways::renew(
             txn,
             self.region,
-            self.id,
-            &self.peer_address,
+            self.me.id,
+            &self.me.peer_address,
             expires,
             now_ms,
         )
@@ -143,11 +139,8 @@ impl Ownership {
                             peer_address: l.peer_address,
                         })
                         .collect();
-                    if region == self.region && !members.iter().any(|m| m.id == self.id) {
-                        members.push(Member {
-                            id: self.id,
-                            peer_address: self.peer_address.clone(),
-                        });
+                    if region == self.region && !members.iter().any(|m| m.id == self.me.id) {
+                        members.push(self.me.clone());
                     }
                     self.view
                         .write()
@@ -183,11 +176,11 @@ impl Ownership {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(self.region)
             .or_default()
-            .retain(|m| m.id != self.id);
+            .retain(|m| m.id != self.me.id);
         let released = transact!(self.store, |txn| gateways::release(
             txn,
             self.region,
-            self.id
+            self.me.id
         )
         .await);
         if let Err(err) = released {
