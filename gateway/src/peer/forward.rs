@@ -422,3 +422,23 @@ async fn round_trip(conn: &quinn::Connection, frame: &[u8]) -> Result<Vec<u8>, (
         .await
         .map_err(|e| (e.to_string(), false))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../docs/examples/three-regions.toml");
+
+    #[test]
+    fn the_peer_hop_is_charged_half_the_round_trip_each_way() {
+        let topology = Arc::new(Topology::parse(EXAMPLE).unwrap());
+        let from_us = WanDelay {
+            topology,
+            region: RegionId(1),
+        };
+        // us-east <-> eu-west 68 ms, us-east <-> ap-southeast 215 ms.
+        assert_eq!(from_us.one_way(RegionId(2)), Duration::from_millis(34));
+        assert_eq!(from_us.one_way(RegionId(3)), Duration::from_micros(107_500));
+        assert_eq!(from_us.one_way(RegionId(1)), Duration::ZERO);
+    }
+}
