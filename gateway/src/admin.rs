@@ -99,7 +99,7 @@ pub(crate) async fn readiness(state: &AdminState) -> Result<(), String> {
 }
 
 /// Begin, read the probe key, roll back.
-async fn probe(kv: &Kv) -> rossby_storage::Result<()> {
+async fn probe(kv: &Kv) -> rossby_storage::kv::Result<()> {
     let mut txn = kv.begin().await?;
     let read = txn.get(PROBE_KEY).await;
     txn.rollback().await?;

@@ -560,7 +560,7 @@ pub struct Config {
     /// The file the topology (in `api.topology`) was read from.
     pub topology_file: Option<PathBuf>,
     /// Whether storage transactions are delayed by the simulated WAN round trips
-    /// of the topology (`rossby_storage::kv::wansim`).
+    /// of the topology (`rossby_wansim`).
     pub wan_sim: bool,
     /// Whether the process runs every region of the topology locally
     /// ([`crate::local`]).

@@ -47,3 +47,9 @@ impl Error {
         }
     }
 }
+
+impl From<rossby_storage::kv::Error> for Error {
+    fn from(err: rossby_storage::kv::Error) -> Self {
+        Error::Storage(err.into())
+    }
+}

@@ -14,8 +14,8 @@ use rossby_keyspace::RegionId;
 use rossby_replication::LatencyModel;
 use rossby_storage::Kv;
 use rossby_storage::kv::retry::RetryPolicy;
-use rossby_storage::kv::wansim::WanSimulation;
 use rossby_storage::tables::Store;
+use rossby_wansim::WanSimulation;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -635,9 +635,11 @@ mod tests {
             "switchable"
         }
 
-        async fn begin(&self) -> rossby_storage::Result<Box<dyn Transaction>> {
+        async fn begin(&self) -> rossby_storage::kv::Result<Box<dyn Transaction>> {
             match self.mode.load(Ordering::Acquire) {
-                FAILING => Err(rossby_storage::Error::Unavailable("disk on fire".into())),
+                FAILING => Err(rossby_storage::kv::Error::Unavailable(
+                    "disk on fire".into(),
+                )),
                 HANGING => std::future::pending().await,
                 _ => self.inner.begin().await,
             }

@@ -35,10 +35,11 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use rossby_storage::Kv;
 use rossby_storage::kv::{
     CommitDone, Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value,
 };
-use rossby_storage::{Error as StorageError, Kv, Result as StorageResult};
+use rossby_storage::kv::{Error as StorageError, Result as StorageResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -410,9 +411,7 @@ pub fn storage_error_kind(err: &StorageError) -> &'static str {
         StorageError::Undetermined(_) => "undetermined",
         StorageError::Unavailable(_) => "unavailable",
         StorageError::RetriesExhausted { .. } => "retries_exhausted",
-        StorageError::Corrupt { .. } => "corrupt",
         StorageError::Invalid(_) => "invalid",
-        _ => "other",
     }
 }
 
@@ -695,10 +694,11 @@ mod tests {
         );
         assert_eq!(metrics.storage_conflicts_total.get(), 1);
         assert_eq!(metrics.storage_retries_total.get(), 1);
-        let value = rossby_storage::transact!(kv, &rossby_storage::RetryPolicy::default(), |txn| {
-            txn.get(b"k").await
-        })
-        .unwrap();
+        let value =
+            rossby_storage::kv::transact!(kv, &rossby_storage::RetryPolicy::default(), |txn| {
+                txn.get(b"k").await
+            })
+            .unwrap();
         assert_eq!(value, Some(b"a".to_vec()));
     }
 }

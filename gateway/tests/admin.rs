@@ -21,10 +21,8 @@ use rossby_protocol::pb::{self, Method, Status};
 use rossby_protocol::status::status_of;
 use rossby_storage::kv::fjall::FjallConfig;
 use rossby_storage::kv::memory::MemoryStore;
-use rossby_storage::{
-    BackendConfig, Error as StorageError, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder,
-    Transaction, Value,
-};
+use rossby_storage::kv::{Error as StorageError, Result};
+use rossby_storage::{BackendConfig, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};

@@ -163,7 +163,7 @@ impl KvStore for Timed {
         self.inner.backend()
     }
 
-    async fn begin(&self) -> rossby_storage::Result<Box<dyn Transaction>> {
+    async fn begin(&self) -> rossby_storage::kv::Result<Box<dyn Transaction>> {
         let started = Instant::now();
         let inner = self.inner.begin().await?;
         add_elapsed(&self.timing.begins, &self.timing.begin_ns, started);
@@ -198,7 +198,7 @@ impl TimedTxn {
 
 #[async_trait]
 impl Transaction for TimedTxn {
-    async fn get(&mut self, key: &[u8]) -> rossby_storage::Result<Option<Value>> {
+    async fn get(&mut self, key: &[u8]) -> rossby_storage::kv::Result<Option<Value>> {
         let started = Instant::now();
         let value = self.inner.get(key).await;
         self.first_read_done(started);
@@ -210,31 +210,31 @@ impl Transaction for TimedTxn {
         range: &KeyRange,
         limit: usize,
         order: ScanOrder,
-    ) -> rossby_storage::Result<Vec<KvPair>> {
+    ) -> rossby_storage::kv::Result<Vec<KvPair>> {
         let started = Instant::now();
         let pairs = self.inner.scan(range, limit, order).await;
         self.first_read_done(started);
         pairs
     }
 
-    async fn get_for_update(&mut self, key: &[u8]) -> rossby_storage::Result<Option<Value>> {
+    async fn get_for_update(&mut self, key: &[u8]) -> rossby_storage::kv::Result<Option<Value>> {
         let started = Instant::now();
         let value = self.inner.get_for_update(key).await;
         self.first_read_done(started);
         value
     }
 
-    async fn put(&mut self, key: Key, value: Value) -> rossby_storage::Result<()> {
+    async fn put(&mut self, key: Key, value: Value) -> rossby_storage::kv::Result<()> {
         self.wrote = true;
         self.inner.put(key, value).await
     }
 
-    async fn delete(&mut self, key: Key) -> rossby_storage::Result<()> {
+    async fn delete(&mut self, key: Key) -> rossby_storage::kv::Result<()> {
         self.wrote = true;
         self.inner.delete(key).await
     }
 
-    async fn commit(self: Box<Self>) -> rossby_storage::Result<()> {
+    async fn commit(self: Box<Self>) -> rossby_storage::kv::Result<()> {
         let started = Instant::now();
         let result = self.inner.commit().await;
         if self.wrote {
@@ -247,7 +247,7 @@ impl Transaction for TimedTxn {
         result
     }
 
-    async fn rollback(self: Box<Self>) -> rossby_storage::Result<()> {
+    async fn rollback(self: Box<Self>) -> rossby_storage::kv::Result<()> {
         self.inner.rollback().await
     }
 }
@@ -588,11 +588,8 @@ fn ms(d: Duration) -> f64 {
 
 fn error_kind(err: &Error) -> String {
     match err {
-        Error::RetriesExhausted { attempts, last } => {
-            format!(
-                "RetriesExhausted({attempts} attempts, last {})",
-                error_kind(last)
-            )
+        Error::Kv(rossby_storage::kv::Error::RetriesExhausted { attempts, last }) => {
+            format!("RetriesExhausted({attempts} attempts, last {last})")
         }
         other => {
             let debug = format!("{other:?}");
@@ -650,7 +647,7 @@ async fn enqueue_phase(
                         let result = loop {
                             let mut txn = match store.kv.begin().await {
                                 Ok(txn) => txn,
-                                Err(err) => break Err(err),
+                                Err(err) => break Err(err.into()),
                             };
                             let result = queue::enqueue(
                                 &mut *txn,

@@ -1,39 +1,21 @@
-//! The storage crate's one error type.
+//! The domain crate's one error type.
 
 use rossby_keyspace::{BoxId, DeviceId};
 
 /// Result alias used throughout the storage crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in the KV layer or in a domain transaction.
+/// Everything that can go wrong in a domain transaction.
 ///
-/// The first group describes the transaction itself and is what the retry helper
-/// looks at; the second group are domain outcomes that a caller turns into a status
-/// code for the client.
+/// [`Error::Kv`] describes the transaction itself and is what the retry helper
+/// looks at; the rest are domain outcomes that a caller turns into a status code
+/// for the client.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Another transaction wrote a key this one wrote (or, on stricter backends, read)
-    /// after this one started. Nothing was written; the whole transaction may be re-run.
-    #[error("transaction conflict: {0}")]
-    Conflict(String),
-    /// The commit may or may not have been applied (for example the durable sync or
-    /// the TiKV commit RPC failed after the primary key was prewritten). Callers must
-    /// not assume either outcome; idempotent operations can be re-issued.
-    #[error("commit outcome undetermined: {0}")]
-    Undetermined(String),
-    /// The backend cannot serve requests right now (I/O failure, cluster unreachable,
-    /// store closed). Nothing was committed by the failing call.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    /// The retry helper gave up: attempts or the deadline ran out while the
-    /// transaction kept conflicting.
-    #[error("transaction gave up after {attempts} attempts: {last}")]
-    RetriesExhausted {
-        /// How many times the transaction body ran.
-        attempts: u32,
-        /// The error of the last attempt.
-        last: Box<Error>,
-    },
+    /// The transaction itself failed in the KV layer (a conflict the retry helper
+    /// gave up on, an undetermined commit, an unavailable backend, a KV limit).
+    #[error(transparent)]
+    Kv(#[from] rossby_kv::Error),
     /// A stored record could not be decoded. The data is left untouched.
     #[error("corrupt {what} record: {detail}")]
     Corrupt {
@@ -92,13 +74,28 @@ pub enum Error {
 impl Error {
     /// True when re-running the whole transaction may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Conflict(_))
+        matches!(self, Error::Kv(err) if err.is_retryable())
+    }
+
+    /// A write-write conflict, as the KV layer reports it (the domain detects some
+    /// itself, for example an epoch that moved on).
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Error::Kv(rossby_kv::Error::Conflict(detail.into()))
     }
 
     pub(crate) fn corrupt(what: &'static str, err: impl std::fmt::Display) -> Self {
         Error::Corrupt {
             what,
             detail: err.to_string(),
+        }
+    }
+}
+
+impl rossby_kv::TxnError for Error {
+    fn into_retryable(self) -> std::result::Result<rossby_kv::Error, Self> {
+        match self {
+            Error::Kv(err) if err.is_retryable() => Ok(err),
+            other => Err(other),
         }
     }
 }

@@ -1,12 +1,32 @@
-//! Rossby's storage: a transactional key-value abstraction with TiKV's semantics,
-//! its backends (embedded fjall with group commit, in-memory MVCC, TiKV), and the
-//! domain tables (inbox lookup, profiles, devices, key packages, message queues)
-//! written against that abstraction only.
+//! Rossby's domain model: boxes, devices, queues, groups, the inbox lookup and the
+//! maintenance that keeps them tidy, written against the transactional key-value
+//! abstraction of [`rossby_kv`] only (re-exported here as [`kv`]).
 
 pub mod error;
-pub mod kv;
+pub mod tables;
 
 pub use error::{Error, Result};
-pub use kv::retry::RetryPolicy;
-pub use kv::{BackendConfig, Key, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value};
-pub mod tables;
+pub use rossby_kv as kv;
+pub use rossby_kv::{
+    BackendConfig, Key, KeyRange, Kv, KvPair, KvStore, RetryPolicy, ScanOrder, Transaction, Value,
+};
+
+/// Runs a domain transaction body with [`rossby_kv::transact!`]'s retry loop; the
+/// body ends in this crate's [`Error`].
+///
+/// ```ignore
+/// let profile = transact!(store, |txn| accounts::profile(txn, box_id).await)?;
+/// let head = transact!(kv, &policy, |txn| queue::head(txn, box_id).await)?;
+/// ```
+/// The first form takes a [`Store`](crate::tables::Store), the second a `Kv` and a
+/// `&RetryPolicy`.
+#[macro_export]
+macro_rules! transact {
+    ($store:expr, |$txn:ident| $body:expr) => {{
+        let store = &$store;
+        $crate::transact!(store.kv, &store.retry, |$txn| $body)
+    }};
+    ($kv:expr, $policy:expr, |$txn:ident| $body:expr) => {
+        $crate::kv::transact!(@as $crate::Error, $kv, $policy, |$txn| $body)
+    };
+}

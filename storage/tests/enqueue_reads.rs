@@ -14,6 +14,7 @@ use backends::T0;
 
 use async_trait::async_trait;
 use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
+use rossby_storage::kv::Result;
 use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
@@ -21,8 +22,7 @@ use rossby_storage::tables::queue::{self, ANY_DEVICE_LIST, Enqueued, FetchLimits
 use rossby_storage::tables::records::AcceptFrom;
 use rossby_storage::tables::{Store, devices};
 use rossby_storage::{
-    Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder, Transaction, Value,
-    transact,
+    Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value, transact,
 };
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

@@ -161,11 +161,14 @@ struct Recording {
 
 #[async_trait]
 impl Transaction for Recording {
-    async fn get(&mut self, key: &[u8]) -> rossby_storage::Result<Option<Value>> {
+    async fn get(&mut self, key: &[u8]) -> rossby_storage::kv::Result<Option<Value>> {
         self.inner.get(key).await
     }
 
-    async fn batch_get(&mut self, keys: &[Vec<u8>]) -> rossby_storage::Result<Vec<Option<Value>>> {
+    async fn batch_get(
+        &mut self,
+        keys: &[Vec<u8>],
+    ) -> rossby_storage::kv::Result<Vec<Option<Value>>> {
         self.inner.batch_get(keys).await
     }
 
@@ -174,30 +177,30 @@ impl Transaction for Recording {
         range: &KeyRange,
         limit: usize,
         order: ScanOrder,
-    ) -> rossby_storage::Result<Vec<KvPair>> {
+    ) -> rossby_storage::kv::Result<Vec<KvPair>> {
         self.inner.scan(range, limit, order).await
     }
 
-    async fn get_for_update(&mut self, key: &[u8]) -> rossby_storage::Result<Option<Value>> {
+    async fn get_for_update(&mut self, key: &[u8]) -> rossby_storage::kv::Result<Option<Value>> {
         self.written.push(key.to_vec());
         self.inner.get_for_update(key).await
     }
 
-    async fn put(&mut self, key: Vec<u8>, value: Value) -> rossby_storage::Result<()> {
+    async fn put(&mut self, key: Vec<u8>, value: Value) -> rossby_storage::kv::Result<()> {
         self.written.push(key.clone());
         self.inner.put(key, value).await
     }
 
-    async fn delete(&mut self, key: Vec<u8>) -> rossby_storage::Result<()> {
+    async fn delete(&mut self, key: Vec<u8>) -> rossby_storage::kv::Result<()> {
         self.written.push(key.clone());
         self.inner.delete(key).await
     }
 
-    async fn commit(self: Box<Self>) -> rossby_storage::Result<()> {
+    async fn commit(self: Box<Self>) -> rossby_storage::kv::Result<()> {
         self.inner.commit().await
     }
 
-    async fn rollback(self: Box<Self>) -> rossby_storage::Result<()> {
+    async fn rollback(self: Box<Self>) -> rossby_storage::kv::Result<()> {
         self.inner.rollback().await
     }
 }
@@ -551,7 +554,7 @@ async fn finishing_one_entry_twice_at_once_conflicts(store: &Store) {
     t1.commit().await.unwrap();
     let second = t2.commit().await;
     assert!(
-        matches!(second, Err(Error::Conflict(_))),
+        matches!(second, Err(rossby_storage::kv::Error::Conflict(_))),
         "expected a conflict, got {second:?}"
     );
     let left = pending_in(store, REGION).await;

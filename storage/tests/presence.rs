@@ -285,7 +285,10 @@ async fn a_claim_racing_a_device_removal_conflicts(store: &Store) {
         .await)
     .unwrap();
     let err = claim.commit().await.unwrap_err();
-    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert!(
+        matches!(err, rossby_storage::kv::Error::Conflict(_)),
+        "{err}"
+    );
     assert_eq!(stored_leases(store, b).await, 0);
     // Retried, the claim finds the device gone.
     let err = store

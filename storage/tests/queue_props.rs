@@ -29,6 +29,7 @@ use proptest::prelude::*;
 use rossby_keyspace::{BoxId, DeviceId, Key, LookupHasher, MessageId, Pepper, RegionId, Table};
 use rossby_storage::kv::fjall::{FjallConfig, FjallStore};
 use rossby_storage::kv::memory::MemoryStore;
+use rossby_storage::kv::{Error as KvError, Result as KvResult};
 use rossby_storage::tables::queue::{Acked, Delivered, FetchLimits, Fetched, NewEnvelope};
 use rossby_storage::tables::records::{Device, Pointer, QueueHead, StoredEnvelope};
 use rossby_storage::tables::{self, Store, accounts, devices, queue};
@@ -323,7 +324,7 @@ impl KvStore for JitterKv {
         self.inner.backend()
     }
 
-    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+    async fn begin(&self) -> KvResult<Box<dyn Transaction>> {
         let state = self
             .seed
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
@@ -357,7 +358,7 @@ impl JitterTxn {
 
 #[async_trait]
 impl Transaction for JitterTxn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
+    async fn get(&mut self, key: &[u8]) -> KvResult<Option<Value>> {
         self.jitter().await;
         self.inner.get(key).await
     }
@@ -367,32 +368,32 @@ impl Transaction for JitterTxn {
         range: &KeyRange,
         limit: usize,
         order: ScanOrder,
-    ) -> Result<Vec<KvPair>> {
+    ) -> KvResult<Vec<KvPair>> {
         self.jitter().await;
         self.inner.scan(range, limit, order).await
     }
 
-    async fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Value>> {
+    async fn get_for_update(&mut self, key: &[u8]) -> KvResult<Option<Value>> {
         self.jitter().await;
         self.inner.get_for_update(key).await
     }
 
-    async fn put(&mut self, key: RawKey, value: Value) -> Result<()> {
+    async fn put(&mut self, key: RawKey, value: Value) -> KvResult<()> {
         self.jitter().await;
         self.inner.put(key, value).await
     }
 
-    async fn delete(&mut self, key: RawKey) -> Result<()> {
+    async fn delete(&mut self, key: RawKey) -> KvResult<()> {
         self.jitter().await;
         self.inner.delete(key).await
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> KvResult<()> {
         self.jitter().await;
         self.inner.commit().await
     }
 
-    async fn rollback(self: Box<Self>) -> Result<()> {
+    async fn rollback(self: Box<Self>) -> KvResult<()> {
         self.inner.rollback().await
     }
 }
@@ -417,7 +418,7 @@ where
 {
     for _ in 0..MAX_REISSUES {
         match op().await {
-            Err(Error::RetriesExhausted { .. } | Error::Conflict(_)) => {
+            Err(Error::Kv(KvError::RetriesExhausted { .. } | KvError::Conflict(_))) => {
                 tokio::task::yield_now().await;
             }
             other => return other,
@@ -567,12 +568,13 @@ async fn ack(store: &Store, box_id: BoxId, device: DeviceId, upto: u64) -> Acked
 
 async fn queue_entries(store: &Store, box_id: BoxId) -> Vec<u64> {
     let raw = txn!(store, |txn| {
-        txn.scan(
-            &Key::table_range(box_id, Table::Queue),
-            100_000,
-            ScanOrder::Forward,
-        )
-        .await
+        Ok(txn
+            .scan(
+                &Key::table_range(box_id, Table::Queue),
+                100_000,
+                ScanOrder::Forward,
+            )
+            .await?)
     })
     .expect("scan queue");
     raw.iter()
@@ -624,7 +626,7 @@ async fn send_until_enqueued(
         };
         let outcomes = match store.enqueue(recipient, &batch, NOW_MS).await {
             Ok(outcomes) => outcomes,
-            Err(Error::RetriesExhausted { .. } | Error::Conflict(_)) => {
+            Err(Error::Kv(KvError::RetriesExhausted { .. } | KvError::Conflict(_))) => {
                 tokio::task::yield_now().await;
                 continue;
             }
@@ -1167,7 +1169,7 @@ where
     t1.commit().await.expect("first commit");
     match t2.commit().await {
         Ok(()) => {}
-        Err(Error::Conflict(_)) => {
+        Err(KvError::Conflict(_)) => {
             txn!(store, |txn| second(txn).await).expect("second operation, re-run");
         }
         Err(err) => panic!("second commit: {err:?}"),

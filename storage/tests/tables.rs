@@ -8,6 +8,7 @@ use backends::{T0, device_record};
 use rossby_keyspace::{
     BoxId, DeviceId, Identifier, Key, LookupHasher, MessageId, Pepper, RegionId, Table,
 };
+use rossby_storage::kv::{Error as KvError, transact as kv_transact};
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
@@ -727,7 +728,7 @@ async fn deletion_racing_with_sends_leaves_nothing_behind(store: &Store) {
                     Ok([Ok(_)]) => {}
                     Ok([Err(Error::RecipientUnavailable)])
                     | Ok([Err(Error::StaleDeviceList { .. })]) => break,
-                    Err(Error::RetriesExhausted { .. }) => {}
+                    Err(Error::Kv(KvError::RetriesExhausted { .. })) => {}
                     other => panic!("unexpected send outcome {other:?}"),
                 }
                 tokio::task::yield_now().await;
@@ -807,7 +808,7 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
     let (sender, sd) = new_box(store, 1).await;
     let write_head = async |head: QueueHead| {
         let bytes = head.to_stored();
-        transact!(store, |txn| txn
+        kv_transact!(store.kv, &store.retry, |txn| txn
             .put(Key::Next(b).encode(), bytes.clone())
             .await)
         .unwrap();
@@ -869,7 +870,7 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
         last_seen_ms: T0,
     }
     .to_stored();
-    transact!(store, |txn| txn
+    kv_transact!(store.kv, &store.retry, |txn| txn
         .put(Key::Pointer(b, d[0]).encode(), pointer.clone())
         .await)
     .unwrap();
@@ -894,7 +895,7 @@ async fn expiry_never_brings_a_purged_box_back(store: &Store) {
     let shard = rossby_keyspace::keys::expiry_shard(b);
     let entries_of_b = async || {
         let range = Key::expiry_due(REGION, shard, u64::MAX);
-        let all = transact!(store, |txn| txn
+        let all = kv_transact!(store.kv, &store.retry, |txn| txn
             .scan(&range, 10_000, ScanOrder::Forward)
             .await)
         .unwrap();
@@ -930,7 +931,10 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
     let seq = send(store, (s, sd[0]), b, b"x", T0).await;
     // A box without a `low` key yet (read as 1): the purge finds nothing to
     // delete there, and still writes it.
-    transact!(store, |txn| txn.delete(Key::Low(b).encode()).await).unwrap();
+    kv_transact!(store.kv, &store.retry, |txn| txn
+        .delete(Key::Low(b).encode())
+        .await)
+    .unwrap();
     let expires = T0 + store.limits.retention_ms;
     let mut expiry = store.kv.begin().await.unwrap();
     let swept = queue::expire(
@@ -945,7 +949,7 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
     store.delete_account(b, T0).await.unwrap();
     let committed = expiry.commit().await;
     assert!(
-        matches!(committed, Err(Error::Conflict(_))),
+        matches!(committed, Err(KvError::Conflict(_))),
         "{committed:?}"
     );
     assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
@@ -957,7 +961,7 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
 /// snapshot isolation they conflict with the removal instead of leaving orphan
 /// keys behind (a plain read protects nothing there).
 async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
-    let conflicted = |r: Result<(), Error>| matches!(r, Err(Error::Conflict(_)));
+    let conflicted = |r: Result<(), KvError>| matches!(r, Err(KvError::Conflict(_)));
     // KeyPackages of a device removed meanwhile.
     let (b, d) = new_box(store, 2).await;
     let mut publish = store.kv.begin().await.unwrap();
@@ -1026,7 +1030,7 @@ async fn concurrent_inserts_cannot_exceed_a_quota(store: &Store) {
     publish_one(&mut *first, store, (b, d[0]), vec![251; 12]).await;
     publish_one(&mut *second, store, (b, d[0]), vec![252; 12]).await;
     first.commit().await.unwrap();
-    assert!(matches!(second.commit().await, Err(Error::Conflict(_))));
+    assert!(matches!(second.commit().await, Err(KvError::Conflict(_))));
     let again = transact!(store, |txn| keypackages::publish(
         txn,
         &store.limits,

@@ -343,7 +343,10 @@ impl Enqueuer {
                     tokio::spawn(async move {
                         match txn.commit().await {
                             Ok(()) => this.delivered(recipient, jobs, outcomes),
-                            Err(err) => this.retry_or_fail(recipient, envelopes, jobs, err).await,
+                            Err(err) => {
+                                this.retry_or_fail(recipient, envelopes, jobs, err.into())
+                                    .await
+                            }
                         }
                         // Only now may the next transaction take its snapshot.
                         let _ = tx.send(true);
@@ -400,7 +403,7 @@ impl Enqueuer {
         err: rossby_storage::Error,
     ) {
         let policy = &self.store.retry;
-        let conflict = matches!(err, rossby_storage::Error::Conflict(_));
+        let conflict = err.is_retryable();
         let failure = Failure::from(err);
         let mut retry = Vec::new();
         for (envelope, job) in envelopes.into_iter().zip(jobs) {

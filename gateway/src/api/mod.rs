@@ -645,13 +645,20 @@ impl Failure {
 /// | `AckBeyondLast` | `ACK_BEYOND_LAST` |
 /// | `QuotaExceeded` | `QUOTA_EXCEEDED` |
 /// | `AlreadyRegistered` | `ALREADY_REGISTERED` |
-/// | `Invalid`, `DeviceExists` | `BAD_REQUEST` |
-/// | `Conflict`, `RetriesExhausted`, `Unavailable`, `BoxExists` | `UNAVAILABLE` |
-/// | `Undetermined` | `UNDETERMINED` |
+/// | `Invalid`, `Kv(Invalid)`, `DeviceExists` | `BAD_REQUEST` |
+/// | `Kv(Conflict)`, `Kv(RetriesExhausted)`, `Kv(Unavailable)`, `BoxExists` | `UNAVAILABLE` |
+/// | `Kv(Undetermined)` | `UNDETERMINED` |
 /// | `Corrupt` | `INTERNAL` (generic message; details logged) |
+impl From<rossby_storage::kv::Error> for Failure {
+    fn from(err: rossby_storage::kv::Error) -> Self {
+        Failure::from(rossby_storage::Error::from(err))
+    }
+}
+
 impl From<rossby_storage::Error> for Failure {
     fn from(err: rossby_storage::Error) -> Self {
         use rossby_storage::Error as E;
+        use rossby_storage::kv::Error as KvError;
         match err {
             E::StaleDeviceList { box_id, .. } => Failure {
                 stale: vec![box_id],
@@ -674,20 +681,21 @@ impl From<rossby_storage::Error> for Failure {
             ),
             E::Invalid(what) => Failure::bad_request(what),
             E::DeviceExists(_) => Failure::bad_request("a device with this id already exists"),
-            E::Undetermined(detail) => {
+            E::Kv(KvError::Undetermined(detail)) => {
                 tracing::warn!(%detail, "storage commit outcome undetermined");
                 Failure::new(
                     Status::Undetermined,
                     "the outcome of the write is unknown; retry if the request is idempotent",
                 )
             }
+            E::Kv(KvError::Invalid(what)) => Failure::bad_request(what),
             E::Corrupt { what, detail } => {
                 tracing::error!(what, %detail, "stored record could not be decoded");
                 Failure::internal()
             }
-            err @ (E::Conflict(_)
-            | E::RetriesExhausted { .. }
-            | E::Unavailable(_)
+            err @ (E::Kv(
+                KvError::Conflict(_) | KvError::RetriesExhausted { .. } | KvError::Unavailable(_),
+            )
             | E::BoxExists(_)) => {
                 tracing::warn!(error = %err, "storage could not complete a request");
                 Failure::unavailable("storage is busy or unavailable; retry shortly")
@@ -1002,6 +1010,7 @@ mod tests {
     #[test]
     fn storage_errors_map_to_documented_statuses() {
         use rossby_storage::Error as E;
+        use rossby_storage::kv::Error as KvError;
         let b = BoxId::new(rossby_keyspace::RegionId(1));
         let cases: Vec<(E, Status)> = vec![
             (
@@ -1026,20 +1035,28 @@ mod tests {
             (E::Invalid("too big".into()), Status::BadRequest),
             (E::DeviceExists(DeviceId::new()), Status::BadRequest),
             (E::AlreadyRegistered, Status::AlreadyRegistered),
-            (E::Conflict("x".into()), Status::Unavailable),
+            (KvError::Conflict("x".into()).into(), Status::Unavailable),
             (
-                E::RetriesExhausted {
+                KvError::RetriesExhausted {
                     attempts: 3,
-                    last: Box::new(E::Conflict("x".into())),
-                },
+                    last: Box::new(KvError::Conflict("x".into())),
+                }
+                .into(),
                 Status::Unavailable,
             ),
             (
-                E::Unavailable("disk on fire at /var/lib/x".into()),
+                KvError::Unavailable("disk on fire at /var/lib/x".into()).into(),
                 Status::Unavailable,
             ),
             (E::BoxExists(b), Status::Unavailable),
-            (E::Undetermined("x".into()), Status::Undetermined),
+            (
+                KvError::Undetermined("x".into()).into(),
+                Status::Undetermined,
+            ),
+            (
+                KvError::Invalid("too big".into()).into(),
+                Status::BadRequest,
+            ),
             (
                 E::Corrupt {
                     what: "device",

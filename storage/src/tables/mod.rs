@@ -32,7 +32,7 @@
 //!   they own a box still conflict on its `next` key).
 
 use crate::error::Result;
-use crate::kv::retry::RetryPolicy;
+use crate::kv::RetryPolicy;
 use crate::kv::{Key as RawKey, Kv, Transaction};
 use crate::transact;
 use rossby_keyspace::keys::EXPIRY_SHARDS;
@@ -116,12 +116,12 @@ pub async fn get<R: Record>(txn: &mut dyn Transaction, key: &Key) -> Result<Opti
 
 /// Encodes and writes one record.
 pub async fn put<R: Record>(txn: &mut dyn Transaction, key: &Key, record: &R) -> Result<()> {
-    txn.put(key.encode(), record.to_stored()).await
+    Ok(txn.put(key.encode(), record.to_stored()).await?)
 }
 
 /// Deletes one key.
 pub async fn delete(txn: &mut dyn Transaction, key: &Key) -> Result<()> {
-    txn.delete(key.encode()).await
+    Ok(txn.delete(key.encode()).await?)
 }
 
 /// Decodes a raw key read by a scan of one of our own ranges.

@@ -337,7 +337,7 @@ mod tests {
             .unwrap();
         assert!(fetched.envelopes.is_empty());
         assert!(fetched.gap.is_none());
-        let scan = transact!(store, |txn| txn
+        let scan = crate::kv::transact!(store.kv, &store.retry, |txn| txn
             .scan(
                 &Key::queue_range(box_id, 0, u64::MAX),
                 10,

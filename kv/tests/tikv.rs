@@ -8,8 +8,8 @@
 
 mod conformance;
 
-use rossby_storage::kv::tikv::{TikvConfig, TikvStore};
-use rossby_storage::{Error, Key, Kv, KvStore, Transaction};
+use rossby_kv::tikv::{TikvConfig, TikvStore};
+use rossby_kv::{Error, Key, Kv, KvStore, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 

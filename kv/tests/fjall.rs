@@ -5,8 +5,8 @@
 mod conformance;
 
 use async_trait::async_trait;
-use rossby_storage::kv::fjall::{FjallConfig, FjallStore};
-use rossby_storage::{Error, Kv, KvStore, Transaction};
+use rossby_kv::fjall::{FjallConfig, FjallStore};
+use rossby_kv::{Error, Kv, KvStore, Transaction};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -26,7 +26,7 @@ impl KvStore for TempFjall {
         self.store.backend()
     }
 
-    async fn begin(&self) -> rossby_storage::Result<Box<dyn Transaction>> {
+    async fn begin(&self) -> rossby_kv::Result<Box<dyn Transaction>> {
         self.store.begin().await
     }
 }

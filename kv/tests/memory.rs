@@ -2,8 +2,8 @@
 
 mod conformance;
 
-use rossby_storage::Kv;
-use rossby_storage::kv::memory::MemoryStore;
+use rossby_kv::Kv;
+use rossby_kv::memory::MemoryStore;
 use std::sync::Arc;
 
 /// A fresh store per case: nothing to skip, nothing shared between cases.

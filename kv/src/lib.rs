@@ -7,18 +7,20 @@
 //! rejects read-write conflicts), never looser. Domain code is written against these
 //! traits only and must be correct under snapshot isolation.
 
-use crate::error::{Error, Result};
 use async_trait::async_trait;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod error;
 pub mod fjall;
 pub mod memory;
 pub mod retry;
 pub mod tikv;
-pub mod wansim;
+
+pub use error::{Error, Result, TxnError};
+pub use retry::RetryPolicy;
 
 /// A key: arbitrary bytes, compared lexicographically.
 pub type Key = Vec<u8>;
@@ -29,7 +31,6 @@ pub type KvPair = (Key, Value);
 
 pub use rossby_keyspace::KeyRange;
 pub use rossby_keyspace::range::prefix_end;
-pub use wansim::WanSimulation;
 
 /// Direction of a scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

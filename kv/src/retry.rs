@@ -6,8 +6,7 @@
 //! in particular [`Error::Undetermined`] is never retried blindly, because the first
 //! commit may have been applied.
 
-use crate::error::{Error, Result};
-use crate::kv::Transaction;
+use crate::{Error, Transaction, TxnError};
 use rand::Rng;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -107,16 +106,16 @@ impl<'p> Retry<'p> {
     /// Ends one attempt: commits `txn` if the body succeeded, rolls it back
     /// otherwise. Returns `Break` with the final result, or `Continue` after the
     /// back-off when the attempt conflicted and the policy allows another one.
-    pub async fn finish<T>(
+    pub async fn finish<T, E: TxnError>(
         &mut self,
         txn: Box<dyn Transaction>,
-        result: Result<T>,
-    ) -> ControlFlow<Result<T>> {
+        result: Result<T, E>,
+    ) -> ControlFlow<Result<T, E>> {
         self.attempts.runs += 1;
-        let err = match result {
+        let err: E = match result {
             Ok(value) => match txn.commit().await {
                 Ok(()) => return ControlFlow::Break(Ok(value)),
-                Err(err) => err,
+                Err(err) => err.into(),
             },
             Err(err) => match txn.rollback().await {
                 Ok(()) => err,
@@ -124,22 +123,23 @@ impl<'p> Retry<'p> {
                 // durable: report the rollback's failure instead.
                 Err(rollback_err) => {
                     tracing::debug!(error = %err, "transaction body failed, then its rollback");
-                    rollback_err
+                    rollback_err.into()
                 }
             },
         };
-        if !err.is_retryable() {
-            return ControlFlow::Break(Err(err));
-        }
+        let conflict = match err.into_retryable() {
+            Ok(conflict) => conflict,
+            Err(err) => return ControlFlow::Break(Err(err)),
+        };
         self.attempts.conflicts += 1;
         let backoff = self.policy.backoff(self.attempts.runs);
         let out_of_attempts = self.attempts.runs >= self.policy.max_attempts.max(1);
         let out_of_time = self.started.elapsed() + backoff >= self.policy.deadline;
         if out_of_attempts || out_of_time {
-            return ControlFlow::Break(Err(Error::RetriesExhausted {
+            return ControlFlow::Break(Err(E::from(Error::RetriesExhausted {
                 attempts: self.attempts.runs,
-                last: Box::new(err),
-            }));
+                last: Box::new(conflict),
+            })));
         }
         tokio::time::sleep(backoff).await;
         ControlFlow::Continue(())
@@ -155,29 +155,26 @@ impl<'p> Retry<'p> {
 ///     txn.put(b"next".to_vec(), bump(head)).await?;
 ///     Ok(head)
 /// })?;
-/// let profile = transact!(store, |txn| accounts::profile(txn, box_id).await)?;
+/// let profile = transact!(@as DomainError, kv, &policy, |txn| load(txn).await)?;
 /// ```
-/// The first form takes a `&dyn KvStore` (or `Kv`) and a `&RetryPolicy`; the
-/// second a [`Store`](crate::tables::Store). Inside the body `txn` is a
-/// `&mut dyn Transaction`, `?` ends the attempt (rolling back), and the body may
-/// borrow anything from the surrounding code. Evaluates to `Result<T>`.
+/// Both forms take a `&dyn KvStore` (or `Kv`) and a `&RetryPolicy`. The body of
+/// the first ends in [`Error`]; the `@as` form names the error type of a layer
+/// above (any [`TxnError`]). Inside the body `txn` is a `&mut dyn Transaction`,
+/// `?` ends the attempt (rolling back), and the body may borrow anything from the
+/// surrounding code. Evaluates to `Result<T, E>`.
 #[macro_export]
 macro_rules! transact {
-    ($store:expr, |$txn:ident| $body:expr) => {{
-        let store = &$store;
-        $crate::transact!(store.kv, &store.retry, |$txn| $body)
-    }};
-    ($kv:expr, $policy:expr, |$txn:ident| $body:expr) => {
+    (@as $err:ty, $kv:expr, $policy:expr, |$txn:ident| $body:expr) => {
         // `match` keeps a temporary policy (`&RetryPolicy::default()`) alive.
         match $policy {
             policy => {
-                let mut retry = $crate::kv::retry::Retry::new(policy);
+                let mut retry = $crate::retry::Retry::new(policy);
                 loop {
                     let mut txn_box = match $crate::KvStore::begin(&*$kv).await {
                         Ok(txn) => txn,
-                        Err(err) => break Err(err),
+                        Err(err) => break Err(<$err as ::std::convert::From<$crate::Error>>::from(err)),
                     };
-                    let result: $crate::Result<_> = async {
+                    let result: ::std::result::Result<_, $err> = async {
                         let $txn: &mut dyn $crate::Transaction = &mut *txn_box;
                         $body
                     }
@@ -190,13 +187,16 @@ macro_rules! transact {
             }
         }
     };
+    ($kv:expr, $policy:expr, |$txn:ident| $body:expr) => {
+        $crate::transact!(@as $crate::Error, $kv, $policy, |$txn| $body)
+    };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::memory::MemoryStore;
-    use crate::kv::{Kv, KvStore};
+    use crate::memory::MemoryStore;
+    use crate::{Kv, KvStore};
     use std::sync::Arc;
 
     #[test]
@@ -224,7 +224,7 @@ mod tests {
             ..RetryPolicy::default()
         };
         let mut runs = 0;
-        let result: Result<()> = crate::transact!(&kv, &policy, |_txn| {
+        let result: crate::Result<()> = crate::transact!(&kv, &policy, |_txn| {
             runs += 1;
             Err(Error::Conflict("forced".into()))
         });
@@ -239,7 +239,7 @@ mod tests {
     async fn other_errors_end_the_loop_at_once() {
         let kv = MemoryStore::new();
         let mut runs = 0;
-        let result: Result<()> = crate::transact!(&kv, &RetryPolicy::default(), |_txn| {
+        let result: crate::Result<()> = crate::transact!(&kv, &RetryPolicy::default(), |_txn| {
             runs += 1;
             Err(Error::Undetermined("forced".into()))
         });
@@ -273,12 +273,12 @@ mod tests {
         let mut retry = Retry::new(&policy);
         let txn = kv.begin().await.unwrap();
         let step = retry
-            .finish::<()>(txn, Err(Error::Conflict("x".into())))
+            .finish::<(), Error>(txn, Err(Error::Conflict("x".into())))
             .await;
         assert!(matches!(step, ControlFlow::Continue(())));
         let txn = kv.begin().await.unwrap();
         assert!(matches!(
-            retry.finish(txn, Ok(7)).await,
+            retry.finish::<_, Error>(txn, Ok(7)).await,
             ControlFlow::Break(Ok(7))
         ));
         assert_eq!(

@@ -1,16 +1,19 @@
 //! The WAN simulation over the memory store: exact simulated latencies under a
 //! paused tokio clock, and the backend conformance suite through the wrapper.
 
+#[path = "../../kv/tests/conformance/mod.rs"]
 mod conformance;
+#[path = "../../storage/tests/support/mod.rs"]
 mod support;
 
 use rossby_keyspace::{BoxId, DeviceId, Key, MessageId, RegionId};
 use rossby_replication::{Home, LatencyModel, Topology};
+use rossby_storage::kv::KeyRange;
 use rossby_storage::kv::memory::MemoryStore;
-use rossby_storage::kv::{KeyRange, WanSimulation};
 use rossby_storage::tables::queue::NewEnvelope;
 use rossby_storage::tables::{Store, accounts, devices, records::Device};
 use rossby_storage::{Kv, ScanOrder, transact};
+use rossby_wansim::WanSimulation;
 use std::sync::Arc;
 use std::time::Duration;
 use support::hasher;

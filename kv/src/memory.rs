@@ -17,8 +17,8 @@
 //! future one) can see them, so the store does not grow under overwrites and
 //! deletes.
 
-use crate::error::{Error, Result};
-use crate::kv::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
+use crate::{Error, Result};
+use crate::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -489,7 +489,7 @@ fn escape(key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::MAX_VALUE_BYTES;
+    use crate::MAX_VALUE_BYTES;
 
     fn store() -> MemoryStore {
         MemoryStore::new()

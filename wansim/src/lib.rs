@@ -33,11 +33,10 @@
 //! The delays use [`tokio::time::sleep`], so under a paused tokio clock they are
 //! exact and cost no real time.
 
-use crate::error::Result;
-use crate::kv::{
-    CommitDone, Key, KeyRange, Kv, KvPair, KvStore, ReadOnly, ScanOrder, Transaction, Value,
-};
 use async_trait::async_trait;
+use rossby_kv::{
+    CommitDone, Key, KeyRange, Kv, KvPair, KvStore, ReadOnly, Result, ScanOrder, Transaction, Value,
+};
 use rossby_replication::{Home, LatencyModel, home_of_key};
 use std::fmt;
 use std::sync::Arc;

@@ -25,8 +25,8 @@
 //! transport failure, so every failure that does not prove the primary key was left
 //! uncommitted is reported as [`Error::Undetermined`].
 
-use crate::error::{Error, Result};
-use crate::kv::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
+use crate::{Error, Result};
+use crate::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
 use async_trait::async_trait;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};

@@ -16,8 +16,8 @@
 //! empty: scans are always confined to the case's prefix, except the one that
 //! checks unbounded ranges, which only asserts what the prefix guarantees.
 
-use rossby_storage::kv::{KeyRange, Kv, MAX_VALUE_BYTES, ScanOrder, prefix_end};
-use rossby_storage::{Error, Key, KvPair, RetryPolicy, Transaction, Value, transact};
+use rossby_kv::{Error, Key, KvPair, RetryPolicy, Transaction, Value, transact};
+use rossby_kv::{KeyRange, Kv, MAX_VALUE_BYTES, ScanOrder, prefix_end};
 use std::time::Duration;
 
 /// What a backend does when two transactions each read `x` and `y` and write a
@@ -35,7 +35,7 @@ pub enum WriteSkew {
 
 /// Stamps out one `#[tokio::test]` per conformance case.
 ///
-/// `$make` is an `async fn() -> Option<rossby_storage::Kv>`; `None` skips the case
+/// `$make` is an `async fn() -> Option<rossby_kv::Kv>`; `None` skips the case
 /// (the function should print why, e.g. "no TiKV cluster configured"). Expects the
 /// suite to be declared as `mod conformance;` at the root of the test crate.
 #[macro_export]
@@ -150,7 +150,7 @@ async fn cleanup(kv: &Kv, prefix: &[u8]) {
     }
 }
 
-fn assert_conflict(result: rossby_storage::Result<()>, what: &str) {
+fn assert_conflict(result: rossby_kv::Result<()>, what: &str) {
     match result {
         Err(Error::Conflict(_)) => {}
         other => panic!("{what}: expected Error::Conflict, got {other:?}"),
@@ -160,8 +160,8 @@ fn assert_conflict(result: rossby_storage::Result<()>, what: &str) {
 /// Asserts exactly one of two commit results is `Ok` and the other a conflict;
 /// returns whether the first one won.
 fn exactly_one_commits(
-    first: rossby_storage::Result<()>,
-    second: rossby_storage::Result<()>,
+    first: rossby_kv::Result<()>,
+    second: rossby_kv::Result<()>,
     what: &str,
 ) -> bool {
     match (first, second) {

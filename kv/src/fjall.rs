@@ -25,8 +25,8 @@
 //!
 //! fjall locks its directory: one process per store.
 
-use crate::error::{Error, Result};
-use crate::kv::{KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
+use crate::{Error, Result};
+use crate::{KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
 use async_trait::async_trait;
 use fjall::{
     KeyspaceCreateOptions, OptimisticTxDatabase, OptimisticTxKeyspace, OptimisticWriteTx,
