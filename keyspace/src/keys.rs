@@ -218,6 +218,34 @@ pub fn expiry_shard(box_id: BoxId) -> u8 {
 }
 
 impl Key {
+    /// The box this key belongs to: every key in a box's range, and the keys kept
+    /// for a box elsewhere in its region (its expiry entries, outbox entries and
+    /// purge marker). `None` for data of no one box (lookups, pending
+    /// registrations, gateway leases). Storage lets only a transaction holding
+    /// the box's guard write such a key.
+    pub fn owner_box(&self) -> Option<BoxId> {
+        match *self {
+            Key::Lookup { .. } | Key::Registration { .. } | Key::GatewayLease(..) => None,
+            Key::Profile(b)
+            | Key::Device(b, _)
+            | Key::Pointer(b, _)
+            | Key::KeyPackage(b, _, _)
+            | Key::LastResortKeyPackage(b, _)
+            | Key::Next(b)
+            | Key::Low(b)
+            | Key::Queue(b, _)
+            | Key::Dedup(b, _, _)
+            | Key::Contact(b, _)
+            | Key::Block(b, _)
+            | Key::Ident(b, _, _)
+            | Key::Presence(b, _)
+            | Key::GroupEpoch(b, _)
+            | Key::Outbox(b, _)
+            | Key::Expiry { box_id: b, .. }
+            | Key::Purge(b) => Some(b),
+        }
+    }
+
     /// Encodes the key into its stored bytes.
     pub fn encode(&self) -> Vec<u8> {
         match *self {
@@ -627,8 +655,12 @@ mod tests {
         #[test]
         fn every_box_key_lies_in_its_region_and_box_range(key in any_key()) {
             let bytes = key.encode();
+            if let Some(owner) = key.owner_box() {
+                prop_assert!(region_range(owner.home_region()).contains(&bytes));
+            }
             let home = match key {
                 Key::Lookup { .. } | Key::Registration { .. } => {
+                    prop_assert!(key.owner_box().is_none());
                     prop_assert!(global_range().contains(&bytes));
                     return Ok(());
                 }

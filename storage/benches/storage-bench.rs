@@ -22,7 +22,7 @@ use rossby_storage::kv::fjall::{Durability, FjallConfig, FjallStore};
 use rossby_storage::kv::retry::Retry;
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
 use rossby_storage::tables::records::Device;
-use rossby_storage::tables::{Store, accounts, devices};
+use rossby_storage::tables::{Store, Tx, accounts, devices};
 use rossby_storage::{
     Error, Key, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value, transact,
 };
@@ -650,7 +650,7 @@ async fn enqueue_phase(
                                 Err(err) => break Err(err.into()),
                             };
                             let result = queue::enqueue(
-                                &mut *txn,
+                                &mut Tx::new(&mut *txn),
                                 &store.limits,
                                 recipient.id,
                                 &envelopes,

@@ -11,8 +11,9 @@ pub use rossby_kv::{
     BackendConfig, Key, KeyRange, Kv, KvPair, KvStore, RetryPolicy, ScanOrder, Transaction, Value,
 };
 
-/// Runs a domain transaction body with [`rossby_kv::transact!`]'s retry loop; the
-/// body ends in this crate's [`Error`].
+/// Runs a domain transaction body with [`rossby_kv::transact!`]'s retry loop.
+/// Inside the body `txn` is a [`Tx`](crate::tables::Tx) (see the box-transaction
+/// rule in [`tables::tx`]), and the body ends in this crate's [`Error`].
 ///
 /// ```ignore
 /// let profile = transact!(store, |txn| accounts::profile(txn, box_id).await)?;
@@ -27,6 +28,10 @@ macro_rules! transact {
         $crate::transact!(store.kv, &store.retry, |$txn| $body)
     }};
     ($kv:expr, $policy:expr, |$txn:ident| $body:expr) => {
-        $crate::kv::transact!(@as $crate::Error, $kv, $policy, |$txn| $body)
+        $crate::kv::transact!(@as $crate::Error, $kv, $policy, |raw_txn| {
+            let mut tx = $crate::tables::Tx::new(raw_txn);
+            let $txn: &mut $crate::tables::Tx<'_> = &mut tx;
+            $body
+        })
     };
 }

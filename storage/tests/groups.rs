@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use backends::T0;
 use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
 use rossby_replication::{Home, home_of_key};
-use rossby_storage::tables::groups::{self, Commit, Committed, GroupKey, Outcome};
+use rossby_storage::tables::groups::{self, Commit, Committed, GroupKey, GroupMessage, Outcome};
 use rossby_storage::tables::outbox::{self, Entry};
 use rossby_storage::tables::queue::{self, ANY_DEVICE_LIST, FetchLimits};
-use rossby_storage::tables::{Store, keypackages};
+use rossby_storage::tables::{Store, Tx, keypackages};
 use rossby_storage::{Error, KeyRange, KvPair, ScanOrder, Transaction, Value, transact};
 use std::collections::BTreeSet;
 
@@ -33,6 +33,7 @@ backends::on_every_backend!(
     entries_are_listed_and_delivered_in_the_order_they_were_recorded,
     finishing_one_entry_twice_at_once_conflicts,
     deleting_the_creator_purges_its_outbox,
+    a_message_racing_a_commit_is_ordered_before_it_or_refused,
 );
 
 /// A Commit of `sender` (box, device) made in `epoch` that adds `add`, with a
@@ -374,7 +375,7 @@ async fn a_commit_writes_only_the_creators_region_and_delivery_follows(store: &S
         inner: store.kv.begin().await.unwrap(),
         written: Vec::new(),
     };
-    let outcome = groups::commit(&mut txn, &store.limits, MAX_MEMBERS, &c, T0)
+    let outcome = groups::commit(&mut Tx::new(&mut txn), &store.limits, MAX_MEMBERS, &c, T0)
         .await
         .unwrap();
     let written = std::mem::take(&mut txn.written);
@@ -544,10 +545,10 @@ async fn finishing_one_entry_twice_at_once_conflicts(store: &Store) {
     // lose, or the entry would keep a box that is done or drop one that is not.
     let mut t1 = store.kv.begin().await.unwrap();
     let mut t2 = store.kv.begin().await.unwrap();
-    let gone1 = outbox::finish(&mut *t1, creator, entry.id, &[creator, a])
+    let gone1 = outbox::finish(&mut Tx::new(&mut *t1), creator, entry.id, &[creator, a])
         .await
         .unwrap();
-    let gone2 = outbox::finish(&mut *t2, creator, entry.id, &[b])
+    let gone2 = outbox::finish(&mut Tx::new(&mut *t2), creator, entry.id, &[b])
         .await
         .unwrap();
     assert!(!gone1 && !gone2);
@@ -593,4 +594,64 @@ async fn deleting_the_creator_purges_its_outbox(store: &Store) {
     let left = pending_in(store, REGION).await;
     assert_eq!(left.len(), 1, "only the other creator's entry is left");
     assert_eq!(left[0].group.creator, other_creator);
+}
+
+/// A GroupSend in epoch 1 and a Commit moving the group to epoch 2, in
+/// overlapping transactions: they cannot both pass the epoch check. The message
+/// that loses is told the new epoch on its retry; one that wins is ordered before
+/// the Commit in every box.
+async fn a_message_racing_a_commit_is_ordered_before_it_or_refused(store: &Store) {
+    let (creator, cd) = new_box(store, 1).await;
+    let (member, md) = new_box(store, 1).await;
+    let group = GroupKey {
+        creator,
+        group_id: [11; 16],
+    };
+    transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
+    let add = [member];
+    let c = commit_in(group, (creator, cd[0]), 0, &add, b"epoch-1", (&[], &[]));
+    assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
+    let message = GroupMessage {
+        group,
+        sender_box: member,
+        sender_device: md[0],
+        message_id: MessageId::new(),
+        epoch: 1,
+        envelope: b"hello in epoch 1",
+    };
+    let limits = store.limits.clone();
+    let mut send = store.kv.begin().await.unwrap();
+    let sent = groups::send(&mut Tx::new(&mut *send), &limits, &message, T0)
+        .await
+        .unwrap();
+    assert!(matches!(sent, Outcome::Done(_)), "{sent:?}");
+    // The Commit to epoch 2 commits first.
+    let c2 = commit_in(group, (creator, cd[0]), 1, &[], b"epoch-2", (&[], &[]));
+    assert!(matches!(commit(store, &c2).await, Outcome::Done(_)));
+    let err = send.commit().await.unwrap_err();
+    assert!(
+        matches!(err, rossby_storage::kv::Error::Conflict(_)),
+        "a message of epoch 1 was accepted after the Commit to epoch 2: {err}"
+    );
+    // Re-run, it is told the group moved on, and records nothing.
+    let again = transact!(store, |txn| groups::send(txn, &limits, &message, T0).await).unwrap();
+    assert!(
+        matches!(again, Outcome::Conflict(ref s) if s.epoch == 2),
+        "{again:?}"
+    );
+    // A message in the current epoch follows the Commit in every box.
+    let current = GroupMessage {
+        epoch: 2,
+        envelope: b"hello in epoch 2",
+        message_id: MessageId::new(),
+        ..message
+    };
+    let sent = transact!(store, |txn| groups::send(txn, &limits, &current, T0).await).unwrap();
+    assert!(matches!(sent, Outcome::Done(_)), "{sent:?}");
+    deliver(store, group).await;
+    for (b, d) in [(creator, cd[0]), (member, md[0])] {
+        let payloads = queued(store, b, d).await;
+        let tail = &payloads[payloads.len() - 2..];
+        assert_eq!(tail, [b"epoch-2".to_vec(), b"hello in epoch 2".to_vec()]);
+    }
 }

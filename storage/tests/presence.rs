@@ -7,7 +7,7 @@ mod support;
 use backends::T0;
 use rossby_keyspace::{BoxId, DeviceId, Key, RegionId, Table};
 use rossby_storage::tables::presence::{self, Holder, Renewal};
-use rossby_storage::tables::{Store, accounts, devices};
+use rossby_storage::tables::{Store, Tx, accounts, devices};
 use rossby_storage::{Error, ScanOrder, transact};
 
 const REGION: RegionId = RegionId(3);
@@ -81,9 +81,11 @@ async fn claimed_leases_are_listed_until_they_expire(store: &Store) {
             .any(|l| l.device == d[0] && l.expires_at_ms == T0 + LEASE)
     );
 
-    // At its expiry time the first lease is no longer used, and listing deleted it.
+    // At its expiry time the first lease is no longer used. Listing writes
+    // nothing (it holds no guard of the box): the stale lease stays until the
+    // device claims anew or is removed.
     assert_eq!(live(store, b, T0 + LEASE).await, vec![(d[1], g2.clone())]);
-    assert_eq!(stored_leases(store, b).await, 1);
+    assert_eq!(stored_leases(store, b).await, 2);
 
     // Renewing keeps a lease alive past its first expiry.
     let renewed = store
@@ -277,9 +279,15 @@ async fn bad_holders_are_rejected_and_change_nothing(store: &Store) {
 async fn a_claim_racing_a_device_removal_conflicts(store: &Store) {
     let (b, d) = new_box(store, 2).await;
     let mut claim = store.kv.begin().await.unwrap();
-    presence::claim(&mut *claim, b, d[0], &holder("g1"), T0 + LEASE)
-        .await
-        .unwrap();
+    presence::claim(
+        &mut Tx::new(&mut *claim),
+        b,
+        d[0],
+        &holder("g1"),
+        T0 + LEASE,
+    )
+    .await
+    .unwrap();
     // The device is removed and that commits first.
     transact!(store, |txn| devices::remove(txn, &store.limits, b, d[0])
         .await)

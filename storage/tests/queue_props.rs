@@ -32,7 +32,7 @@ use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::kv::{Error as KvError, Result as KvResult};
 use rossby_storage::tables::queue::{Acked, Delivered, FetchLimits, Fetched, NewEnvelope};
 use rossby_storage::tables::records::{Device, Pointer, QueueHead, StoredEnvelope};
-use rossby_storage::tables::{self, Store, accounts, devices, queue};
+use rossby_storage::tables::{Store, Tx, accounts, devices, queue};
 use rossby_storage::{
     Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder, Transaction, Value,
 };
@@ -493,12 +493,11 @@ async fn add_device(
         {
             let record = device_record(matches!(mode, AddMode::Authorized));
             let add_version = devices::add(txn, limits, box_id, id, &record, NOW_MS).await?;
-            let pointer: Pointer = tables::get(txn, &Key::Pointer(box_id, id))
+            let pointer: Pointer = txn
+                .get(&Key::Pointer(box_id, id))
                 .await?
                 .expect("pointer written by add");
-            let head: QueueHead = tables::get(txn, &Key::Next(box_id))
-                .await?
-                .expect("queue head");
+            let head: QueueHead = txn.get(&Key::Next(box_id)).await?.expect("queue head");
             assert_eq!(head.device_list_version, add_version);
             assert_eq!(
                 pointer.acked,
@@ -528,9 +527,7 @@ async fn add_device(
             {
                 // `authorize` writes `next`, so no enqueue commits between this
                 // snapshot and the commit: later envelopes see the new version.
-                let head: QueueHead = tables::get(txn, &Key::Next(box_id))
-                    .await?
-                    .expect("queue head");
+                let head: QueueHead = txn.get(&Key::Next(box_id)).await?.expect("queue head");
                 let v = devices::authorize(txn, box_id, id, NOW_MS).await?;
                 assert_eq!(v, head.device_list_version + 1);
                 Ok((v, head.next_seq))
@@ -568,13 +565,12 @@ async fn ack(store: &Store, box_id: BoxId, device: DeviceId, upto: u64) -> Acked
 
 async fn queue_entries(store: &Store, box_id: BoxId) -> Vec<u64> {
     let raw = txn!(store, |txn| {
-        Ok(txn
-            .scan(
-                &Key::table_range(box_id, Table::Queue),
-                100_000,
-                ScanOrder::Forward,
-            )
-            .await?)
+        txn.scan(
+            &Key::table_range(box_id, Table::Queue),
+            100_000,
+            ScanOrder::Forward,
+        )
+        .await
     })
     .expect("scan queue");
     raw.iter()
@@ -1159,13 +1155,17 @@ async fn send_sequentially(store: &Store, box_id: BoxId, n: usize) -> u64 {
 /// isolation allows write skew.
 async fn overlapping<A, B>(store: &Store, first: A, second: B)
 where
-    A: AsyncFnOnce(&mut dyn Transaction) -> Result<()>,
-    B: AsyncFn(&mut dyn Transaction) -> Result<()>,
+    A: AsyncFnOnce(&mut Tx<'_>) -> Result<()>,
+    B: AsyncFn(&mut Tx<'_>) -> Result<()>,
 {
     let mut t1 = store.kv.begin().await.expect("begin");
     let mut t2 = store.kv.begin().await.expect("begin");
-    first(t1.as_mut()).await.expect("first operation");
-    second(t2.as_mut()).await.expect("second operation");
+    first(&mut Tx::new(t1.as_mut()))
+        .await
+        .expect("first operation");
+    second(&mut Tx::new(t2.as_mut()))
+        .await
+        .expect("second operation");
     t1.commit().await.expect("first commit");
     match t2.commit().await {
         Ok(()) => {}

@@ -13,7 +13,7 @@ use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
 use rossby_storage::tables::records::{AcceptFrom, QueueHead};
-use rossby_storage::tables::{Limits, Record, Store, devices, keypackages, lookup};
+use rossby_storage::tables::{Limits, Record, Store, Tx, devices, keypackages, lookup};
 use rossby_storage::{Error, ScanOrder, transact};
 use std::collections::BTreeSet;
 
@@ -149,7 +149,7 @@ async fn pepper_rotation_migrates_lazily(store: &Store) {
     assert_eq!(found, Some(a));
     let v1 = old.current(&email).key().encode();
     let v2 = rotated.current(&email).key().encode();
-    let (has_v1, has_v2) = transact!(store, |txn| Ok((
+    let (has_v1, has_v2) = kv_transact!(store.kv, &store.retry, |txn| Ok((
         txn.get(&v1).await?.is_some(),
         txn.get(&v2).await?.is_some()
     )))
@@ -938,7 +938,7 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
     let expires = T0 + store.limits.retention_ms;
     let mut expiry = store.kv.begin().await.unwrap();
     let swept = queue::expire(
-        &mut *expiry,
+        &mut Tx::new(&mut *expiry),
         &store.limits,
         b,
         &[(expires, rossby_keyspace::ExpiryEntry::Message(seq))],
@@ -977,9 +977,15 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
     let (owner, _) = new_box(store, 1).await;
     let (other, _) = new_box(store, 1).await;
     let mut add = store.kv.begin().await.unwrap();
-    contacts::add(&mut *add, Relationship::Contact, owner, other, T0)
-        .await
-        .unwrap();
+    contacts::add(
+        &mut Tx::new(&mut *add),
+        Relationship::Contact,
+        owner,
+        other,
+        T0,
+    )
+    .await
+    .unwrap();
     store.delete_account(owner, T0).await.unwrap();
     assert!(
         conflicted(add.commit().await),
@@ -993,7 +999,7 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
         group_id: [3; 16],
     };
     let mut create = store.kv.begin().await.unwrap();
-    rossby_storage::tables::groups::create(&mut *create, group, T0)
+    rossby_storage::tables::groups::create(&mut Tx::new(&mut *create), group, T0)
         .await
         .unwrap();
     store.delete_account(creator, T0).await.unwrap();
@@ -1051,7 +1057,15 @@ async fn publish_one(
     (b, device): (BoxId, DeviceId),
     package: Vec<u8>,
 ) {
-    keypackages::publish(txn, &store.limits, b, device, &[package], None, T0)
-        .await
-        .unwrap();
+    keypackages::publish(
+        &mut Tx::new(txn),
+        &store.limits,
+        b,
+        device,
+        &[package],
+        None,
+        T0,
+    )
+    .await
+    .unwrap();
 }

@@ -10,10 +10,10 @@ use super::{Failure, Shared, decode, device_info, now_ms, parse_box_id, parse_id
 use crate::auth::Authenticated;
 use rossby_keyspace::{BoxId, Identifier};
 use rossby_protocol::pb::{self, Status};
-use rossby_storage::Transaction;
+
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::records::Device;
-use rossby_storage::tables::{accounts, devices, keypackages, lookup};
+use rossby_storage::tables::{Tx, accounts, devices, keypackages, lookup};
 use rossby_storage::transact;
 
 /// A device list as handed to clients.
@@ -41,7 +41,7 @@ pub(crate) async fn device_list(shared: &Shared, box_id: BoxId) -> Result<pb::De
 
 /// Whether `target` is a live box that has not blocked `requester`.
 pub(crate) async fn visible_by_box(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     target: BoxId,
     requester: BoxId,
 ) -> rossby_storage::Result<bool> {

@@ -13,11 +13,14 @@
 //!   that won, processes it and commits again. A retry of an accepted Commit
 //!   (same device and message id) is answered with the state it produced, after
 //!   delivering whatever of its fan-out is still pending.
-//! - **GroupSend** enqueues one envelope, encrypted in the group's current epoch
-//!   (`EPOCH_CONFLICT` otherwise), into every member box, coalesced with
-//!   other sends per box like Send (same idempotency by message id), against
-//!   whatever device list the box has: group envelopes are not sealed per device
-//!   ([`ANY_DEVICE_LIST`]), so no member's list is read.
+//! - **GroupSend** accepts one envelope, encrypted in the group's current epoch
+//!   (`EPOCH_CONFLICT` otherwise): in the same transaction as the epoch check
+//!   its fan-out to every member box becomes the group's next outbox entry, so
+//!   a message and a Commit of the group never both pass the check, and every
+//!   box receives the group's messages and Commits in one order. It is then
+//!   delivered like a Commit's fan-out (idempotent by message id), against
+//!   whatever device list each box has: group envelopes are not sealed per
+//!   device ([`ANY_DEVICE_LIST`]), so no member's list is read.
 //! - **LeaveGroup** removes the caller's box from the member boxes and records its
 //!   Remove proposals for the remaining ones (and the caller's other devices),
 //!   delivered like a Commit's; the next Commit of a remaining member removes the
@@ -44,16 +47,16 @@
 //! # Members never see an epoch without its handshake
 //! Between a Commit's transaction and its delivery the group record says N+1
 //! while some member box may not hold Commit N+1 yet. So before answering,
-//! GroupSend and GroupInfo read the group record and the group's pending entries
-//! in one snapshot and deliver those entries first; GroupCommit and LeaveGroup
-//! read and deliver them after their own transaction, before answering. An
-//! entry is removed only once delivered, so everything up to the epoch a request
-//! read has reached the boxes when it answers, except for boxes the delivery
-//! could not reach: the request then answers `UNAVAILABLE` if the caller's own
-//! box is one of them (or, for GroupCommit and LeaveGroup, if any box is), and
-//! GroupSend does not enqueue into those boxes (their result is `UNAVAILABLE`).
-//! A GroupSend at epoch N+1 is therefore never enqueued into a box before that
-//! box's Commit N+1. What stays undelivered is finished by the next request on
+//! GroupInfo reads the group record and the group's pending entries in one
+//! snapshot and delivers those entries first; GroupCommit, GroupSend and
+//! LeaveGroup read and deliver them after their own transaction, before
+//! answering. An entry is removed only once delivered, so everything up to the
+//! epoch a request read has reached the boxes when it answers, except for boxes
+//! the delivery could not reach: the request then answers `UNAVAILABLE` if the
+//! caller's own box is one of them (or, for GroupCommit and LeaveGroup, if any
+//! box is), and a GroupSend's result for those boxes is `UNAVAILABLE` (its entry
+//! stays in the outbox). A GroupSend at epoch N+1 is recorded after Commit N+1,
+//! so it never reaches a box before that box's Commit N+1. What stays undelivered is finished by the next request on
 //! the group or by [`Api::resume_outboxes`].
 
 use super::{Api, Failure, Shared, decode, now_ms, parse_box_id};
@@ -61,11 +64,11 @@ use crate::auth::Authenticated;
 use prost::Message;
 use rossby_keyspace::{BoxId, MessageId, RegionId};
 use rossby_protocol::pb::{self, Status};
-use rossby_storage::tables::groups::{self, Commit, GroupKey, GroupState, Outcome};
+use rossby_storage::tables::groups::{self, Commit, GroupKey, GroupMessage, GroupState, Outcome};
 use rossby_storage::tables::outbox::{self, Entry, Recipient};
-use rossby_storage::tables::queue::{ANY_DEVICE_LIST, NewEnvelope};
+use rossby_storage::tables::queue::ANY_DEVICE_LIST;
 use rossby_storage::transact;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// How old an outbox entry must be before [`Api::resume_outboxes`] delivers it:
@@ -184,6 +187,9 @@ struct Delivery {
     /// Boxes still missing at least one of the entries (they were given none of
     /// the later ones either).
     missing: BTreeSet<BoxId>,
+    /// What enqueuing each entry (by id) into each box answered: the sequence
+    /// number, or the status of a refusal.
+    enqueued: BTreeMap<([u8; 16], BoxId), Result<u64, Status>>,
     /// Entries delivered to every recipient (and removed from the outbox).
     completed: usize,
 }
@@ -201,7 +207,7 @@ async fn deliver(shared: &Shared, entries: &[Entry]) -> Delivery {
             .filter(|r| !delivery.missing.contains(&r.box_id))
             .copied()
             .collect();
-        let (done, missing) = deliver_entry(shared, entry, todo).await;
+        let (done, missing) = deliver_entry(shared, entry, todo, &mut delivery.enqueued).await;
         delivery.missing.extend(missing);
         if done.is_empty() {
             continue;
@@ -227,6 +233,7 @@ async fn deliver_entry(
     shared: &Shared,
     entry: &Entry,
     todo: Vec<Recipient>,
+    enqueued: &mut BTreeMap<([u8; 16], BoxId), Result<u64, Status>>,
 ) -> (Vec<BoxId>, Vec<BoxId>) {
     let receivers: Vec<_> = todo
         .iter()
@@ -241,6 +248,10 @@ async fn deliver_entry(
         let outcome = rx
             .await
             .unwrap_or_else(|_| Err(Failure::unavailable("the enqueue did not complete; retry")));
+        enqueued.insert(
+            (entry.id, box_id),
+            outcome.as_ref().map(|e| e.seq).map_err(|f| f.status),
+        );
         match outcome {
             Ok(_) => done.push(box_id),
             // Deleted, or blocking the sender: there is nobody to deliver to.
@@ -397,7 +408,11 @@ pub(crate) async fn group_commit(
     })
 }
 
-/// GroupSend: one envelope into every member box.
+/// GroupSend: one envelope into every member box. The epoch check and the
+/// fan-out are one transaction (the message becomes the group's next outbox
+/// entry, ordered with its Commits), then the group's pending entries are
+/// delivered in order. A box the message has not reached yet gets it later
+/// from the outbox; its result says `UNAVAILABLE` meanwhile.
 pub(crate) async fn group_send(
     shared: &Shared,
     caller: &Authenticated,
@@ -408,55 +423,50 @@ pub(crate) async fn group_send(
     let message_id = parse_message_id(&req.message_id)?;
     check_envelope(shared, &req.envelope, true)?;
     let store = &shared.store;
-    let sender = caller.box_id;
-    let epoch = req.epoch;
-    // One snapshot: every pending entry up to the epoch read is in `entries`.
-    let (outcome, entries) = transact!(store, |txn| {
-        let outcome = groups::fan_out_targets(txn, group, sender, epoch).await?;
-        let entries = outbox::of_group(txn, group).await?;
-        Ok((outcome, entries))
-    })?;
-    let delivery = deliver(shared, &entries).await;
-    let (state, targets) = settle_for(outcome, &delivery, caller.box_id)?;
-    // Boxes still missing a handshake keep the UNAVAILABLE result: the message
-    // must not reach them before the Commit of its epoch.
-    let mut results: Vec<pb::SendResult> = targets
-        .iter()
-        .map(|(b, _)| pb::SendResult {
-            box_id: b.as_bytes().to_vec(),
-            status: Status::Unavailable as i32,
-            ..pb::SendResult::default()
-        })
-        .collect();
-    let receivers: Vec<_> = targets
-        .iter()
-        .enumerate()
-        .filter(|(_, (b, _))| !delivery.missing.contains(b))
-        .map(|(i, (box_id, version))| {
-            let envelope = NewEnvelope {
-                sender_box: caller.box_id,
-                sender_device: caller.device_id,
-                message_id,
-                device_list_version: *version,
-                payload: req.envelope.clone(),
-            };
-            (i, shared.enqueuer.submit(*box_id, envelope))
-        })
-        .collect();
-    for (i, rx) in receivers {
-        let outcome = rx
-            .await
-            .unwrap_or_else(|_| Err(Failure::unavailable("the enqueue did not complete; retry")));
-        match outcome {
-            Ok(enqueued) => {
-                results[i].status = Status::Ok as i32;
-                results[i].seq = enqueued.seq;
-            }
-            Err(failure) => results[i].status = failure.status as i32,
-        }
+    let limits = &store.limits;
+    let message = GroupMessage {
+        group,
+        sender_box: caller.box_id,
+        sender_device: caller.device_id,
+        message_id,
+        epoch: req.epoch,
+        envelope: &req.envelope,
+    };
+    let now = now_ms();
+    let outcome = transact!(store, |txn| groups::send(txn, limits, &message, now).await)?;
+    if outcome == Outcome::NotFound {
+        return Err(unknown_group());
     }
+    // Read after the send's transaction: holds its entry (unless another
+    // request delivered it already) and every earlier one still pending.
+    let delivery = deliver_group(shared, group).await?;
+    let sent = settle_for(outcome, &delivery, caller.box_id)?;
+    let results = sent
+        .state
+        .members
+        .iter()
+        .map(|b| {
+            let (status, seq) = match sent
+                .fan_out
+                .as_ref()
+                .and_then(|entry| delivery.enqueued.get(&(entry.id, *b)))
+            {
+                Some(Ok(seq)) => (Status::Ok, *seq),
+                Some(Err(status)) => (*status, 0),
+                // Delivered by another request, or still waiting in the outbox.
+                None if delivery.missing.contains(b) => (Status::Unavailable, 0),
+                None => (Status::Ok, 0),
+            };
+            pb::SendResult {
+                box_id: b.as_bytes().to_vec(),
+                status: status as i32,
+                seq,
+                ..pb::SendResult::default()
+            }
+        })
+        .collect();
     Ok(pb::GroupSendResponse {
-        state: Some(state_message(&state)),
+        state: Some(state_message(&sent.state)),
         results,
     })
 }

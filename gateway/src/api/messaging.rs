@@ -57,7 +57,7 @@ use rossby_storage::tables::queue::{
     self, ANY_DEVICE_LIST, Enqueued, FetchLimits, Fetched, NewEnvelope,
 };
 use rossby_storage::tables::records::AcceptFrom;
-use rossby_storage::tables::{Store, accounts, devices};
+use rossby_storage::tables::{Store, Tx, accounts, devices};
 use rossby_storage::transact;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -335,7 +335,15 @@ impl Enqueuer {
             let (envelopes, jobs): (Vec<NewEnvelope>, Vec<Waiting>) =
                 batch.into_iter().map(Job::split).unzip();
             let limits = &self.store.limits;
-            match queue::enqueue(&mut *txn, limits, recipient, &envelopes, now_ms()).await {
+            let enqueued = queue::enqueue(
+                &mut Tx::new(&mut *txn),
+                limits,
+                recipient,
+                &envelopes,
+                now_ms(),
+            )
+            .await;
+            match enqueued {
                 Ok(outcomes) => {
                     let (tx, rx) = watch::channel(false);
                     committing = Some(rx);

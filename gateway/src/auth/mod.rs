@@ -33,7 +33,7 @@ use rossby_keyspace::{BoxId, DeviceId};
 use rossby_protocol::hawk::{Authorization, Rejection, ServiceName, SignedRequest};
 use rossby_protocol::pb::{Method, Status};
 use rossby_storage::tables::records::Device;
-use rossby_storage::tables::{Store, devices};
+use rossby_storage::tables::{Store, Tx, devices};
 use rossby_storage::transact;
 use secrets::ServerSecrets;
 use sha2::{Digest, Sha256};
@@ -277,7 +277,7 @@ pub(crate) async fn current_device(
     let usable =
         |d: Option<Device>| d.filter(|d| d.authorized && d.credential_version == key_version);
     let mut txn = store.kv.begin_recent_read().await?;
-    let read = devices::get_device(&mut *txn, box_id, device_id).await;
+    let read = devices::get_device(&mut Tx::new(&mut *txn), box_id, device_id).await;
     // Nothing read leaves the transaction before it ended (durability on fjall).
     txn.rollback().await?;
     if let Some(device) = usable(read?) {

@@ -17,7 +17,7 @@
 
 use rossby_keyspace::{BoxId, RegionId};
 use rossby_replication::ownership;
-use rossby_storage::tables::{Store, gateways};
+use rossby_storage::tables::{Store, Tx, gateways};
 use rossby_storage::transact;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -163,7 +163,7 @@ impl Ownership {
         now_ms: u64,
     ) -> rossby_storage::Result<Vec<gateways::GatewayLease>> {
         let mut txn = self.store.kv.begin_recent_read().await?;
-        let live = gateways::live(&mut *txn, region, now_ms).await;
+        let live = gateways::live(&mut Tx::new(&mut *txn), region, now_ms).await;
         txn.rollback().await?;
         live
     }

@@ -3,10 +3,11 @@
 //! Both are sets of other boxes, one key per member, so checking one membership is
 //! a point read on the send path.
 
+use super::decode_key;
 use super::records::Relation;
-use super::{decode_key, delete, put};
+use super::tx::Tx;
 use crate::error::{Error, Result};
-use crate::kv::{ScanOrder, Transaction};
+use crate::kv::ScanOrder;
 use rossby_keyspace::{BoxId, Key, Table};
 
 /// Most contacts (and, separately, blocked boxes) one box may hold.
@@ -37,9 +38,11 @@ impl Relationship {
     }
 }
 
-/// Adds `other` to the owner's set; adding twice is a no-op.
+/// Adds `other` to the owner's set; adding twice is a no-op. Under the owner's
+/// profile guard: a contact cannot outlive a concurrent account deletion, and two
+/// adds cannot both pass the quota.
 pub async fn add(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     rel: Relationship,
     owner: BoxId,
     other: BoxId,
@@ -48,10 +51,9 @@ pub async fn add(
     if owner == other {
         return Err(Error::Invalid("a box cannot relate to itself".into()));
     }
-    // For update: a contact must not outlive a concurrent account deletion.
-    super::accounts::lock_profile(txn, owner).await?;
+    let (handle, _) = txn.lock_profile(owner).await?;
     let key = rel.key(owner, other);
-    if txn.get(&key.encode()).await?.is_some() {
+    if txn.get_raw(&key).await?.is_some() {
         return Ok(());
     }
     let existing = txn
@@ -66,42 +68,43 @@ pub async fn add(
             "at most {MAX_RELATIONS_PER_BOX} entries per list"
         )));
     }
-    put(txn, &key, &Relation { since_ms: now_ms }).await
+    txn.put(&handle, &key, &Relation { since_ms: now_ms }).await
 }
 
 /// Removes `other` from the owner's set; returns whether it was there.
 pub async fn remove(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     rel: Relationship,
     owner: BoxId,
     other: BoxId,
 ) -> Result<bool> {
     let key = rel.key(owner, other);
-    let present = txn.get(&key.encode()).await?.is_some();
+    let present = txn.get_raw(&key).await?.is_some();
     if present {
-        delete(txn, &key).await?;
+        let (handle, _) = txn.lock_profile(owner).await?;
+        txn.delete(&handle, &key).await?;
     }
     Ok(present)
 }
 
 /// Whether `other` is in the owner's set.
 pub async fn contains(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     rel: Relationship,
     owner: BoxId,
     other: BoxId,
 ) -> Result<bool> {
-    Ok(txn.get(&rel.key(owner, other).encode()).await?.is_some())
+    Ok(txn.get_raw(&rel.key(owner, other)).await?.is_some())
 }
 
 /// Whether `owner` blocked `other`.
-pub async fn is_blocked(txn: &mut dyn Transaction, owner: BoxId, other: BoxId) -> Result<bool> {
+pub async fn is_blocked(txn: &mut Tx<'_>, owner: BoxId, other: BoxId) -> Result<bool> {
     contains(txn, Relationship::Block, owner, other).await
 }
 
 /// The members of the owner's set, in box order, at most `limit`.
 pub async fn list(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     rel: Relationship,
     owner: BoxId,
     limit: usize,

@@ -7,24 +7,27 @@
 //! commit against a device list that changed under it.
 
 use super::records::{Device, Pointer, QueueHead};
-use super::{Limits, Record, decode_key, delete, get, put};
+use super::tx::{BoxHandle, Tx};
+use super::{Limits, Record, decode_key};
 use crate::error::{Error, Result};
-use crate::kv::{ScanOrder, Transaction};
+use crate::kv::ScanOrder;
 use rossby_keyspace::{BoxId, DeviceId, Key, Table};
 
 /// Upper bound on devices scanned when listing (far above any configured limit).
 const DEVICE_SCAN_LIMIT: usize = 1024;
 
-async fn head(txn: &mut dyn Transaction, box_id: BoxId) -> Result<QueueHead> {
-    get(txn, &Key::Next(box_id))
-        .await?
-        .ok_or(Error::BoxNotFound)
+async fn head(txn: &mut Tx<'_>, box_id: BoxId) -> Result<QueueHead> {
+    txn.get(&Key::Next(box_id)).await?.ok_or(Error::BoxNotFound)
 }
 
-async fn bump_device_list(txn: &mut dyn Transaction, box_id: BoxId) -> Result<u64> {
-    let mut head = head(txn, box_id).await?;
+/// Writes `head` with its device-list version bumped; returns the new version.
+async fn bump_device_list(
+    txn: &mut Tx<'_>,
+    handle: &BoxHandle,
+    mut head: QueueHead,
+) -> Result<u64> {
     let version = head.bump_device_list()?;
-    put(txn, &Key::Next(box_id), &head).await?;
+    txn.put(handle, &Key::Next(handle.box_id()), &head).await?;
     Ok(version)
 }
 
@@ -32,16 +35,18 @@ async fn bump_device_list(txn: &mut dyn Transaction, box_id: BoxId) -> Result<u6
 /// number (set in the same transaction), so it receives only messages sent after
 /// it was added. Returns the new device-list version.
 pub async fn add(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     box_id: BoxId,
     device_id: DeviceId,
     record: &Device,
     now_ms: u64,
 ) -> Result<u64> {
-    super::accounts::require_profile(txn, box_id).await?;
+    // Two adds both write `next`, so the device quota below holds under
+    // snapshot isolation.
+    let (handle, head) = txn.lock_next(box_id).await?;
     if txn
-        .get(&Key::Device(box_id, device_id).encode())
+        .get_raw(&Key::Device(box_id, device_id))
         .await?
         .is_some()
     {
@@ -54,33 +59,32 @@ pub async fn add(
             limits.max_devices_per_box
         )));
     }
-    let mut head = head(txn, box_id).await?;
     let pointer = Pointer {
         acked: head.last_seq()?,
         last_seen_ms: now_ms,
     };
     let mut record = record.clone();
     record.created_at_ms = now_ms;
-    put(txn, &Key::Device(box_id, device_id), &record).await?;
-    put(txn, &Key::Pointer(box_id, device_id), &pointer).await?;
-    let version = head.bump_device_list()?;
-    put(txn, &Key::Next(box_id), &head).await?;
-    Ok(version)
+    txn.put(&handle, &Key::Device(box_id, device_id), &record)
+        .await?;
+    txn.put(&handle, &Key::Pointer(box_id, device_id), &pointer)
+        .await?;
+    bump_device_list(txn, &handle, head).await
 }
 
 /// One device's record, if it exists.
 pub async fn get_device(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device_id: DeviceId,
 ) -> Result<Option<Device>> {
-    get(txn, &Key::Device(box_id, device_id)).await
+    txn.get(&Key::Device(box_id, device_id)).await
 }
 
 /// Marks a device authorized (it may then authenticate and receive messages).
 /// Returns the new device-list version.
 pub async fn authorize(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device_id: DeviceId,
     now_ms: u64,
@@ -91,34 +95,41 @@ pub async fn authorize(
     if device.authorized {
         return Ok(head(txn, box_id).await?.device_list_version);
     }
+    let (handle, head) = txn.lock_next(box_id).await?;
     device.authorized = true;
     device.authorized_at_ms = now_ms;
-    put(txn, &Key::Device(box_id, device_id), &device).await?;
-    bump_device_list(txn, box_id).await
+    txn.put(&handle, &Key::Device(box_id, device_id), &device)
+        .await?;
+    bump_device_list(txn, &handle, head).await
 }
 
-/// Removes a device, its queue pointer and its KeyPackages, then deletes queue
+/// Removes a device, its queue pointer, its push presence lease and its
+/// KeyPackages, then deletes queue
 /// entries every remaining device has acknowledged. Returns the new device-list
 /// version.
 pub async fn remove(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     box_id: BoxId,
     device_id: DeviceId,
 ) -> Result<u64> {
+    let (handle, head) = txn.lock_next(box_id).await?;
     if get_device(txn, box_id, device_id).await?.is_none() {
         return Err(Error::DeviceNotFound);
     }
-    delete(txn, &Key::Device(box_id, device_id)).await?;
-    delete(txn, &Key::Pointer(box_id, device_id)).await?;
-    super::keypackages::remove_all(txn, box_id, device_id).await?;
-    let version = bump_device_list(txn, box_id).await?;
-    super::queue::collect_acknowledged(txn, box_id, limits.max_deletes_per_txn).await?;
+    txn.delete(&handle, &Key::Device(box_id, device_id)).await?;
+    txn.delete(&handle, &Key::Pointer(box_id, device_id))
+        .await?;
+    txn.delete(&handle, &Key::Presence(box_id, device_id))
+        .await?;
+    super::keypackages::remove_all(txn, &handle, device_id).await?;
+    let version = bump_device_list(txn, &handle, head).await?;
+    super::queue::collect_acknowledged(txn, &handle, limits.max_deletes_per_txn).await?;
     Ok(version)
 }
 
 /// All devices of a box, in device id order.
-pub async fn list(txn: &mut dyn Transaction, box_id: BoxId) -> Result<Vec<(DeviceId, Device)>> {
+pub async fn list(txn: &mut Tx<'_>, box_id: BoxId) -> Result<Vec<(DeviceId, Device)>> {
     let entries = txn
         .scan(
             &Key::table_range(box_id, Table::Device),
@@ -137,10 +148,7 @@ pub async fn list(txn: &mut dyn Transaction, box_id: BoxId) -> Result<Vec<(Devic
 
 /// The current device-list version and the authorized devices: what a sender must
 /// encrypt for.
-pub async fn recipients(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
-) -> Result<(u64, Vec<(DeviceId, Device)>)> {
+pub async fn recipients(txn: &mut Tx<'_>, box_id: BoxId) -> Result<(u64, Vec<(DeviceId, Device)>)> {
     let version = head(txn, box_id).await?.device_list_version;
     let devices = list(txn, box_id)
         .await?
@@ -151,10 +159,7 @@ pub async fn recipients(
 }
 
 /// All queue pointers of a box.
-pub async fn pointers(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
-) -> Result<Vec<(DeviceId, Pointer)>> {
+pub async fn pointers(txn: &mut Tx<'_>, box_id: BoxId) -> Result<Vec<(DeviceId, Pointer)>> {
     let entries = txn
         .scan(
             &Key::table_range(box_id, Table::Pointer),

@@ -14,9 +14,10 @@
 
 use super::presence::Holder;
 use super::records::PresenceRecord;
-use super::{Record, decode_key, delete, put};
+use super::tx::{SharedKey, Tx};
+use super::{Record, decode_key};
 use crate::error::{Error, Result};
-use crate::kv::{ScanOrder, Transaction};
+use crate::kv::ScanOrder;
 use rossby_keyspace::{Key, RegionId};
 
 /// Most leases read from one region (a region runs a handful of gateways).
@@ -40,7 +41,7 @@ pub struct GatewayLease {
 /// `expires_at_ms`, and deletes leases of the region that lapsed more than
 /// [`STALE_AFTER_MS`] before `now_ms`.
 pub async fn renew(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     region: RegionId,
     id: [u8; 16],
     peer_address: &str,
@@ -57,33 +58,31 @@ pub async fn renew(
         .into_iter()
         .filter(|l| l.id != id && l.expires_at_ms.saturating_add(STALE_AFTER_MS) < now_ms)
     {
-        delete(txn, &Key::GatewayLease(region, stale.id)).await?;
+        txn.delete_shared(SharedKey::GatewayLease(region, stale.id))
+            .await?;
     }
     let record = PresenceRecord {
         peer_address: peer_address.to_string(),
         gateway_id: hex_id(id),
         lease_expires_at_ms: expires_at_ms,
     };
-    put(txn, &Key::GatewayLease(region, id), &record).await
+    txn.put_shared(SharedKey::GatewayLease(region, id), &record)
+        .await
 }
 
 /// Deletes the lease of gateway `id` (a draining gateway gives its boxes away).
-pub async fn release(txn: &mut dyn Transaction, region: RegionId, id: [u8; 16]) -> Result<()> {
-    delete(txn, &Key::GatewayLease(region, id)).await
+pub async fn release(txn: &mut Tx<'_>, region: RegionId, id: [u8; 16]) -> Result<()> {
+    txn.delete_shared(SharedKey::GatewayLease(region, id)).await
 }
 
 /// The leases of `region` that are live at `now_ms`, ordered by gateway id.
-pub async fn live(
-    txn: &mut dyn Transaction,
-    region: RegionId,
-    now_ms: u64,
-) -> Result<Vec<GatewayLease>> {
+pub async fn live(txn: &mut Tx<'_>, region: RegionId, now_ms: u64) -> Result<Vec<GatewayLease>> {
     let mut leases = all(txn, region).await?;
     leases.retain(|l| l.expires_at_ms > now_ms);
     Ok(leases)
 }
 
-async fn all(txn: &mut dyn Transaction, region: RegionId) -> Result<Vec<GatewayLease>> {
+async fn all(txn: &mut Tx<'_>, region: RegionId) -> Result<Vec<GatewayLease>> {
     let entries = txn
         .scan(
             &Key::gateway_lease_range(region),

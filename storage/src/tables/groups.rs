@@ -40,11 +40,11 @@
 //! [`Outcome::NotMember`], ...) are values, not errors: the transaction
 //! itself succeeded (and wrote nothing).
 
+use super::Limits;
 use super::outbox::{self, Entry, Recipient};
 use super::records::GroupRecord;
-use super::{Limits, get, put};
+use super::tx::{BoxHandle, Tx};
 use crate::error::{Error, Result};
-use crate::kv::Transaction;
 use rossby_keyspace::{BoxId, DeviceId, Key, MessageId};
 use std::collections::BTreeSet;
 
@@ -137,8 +137,8 @@ fn state_of(record: &GroupRecord) -> Result<GroupState> {
 }
 
 /// Reads a group's state.
-pub async fn state(txn: &mut dyn Transaction, group: GroupKey) -> Result<Option<GroupState>> {
-    match get::<GroupRecord>(txn, &group.key()).await? {
+pub async fn state(txn: &mut Tx<'_>, group: GroupKey) -> Result<Option<GroupState>> {
+    match txn.get::<GroupRecord>(&group.key()).await? {
         Some(record) => Ok(Some(state_of(&record)?)),
         None => Ok(None),
     }
@@ -147,18 +147,15 @@ pub async fn state(txn: &mut dyn Transaction, group: GroupKey) -> Result<Option<
 /// Creates a group at epoch 0 with its creator as the only member. Creating it
 /// again while it is still in that state is a no-op (a retried create); a group
 /// that moved on answers [`Outcome::Conflict`].
-pub async fn create(
-    txn: &mut dyn Transaction,
-    group: GroupKey,
-    now_ms: u64,
-) -> Result<Outcome<GroupState>> {
-    // For update: a group record must not outlive a concurrent account deletion.
-    super::accounts::lock_profile(txn, group.creator).await?;
+pub async fn create(txn: &mut Tx<'_>, group: GroupKey, now_ms: u64) -> Result<Outcome<GroupState>> {
+    // Under the creator's profile guard: a group record must not outlive a
+    // concurrent account deletion.
+    let (handle, _) = txn.lock_profile(group.creator).await?;
     let fresh = GroupState {
         epoch: 0,
         members: vec![group.creator],
     };
-    if let Some(record) = get::<GroupRecord>(txn, &group.key()).await? {
+    if let Some(record) = txn.get::<GroupRecord>(&group.key()).await? {
         let existing = state_of(&record)?;
         return Ok(if existing == fresh {
             Outcome::Done(existing)
@@ -173,13 +170,13 @@ pub async fn create(
         updated_at_ms: now_ms,
         ..GroupRecord::default()
     };
-    put(txn, &group.key(), &record).await?;
+    txn.put(&handle, &group.key(), &record).await?;
     Ok(Outcome::Done(fresh))
 }
 
 /// The state of a group for a member box (`NotMember` for others).
 pub async fn state_for(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     group: GroupKey,
     member: BoxId,
 ) -> Result<Outcome<GroupState>> {
@@ -193,7 +190,7 @@ pub async fn state_for(
 /// Applies a Commit (see the module documentation). `max_members` bounds the
 /// member boxes after the change.
 pub async fn commit(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     max_members: usize,
     c: &Commit<'_>,
@@ -213,7 +210,7 @@ pub async fn commit(
             "a Commit cannot remove the committing box; leave the group instead".into(),
         ));
     }
-    let Some(mut record) = get::<GroupRecord>(txn, &c.group.key()).await? else {
+    let Some((handle, mut record)) = lock_group(txn, c.group).await? else {
         return Ok(Outcome::NotFound);
     };
     let current = state_of(&record)?;
@@ -281,8 +278,17 @@ pub async fn commit(
     record.last_commit_device = c.sender_device.as_bytes().to_vec();
     record.last_commit_message_id = c.message_id.as_bytes().to_vec();
     let sender = (c.sender_box, c.sender_device, c.message_id);
-    let fan_out = record_fan_out(txn, c.group, &mut record, sender, &recipients, now_ms).await?;
-    put(txn, &c.group.key(), &record).await?;
+    let fan_out = record_fan_out(
+        txn,
+        &handle,
+        c.group,
+        &mut record,
+        sender,
+        &recipients,
+        now_ms,
+    )
+    .await?;
+    txn.put(&handle, &c.group.key(), &record).await?;
     Ok(Outcome::Done(Committed {
         state: GroupState {
             epoch: record.epoch,
@@ -298,7 +304,8 @@ pub async fn commit(
 /// are left out, and nothing is recorded when none is left. The caller writes
 /// `record` in the same transaction (its `outbox_seq` numbers the entry).
 async fn record_fan_out(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
+    creator: &BoxHandle,
     group: GroupKey,
     record: &mut GroupRecord,
     (sender_box, sender_device, message_id): (BoxId, DeviceId, MessageId),
@@ -340,7 +347,7 @@ async fn record_fan_out(
         recipients: to,
         created_at_ms: now_ms,
     };
-    outbox::record(txn, &entry).await?;
+    outbox::record(txn, creator, &entry).await?;
     Ok(Some(entry))
 }
 
@@ -349,7 +356,7 @@ async fn record_fan_out(
 /// `member` itself (its other devices), as a Commit does. The epoch is unchanged.
 #[allow(clippy::too_many_arguments)]
 pub async fn leave(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     group: GroupKey,
     member: BoxId,
@@ -365,7 +372,7 @@ pub async fn leave(
             limits.max_payload_bytes
         )));
     }
-    let Some(mut record) = get::<GroupRecord>(txn, &group.key()).await? else {
+    let Some((handle, mut record)) = lock_group(txn, group).await? else {
         return Ok(Outcome::NotFound);
     };
     let mut current = state_of(&record)?;
@@ -387,8 +394,17 @@ pub async fn leave(
         .collect();
     record.updated_at_ms = now_ms;
     let sender = (member, sender_device, message_id);
-    let fan_out = record_fan_out(txn, group, &mut record, sender, &recipients, now_ms).await?;
-    put(txn, &group.key(), &record).await?;
+    let fan_out = record_fan_out(
+        txn,
+        &handle,
+        group,
+        &mut record,
+        sender,
+        &recipients,
+        now_ms,
+    )
+    .await?;
+    txn.put(&handle, &group.key(), &record).await?;
     Ok(Outcome::Done(Committed {
         state: current,
         fan_out,
@@ -396,28 +412,83 @@ pub async fn leave(
     }))
 }
 
-/// The member boxes of a group, each with the device-list version to enqueue
-/// against ([`ANY_DEVICE_LIST`](super::queue::ANY_DEVICE_LIST): group messages
-/// are not sealed per device), for a member about to fan out an application
-/// message encrypted in `epoch` ([`Outcome::Conflict`] unless that is the
-/// current epoch). Reads only the group's record, in the group's home region.
-pub async fn fan_out_targets(
-    txn: &mut dyn Transaction,
-    group: GroupKey,
-    sender: BoxId,
-    epoch: u64,
-) -> Result<Outcome<(GroupState, Vec<(BoxId, u64)>)>> {
-    let state = match state_for(txn, group, sender).await? {
-        Outcome::Done(s) if s.epoch != epoch => return Ok(Outcome::Conflict(s)),
-        Outcome::Done(s) => s,
-        Outcome::NotFound => return Ok(Outcome::NotFound),
-        Outcome::NotMember => return Ok(Outcome::NotMember),
-        Outcome::Conflict(s) => return Ok(Outcome::Conflict(s)),
+/// The group's record under its creator's profile guard, or `None` when the
+/// group (or its creator) is gone.
+async fn lock_group(txn: &mut Tx<'_>, group: GroupKey) -> Result<Option<(BoxHandle, GroupRecord)>> {
+    let handle = match txn.lock_profile(group.creator).await {
+        Ok((handle, _)) => handle,
+        Err(Error::BoxNotFound) => return Ok(None),
+        Err(err) => return Err(err),
     };
-    let targets = state
-        .members
-        .iter()
-        .map(|m| (*m, super::queue::ANY_DEVICE_LIST))
-        .collect();
-    Ok(Outcome::Done((state, targets)))
+    Ok(txn
+        .get::<GroupRecord>(&group.key())
+        .await?
+        .map(|record| (handle, record)))
+}
+
+/// An application message to fan out in a group.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupMessage<'a> {
+    /// The group.
+    pub group: GroupKey,
+    /// The sending box (must be a member).
+    pub sender_box: BoxId,
+    /// The sending device.
+    pub sender_device: DeviceId,
+    /// Idempotency id of the message.
+    pub message_id: MessageId,
+    /// The epoch the message was encrypted in (must be the current one).
+    pub epoch: u64,
+    /// The MLS ciphertext for every member box.
+    pub envelope: &'a [u8],
+}
+
+/// Accepts an application message: checks membership and the epoch, and records
+/// the fan-out to every member box (the sender's own box too, for its other
+/// devices) as the group's next outbox entry, all in this transaction. Like a
+/// Commit it writes the group record (its `outbox_seq`), so a message and a
+/// Commit of the group never both pass the epoch check: the message is either
+/// ordered before the Commit in every box, or told [`Outcome::Conflict`].
+pub async fn send(
+    txn: &mut Tx<'_>,
+    limits: &Limits,
+    m: &GroupMessage<'_>,
+    now_ms: u64,
+) -> Result<Outcome<Committed>> {
+    if m.envelope.is_empty() || m.envelope.len() > limits.max_payload_bytes {
+        return Err(Error::Invalid(format!(
+            "a group envelope must have 1 to {} bytes",
+            limits.max_payload_bytes
+        )));
+    }
+    let Some((handle, mut record)) = lock_group(txn, m.group).await? else {
+        return Ok(Outcome::NotFound);
+    };
+    let current = state_of(&record)?;
+    if !current.members.contains(&m.sender_box) {
+        return Ok(Outcome::NotMember);
+    }
+    if record.epoch != m.epoch {
+        return Ok(Outcome::Conflict(current));
+    }
+    let recipients: Vec<(BoxId, &[u8])> =
+        current.members.iter().map(|b| (*b, m.envelope)).collect();
+    record.updated_at_ms = now_ms;
+    let sender = (m.sender_box, m.sender_device, m.message_id);
+    let fan_out = record_fan_out(
+        txn,
+        &handle,
+        m.group,
+        &mut record,
+        sender,
+        &recipients,
+        now_ms,
+    )
+    .await?;
+    txn.put(&handle, &m.group.key(), &record).await?;
+    Ok(Outcome::Done(Committed {
+        state: current,
+        fan_out,
+        duplicate: false,
+    }))
 }

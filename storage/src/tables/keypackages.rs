@@ -6,10 +6,11 @@
 //! claims of the same package both delete it and therefore conflict, so a package
 //! is never handed out twice, also under snapshot isolation.
 
-use super::records::{Device, KeyPackageRecord};
-use super::{Limits, Record, decode_key, delete, get, put};
+use super::records::KeyPackageRecord;
+use super::tx::{BoxHandle, Tx};
+use super::{Limits, Record, decode_key};
 use crate::error::{Error, Result};
-use crate::kv::{ScanOrder, Transaction};
+use crate::kv::ScanOrder;
 use rossby_keyspace::{BoxId, DeviceId, Key};
 use sha2::{Digest, Sha256};
 
@@ -34,7 +35,7 @@ fn package_ref(data: &[u8]) -> [u8; 16] {
 /// Publishes KeyPackages for an authorized device, and optionally replaces its
 /// last-resort package. Returns how many unclaimed packages the device now has.
 pub async fn publish(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     box_id: BoxId,
     device_id: DeviceId,
@@ -42,7 +43,7 @@ pub async fn publish(
     last_resort: Option<&[u8]>,
     now_ms: u64,
 ) -> Result<usize> {
-    require_authorized(txn, box_id, device_id).await?;
+    let handle = require_authorized(txn, box_id, device_id).await?;
     for data in packages.iter().map(Vec::as_slice).chain(last_resort) {
         if data.is_empty() || data.len() > limits.max_key_package_bytes {
             return Err(Error::Invalid(format!(
@@ -67,7 +68,8 @@ pub async fn publish(
             data: data.clone(),
             published_at_ms: now_ms,
         };
-        put(txn, &Key::KeyPackage(box_id, device_id, r), &record).await?;
+        txn.put(&handle, &Key::KeyPackage(box_id, device_id, r), &record)
+            .await?;
         refs.push(r);
     }
     if let Some(data) = last_resort {
@@ -75,32 +77,35 @@ pub async fn publish(
             data: data.to_vec(),
             published_at_ms: now_ms,
         };
-        put(txn, &Key::LastResortKeyPackage(box_id, device_id), &record).await?;
+        txn.put(
+            &handle,
+            &Key::LastResortKeyPackage(box_id, device_id),
+            &record,
+        )
+        .await?;
     }
     Ok(refs.len())
 }
 
+/// The device's guard, for an authorized device. Removing the device (or
+/// deleting its account) writes its record, so KeyPackages published or claimed
+/// concurrently conflict with the removal instead of being left behind for a
+/// device that no longer exists; the device's publishes also conflict with each
+/// other, so together they cannot pass the quota.
 async fn require_authorized(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device_id: DeviceId,
-) -> Result<Device> {
-    // For update: removing the device (or deleting its account) writes its
-    // record, so KeyPackages published concurrently conflict with the removal
-    // instead of being left behind for a device that no longer exists.
-    let record = txn
-        .get_for_update(&Key::Device(box_id, device_id).encode())
-        .await?
-        .map(|bytes| Device::from_stored(&bytes))
-        .transpose()?;
-    match record {
-        Some(d) if d.authorized => Ok(d),
-        _ => Err(Error::DeviceNotFound),
+) -> Result<BoxHandle> {
+    match txn.lock_device(box_id, device_id).await {
+        Ok((handle, device)) if device.authorized => Ok(handle),
+        Ok(_) | Err(Error::BoxNotFound) => Err(Error::DeviceNotFound),
+        Err(err) => Err(err),
     }
 }
 
 async fn count_refs(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device_id: DeviceId,
     limit: usize,
@@ -124,7 +129,7 @@ async fn count_refs(
 /// Number of unclaimed (non-last-resort) packages of a device, up to `limit`; the
 /// device refills when this runs low.
 pub async fn count(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device_id: DeviceId,
     limit: usize,
@@ -135,11 +140,11 @@ pub async fn count(
 /// Claims one package of a device: an unclaimed one (deleted as it is handed out)
 /// or else the last-resort one. `None` if the device published nothing.
 pub async fn claim(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device_id: DeviceId,
 ) -> Result<Option<Claimed>> {
-    require_authorized(txn, box_id, device_id).await?;
+    let handle = require_authorized(txn, box_id, device_id).await?;
     let first = txn
         .scan(
             &Key::key_package_range(box_id, device_id),
@@ -149,14 +154,16 @@ pub async fn claim(
         .await?;
     if let Some((raw, value)) = first.into_iter().next() {
         let record = KeyPackageRecord::from_stored(&value)?;
-        txn.delete(raw).await?;
+        txn.delete_scanned(&handle, raw).await?;
         return Ok(Some(Claimed {
             device: device_id,
             data: record.data,
             last_resort: false,
         }));
     }
-    let last = get::<KeyPackageRecord>(txn, &Key::LastResortKeyPackage(box_id, device_id)).await?;
+    let last = txn
+        .get::<KeyPackageRecord>(&Key::LastResortKeyPackage(box_id, device_id))
+        .await?;
     Ok(last.map(|record| Claimed {
         device: device_id,
         data: record.data,
@@ -166,7 +173,7 @@ pub async fn claim(
 
 /// Claims one package for every authorized device of a box (what a group creator
 /// needs to add a member). Devices that published nothing are skipped.
-pub async fn claim_for_box(txn: &mut dyn Transaction, box_id: BoxId) -> Result<Vec<Claimed>> {
+pub async fn claim_for_box(txn: &mut Tx<'_>, box_id: BoxId) -> Result<Vec<Claimed>> {
     super::accounts::require_profile(txn, box_id).await?;
     let mut out = Vec::new();
     for (device, record) in super::devices::list(txn, box_id).await? {
@@ -179,12 +186,9 @@ pub async fn claim_for_box(txn: &mut dyn Transaction, box_id: BoxId) -> Result<V
     Ok(out)
 }
 
-/// Deletes every package of a device (when it is removed).
-pub async fn remove_all(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
-    device_id: DeviceId,
-) -> Result<()> {
+/// Deletes every package of a device of the handle's box (when it is removed).
+pub async fn remove_all(txn: &mut Tx<'_>, handle: &BoxHandle, device_id: DeviceId) -> Result<()> {
+    let box_id = handle.box_id();
     loop {
         let batch = txn
             .scan(
@@ -195,11 +199,12 @@ pub async fn remove_all(
             .await?;
         let done = batch.len() < 256;
         for (raw, _) in batch {
-            txn.delete(raw).await?;
+            txn.delete_scanned(handle, raw).await?;
         }
         if done {
             break;
         }
     }
-    delete(txn, &Key::LastResortKeyPackage(box_id, device_id)).await
+    txn.delete(handle, &Key::LastResortKeyPackage(box_id, device_id))
+        .await
 }

@@ -4,25 +4,30 @@
 //! and an `ident` entry under the box (so deleting an account can unbind all of its
 //! identifiers without knowing them). Both are written in one transaction.
 
+use super::decode_key;
 use super::records::{LookupRecord, Marker, Profile};
-use super::{decode_key, delete, get, put};
+use super::tx::{BoxHandle, SharedKey, Tx};
 use crate::error::{Error, Result};
-use crate::kv::{ScanOrder, Transaction};
+use crate::kv::ScanOrder;
 use rossby_keyspace::{BoxId, Identifier, Key, LookupDigest, LookupHasher, Table};
 
 /// Most identifiers one box may have bound.
 pub const MAX_IDENTIFIERS_PER_BOX: usize = 16;
 
-/// Binds `id` to `box_id` under the current pepper. Binding an identifier already
-/// bound to the same box is a no-op; bound to another box it fails with
-/// [`Error::AlreadyRegistered`].
+/// Binds `id` to `box_id` under the current pepper. Binding an identifier
+/// already bound to the same box is a no-op; bound to another box it fails with
+/// [`Error::AlreadyRegistered`]. Two binds of one identifier conflict on its
+/// lookup key; the identifier quota holds because binds into one box take its
+/// profile guard.
 pub async fn bind(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     hasher: &LookupHasher,
     id: &Identifier,
     box_id: BoxId,
     now_ms: u64,
 ) -> Result<()> {
+    let (handle, _) = txn.lock_profile(box_id).await?;
+    let handle = &handle;
     if let Some((digest, owner)) = find(txn, hasher, id).await? {
         if owner != box_id {
             return Err(Error::AlreadyRegistered);
@@ -30,7 +35,7 @@ pub async fn bind(
         if digest.version == hasher.current_version() {
             return Ok(());
         }
-        unbind_digest(txn, box_id, digest).await?;
+        unbind_digest(txn, handle, digest).await?;
     }
     let bound = txn
         .scan(
@@ -44,45 +49,46 @@ pub async fn bind(
             "a box may have at most {MAX_IDENTIFIERS_PER_BOX} identifiers"
         )));
     }
-    bind_digest(txn, hasher.current(id), box_id, now_ms).await
+    bind_digest(txn, handle, hasher.current(id), now_ms).await
 }
 
 async fn bind_digest(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
+    handle: &BoxHandle,
     digest: LookupDigest,
-    box_id: BoxId,
     now_ms: u64,
 ) -> Result<()> {
+    let box_id = handle.box_id();
     let record = LookupRecord {
         box_id: box_id.as_bytes().to_vec(),
         bound_at_ms: now_ms,
     };
-    put(txn, &digest.key(), &record).await?;
-    put(
-        txn,
+    txn.put_shared(SharedKey::lookup(&digest), &record).await?;
+    txn.put(
+        handle,
         &Key::Ident(box_id, digest.version, digest.digest),
         &Marker { at_ms: now_ms },
     )
     .await
 }
 
-async fn unbind_digest(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
-    digest: LookupDigest,
-) -> Result<()> {
-    delete(txn, &digest.key()).await?;
-    delete(txn, &Key::Ident(box_id, digest.version, digest.digest)).await
+async fn unbind_digest(txn: &mut Tx<'_>, handle: &BoxHandle, digest: LookupDigest) -> Result<()> {
+    txn.delete_shared(SharedKey::lookup(&digest)).await?;
+    txn.delete(
+        handle,
+        &Key::Ident(handle.box_id(), digest.version, digest.digest),
+    )
+    .await
 }
 
 /// Finds the binding of `id` under any known pepper version, current first.
 async fn find(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     hasher: &LookupHasher,
     id: &Identifier,
 ) -> Result<Option<(LookupDigest, BoxId)>> {
     for digest in hasher.candidates(id) {
-        if let Some(record) = get::<LookupRecord>(txn, &digest.key()).await? {
+        if let Some(record) = txn.get::<LookupRecord>(&digest.key()).await? {
             let owner =
                 BoxId::try_from_slice(&record.box_id).map_err(|e| Error::corrupt("lookup", e))?;
             return Ok(Some((digest, owner)));
@@ -92,10 +98,10 @@ async fn find(
 }
 
 /// Resolves `id` to its box. A binding found under an older pepper is rewritten
-/// under the current one in this transaction (lazy pepper rotation), so commit the
-/// transaction to keep the migration.
+/// under the current one in this transaction (lazy pepper rotation, under the
+/// box's profile guard), so commit the transaction to keep the migration.
 pub async fn resolve(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     hasher: &LookupHasher,
     id: &Identifier,
     now_ms: u64,
@@ -104,8 +110,15 @@ pub async fn resolve(
         return Ok(None);
     };
     if digest.version != hasher.current_version() {
-        unbind_digest(txn, owner, digest).await?;
-        bind_digest(txn, hasher.current(id), owner, now_ms).await?;
+        // A box being deleted keeps its old binding until the deletion removes it.
+        match txn.lock_profile(owner).await {
+            Ok((handle, _)) => {
+                unbind_digest(txn, &handle, digest).await?;
+                bind_digest(txn, &handle, hasher.current(id), now_ms).await?;
+            }
+            Err(Error::BoxNotFound) => {}
+            Err(err) => return Err(err),
+        }
     }
     Ok(Some(owner))
 }
@@ -114,7 +127,7 @@ pub async fn resolve(
 /// blocked the requester, or that is being deleted answers exactly like an unknown
 /// identifier (`None`).
 pub async fn discover(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     hasher: &LookupHasher,
     id: &Identifier,
     requester: BoxId,
@@ -123,7 +136,7 @@ pub async fn discover(
     let Some(owner) = resolve(txn, hasher, id, now_ms).await? else {
         return Ok(None);
     };
-    let visible = match get::<Profile>(txn, &Key::Profile(owner)).await? {
+    let visible = match txn.get::<Profile>(&Key::Profile(owner)).await? {
         Some(p) if !p.deleted => {
             owner == requester
                 || (!p.hidden && !super::contacts::is_blocked(txn, owner, requester).await?)
@@ -135,22 +148,24 @@ pub async fn discover(
 
 /// Removes the binding of `id` if it belongs to `box_id`; returns whether it did.
 pub async fn unbind(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     hasher: &LookupHasher,
     id: &Identifier,
     box_id: BoxId,
 ) -> Result<bool> {
     match find(txn, hasher, id).await? {
         Some((digest, owner)) if owner == box_id => {
-            unbind_digest(txn, box_id, digest).await?;
+            let (handle, _) = txn.lock_profile(box_id).await?;
+            unbind_digest(txn, &handle, digest).await?;
             Ok(true)
         }
         _ => Ok(false),
     }
 }
 
-/// Removes every identifier bound to `box_id`.
-pub async fn unbind_all(txn: &mut dyn Transaction, box_id: BoxId) -> Result<usize> {
+/// Removes every identifier bound to the handle's box.
+pub async fn unbind_all(txn: &mut Tx<'_>, handle: &BoxHandle) -> Result<usize> {
+    let box_id = handle.box_id();
     let entries = txn
         .scan(
             &Key::table_range(box_id, Table::Ident),
@@ -161,7 +176,7 @@ pub async fn unbind_all(txn: &mut dyn Transaction, box_id: BoxId) -> Result<usiz
     let count = entries.len();
     for (raw, _) in entries {
         if let Key::Ident(_, version, digest) = decode_key(&raw)? {
-            unbind_digest(txn, box_id, LookupDigest { version, digest }).await?;
+            unbind_digest(txn, handle, LookupDigest { version, digest }).await?;
         }
     }
     Ok(count)

@@ -33,7 +33,7 @@
 
 use crate::error::Result;
 use crate::kv::RetryPolicy;
-use crate::kv::{Key as RawKey, Kv, Transaction};
+use crate::kv::{Key as RawKey, Kv};
 use crate::transact;
 use rossby_keyspace::keys::EXPIRY_SHARDS;
 use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, LookupHasher, RegionId};
@@ -51,8 +51,10 @@ pub mod presence;
 pub mod queue;
 pub mod records;
 pub mod registrations;
+pub mod tx;
 
 pub use records::Record;
+pub use tx::{BoxHandle, Guard, SharedKey, Tx};
 
 /// Limits enforced by the tables. All are configurable; the defaults suit a
 /// production deployment.
@@ -104,24 +106,6 @@ pub struct Store {
     pub hasher: LookupHasher,
     /// Size and count limits.
     pub limits: Limits,
-}
-
-/// Reads and decodes one record.
-pub async fn get<R: Record>(txn: &mut dyn Transaction, key: &Key) -> Result<Option<R>> {
-    match txn.get(&key.encode()).await? {
-        Some(bytes) => Ok(Some(R::from_stored(&bytes)?)),
-        None => Ok(None),
-    }
-}
-
-/// Encodes and writes one record.
-pub async fn put<R: Record>(txn: &mut dyn Transaction, key: &Key, record: &R) -> Result<()> {
-    Ok(txn.put(key.encode(), record.to_stored()).await?)
-}
-
-/// Deletes one key.
-pub async fn delete(txn: &mut dyn Transaction, key: &Key) -> Result<()> {
-    Ok(txn.delete(key.encode()).await?)
 }
 
 /// Decodes a raw key read by a scan of one of our own ranges.

@@ -38,9 +38,9 @@ use super::Record;
 use super::groups::GroupKey;
 use super::queue::NewEnvelope;
 use super::records::{OutboxEntry, OutboxRecipient};
-use super::{delete, get, put};
+use super::tx::{BoxHandle, Tx};
 use crate::error::{Error, Result};
-use crate::kv::{KeyRange, ScanOrder, Transaction};
+use crate::kv::{KeyRange, ScanOrder};
 use rossby_keyspace::{BoxId, DeviceId, Key, MessageId, RegionId};
 use sha2::{Digest, Sha256};
 
@@ -176,10 +176,10 @@ pub fn entry_id(group: GroupKey, seq: u64) -> [u8; 16] {
     id
 }
 
-/// Writes `entry` (in the caller's transaction, which must also write the group
-/// record the entry's `seq` came from).
-pub async fn record(txn: &mut dyn Transaction, entry: &Entry) -> Result<()> {
-    put(txn, &entry.key(), &entry.to_record()).await
+/// Writes `entry` through the creator's handle (in the caller's transaction,
+/// which must also write the group record the entry's `seq` came from).
+pub async fn record(txn: &mut Tx<'_>, creator: &BoxHandle, entry: &Entry) -> Result<()> {
+    txn.put(creator, &entry.key(), &entry.to_record()).await
 }
 
 fn decode_pair(key: &[u8], value: &[u8]) -> Result<Entry> {
@@ -198,7 +198,7 @@ fn decode_pair(key: &[u8], value: &[u8]) -> Result<Entry> {
 /// keyed `after` (a creator box and entry id) when given: a sweep pages through
 /// the region with the last entry of each page.
 pub async fn pending(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     region: RegionId,
     after: Option<(BoxId, [u8; 16])>,
     limit: usize,
@@ -215,7 +215,7 @@ pub async fn pending(
 }
 
 /// Every entry of `group`, in the order its boxes must receive them.
-pub async fn of_group(txn: &mut dyn Transaction, group: GroupKey) -> Result<Vec<Entry>> {
+pub async fn of_group(txn: &mut Tx<'_>, group: GroupKey) -> Result<Vec<Entry>> {
     let full = Key::box_outbox_range(group.creator);
     let mut range: KeyRange = full.clone();
     let mut entries = Vec::new();
@@ -251,15 +251,16 @@ pub async fn of_group(txn: &mut dyn Transaction, group: GroupKey) -> Result<Vec<
 /// when it was gone already: another deliverer finished it, or the creator's
 /// account was purged).
 pub async fn finish(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     creator: BoxId,
     id: [u8; 16],
     delivered: &[BoxId],
 ) -> Result<bool> {
     let key = Key::Outbox(creator, id);
-    let Some(mut record) = get::<OutboxEntry>(txn, &key).await? else {
+    let Some((handle, value)) = txn.lock_outbox_entry(creator, id).await? else {
         return Ok(true);
     };
+    let mut record = OutboxEntry::from_stored(&value)?;
     let before = record.recipients.len();
     record.recipients.retain(|r| {
         !delivered
@@ -267,18 +268,21 @@ pub async fn finish(
             .any(|b| b.as_bytes() == r.box_id.as_slice())
     });
     if record.recipients.is_empty() {
-        delete(txn, &key).await?;
+        txn.delete(&handle, &key).await?;
         return Ok(true);
     }
     if record.recipients.len() != before {
-        put(txn, &key, &record).await?;
+        txn.put(&handle, &key, &record).await?;
     }
     Ok(false)
 }
 
 /// Removes an entry of `creator`'s outbox, whatever is left in it.
-pub async fn remove(txn: &mut dyn Transaction, creator: BoxId, id: [u8; 16]) -> Result<()> {
-    delete(txn, &Key::Outbox(creator, id)).await
+pub async fn remove(txn: &mut Tx<'_>, creator: BoxId, id: [u8; 16]) -> Result<()> {
+    if let Some((handle, _)) = txn.lock_outbox_entry(creator, id).await? {
+        txn.delete(&handle, &Key::Outbox(creator, id)).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

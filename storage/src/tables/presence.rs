@@ -20,10 +20,11 @@
 //! a lease left by a removed device is inert (nobody is subscribed under it) and
 //! is deleted once expired.
 
+use super::decode_key;
 use super::records::PresenceRecord;
-use super::{decode_key, delete, get, put};
+use super::tx::{BoxHandle, Tx};
 use crate::error::{Error, Result};
-use crate::kv::{ScanOrder, Transaction};
+use crate::kv::ScanOrder;
 use rossby_keyspace::{BoxId, DeviceId, Key, Table};
 
 /// Longest peer address accepted (`host:port`), in bytes.
@@ -93,32 +94,38 @@ pub enum Renewal {
     DeviceGone,
 }
 
-/// Whether the device exists, read for update: removing a device (or deleting its
-/// account) writes its record, so a lease written concurrently conflicts with the
-/// removal instead of outliving it in a purged box.
-async fn device_exists(txn: &mut dyn Transaction, box_id: BoxId, device: DeviceId) -> Result<bool> {
-    Ok(txn
-        .get_for_update(&Key::Device(box_id, device).encode())
-        .await?
-        .is_some())
+/// The device's guard, or `None` when the device (or its box) is gone: removing
+/// a device (or deleting its account) writes its record, so a lease written
+/// concurrently conflicts with the removal instead of outliving it in a purged
+/// box.
+async fn device_guard(
+    txn: &mut Tx<'_>,
+    box_id: BoxId,
+    device: DeviceId,
+) -> Result<Option<BoxHandle>> {
+    match txn.lock_device(box_id, device).await {
+        Ok((handle, _)) => Ok(Some(handle)),
+        Err(Error::DeviceNotFound | Error::BoxNotFound) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// Records that `holder` holds the push subscription of `device` until
 /// `expires_at_ms`, replacing any lease of the device (the newest subscription
 /// wins). Fails with [`Error::DeviceNotFound`] when the device does not exist.
 pub async fn claim(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device: DeviceId,
     holder: &Holder,
     expires_at_ms: u64,
 ) -> Result<()> {
     holder.check()?;
-    if !device_exists(txn, box_id, device).await? {
+    let Some(handle) = device_guard(txn, box_id, device).await? else {
         return Err(Error::DeviceNotFound);
-    }
-    put(
-        txn,
+    };
+    txn.put(
+        &handle,
         &Key::Presence(box_id, device),
         &holder.record(expires_at_ms),
     )
@@ -127,9 +134,9 @@ pub async fn claim(
 
 /// Extends `holder`'s lease of `device` to `expires_at_ms`, or writes it if there
 /// is none (or only an expired one). A live lease of another gateway is left
-/// alone.
+/// alone. Removing a device removes its lease, so a gone device has none left.
 pub async fn renew(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device: DeviceId,
     holder: &Holder,
@@ -138,44 +145,46 @@ pub async fn renew(
 ) -> Result<Renewal> {
     holder.check()?;
     let key = Key::Presence(box_id, device);
-    let existing: Option<PresenceRecord> = get(txn, &key).await?;
-    if !device_exists(txn, box_id, device).await? {
-        if existing.is_some_and(|r| r.gateway_id == holder.gateway_id) {
-            delete(txn, &key).await?;
-        }
+    let Some(handle) = device_guard(txn, box_id, device).await? else {
         return Ok(Renewal::DeviceGone);
-    }
+    };
+    let existing: Option<PresenceRecord> = txn.get(&key).await?;
     if let Some(r) = existing
         && r.gateway_id != holder.gateway_id
         && r.lease_expires_at_ms > now_ms
     {
         return Ok(Renewal::HeldElsewhere);
     }
-    put(txn, &key, &holder.record(expires_at_ms)).await?;
+    txn.put(&handle, &key, &holder.record(expires_at_ms))
+        .await?;
     Ok(Renewal::Renewed)
 }
 
 /// Removes the lease of `device` if it still names `gateway_id`. Returns whether
 /// a lease was removed.
 pub async fn release(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device: DeviceId,
     gateway_id: &str,
 ) -> Result<bool> {
     let key = Key::Presence(box_id, device);
-    match get::<PresenceRecord>(txn, &key).await? {
+    match txn.get::<PresenceRecord>(&key).await? {
         Some(r) if r.gateway_id == gateway_id => {
-            delete(txn, &key).await?;
+            let Some(handle) = device_guard(txn, box_id, device).await? else {
+                return Ok(false);
+            };
+            txn.delete(&handle, &key).await?;
             Ok(true)
         }
         _ => Ok(false),
     }
 }
 
-/// The live leases of a box (expiring after `now_ms`), in device order. Expired
-/// leases found on the way are deleted.
-pub async fn live(txn: &mut dyn Transaction, box_id: BoxId, now_ms: u64) -> Result<Vec<Lease>> {
+/// The live leases of a box (expiring after `now_ms`), in device order. Read
+/// only: an expired lease is replaced by the device's next claim and removed
+/// with the device.
+pub async fn live(txn: &mut Tx<'_>, box_id: BoxId, now_ms: u64) -> Result<Vec<Lease>> {
     let entries = txn
         .scan(
             &Key::table_range(box_id, Table::Presence),
@@ -193,7 +202,6 @@ pub async fn live(txn: &mut dyn Transaction, box_id: BoxId, now_ms: u64) -> Resu
         };
         let record: PresenceRecord = super::Record::from_stored(&value)?;
         if record.lease_expires_at_ms <= now_ms {
-            txn.delete(raw).await?;
             continue;
         }
         leases.push(Lease {

@@ -20,9 +20,10 @@
 use super::records::{
     AcceptFrom, DedupRecord, LowWater, Marker, Pointer, Profile, QueueHead, StoredEnvelope,
 };
-use super::{Limits, Record, decode_key, delete, get, put};
+use super::tx::{BoxHandle, Tx};
+use super::{Limits, Record, decode_key};
 use crate::error::{Error, Result};
-use crate::kv::{Key as RawKey, KeyRange, ScanOrder, Transaction, Value};
+use crate::kv::{Key as RawKey, KeyRange, ScanOrder, Value};
 use rossby_keyspace::keys::expiry_shard;
 use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, MessageId, RegionId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -117,12 +118,13 @@ impl Default for FetchLimits {
     }
 }
 
-async fn head(txn: &mut dyn Transaction, box_id: BoxId) -> Result<Option<QueueHead>> {
-    get(txn, &Key::Next(box_id)).await
+async fn head(txn: &mut Tx<'_>, box_id: BoxId) -> Result<Option<QueueHead>> {
+    txn.get(&Key::Next(box_id)).await
 }
 
-async fn low(txn: &mut dyn Transaction, box_id: BoxId) -> Result<u64> {
-    Ok(get::<LowWater>(txn, &Key::Low(box_id))
+async fn low(txn: &mut Tx<'_>, box_id: BoxId) -> Result<u64> {
+    Ok(txn
+        .get::<LowWater>(&Key::Low(box_id))
         .await?
         .map_or(1, |l| l.low.max(1)))
 }
@@ -158,7 +160,7 @@ struct BatchRead {
 }
 
 impl BatchRead {
-    async fn of(txn: &mut dyn Transaction, keys: BTreeSet<RawKey>) -> Result<BatchRead> {
+    async fn of(txn: &mut Tx<'_>, keys: BTreeSet<RawKey>) -> Result<BatchRead> {
         let keys: Vec<RawKey> = keys.into_iter().collect();
         let values = txn.batch_get(&keys).await?;
         if values.len() != keys.len() {
@@ -204,8 +206,9 @@ impl BatchRead {
 /// Everything the outcomes depend on (profile, `next`, the block and contact
 /// entries of each sender, the dedup record of each envelope) is read with one
 /// `batch_get`; only a stale device list costs a further read (of the devices).
+/// The first envelope written takes the box's guard by writing `next`.
 pub async fn enqueue(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     recipient: BoxId,
     envelopes: &[NewEnvelope],
@@ -238,7 +241,7 @@ pub async fn enqueue(
     let mut accepted: BTreeMap<BoxId, bool> = BTreeMap::new();
     let mut in_batch: BTreeMap<(DeviceId, MessageId), u64> = BTreeMap::new();
     let mut stale_devices: Option<Vec<DeviceId>> = None;
-    let mut wrote = false;
+    let mut handle: Option<BoxHandle> = None;
     for env in envelopes {
         if env.payload.len() > limits.max_payload_bytes {
             outcomes.push(Err(Error::Invalid(format!(
@@ -298,6 +301,10 @@ pub async fn enqueue(
             }));
             continue;
         }
+        let handle = match &mut handle {
+            Some(handle) => handle,
+            None => handle.insert(txn.write_next(recipient, &profile, &head).await?),
+        };
         let seq = head.assign()?;
         let expires_at_ms = now_ms.saturating_add(limits.retention_ms);
         let stored = StoredEnvelope {
@@ -310,23 +317,24 @@ pub async fn enqueue(
             device_list_version: head.device_list_version,
             payload: env.payload.clone(),
         };
-        put(txn, &Key::Queue(recipient, seq), &stored).await?;
+        txn.put(handle, &Key::Queue(recipient, seq), &stored)
+            .await?;
         let dedup_expires = now_ms.saturating_add(limits.dedup_window_ms);
         let dedup = DedupRecord {
             seq,
             expires_at_ms: dedup_expires,
         };
-        put(txn, &dedup_key, &dedup).await?;
+        txn.put(handle, &dedup_key, &dedup).await?;
         let marker = Marker { at_ms: now_ms };
-        put(
-            txn,
+        txn.put(
+            handle,
             &expiry_key(recipient, expires_at_ms, ExpiryEntry::Message(seq)),
             &marker,
         )
         .await?;
         let dedup_entry = ExpiryEntry::Dedup(env.sender_device, env.message_id);
-        put(
-            txn,
+        txn.put(
+            handle,
             &expiry_key(recipient, dedup_expires, dedup_entry),
             &marker,
         )
@@ -336,10 +344,9 @@ pub async fn enqueue(
             seq,
             duplicate: false,
         }));
-        wrote = true;
     }
-    if wrote {
-        put(txn, &Key::Next(recipient), &head).await?;
+    if let Some(handle) = &handle {
+        txn.put(handle, &Key::Next(recipient), &head).await?;
     }
     Ok(outcomes)
 }
@@ -356,12 +363,13 @@ fn expiry_key(box_id: BoxId, expires_at_ms: u64, entry: ExpiryEntry) -> Key {
 /// Returns the envelopes after the device's pointer, bounded by `bounds`, and
 /// reports a gap if envelopes it never acknowledged have expired. Read-only.
 pub async fn fetch(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     box_id: BoxId,
     device_id: DeviceId,
     bounds: FetchLimits,
 ) -> Result<Fetched> {
-    let pointer: Pointer = get(txn, &Key::Pointer(box_id, device_id))
+    let pointer: Pointer = txn
+        .get(&Key::Pointer(box_id, device_id))
         .await?
         .ok_or(Error::DeviceNotFound)?;
     let head = head(txn, box_id).await?.ok_or(Error::BoxNotFound)?;
@@ -423,9 +431,10 @@ pub struct Acked {
 /// Advances a device's pointer to `upto` (monotonic: acknowledging at or below the
 /// pointer changes nothing), then deletes envelopes every device acknowledged.
 /// Acknowledging a sequence number never assigned fails with
-/// [`Error::AckBeyondLast`].
+/// [`Error::AckBeyondLast`]. Under the box's `low` guard, which every
+/// acknowledgement, expiry and purge step writes.
 pub async fn ack(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     box_id: BoxId,
     device_id: DeviceId,
@@ -433,7 +442,7 @@ pub async fn ack(
     now_ms: u64,
 ) -> Result<Acked> {
     let pointer_key = Key::Pointer(box_id, device_id);
-    let mut pointer: Pointer = get(txn, &pointer_key).await?.ok_or(Error::DeviceNotFound)?;
+    let mut pointer: Pointer = txn.get(&pointer_key).await?.ok_or(Error::DeviceNotFound)?;
     if upto <= pointer.acked {
         return Ok(Acked {
             acked: pointer.acked,
@@ -442,8 +451,8 @@ pub async fn ack(
     }
     // Validate without reading `next` on the success path: an envelope at `upto`
     // exists, or `upto` lies below `low` (already deleted, so it was assigned).
-    let low = low(txn, box_id).await?;
-    if upto >= low && txn.get(&Key::Queue(box_id, upto).encode()).await?.is_none() {
+    let (handle, low) = txn.lock_low(box_id).await?;
+    if upto >= low && txn.get_raw(&Key::Queue(box_id, upto)).await?.is_none() {
         let last = match head(txn, box_id).await? {
             Some(h) => h.last_seq()?,
             None => 0,
@@ -457,8 +466,8 @@ pub async fn ack(
     }
     pointer.acked = upto;
     pointer.last_seen_ms = now_ms;
-    put(txn, &pointer_key, &pointer).await?;
-    let deleted = collect_acknowledged(txn, box_id, limits.max_deletes_per_txn).await?;
+    txn.put(&handle, &pointer_key, &pointer).await?;
+    let deleted = collect_acknowledged(txn, &handle, limits.max_deletes_per_txn).await?;
     Ok(Acked {
         acked: upto,
         deleted,
@@ -468,24 +477,25 @@ pub async fn ack(
 /// Deletes envelopes every device of the box has acknowledged (at most
 /// `max_deletes`) and raises `low` past them. Returns how many were deleted.
 pub(crate) async fn collect_acknowledged(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
+    txn: &mut Tx<'_>,
+    handle: &BoxHandle,
     max_deletes: usize,
 ) -> Result<u64> {
-    let pointers = super::devices::pointers(txn, box_id).await?;
+    let pointers = super::devices::pointers(txn, handle.box_id()).await?;
     // With no devices left, envelopes stay until they expire: the sweeper deletes them.
     let min_acked = pointers.iter().map(|(_, p)| p.acked).min().unwrap_or(0);
-    delete_through(txn, box_id, min_acked, max_deletes).await
+    delete_through(txn, handle, min_acked, max_deletes).await
 }
 
 /// Deletes stored envelopes with sequence numbers up to `through` (at most
 /// `max_deletes`, lowest first) and raises `low` accordingly.
 async fn delete_through(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
+    txn: &mut Tx<'_>,
+    handle: &BoxHandle,
     through: u64,
     max_deletes: usize,
 ) -> Result<u64> {
+    let box_id = handle.box_id();
     let low = low(txn, box_id).await?;
     if through < low {
         // Written even when unchanged: every transaction that decides what to
@@ -493,7 +503,8 @@ async fn delete_through(
         // expiry) writes `low`, so under snapshot isolation two of them conflict
         // instead of each deciding from the other's stale pointer (write skew that
         // would leave envelopes every device acknowledged).
-        put(txn, &Key::Low(box_id), &LowWater { low }).await?;
+        txn.put(handle, &Key::Low(box_id), &LowWater { low })
+            .await?;
         return Ok(0);
     }
     let range: KeyRange = Key::queue_range(box_id, low, through.saturating_add(1));
@@ -507,14 +518,14 @@ async fn delete_through(
         if let Key::Queue(_, seq) = decode_key(&raw)? {
             new_low = seq.saturating_add(1);
         }
-        txn.delete(raw).await?;
+        txn.delete_scanned(handle, raw).await?;
         deleted += 1;
     }
     if complete {
         new_low = through.saturating_add(1);
     }
-    put(
-        txn,
+    txn.put(
+        handle,
         &Key::Low(box_id),
         &LowWater {
             low: new_low.max(low),
@@ -537,7 +548,7 @@ pub struct Swept {
 
 /// Due expiry entries of one shard of a region, oldest first.
 pub async fn due(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     region: RegionId,
     shard: u8,
     now_ms: u64,
@@ -571,7 +582,7 @@ pub async fn due(
 /// (and every older one still stored, so `low` stays a single boundary) and
 /// expired dedup records, and removes the index entries.
 pub async fn expire(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     box_id: BoxId,
     entries: &[(u64, ExpiryEntry)],
@@ -579,44 +590,49 @@ pub async fn expire(
     let mut swept = Swept::default();
     // A deleted (or purged) box keeps its index entries until they fall due:
     // they are removed, and nothing is written into the box's range, which the
-    // purge empties. (Purge steps write `low` too, so an expiry that read the
-    // box alive before its deletion conflicts with them instead of writing
-    // `low` back into the purged range.)
-    let alive = super::accounts::profile(txn, box_id).await?.is_some();
-    if !alive {
-        for &(expires_at_ms, entry) in entries {
-            delete(txn, &expiry_key(box_id, expires_at_ms, entry)).await?;
-            swept.entries += 1;
+    // purge empties. (The `low` guard is locked either way, and purge steps
+    // write `low`, so an expiry that read the box alive before its deletion
+    // conflicts with them instead of writing `low` back into the purged range.)
+    let handle = match txn.lock_low(box_id).await {
+        Ok((handle, _)) => handle,
+        Err(Error::BoxNotFound) => {
+            for &(expires_at_ms, entry) in entries {
+                txn.delete_expiry_entry(&expiry_key(box_id, expires_at_ms, entry))
+                    .await?;
+                swept.entries += 1;
+            }
+            return Ok(swept);
         }
-        return Ok(swept);
-    }
+        Err(err) => return Err(err),
+    };
     let mut messages = Vec::new();
     for &(expires_at_ms, entry) in entries {
         match entry {
             ExpiryEntry::Message(seq) => messages.push((expires_at_ms, seq)),
             ExpiryEntry::Dedup(device, message) => {
-                delete(txn, &expiry_key(box_id, expires_at_ms, entry)).await?;
+                txn.delete(&handle, &expiry_key(box_id, expires_at_ms, entry))
+                    .await?;
                 swept.entries += 1;
                 let key = Key::Dedup(box_id, device, message);
                 // A dedup record re-created by a later send has a later expiry.
-                if let Some(d) = get::<DedupRecord>(txn, &key).await?
+                if let Some(d) = txn.get::<DedupRecord>(&key).await?
                     && d.expires_at_ms <= expires_at_ms
                 {
-                    delete(txn, &key).await?;
+                    txn.delete(&handle, &key).await?;
                     swept.dedups += 1;
                 }
             }
         }
     }
     if let Some(through) = messages.iter().map(|(_, seq)| *seq).max() {
-        swept.envelopes = delete_through(txn, box_id, through, limits.max_deletes_per_txn).await?;
+        swept.envelopes = delete_through(txn, &handle, through, limits.max_deletes_per_txn).await?;
         // Entries whose envelope is still stored (the delete limit was reached)
         // stay in the index and are due again at the next sweep.
         let low = low(txn, box_id).await?;
         for (expires_at_ms, seq) in messages {
             if seq < low {
-                delete(
-                    txn,
+                txn.delete(
+                    &handle,
                     &expiry_key(box_id, expires_at_ms, ExpiryEntry::Message(seq)),
                 )
                 .await?;

@@ -14,38 +14,40 @@
 //! recovers the account ([`create_account`], [`recover_account`]), so a code is
 //! accepted at most once.
 
+use super::Limits;
 use super::records::{Device, LowWater, PendingRegistration, QueueHead};
-use super::{Limits, delete, get, put};
+use super::tx::{BoxHandle, SharedKey, Tx};
 use crate::error::{Error, Result};
-use crate::kv::{ScanOrder, Transaction};
+use crate::kv::ScanOrder;
 use rossby_keyspace::{BoxId, DeviceId, Identifier, Key, LookupDigest, LookupHasher};
 
 /// The pending registration of the identifier with this digest, if any (expired
 /// ones included: the caller decides what expiry means).
 pub async fn pending(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     digest: &LookupDigest,
 ) -> Result<Option<PendingRegistration>> {
-    get(txn, &digest.registration_key()).await
+    txn.get(&digest.registration_key()).await
 }
 
 /// Stores (or replaces) the pending registration of an identifier.
 pub async fn store_pending(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     digest: &LookupDigest,
     record: &PendingRegistration,
 ) -> Result<()> {
-    put(txn, &digest.registration_key(), record).await
+    txn.put_shared(SharedKey::registration(digest), record)
+        .await
 }
 
 /// Deletes the pending registration of an identifier (a no-op if there is none).
-pub async fn remove_pending(txn: &mut dyn Transaction, digest: &LookupDigest) -> Result<()> {
-    delete(txn, &digest.registration_key()).await
+pub async fn remove_pending(txn: &mut Tx<'_>, digest: &LookupDigest) -> Result<()> {
+    txn.delete_shared(SharedKey::registration(digest)).await
 }
 
 /// Counts one wrong code against the pending registration and returns the new
 /// count of wrong attempts. Fails with [`Error::Invalid`] if nothing is pending.
-pub async fn record_wrong_attempt(txn: &mut dyn Transaction, digest: &LookupDigest) -> Result<u32> {
+pub async fn record_wrong_attempt(txn: &mut Tx<'_>, digest: &LookupDigest) -> Result<u32> {
     let mut record = pending(txn, digest)
         .await?
         .ok_or_else(|| Error::Invalid("no registration is pending".into()))?;
@@ -61,7 +63,7 @@ pub async fn record_wrong_attempt(txn: &mut dyn Transaction, digest: &LookupDige
 /// is taken (draw another id and retry).
 #[allow(clippy::too_many_arguments)]
 pub async fn create_account(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     hasher: &LookupHasher,
     id: &Identifier,
@@ -87,7 +89,7 @@ pub async fn create_account(
 /// low-water mark; [`purge_dropped`] removes them in later transactions (they are
 /// never served, because fetches start at the low-water mark).
 pub async fn recover_account(
-    txn: &mut dyn Transaction,
+    txn: &mut Tx<'_>,
     limits: &Limits,
     box_id: BoxId,
     device_id: DeviceId,
@@ -108,51 +110,47 @@ pub async fn recover_account(
 /// nothing queued so far is ever served again) and deletes up to `max_deletes`
 /// queued envelopes. Returns `true` if none remain. The expiry index entries of
 /// dropped envelopes are removed by the sweeper when they fall due.
-pub async fn drop_queue(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
-    max_deletes: usize,
-) -> Result<bool> {
-    let head: QueueHead = get(txn, &Key::Next(box_id))
+pub async fn drop_queue(txn: &mut Tx<'_>, box_id: BoxId, max_deletes: usize) -> Result<bool> {
+    let (handle, _) = txn.lock_low(box_id).await?;
+    let head: QueueHead = txn
+        .get(&Key::Next(box_id))
         .await?
         .ok_or(Error::BoxNotFound)?;
-    put(
-        txn,
+    txn.put(
+        &handle,
         &Key::Low(box_id),
         &LowWater {
             low: head.next_seq.max(1),
         },
     )
     .await?;
-    delete_queued_below(txn, box_id, head.next_seq, max_deletes).await
+    delete_queued_below(txn, &handle, head.next_seq, max_deletes).await
 }
 
 /// Deletes up to `max_deletes` envelopes left below the low-water mark after
 /// [`drop_queue`]. Returns `true` when none remain.
-pub async fn purge_dropped(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
-    max_deletes: usize,
-) -> Result<bool> {
-    let low = get::<LowWater>(txn, &Key::Low(box_id))
-        .await?
-        .map_or(1, |l| l.low.max(1));
-    delete_queued_below(txn, box_id, low, max_deletes).await
+pub async fn purge_dropped(txn: &mut Tx<'_>, box_id: BoxId, max_deletes: usize) -> Result<bool> {
+    let (handle, low) = txn.lock_low(box_id).await?;
+    delete_queued_below(txn, &handle, low, max_deletes).await
 }
 
 async fn delete_queued_below(
-    txn: &mut dyn Transaction,
-    box_id: BoxId,
+    txn: &mut Tx<'_>,
+    handle: &BoxHandle,
     below: u64,
     max_deletes: usize,
 ) -> Result<bool> {
     let max = max_deletes.max(1);
     let entries = txn
-        .scan(&Key::queue_range(box_id, 0, below), max, ScanOrder::Forward)
+        .scan(
+            &Key::queue_range(handle.box_id(), 0, below),
+            max,
+            ScanOrder::Forward,
+        )
         .await?;
     let complete = entries.len() < max;
     for (key, _) in entries {
-        txn.delete(key).await?;
+        txn.delete_scanned(handle, key).await?;
     }
     Ok(complete)
 }
