@@ -432,7 +432,7 @@ impl<'t> Tx<'t> {
 mod tests {
     use super::*;
     use crate::kv::memory::MemoryStore;
-    use crate::kv::{Kv, KvStore};
+    use crate::kv::Kv;
     use crate::tables::accounts;
     use crate::tables::records::Marker;
     use std::sync::Arc;
