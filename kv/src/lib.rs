@@ -16,10 +16,12 @@ use std::time::Duration;
 pub mod error;
 pub mod fjall;
 pub mod memory;
+pub mod namespaced;
 pub mod retry;
 pub mod tikv;
 
 pub use error::{Error, Result, TxnError};
+pub use namespaced::Namespaced;
 pub use retry::RetryPolicy;
 
 /// A key: arbitrary bytes, compared lexicographically.

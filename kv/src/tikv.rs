@@ -78,6 +78,28 @@ impl TikvConfig {
     }
 }
 
+/// The environment variable that names the TiKV cluster the test suites run
+/// against: comma-separated `host:port` placement driver endpoints.
+pub const TEST_PD_ENV: &str = "ROSSBY_TEST_PD";
+
+/// For test suites: the placement drivers named by [`TEST_PD_ENV`], or `None`
+/// when it is unset or names none, in which case a suite skips its cluster tests
+/// (and says so). Surrounding spaces and empty entries are ignored.
+pub fn test_endpoints_from_env() -> Option<Vec<String>> {
+    parse_endpoints(&std::env::var(TEST_PD_ENV).ok()?)
+}
+
+/// The endpoints of a comma-separated list, or `None` when it names none.
+fn parse_endpoints(list: &str) -> Option<Vec<String>> {
+    let endpoints: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!endpoints.is_empty()).then_some(endpoints)
+}
+
 /// A TiKV cluster seen through the [`KvStore`] abstraction.
 pub struct TikvStore {
     client: TransactionClient,
@@ -959,6 +981,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    }
+
+    #[test]
+    fn test_endpoints_are_a_comma_separated_list() {
+        assert_eq!(
+            parse_endpoints(" pd1:2379, ,pd2:2379,"),
+            Some(vec!["pd1:2379".to_string(), "pd2:2379".to_string()])
+        );
+        assert_eq!(
+            parse_endpoints("127.0.0.1:2379"),
+            Some(vec!["127.0.0.1:2379".to_string()])
+        );
+        for none in ["", " ", ",", " , ,"] {
+            assert_eq!(parse_endpoints(none), None, "{none:?}");
+        }
     }
 
     #[test]

@@ -13,21 +13,9 @@ use rossby_kv::{Error, Key, Kv, KvStore, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The placement drivers of the test cluster, or `None` (after saying so) to skip.
-fn pd_endpoints() -> Option<Vec<String>> {
-    let endpoints: Vec<String> = std::env::var("ROSSBY_TEST_PD")
-        .ok()?
-        .split(',')
-        .map(str::trim)
-        .filter(|endpoint| !endpoint.is_empty())
-        .map(str::to_owned)
-        .collect();
-    (!endpoints.is_empty()).then_some(endpoints)
-}
-
 /// A store on the test cluster, or `None` when no cluster is configured.
 async fn connect() -> Option<TikvStore> {
-    let Some(endpoints) = pd_endpoints() else {
+    let Some(endpoints) = rossby_kv::tikv::test_endpoints_from_env() else {
         // Both streams: libtest captures stdout of passing tests, CI logs stderr.
         eprintln!("skipped: set ROSSBY_TEST_PD");
         println!("skipped: set ROSSBY_TEST_PD");

@@ -23,6 +23,16 @@
 //! the interleaving in which snapshot isolation allows write skew between acks
 //! (and between an ack and a device removal). No assertion depends on timing:
 //! pauses and yields only vary the interleavings.
+//!
+//! When `ROSSBY_TEST_PD` names a TiKV cluster, the fixed schedule, a few proptest
+//! cases and both deterministic tests also run there (the `_on_tikv` tests), each
+//! in a namespace of its own (see `backends::namespace`); without it they print
+//! `skipped: set ROSSBY_TEST_PD to run <test> on TiKV` and pass.
+
+// Only the shared-backend helpers (`backends::namespace`) are used here.
+#[allow(dead_code, unused_imports)]
+mod backends;
+mod support;
 
 use async_trait::async_trait;
 use proptest::prelude::*;
@@ -410,7 +420,8 @@ async fn pause(p: Pause) {
 }
 
 /// Re-issues `op` while it fails with a conflict (the store's own retries ran out).
-/// On the memory and fjall backends such a failure means nothing was committed.
+/// On every backend such a failure means nothing was committed (TiKV reports a
+/// commit of unknown outcome as `Undetermined`, which is not re-issued).
 async fn reissue<T, F, Fut>(what: &str, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -1105,6 +1116,37 @@ fn run_on_memory(plan: Plan) {
     runtime().block_on(run_scenario(Arc::new(MemoryStore::new()), plan));
 }
 
+/// Runs `scenario` on a fresh memory store.
+fn on_memory<F: Future<Output = ()>>(scenario: impl FnOnce(Kv) -> F) {
+    runtime().block_on(scenario(Arc::new(MemoryStore::new())));
+}
+
+/// Runs `scenario` for `test` in a namespace of its own on the TiKV cluster named
+/// by `ROSSBY_TEST_PD`; without a cluster, says so and returns.
+fn on_tikv<F: Future<Output = ()>>(test: &str, scenario: impl FnOnce(Kv) -> F) {
+    runtime().block_on(async {
+        let Some(cluster) = backends::namespace::tikv(test).await else {
+            return;
+        };
+        in_namespace(cluster, test, scenario).await;
+    });
+}
+
+/// Runs `scenario` for `test` in a fresh namespace of the shared store `inner`,
+/// and deletes the namespace when it passed.
+async fn in_namespace<F: Future<Output = ()>>(
+    inner: Kv,
+    test: &str,
+    scenario: impl FnOnce(Kv) -> F,
+) {
+    let namespace = backends::namespace::namespace(inner, test);
+    scenario(namespace.clone()).await;
+    backends::namespace::clear(&namespace).await;
+}
+
+/// Proptest cases run on TiKV, where every operation is a network round trip.
+const TIKV_CASES: u32 = 4;
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 24,
@@ -1129,6 +1171,50 @@ fn fixed_schedule_on_fjall() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let store = FjallStore::open(FjallConfig::new(dir.path())).expect("open fjall");
     runtime().block_on(run_scenario(Arc::new(store), fixed_plan(10)));
+}
+
+/// What the TiKV runners do, on the memory store this binary shares.
+#[test]
+fn fixed_schedule_in_a_namespace_on_shared_memory() {
+    let shared = backends::namespace::shared_memory();
+    runtime().block_on(in_namespace(
+        shared,
+        "fixed_schedule_in_a_namespace_on_shared_memory",
+        |kv| run_scenario(kv, fixed_plan(10)),
+    ));
+}
+
+#[test]
+fn fixed_schedule_on_tikv() {
+    on_tikv("fixed_schedule_on_tikv", |kv| {
+        run_scenario(kv, fixed_plan(10))
+    });
+}
+
+/// A few of the proptest cases on TiKV, over one connection, each case in a
+/// namespace of its own.
+#[test]
+fn concurrent_sends_churn_and_acks_keep_the_queue_consistent_on_tikv() {
+    const TEST: &str = "concurrent_sends_churn_and_acks_keep_the_queue_consistent_on_tikv";
+    let runtime = runtime();
+    let Some(cluster) = runtime.block_on(backends::namespace::tikv(TEST)) else {
+        return;
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: TIKV_CASES,
+        failure_persistence: None,
+        max_shrink_iters: 16,
+        ..ProptestConfig::default()
+    });
+    let outcome = runner.run(&plan_strategy(), |plan| {
+        runtime.block_on(in_namespace(cluster.clone(), TEST, |kv| {
+            run_scenario(kv, plan)
+        }));
+        Ok(())
+    });
+    if let Err(err) = outcome {
+        panic!("{err}");
+    }
 }
 
 /// Sends `n` messages to `box_id` one after the other; returns the last seq.
@@ -1182,8 +1268,19 @@ where
 /// device acknowledged stay until they expire.
 #[test]
 fn overlapping_final_acks_of_two_devices_leave_nothing_behind() {
-    runtime().block_on(async {
-        let store = store_on(Arc::new(MemoryStore::new()));
+    on_memory(final_acks_of_two_devices_overlap);
+}
+
+#[test]
+fn overlapping_final_acks_of_two_devices_leave_nothing_behind_on_tikv() {
+    on_tikv(
+        "overlapping_final_acks_of_two_devices_leave_nothing_behind_on_tikv",
+        final_acks_of_two_devices_overlap,
+    );
+}
+
+async fn final_acks_of_two_devices_overlap(kv: Kv) {
+    let store = store_on(kv);
         let limits = &store.limits;
         let b = BoxId::new(RegionId(1));
         let devs = create_box_with_devices(&store, b, 2).await;
@@ -1213,15 +1310,25 @@ fn overlapping_final_acks_of_two_devices_leave_nothing_behind() {
             remaining.is_empty(),
             "seqs {remaining:?} remain after both devices acknowledged {last}"
         );
-    });
 }
 
 /// The same with a device acknowledging everything while the only other device is
 /// removed: each transaction sees the other device's old pointer.
 #[test]
 fn ack_overlapping_a_removal_leaves_nothing_behind() {
-    runtime().block_on(async {
-        let store = store_on(Arc::new(MemoryStore::new()));
+    on_memory(an_ack_overlaps_a_removal);
+}
+
+#[test]
+fn ack_overlapping_a_removal_leaves_nothing_behind_on_tikv() {
+    on_tikv(
+        "ack_overlapping_a_removal_leaves_nothing_behind_on_tikv",
+        an_ack_overlaps_a_removal,
+    );
+}
+
+async fn an_ack_overlaps_a_removal(kv: Kv) {
+    let store = store_on(kv);
         let limits = &store.limits;
         let b = BoxId::new(RegionId(1));
         let devs = create_box_with_devices(&store, b, 2).await;
@@ -1247,5 +1354,4 @@ fn ack_overlapping_a_removal_leaves_nothing_behind() {
             remaining.is_empty(),
             "seqs {remaining:?} remain after the only remaining device acknowledged {last}"
         );
-    });
 }
