@@ -1281,35 +1281,35 @@ fn overlapping_final_acks_of_two_devices_leave_nothing_behind_on_tikv() {
 
 async fn final_acks_of_two_devices_overlap(kv: Kv) {
     let store = store_on(kv);
-        let limits = &store.limits;
-        let b = BoxId::new(RegionId(1));
-        let devs = create_box_with_devices(&store, b, 2).await;
-        let (d1, d2) = (devs[0].0, devs[1].0);
-        let last = send_sequentially(&store, b, 10).await;
-        assert_eq!(ack(&store, b, d1, 5).await.acked, 5);
-        assert_eq!(
-            ack(&store, b, d2, 5).await,
-            Acked {
-                acked: 5,
-                deleted: 5
-            }
-        );
-        assert_eq!(
-            queue_entries(&store, b).await,
-            (6..=last).collect::<Vec<_>>()
-        );
+    let limits = &store.limits;
+    let b = BoxId::new(RegionId(1));
+    let devs = create_box_with_devices(&store, b, 2).await;
+    let (d1, d2) = (devs[0].0, devs[1].0);
+    let last = send_sequentially(&store, b, 10).await;
+    assert_eq!(ack(&store, b, d1, 5).await.acked, 5);
+    assert_eq!(
+        ack(&store, b, d2, 5).await,
+        Acked {
+            acked: 5,
+            deleted: 5
+        }
+    );
+    assert_eq!(
+        queue_entries(&store, b).await,
+        (6..=last).collect::<Vec<_>>()
+    );
 
-        overlapping(
-            &store,
-            async |txn| queue::ack(txn, limits, b, d1, last, NOW_MS).await.map(drop),
-            async |txn| queue::ack(txn, limits, b, d2, last, NOW_MS).await.map(drop),
-        )
-        .await;
-        let remaining = queue_entries(&store, b).await;
-        assert!(
-            remaining.is_empty(),
-            "seqs {remaining:?} remain after both devices acknowledged {last}"
-        );
+    overlapping(
+        &store,
+        async |txn| queue::ack(txn, limits, b, d1, last, NOW_MS).await.map(drop),
+        async |txn| queue::ack(txn, limits, b, d2, last, NOW_MS).await.map(drop),
+    )
+    .await;
+    let remaining = queue_entries(&store, b).await;
+    assert!(
+        remaining.is_empty(),
+        "seqs {remaining:?} remain after both devices acknowledged {last}"
+    );
 }
 
 /// The same with a device acknowledging everything while the only other device is
@@ -1329,29 +1329,29 @@ fn ack_overlapping_a_removal_leaves_nothing_behind_on_tikv() {
 
 async fn an_ack_overlaps_a_removal(kv: Kv) {
     let store = store_on(kv);
-        let limits = &store.limits;
-        let b = BoxId::new(RegionId(1));
-        let devs = create_box_with_devices(&store, b, 2).await;
-        let (d1, d2) = (devs[0].0, devs[1].0);
-        let last = send_sequentially(&store, b, 10).await;
-        assert_eq!(ack(&store, b, d1, 5).await.acked, 5);
-        assert_eq!(
-            ack(&store, b, d2, 5).await,
-            Acked {
-                acked: 5,
-                deleted: 5
-            }
-        );
+    let limits = &store.limits;
+    let b = BoxId::new(RegionId(1));
+    let devs = create_box_with_devices(&store, b, 2).await;
+    let (d1, d2) = (devs[0].0, devs[1].0);
+    let last = send_sequentially(&store, b, 10).await;
+    assert_eq!(ack(&store, b, d1, 5).await.acked, 5);
+    assert_eq!(
+        ack(&store, b, d2, 5).await,
+        Acked {
+            acked: 5,
+            deleted: 5
+        }
+    );
 
-        overlapping(
-            &store,
-            async |txn| queue::ack(txn, limits, b, d1, last, NOW_MS).await.map(drop),
-            async |txn| devices::remove(txn, limits, b, d2).await.map(drop),
-        )
-        .await;
-        let remaining = queue_entries(&store, b).await;
-        assert!(
-            remaining.is_empty(),
-            "seqs {remaining:?} remain after the only remaining device acknowledged {last}"
-        );
+    overlapping(
+        &store,
+        async |txn| queue::ack(txn, limits, b, d1, last, NOW_MS).await.map(drop),
+        async |txn| devices::remove(txn, limits, b, d2).await.map(drop),
+    )
+    .await;
+    let remaining = queue_entries(&store, b).await;
+    assert!(
+        remaining.is_empty(),
+        "seqs {remaining:?} remain after the only remaining device acknowledged {last}"
+    );
 }

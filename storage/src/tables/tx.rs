@@ -431,8 +431,8 @@ impl<'t> Tx<'t> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::memory::MemoryStore;
     use crate::kv::Kv;
+    use crate::kv::memory::MemoryStore;
     use crate::tables::accounts;
     use crate::tables::records::Marker;
     use std::sync::Arc;
