@@ -11,7 +11,7 @@ use rand::Rng;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-/// How hard [`transact`] tries before giving up.
+/// How hard [`transact!`](crate::transact) tries before giving up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Most runs of the body (at least one).

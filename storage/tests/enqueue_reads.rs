@@ -20,7 +20,7 @@ use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{self, ANY_DEVICE_LIST, Enqueued, FetchLimits, NewEnvelope};
 use rossby_storage::tables::records::AcceptFrom;
-use rossby_storage::tables::{Store, devices};
+use rossby_storage::tables::{Store, devices, lifecycle};
 use rossby_storage::{
     Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value, transact,
 };
@@ -271,7 +271,7 @@ async fn an_unknown_or_deleted_recipient_costs_one_read_too() {
     let (sender, sd) = backends::new_box(&store, REGION, 1).await;
     let (doomed, _) = backends::new_box(&store, REGION, 1).await;
     let v = version(&store, doomed).await;
-    transact!(store, |txn| accounts::delete_account(
+    transact!(store, |txn| lifecycle::delete_account(
         txn,
         &store.limits,
         doomed,

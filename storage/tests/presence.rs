@@ -7,7 +7,7 @@ mod support;
 use backends::T0;
 use rossby_keyspace::{BoxId, DeviceId, Key, RegionId, Table};
 use rossby_storage::tables::presence::{self, Holder, Renewal};
-use rossby_storage::tables::{Store, Tx, accounts, devices};
+use rossby_storage::tables::{Store, Tx, lifecycle};
 use rossby_storage::{Error, ScanOrder, transact};
 
 const REGION: RegionId = RegionId(3);
@@ -171,8 +171,13 @@ async fn removed_devices_lose_their_leases(store: &Store) {
             .await
             .unwrap();
     }
-    transact!(store, |txn| devices::remove(txn, &store.limits, b, d[0])
-        .await)
+    transact!(store, |txn| lifecycle::remove_device(
+        txn,
+        &store.limits,
+        b,
+        d[0]
+    )
+    .await)
     .unwrap();
     let r = store
         .renew_presence(&[(b, d[0]), (b, d[1])], &g1, T0, T0 + 2 * LEASE)
@@ -231,14 +236,14 @@ async fn account_purge_removes_leases(store: &Store) {
         .unwrap();
     store.delete_account(b, T0).await.unwrap();
     assert_eq!(stored_leases(store, b).await, 0);
-    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+    assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
     // A late renewal of a deleted box writes nothing back.
     let r = store
         .renew_presence(&[(b, d[0])], &holder("g1"), T0, T0 + LEASE)
         .await
         .unwrap();
     assert_eq!(r, vec![Renewal::DeviceGone]);
-    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+    assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
 }
 
 async fn bad_holders_are_rejected_and_change_nothing(store: &Store) {
@@ -289,8 +294,13 @@ async fn a_claim_racing_a_device_removal_conflicts(store: &Store) {
     .await
     .unwrap();
     // The device is removed and that commits first.
-    transact!(store, |txn| devices::remove(txn, &store.limits, b, d[0])
-        .await)
+    transact!(store, |txn| lifecycle::remove_device(
+        txn,
+        &store.limits,
+        b,
+        d[0]
+    )
+    .await)
     .unwrap();
     let err = claim.commit().await.unwrap_err();
     assert!(

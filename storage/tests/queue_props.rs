@@ -42,7 +42,7 @@ use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::kv::{Error as KvError, Result as KvResult};
 use rossby_storage::tables::queue::{Acked, Delivered, FetchLimits, Fetched, NewEnvelope};
 use rossby_storage::tables::records::{Device, Pointer, QueueHead, StoredEnvelope};
-use rossby_storage::tables::{Store, Tx, accounts, devices, queue};
+use rossby_storage::tables::{Store, Tx, accounts, devices, lifecycle, queue};
 use rossby_storage::{
     Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, Result, ScanOrder, Transaction, Value,
 };
@@ -765,8 +765,11 @@ async fn run_churn(
                 let i = present[usize::from(n) % present.len()];
                 let id = temps[i].id;
                 let limits = &store.limits;
-                let v = txn!(store, |txn| devices::remove(txn, limits, box_id, id).await)
-                    .expect("remove device");
+                let v = txn!(store, |txn| lifecycle::remove_device(
+                    txn, limits, box_id, id
+                )
+                .await)
+                .expect("remove device");
                 versions.push(v);
                 temps[i].removed_at_version = Some(v);
             }
@@ -1346,7 +1349,7 @@ async fn an_ack_overlaps_a_removal(kv: Kv) {
     overlapping(
         &store,
         async |txn| queue::ack(txn, limits, b, d1, last, NOW_MS).await.map(drop),
-        async |txn| devices::remove(txn, limits, b, d2).await.map(drop),
+        async |txn| lifecycle::remove_device(txn, limits, b, d2).await.map(drop),
     )
     .await;
     let remaining = queue_entries(&store, b).await;

@@ -13,7 +13,7 @@ use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
 use rossby_storage::tables::records::{AcceptFrom, QueueHead};
-use rossby_storage::tables::{Limits, Record, Store, Tx, devices, keypackages, lookup};
+use rossby_storage::tables::{Limits, Record, Store, Tx, devices, keypackages, lifecycle, lookup};
 use rossby_storage::{Error, ScanOrder, transact};
 use std::collections::BTreeSet;
 
@@ -390,8 +390,13 @@ async fn removing_a_device_deletes_its_pointer_and_frees_the_queue(store: &Store
         4,
         "the lagging device keeps them"
     );
-    let v = transact!(store, |txn| devices::remove(txn, &store.limits, b, d[1])
-        .await)
+    let v = transact!(store, |txn| lifecycle::remove_device(
+        txn,
+        &store.limits,
+        b,
+        d[1]
+    )
+    .await)
     .unwrap();
     assert!(v > 0);
     assert_eq!(queue_len(store, b).await, 0, "nobody needs them anymore");
@@ -404,8 +409,13 @@ async fn removing_a_device_deletes_its_pointer_and_frees_the_queue(store: &Store
         pointers.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
         vec![d[0]]
     );
-    let err = transact!(store, |txn| devices::remove(txn, &store.limits, b, d[1])
-        .await)
+    let err = transact!(store, |txn| lifecycle::remove_device(
+        txn,
+        &store.limits,
+        b,
+        d[1]
+    )
+    .await)
     .unwrap_err();
     assert!(matches!(err, Error::DeviceNotFound));
 }
@@ -671,11 +681,12 @@ async fn account_deletion_removes_everything(store: &Store) {
         .await
         .unwrap();
     assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
-    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+    assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
     assert!(
-        transact!(store, |txn| accounts::pending_purges(txn, REGION, 10).await)
-            .unwrap()
-            .is_empty()
+        transact!(store, |txn| lifecycle::pending_purges(txn, REGION, 10)
+            .await)
+        .unwrap()
+        .is_empty()
     );
     // The identifier is free again.
     transact!(store, |txn| lookup::bind(txn, h, &id, s, T0).await).unwrap();
@@ -692,7 +703,7 @@ async fn interrupted_purges_are_resumed(store: &Store) {
         send(store, (s, sd[0]), b, &[i], T0).await;
     }
     // Only the deletion transaction runs, as if the process died before purging.
-    transact!(store, |txn| accounts::delete_account(
+    transact!(store, |txn| lifecycle::delete_account(
         txn,
         &store.limits,
         b,
@@ -710,7 +721,7 @@ async fn interrupted_purges_are_resumed(store: &Store) {
         None
     );
     assert_eq!(store.resume_purges(REGION).await.unwrap(), 1);
-    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+    assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
 }
 
 async fn deletion_racing_with_sends_leaves_nothing_behind(store: &Store) {
@@ -741,7 +752,7 @@ async fn deletion_racing_with_sends_leaves_nothing_behind(store: &Store) {
         t.await.unwrap();
     }
     assert!(
-        !transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap(),
+        !transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap(),
         "a send committed into a box being deleted"
     );
 }
@@ -855,8 +866,13 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
         .map(|mut o| o.pop().unwrap().map(|_| ()))
         .and_then(|o| o);
     assert!(corrupt(&sent), "{sent:?}");
-    let removed = transact!(store, |txn| devices::remove(txn, &store.limits, b, d[0])
-        .await)
+    let removed = transact!(store, |txn| lifecycle::remove_device(
+        txn,
+        &store.limits,
+        b,
+        d[0]
+    )
+    .await)
     .map(|_| ());
     assert!(corrupt(&removed), "{removed:?}");
     // A pointer past the last sequence number.
@@ -891,7 +907,7 @@ async fn expiry_never_brings_a_purged_box_back(store: &Store) {
         send(store, (s, sd[0]), b, &[i], T0).await;
     }
     store.delete_account(b, T0).await.unwrap();
-    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+    assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
     let shard = rossby_keyspace::keys::expiry_shard(b);
     let entries_of_b = async || {
         let range = Key::expiry_due(REGION, shard, u64::MAX);
@@ -915,7 +931,7 @@ async fn expiry_never_brings_a_purged_box_back(store: &Store) {
         .unwrap();
     assert!(swept.entries > 0);
     assert!(
-        !transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap(),
+        !transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap(),
         "the sweep wrote into the purged box"
     );
     assert_eq!(entries_of_b().await, 0, "its index entries are gone");
@@ -952,7 +968,7 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
         matches!(committed, Err(KvError::Conflict(_))),
         "{committed:?}"
     );
-    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap());
+    assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
 }
 
 /// Publishing KeyPackages for a device, adding a contact and creating a group
@@ -966,8 +982,13 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
     let (b, d) = new_box(store, 2).await;
     let mut publish = store.kv.begin().await.unwrap();
     publish_one(&mut *publish, store, (b, d[1]), vec![1; 10]).await;
-    transact!(store, |txn| devices::remove(txn, &store.limits, b, d[1])
-        .await)
+    transact!(store, |txn| lifecycle::remove_device(
+        txn,
+        &store.limits,
+        b,
+        d[1]
+    )
+    .await)
     .unwrap();
     assert!(
         conflicted(publish.commit().await),
@@ -991,7 +1012,7 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
         conflicted(add.commit().await),
         "a contact outlived its account"
     );
-    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, owner).await).unwrap());
+    assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, owner).await).unwrap());
     // A group of an account deleted meanwhile.
     let (creator, _) = new_box(store, 1).await;
     let group = rossby_storage::tables::groups::GroupKey {
@@ -1007,7 +1028,7 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
         conflicted(create.commit().await),
         "a group outlived its creator"
     );
-    assert!(!transact!(store, |txn| accounts::box_has_keys(txn, creator).await).unwrap());
+    assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, creator).await).unwrap());
 }
 
 /// Count-then-insert quotas hold under concurrency: two KeyPackage publishes of

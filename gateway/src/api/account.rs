@@ -14,7 +14,7 @@ use rossby_protocol::pb;
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::records::AcceptFrom;
-use rossby_storage::tables::{devices, lookup};
+use rossby_storage::tables::{lifecycle, lookup};
 use rossby_storage::transact;
 
 enum Target {
@@ -144,8 +144,10 @@ pub(crate) async fn remove_device(
     let store = &shared.store;
     let limits = &store.limits;
     let box_id = caller.box_id;
-    let version = transact!(store, |txn| devices::remove(txn, limits, box_id, device)
-        .await)?;
+    let version = transact!(store, |txn| lifecycle::remove_device(
+        txn, limits, box_id, device
+    )
+    .await)?;
     shared.presence.remove_device(box_id, device);
     Ok(pb::RemoveDeviceResponse {
         device_list_version: version,

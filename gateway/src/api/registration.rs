@@ -25,7 +25,7 @@ use rossby_keyspace::{BoxId, DeviceId, RegionId};
 use rossby_protocol::crypto::{CONTEXT_CREDENTIALS, PublicKeys, seal};
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::records::{Device, PendingRegistration};
-use rossby_storage::tables::{devices, lookup, registrations};
+use rossby_storage::tables::{devices, lifecycle, lookup, registrations};
 use rossby_storage::transact;
 
 /// The key version of a newly authorized device.
@@ -219,7 +219,7 @@ pub(crate) async fn authorize(
         match lookup::resolve(txn, &store.hasher, &id, now).await? {
             Some(box_id) if pending.recover => {
                 let (version, complete) =
-                    registrations::recover_account(txn, limits, box_id, device_id, &device, now)
+                    lifecycle::recover_account(txn, limits, box_id, device_id, &device, now)
                         .await?;
                 Ok(Outcome::Done {
                     box_id,
@@ -236,7 +236,7 @@ pub(crate) async fn authorize(
                     r => RegionId(u16::try_from(r).unwrap_or(home.0)),
                 };
                 let box_id = BoxId::new(region);
-                let version = registrations::create_account(
+                let version = lifecycle::create_account(
                     txn,
                     limits,
                     &store.hasher,
@@ -307,7 +307,7 @@ async fn purge_dropped_queue(shared: &Shared, box_id: BoxId) {
     let store = &shared.store;
     let step = store.limits.max_deletes_per_txn;
     loop {
-        match transact!(store, |txn| registrations::purge_dropped(txn, box_id, step)
+        match transact!(store, |txn| lifecycle::purge_dropped(txn, box_id, step)
             .await)
         {
             Ok(true) => return,

@@ -21,7 +21,7 @@ async fn head(txn: &mut Tx<'_>, box_id: BoxId) -> Result<QueueHead> {
 }
 
 /// Writes `head` with its device-list version bumped; returns the new version.
-async fn bump_device_list(
+pub(crate) async fn bump_device_list(
     txn: &mut Tx<'_>,
     handle: &BoxHandle,
     mut head: QueueHead,
@@ -101,31 +101,6 @@ pub async fn authorize(
     txn.put(&handle, &Key::Device(box_id, device_id), &device)
         .await?;
     bump_device_list(txn, &handle, head).await
-}
-
-/// Removes a device, its queue pointer, its push presence lease and its
-/// KeyPackages, then deletes queue
-/// entries every remaining device has acknowledged. Returns the new device-list
-/// version.
-pub async fn remove(
-    txn: &mut Tx<'_>,
-    limits: &Limits,
-    box_id: BoxId,
-    device_id: DeviceId,
-) -> Result<u64> {
-    let (handle, head) = txn.lock_next(box_id).await?;
-    if get_device(txn, box_id, device_id).await?.is_none() {
-        return Err(Error::DeviceNotFound);
-    }
-    txn.delete(&handle, &Key::Device(box_id, device_id)).await?;
-    txn.delete(&handle, &Key::Pointer(box_id, device_id))
-        .await?;
-    txn.delete(&handle, &Key::Presence(box_id, device_id))
-        .await?;
-    super::keypackages::remove_all(txn, &handle, device_id).await?;
-    let version = bump_device_list(txn, &handle, head).await?;
-    super::queue::collect_acknowledged(txn, &handle, limits.max_deletes_per_txn).await?;
-    Ok(version)
 }
 
 /// All devices of a box, in device id order.

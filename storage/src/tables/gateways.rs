@@ -5,7 +5,7 @@
 //! is a transaction in the region) naming its peer endpoint, and renews it well
 //! before it lapses. Every gateway reads the live leases of every region and
 //! picks each box's owner among the live gateways of the box's home region
-//! ([`rossby_replication::ownership`]). A gateway that drains deletes its lease;
+//! (`rossby_replication::ownership`). A gateway that drains deletes its lease;
 //! one that dies stops renewing and drops out when the lease lapses.
 //!
 //! Each gateway writes only its own lease, so renewals never conflict. Leases that

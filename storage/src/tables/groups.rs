@@ -48,19 +48,11 @@ use crate::error::{Error, Result};
 use rossby_keyspace::{BoxId, DeviceId, Key, MessageId};
 use std::collections::BTreeSet;
 
-/// A group's identity: the box that created it and its id within that box.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupKey {
-    /// The creating box (the record lives in its key range).
-    pub creator: BoxId,
-    /// The group's id (16 bytes, chosen by the creator).
-    pub group_id: [u8; 16],
-}
+pub use super::outbox::GroupKey;
 
-impl GroupKey {
-    fn key(&self) -> Key {
-        Key::GroupEpoch(self.creator, self.group_id)
-    }
+/// The key of a group's epoch record.
+fn record_key(group: GroupKey) -> Key {
+    Key::GroupEpoch(group.creator, group.group_id)
 }
 
 /// The epoch and member boxes of a group.
@@ -138,7 +130,7 @@ fn state_of(record: &GroupRecord) -> Result<GroupState> {
 
 /// Reads a group's state.
 pub async fn state(txn: &mut Tx<'_>, group: GroupKey) -> Result<Option<GroupState>> {
-    match txn.get::<GroupRecord>(&group.key()).await? {
+    match txn.get::<GroupRecord>(&record_key(group)).await? {
         Some(record) => Ok(Some(state_of(&record)?)),
         None => Ok(None),
     }
@@ -155,7 +147,7 @@ pub async fn create(txn: &mut Tx<'_>, group: GroupKey, now_ms: u64) -> Result<Ou
         epoch: 0,
         members: vec![group.creator],
     };
-    if let Some(record) = txn.get::<GroupRecord>(&group.key()).await? {
+    if let Some(record) = txn.get::<GroupRecord>(&record_key(group)).await? {
         let existing = state_of(&record)?;
         return Ok(if existing == fresh {
             Outcome::Done(existing)
@@ -170,7 +162,7 @@ pub async fn create(txn: &mut Tx<'_>, group: GroupKey, now_ms: u64) -> Result<Ou
         updated_at_ms: now_ms,
         ..GroupRecord::default()
     };
-    txn.put(&handle, &group.key(), &record).await?;
+    txn.put(&handle, &record_key(group), &record).await?;
     Ok(Outcome::Done(fresh))
 }
 
@@ -288,7 +280,7 @@ pub async fn commit(
         now_ms,
     )
     .await?;
-    txn.put(&handle, &c.group.key(), &record).await?;
+    txn.put(&handle, &record_key(c.group), &record).await?;
     Ok(Outcome::Done(Committed {
         state: GroupState {
             epoch: record.epoch,
@@ -404,7 +396,7 @@ pub async fn leave(
         now_ms,
     )
     .await?;
-    txn.put(&handle, &group.key(), &record).await?;
+    txn.put(&handle, &record_key(group), &record).await?;
     Ok(Outcome::Done(Committed {
         state: current,
         fan_out,
@@ -421,7 +413,7 @@ async fn lock_group(txn: &mut Tx<'_>, group: GroupKey) -> Result<Option<(BoxHand
         Err(err) => return Err(err),
     };
     Ok(txn
-        .get::<GroupRecord>(&group.key())
+        .get::<GroupRecord>(&record_key(group))
         .await?
         .map(|record| (handle, record)))
 }
@@ -485,7 +477,7 @@ pub async fn send(
         now_ms,
     )
     .await?;
-    txn.put(&handle, &m.group.key(), &record).await?;
+    txn.put(&handle, &record_key(m.group), &record).await?;
     Ok(Outcome::Done(Committed {
         state: current,
         fan_out,

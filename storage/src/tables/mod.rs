@@ -1,4 +1,5 @@
-//! Rossby's domain tables, written against the [`Transaction`] trait only.
+//! Rossby's domain tables, written against the KV layer's transactions only,
+//! through [`Tx`].
 //!
 //! Each submodule offers functions that run inside a caller's transaction, so a
 //! request handler can combine several of them atomically (registering creates a
@@ -9,24 +10,23 @@
 //! # Correct under snapshot isolation
 //! Every invariant that spans keys is protected by the transactions involved
 //! writing a common key, because TiKV (and the memory backend) only detect
-//! write-write conflicts:
+//! write-write conflicts. For boxes this is a type ([`tx`]): a box key is written
+//! only through a [`BoxHandle`] obtained by locking or writing one of the box's
+//! guard keys, and deleting an account writes all of them. On top of that:
 //! - enqueues and device-list changes all write the box's `next` key, so a send
 //!   can never commit against a device list that changed under it;
 //! - acks and cleanup write `low` and pointers but never `next`, so they never
 //!   conflict with enqueues;
 //! - claiming a KeyPackage deletes it, so two claims of one package conflict;
 //! - binding an identifier writes its lookup key, so two boxes cannot bind it;
-//! - deleting an account writes `next` and the profile, so no enqueue or settings
-//!   change can commit into a box concurrently being deleted; adding a contact or
-//!   creating a group reads the profile for update, and publishing KeyPackages
-//!   reads the device record for update, so none of them leaves keys behind in
-//!   a box or for a device removed meanwhile;
-//! - every expiry and every purge step write the box's `low` key, and expiry
-//!   writes nothing into a box that is no longer alive;
-//! - a group Commit or leave writes the group's epoch record (one wins per epoch)
-//!   and records its fan-out in the outbox in the same transaction; delivering
-//!   the fan-out writes the recipients' `next` keys and the outbox entry, never
-//!   the epoch record, so delivery never conflicts with the next Commit;
+//! - quotas are counted under the guard every insert of the kind takes;
+//! - every expiry locks and every purge step writes the box's `low` key, and
+//!   expiry writes nothing into a box that is no longer alive;
+//! - a group Commit, leave or message writes the group's epoch record (one
+//!   Commit wins per epoch, and no message of an old epoch passes after it) and
+//!   records its fan-out in the outbox in the same transaction; delivering the
+//!   fan-out writes the recipients' `next` keys and the outbox entry, never the
+//!   epoch record, so delivery never conflicts with the next Commit;
 //! - each gateway writes only its own ownership lease, so renewals never
 //!   conflict; ownership itself protects nothing (two gateways that both think
 //!   they own a box still conflict on its `next` key).
@@ -45,6 +45,7 @@ pub mod devices;
 pub mod gateways;
 pub mod groups;
 pub mod keypackages;
+pub mod lifecycle;
 pub mod lookup;
 pub mod outbox;
 pub mod presence;
@@ -212,10 +213,10 @@ impl Store {
         Ok(total)
     }
 
-    /// Deletes an account (see [`accounts::delete_account`]) and then purges its
+    /// Deletes an account (see [`lifecycle::delete_account`]) and then purges its
     /// remaining keys. If the purge is interrupted, [`Store::resume_purges`] finishes it.
     pub async fn delete_account(&self, box_id: BoxId, now_ms: u64) -> Result<()> {
-        transact!(self, |txn| accounts::delete_account(
+        transact!(self, |txn| lifecycle::delete_account(
             txn,
             &self.limits,
             box_id,
@@ -228,7 +229,7 @@ impl Store {
     /// Removes the remaining keys of a deleted box, in bounded transactions.
     pub async fn purge(&self, box_id: BoxId) -> Result<()> {
         let step = self.limits.max_deletes_per_txn;
-        while !transact!(self, |txn| accounts::purge_step(txn, box_id, step).await)? {}
+        while !transact!(self, |txn| lifecycle::purge_step(txn, box_id, step).await)? {}
         Ok(())
     }
 
@@ -237,7 +238,7 @@ impl Store {
     pub async fn resume_purges(&self, region: RegionId) -> Result<usize> {
         let mut purged = 0;
         loop {
-            let pending = transact!(self, |txn| accounts::pending_purges(txn, region, 64).await)?;
+            let pending = transact!(self, |txn| lifecycle::pending_purges(txn, region, 64).await)?;
             if pending.is_empty() {
                 return Ok(purged);
             }

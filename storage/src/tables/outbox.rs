@@ -35,7 +35,6 @@
 //! never write the group record, so delivery never conflicts with Commits.
 
 use super::Record;
-use super::groups::GroupKey;
 use super::queue::NewEnvelope;
 use super::records::{OutboxEntry, OutboxRecipient};
 use super::tx::{BoxHandle, Tx};
@@ -43,6 +42,15 @@ use crate::error::{Error, Result};
 use crate::kv::{KeyRange, ScanOrder};
 use rossby_keyspace::{BoxId, DeviceId, Key, MessageId, RegionId};
 use sha2::{Digest, Sha256};
+
+/// A group's identity: the box that created it and its id within that box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    /// The creating box (the record lives in its key range).
+    pub creator: BoxId,
+    /// The group's id (16 bytes, chosen by the creator).
+    pub group_id: [u8; 16],
+}
 
 /// Entries read per scan while listing one creator's entries.
 const SCAN_PAGE: usize = 64;

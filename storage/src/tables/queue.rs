@@ -14,7 +14,7 @@
 //!   retried send is answered with it and enqueues nothing twice.
 //!
 //! Expiry: each envelope and dedup record has an entry in its region's expiry
-//! index (sharded by box); [`sweep`] deletes what is due. A device whose pointer
+//! index (sharded by box); [`expire`] deletes what is due. A device whose pointer
 //! falls below `low` is told about the gap on its next fetch.
 
 use super::records::{
@@ -28,12 +28,7 @@ use rossby_keyspace::keys::expiry_shard;
 use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, MessageId, RegionId};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The device-list version of an envelope that is not sealed per device (a
-/// group's MLS message, readable by every member device): it is accepted against
-/// whatever device list the box has, so a group fan-out needs no read of the
-/// member boxes' lists (in other regions) and never meets a stale list. Clients
-/// cannot send it (the gateway refuses it in a Send).
-pub const ANY_DEVICE_LIST: u64 = u64::MAX;
+pub use super::records::ANY_DEVICE_LIST;
 
 /// One envelope to enqueue into a recipient box.
 #[derive(Clone, Debug, PartialEq, Eq)]

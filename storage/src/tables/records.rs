@@ -25,6 +25,13 @@ pub use generated::{
 };
 pub use generated::{OutboxEntry, OutboxRecipient};
 
+/// The device-list version of an envelope that is not sealed per device (a
+/// group's MLS message, readable by every member device): it is accepted against
+/// whatever device list the box has, so a group fan-out needs no read of the
+/// member boxes' lists (in other regions) and never meets a stale list. Clients
+/// cannot send it (the gateway refuses it in a Send).
+pub const ANY_DEVICE_LIST: u64 = u64::MAX;
+
 impl QueueHead {
     /// The highest sequence number assigned in the box (0 before the first).
     /// Sequence numbers start at 1, so a record whose next one is 0 is corrupt:
@@ -47,12 +54,12 @@ impl QueueHead {
     }
 
     /// Moves the device-list version on and returns it. The last value is never
-    /// reached: it is [`ANY_DEVICE_LIST`](super::queue::ANY_DEVICE_LIST).
+    /// reached: it is [`ANY_DEVICE_LIST`].
     pub fn bump_device_list(&mut self) -> crate::Result<u64> {
         self.device_list_version = self
             .device_list_version
             .checked_add(1)
-            .filter(|v| *v != super::queue::ANY_DEVICE_LIST)
+            .filter(|v| *v != ANY_DEVICE_LIST)
             .ok_or_else(|| crate::Error::corrupt(Self::WHAT, "device-list versions exhausted"))?;
         Ok(self.device_list_version)
     }

@@ -433,8 +433,8 @@ mod tests {
     use super::*;
     use crate::kv::Kv;
     use crate::kv::memory::MemoryStore;
-    use crate::tables::accounts;
     use crate::tables::records::Marker;
+    use crate::tables::{accounts, lifecycle};
     use std::sync::Arc;
 
     const T0: u64 = 1_700_000_000_000;
@@ -541,7 +541,7 @@ mod tests {
             };
             taken.unwrap();
             let mut deletion = kv.begin().await.unwrap();
-            accounts::delete_account(&mut Tx::new(&mut *deletion), &limits, b, T0)
+            lifecycle::delete_account(&mut Tx::new(&mut *deletion), &limits, b, T0)
                 .await
                 .unwrap();
             deletion.commit().await.unwrap();
