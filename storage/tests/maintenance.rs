@@ -28,6 +28,7 @@ backends::on_every_backend!(
     jobs_and_regions_have_independent_leases,
     bad_holders_and_expiries_are_rejected_and_change_nothing,
     racing_acquisitions_leave_exactly_one_holder,
+    deleting_an_account_leaves_the_purge_to_maintenance,
     interrupted_purges_are_finished_by_bounded_steps,
     a_shard_sweep_touches_only_its_shard,
 );
@@ -349,6 +350,38 @@ async fn send(store: &Store, from: (BoxId, DeviceId), to: BoxId, body: &[u8], no
 
 async fn has_keys(store: &Store, b: BoxId) -> bool {
     transact!(store, |txn| accounts::box_has_keys(txn, b).await).unwrap()
+}
+
+/// `Store::delete_account` commits the tombstone and the purge entry and
+/// returns: the account is invisible at once, and its keys wait for the holder
+/// of the region's purge lease.
+async fn deleting_an_account_leaves_the_purge_to_maintenance(store: &Store) {
+    let (b, d) = new_box(store, 2).await;
+    let (s, sd) = new_box(store, 1).await;
+    for i in 0..10u8 {
+        send(store, (s, sd[0]), b, &[i], T0).await;
+    }
+    store.delete_account(b, T0 + 5).await.unwrap();
+    assert!(matches!(
+        store.fetch(b, d[0], FetchLimits::default()).await,
+        Err(Error::DeviceNotFound)
+    ));
+    assert!(matches!(
+        store.delete_account(b, T0 + 6).await,
+        Err(Error::BoxNotFound)
+    ));
+    assert!(has_keys(store, b).await, "the deletion purged inline");
+    assert_eq!(store.pending_purges(REGION, 10).await.unwrap(), vec![b]);
+    assert_eq!(
+        store.purge_backlog(REGION, 100).await.unwrap(),
+        maintenance::PurgeBacklog {
+            pending: 1,
+            oldest_at_ms: Some(T0 + 5),
+        }
+    );
+    assert_eq!(store.resume_purges(REGION).await.unwrap(), 1);
+    assert!(!has_keys(store, b).await);
+    assert!(store.pending_purges(REGION, 10).await.unwrap().is_empty());
 }
 
 /// Purge entries drive bounded purge steps (what the gateway's maintenance loop

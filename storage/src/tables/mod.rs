@@ -245,8 +245,10 @@ impl Store {
         Ok((total, due.len() == batch && total.entries > 0))
     }
 
-    /// Deletes an account (see [`accounts::delete_account`]) and then purges its
-    /// remaining keys. If the purge is interrupted, [`Store::resume_purges`] finishes it.
+    /// Deletes an account (see [`accounts::delete_account`]): in one transaction
+    /// the box becomes invisible and a purge entry is recorded. The remaining keys
+    /// are removed afterwards, off the request path, by whichever gateway holds the
+    /// region's purge lease ([`maintenance`]; [`Store::purge`] does it at once).
     pub async fn delete_account(&self, box_id: BoxId, now_ms: u64) -> Result<()> {
         transact!(self, |txn| accounts::delete_account(
             txn,
@@ -254,8 +256,7 @@ impl Store {
             box_id,
             now_ms
         )
-        .await)?;
-        self.purge(box_id).await
+        .await)
     }
 
     /// Removes the remaining keys of a deleted box, in bounded transactions.
@@ -265,8 +266,10 @@ impl Store {
         Ok(())
     }
 
-    /// Finishes purges of `region` that were interrupted. Returns how many boxes
-    /// were purged.
+    /// Purges every box of `region` awaiting its purge (deletions whose purge has
+    /// not run yet or was interrupted) until none is left. Returns how many boxes
+    /// were purged. Gateways do this in bounded rounds under the region's purge
+    /// lease ([`maintenance`]); this runs to the end (tests and tools).
     pub async fn resume_purges(&self, region: RegionId) -> Result<usize> {
         let mut purged = 0;
         loop {
