@@ -155,9 +155,25 @@ pub struct Args {
     /// Deadline of the readiness storage probe in milliseconds [default: 1000].
     #[arg(long, env = "ROSSBY_PROBE_TIMEOUT_MS", value_name = "MS")]
     pub probe_timeout_ms: Option<u64>,
-    /// Seconds between retention sweeps [default: 30].
-    #[arg(long, env = "ROSSBY_SWEEP_INTERVAL_SECS", value_name = "SECS")]
-    pub sweep_interval_secs: Option<u64>,
+    /// Removed: read only so that a configuration still setting it fails with
+    /// the reason ([`SWEEP_INTERVAL_REMOVED`]) instead of being ignored.
+    #[arg(
+        long,
+        env = "ROSSBY_SWEEP_INTERVAL_SECS",
+        value_name = "SECS",
+        hide = true
+    )]
+    pub sweep_interval_secs: Option<String>,
+    /// Milliseconds between maintenance rounds (expiry sweeps and account
+    /// purges of the region, each job run by one gateway under a lease)
+    /// [default: 5000].
+    #[arg(long, env = "ROSSBY_MAINTENANCE_INTERVAL_MS", value_name = "MS")]
+    pub maintenance_interval_ms: Option<u64>,
+    /// Lifetime of a maintenance lease in milliseconds: a dead gateway's jobs
+    /// are taken over within twice this; at least twice
+    /// --maintenance-interval-ms [default: 15000].
+    #[arg(long, env = "ROSSBY_MAINTENANCE_LEASE_MS", value_name = "MS")]
+    pub maintenance_lease_ms: Option<u64>,
     /// Most runs of a storage transaction that keeps conflicting [default: 16;
     /// setting any --retry-* option turns off the --wan-sim scaling].
     #[arg(long, env = "ROSSBY_RETRY_ATTEMPTS", value_name = "N")]
@@ -386,7 +402,10 @@ struct FileConfig {
     tikv_mode: Option<serde::de::IgnoredAny>,
     tikv_timeout_ms: Option<u64>,
     probe_timeout_ms: Option<u64>,
-    sweep_interval_secs: Option<u64>,
+    /// Removed; any value is an error (see [`SWEEP_INTERVAL_REMOVED`]).
+    sweep_interval_secs: Option<serde::de::IgnoredAny>,
+    maintenance_interval_ms: Option<u64>,
+    maintenance_lease_ms: Option<u64>,
     retry_attempts: Option<u32>,
     retry_deadline_ms: Option<u64>,
     retry_initial_backoff_ms: Option<u64>,
@@ -551,8 +570,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Deadline of the readiness probe transaction.
     pub probe_timeout: Duration,
-    /// Interval of the retention sweeper.
-    pub sweep_interval: Duration,
+    /// Interval between maintenance rounds ([`crate::maintenance`]).
+    pub maintenance_interval: Duration,
+    /// Lifetime of a maintenance lease; at least twice `maintenance_interval`.
+    pub maintenance_lease: Duration,
     /// How the API's storage transactions are retried on conflict; `None` when no
     /// `--retry-*` option was given: the default policy, stretched to the modelled
     /// round trips under the WAN simulation (`crate::gateway`).
@@ -672,7 +693,8 @@ impl Config {
             drain_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(1),
-            sweep_interval: Duration::from_secs(30),
+            maintenance_interval: crate::maintenance::DEFAULT_INTERVAL,
+            maintenance_lease: crate::maintenance::DEFAULT_LEASE,
             retry: None,
             topology_file: None,
             wan_sim: false,
@@ -826,6 +848,45 @@ fn reject_tikv_mode(flag_or_env: bool, file: bool) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Why `--sweep-interval-secs` is gone, for configurations that still set it.
+const SWEEP_INTERVAL_REMOVED: &str = "was removed: expired messages are swept by the \
+region's maintenance jobs, one gateway per job under a lease, every \
+--maintenance-interval-ms (milliseconds, default 5000); delete the setting or set that one";
+
+/// Fails if the removed `--sweep-interval-secs` is set anywhere, naming where.
+fn reject_sweep_interval(flag_or_env: bool, file: bool) -> Result<()> {
+    if flag_or_env {
+        return Err(Error::Config(format!(
+            "--sweep-interval-secs (ROSSBY_SWEEP_INTERVAL_SECS) {SWEEP_INTERVAL_REMOVED}"
+        )));
+    }
+    if file {
+        return Err(Error::Config(format!(
+            "config key sweep_interval_secs {SWEEP_INTERVAL_REMOVED}"
+        )));
+    }
+    Ok(())
+}
+
+/// The maintenance interval and lease, checked: a lease must outlast two
+/// rounds, so one slow round does not lose it.
+fn maintenance(interval_ms: u64, lease_ms: u64) -> Result<(Duration, Duration)> {
+    if !(10..=3_600_000).contains(&interval_ms) {
+        return Err(Error::Config(format!(
+            "--maintenance-interval-ms must be between 10 and 3600000 (got {interval_ms})"
+        )));
+    }
+    if lease_ms < interval_ms.saturating_mul(2) || lease_ms > 86_400_000 {
+        return Err(Error::Config(format!(
+            "--maintenance-lease-ms must be at least twice --maintenance-interval-ms ({interval_ms}) and at most 86400000 (got {lease_ms})"
+        )));
+    }
+    Ok((
+        Duration::from_millis(interval_ms),
+        Duration::from_millis(lease_ms),
+    ))
 }
 
 /// Longest retry deadline or back-off accepted, in milliseconds: a request waits
@@ -1019,11 +1080,13 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         )));
     }
     c.probe_timeout = Duration::from_millis(probe_ms);
-    c.sweep_interval = secs(
-        "sweep-interval-secs",
-        pick(a.sweep_interval_secs, f.sweep_interval_secs, 30),
-        1,
-        86_400,
+    reject_sweep_interval(
+        a.sweep_interval_secs.is_some(),
+        f.sweep_interval_secs.is_some(),
+    )?;
+    (c.maintenance_interval, c.maintenance_lease) = maintenance(
+        pick(a.maintenance_interval_ms, f.maintenance_interval_ms, 5000),
+        pick(a.maintenance_lease_ms, f.maintenance_lease_ms, 15_000),
     )?;
     c.retry = retry_policy(
         a.retry_attempts.or(f.retry_attempts),
@@ -1603,6 +1666,8 @@ mod tests {
             rossby_protocol::framing::DEFAULT_MAX_FRAME
         );
         assert_eq!(c.region(), RegionId(1));
+        assert_eq!(c.maintenance_interval, Duration::from_secs(5));
+        assert_eq!(c.maintenance_lease, Duration::from_secs(15));
     }
 
     #[test]
@@ -1680,8 +1745,10 @@ tls_name = ["chat.example.net"]
             "500",
             "--probe-timeout-ms",
             "250",
-            "--sweep-interval-secs",
-            "5",
+            "--maintenance-interval-ms",
+            "250",
+            "--maintenance-lease-ms",
+            "900",
             "--retry-attempts",
             "4",
             "--retry-deadline-ms",
@@ -1783,7 +1850,8 @@ tls_name = ["chat.example.net"]
             other => panic!("unexpected storage {other:?}"),
         }
         assert_eq!(c.probe_timeout, Duration::from_millis(250));
-        assert_eq!(c.sweep_interval, Duration::from_secs(5));
+        assert_eq!(c.maintenance_interval, Duration::from_millis(250));
+        assert_eq!(c.maintenance_lease, Duration::from_millis(900));
         assert_eq!(
             c.retry,
             Some(RetryPolicy {
@@ -1892,6 +1960,23 @@ tls_name = ["chat.example.net"]
             (&["--service-name", "bad host:1"][..], "--service-name"),
             (&["--retention-days", "0"][..], "--retention-days"),
             (&["--owner-lease-ms", "50"][..], "--owner-lease-ms"),
+            (
+                &["--maintenance-interval-ms", "5"][..],
+                "--maintenance-interval-ms",
+            ),
+            (
+                &["--maintenance-lease-ms", "9000"][..],
+                "--maintenance-lease-ms must be at least twice",
+            ),
+            (
+                &[
+                    "--maintenance-interval-ms",
+                    "1000",
+                    "--maintenance-lease-ms",
+                    "1999",
+                ][..],
+                "--maintenance-lease-ms",
+            ),
             (
                 &["--owner-lease-ms", "1000", "--owner-renew-ms", "1000"][..],
                 "--owner-renew-ms",
@@ -2347,5 +2432,50 @@ tls_name = ["chat.example.net"]
         use clap::CommandFactory;
         let help = Args::command().render_long_help().to_string();
         assert!(!help.contains("tikv-mode"), "{help}");
+    }
+
+    #[test]
+    fn the_removed_sweep_interval_is_an_error_that_names_its_replacement() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let check = |message: &str, names: &str| {
+            assert!(message.contains(names), "{message}");
+            assert!(message.contains("was removed"), "{message}");
+            assert!(message.contains("--maintenance-interval-ms"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        };
+        check(
+            &err(&["--sweep-interval-secs", "30"]),
+            "--sweep-interval-secs",
+        );
+        // SAFETY: as above, the lock keeps other environment readers out.
+        unsafe { std::env::set_var("ROSSBY_SWEEP_INTERVAL_SECS", "30") };
+        let result = parse(&[]);
+        unsafe { std::env::remove_var("ROSSBY_SWEEP_INTERVAL_SECS") };
+        match result {
+            Ok(_) => panic!("ROSSBY_SWEEP_INTERVAL_SECS should be refused"),
+            Err(e) => check(&e.to_string(), "ROSSBY_SWEEP_INTERVAL_SECS"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rossby.toml");
+        std::fs::write(&file, "sweep_interval_secs = 30\n").unwrap();
+        check(
+            &err(&["--config", file.to_str().unwrap()]),
+            "sweep_interval_secs",
+        );
+        // The replacement, from a file.
+        std::fs::write(
+            &file,
+            "maintenance_interval_ms = 2000\nmaintenance_lease_ms = 4000\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            (c.maintenance_interval, c.maintenance_lease),
+            (Duration::from_secs(2), Duration::from_secs(4))
+        );
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        assert!(!help.contains("sweep-interval"), "{help}");
+        assert!(help.contains("--maintenance-lease-ms"), "{help}");
     }
 }

@@ -1,10 +1,11 @@
-//! [`Gateway`]: one running gateway (QUIC endpoint, admin listener, retention
-//! sweeper) in this process, as the binary, tests and benchmarks start it.
+//! [`Gateway`]: one running gateway (QUIC endpoint, admin listener, region
+//! maintenance) in this process, as the binary, tests and benchmarks start it.
 
 use crate::admin::{self, AdminState};
 use crate::api::Api;
 use crate::config::{Config, StorageConfig, load_or_create_secret};
 use crate::error::{Error, Result};
+use crate::maintenance::Maintenance;
 use crate::metrics::{InstrumentedKv, Metrics};
 use crate::peer::forward::WanDelay;
 use crate::peer::{PeerGeo, Peers};
@@ -30,9 +31,6 @@ pub type GatewayError = Error;
 /// Shortest server secret accepted.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// Entries read per batch of the expiry index by the sweeper.
-const SWEEP_BATCH: usize = 1024;
-
 /// Longest wait for closing connections to be acknowledged by their peers.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
@@ -51,6 +49,7 @@ pub struct Gateway {
     store: Store,
     metrics: Arc<Metrics>,
     api: Arc<Api>,
+    maintenance: Arc<Maintenance>,
     lifecycle: Arc<Lifecycle>,
     /// The store as opened, when this gateway opened it (closed at shutdown).
     owned_kv: Option<Kv>,
@@ -68,7 +67,8 @@ struct Tasks {
     accept: Option<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
     admin_stop: Option<oneshot::Sender<()>>,
-    sweeper: Option<JoinHandle<()>>,
+    /// Region maintenance and the resumption of interrupted group fan-outs.
+    background: Option<JoinHandle<()>>,
     /// The gateway-to-gateway machinery, when configured.
     peers: Option<Arc<Peers>>,
 }
@@ -85,9 +85,13 @@ impl Drop for Tasks {
         if let Some(peers) = self.peers.take() {
             peers.abort();
         }
-        for task in [self.accept.take(), self.admin.take(), self.sweeper.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.accept.take(),
+            self.admin.take(),
+            self.background.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -106,8 +110,9 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Starts a gateway: creates the data directory, loads (or generates) the
     /// secrets and the certificate, opens the store, builds the API, binds the QUIC
-    /// endpoint and the admin listener, and starts the retention sweeper (which
-    /// first finishes interrupted account purges).
+    /// endpoint and the admin listener, and starts the region's maintenance
+    /// (expiry sweeps and account purges, under leases shared with the region's
+    /// other gateways: [`crate::maintenance`]).
     pub async fn start(config: Config) -> Result<Gateway> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::io("cannot create data directory", &config.data_dir, e))?;
@@ -228,16 +233,30 @@ impl Gateway {
             }
         });
 
-        let sweeper_task = {
-            let sweep = sweeper(
-                store.clone(),
-                region,
-                config.sweep_interval,
-                metrics.clone(),
-            );
+        // Maintenance leases name the gateway run as its other leases do.
+        let (maintenance_id, lease_address) = match &peers {
+            Some(peers) => (peers.id(), peers.advertised().to_string()),
+            None => {
+                let mut id = [0u8; 16];
+                rand::fill(&mut id);
+                (id, quic_addr.to_string())
+            }
+        };
+        let maintenance = Arc::new(Maintenance::new(
+            store.clone(),
+            region,
+            maintenance_id,
+            lease_address,
+            peers.as_ref().and_then(|p| p.ownership().cloned()),
+            config.maintenance_interval,
+            config.maintenance_lease,
+            metrics.clone(),
+        ));
+        let background_task = {
+            let maintain = maintenance.clone().run();
             let resume = resume_outboxes(api.clone(), region);
             tokio::spawn(async move {
-                tokio::join!(sweep, resume);
+                tokio::join!(maintain, resume);
             })
         };
 
@@ -258,6 +277,7 @@ impl Gateway {
             store,
             metrics,
             api,
+            maintenance,
             lifecycle: lifecycle.clone(),
             owned_kv: owned.then_some(raw_kv),
             drain_grace: config.drain_grace,
@@ -268,7 +288,7 @@ impl Gateway {
                 accept: Some(accept_task),
                 admin: Some(admin_task),
                 admin_stop: Some(admin_stop),
-                sweeper: Some(sweeper_task),
+                background: Some(background_task),
                 peers,
             },
         })
@@ -330,6 +350,11 @@ impl Gateway {
         &self.api
     }
 
+    /// The maintenance of this gateway's region.
+    pub fn maintenance(&self) -> &Arc<Maintenance> {
+        &self.maintenance
+    }
+
     /// The gateway-to-gateway machinery, when peer notifications are on.
     pub fn peers(&self) -> Option<&Arc<Peers>> {
         self.tasks.peers.as_ref()
@@ -360,13 +385,17 @@ impl Gateway {
     /// 4. every connection is closed with application code
     ///    [`crate::server::CLOSE_DRAINING`] and the endpoint waits
     ///    for the closes to be delivered;
-    /// 5. the sweeper and the admin listener stop and the store is released (an
-    ///    embedded store is closed, so it can be reopened at once).
+    /// 5. the admin listener stops and the store is released (an embedded store
+    ///    is closed, so it can be reopened at once).
+    ///
+    /// Box ownership and the maintenance leases are handed to the region's other
+    /// gateways at the start of the drain.
     pub async fn shutdown(self) {
         let Gateway {
             endpoint,
             store,
             api,
+            maintenance,
             lifecycle,
             owned_kv,
             drain_grace,
@@ -381,6 +410,20 @@ impl Gateway {
         if let Some(ownership) = tasks.peers.as_ref().and_then(|p| p.ownership()) {
             ownership.release().await;
         }
+        // Background work stops here, and its leases go to the other gateways
+        // (off the drain's path: a slow store must not delay the steps below).
+        if let Some(task) = tasks.background.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let released = tokio::spawn(async move {
+            if tokio::time::timeout(CLOSE_WAIT, maintenance.release())
+                .await
+                .is_err()
+            {
+                tracing::debug!("releasing the maintenance leases timed out; they lapse");
+            }
+        });
         tokio::time::sleep(drain_grace).await;
 
         lifecycle.refuse();
@@ -416,10 +459,6 @@ impl Gateway {
         if let Some(peers) = tasks.peers.take() {
             peers.shutdown().await;
         }
-        if let Some(task) = tasks.sweeper.take() {
-            task.abort();
-            let _ = task.await;
-        }
         if let Some(stop) = tasks.admin_stop.take() {
             let _ = stop.send(());
         }
@@ -428,6 +467,7 @@ impl Gateway {
         {
             tracing::debug!("admin listener did not stop in time");
         }
+        let _ = released.await;
         drop(tasks);
         drop(api);
         drop(store);
@@ -526,9 +566,6 @@ pub(crate) async fn release_store(kv: Kv) {
     let _ = tokio::task::spawn_blocking(move || drop(kv)).await;
 }
 
-/// Finishes interrupted account purges, then sweeps expired messages of `region`
-/// every `interval`. Failures are logged and retried at the next tick: the sweep
-/// is idempotent and storage outages are reported by `/readyz`.
 /// How often interrupted group fan-outs of this region are resumed.
 const OUTBOX_RESUME_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -545,33 +582,6 @@ async fn resume_outboxes(api: Arc<Api>, region: RegionId) {
             Ok(0) => {}
             Ok(delivered) => tracing::info!(delivered, "resumed interrupted group fan-outs"),
             Err(err) => tracing::warn!(error = %err.message, "resuming group fan-outs failed"),
-        }
-    }
-}
-
-async fn sweeper(store: Store, region: RegionId, interval: Duration, metrics: Arc<Metrics>) {
-    match store.resume_purges(region).await {
-        Ok(0) => {}
-        Ok(purged) => tracing::info!(purged, "finished interrupted account purges"),
-        Err(err) => {
-            tracing::warn!(error = %err, "resuming account purges failed; retried at next start")
-        }
-    }
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        match store.sweep(region, server::now_ms(), SWEEP_BATCH).await {
-            Ok(swept) if swept.entries > 0 => {
-                metrics.envelopes_expired_total.inc_by(swept.envelopes);
-                tracing::info!(
-                    envelopes = swept.envelopes,
-                    dedups = swept.dedups,
-                    "expired entries swept"
-                )
-            }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "retention sweep failed"),
         }
     }
 }

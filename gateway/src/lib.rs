@@ -12,6 +12,7 @@ pub mod context;
 pub mod error;
 pub mod gateway;
 pub mod local;
+pub mod maintenance;
 pub mod metrics;
 pub mod peer;
 pub mod secret_file;

@@ -24,7 +24,10 @@
 //! | `rossby_build_info` | gauge (always 1) | `version` |
 //! | `rossby_peer_notifications_total` | counter | `result` |
 //! | `rossby_peer_forwards_total` | counter | `result` |
-//! | `rossby_envelopes_expired_total` | counter | |
+//! | `rossby_maintenance_work_total` | counter | `task`, `kind` |
+//! | `rossby_maintenance_lag_seconds` | gauge | `task` |
+//! | `rossby_maintenance_pending_purges` | gauge | |
+//! | `rossby_maintenance_leases_held` | gauge | `task` |
 //! | `rossby_tls_certificate_expiry_timestamp_seconds` | gauge | |
 //!
 //! `docs/operations/metrics.md` describes each one for operators, and
@@ -32,7 +35,7 @@
 
 use async_trait::async_trait;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use rossby_storage::Kv;
@@ -59,6 +62,22 @@ const STORAGE_BUCKETS: &[f64] = &[
 /// The `result` labels of `rossby_peer_forwards_total`, exported from the start
 /// at 0 like the storage error kinds.
 pub const PEER_FORWARD_RESULTS: &[&str] = &["answered", "failed", "served"];
+
+/// The `task` labels of the maintenance metrics: the kinds of background job
+/// (`rossby_keyspace::MaintenanceJob::kind`). The label is not called `job`,
+/// which Prometheus sets on every scraped series (the scrape job).
+pub const MAINTENANCE_JOBS: &[&str] = &["expiry", "purge"];
+
+/// The (`task`, `kind`) labels of `rossby_maintenance_work_total`, exported from
+/// the start at 0: expiry index entries processed, envelopes and dedup records
+/// they deleted; boxes purged and the purge transactions that took.
+pub const MAINTENANCE_WORK: &[(&str, &str)] = &[
+    ("expiry", "entries"),
+    ("expiry", "envelopes"),
+    ("expiry", "dedups"),
+    ("purge", "boxes"),
+    ("purge", "steps"),
+];
 
 /// The `kind` labels of `rossby_storage_errors_total` that storage operations
 /// report. Their series exist from the start at 0, so that `rate()` sees the first
@@ -116,9 +135,21 @@ pub struct Metrics {
     /// `failed` (no answer: executed here instead), `served` (executed here for
     /// another gateway).
     pub peer_forwards_total: IntCounterVec,
-    /// `rossby_envelopes_expired_total`: envelopes the retention sweeper deleted
-    /// because they stayed queued, unacknowledged, past the retention period.
-    pub envelopes_expired_total: IntCounter,
+    /// `rossby_maintenance_work_total{task, kind}`: work done by this gateway's
+    /// maintenance jobs ([`MAINTENANCE_WORK`]).
+    pub maintenance_work_total: IntCounterVec,
+    /// `rossby_maintenance_lag_seconds{task}`: after this gateway's last round,
+    /// the age of the oldest expiry entry still due in the shards it holds
+    /// (`expiry`), and of the oldest account deletion still awaiting its purge
+    /// when it holds the purge (`purge`); 0 for jobs it does not hold.
+    pub maintenance_lag_seconds: GaugeVec,
+    /// `rossby_maintenance_pending_purges`: deleted accounts of the region
+    /// awaiting their purge, as counted by the gateway holding the purge job (0
+    /// elsewhere).
+    pub maintenance_pending_purges: IntGauge,
+    /// `rossby_maintenance_leases_held{task}`: maintenance leases this gateway
+    /// holds, by kind of job (up to 16 `expiry` shards, 1 `purge`).
+    pub maintenance_leases_held: IntGaugeVec,
     /// `rossby_tls_certificate_expiry_timestamp_seconds`: the not-after time of the
     /// certificate the QUIC endpoint presents, in Unix seconds; 0 when it could not
     /// be read (see [`Metrics::set_certificate_expiry`]).
@@ -271,11 +302,41 @@ impl Metrics {
                     &["result"],
                 ),
             ),
-            envelopes_expired_total: register(
+            maintenance_work_total: register(
                 r,
-                IntCounter::new(
-                    "rossby_envelopes_expired_total",
-                    "Envelopes deleted unacknowledged by the retention sweeper.",
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_maintenance_work_total",
+                        "Work done by this gateway's maintenance jobs, by task and kind.",
+                    ),
+                    &["task", "kind"],
+                ),
+            ),
+            maintenance_lag_seconds: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "rossby_maintenance_lag_seconds",
+                        "Age of the oldest work left after the last maintenance round, by task.",
+                    ),
+                    &["task"],
+                ),
+            ),
+            maintenance_pending_purges: register(
+                r,
+                IntGauge::new(
+                    "rossby_maintenance_pending_purges",
+                    "Deleted accounts awaiting their purge (counted by the purge job's holder).",
+                ),
+            ),
+            maintenance_leases_held: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "rossby_maintenance_leases_held",
+                        "Maintenance leases held by this gateway, by task.",
+                    ),
+                    &["task"],
                 ),
             ),
             tls_certificate_expiry_timestamp_seconds: register(
@@ -297,6 +358,15 @@ impl Metrics {
         for result in PEER_FORWARD_RESULTS {
             metrics.peer_forwards_total.with_label_values(&[result]);
         }
+        for (job, kind) in MAINTENANCE_WORK {
+            metrics
+                .maintenance_work_total
+                .with_label_values(&[job, kind]);
+        }
+        for job in MAINTENANCE_JOBS {
+            metrics.maintenance_lag_seconds.with_label_values(&[job]);
+            metrics.maintenance_leases_held.with_label_values(&[job]);
+        }
         metrics
     }
 
@@ -313,6 +383,15 @@ impl Metrics {
         self.peer_notifications_total
             .with_label_values(&[result])
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Counts `n` units of maintenance work of `kind` done by `task`.
+    pub fn maintenance_work(&self, task: &str, kind: &str, n: u64) {
+        if n > 0 {
+            self.maintenance_work_total
+                .with_label_values(&[task, kind])
+                .inc_by(n);
+        }
     }
 
     /// Counts `n` forwarded envelopes with `result`.
@@ -623,7 +702,12 @@ mod tests {
             "rossby_envelopes_enqueued_total 0",
             "rossby_build_info{version=\"",
             "rossby_peer_notifications_total{result=\"sent\"} 2",
-            "rossby_envelopes_expired_total 0",
+            "rossby_maintenance_work_total{kind=\"envelopes\",task=\"expiry\"} 0",
+            "rossby_maintenance_work_total{kind=\"boxes\",task=\"purge\"} 0",
+            "rossby_maintenance_lag_seconds{task=\"expiry\"} 0",
+            "rossby_maintenance_lag_seconds{task=\"purge\"} 0",
+            "rossby_maintenance_pending_purges 0",
+            "rossby_maintenance_leases_held{task=\"purge\"} 0",
             "rossby_tls_certificate_expiry_timestamp_seconds 0",
             "rossby_storage_errors_total{kind=\"undetermined\"} 0",
         ] {

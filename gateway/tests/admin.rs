@@ -421,7 +421,8 @@ async fn readiness_and_rossby_health_follow_storage_and_recover() {
     }));
     config.probe_timeout = Duration::from_millis(300);
     // Only the requests of this test touch storage while it hangs.
-    config.sweep_interval = Duration::from_secs(3600);
+    config.maintenance_interval = Duration::from_secs(3600);
+    config.maintenance_lease = Duration::from_secs(7200);
     let gw = start_with(config).await;
     let admin = gw.admin_addr();
     let cert = dir.path().join("cert.pem");

@@ -27,6 +27,9 @@
 //!   0x03 <box 16>                                         box awaiting purge
 //!   0x04 <gateway id 16>                                  ownership lease of a gateway of the region
 //!   0x05 <box 16> <entry id 16>                           outbox: fan-out recorded by a box, still to deliver
+//!   0x06 <job>                                            maintenance lease of one background job of the region
+//!        0x01 <shard u8>                                  sweeping one expiry shard
+//!        0x02                                             draining the purge queue
 //! ```
 //!
 //! A box's region code is both in the regional prefix and in the box id; decoding
@@ -47,6 +50,10 @@ const REGION_EXPIRY: u8 = 0x02;
 const REGION_PURGE: u8 = 0x03;
 const REGION_GATEWAY: u8 = 0x04;
 const REGION_OUTBOX: u8 = 0x05;
+const REGION_MAINTENANCE: u8 = 0x06;
+
+const JOB_EXPIRY_SHARD: u8 = 0x01;
+const JOB_PURGE: u8 = 0x02;
 
 const ENTRY_MESSAGE: u8 = 0x01;
 const ENTRY_DEDUP: u8 = 0x02;
@@ -55,6 +62,55 @@ const ENTRY_DEDUP: u8 = 0x02;
 /// boxes land in different shards, so neither writers nor the sweeper share one hot
 /// key range.
 pub const EXPIRY_SHARDS: u8 = 16;
+
+/// A background job of a region, run by whichever gateway holds its maintenance
+/// lease ([`Key::MaintenanceLease`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MaintenanceJob {
+    /// Deleting the due entries of one shard (`0..EXPIRY_SHARDS`) of the expiry
+    /// index.
+    ExpiryShard(u8),
+    /// Finishing the purges of deleted accounts (draining the purge queue).
+    Purge,
+}
+
+impl MaintenanceJob {
+    /// Every job of a region, in key order: the expiry shards, then the purge.
+    pub fn all() -> impl Iterator<Item = MaintenanceJob> {
+        (0..EXPIRY_SHARDS)
+            .map(MaintenanceJob::ExpiryShard)
+            .chain(std::iter::once(MaintenanceJob::Purge))
+    }
+
+    /// How many jobs a region has.
+    pub const COUNT: usize = EXPIRY_SHARDS as usize + 1;
+
+    /// The job's kind, `expiry` or `purge` (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MaintenanceJob::ExpiryShard(_) => "expiry",
+            MaintenanceJob::Purge => "purge",
+        }
+    }
+
+    /// The job's bytes in its key (after the regional prefix): stable, so they
+    /// also name the job for rendezvous hashing.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match *self {
+            MaintenanceJob::ExpiryShard(shard) => vec![JOB_EXPIRY_SHARD, shard],
+            MaintenanceJob::Purge => vec![JOB_PURGE],
+        }
+    }
+}
+
+impl std::fmt::Display for MaintenanceJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaintenanceJob::ExpiryShard(shard) => write!(f, "expiry shard {shard}"),
+            MaintenanceJob::Purge => f.write_str("purge"),
+        }
+    }
+}
 
 /// The tables stored under a box prefix, with their one-byte tags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -186,6 +242,8 @@ pub enum Key {
     Purge(BoxId),
     /// The ownership lease of a gateway of a region, by the gateway run's id.
     GatewayLease(RegionId, [u8; 16]),
+    /// The lease of the gateway that runs one background job of a region.
+    MaintenanceLease(RegionId, MaintenanceJob),
 }
 
 /// The prefix of every key of one box.
@@ -221,11 +279,14 @@ impl Key {
     /// The box this key belongs to: every key in a box's range, and the keys kept
     /// for a box elsewhere in its region (its expiry entries, outbox entries and
     /// purge marker). `None` for data of no one box (lookups, pending
-    /// registrations, gateway leases). Storage lets only a transaction holding
+    /// registrations, gateway and maintenance leases). Storage lets only a transaction holding
     /// the box's guard write such a key.
     pub fn owner_box(&self) -> Option<BoxId> {
         match *self {
-            Key::Lookup { .. } | Key::Registration { .. } | Key::GatewayLease(..) => None,
+            Key::Lookup { .. }
+            | Key::Registration { .. }
+            | Key::GatewayLease(..)
+            | Key::MaintenanceLease(..) => None,
             Key::Profile(b)
             | Key::Device(b, _)
             | Key::Pointer(b, _)
@@ -323,6 +384,10 @@ impl Key {
                 &[b.as_bytes()],
             ),
             Key::GatewayLease(region, id) => with(region_prefix(region, REGION_GATEWAY), &[&id]),
+            Key::MaintenanceLease(region, job) => with(
+                region_prefix(region, REGION_MAINTENANCE),
+                &[&job.to_bytes()],
+            ),
         }
     }
 
@@ -367,6 +432,7 @@ impl Key {
                     REGION_PURGE => Key::Purge(r.box_in(region)?),
                     REGION_GATEWAY => Key::GatewayLease(region, r.array()?),
                     REGION_OUTBOX => Key::Outbox(r.box_in(region)?, r.array()?),
+                    REGION_MAINTENANCE => Key::MaintenanceLease(region, r.job()?),
                     _ => return Err(Error::MalformedKey("unknown regional kind")),
                 }
             }
@@ -443,6 +509,11 @@ impl Key {
     /// Ownership leases of the gateways of a region.
     pub fn gateway_lease_range(region: RegionId) -> KeyRange {
         KeyRange::prefix(&region_prefix(region, REGION_GATEWAY))
+    }
+
+    /// The maintenance leases of a region's background jobs.
+    pub fn maintenance_lease_range(region: RegionId) -> KeyRange {
+        KeyRange::prefix(&region_prefix(region, REGION_MAINTENANCE))
     }
 
     /// Every outbox entry of a region.
@@ -545,6 +616,17 @@ impl Reader<'_> {
     fn message(&mut self) -> Result<MessageId> {
         MessageId::from_bytes(self.array()?)
     }
+
+    fn job(&mut self) -> Result<MaintenanceJob> {
+        match self.u8()? {
+            JOB_EXPIRY_SHARD => match self.u8()? {
+                shard if shard < EXPIRY_SHARDS => Ok(MaintenanceJob::ExpiryShard(shard)),
+                _ => Err(Error::MalformedKey("expiry shard out of range")),
+            },
+            JOB_PURGE => Ok(MaintenanceJob::Purge),
+            _ => Err(Error::MalformedKey("unknown maintenance job")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -566,6 +648,13 @@ mod tests {
             raw[8] = (raw[8] & 0x3f) | 0x80;
             MessageId::from_bytes(raw).unwrap()
         })
+    }
+
+    fn any_job() -> impl Strategy<Value = MaintenanceJob> {
+        prop_oneof![
+            (0..EXPIRY_SHARDS).prop_map(MaintenanceJob::ExpiryShard),
+            Just(MaintenanceJob::Purge),
+        ]
     }
 
     fn any_key() -> impl Strategy<Value = Key> {
@@ -598,6 +687,7 @@ mod tests {
             (any_box(), any::<[u8; 16]>()).prop_map(|(b, id)| Key::Outbox(b, id)),
             (any::<u16>(), any::<[u8; 16]>())
                 .prop_map(|(r, id)| Key::GatewayLease(RegionId(r), id)),
+            (any::<u16>(), any_job()).prop_map(|(r, job)| Key::MaintenanceLease(RegionId(r), job)),
             (any_box(), any::<u64>(), any::<u64>()).prop_map(|(b, t, s)| Key::Expiry {
                 shard: expiry_shard(b),
                 expires_at_ms: t,
@@ -681,6 +771,10 @@ mod tests {
                     prop_assert!(Key::gateway_lease_range(region).contains(&bytes));
                     region
                 }
+                Key::MaintenanceLease(region, _) => {
+                    prop_assert!(Key::maintenance_lease_range(region).contains(&bytes));
+                    region
+                }
             };
             prop_assert!(region_range(home).contains(&bytes));
             prop_assert!(!global_range().contains(&bytes));
@@ -713,6 +807,45 @@ mod tests {
         assert!(due.contains(&entry(999)));
         assert!(!due.contains(&entry(1_000)));
         assert!(region_range(RegionId(7)).contains(&due.start));
+    }
+
+    #[test]
+    fn maintenance_leases_are_one_per_job_in_job_order_inside_their_region() {
+        let region = RegionId(5);
+        let jobs: Vec<MaintenanceJob> = MaintenanceJob::all().collect();
+        assert_eq!(jobs.len(), MaintenanceJob::COUNT);
+        assert_eq!(jobs[0], MaintenanceJob::ExpiryShard(0));
+        assert_eq!(jobs[16], MaintenanceJob::Purge);
+        let keys: Vec<Vec<u8>> = jobs
+            .iter()
+            .map(|j| Key::MaintenanceLease(region, *j).encode())
+            .collect();
+        // Byte order is job order: shards in numeric order, then the purge.
+        for pair in keys.windows(2) {
+            assert!(pair[0] < pair[1]);
+        }
+        assert_eq!(
+            keys[3],
+            vec![0x02, 0x00, 0x05, 0x06, 0x01, 0x03],
+            "0x02 <region> 0x06 0x01 <shard>"
+        );
+        assert_eq!(keys[16], vec![0x02, 0x00, 0x05, 0x06, 0x02]);
+        let range = Key::maintenance_lease_range(region);
+        for key in &keys {
+            assert!(range.contains(key));
+            assert!(region_range(region).contains(key));
+            assert!(!Key::gateway_lease_range(region).contains(key));
+            assert!(!Key::maintenance_lease_range(RegionId(6)).contains(key));
+        }
+        // A shard beyond the index and an unknown job tag are rejected.
+        assert_eq!(
+            Key::decode(&[0x02, 0x00, 0x05, 0x06, 0x01, EXPIRY_SHARDS]),
+            Err(Error::MalformedKey("expiry shard out of range"))
+        );
+        assert_eq!(
+            Key::decode(&[0x02, 0x00, 0x05, 0x06, 0x03]),
+            Err(Error::MalformedKey("unknown maintenance job"))
+        );
     }
 
     #[test]

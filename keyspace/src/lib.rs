@@ -16,6 +16,6 @@ pub mod range;
 pub use error::{Error, Result};
 pub use identifier::Identifier;
 pub use ids::{BoxId, DeviceId, MessageId, RegionId};
-pub use keys::{ExpiryEntry, Key, Table};
+pub use keys::{ExpiryEntry, Key, MaintenanceJob, Table};
 pub use lookup::{LookupDigest, LookupHasher, Pepper};
 pub use range::KeyRange;

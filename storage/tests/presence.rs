@@ -235,6 +235,7 @@ async fn account_purge_removes_leases(store: &Store) {
         .await
         .unwrap();
     store.delete_account(b, T0).await.unwrap();
+    store.purge(b).await.unwrap();
     assert_eq!(stored_leases(store, b).await, 0);
     assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
     // A late renewal of a deleted box writes nothing back.

@@ -675,12 +675,21 @@ async fn account_deletion_removes_everything(store: &Store) {
         transact!(store, |txn| lookup::resolve(txn, h, &id, T0).await).unwrap(),
         None
     );
+    // The deletion left the purge to maintenance: the keys are still there.
+    assert!(transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
+    assert_eq!(
+        transact!(store, |txn| lifecycle::pending_purges(txn, REGION, 10)
+            .await)
+        .unwrap(),
+        vec![b]
+    );
     let v = version(store, s).await;
     let out = store
         .enqueue(b, &[envelope(s, sd[0], v, b"x")], T0)
         .await
         .unwrap();
     assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+    store.purge(b).await.unwrap();
     assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
     assert!(
         transact!(store, |txn| lifecycle::pending_purges(txn, REGION, 10)
@@ -751,6 +760,7 @@ async fn deletion_racing_with_sends_leaves_nothing_behind(store: &Store) {
     for t in senders {
         t.await.unwrap();
     }
+    store.purge(b).await.unwrap();
     assert!(
         !transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap(),
         "a send committed into a box being deleted"
@@ -907,6 +917,7 @@ async fn expiry_never_brings_a_purged_box_back(store: &Store) {
         send(store, (s, sd[0]), b, &[i], T0).await;
     }
     store.delete_account(b, T0).await.unwrap();
+    store.purge(b).await.unwrap();
     assert!(!transact!(store, |txn| lifecycle::box_has_keys(txn, b).await).unwrap());
     let shard = rossby_keyspace::keys::expiry_shard(b);
     let entries_of_b = async || {
@@ -963,6 +974,7 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
     .unwrap();
     assert_eq!(swept.envelopes, 1, "the box was alive in its snapshot");
     store.delete_account(b, T0).await.unwrap();
+    store.purge(b).await.unwrap();
     let committed = expiry.commit().await;
     assert!(
         matches!(committed, Err(KvError::Conflict(_))),
@@ -1008,6 +1020,7 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
     .await
     .unwrap();
     store.delete_account(owner, T0).await.unwrap();
+    store.purge(owner).await.unwrap();
     assert!(
         conflicted(add.commit().await),
         "a contact outlived its account"
@@ -1024,6 +1037,7 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
         .await
         .unwrap();
     store.delete_account(creator, T0).await.unwrap();
+    store.purge(creator).await.unwrap();
     assert!(
         conflicted(create.commit().await),
         "a group outlived its creator"

@@ -154,7 +154,10 @@ pub(crate) async fn remove_device(
     })
 }
 
-/// DeleteAccount: deletes the caller's box and everything in it.
+/// DeleteAccount: deletes the caller's box and everything in it. One transaction
+/// makes the box invisible at once (profile tombstoned, identifiers unbound,
+/// devices and credentials gone) and records its purge; the reply does not wait
+/// for the rest, which the region's maintenance removes ([`crate::maintenance`]).
 pub(crate) async fn delete_account(
     shared: &Shared,
     caller: &Authenticated,

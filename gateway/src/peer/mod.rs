@@ -143,6 +143,7 @@ fn check_address(addr: &str) -> Result<()> {
 
 /// The running peer machinery of one gateway.
 pub struct Peers {
+    id: [u8; 16],
     holder: Holder,
     local_addr: SocketAddr,
     endpoint: quinn::Endpoint,
@@ -258,6 +259,7 @@ impl Peers {
         }
         tracing::info!(peer = %local_addr, advertised = %holder.peer_address, "peer endpoint started");
         Ok(Arc::new(Peers {
+            id,
             holder,
             local_addr,
             endpoint,
@@ -322,6 +324,11 @@ impl Peers {
     /// This gateway run's id, recorded in its leases.
     pub fn gateway_id(&self) -> &str {
         &self.holder.gateway_id
+    }
+
+    /// This gateway run's id as raw bytes (`gateway_id` is its hex form).
+    pub fn id(&self) -> [u8; 16] {
+        self.id
     }
 
     /// Holds the presence lease of a device while the guard lives (see

@@ -105,6 +105,21 @@ impl Ownership {
         }
     }
 
+    /// This gateway run's id, as its ownership lease names it.
+    pub fn id(&self) -> [u8; 16] {
+        self.me.id
+    }
+
+    /// The ids of the live gateways the view has in `region` (this gateway
+    /// included while it runs and has not released its lease).
+    pub fn live_ids(&self, region: RegionId) -> Vec<[u8; 16]> {
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&region)
+            .map_or_else(Vec::new, |members| members.iter().map(|m| m.id).collect())
+    }
+
     /// How many live gateways the view has in `region`.
     pub fn live_in(&self, region: RegionId) -> usize {
         self.view

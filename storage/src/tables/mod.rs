@@ -29,7 +29,11 @@
 //!   epoch record, so delivery never conflicts with the next Commit;
 //! - each gateway writes only its own ownership lease, so renewals never
 //!   conflict; ownership itself protects nothing (two gateways that both think
-//!   they own a box still conflict on its `next` key).
+//!   they own a box still conflict on its `next` key);
+//! - acquiring, renewing and releasing a maintenance lease read it for update
+//!   and write it, so two gateways taking one job at once conflict and the job
+//!   has one holder; like ownership, the lease only spreads work (the expiry and
+//!   purge steps it schedules stay correct when two gateways run them).
 
 use crate::error::Result;
 use crate::kv::RetryPolicy;
@@ -47,6 +51,7 @@ pub mod groups;
 pub mod keypackages;
 pub mod lifecycle;
 pub mod lookup;
+pub mod maintenance;
 pub mod outbox;
 pub mod presence;
 pub mod queue;
@@ -171,41 +176,18 @@ impl Store {
         .await)
     }
 
-    /// Deletes everything in `region` whose expiry is before `now_ms`: each shard of
-    /// the expiry index is read in batches of `batch` entries and each box's due
-    /// entries are processed in a transaction of their own, so the sweeper never
-    /// holds a large transaction or conflicts with more than one box at a time.
+    /// Deletes everything in `region` whose expiry is before `now_ms`: every shard
+    /// of the expiry index in turn, each with [`Store::sweep_shard`] until nothing
+    /// due is left.
     pub async fn sweep(&self, region: RegionId, now_ms: u64, batch: usize) -> Result<queue::Swept> {
         let mut total = queue::Swept::default();
         for shard in 0..EXPIRY_SHARDS {
             loop {
-                let due = transact!(self, |txn| queue::due(
-                    txn,
-                    region,
-                    shard,
-                    now_ms,
-                    batch.max(1)
-                )
-                .await)?;
-                let mut by_box: BTreeMap<BoxId, Vec<(u64, ExpiryEntry)>> = BTreeMap::new();
-                for (box_id, at, entry) in &due {
-                    by_box.entry(*box_id).or_default().push((*at, *entry));
-                }
-                let mut progressed = false;
-                for (box_id, entries) in &by_box {
-                    let swept = transact!(self, |txn| queue::expire(
-                        txn,
-                        &self.limits,
-                        *box_id,
-                        entries
-                    )
-                    .await)?;
-                    progressed |= swept.entries > 0;
-                    total.entries += swept.entries;
-                    total.envelopes += swept.envelopes;
-                    total.dedups += swept.dedups;
-                }
-                if due.len() < batch.max(1) || !progressed {
+                let (swept, more) = self.sweep_shard(region, shard, now_ms, batch).await?;
+                total.entries += swept.entries;
+                total.envelopes += swept.envelopes;
+                total.dedups += swept.dedups;
+                if !more {
                     break;
                 }
             }
@@ -213,8 +195,45 @@ impl Store {
         Ok(total)
     }
 
-    /// Deletes an account (see [`lifecycle::delete_account`]) and then purges its
-    /// remaining keys. If the purge is interrupted, [`Store::resume_purges`] finishes it.
+    /// Deletes up to `batch` entries of one expiry shard of `region` that are due
+    /// before `now_ms`, oldest first. Each box's due entries are processed in a
+    /// transaction of their own, so a sweep never holds a large transaction or
+    /// conflicts with more than one box at a time. Returns what was deleted and
+    /// whether due entries may remain (the batch was full and made progress).
+    pub async fn sweep_shard(
+        &self,
+        region: RegionId,
+        shard: u8,
+        now_ms: u64,
+        batch: usize,
+    ) -> Result<(queue::Swept, bool)> {
+        let batch = batch.max(1);
+        let due = transact!(self, |txn| queue::due(txn, region, shard, now_ms, batch)
+            .await)?;
+        let mut by_box: BTreeMap<BoxId, Vec<(u64, ExpiryEntry)>> = BTreeMap::new();
+        for (box_id, at, entry) in &due {
+            by_box.entry(*box_id).or_default().push((*at, *entry));
+        }
+        let mut total = queue::Swept::default();
+        for (box_id, entries) in &by_box {
+            let swept = transact!(self, |txn| queue::expire(
+                txn,
+                &self.limits,
+                *box_id,
+                entries
+            )
+            .await)?;
+            total.entries += swept.entries;
+            total.envelopes += swept.envelopes;
+            total.dedups += swept.dedups;
+        }
+        Ok((total, due.len() == batch && total.entries > 0))
+    }
+
+    /// Deletes an account (see [`lifecycle::delete_account`]): in one transaction
+    /// the box becomes invisible and a purge entry is recorded. The remaining keys
+    /// are removed afterwards, off the request path, by whichever gateway holds the
+    /// region's purge lease ([`maintenance`]; [`Store::purge`] does it at once).
     pub async fn delete_account(&self, box_id: BoxId, now_ms: u64) -> Result<()> {
         transact!(self, |txn| lifecycle::delete_account(
             txn,
@@ -222,8 +241,7 @@ impl Store {
             box_id,
             now_ms
         )
-        .await)?;
-        self.purge(box_id).await
+        .await)
     }
 
     /// Removes the remaining keys of a deleted box, in bounded transactions.
@@ -233,8 +251,10 @@ impl Store {
         Ok(())
     }
 
-    /// Finishes purges of `region` that were interrupted. Returns how many boxes
-    /// were purged.
+    /// Purges every box of `region` awaiting its purge (deletions whose purge has
+    /// not run yet or was interrupted) until none is left. Returns how many boxes
+    /// were purged. Gateways do this in bounded rounds under the region's purge
+    /// lease ([`maintenance`]); this runs to the end (tests and tools).
     pub async fn resume_purges(&self, region: RegionId) -> Result<usize> {
         let mut purged = 0;
         loop {

@@ -27,7 +27,7 @@ use super::Record;
 use super::records::{Device, LowWater, Profile, QueueHead};
 use crate::error::{Error, Result};
 use crate::kv::{Key as RawKey, KeyRange, KvPair, ScanOrder, Transaction, Value};
-use rossby_keyspace::{BoxId, DeviceId, Key, LookupDigest, RegionId};
+use rossby_keyspace::{BoxId, DeviceId, Key, LookupDigest, MaintenanceJob, RegionId};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Tells transactions apart, so a handle cannot be used in a transaction other
@@ -116,6 +116,8 @@ pub enum SharedKey {
     },
     /// The ownership lease of a gateway of a region.
     GatewayLease(RegionId, [u8; 16]),
+    /// The lease of a background job of a region.
+    MaintenanceLease(RegionId, MaintenanceJob),
 }
 
 impl SharedKey {
@@ -154,6 +156,7 @@ impl From<SharedKey> for Key {
                 digest,
             },
             SharedKey::GatewayLease(region, id) => Key::GatewayLease(region, id),
+            SharedKey::MaintenanceLease(region, job) => Key::MaintenanceLease(region, job),
         }
     }
 }
