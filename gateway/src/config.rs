@@ -297,6 +297,9 @@ pub struct Args {
     /// Largest encrypted profile in bytes [default: 65536].
     #[arg(long, env = "ROSSBY_MAX_PROFILE_BYTES", value_name = "BYTES")]
     pub max_profile_bytes: Option<usize>,
+    /// Most contacts, and separately most blocked boxes, per box [default: 10000].
+    #[arg(long, env = "ROSSBY_MAX_RELATIONS_PER_BOX", value_name = "N")]
+    pub max_relations_per_box: Option<usize>,
     /// Most queue entries deleted per transaction [default: 1024].
     #[arg(long, env = "ROSSBY_MAX_DELETES_PER_TXN", value_name = "N")]
     pub max_deletes_per_txn: Option<usize>,
@@ -439,6 +442,7 @@ struct FileConfig {
     max_key_packages_per_device: Option<usize>,
     max_key_package_bytes: Option<usize>,
     max_profile_bytes: Option<usize>,
+    max_relations_per_box: Option<usize>,
     max_deletes_per_txn: Option<usize>,
     retention_days: Option<u64>,
     dedup_window_secs: Option<u64>,
@@ -1297,6 +1301,15 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
             a.max_profile_bytes,
             f.max_profile_bytes,
             l.max_profile_bytes,
+        ),
+        1,
+    )?;
+    l.max_relations_per_box = at_least(
+        "max-relations-per-box",
+        pick(
+            a.max_relations_per_box,
+            f.max_relations_per_box,
+            l.max_relations_per_box,
         ),
         1,
     )?;

@@ -242,9 +242,33 @@ async fn refusals_are_decided_from_the_same_single_read() {
     };
     transact!(store, |txn| {
         accounts::update_settings(txn, &store.limits, recipient, &contacts_only, T0).await?;
-        contacts::add(txn, Relationship::Contact, recipient, friend, T0).await?;
-        contacts::add(txn, Relationship::Contact, recipient, blocked, T0).await?;
-        contacts::add(txn, Relationship::Block, recipient, blocked, T0).await
+        contacts::add(
+            txn,
+            &store.limits,
+            Relationship::Contact,
+            recipient,
+            friend,
+            T0,
+        )
+        .await?;
+        contacts::add(
+            txn,
+            &store.limits,
+            Relationship::Contact,
+            recipient,
+            blocked,
+            T0,
+        )
+        .await?;
+        contacts::add(
+            txn,
+            &store.limits,
+            Relationship::Block,
+            recipient,
+            blocked,
+            T0,
+        )
+        .await
     })
     .unwrap();
     let v = version(&store, recipient).await;

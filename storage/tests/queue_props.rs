@@ -1282,25 +1282,32 @@ fn overlapping_final_acks_of_two_devices_leave_nothing_behind_on_tikv() {
     );
 }
 
-async fn final_acks_of_two_devices_overlap(kv: Kv) {
-    let store = store_on(kv);
-    let limits = &store.limits;
+/// A box with two devices, ten envelopes, both devices acknowledged up to 5 (so
+/// 1..=5 are deleted). Returns the box, the devices and the last sequence number.
+async fn two_devices_acknowledged_halfway(store: &Store) -> (BoxId, DeviceId, DeviceId, u64) {
     let b = BoxId::new(RegionId(1));
-    let devs = create_box_with_devices(&store, b, 2).await;
+    let devs = create_box_with_devices(store, b, 2).await;
     let (d1, d2) = (devs[0].0, devs[1].0);
-    let last = send_sequentially(&store, b, 10).await;
-    assert_eq!(ack(&store, b, d1, 5).await.acked, 5);
+    let last = send_sequentially(store, b, 10).await;
+    assert_eq!(ack(store, b, d1, 5).await.acked, 5);
     assert_eq!(
-        ack(&store, b, d2, 5).await,
+        ack(store, b, d2, 5).await,
         Acked {
             acked: 5,
             deleted: 5
         }
     );
     assert_eq!(
-        queue_entries(&store, b).await,
+        queue_entries(store, b).await,
         (6..=last).collect::<Vec<_>>()
     );
+    (b, d1, d2, last)
+}
+
+async fn final_acks_of_two_devices_overlap(kv: Kv) {
+    let store = store_on(kv);
+    let limits = &store.limits;
+    let (b, d1, d2, last) = two_devices_acknowledged_halfway(&store).await;
 
     overlapping(
         &store,
@@ -1333,18 +1340,7 @@ fn ack_overlapping_a_removal_leaves_nothing_behind_on_tikv() {
 async fn an_ack_overlaps_a_removal(kv: Kv) {
     let store = store_on(kv);
     let limits = &store.limits;
-    let b = BoxId::new(RegionId(1));
-    let devs = create_box_with_devices(&store, b, 2).await;
-    let (d1, d2) = (devs[0].0, devs[1].0);
-    let last = send_sequentially(&store, b, 10).await;
-    assert_eq!(ack(&store, b, d1, 5).await.acked, 5);
-    assert_eq!(
-        ack(&store, b, d2, 5).await,
-        Acked {
-            acked: 5,
-            deleted: 5
-        }
-    );
+    let (b, d1, d2, last) = two_devices_acknowledged_halfway(&store).await;
 
     overlapping(
         &store,

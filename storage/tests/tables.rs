@@ -183,6 +183,7 @@ async fn hidden_and_blocking_users_look_unknown(store: &Store) {
     assert_eq!(discover(bob).await, Some(alice));
     transact!(store, |txn| contacts::add(
         txn,
+        &store.limits,
         Relationship::Block,
         alice,
         bob,
@@ -591,6 +592,7 @@ async fn settings_control_who_may_send(store: &Store) {
     .unwrap();
     transact!(store, |txn| contacts::add(
         txn,
+        &store.limits,
         Relationship::Contact,
         b,
         friend,
@@ -614,6 +616,7 @@ async fn settings_control_who_may_send(store: &Store) {
     assert!(matches!(out[1], Err(Error::RecipientUnavailable)));
     transact!(store, |txn| contacts::add(
         txn,
+        &store.limits,
         Relationship::Block,
         b,
         friend,
@@ -1012,6 +1015,7 @@ async fn writes_racing_with_a_removal_or_deletion_conflict(store: &Store) {
     let mut add = store.kv.begin().await.unwrap();
     contacts::add(
         &mut Tx::new(&mut *add),
+        &store.limits,
         Relationship::Contact,
         owner,
         other,
@@ -1083,6 +1087,49 @@ async fn concurrent_inserts_cannot_exceed_a_quota(store: &Store) {
     )
     .await);
     assert!(matches!(again, Err(Error::QuotaExceeded(_))), "{again:?}");
+
+    // The same for contacts, under a small configured limit.
+    let limits = Limits {
+        max_relations_per_box: 2,
+        ..store.limits.clone()
+    };
+    let (owner, _) = new_box(store, 1).await;
+    let others: Vec<BoxId> = (0..3).map(|_| BoxId::new(REGION)).collect();
+    transact!(store, |txn| contacts::add(
+        txn,
+        &limits,
+        Relationship::Contact,
+        owner,
+        others[0],
+        T0
+    )
+    .await)
+    .unwrap();
+    let mut first = store.kv.begin().await.unwrap();
+    let mut second = store.kv.begin().await.unwrap();
+    for (txn, other) in [(&mut first, others[1]), (&mut second, others[2])] {
+        contacts::add(
+            &mut Tx::new(&mut **txn),
+            &limits,
+            Relationship::Contact,
+            owner,
+            other,
+            T0,
+        )
+        .await
+        .unwrap();
+    }
+    first.commit().await.unwrap();
+    assert!(matches!(second.commit().await, Err(KvError::Conflict(_))));
+    let listed = transact!(store, |txn| contacts::list(
+        txn,
+        Relationship::Contact,
+        owner,
+        10
+    )
+    .await)
+    .unwrap();
+    assert_eq!(listed.len(), 2, "the quota of 2 contacts was exceeded");
 }
 
 /// Publishes one KeyPackage for `device` inside `txn`.

@@ -63,7 +63,7 @@ pub(crate) async fn block(
                 "you cannot block yourself".into(),
             ));
         }
-        contacts::add(txn, Relationship::Block, owner, other, now).await?;
+        contacts::add(txn, &store.limits, Relationship::Block, owner, other, now).await?;
         Ok(true)
     }
     .await)?;

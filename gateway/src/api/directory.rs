@@ -105,7 +105,15 @@ pub(crate) async fn request_key(
         };
         let (version, devices) = devices::recipients(txn, owner).await?;
         if add_contact && owner != requester {
-            contacts::add(txn, Relationship::Contact, requester, owner, now).await?;
+            contacts::add(
+                txn,
+                &store.limits,
+                Relationship::Contact,
+                requester,
+                owner,
+                now,
+            )
+            .await?;
         }
         Ok(Some((owner, version, devices, profile.encrypted_profile)))
     }

@@ -3,15 +3,12 @@
 //! Both are sets of other boxes, one key per member, so checking one membership is
 //! a point read on the send path.
 
-use super::decode_key;
 use super::records::Relation;
 use super::tx::Tx;
+use super::{Limits, decode_key};
 use crate::error::{Error, Result};
 use crate::kv::ScanOrder;
 use rossby_keyspace::{BoxId, Key, Table};
-
-/// Most contacts (and, separately, blocked boxes) one box may hold.
-pub const MAX_RELATIONS_PER_BOX: usize = 10_000;
 
 /// Which relation a set holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +40,7 @@ impl Relationship {
 /// adds cannot both pass the quota.
 pub async fn add(
     txn: &mut Tx<'_>,
+    limits: &Limits,
     rel: Relationship,
     owner: BoxId,
     other: BoxId,
@@ -59,13 +57,14 @@ pub async fn add(
     let existing = txn
         .scan(
             &Key::table_range(owner, rel.table()),
-            MAX_RELATIONS_PER_BOX,
+            limits.max_relations_per_box,
             ScanOrder::Forward,
         )
         .await?;
-    if existing.len() >= MAX_RELATIONS_PER_BOX {
+    if existing.len() >= limits.max_relations_per_box {
         return Err(Error::QuotaExceeded(format!(
-            "at most {MAX_RELATIONS_PER_BOX} entries per list"
+            "at most {} entries per list",
+            limits.max_relations_per_box
         )));
     }
     txn.put(&handle, &key, &Relation { since_ms: now_ms }).await

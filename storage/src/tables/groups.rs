@@ -270,7 +270,7 @@ pub async fn commit(
     record.last_commit_device = c.sender_device.as_bytes().to_vec();
     record.last_commit_message_id = c.message_id.as_bytes().to_vec();
     let sender = (c.sender_box, c.sender_device, c.message_id);
-    let fan_out = record_fan_out(
+    let fan_out = write_with_fan_out(
         txn,
         &handle,
         c.group,
@@ -280,7 +280,6 @@ pub async fn commit(
         now_ms,
     )
     .await?;
-    txn.put(&handle, &record_key(c.group), &record).await?;
     Ok(Outcome::Done(Committed {
         state: GroupState {
             epoch: record.epoch,
@@ -292,10 +291,10 @@ pub async fn commit(
 }
 
 /// Records the fan-out of a change of `record` (already updated to the group's
-/// new epoch) as the group's next outbox entry; recipients with an empty envelope
-/// are left out, and nothing is recorded when none is left. The caller writes
-/// `record` in the same transaction (its `outbox_seq` numbers the entry).
-async fn record_fan_out(
+/// new epoch) as the group's next outbox entry, and writes `record` (its
+/// `outbox_seq` numbers the entry); recipients with an empty envelope are left
+/// out, and no entry is recorded when none is left.
+async fn write_with_fan_out(
     txn: &mut Tx<'_>,
     creator: &BoxHandle,
     group: GroupKey,
@@ -324,6 +323,7 @@ async fn record_fan_out(
         });
     }
     if to.is_empty() {
+        txn.put(creator, &record_key(group), record).await?;
         return Ok(None);
     }
     record.outbox_seq += 1;
@@ -340,6 +340,7 @@ async fn record_fan_out(
         created_at_ms: now_ms,
     };
     outbox::record(txn, creator, &entry).await?;
+    txn.put(creator, &record_key(group), record).await?;
     Ok(Some(entry))
 }
 
@@ -386,7 +387,7 @@ pub async fn leave(
         .collect();
     record.updated_at_ms = now_ms;
     let sender = (member, sender_device, message_id);
-    let fan_out = record_fan_out(
+    let fan_out = write_with_fan_out(
         txn,
         &handle,
         group,
@@ -396,7 +397,6 @@ pub async fn leave(
         now_ms,
     )
     .await?;
-    txn.put(&handle, &record_key(group), &record).await?;
     Ok(Outcome::Done(Committed {
         state: current,
         fan_out,
@@ -467,7 +467,7 @@ pub async fn send(
         current.members.iter().map(|b| (*b, m.envelope)).collect();
     record.updated_at_ms = now_ms;
     let sender = (m.sender_box, m.sender_device, m.message_id);
-    let fan_out = record_fan_out(
+    let fan_out = write_with_fan_out(
         txn,
         &handle,
         m.group,
@@ -477,7 +477,6 @@ pub async fn send(
         now_ms,
     )
     .await?;
-    txn.put(&handle, &record_key(m.group), &record).await?;
     Ok(Outcome::Done(Committed {
         state: current,
         fan_out,

@@ -84,6 +84,8 @@ pub struct Limits {
     pub max_deletes_per_txn: usize,
     /// Largest encrypted profile accepted, in bytes.
     pub max_profile_bytes: usize,
+    /// Most contacts, and separately most blocked boxes, one box may hold.
+    pub max_relations_per_box: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +99,7 @@ impl Default for Limits {
             dedup_window_ms: 24 * 3600 * 1000,
             max_deletes_per_txn: 1024,
             max_profile_bytes: 64 * 1024,
+            max_relations_per_box: 10_000,
         }
     }
 }
