@@ -29,6 +29,7 @@ pub fn message_id(rng: &mut StdRng, now_ms: u64) -> MessageId {
     raw[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
     raw[6] = (raw[6] & 0x0f) | 0x70;
     raw[8] = (raw[8] & 0x3f) | 0x80;
+    // The version and variant bits were just set: the error arm cannot happen.
     MessageId::from_bytes(raw).unwrap_or_default()
 }
 
