@@ -48,12 +48,11 @@
 //! the invariant it guards; a failing seed prints it with the trace of its last
 //! operations and the command that replays it.
 //!
-//! # Known issues
-//! Two behaviours of the domain layer that the simulation found are tolerated
-//! in the narrow circumstances that produce them, unless [`Config::strict`] is
-//! set (docs/testing.md describes them): a KeyPackage publish re-issued after an
-//! unknown outcome can store again a package claimed in between, and the groups
-//! of a deleted creator lose their ordering guarantees while the purge runs.
+//! # Known issue
+//! One behaviour of the domain layer that the simulation found is tolerated in
+//! the narrow circumstances that produce it, unless [`Config::strict`] is set
+//! (docs/testing.md describes it): a KeyPackage publish re-issued after an
+//! unknown outcome can store again a package claimed in between.
 
 pub mod control;
 pub mod driver;

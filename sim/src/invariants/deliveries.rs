@@ -6,7 +6,6 @@ use crate::model::Life;
 use crate::payload::Payload;
 use crate::world::World;
 use rossby_keyspace::BoxId;
-use rossby_storage::tables::groups::GroupKey;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Compares what each device received with what was sent (after the drain).
@@ -38,28 +37,9 @@ pub fn deliveries(w: &World) {
                 ));
             }
         }
-        // Known issue: once a group's creator is deleted, its members can still
-        // commit and send until the purge removes the group record, but the
-        // purge drops the group's undelivered fan-out first; so the ordering
-        // guarantees do not hold for such groups.
-        let dying: BTreeSet<_> = m
-            .groups
-            .keys()
-            .filter(|g| !m.strict && m.box_life(g.creator) != Life::Alive)
-            .copied()
-            .collect();
         for (b, model) in &m.boxes {
             if model.life == Life::Alive {
-                let contents: Vec<_> = m
-                    .box_contents(*b)
-                    .into_iter()
-                    .filter(|(_, p)| {
-                        !p.as_ref()
-                            .and_then(group_of)
-                            .is_some_and(|g| dying.contains(&g))
-                    })
-                    .collect();
-                group_order(&contents, *b, &mut problems);
+                group_order(&m.box_contents(*b), *b, &mut problems);
             }
         }
         for (group, g) in &m.groups {
@@ -81,16 +61,6 @@ pub fn deliveries(w: &World) {
     }
     for (invariant, detail) in problems {
         w.fail(invariant, detail);
-    }
-}
-
-/// The group a payload belongs to (a direct message belongs to none).
-fn group_of(payload: &Payload) -> Option<GroupKey> {
-    match payload {
-        Payload::Direct(_) => None,
-        Payload::Commit { group, .. }
-        | Payload::Leave { group, .. }
-        | Payload::App { group, .. } => Some(*group),
     }
 }
 

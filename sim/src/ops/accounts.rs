@@ -8,7 +8,7 @@ use crate::world::World;
 use rossby_keyspace::{BoxId, DeviceId, Identifier, RegionId};
 use rossby_storage::tables::queue::{self, FetchLimits};
 use rossby_storage::tables::records::Device;
-use rossby_storage::tables::{accounts, devices, registrations};
+use rossby_storage::tables::{accounts, devices, lifecycle};
 use rossby_storage::{Error, transact};
 
 /// A fetch that reads a device's pointer and nothing else.
@@ -49,7 +49,7 @@ pub(super) async fn register(
     let record = device_record(device);
     for attempt in 0..=REISSUES {
         let now = w.now();
-        let result = transact!(w.store, |txn| registrations::create_account(
+        let result = transact!(w.store, |txn| lifecycle::create_account(
             txn, limits, hasher, &id, box_id, device, &record, now
         )
         .await);
@@ -201,8 +201,10 @@ pub(super) async fn authorize(w: &World, box_id: BoxId, device: DeviceId) -> Str
 pub(super) async fn remove_device(w: &World, box_id: BoxId, device: DeviceId) -> String {
     let limits = &w.store.limits;
     for attempt in 0..=REISSUES {
-        let result = transact!(w.store, |txn| devices::remove(txn, limits, box_id, device)
-            .await);
+        let result = transact!(w.store, |txn| lifecycle::remove_device(
+            txn, limits, box_id, device
+        )
+        .await);
         match answer(w, "remove device", result) {
             Answer::Done(_) => {}
             Answer::Refused(Error::DeviceNotFound | Error::BoxNotFound)
@@ -230,7 +232,7 @@ pub(super) async fn delete_account(w: &World, box_id: BoxId, purge: bool) -> Str
     let mut deleted = false;
     for attempt in 0..=REISSUES {
         let now = w.now();
-        let result = transact!(w.store, |txn| accounts::delete_account(
+        let result = transact!(w.store, |txn| lifecycle::delete_account(
             txn, limits, box_id, now
         )
         .await);

@@ -9,7 +9,7 @@ use crate::model::Life;
 use crate::payload::Payload;
 use crate::world::World;
 use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
-use rossby_storage::tables::groups::{self, Commit, GroupKey, Outcome};
+use rossby_storage::tables::groups::{self, Commit, GroupKey, GroupMessage, Outcome};
 use rossby_storage::tables::outbox::{self, Entry};
 use rossby_storage::tables::queue::{self, ANY_DEVICE_LIST, NewEnvelope};
 use rossby_storage::transact;
@@ -137,9 +137,10 @@ pub(super) async fn commit(w: &World, plan: &CommitPlan<'_>) -> String {
     format!("{result}; {missing}")
 }
 
-/// GroupSend: delivers the group's pending fan-out read in the same snapshot as
-/// the epoch, then enqueues the message into every member box that has all of
-/// it.
+/// GroupSend: the epoch check and the message's fan-out in one transaction (the
+/// group's next outbox entry), then delivery of the group's pending fan-out in
+/// order. Re-issued with the same message id while its outcome is unknown (a
+/// second entry of one message enqueues nothing twice: the enqueue dedups).
 pub(super) async fn send(
     w: &World,
     group: GroupKey,
@@ -149,61 +150,37 @@ pub(super) async fn send(
     epoch: u64,
 ) -> String {
     let limits = &w.store.limits;
-    let mut read = None;
-    for _ in 0..=REISSUES {
-        let result = transact!(w.store, |txn| {
-            let outcome = groups::fan_out_targets(txn, group, sender_box, epoch).await?;
-            let entries = outbox::of_group(txn, group).await?;
-            Ok((outcome, entries))
-        });
-        match answer(w, "group send read", result) {
-            Answer::Done(r) => {
-                read = Some(r);
-                break;
-            }
-            Answer::Refused(err) => return format!("refused: {err}"),
-            Answer::Unknown | Answer::GaveUp => continue,
-        }
-    }
-    let Some((outcome, entries)) = read else {
-        return "unknown".into();
-    };
-    let missing = deliver(w, &entries).await;
-    if missing.contains(&sender_box) {
-        return "own box misses a handshake".into();
-    }
-    let targets = match outcome {
-        Outcome::Done((state, targets)) => {
-            w.model.borrow_mut().group_state(group, &state);
-            targets
-        }
-        Outcome::Conflict(state) => {
-            w.model.borrow_mut().group_state(group, &state);
-            return format!("conflict, group at {}", state.epoch);
-        }
-        other => return format!("{other:?}"),
-    };
     let payload = Payload::App { group, epoch, msg }.encode();
-    let mut out = Vec::new();
-    for (box_id, version) in targets {
-        if missing.contains(&box_id) {
-            out.push("skipped".to_string());
-            continue;
-        }
-        let env = NewEnvelope {
-            sender_box,
-            sender_device,
-            message_id: msg,
-            device_list_version: version,
-            payload: payload.clone(),
+    let message = GroupMessage {
+        group,
+        sender_box,
+        sender_device,
+        message_id: msg,
+        epoch,
+        envelope: &payload,
+    };
+    let mut result = "unknown".to_string();
+    for _ in 0..=REISSUES {
+        let now = w.now();
+        let outcome = transact!(w.store, |txn| groups::send(txn, limits, &message, now)
+            .await);
+        result = match answer(w, "group send", outcome) {
+            Answer::Done(Outcome::Done(sent)) => {
+                w.model.borrow_mut().group_state(group, &sent.state);
+                format!("sent in epoch {}", sent.state.epoch)
+            }
+            Answer::Done(Outcome::Conflict(state)) => {
+                w.model.borrow_mut().group_state(group, &state);
+                format!("conflict, group at {}", state.epoch)
+            }
+            Answer::Done(other) => format!("{other:?}"),
+            Answer::Refused(err) => format!("refused: {err}"),
+            Answer::Unknown | Answer::GaveUp => continue,
         };
-        out.push(
-            enqueue_one(w, box_id, &env, limits)
-                .await
-                .unwrap_or_else(|e| e),
-        );
+        break;
     }
-    out.join(", ")
+    let missing = deliver_group(w, group).await;
+    format!("{result}; {missing}")
 }
 
 /// Enqueues one envelope into one box, re-issuing while the outcome is unknown.
