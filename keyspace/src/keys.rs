@@ -23,6 +23,7 @@
 //!        0x0c <pepper version u32> <digest 32>            identifier bound to this box
 //!        0x0d <device 16>                                 push presence lease of a device
 //!        0x0e <group id 16>                               epoch record of a group this box created
+//!        0x0f <device 16> <package ref 16>                a KeyPackage claimed recently (not stored again)
 //!   0x02 <shard u8> <expires at ms u64> <box 16> <entry>  expiry index
 //!   0x03 <box 16>                                         box awaiting purge
 //!   0x04 <gateway id 16>                                  ownership lease of a gateway of the region
@@ -144,6 +145,9 @@ pub enum Table {
     Presence = 0x0d,
     /// Epoch records of the MLS groups the box created.
     Group = 0x0e,
+    /// KeyPackages claimed recently, so a re-issued publish does not store them
+    /// again.
+    ClaimedKeyPackage = 0x0f,
 }
 
 impl Table {
@@ -163,6 +167,7 @@ impl Table {
             0x0c => Table::Ident,
             0x0d => Table::Presence,
             0x0e => Table::Group,
+            0x0f => Table::ClaimedKeyPackage,
             _ => return Err(Error::MalformedKey("unknown box table")),
         })
     }
@@ -205,6 +210,8 @@ pub enum Key {
     KeyPackage(BoxId, DeviceId, [u8; 16]),
     /// A device's last-resort KeyPackage.
     LastResortKeyPackage(BoxId, DeviceId),
+    /// A KeyPackage of a device claimed recently, by its reference.
+    ClaimedKeyPackage(BoxId, DeviceId, [u8; 16]),
     /// The box's next sequence number and device-list version.
     Next(BoxId),
     /// The box's low-water mark.
@@ -292,6 +299,7 @@ impl Key {
             | Key::Pointer(b, _)
             | Key::KeyPackage(b, _, _)
             | Key::LastResortKeyPackage(b, _)
+            | Key::ClaimedKeyPackage(b, _, _)
             | Key::Next(b)
             | Key::Low(b)
             | Key::Queue(b, _)
@@ -334,6 +342,10 @@ impl Key {
             Key::KeyPackage(b, d, r) => {
                 with(table_prefix(b, Table::KeyPackage), &[d.as_bytes(), &r])
             }
+            Key::ClaimedKeyPackage(b, d, r) => with(
+                table_prefix(b, Table::ClaimedKeyPackage),
+                &[d.as_bytes(), &r],
+            ),
             Key::LastResortKeyPackage(b, d) => with(
                 table_prefix(b, Table::LastResortKeyPackage),
                 &[d.as_bytes()],
@@ -451,6 +463,7 @@ impl Key {
             Table::Pointer => Key::Pointer(b, r.device()?),
             Table::KeyPackage => Key::KeyPackage(b, r.device()?, r.array()?),
             Table::LastResortKeyPackage => Key::LastResortKeyPackage(b, r.device()?),
+            Table::ClaimedKeyPackage => Key::ClaimedKeyPackage(b, r.device()?, r.array()?),
             Table::Next => Key::Next(b),
             Table::Low => Key::Low(b),
             Table::Queue => Key::Queue(b, r.u64()?),
@@ -493,6 +506,14 @@ impl Key {
     pub fn key_package_range(box_id: BoxId, device: DeviceId) -> KeyRange {
         KeyRange::prefix(&with(
             table_prefix(box_id, Table::KeyPackage),
+            &[device.as_bytes()],
+        ))
+    }
+
+    /// Recently claimed KeyPackages of one device.
+    pub fn claimed_key_package_range(box_id: BoxId, device: DeviceId) -> KeyRange {
+        KeyRange::prefix(&with(
+            table_prefix(box_id, Table::ClaimedKeyPackage),
             &[device.as_bytes()],
         ))
     }
@@ -675,6 +696,8 @@ mod tests {
             (any_box(), any_device(), any::<[u8; 16]>())
                 .prop_map(|(b, d, r)| Key::KeyPackage(b, d, r)),
             (any_box(), any_device()).prop_map(|(b, d)| Key::LastResortKeyPackage(b, d)),
+            (any_box(), any_device(), any::<[u8; 16]>())
+                .prop_map(|(b, d, r)| Key::ClaimedKeyPackage(b, d, r)),
             any_box().prop_map(Key::Next),
             any_box().prop_map(Key::Low),
             (any_box(), any::<u64>()).prop_map(|(b, s)| Key::Queue(b, s)),
@@ -757,7 +780,7 @@ mod tests {
                 Key::Profile(b) | Key::Device(b, _) | Key::Pointer(b, _) | Key::KeyPackage(b, _, _)
                 | Key::LastResortKeyPackage(b, _) | Key::Next(b) | Key::Low(b) | Key::Queue(b, _)
                 | Key::Dedup(b, _, _) | Key::Contact(b, _) | Key::Block(b, _) | Key::Ident(b, _, _)
-                | Key::Presence(b, _) | Key::GroupEpoch(b, _) => {
+                | Key::Presence(b, _) | Key::GroupEpoch(b, _) | Key::ClaimedKeyPackage(b, _, _) => {
                     prop_assert!(Key::box_range(b).contains(&bytes));
                     b.home_region()
                 }

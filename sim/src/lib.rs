@@ -48,11 +48,11 @@
 //! the invariant it guards; a failing seed prints it with the trace of its last
 //! operations and the command that replays it.
 //!
-//! # Known issue
-//! One behaviour of the domain layer that the simulation found is tolerated in
-//! the narrow circumstances that produce it, unless [`Config::strict`] is set
-//! (docs/testing.md describes it): a KeyPackage publish re-issued after an
-//! unknown outcome can store again a package claimed in between.
+//! # What it found
+//! Two bugs of the domain layer that the simulation found are fixed and its
+//! checks tolerate neither (docs/testing.md): a KeyPackage publish re-issued
+//! after an unknown outcome stored again a package claimed in between, and the
+//! groups of a deleted creator lost their ordering while the purge ran.
 
 pub mod control;
 pub mod driver;
@@ -113,10 +113,6 @@ pub struct Config {
     pub check_every: usize,
     /// Trace lines kept for the report.
     pub trace_lines: usize,
-    /// Also report the known issues of the domain layer (docs/testing.md),
-    /// which the checks otherwise tolerate in the narrow circumstances that
-    /// cause them.
-    pub strict: bool,
 }
 
 impl Default for Config {
@@ -131,7 +127,6 @@ impl Default for Config {
             slow_share: 0.1,
             check_every: 10,
             trace_lines: trace::KEPT,
-            strict: false,
         }
     }
 }
@@ -272,7 +267,7 @@ fn build_world(control: &Arc<Control>, config: &Config) -> Result<World, String>
         store,
         raw: memory,
         control: Arc::clone(control),
-        model: RefCell::new(Model::new(limits, START_MS, config.strict)),
+        model: RefCell::new(Model::new(limits, START_MS)),
         trace: RefCell::new(trace::Trace::keeping(config.trace_lines)),
         regions: vec![RegionId(1), RegionId(2)],
     })

@@ -25,9 +25,6 @@ struct Args {
     /// With --seed: print the whole trace of the run.
     #[arg(long)]
     trace: bool,
-    /// Also report the domain layer's known issues (docs/testing.md).
-    #[arg(long)]
-    strict: bool,
 }
 
 fn report_failure(report: &SeedReport, args: &Args) {
@@ -43,9 +40,6 @@ fn report_failure(report: &SeedReport, args: &Args) {
     if args.ops != DEFAULT_OPS {
         flags.push_str(&format!(" --ops {}", args.ops));
     }
-    if args.strict {
-        flags.push_str(" --strict");
-    }
     eprintln!(
         "replay: cargo run --release --bin rossby-sim -- --seed {}{flags}",
         report.seed
@@ -56,7 +50,6 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mut config = Config {
         ops: args.ops,
-        strict: args.strict,
         ..Config::default()
     };
     if args.trace && args.seed.is_some() {

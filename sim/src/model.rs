@@ -166,16 +166,12 @@ pub struct Model {
     delivered_commits: BTreeMap<(GroupKey, u64), MessageId>,
     packages: BTreeMap<Vec<u8>, PackageOwner>,
     claimed: BTreeSet<Vec<u8>>,
-    /// Packages whose publish was issued again after an unknown outcome.
-    republished: BTreeSet<Vec<u8>>,
-    /// Report the known issues too (see [`crate::Config::strict`]).
-    pub strict: bool,
     failure: Option<Violation>,
 }
 
 impl Model {
     /// An empty model at clock `now`.
-    pub fn new(limits: Limits, now: u64, strict: bool) -> Self {
+    pub fn new(limits: Limits, now: u64) -> Self {
         Model {
             limits,
             now,
@@ -188,8 +184,6 @@ impl Model {
             delivered_commits: BTreeMap::new(),
             packages: BTreeMap::new(),
             claimed: BTreeSet::new(),
-            republished: BTreeSet::new(),
-            strict,
             failure: None,
         }
     }
@@ -579,11 +573,6 @@ impl Model {
         }
     }
 
-    /// A publish of `packages` is issued again after an unknown outcome.
-    pub fn republishing(&mut self, packages: &[Vec<u8>]) {
-        self.republished.extend(packages.iter().cloned());
-    }
-
     /// A claim on `box_id` handed out `claimed`.
     pub fn claimed(&mut self, box_id: BoxId, claimed: &Claimed) {
         let owner = PackageOwner {
@@ -602,11 +591,7 @@ impl Model {
                 return;
             }
         }
-        // Known issue: a publish re-issued after an unknown outcome stores again
-        // a package claimed in between (publishing is idempotent only while the
-        // package is unclaimed), so it can be handed out twice.
-        let tolerated = !self.strict && self.republished.contains(&claimed.data);
-        if !claimed.last_resort && !self.claimed.insert(claimed.data.clone()) && !tolerated {
+        if !claimed.last_resort && !self.claimed.insert(claimed.data.clone()) {
             self.fail(
                 "a KeyPackage is handed out at most once",
                 format!(

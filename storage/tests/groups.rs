@@ -290,7 +290,7 @@ async fn concurrent_box_claims_hand_out_each_package_once(store: &Store) {
     for _ in 0..8 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            transact!(store, |txn| keypackages::claim_for_box(txn, b).await)
+            transact!(store, |txn| keypackages::claim_for_box(txn, b, T0).await)
         }));
     }
     let mut regular = Vec::new();

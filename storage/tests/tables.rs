@@ -526,21 +526,52 @@ async fn key_packages_are_claimed_once_then_last_resort(store: &Store) {
     assert_eq!(n, 3);
     let mut seen = BTreeSet::new();
     for _ in 0..3 {
-        let c = transact!(store, |txn| keypackages::claim(txn, b, d[0]).await)
+        let c = transact!(store, |txn| keypackages::claim(txn, b, d[0], T0).await)
             .unwrap()
             .unwrap();
         assert!(!c.last_resort);
         assert!(seen.insert(c.data));
     }
     for _ in 0..2 {
-        let c = transact!(store, |txn| keypackages::claim(txn, b, d[0]).await)
+        let c = transact!(store, |txn| keypackages::claim(txn, b, d[0], T0).await)
             .unwrap()
             .unwrap();
         assert!(c.last_resort);
         assert_eq!(c.data, vec![9; 50]);
     }
-    let all = transact!(store, |txn| keypackages::claim_for_box(txn, b).await).unwrap();
+    let all = transact!(store, |txn| keypackages::claim_for_box(txn, b, T0).await).unwrap();
     assert_eq!(all.len(), 1);
+    // A publish re-issued after its first run was applied and a package claimed
+    // (an unknown outcome, retried) does not store the claimed package again.
+    let n = transact!(store, |txn| {
+        keypackages::publish(txn, &store.limits, b, d[0], &packages, None, T0 + 1).await
+    })
+    .unwrap();
+    assert_eq!(n, 0, "claimed packages were stored again");
+    let c = transact!(store, |txn| keypackages::claim(txn, b, d[0], T0 + 2).await)
+        .unwrap()
+        .unwrap();
+    assert!(c.last_resort, "a claimed package was handed out twice");
+    // Once the dedup window has passed, the markers go and the bytes count as new.
+    let later = T0 + store.limits.dedup_window_ms + 2;
+    let n = transact!(store, |txn| {
+        keypackages::publish(txn, &store.limits, b, d[0], &packages[..1], None, later).await
+    })
+    .unwrap();
+    assert_eq!(n, 1);
+    let markers = kv_transact!(store.kv, &store.retry, |txn| txn
+        .scan(
+            &Key::claimed_key_package_range(b, d[0]),
+            10,
+            ScanOrder::Forward
+        )
+        .await)
+    .unwrap();
+    assert!(
+        markers.is_empty(),
+        "{} stale claim markers left",
+        markers.len()
+    );
 }
 
 async fn concurrent_claims_never_hand_out_a_package_twice(store: &Store) {
@@ -555,7 +586,7 @@ async fn concurrent_claims_never_hand_out_a_package_twice(store: &Store) {
         let store = store.clone();
         let dev = d[0];
         tasks.push(tokio::spawn(async move {
-            transact!(store, |txn| keypackages::claim(txn, b, dev).await)
+            transact!(store, |txn| keypackages::claim(txn, b, dev, T0).await)
         }));
     }
     let mut regular = Vec::new();

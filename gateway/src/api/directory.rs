@@ -172,11 +172,12 @@ pub(crate) async fn claim_key_packages(
     let target = parse_box_id(&req.box_id)?;
     let store = &shared.store;
     let requester = caller.box_id;
+    let now = now_ms();
     let claimed = transact!(store, |txn| async {
         if !visible_by_box(txn, target, requester).await? {
             return Ok(None);
         }
-        Ok(Some(keypackages::claim_for_box(txn, target).await?))
+        Ok(Some(keypackages::claim_for_box(txn, target, now).await?))
     }
     .await)?;
     let claimed = claimed.ok_or_else(Failure::not_found)?;

@@ -21,10 +21,7 @@ pub(super) async fn publish(
     w.model
         .borrow_mut()
         .publishing(box_id, device, packages, last_resort);
-    for attempt in 0..=REISSUES {
-        if attempt > 0 {
-            w.model.borrow_mut().republishing(packages);
-        }
+    for _ in 0..=REISSUES {
         let now = w.now();
         let result = transact!(w.store, |txn| keypackages::publish(
             txn,
@@ -67,11 +64,13 @@ pub(super) async fn publish(
 /// A claim with an unknown outcome is not re-issued: a second claim is a new
 /// claim.
 pub(super) async fn claim(w: &World, box_id: BoxId, device: Option<DeviceId>) -> String {
+    let now = w.now();
     let result = match device {
-        Some(device) => transact!(w.store, |txn| keypackages::claim(txn, box_id, device)
+        Some(device) => transact!(w.store, |txn| keypackages::claim(txn, box_id, device, now)
             .await
             .map(|c| c.into_iter().collect::<Vec<_>>())),
-        None => transact!(w.store, |txn| keypackages::claim_for_box(txn, box_id).await),
+        None => transact!(w.store, |txn| keypackages::claim_for_box(txn, box_id, now)
+            .await),
     };
     match answer(w, "claim", result) {
         Answer::Done(claimed) => {

@@ -4,9 +4,13 @@
 //! A package is stored under a reference derived from its bytes, so publishing the
 //! same package twice stores it once. Claiming deletes the package; two concurrent
 //! claims of the same package both delete it and therefore conflict, so a package
-//! is never handed out twice, also under snapshot isolation.
+//! is never handed out twice, also under snapshot isolation. Claiming also leaves
+//! a marker of the package's reference for the dedup window, so a publish
+//! re-issued after an unknown outcome (applied, then claimed, then sent again)
+//! does not store the package a second time; publishes remove markers older than
+//! the window, and removing the device removes them all.
 
-use super::records::KeyPackageRecord;
+use super::records::{KeyPackageRecord, Marker};
 use super::tx::{BoxHandle, Tx};
 use super::{Limits, Record, decode_key};
 use crate::error::{Error, Result};
@@ -54,9 +58,10 @@ pub async fn publish(
     }
     let max = limits.max_key_packages_per_device;
     let mut refs = count_refs(txn, box_id, device_id, max + 1).await?;
+    let claimed = claimed_recently(txn, &handle, device_id, limits, now_ms).await?;
     for data in packages {
         let r = package_ref(data);
-        if refs.contains(&r) {
+        if refs.contains(&r) || claimed.contains(&r) {
             continue;
         }
         if refs.len() >= max {
@@ -126,6 +131,36 @@ async fn count_refs(
         .collect()
 }
 
+/// The references of the device's packages claimed within the dedup window
+/// before `now_ms`; markers older than that are deleted on the way. At most
+/// one marker per package published within the window stays, so the scan is
+/// bounded by what the device published.
+async fn claimed_recently(
+    txn: &mut Tx<'_>,
+    handle: &BoxHandle,
+    device_id: DeviceId,
+    limits: &Limits,
+    now_ms: u64,
+) -> Result<Vec<[u8; 16]>> {
+    let range = Key::claimed_key_package_range(handle.box_id(), device_id);
+    let cutoff = now_ms.saturating_sub(limits.dedup_window_ms);
+    let mut recent = Vec::new();
+    for (raw, value) in txn.scan(&range, usize::MAX, ScanOrder::Forward).await? {
+        let Key::ClaimedKeyPackage(_, _, r) = decode_key(&raw)? else {
+            return Err(Error::corrupt(
+                "claimed key package",
+                "unexpected key in range",
+            ));
+        };
+        if Marker::from_stored(&value)?.at_ms <= cutoff {
+            txn.delete_scanned(handle, raw).await?;
+        } else {
+            recent.push(r);
+        }
+    }
+    Ok(recent)
+}
+
 /// Number of unclaimed (non-last-resort) packages of a device, up to `limit`; the
 /// device refills when this runs low.
 pub async fn count(
@@ -137,12 +172,14 @@ pub async fn count(
     Ok(count_refs(txn, box_id, device_id, limit).await?.len())
 }
 
-/// Claims one package of a device: an unclaimed one (deleted as it is handed out)
-/// or else the last-resort one. `None` if the device published nothing.
+/// Claims one package of a device: an unclaimed one (deleted as it is handed
+/// out, and marked claimed at `now_ms`) or else the last-resort one. `None` if
+/// the device published nothing.
 pub async fn claim(
     txn: &mut Tx<'_>,
     box_id: BoxId,
     device_id: DeviceId,
+    now_ms: u64,
 ) -> Result<Option<Claimed>> {
     let handle = require_authorized(txn, box_id, device_id).await?;
     let first = txn
@@ -154,7 +191,16 @@ pub async fn claim(
         .await?;
     if let Some((raw, value)) = first.into_iter().next() {
         let record = KeyPackageRecord::from_stored(&value)?;
+        let Key::KeyPackage(_, _, r) = decode_key(&raw)? else {
+            return Err(Error::corrupt("key package", "unexpected key in range"));
+        };
         txn.delete_scanned(&handle, raw).await?;
+        txn.put(
+            &handle,
+            &Key::ClaimedKeyPackage(box_id, device_id, r),
+            &Marker { at_ms: now_ms },
+        )
+        .await?;
         return Ok(Some(Claimed {
             device: device_id,
             data: record.data,
@@ -173,12 +219,12 @@ pub async fn claim(
 
 /// Claims one package for every authorized device of a box (what a group creator
 /// needs to add a member). Devices that published nothing are skipped.
-pub async fn claim_for_box(txn: &mut Tx<'_>, box_id: BoxId) -> Result<Vec<Claimed>> {
+pub async fn claim_for_box(txn: &mut Tx<'_>, box_id: BoxId, now_ms: u64) -> Result<Vec<Claimed>> {
     super::accounts::require_profile(txn, box_id).await?;
     let mut out = Vec::new();
     for (device, record) in super::devices::list(txn, box_id).await? {
         if record.authorized
-            && let Some(claimed) = claim(txn, box_id, device).await?
+            && let Some(claimed) = claim(txn, box_id, device, now_ms).await?
         {
             out.push(claimed);
         }
@@ -204,6 +250,10 @@ pub async fn remove_all(txn: &mut Tx<'_>, handle: &BoxHandle, device_id: DeviceI
         if done {
             break;
         }
+    }
+    let claimed = Key::claimed_key_package_range(box_id, device_id);
+    for (raw, _) in txn.scan(&claimed, usize::MAX, ScanOrder::Forward).await? {
+        txn.delete_scanned(handle, raw).await?;
     }
     txn.delete(handle, &Key::LastResortKeyPackage(box_id, device_id))
         .await
