@@ -166,12 +166,12 @@ pub struct Args {
     pub sweep_interval_secs: Option<String>,
     /// Milliseconds between maintenance rounds (expiry sweeps and account
     /// purges of the region, each job run by one gateway under a lease)
-    /// [default: 5000].
+    /// [default: 30000].
     #[arg(long, env = "ROSSBY_MAINTENANCE_INTERVAL_MS", value_name = "MS")]
     pub maintenance_interval_ms: Option<u64>,
     /// Lifetime of a maintenance lease in milliseconds: a dead gateway's jobs
     /// are taken over within twice this; at least twice
-    /// --maintenance-interval-ms [default: 15000].
+    /// --maintenance-interval-ms [default: 90000].
     #[arg(long, env = "ROSSBY_MAINTENANCE_LEASE_MS", value_name = "MS")]
     pub maintenance_lease_ms: Option<u64>,
     /// Most runs of a storage transaction that keeps conflicting [default: 16;
@@ -854,10 +854,15 @@ fn reject_tikv_mode(flag_or_env: bool, file: bool) -> Result<()> {
     Ok(())
 }
 
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Why `--sweep-interval-secs` is gone, for configurations that still set it.
 const SWEEP_INTERVAL_REMOVED: &str = "was removed: expired messages are swept by the \
 region's maintenance jobs, one gateway per job under a lease, every \
---maintenance-interval-ms (milliseconds, default 5000); delete the setting or set that one";
+--maintenance-interval-ms (milliseconds, default 30000); delete the setting or set that one";
 
 /// Fails if the removed `--sweep-interval-secs` is set anywhere, naming where.
 fn reject_sweep_interval(flag_or_env: bool, file: bool) -> Result<()> {
@@ -1089,8 +1094,16 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         f.sweep_interval_secs.is_some(),
     )?;
     (c.maintenance_interval, c.maintenance_lease) = maintenance(
-        pick(a.maintenance_interval_ms, f.maintenance_interval_ms, 5000),
-        pick(a.maintenance_lease_ms, f.maintenance_lease_ms, 15_000),
+        pick(
+            a.maintenance_interval_ms,
+            f.maintenance_interval_ms,
+            millis(crate::maintenance::DEFAULT_INTERVAL),
+        ),
+        pick(
+            a.maintenance_lease_ms,
+            f.maintenance_lease_ms,
+            millis(crate::maintenance::DEFAULT_LEASE),
+        ),
     )?;
     c.retry = retry_policy(
         a.retry_attempts.or(f.retry_attempts),
@@ -1679,8 +1692,8 @@ mod tests {
             rossby_protocol::framing::DEFAULT_MAX_FRAME
         );
         assert_eq!(c.region(), RegionId(1));
-        assert_eq!(c.maintenance_interval, Duration::from_secs(5));
-        assert_eq!(c.maintenance_lease, Duration::from_secs(15));
+        assert_eq!(c.maintenance_interval, Duration::from_secs(30));
+        assert_eq!(c.maintenance_lease, Duration::from_secs(90));
     }
 
     #[test]
