@@ -155,9 +155,7 @@ impl Maintenance {
     /// The current holders of the region's jobs, read from storage (a job
     /// missing from the list has none).
     pub async fn holders(&self, now_ms: u64) -> rossby_storage::Result<Vec<MaintenanceLease>> {
-        let mut leases = self.store.maintenance_leases(self.region).await?;
-        leases.retain(|l| l.is_live(now_ms));
-        Ok(leases)
+        self.store.maintenance_holders(self.region, now_ms).await
     }
 
     /// Runs rounds every `interval` until aborted.
@@ -543,11 +541,10 @@ mod tests {
 
     async fn stored(store: &Store, now: u64) -> BTreeMap<MaintenanceJob, String> {
         store
-            .maintenance_leases(REGION)
+            .maintenance_holders(REGION, now)
             .await
             .unwrap()
             .into_iter()
-            .filter(|l| l.is_live(now))
             .map(|l| (l.job, l.holder.gateway_id))
             .collect()
     }

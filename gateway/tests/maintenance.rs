@@ -219,13 +219,11 @@ async fn a_running_gateway_purges_deletions_and_sweeps_expired_messages_without_
 
 /// The live holders of region 1's jobs, from storage: job -> gateway id (hex).
 async fn holders(store: &Store) -> BTreeMap<MaintenanceJob, String> {
-    let now = now_ms();
     store
-        .maintenance_leases(US_EAST)
+        .maintenance_holders(US_EAST, now_ms())
         .await
         .unwrap()
         .into_iter()
-        .filter(|l| l.is_live(now))
         .map(|l| (l.job, l.holder.gateway_id))
         .collect()
 }

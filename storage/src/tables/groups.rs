@@ -266,7 +266,6 @@ pub async fn commit(
         .collect();
     record.epoch += 1;
     record.members = members.iter().map(|b| b.as_bytes().to_vec()).collect();
-    record.updated_at_ms = now_ms;
     record.last_commit_device = c.sender_device.as_bytes().to_vec();
     record.last_commit_message_id = c.message_id.as_bytes().to_vec();
     let sender = (c.sender_box, c.sender_device, c.message_id);
@@ -291,9 +290,9 @@ pub async fn commit(
 }
 
 /// Records the fan-out of a change of `record` (already updated to the group's
-/// new epoch) as the group's next outbox entry, and writes `record` (its
-/// `outbox_seq` numbers the entry); recipients with an empty envelope are left
-/// out, and no entry is recorded when none is left.
+/// new epoch) as the group's next outbox entry, and writes `record`, stamped
+/// `now_ms` (its `outbox_seq` numbers the entry); recipients with an empty
+/// envelope are left out, and no entry is recorded when none is left.
 async fn write_with_fan_out(
     txn: &mut Tx<'_>,
     creator: &BoxHandle,
@@ -303,6 +302,7 @@ async fn write_with_fan_out(
     recipients: &[(BoxId, &[u8])],
     now_ms: u64,
 ) -> Result<Option<Entry>> {
+    record.updated_at_ms = now_ms;
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     let mut to = Vec::with_capacity(recipients.len());
     for (box_id, payload) in recipients {
@@ -385,7 +385,6 @@ pub async fn leave(
         .iter()
         .map(|b| b.as_bytes().to_vec())
         .collect();
-    record.updated_at_ms = now_ms;
     let sender = (member, sender_device, message_id);
     let fan_out = write_with_fan_out(
         txn,
@@ -465,7 +464,6 @@ pub async fn send(
     }
     let recipients: Vec<(BoxId, &[u8])> =
         current.members.iter().map(|b| (*b, m.envelope)).collect();
-    record.updated_at_ms = now_ms;
     let sender = (m.sender_box, m.sender_device, m.message_id);
     let fan_out = write_with_fan_out(
         txn,

@@ -258,6 +258,15 @@ impl super::Store {
         crate::transact!(self, |txn| leases(txn, region).await)
     }
 
+    /// The leases of `region` live at `now_ms` (see [`holders`]).
+    pub async fn maintenance_holders(
+        &self,
+        region: RegionId,
+        now_ms: u64,
+    ) -> Result<Vec<MaintenanceLease>> {
+        crate::transact!(self, |txn| holders(txn, region, now_ms).await)
+    }
+
     /// Up to `limit` boxes of `region` awaiting their purge.
     pub async fn pending_purges(&self, region: RegionId, limit: usize) -> Result<Vec<BoxId>> {
         crate::transact!(self, |txn| super::lifecycle::pending_purges(
