@@ -17,6 +17,7 @@ pub mod error;
 pub mod fjall;
 pub mod memory;
 pub mod namespaced;
+mod overlay;
 pub mod retry;
 pub mod tikv;
 

@@ -17,12 +17,12 @@
 //! future one) can see them, so the store does not grow under overwrites and
 //! deletes.
 
+use crate::overlay::{bounds, escape, merge};
 use crate::{Error, Result};
 use crate::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// An in-memory transactional store with snapshot isolation (nothing survives the
@@ -290,57 +290,6 @@ impl Drop for MemoryTransaction {
     }
 }
 
-/// Bounds of `range` for `BTreeMap::range` over byte-string keys.
-fn bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {
-    (
-        Bound::Included(range.start.as_slice()),
-        range
-            .end
-            .as_deref()
-            .map_or(Bound::Unbounded, Bound::Excluded),
-    )
-}
-
-/// Merges two key-ordered streams (both in `order`), letting `pending` shadow
-/// `committed` on equal keys and dropping pending deletions, until `limit` pairs.
-fn merge<'a>(
-    committed: impl Iterator<Item = (&'a Key, &'a Value)>,
-    pending: impl Iterator<Item = (&'a Key, &'a Option<Value>)>,
-    order: ScanOrder,
-    limit: usize,
-) -> Vec<KvPair> {
-    let mut committed = committed.peekable();
-    let mut pending = pending.peekable();
-    let mut out = Vec::new();
-    while out.len() < limit {
-        // Which stream holds the next key in scan order, and whether both do.
-        let (take_pending, same_key) = match (committed.peek(), pending.peek()) {
-            (None, None) => break,
-            (Some(_), None) => (false, false),
-            (None, Some(_)) => (true, false),
-            (Some((ck, _)), Some((pk, _))) => {
-                let pending_first = match order {
-                    ScanOrder::Forward => pk <= ck,
-                    ScanOrder::Reverse => pk >= ck,
-                };
-                (pending_first, pk == ck)
-            }
-        };
-        if same_key {
-            // The pending write replaces (or deletes) the committed value.
-            committed.next();
-        }
-        if take_pending {
-            if let Some((key, Some(value))) = pending.next() {
-                out.push((key.clone(), value.clone()));
-            }
-        } else if let Some((key, value)) = committed.next() {
-            out.push((key.clone(), value.clone()));
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl Transaction for MemoryTransaction {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Value>> {
@@ -371,10 +320,11 @@ impl Transaction for MemoryTransaction {
             .range::<[u8], _>(bounds(range))
             .filter_map(move |(key, entry)| entry.visible(start_ts).map(|value| (key, value)));
         let pending = self.writes.range::<[u8], _>(bounds(range));
-        Ok(match order {
-            ScanOrder::Forward => merge(committed, pending, order, limit),
-            ScanOrder::Reverse => merge(committed.rev(), pending.rev(), order, limit),
-        })
+        let merged = match order {
+            ScanOrder::Forward => merge(committed.map(Ok), pending, order, limit),
+            ScanOrder::Reverse => merge(committed.rev().map(Ok), pending.rev(), order, limit),
+        };
+        Ok(merged.unwrap_or_else(|never: std::convert::Infallible| match never {}))
     }
 
     async fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Value>> {
@@ -469,21 +419,6 @@ impl Transaction for MemoryTransaction {
         self.finish(&mut inner);
         Ok(())
     }
-}
-
-/// A printable, bounded rendering of a key for error messages.
-fn escape(key: &[u8]) -> String {
-    const MAX: usize = 64;
-    let mut out: String = key
-        .iter()
-        .take(MAX)
-        .flat_map(|b| std::ascii::escape_default(*b))
-        .map(char::from)
-        .collect();
-    if key.len() > MAX {
-        out.push_str("...");
-    }
-    out
 }
 
 #[cfg(test)]
