@@ -209,13 +209,13 @@ impl FjallStore {
         });
         let sealed = SealedQueue::default();
         let log = CommitLog::create(&log_dir, next_seq, SEGMENT_BYTES, Arc::clone(&sealed))?;
-        let (submit, threads, stop) =
+        let running =
             pipeline::start(Arc::clone(&shared), log, sealed, log_dir, config.durability)?;
-        *lock(&shared.submit) = Some(submit);
+        *lock(&shared.submit) = Some(running.submit);
         Ok(FjallStore {
             shared,
-            threads: Mutex::new(threads),
-            stop_checkpointer: Mutex::new(Some(stop)),
+            threads: Mutex::new(running.threads),
+            stop_checkpointer: Mutex::new(Some(running.stop_checkpointer)),
         })
     }
 

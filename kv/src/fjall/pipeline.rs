@@ -45,19 +45,23 @@ struct Group {
     replies: Vec<Reply>,
 }
 
-/// Starts the pipeline's threads. Returns the commit queue, the threads, and the
-/// sender whose drop stops the checkpointer.
+/// The running pipeline, as the store holds it.
+pub(super) struct Running {
+    /// The commit thread's queue.
+    pub submit: mpsc::Sender<CommitRequest>,
+    pub threads: Vec<JoinHandle<()>>,
+    /// Dropping it stops the checkpointer (after a last checkpoint).
+    pub stop_checkpointer: mpsc::Sender<()>,
+}
+
+/// Starts the pipeline's threads.
 pub(super) fn start(
     shared: Arc<Shared>,
     log: CommitLog,
     sealed: SealedQueue,
     log_dir: PathBuf,
     durability: Durability,
-) -> Result<(
-    mpsc::Sender<CommitRequest>,
-    Vec<JoinHandle<()>>,
-    mpsc::Sender<()>,
-)> {
+) -> Result<Running> {
     let (submit, requests) = mpsc::channel();
     let (to_sync, groups) = mpsc::channel();
     let (stop, stopped) = mpsc::channel();
@@ -85,7 +89,11 @@ pub(super) fn start(
         CHECKPOINTER,
         Box::new(move || run_checkpointer(&shared, &stopped, &sealed, &log_dir)),
     )?;
-    Ok((submit, vec![committer, syncer, checkpointer], stop))
+    Ok(Running {
+        submit,
+        threads: vec![committer, syncer, checkpointer],
+        stop_checkpointer: stop,
+    })
 }
 
 /// Which group last wrote (or locked) each key, for as long as a running
@@ -410,8 +418,8 @@ mod tests {
         conflicts.record(1, &request(0, &[b"a", b"b"], &[]));
         conflicts.record(2, &request(1, &[b"a"], &[]));
         conflicts.prune(1);
-        assert_eq!(conflicts.last.get(&b"a".to_vec()), Some(&2));
-        assert_eq!(conflicts.last.get(&b"b".to_vec()), None);
+        assert_eq!(conflicts.last.get(b"a".as_slice()), Some(&2));
+        assert_eq!(conflicts.last.get(b"b".as_slice()), None);
         assert!(conflicts.check(&request(1, &[b"a"], &[])).is_some());
         conflicts.prune(2);
         assert!(conflicts.last.is_empty() && conflicts.history.is_empty());
