@@ -12,12 +12,13 @@
 //! 1. The **commit thread** takes every commit waiting in its queue, checks each,
 //!    and writes the accepted ones as one *group* to the commit log
 //!    ([`commit_log`]): one record, one `write`.
-//! 2. The **sync thread** takes every group written meanwhile, makes them durable
-//!    with one `fdatasync` of the log, applies each group to fjall as one write
-//!    batch, and only then acknowledges its commits. While it syncs, the commit
-//!    thread forms the next group, so one sync covers everything that arrived
-//!    during the previous one.
-//! 3. The **checkpointer** syncs fjall's own journal in the background (a few
+//! 2. The **sync thread** takes every group written meanwhile and makes them
+//!    durable with one `fdatasync` of the log. While it syncs, the commit thread
+//!    forms the next group, so one sync covers everything that arrived during the
+//!    previous one.
+//! 3. The **apply thread** applies each synced group to fjall as one write batch
+//!    and only then acknowledges its commits, while the next sync already runs.
+//! 4. The **checkpointer** syncs fjall's own journal in the background (a few
 //!    times a second) and then deletes log segments fjall now covers.
 //!
 //! A group becomes visible (is applied) only after its sync, so a snapshot never
@@ -287,8 +288,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Drop for FjallStore {
     fn drop(&mut self) {
         // Closing the queue ends the commit thread once it has drained it, which
-        // ends the sync thread likewise; then the checkpointer takes a last
-        // checkpoint.
+        // ends the sync and apply threads likewise; then the checkpointer takes a
+        // last checkpoint.
         lock(&self.shared.submit).take();
         let threads: Vec<_> = lock(&self.threads).drain(..).collect();
         let (pipeline, checkpointer): (Vec<_>, Vec<_>) = threads

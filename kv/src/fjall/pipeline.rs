@@ -64,6 +64,7 @@ pub(super) fn start(
 ) -> Result<Running> {
     let (submit, requests) = mpsc::channel();
     let (to_sync, groups) = mpsc::channel();
+    let (to_apply, synced) = mpsc::channel();
     let (stop, stopped) = mpsc::channel();
     let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -82,7 +83,14 @@ pub(super) fn start(
         let shared = Arc::clone(&shared);
         spawn(
             "rossby-fjall-sync",
-            Box::new(move || run_syncer(&shared, &groups, durability)),
+            Box::new(move || run_syncer(&shared, &groups, &to_apply, durability)),
+        )?
+    };
+    let applier = {
+        let shared = Arc::clone(&shared);
+        spawn(
+            "rossby-fjall-apply",
+            Box::new(move || run_applier(&shared, &synced)),
         )?
     };
     let checkpointer = spawn(
@@ -91,7 +99,7 @@ pub(super) fn start(
     )?;
     Ok(Running {
         submit,
-        threads: vec![committer, syncer, checkpointer],
+        threads: vec![committer, syncer, applier, checkpointer],
         stop_checkpointer: stop,
     })
 }
@@ -243,29 +251,44 @@ fn answer(replies: Vec<Reply>, why: &str) {
     }
 }
 
-fn run_syncer(shared: &Shared, groups: &mpsc::Receiver<Group>, durability: Durability) {
+fn run_syncer(
+    shared: &Shared,
+    groups: &mpsc::Receiver<Group>,
+    to_apply: &mpsc::Sender<Vec<Group>>,
+    durability: Durability,
+) {
     while let Ok(first) = groups.recv() {
         let mut ready = vec![first];
         while let Ok(group) = groups.try_recv() {
             ready.push(group);
         }
         if let Some(msg) = shared.failed.get() {
-            for group in ready {
-                answer(group.replies, msg);
-            }
+            ready.into_iter().for_each(|g| answer(g.replies, msg));
             continue;
         }
         if durability == Durability::GroupCommit
             && let Err(err) = sync_files(shared, &ready)
         {
             let msg = shared.fail(format!("commit log sync failed: {err}"));
-            for group in ready {
-                answer(group.replies, &msg);
-            }
+            ready.into_iter().for_each(|g| answer(g.replies, &msg));
             continue;
         }
-        let mut ready = ready.into_iter();
-        for group in ready.by_ref() {
+        // Applying is left to another thread so the next sync starts at once.
+        if let Err(mpsc::SendError(ready)) = to_apply.send(ready) {
+            ready
+                .into_iter()
+                .for_each(|g| answer(g.replies, "the apply thread stopped"));
+        }
+    }
+}
+
+fn run_applier(shared: &Shared, synced: &mpsc::Receiver<Vec<Group>>) {
+    while let Ok(groups) = synced.recv() {
+        for group in groups {
+            if let Some(msg) = shared.failed.get() {
+                answer(group.replies, msg);
+                continue;
+            }
             let commits = group.replies.len() as u64;
             let writes = group.writes.into_iter().flatten();
             if let Err(err) = apply(&shared.db, &shared.keyspace, writes) {
@@ -273,17 +296,13 @@ fn run_syncer(shared: &Shared, groups: &mpsc::Receiver<Group>, durability: Durab
                 // then it cannot be shown.
                 let msg = shared.fail(format!("applying a commit group to fjall failed: {err}"));
                 answer(group.replies, &msg);
-                break;
+                continue;
             }
             shared.applied.store(group.id, Ordering::Release);
             shared.commits.fetch_add(commits, Ordering::AcqRel);
             for reply in group.replies {
                 let _ = reply.send(Ok(()));
             }
-        }
-        for group in ready {
-            let msg = shared.failed.get().cloned().unwrap_or_default();
-            answer(group.replies, &msg);
         }
     }
 }
