@@ -199,3 +199,44 @@ async fn every_acknowledged_commit_survives_sigkill() {
         missing.keys().take(5).collect::<Vec<_>>()
     );
 }
+
+/// Two transactions write the same key and commit at once; the one refused for
+/// the conflict is told so only once the winning write is visible, so a retry that
+/// begins right then reads it (instead of losing to it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_is_reported_once_the_winning_write_is_visible() {
+    let dir = TempDir::new().unwrap();
+    let store = Arc::new(FjallStore::open(FjallConfig::new(dir.path())).unwrap());
+    for round in 0u32..50 {
+        let mut txns = Vec::new();
+        for writer in 0u32..2 {
+            let mut txn = store.begin().await.unwrap();
+            txn.get(b"hot").await.unwrap();
+            let value = [round.to_be_bytes(), writer.to_be_bytes()].concat();
+            txn.put(b"hot".to_vec(), value.clone()).await.unwrap();
+            txns.push((txn, value));
+        }
+        let mut tasks = Vec::new();
+        for (txn, value) in txns {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                match txn.commit().await {
+                    Ok(()) => Some(value),
+                    Err(Error::Conflict(_)) => {
+                        // What a retry would see first.
+                        let seen = read(store.as_ref(), b"hot").await.unwrap();
+                        assert_ne!(seen, value, "round {round}: the loser's write is not there");
+                        assert_eq!(seen[..4], round.to_be_bytes(), "round {round}: stale read");
+                        None
+                    }
+                    Err(other) => panic!("round {round}: {other}"),
+                }
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            winners.extend(task.await.unwrap());
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one commits");
+    }
+}

@@ -38,11 +38,27 @@ type Reply = oneshot::Sender<Result<()>>;
 
 /// Accepted commits written to the log together, on their way to the sync thread.
 struct Group {
+    /// Its number; 0 for a batch whose commits were all refused (nothing to log).
     id: u64,
     /// The log segment holding the group's record.
-    file: Arc<File>,
+    file: Option<Arc<File>>,
     writes: Vec<BTreeMap<Key, Option<Value>>>,
     replies: Vec<Reply>,
+    /// Commits refused for a conflict with a group not yet applied, answered once
+    /// this group (which comes after it) is: a retry that begins then sees the
+    /// write it lost to, instead of losing to it again.
+    refused: Vec<(Reply, Error)>,
+}
+
+impl Group {
+    /// Tells every accepted commit that its outcome is unknown, and every refused
+    /// one why it was refused.
+    fn abandon(self, why: &str) {
+        answer(self.replies, why);
+        for (reply, err) in self.refused {
+            let _ = reply.send(Err(err));
+        }
+    }
 }
 
 /// The running pipeline, as the store holds it.
@@ -114,8 +130,9 @@ struct Conflicts {
 }
 
 impl Conflicts {
-    /// Names the first key of `request` written by a group it did not see.
-    fn check(&self, request: &CommitRequest) -> Option<String> {
+    /// Finds the first key of `request` written by a group it did not see, and
+    /// names that group and the key.
+    fn check(&self, request: &CommitRequest) -> Option<(u64, String)> {
         request
             .writes
             .keys()
@@ -123,12 +140,13 @@ impl Conflicts {
             .find_map(|key| {
                 let group = *self.last.get(key)?;
                 (group > request.start).then(|| {
-                    format!(
+                    let msg = format!(
                         "key {} was written by commit group {group}, after this transaction \
                          began at group {}",
                         escape(key),
                         request.start
-                    )
+                    );
+                    (group, msg)
                 })
             })
     }
@@ -185,13 +203,18 @@ fn run_committer(
         conflicts.prune(shared.prune_point());
 
         let id = next_group;
-        let mut writes = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
+        let mut group = Group {
+            id,
+            file: None,
+            writes: Vec::with_capacity(batch.len()),
+            replies: Vec::with_capacity(batch.len()),
+            refused: Vec::new(),
+        };
         for mut request in batch {
             let verdict = match shared.failed.get() {
-                Some(msg) => Err(Error::Unavailable(msg.to_string())),
+                Some(msg) => Err((0, Error::Unavailable(msg.to_string()))),
                 None => match conflicts.check(&request) {
-                    Some(msg) => Err(Error::Conflict(msg)),
+                    Some((winner, msg)) => Err((winner, Error::Conflict(msg))),
                     None => Ok(()),
                 },
             };
@@ -199,46 +222,53 @@ fn run_committer(
             match verdict {
                 Ok(()) => {
                     conflicts.record(id, &request);
-                    writes.push(std::mem::take(&mut request.writes));
-                    replies.push(request.reply);
+                    group.writes.push(std::mem::take(&mut request.writes));
+                    group.replies.push(request.reply);
                 }
-                Err(err) => {
+                Err((winner, err)) => {
                     if matches!(err, Error::Conflict(_)) {
                         shared.conflicts.fetch_add(1, Ordering::Relaxed);
                     }
-                    // The requester may have gone away (a cancelled request).
-                    let _ = request.reply.send(Err(err));
+                    if winner > shared.applied.load(Ordering::Acquire) {
+                        group.refused.push((request.reply, err));
+                    } else {
+                        // The requester may have gone away (a cancelled request).
+                        let _ = request.reply.send(Err(err));
+                    }
                 }
             }
         }
-        if replies.is_empty() {
+        if group.replies.is_empty() {
+            // Nothing to log; the refusals still wait for the groups before.
+            group.id = 0;
+            if !group.refused.is_empty()
+                && let Err(mpsc::SendError(group)) = to_sync.send(group)
+            {
+                group.abandon("the sync thread stopped");
+            }
             continue;
         }
         commit_log::encode(
             &mut record,
             id,
-            writes
+            group
+                .writes
                 .iter()
                 .flat_map(|w| w.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))),
         );
         match log.append(id, &record) {
             Ok(file) => {
-                let group = Group {
-                    id,
-                    file,
-                    writes,
-                    replies,
-                };
+                group.file = Some(file);
                 next_group += 1;
                 shared.groups.fetch_add(1, Ordering::Relaxed);
                 if let Err(mpsc::SendError(group)) = to_sync.send(group) {
-                    answer(group.replies, "the sync thread stopped");
+                    group.abandon("the sync thread stopped");
                 }
             }
             Err(err) => {
                 // The record may be partly written: nothing may follow it.
                 let msg = shared.fail(format!("commit log: {err}"));
-                answer(replies, &msg);
+                group.abandon(&msg);
             }
         }
     }
@@ -263,45 +293,51 @@ fn run_syncer(
             ready.push(group);
         }
         if let Some(msg) = shared.failed.get() {
-            ready.into_iter().for_each(|g| answer(g.replies, msg));
+            ready.into_iter().for_each(|g| g.abandon(msg));
             continue;
         }
         if durability == Durability::GroupCommit
             && let Err(err) = sync_files(shared, &ready)
         {
             let msg = shared.fail(format!("commit log sync failed: {err}"));
-            ready.into_iter().for_each(|g| answer(g.replies, &msg));
+            ready.into_iter().for_each(|g| g.abandon(&msg));
             continue;
         }
         // Applying is left to another thread so the next sync starts at once.
         if let Err(mpsc::SendError(ready)) = to_apply.send(ready) {
             ready
                 .into_iter()
-                .for_each(|g| answer(g.replies, "the apply thread stopped"));
+                .for_each(|g| g.abandon("the apply thread stopped"));
         }
     }
 }
 
 fn run_applier(shared: &Shared, synced: &mpsc::Receiver<Vec<Group>>) {
     while let Ok(groups) = synced.recv() {
-        for group in groups {
+        for mut group in groups {
             if let Some(msg) = shared.failed.get() {
-                answer(group.replies, msg);
+                group.abandon(msg);
                 continue;
             }
-            let commits = group.replies.len() as u64;
-            let writes = group.writes.into_iter().flatten();
-            if let Err(err) = apply(&shared.db, &shared.keyspace, writes) {
-                // Durable in the log, so it is replayed on the next open; until
-                // then it cannot be shown.
-                let msg = shared.fail(format!("applying a commit group to fjall failed: {err}"));
-                answer(group.replies, &msg);
-                continue;
+            if group.id != 0 {
+                let commits = group.replies.len() as u64;
+                let writes = std::mem::take(&mut group.writes).into_iter().flatten();
+                if let Err(err) = apply(&shared.db, &shared.keyspace, writes) {
+                    // Durable in the log, so it is replayed on the next open; until
+                    // then it cannot be shown.
+                    let msg =
+                        shared.fail(format!("applying a commit group to fjall failed: {err}"));
+                    group.abandon(&msg);
+                    continue;
+                }
+                shared.applied.store(group.id, Ordering::Release);
+                shared.commits.fetch_add(commits, Ordering::AcqRel);
             }
-            shared.applied.store(group.id, Ordering::Release);
-            shared.commits.fetch_add(commits, Ordering::AcqRel);
             for reply in group.replies {
                 let _ = reply.send(Ok(()));
+            }
+            for (reply, err) in group.refused {
+                let _ = reply.send(Err(err));
             }
         }
     }
@@ -310,13 +346,13 @@ fn run_applier(shared: &Shared, synced: &mpsc::Receiver<Vec<Group>>) {
 /// Syncs every log segment the groups went to, oldest first.
 fn sync_files(shared: &Shared, groups: &[Group]) -> std::io::Result<()> {
     let mut synced: Option<&Arc<File>> = None;
-    for group in groups {
-        if synced.is_some_and(|f| Arc::ptr_eq(f, &group.file)) {
+    for file in groups.iter().filter_map(|g| g.file.as_ref()) {
+        if synced.is_some_and(|f| Arc::ptr_eq(f, file)) {
             continue;
         }
-        group.file.sync_data()?;
+        file.sync_data()?;
         shared.syncs.fetch_add(1, Ordering::Relaxed);
-        synced = Some(&group.file);
+        synced = Some(file);
     }
     Ok(())
 }
