@@ -2461,7 +2461,9 @@ async fn instructions_child(opts: &Opts, base: &Path) -> InstrResult {
     let gateway = callgrind_total(&dir.join("gateway.callgrind.out.1"))
         .unwrap_or_else(|e| panic!("gateway count: {e}"));
     if let Some(keep) = std::env::var_os("ROSSBY_BENCH_CALLGRIND_OUT") {
-        let keep = PathBuf::from(keep).with_extension("gateway");
+        let mut keep = keep;
+        keep.push(".gateway");
+        let keep = PathBuf::from(keep);
         std::fs::copy(dir.join("gateway.callgrind.out.1"), &keep).expect("copy the profile");
         println!(
             "instructions: the gateway's profile is in {}",
@@ -2556,7 +2558,9 @@ fn instructions_phase(opts: &Opts, base: &Path) -> Result<InstrResult, String> {
     };
     result.client = Some(callgrind_total(&out)?);
     if let Some(keep) = std::env::var_os("ROSSBY_BENCH_CALLGRIND_OUT") {
-        let keep = PathBuf::from(keep).with_extension("client");
+        let mut keep = keep;
+        keep.push(".client");
+        let keep = PathBuf::from(keep);
         std::fs::copy(&out, &keep).map_err(|e| format!("copy the profile: {e}"))?;
         println!(
             "instructions: the client's profile is in {}",
