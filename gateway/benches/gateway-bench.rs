@@ -217,6 +217,10 @@ impl Opts {
                 "ROSSBY_BENCH_GATEWAY_WRAPPER",
                 std::env::var("ROSSBY_BENCH_GATEWAY_WRAPPER").unwrap_or_default(),
             ),
+            (
+                "ROSSBY_BENCH_CALLGRIND_OUT",
+                std::env::var("ROSSBY_BENCH_CALLGRIND_OUT").unwrap_or_default(),
+            ),
         ];
         for (k, v) in rows {
             println!("  {k:<32} {v}");
@@ -230,6 +234,9 @@ impl Opts {
 
 /// Pids of running gateways, for the watchdog.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// When the run started (its watchdog counts from here).
+static STARTED: OnceLock<Instant> = OnceLock::new();
 
 struct GatewayProc {
     child: Child,
@@ -2505,8 +2512,10 @@ fn instructions_phase(opts: &Opts, base: &Path) -> Result<InstrResult, String> {
     let log = dir.join("client.valgrind.log");
     let words = callgrind_command(&out, &log);
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
-    // The child's watchdog fires first, so that it stops its own gateway.
-    let timeout = opts.timeout_secs.saturating_sub(60).max(60);
+    // The child's watchdog fires before this process's, so that the child stops
+    // its own gateway (which runs in a process group of its own).
+    let elapsed = STARTED.get().map_or(0, |t| t.elapsed().as_secs());
+    let timeout = opts.timeout_secs.saturating_sub(elapsed + 30).max(1);
     let started = Instant::now();
     let mut cmd = Command::new(&words[0]);
     cmd.args(&words[1..])
@@ -2613,6 +2622,7 @@ fn main() {
             .join(" ")
     );
 
+    STARTED.get_or_init(Instant::now);
     // Watchdog: the run is bounded whatever happens.
     {
         let limit = Duration::from_secs(opts.timeout_secs);

@@ -24,6 +24,7 @@
 //! [`INSTR_ENQUEUES`] enqueues, so the count covers every thread of the process
 //! during exactly that work. It is printed on its own line before the last one:
 //! `storage-bench instructions_per_enqueue=<N> enqueues=<n> instructions=<total>`.
+//! `ROSSBY_BENCH_CALLGRIND_OUT=<file>` keeps the callgrind profile there.
 
 use async_trait::async_trait;
 use rand::rngs::SmallRng;
