@@ -19,13 +19,24 @@
 //!    schedule, latency measured from the scheduled time (no coordinated omission);
 //! 5. fetch + ack of everything sent, by every recipient device, batches of 100;
 //! 6. idle connections: a fresh gateway, N connections that each Ping once and
-//!    stay open; the gateway's VmRSS before and after.
+//!    stay open; the gateway's VmRSS before and after;
+//! 7. instructions: CPU instructions per send of the gateway (all its threads)
+//!    and of the client, counted by Valgrind's callgrind over a fixed workload, a
+//!    figure that the load of the machine does not change. The benchmark runs
+//!    itself again under callgrind with only this phase; that child starts a
+//!    fresh gateway under callgrind, sets it up and warms it up with
+//!    instrumentation off, then switches instrumentation on in both processes
+//!    (`vgdb --pid=<gateway> instrumentation on` and a client request in itself)
+//!    for exactly [`INSTR_SENDS`] sends, and reads the gateway's count from a
+//!    `vgdb dump`.
 //!
 //! Configuration by environment variables (printed at start); everything stays on
 //! 127.0.0.1 and the whole run is bounded by `ROSSBY_BENCH_TIMEOUT_SECS`.
 //!
 //! The last line of stdout is
-//! `gateway-bench send_per_s=<peak> p50_ms=<A> p99_ms=<B> fetch_envelopes_per_s=<M>`.
+//! `gateway-bench send_per_s=<peak> p50_ms=<A> p99_ms=<B> fetch_envelopes_per_s=<M>`;
+//! with the instructions phase, the line before it is `gateway-bench
+//! instructions_per_send=<G> client_instructions_per_send=<C> sends=<n> ...`.
 
 use hdrhistogram::Histogram;
 use prost::Message;
@@ -101,7 +112,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 impl Opts {
     fn from_env() -> Opts {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let phases: String = env_or("ROSSBY_BENCH_PHASES", "send,latency,fetch,idle".to_string());
+        let phases: String = env_or(
+            "ROSSBY_BENCH_PHASES",
+            "send,latency,fetch,idle,instructions".to_string(),
+        );
         let variants: String = env_or("ROSSBY_BENCH_IDLE_VARIANTS", "default".to_string());
         Opts {
             secs: env_or("ROSSBY_BENCH_SECS", 10.0),
@@ -203,6 +217,10 @@ impl Opts {
                 "ROSSBY_BENCH_GATEWAY_WRAPPER",
                 std::env::var("ROSSBY_BENCH_GATEWAY_WRAPPER").unwrap_or_default(),
             ),
+            (
+                "ROSSBY_BENCH_CALLGRIND_OUT",
+                std::env::var("ROSSBY_BENCH_CALLGRIND_OUT").unwrap_or_default(),
+            ),
         ];
         for (k, v) in rows {
             println!("  {k:<32} {v}");
@@ -216,6 +234,9 @@ impl Opts {
 
 /// Pids of running gateways, for the watchdog.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// When the run started (its watchdog counts from here).
+static STARTED: OnceLock<Instant> = OnceLock::new();
 
 struct GatewayProc {
     child: Child,
@@ -277,6 +298,15 @@ fn base_args(dir: &Path) -> Vec<String> {
 
 impl GatewayProc {
     fn start(dir: &Path, extra: &str) -> GatewayProc {
+        // A diagnostic wrapper (for example `heaptrack -o FILE`) may run the gateway.
+        let wrapper: String = env_or("ROSSBY_BENCH_GATEWAY_WRAPPER", String::new());
+        let wrapper: Vec<String> = wrapper.split_whitespace().map(str::to_string).collect();
+        Self::start_wrapped(dir, extra, &wrapper)
+    }
+
+    /// Starts the gateway with `extra` flags, under `wrapper` (a program and its
+    /// arguments, the gateway's command line appended) unless it is empty.
+    fn start_wrapped(dir: &Path, extra: &str, wrapper: &[String]) -> GatewayProc {
         std::fs::create_dir_all(dir).expect("create the gateway directory");
         // Extra flags replace base flags of the same name (clap refuses repeats).
         let extra: Vec<String> = extra.split_whitespace().map(str::to_string).collect();
@@ -289,9 +319,7 @@ impl GatewayProc {
         }
         args.extend(extra);
         let log = std::fs::File::create(dir.join("gateway.log")).expect("create gateway.log");
-        // A diagnostic wrapper (for example `heaptrack -o FILE`) may run the gateway.
-        let wrapper: String = env_or("ROSSBY_BENCH_GATEWAY_WRAPPER", String::new());
-        let mut words = wrapper.split_whitespace();
+        let mut words = wrapper.iter();
         let mut cmd = match words.next() {
             Some(program) => {
                 let mut c = Command::new(program);
@@ -2195,6 +2223,374 @@ async fn idle_phase(opts: &Opts, base: &Path, n: usize, variant: &str) -> IdleRe
 }
 
 // ---------------------------------------------------------------------------
+// Phase 7: instructions per send (callgrind)
+// ---------------------------------------------------------------------------
+
+/// Instruction count: recipient boxes and sender devices set up (not counted).
+const INSTR_BOXES: usize = 100;
+const INSTR_SENDERS: usize = 16;
+/// Instruction count: load connections and requests in flight on each.
+const INSTR_CONNS: usize = 16;
+const INSTR_IN_FLIGHT: usize = 4;
+/// Instruction count: sends before counting starts (not counted), sends counted.
+const INSTR_WARMUP_SENDS: usize = 200;
+const INSTR_SENDS: usize = 1_000;
+/// Set in the environment of the benchmark's own child run under callgrind.
+const INSTR_CHILD_ENV: &str = "ROSSBY_BENCH_INSTRUCTIONS_CHILD";
+/// Flags of the counted gateway: timer-driven jobs (maintenance rounds, ownership
+/// lease renewals) are moved out of the counted window, so the count depends on
+/// the sends and not on how long they took under Valgrind.
+const INSTR_GATEWAY_ARGS: &str = "--maintenance-interval-ms 3600000 --maintenance-lease-ms \
+    7200000 --owner-lease-ms 600000 --owner-renew-ms 300000";
+
+/// Valgrind client requests, issued the way `valgrind.h` and `callgrind.h` issue
+/// them on x86-64 Linux: a rotate sequence that leaves `rdi` unchanged, then
+/// `xchg rbx, rbx`. Natively these are no-ops that return the default value;
+/// under Valgrind they reach the tool.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod valgrind {
+    /// `VG_USERREQ_TOOL_BASE('C', 'T')`: the first of callgrind's requests.
+    const CALLGRIND_BASE: u64 = ((b'C' as u64) << 24) | ((b'T' as u64) << 16);
+    const RUNNING_ON_VALGRIND: u64 = 0x1001;
+    const START_INSTRUMENTATION: u64 = CALLGRIND_BASE + 4;
+    const STOP_INSTRUMENTATION: u64 = CALLGRIND_BASE + 5;
+
+    fn request(default: u64, code: u64) -> u64 {
+        let args: [u64; 6] = [code, 0, 0, 0, 0, 0];
+        let result: u64;
+        // SAFETY: the sequence only rotates rdi by a total of 128 bits (leaving it
+        // unchanged) and exchanges rbx with itself; Valgrind reads the argument
+        // block through rax and writes the result to rdx.
+        unsafe {
+            std::arch::asm!(
+                "rol rdi, 3",
+                "rol rdi, 13",
+                "rol rdi, 61",
+                "rol rdi, 51",
+                "xchg rbx, rbx",
+                in("rax") args.as_ptr(),
+                inout("rdx") default => result,
+                options(nostack),
+            );
+        }
+        result
+    }
+
+    /// How many Valgrinds this process runs under (0 natively).
+    pub fn running_on_valgrind() -> u64 {
+        request(0, RUNNING_ON_VALGRIND)
+    }
+
+    /// `CALLGRIND_START_INSTRUMENTATION`: count from here on, in every thread.
+    pub fn start_instrumentation() {
+        request(0, START_INSTRUMENTATION);
+    }
+
+    /// `CALLGRIND_STOP_INSTRUMENTATION`.
+    pub fn stop_instrumentation() {
+        request(0, STOP_INSTRUMENTATION);
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod valgrind {
+    pub fn running_on_valgrind() -> u64 {
+        0
+    }
+    pub fn start_instrumentation() {}
+    pub fn stop_instrumentation() {}
+}
+
+/// `valgrind --tool=callgrind` with instrumentation off until switched on, all
+/// threads in one count, the profile written to `out`.
+fn callgrind_command(out: &Path, log: &Path) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        "--instr-atstart=no".into(),
+        "--separate-threads=no".into(),
+        format!("--callgrind-out-file={}", out.display()),
+        format!("--log-file={}", log.display()),
+    ]
+}
+
+/// Instructions executed (`Ir`, all threads) recorded in a callgrind output file.
+fn callgrind_total(path: &Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let total = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    total("totals:")
+        .or_else(|| total("summary:"))
+        .ok_or_else(|| format!("no totals in {}", path.display()))
+}
+
+/// A callgrind monitor command (`instrumentation on`, `dump`, ...) sent to the
+/// Valgrind process `pid` through `vgdb`; returns once the command has run.
+fn vgdb(pid: u32, command: &str) -> Result<(), String> {
+    let out = Command::new("vgdb")
+        .arg(format!("--pid={pid}"))
+        .args(command.split_whitespace())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run vgdb: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "vgdb {command} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// `defaults` flags, except those that `user` sets too, followed by `user`.
+fn merge_flags(defaults: &str, user: &str) -> String {
+    let user_words: Vec<&str> = user.split_whitespace().collect();
+    let mut out: Vec<&str> = Vec::new();
+    let words: Vec<&str> = defaults.split_whitespace().collect();
+    for pair in words.chunks(2) {
+        if !user_words.contains(&pair[0]) {
+            out.extend_from_slice(pair);
+        }
+    }
+    out.extend(user_words);
+    out.join(" ")
+}
+
+/// Sends every prepared body once, closed loop: `in_flight` tasks per connection.
+async fn fixed_sends(
+    conns: &[Conn],
+    senders: &Arc<Vec<Sender>>,
+    pools: Vec<Vec<Prepared>>,
+) -> Tally {
+    let mut tasks = Vec::new();
+    for (c, pool) in pools.into_iter().enumerate() {
+        let pool = Arc::new(pool);
+        let next = Arc::new(AtomicUsize::new(0));
+        for _ in 0..INSTR_IN_FLIGHT {
+            let (pool, next, conn, senders) = (
+                pool.clone(),
+                next.clone(),
+                conns[c].clone(),
+                senders.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let creds = &senders[c % senders.len()].device.creds;
+                let mut tally = Tally::default();
+                while let Some(p) = pool.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let frame = request_frame(&conn, Method::Send, &p.body, Some(creds));
+                    match send_outcome(exchange(&conn, &frame).await) {
+                        None => tally.ok += 1,
+                        Some(e) => *tally.errors.entry(e).or_default() += 1,
+                    }
+                }
+                tally
+            }));
+        }
+    }
+    let mut tally = Tally::default();
+    for t in tasks {
+        tally.merge(t.await.expect("send task"));
+    }
+    tally
+}
+
+/// Instruction counts of one run: the gateway's and the client's (this process,
+/// when it runs under callgrind), over `sends` OK sends.
+struct InstrResult {
+    sends: u64,
+    errors: u64,
+    gateway: u64,
+    client: Option<u64>,
+}
+
+/// Splits `n` envelopes over the instruction phase's connections.
+fn instr_counts(n: usize) -> Vec<usize> {
+    (0..INSTR_CONNS)
+        .map(|c| n / INSTR_CONNS + usize::from(c < n % INSTR_CONNS))
+        .collect()
+}
+
+/// The measurement, in the child run under callgrind: a fresh gateway under
+/// callgrind too, set up and warmed up uninstrumented; then both processes count
+/// exactly [`INSTR_SENDS`] sends. The gateway's count comes from a `vgdb dump`
+/// right after the last answer; the client's count is written when this process
+/// exits, so the parent reads it.
+async fn instructions_child(opts: &Opts, base: &Path) -> InstrResult {
+    let dir = base.join("instructions");
+    std::fs::create_dir_all(&dir).expect("create the instruction directory");
+    let out = dir.join("gateway.callgrind.out");
+    let wrapper = callgrind_command(&out, &dir.join("gateway.valgrind.log"));
+    let extra = merge_flags(INSTR_GATEWAY_ARGS, &opts.gateway_args);
+    let gw = GatewayProc::start_wrapped(&dir.join("gateway"), &extra, &wrapper);
+    println!(
+        "instructions: gateway under callgrind (pid {}, flags {extra})",
+        gw.pid
+    );
+    let setup_opts = Opts {
+        boxes: INSTR_BOXES,
+        senders: INSTR_SENDERS,
+        setup_conns: 8,
+        setup_workers: 32,
+        ..opts.clone()
+    };
+    let (boxes, senders) = setup(&setup_opts, &gw).await;
+    let senders = Arc::new(senders);
+    let (warm_pools, _) = build_envelopes(&instr_counts(INSTR_WARMUP_SENDS), &boxes, &senders);
+    let (pools, _) = build_envelopes(&instr_counts(INSTR_SENDS), &boxes, &senders);
+    let endpoints = client_endpoints(&gw, opts.client_endpoints, load_transport());
+    let conns = connect_many(&endpoints, gw.quic, INSTR_CONNS, INSTR_CONNS).await;
+    let warm = fixed_sends(&conns, &senders, warm_pools).await;
+    // Let the warm-up's trailing work (acknowledgements, the last sync) finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = gw.pid;
+    tokio::task::spawn_blocking(move || vgdb(pid, "instrumentation on"))
+        .await
+        .expect("vgdb task")
+        .unwrap_or_else(|e| panic!("{e}"));
+    valgrind::start_instrumentation();
+    let tally = fixed_sends(&conns, &senders, pools).await;
+    valgrind::stop_instrumentation();
+    tokio::task::spawn_blocking(move || {
+        vgdb(pid, "dump")?;
+        vgdb(pid, "instrumentation off")
+    })
+    .await
+    .expect("vgdb task")
+    .unwrap_or_else(|e| panic!("{e}"));
+    let gateway = callgrind_total(&dir.join("gateway.callgrind.out.1"))
+        .unwrap_or_else(|e| panic!("gateway count: {e}"));
+    if let Some(keep) = std::env::var_os("ROSSBY_BENCH_CALLGRIND_OUT") {
+        let mut keep = keep;
+        keep.push(".gateway");
+        let keep = PathBuf::from(keep);
+        std::fs::copy(dir.join("gateway.callgrind.out.1"), &keep).expect("copy the profile");
+        println!(
+            "instructions: the gateway's profile is in {}",
+            keep.display()
+        );
+    }
+    if warm.error_count() + tally.error_count() > 0 {
+        println!(
+            "instructions: errors in the warm-up: {}; while counting: {}",
+            warm.errors_line(),
+            tally.errors_line()
+        );
+    }
+    for c in &conns {
+        c.conn.close(0u32.into(), b"done");
+    }
+    for e in &endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(5), e.wait_idle()).await;
+    }
+    gw.stop();
+    InstrResult {
+        sends: tally.ok,
+        errors: tally.error_count(),
+        gateway,
+        client: None,
+    }
+}
+
+/// The result line of the child run, read back by the parent.
+const INSTR_CHILD_LINE: &str = "gateway-bench-instructions-child";
+
+/// Runs this benchmark again under callgrind with only the measurement (see
+/// [`instructions_child`]); relays its output, indented, and adds the client's
+/// count from its callgrind output.
+fn instructions_phase(opts: &Opts, base: &Path) -> Result<InstrResult, String> {
+    let dir = base.join("instructions-client");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let out = dir.join("client.callgrind.out");
+    let log = dir.join("client.valgrind.log");
+    let words = callgrind_command(&out, &log);
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    // The child's watchdog fires before this process's, so that the child stops
+    // its own gateway (which runs in a process group of its own).
+    let elapsed = STARTED.get().map_or(0, |t| t.elapsed().as_secs());
+    let timeout = opts.timeout_secs.saturating_sub(elapsed + 30).max(1);
+    let started = Instant::now();
+    let mut cmd = Command::new(&words[0]);
+    cmd.args(&words[1..])
+        .arg(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(INSTR_CHILD_ENV, "1")
+        .env("ROSSBY_BENCH_PHASES", "instructions")
+        .env("ROSSBY_BENCH_DIR", &dir)
+        .env("ROSSBY_BENCH_TIMEOUT_SECS", timeout.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run valgrind (is it installed?): {e}"))?;
+    CHILDREN.lock().unwrap().push(child.id());
+    let mut result = None;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix(INSTR_CHILD_LINE) {
+                let field = |name: &str| {
+                    rest.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                if let (Some(sends), Some(errors), Some(gateway)) =
+                    (field("sends="), field("errors="), field("gateway="))
+                {
+                    result = Some(InstrResult {
+                        sends,
+                        errors,
+                        gateway,
+                        client: None,
+                    });
+                }
+            } else {
+                println!("  | {line}");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+    CHILDREN.lock().unwrap().retain(|p| *p != child.id());
+    let Some(mut result) = result.filter(|_| status.success()) else {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        return Err(format!(
+            "the callgrind run failed ({status}); valgrind's log:\n{log}"
+        ));
+    };
+    result.client = Some(callgrind_total(&out)?);
+    if let Some(keep) = std::env::var_os("ROSSBY_BENCH_CALLGRIND_OUT") {
+        let mut keep = keep;
+        keep.push(".client");
+        let keep = PathBuf::from(keep);
+        std::fs::copy(&out, &keep).map_err(|e| format!("copy the profile: {e}"))?;
+        println!(
+            "instructions: the client's profile is in {}",
+            keep.display()
+        );
+    }
+    println!(
+        "instructions (callgrind, {INSTR_SENDS} sends after {INSTR_WARMUP_SENDS} uncounted, \
+         {INSTR_CONNS} connections x {INSTR_IN_FLIGHT} in flight, {INSTR_BOXES} recipient boxes, \
+         all threads): gateway {} instructions, client {} instructions, {} sends ok, {} errors, \
+         in {:.0} s",
+        result.gateway,
+        result.client.unwrap_or(0),
+        result.sends,
+        result.errors,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------
 
@@ -2203,6 +2599,10 @@ type Authorized = OnceLock<([u8; 16], DeviceCredentials)>;
 
 fn main() {
     let opts = Opts::from_env();
+    if std::env::var_os(INSTR_CHILD_ENV).is_some() {
+        child_main(&opts);
+        return;
+    }
     // `cargo bench` passes `--bench`; nothing else is accepted.
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
         println!(
@@ -2222,6 +2622,7 @@ fn main() {
             .join(" ")
     );
 
+    STARTED.get_or_init(Instant::now);
     // Watchdog: the run is bounded whatever happens.
     {
         let limit = Duration::from_secs(opts.timeout_secs);
@@ -2254,11 +2655,28 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let (send_rate, p50, p99, fetch_rate) = runtime.block_on(run(&opts, tmp.path()));
+    let (send_rate, p50, p99, fetch_rate, instructions) = runtime.block_on(run(&opts, tmp.path()));
     drop(runtime);
     if opts.keep_dir {
         let kept = tmp.keep();
         println!("kept {}", kept.display());
+    }
+    if opts.has("instructions") {
+        let r = instructions.unwrap_or(InstrResult {
+            sends: 0,
+            errors: 0,
+            gateway: 0,
+            client: None,
+        });
+        let client = r.client.unwrap_or(0);
+        println!(
+            "gateway-bench instructions_per_send={} client_instructions_per_send={} sends={} \
+             gateway_instructions={} client_instructions={client}",
+            r.gateway / r.sends.max(1),
+            client / r.sends.max(1),
+            r.sends,
+            r.gateway,
+        );
     }
     println!(
         "gateway-bench send_per_s={:.0} p50_ms={:.2} p99_ms={:.2} fetch_envelopes_per_s={:.0}",
@@ -2266,7 +2684,44 @@ fn main() {
     );
 }
 
-async fn run(opts: &Opts, base: &Path) -> (f64, f64, f64, f64) {
+/// The child run under callgrind (phase `instructions`): only the measurement;
+/// its result line is read by the parent.
+fn child_main(opts: &Opts) {
+    if valgrind::running_on_valgrind() == 0 {
+        eprintln!(
+            "gateway-bench: {INSTR_CHILD_ENV} is set but this process does not run under \
+             Valgrind (instruction counts need x86-64 Linux and valgrind --tool=callgrind)"
+        );
+        std::process::exit(2);
+    }
+    {
+        let limit = Duration::from_secs(opts.timeout_secs);
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            eprintln!("gateway-bench: the instruction count still runs after {limit:?}");
+            for pid in CHILDREN.lock().unwrap().iter() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status();
+            }
+            std::process::exit(3);
+        });
+    }
+    let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.client_threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let r = runtime.block_on(instructions_child(opts, &base));
+    drop(runtime);
+    println!(
+        "{INSTR_CHILD_LINE} sends={} errors={} gateway={}",
+        r.sends, r.errors, r.gateway
+    );
+}
+
+async fn run(opts: &Opts, base: &Path) -> (f64, f64, f64, f64, Option<InstrResult>) {
     let mut send_rate = 0.0;
     let (mut p50, mut p99) = (0.0, 0.0);
     let mut fetch_rate = 0.0;
@@ -2356,6 +2811,18 @@ async fn run(opts: &Opts, base: &Path) -> (f64, f64, f64, f64) {
         }
     }
 
+    let mut instructions = None;
+    if opts.has("instructions") {
+        let (o, b) = (opts.clone(), base.to_path_buf());
+        match tokio::task::spawn_blocking(move || instructions_phase(&o, &b))
+            .await
+            .expect("instruction phase")
+        {
+            Ok(r) => instructions = Some(r),
+            Err(e) => eprintln!("gateway-bench: instruction count failed: {e}"),
+        }
+    }
+
     println!("summary:");
     if let Some(c) = &crypto {
         println!(
@@ -2415,7 +2882,15 @@ async fn run(opts: &Opts, base: &Path) -> (f64, f64, f64, f64) {
             r.closed.rss
         );
     }
-    (send_rate, p50, p99, fetch_rate)
+    if let Some(r) = &instructions {
+        println!(
+            "  instructions per send ({} sends): gateway {}, client {}",
+            r.sends,
+            r.gateway / r.sends.max(1),
+            r.client.unwrap_or(0) / r.sends.max(1)
+        );
+    }
+    (send_rate, p50, p99, fetch_rate, instructions)
 }
 
 fn dir_size(path: &Path) -> u64 {

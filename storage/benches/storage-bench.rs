@@ -13,6 +13,18 @@
 //! default 10), `ROSSBY_BENCH_BOXES` (default 10000) and `ROSSBY_BENCH_TASKS`
 //! (concurrent enqueue tasks, default 64). The last line of stdout is
 //! `storage-bench enqueue_durable_per_s=<N> enqueue_nosync_per_s=<M> ratio=<N/M>`.
+//!
+//! A last phase adds a figure that does not depend on the load of the machine:
+//! the CPU instructions per durable enqueue, counted by Valgrind's callgrind over
+//! a fixed workload (`ROSSBY_BENCH_INSTRUCTIONS`: `1` by default, `0` skips it,
+//! `only` skips the timed phases). The benchmark
+//! runs itself again under `valgrind --tool=callgrind` with instrumentation off;
+//! that child sets up a store, warms up, and switches instrumentation on (a client
+//! request, as `CALLGRIND_START_INSTRUMENTATION` does) only around
+//! [`INSTR_ENQUEUES`] enqueues, so the count covers every thread of the process
+//! during exactly that work. It is printed on its own line before the last one:
+//! `storage-bench instructions_per_enqueue=<N> enqueues=<n> instructions=<total>`.
+//! `ROSSBY_BENCH_CALLGRIND_OUT=<file>` keeps the callgrind profile there.
 
 use async_trait::async_trait;
 use rand::rngs::SmallRng;
@@ -49,10 +61,33 @@ const FETCH_TASKS: usize = 16;
 /// Name of the fjall backend's syncer thread (see `kv/fjall.rs`).
 const SYNCER_THREAD: &str = "rossby-fjall-sync";
 
+/// Instruction count: boxes set up in the child (not counted).
+const INSTR_BOXES: usize = 1_000;
+/// Instruction count: enqueues run before instrumentation starts (not counted).
+const INSTR_WARMUP: usize = 200;
+/// Instruction count: enqueues counted.
+const INSTR_ENQUEUES: usize = 2_000;
+/// Instruction count: concurrent enqueue tasks (fixed, whatever `ROSSBY_BENCH_TASKS`).
+const INSTR_TASKS: usize = 64;
+/// Set in the environment of the benchmark's own child run under callgrind.
+const INSTR_CHILD_ENV: &str = "ROSSBY_BENCH_INSTRUCTIONS_CHILD";
+
+/// Whether to count instructions (`ROSSBY_BENCH_INSTRUCTIONS`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Instructions {
+    /// `0`: timed phases only.
+    Off,
+    /// `1` (default): timed phases, then the instruction count.
+    Also,
+    /// `only`: the instruction count only (the last line then shows zero rates).
+    Only,
+}
+
 struct Config {
     secs: u64,
     boxes: usize,
     tasks: usize,
+    instructions: Instructions,
 }
 
 fn env_or<T: FromStr>(name: &str, default: T) -> T {
@@ -71,6 +106,15 @@ impl Config {
             secs: env_or("ROSSBY_BENCH_SECS", 10u64).max(1),
             boxes: env_or("ROSSBY_BENCH_BOXES", 10_000usize).max(1),
             tasks: env_or("ROSSBY_BENCH_TASKS", 64usize).max(1),
+            instructions: match std::env::var("ROSSBY_BENCH_INSTRUCTIONS")
+                .unwrap_or_default()
+                .trim()
+            {
+                "0" => Instructions::Off,
+                "" | "1" => Instructions::Also,
+                "only" => Instructions::Only,
+                other => panic!("ROSSBY_BENCH_INSTRUCTIONS={other:?}: expected 0, 1 or only"),
+            },
         }
     }
 
@@ -252,16 +296,22 @@ impl Transaction for TimedTxn {
     }
 }
 
-fn open_store(durability: Durability) -> BenchStore {
+/// A store in a fresh temporary directory; `timed` puts the [`Timed`] wrapper
+/// between the domain code and fjall (the timed phases report what it measures).
+fn open_store(durability: Durability, timed: bool) -> BenchStore {
     let dir = TempDir::new().expect("create temp dir");
     let mut config = FjallConfig::new(dir.path());
     config.durability = durability;
     let fjall = Arc::new(FjallStore::open(config).expect("open fjall store"));
     let timing = Arc::new(Timing::default());
-    let kv: Kv = Arc::new(Timed {
-        inner: Arc::clone(&fjall),
-        timing: Arc::clone(&timing),
-    });
+    let kv: Kv = if timed {
+        Arc::new(Timed {
+            inner: Arc::clone(&fjall),
+            timing: Arc::clone(&timing),
+        })
+    } else {
+        Arc::clone(&fjall) as Kv
+    };
     let hasher = LookupHasher::new(
         vec![Pepper {
             version: 1,
@@ -798,7 +848,7 @@ fn print_enqueue(label: &str, stats: &mut EnqueueStats, usage: String) {
 
 async fn run(config: &Config) -> (f64, f64) {
     // --- Durable store: setup, enqueue, fetch + ack, hot box ---
-    let durable = open_store(Durability::GroupCommit);
+    let durable = open_store(Durability::GroupCommit, true);
     let started = Instant::now();
     let targets = setup(&durable.store, config.boxes).await;
     println!(
@@ -879,7 +929,7 @@ async fn run(config: &Config) -> (f64, f64) {
     drop(durable);
 
     // --- No-sync store: same setup, enqueue ---
-    let nosync = open_store(Durability::NoSync);
+    let nosync = open_store(Durability::NoSync, true);
     let started = Instant::now();
     let targets = setup(&nosync.store, config.boxes).await;
     println!(
@@ -906,14 +956,253 @@ async fn run(config: &Config) -> (f64, f64) {
     (enq_durable.per_s(), enq_nosync.per_s())
 }
 
+/// Valgrind client requests, issued the way `valgrind.h` and `callgrind.h` issue
+/// them on x86-64 Linux: a rotate sequence that leaves `rdi` unchanged, then
+/// `xchg rbx, rbx`. Natively these are no-ops that return the default value;
+/// under Valgrind they reach the tool.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod valgrind {
+    /// `VG_USERREQ_TOOL_BASE('C', 'T')`: the first of callgrind's requests.
+    const CALLGRIND_BASE: u64 = ((b'C' as u64) << 24) | ((b'T' as u64) << 16);
+    const RUNNING_ON_VALGRIND: u64 = 0x1001;
+    const START_INSTRUMENTATION: u64 = CALLGRIND_BASE + 4;
+    const STOP_INSTRUMENTATION: u64 = CALLGRIND_BASE + 5;
+
+    fn request(default: u64, code: u64) -> u64 {
+        let args: [u64; 6] = [code, 0, 0, 0, 0, 0];
+        let result: u64;
+        // SAFETY: the sequence only rotates rdi by a total of 128 bits (leaving it
+        // unchanged) and exchanges rbx with itself; Valgrind reads the argument
+        // block through rax and writes the result to rdx.
+        unsafe {
+            std::arch::asm!(
+                "rol rdi, 3",
+                "rol rdi, 13",
+                "rol rdi, 61",
+                "rol rdi, 51",
+                "xchg rbx, rbx",
+                in("rax") args.as_ptr(),
+                inout("rdx") default => result,
+                options(nostack),
+            );
+        }
+        result
+    }
+
+    /// How many Valgrinds this process runs under (0 natively).
+    pub fn running_on_valgrind() -> u64 {
+        request(0, RUNNING_ON_VALGRIND)
+    }
+
+    /// `CALLGRIND_START_INSTRUMENTATION`: count from here on, in every thread.
+    pub fn start_instrumentation() {
+        request(0, START_INSTRUMENTATION);
+    }
+
+    /// `CALLGRIND_STOP_INSTRUMENTATION`.
+    pub fn stop_instrumentation() {
+        request(0, STOP_INSTRUMENTATION);
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod valgrind {
+    pub fn running_on_valgrind() -> u64 {
+        0
+    }
+    pub fn start_instrumentation() {}
+    pub fn stop_instrumentation() {}
+}
+
+/// Outcome of a fixed number of enqueues.
+#[derive(Default)]
+struct FixedRun {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Enqueues exactly `total` 1 KiB envelopes into random boxes with `tasks`
+/// concurrent tasks, through `Store::enqueue`. The recipients, senders and
+/// payloads come from seeded generators, so every run does the same work.
+async fn fixed_enqueues(
+    store: &Store,
+    targets: &Arc<Vec<Target>>,
+    total: usize,
+    tasks: usize,
+    seed: u64,
+) -> FixedRun {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let (store, targets, next) = (store.clone(), Arc::clone(targets), Arc::clone(&next));
+        handles.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003) + task as u64);
+            let mut run = FixedRun::default();
+            let n = targets.len();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let recipient = targets[rng.random_range(0..n)];
+                let sender = targets[rng.random_range(0..n)];
+                let mut payload = vec![0u8; PAYLOAD_BYTES];
+                rng.fill(&mut payload[..]);
+                let envelopes = [NewEnvelope {
+                    sender_box: sender.id,
+                    sender_device: sender.devices[0],
+                    message_id: MessageId::new(),
+                    device_list_version: recipient.version,
+                    payload,
+                }];
+                let error = match store.enqueue(recipient.id, &envelopes, now_ms()).await {
+                    Ok(outcomes) => match outcomes.into_iter().next() {
+                        Some(Ok(_)) => None,
+                        Some(Err(e)) => Some(error_kind(&e)),
+                        None => Some("no outcome".into()),
+                    },
+                    Err(e) => Some(error_kind(&e)),
+                };
+                match error {
+                    None => run.ok += 1,
+                    Some(kind) => *run.errors.entry(kind).or_default() += 1,
+                }
+            }
+            run
+        }));
+    }
+    let mut total_run = FixedRun::default();
+    for handle in handles {
+        let run = handle.await.expect("enqueue task");
+        total_run.ok += run.ok;
+        for (k, v) in run.errors {
+            *total_run.errors.entry(k).or_default() += v;
+        }
+    }
+    total_run
+}
+
+/// The child run under callgrind: setup and warm-up uninstrumented, then exactly
+/// [`INSTR_ENQUEUES`] durable enqueues with instrumentation on. Prints one line
+/// for the parent: `enqueues_ok=<n> errors=<e>`.
+fn instructions_child() {
+    if valgrind::running_on_valgrind() == 0 {
+        eprintln!(
+            "storage-bench: {INSTR_CHILD_ENV} is set but this process does not run under \
+             Valgrind (instruction counts need x86-64 Linux and valgrind --tool=callgrind)"
+        );
+        std::process::exit(2);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let bench = open_store(Durability::GroupCommit, false);
+        let targets = setup(&bench.store, INSTR_BOXES).await;
+        let warm = fixed_enqueues(&bench.store, &targets, INSTR_WARMUP, INSTR_TASKS, 1).await;
+        valgrind::start_instrumentation();
+        let run = fixed_enqueues(&bench.store, &targets, INSTR_ENQUEUES, INSTR_TASKS, 2).await;
+        valgrind::stop_instrumentation();
+        let errors: u64 = run.errors.values().sum::<u64>() + warm.errors.values().sum::<u64>();
+        if errors > 0 {
+            eprintln!(
+                "storage-bench: enqueue errors while counting: {:?}, warm-up: {:?}",
+                run.errors, warm.errors
+            );
+        }
+        println!("enqueues_ok={} errors={errors}", run.ok);
+    });
+    drop(runtime);
+    std::io::stdout().flush().ok();
+}
+
+/// The `totals:` (or `summary:`) line of a callgrind output file: instructions
+/// executed (`Ir`) over all threads.
+fn callgrind_total(path: &std::path::Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let total = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    total("totals:")
+        .or_else(|| total("summary:"))
+        .ok_or_else(|| format!("no totals in {}", path.display()))
+}
+
+/// Runs this benchmark again under `valgrind --tool=callgrind` in child mode and
+/// returns (instructions, enqueues counted).
+fn count_instructions() -> Result<(u64, u64), String> {
+    let dir = TempDir::new().map_err(|e| format!("temp dir: {e}"))?;
+    let out = match std::env::var_os("ROSSBY_BENCH_CALLGRIND_OUT") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => dir.path().join("callgrind.out"),
+    };
+    let log = dir.path().join("valgrind.log");
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let started = Instant::now();
+    let output = std::process::Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--separate-threads=no",
+            &format!("--callgrind-out-file={}", out.display()),
+            &format!("--log-file={}", log.display()),
+        ])
+        .arg(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(INSTR_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run valgrind (is it installed?): {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        return Err(format!(
+            "the callgrind run failed ({}); its output:\n{stdout}\nvalgrind's log:\n{log}",
+            output.status
+        ));
+    }
+    let ok: u64 = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("enqueues_ok="))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no result line in the callgrind run's output:\n{stdout}"))?;
+    let instructions = callgrind_total(&out)?;
+    println!(
+        "[6] instructions (callgrind, {INSTR_TASKS} tasks, {INSTR_ENQUEUES} durable enqueues \
+         after {INSTR_WARMUP} uncounted, {INSTR_BOXES} boxes, all threads): {instructions} \
+         instructions for {ok} enqueues in {:.1} s{}",
+        started.elapsed().as_secs_f64(),
+        if std::env::var_os("ROSSBY_BENCH_CALLGRIND_OUT").is_some() {
+            format!("; profile in {}", out.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok((instructions, ok))
+}
+
 fn main() {
+    if std::env::var_os(INSTR_CHILD_ENV).is_some() {
+        instructions_child();
+        return;
+    }
     let config = Config::from_env();
     println!(
         "storage-bench: ROSSBY_BENCH_SECS={} ROSSBY_BENCH_BOXES={} ROSSBY_BENCH_TASKS={} \
-         (warm-up {} s, hot box {} s, {} fetch tasks, {} B payloads, temp dir {})",
+         ROSSBY_BENCH_INSTRUCTIONS={} (warm-up {} s, hot box {} s, {} fetch tasks, {} B \
+         payloads, temp dir {})",
         config.secs,
         config.boxes,
         config.tasks,
+        match config.instructions {
+            Instructions::Off => "0",
+            Instructions::Also => "1",
+            Instructions::Only => "only",
+        },
         WARMUP.as_secs(),
         config.hot_measure().as_secs(),
         FETCH_TASKS,
@@ -924,8 +1213,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let (durable, nosync) = runtime.block_on(run(&config));
+    let (durable, nosync) = if config.instructions == Instructions::Only {
+        (0.0, 0.0)
+    } else {
+        runtime.block_on(run(&config))
+    };
     drop(runtime);
+    if config.instructions != Instructions::Off {
+        match count_instructions() {
+            Ok((instructions, ok)) => println!(
+                "storage-bench instructions_per_enqueue={} enqueues={ok} \
+                 instructions={instructions}",
+                instructions / ok.max(1)
+            ),
+            Err(e) => {
+                eprintln!("storage-bench: instruction count failed: {e}");
+                println!("storage-bench instructions_per_enqueue=0 enqueues=0 instructions=0");
+            }
+        }
+    }
     let ratio = if nosync > 0.0 { durable / nosync } else { 0.0 };
     println!(
         "storage-bench enqueue_durable_per_s={} enqueue_nosync_per_s={} ratio={ratio:.2}",
