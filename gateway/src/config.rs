@@ -261,6 +261,14 @@ pub struct Args {
     /// Allowed Hawk timestamp skew in seconds [default: 120].
     #[arg(long, env = "ROSSBY_HAWK_SKEW_SECS", value_name = "SECS")]
     pub hawk_skew_secs: Option<u64>,
+    /// Milliseconds an authorized device is trusted without reading its record
+    /// again; a device removed through another gateway may act this long plus
+    /// 1 s; 0 reads on every request [default: 2000].
+    #[arg(long, env = "ROSSBY_DEVICE_CACHE_TTL_MS", value_name = "MS")]
+    pub device_cache_ttl_ms: Option<u64>,
+    /// Most authorized devices remembered (about 460 bytes each) [default: 50000].
+    #[arg(long, env = "ROSSBY_DEVICE_CACHE_ENTRIES", value_name = "N")]
+    pub device_cache_entries: Option<u64>,
     /// Lifetime of a verification code in seconds [default: 600].
     #[arg(long, env = "ROSSBY_CODE_TTL_SECS", value_name = "SECS")]
     pub code_ttl_secs: Option<u64>,
@@ -430,6 +438,8 @@ struct FileConfig {
     send_window: Option<u64>,
     verifier: Option<String>,
     hawk_skew_secs: Option<u64>,
+    device_cache_ttl_ms: Option<u64>,
+    device_cache_entries: Option<u64>,
     code_ttl_secs: Option<u64>,
     code_max_attempts: Option<u32>,
     max_recipients: Option<usize>,
@@ -1223,6 +1233,18 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         1,
         86_400,
     )?;
+    let device_ttl_ms = pick(a.device_cache_ttl_ms, f.device_cache_ttl_ms, 2000);
+    if device_ttl_ms > 60_000 {
+        return Err(Error::Config(format!(
+            "--device-cache-ttl-ms must be at most 60000 (got {device_ttl_ms})"
+        )));
+    }
+    api.device_cache_ttl = Duration::from_millis(device_ttl_ms);
+    api.device_cache_entries = at_least(
+        "device-cache-entries",
+        pick(a.device_cache_entries, f.device_cache_entries, 50_000),
+        1,
+    )?;
     api.code_ttl = secs(
         "code-ttl-secs",
         pick(a.code_ttl_secs, f.code_ttl_secs, 600),
@@ -1694,6 +1716,8 @@ mod tests {
         assert_eq!(c.region(), RegionId(1));
         assert_eq!(c.maintenance_interval, Duration::from_secs(30));
         assert_eq!(c.maintenance_lease, Duration::from_secs(90));
+        assert_eq!(c.api.device_cache_ttl, Duration::from_secs(2));
+        assert_eq!(c.api.device_cache_entries, 50_000);
     }
 
     #[test]
@@ -1813,6 +1837,10 @@ tls_name = ["chat.example.net"]
             "file:/tmp/codes",
             "--hawk-skew-secs",
             "30",
+            "--device-cache-ttl-ms",
+            "500",
+            "--device-cache-entries",
+            "1000",
             "--code-ttl-secs",
             "60",
             "--code-max-attempts",
@@ -1907,6 +1935,8 @@ tls_name = ["chat.example.net"]
         let api = &c.api;
         assert_eq!(api.verifier, VerifierSpec::File("/tmp/codes".into()));
         assert_eq!(api.hawk_skew, Duration::from_secs(30));
+        assert_eq!(api.device_cache_ttl, Duration::from_millis(500));
+        assert_eq!(api.device_cache_entries, 1000);
         assert_eq!(api.code_ttl, Duration::from_secs(60));
         assert_eq!(api.code_max_attempts, 2);
         assert_eq!(api.max_recipients_per_send, 3);

@@ -20,6 +20,12 @@ use rossby_gateway::{Gateway, LocalDeployment};
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+/// glibc's malloc and free were 13.5 % of the gateway's CPU samples under load
+/// (docs/performance.md); mimalloc's thread-local free lists suit its many small,
+/// short-lived allocations across tokio workers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Shown at the end of the gateway's `--help`.
 const SUBCOMMANDS_HELP: &str = "Tools (first argument; each has its own --help):
   rossby-gateway backup --out DIR       back up a running gateway's embedded store

@@ -38,12 +38,13 @@ use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use rossby_protocol::pb::{Method, Status};
 use rossby_storage::Kv;
 use rossby_storage::kv::{
     CommitDone, Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value,
 };
 use rossby_storage::kv::{Error as StorageError, Result as StorageResult};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Buckets of request latency: from half a millisecond to a minute, because a Fetch
@@ -154,6 +155,32 @@ pub struct Metrics {
     /// certificate the QUIC endpoint presents, in Unix seconds; 0 when it could not
     /// be read (see [`Metrics::set_certificate_expiry`]).
     pub tls_certificate_expiry_timestamp_seconds: IntGauge,
+    /// The children of `requests_total` and `request_duration_seconds`, resolved
+    /// once per (RPC, status).
+    request_handles: RequestHandles,
+}
+
+/// One counter and one histogram child per (RPC, status), resolved on first use
+/// (so only pairs that occurred are exported), so that answering a request
+/// neither formats nor hashes label values.
+struct RequestHandles {
+    statuses: usize,
+    slots: Vec<OnceLock<(IntCounter, Histogram)>>,
+}
+
+impl RequestHandles {
+    fn new() -> Self {
+        // Enum values are small and dense; slot 0 of the methods is `unknown`.
+        let highest = |known: &dyn Fn(i32) -> bool| -> usize {
+            (0..=255).filter(|v| known(*v)).max().unwrap_or(0) as usize
+        };
+        let methods = highest(&|v| Method::try_from(v).is_ok()) + 1;
+        let statuses = highest(&|v| Status::try_from(v).is_ok()) + 1;
+        RequestHandles {
+            statuses,
+            slots: (0..methods * statuses).map(|_| OnceLock::new()).collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -346,6 +373,7 @@ impl Metrics {
                     "Not-after time of the served TLS certificate, in Unix seconds (0: unreadable).",
                 ),
             ),
+            request_handles: RequestHandles::new(),
             registry,
         };
         metrics
@@ -368,6 +396,35 @@ impl Metrics {
             metrics.maintenance_leases_held.with_label_values(&[job]);
         }
         metrics
+    }
+
+    /// Records one answered request of RPC number `method` (numbers this build
+    /// does not know count as `unknown`).
+    pub fn observe_rpc(&self, method: i32, status: Status, elapsed: Duration) {
+        let handles = &self.request_handles;
+        let method_slot = match Method::try_from(method) {
+            Ok(m) => m as usize,
+            Err(_) => 0,
+        };
+        let slot = method_slot * handles.statuses + status as usize;
+        let Some(cell) = handles.slots.get(slot) else {
+            let rpc = crate::server::rpc_label(method);
+            let status = crate::server::status_label(status);
+            return self.observe_request(&rpc, &status, elapsed);
+        };
+        let (count, duration) = cell.get_or_init(|| {
+            let labels = [
+                crate::server::rpc_label(method),
+                crate::server::status_label(status),
+            ];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            (
+                self.requests_total.with_label_values(&labels),
+                self.request_duration_seconds.with_label_values(&labels),
+            )
+        });
+        count.inc();
+        duration.observe(elapsed.as_secs_f64());
     }
 
     /// Records one answered request.
@@ -676,6 +733,40 @@ impl Transaction for InstrumentedTxn {
 mod tests {
     use super::*;
     use rossby_storage::kv::memory::MemoryStore;
+
+    #[test]
+    fn requests_are_counted_under_their_rpc_and_status_names() {
+        let metrics = Metrics::new();
+        let count = |rpc: &str, status: &str| {
+            metrics
+                .requests_total
+                .with_label_values(&[rpc, status])
+                .get()
+        };
+        for _ in 0..3 {
+            metrics.observe_rpc(Method::Send as i32, Status::Ok, Duration::from_millis(1));
+        }
+        metrics.observe_rpc(
+            Method::RefreshCredentials as i32,
+            Status::StaleDevices,
+            Duration::ZERO,
+        );
+        metrics.observe_rpc(9999, Status::UnknownMethod, Duration::ZERO);
+        metrics.observe_rpc(0, Status::BadRequest, Duration::ZERO);
+        assert_eq!(count("send", "ok"), 3);
+        assert_eq!(count("refresh_credentials", "stale_devices"), 1);
+        assert_eq!(count("unknown", "unknown_method"), 1);
+        assert_eq!(count("unknown", "bad_request"), 1);
+        assert_eq!(
+            metrics
+                .request_duration_seconds
+                .with_label_values(&["send", "ok"])
+                .get_sample_count(),
+            3
+        );
+        // Only pairs that occurred are exported.
+        assert!(!metrics.render().contains("status=\"too_large\""));
+    }
 
     #[test]
     fn every_metric_is_rendered_with_the_rossby_prefix() {

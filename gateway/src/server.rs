@@ -15,10 +15,12 @@
 use crate::api::Api;
 use crate::context::ConnContext;
 use crate::metrics::Metrics;
+use futures::FutureExt;
 use rossby_protocol::framing::{self, LENGTH_PREFIX};
 use rossby_protocol::hawk::{EXPORTER_LABEL, EXPORTER_LEN, rpc_name};
 use rossby_protocol::pb::{Method, Request, Response, Status};
 use rossby_protocol::status::{error_response, status_of};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -349,9 +351,9 @@ async fn handle_stream(
             "the request frame did not arrive in time".into(),
         ))
     });
-    let (rpc, response) = match read {
+    let (method, response) = match read {
         Ok(request) => {
-            let rpc = rpc_label(request.method);
+            let method = request.method;
             let response = if shared.lifecycle.is_refusing() {
                 error_response(
                     Status::Draining,
@@ -364,12 +366,12 @@ async fn handle_stream(
                 let cancel_on_drain = request.method == Method::Fetch as i32;
                 call_api(shared, ctx, request, cancel_on_drain).await
             };
-            (rpc, response)
+            (method, response)
         }
         Err(ReadFailure::Answer(status, message)) => {
             tracing::debug!(conn = ctx.id, ?status, %message, "bad request frame");
             (
-                "unknown".to_string(),
+                Method::Unspecified as i32,
                 error_response(status, message, now_ms()),
             )
         }
@@ -378,15 +380,18 @@ async fn handle_stream(
             return;
         }
     };
-    let status = status_label(status_of(&response));
-    let frame = framing::encode(&response);
-    let written = match send.write_all(&frame).await {
+    let status = status_of(&response);
+    // Handed to quinn as is: no copy into its send buffer, and nothing left here
+    // while the acknowledgement is awaited.
+    let frame = bytes::Bytes::from(framing::encode(&response));
+    drop(response);
+    let written = match send.write_chunk(frame).await {
         Ok(()) => send.finish().map_err(|e| e.to_string()),
         Err(err) => Err(err.to_string()),
     };
     shared
         .metrics
-        .observe_request(&rpc, &status, started.elapsed());
+        .observe_rpc(method, status, started.elapsed());
     match written {
         // Keep counting the request as in flight until the peer has the response,
         // so a draining gateway does not close the connection under it.
@@ -397,25 +402,23 @@ async fn handle_stream(
     }
 }
 
-/// Runs the API handler in its own task, so that even a panic in it (a bug) is
-/// answered with `STATUS_INTERNAL` instead of a reset stream. With
-/// `cancel_on_drain`, the handler is abandoned (and the client told
-/// `STATUS_DRAINING`) when the gateway starts refusing work, so a long-polling
-/// fetch does not hold up the drain.
+/// Runs the API handler, catching a panic in it (a bug) so that it is answered
+/// with `STATUS_INTERNAL` instead of a reset stream. The handler runs in the
+/// request's own task: a panic leaves nothing behind that other requests use (the
+/// handler's state is dropped with it). With `cancel_on_drain`, the handler is
+/// abandoned (and the client told `STATUS_DRAINING`) when the gateway starts
+/// refusing work, so a long-polling fetch does not hold up the drain.
 async fn call_api(
     shared: &Arc<Shared>,
     ctx: &Arc<ConnContext>,
     request: Request,
     cancel_on_drain: bool,
 ) -> Response {
-    let api = shared.api.clone();
-    let ctx = ctx.clone();
-    let mut task = tokio::spawn(async move { api.handle(&ctx, request).await });
-    let joined = if cancel_on_drain {
+    let handled = AssertUnwindSafe(shared.api.handle(ctx, request)).catch_unwind();
+    let outcome = if cancel_on_drain {
         tokio::select! {
-            joined = &mut task => joined,
+            outcome = handled => outcome,
             () = shared.lifecycle.refused() => {
-                task.abort();
                 return error_response(
                     Status::Draining,
                     "gateway shutting down; reconnect and retry",
@@ -424,12 +427,17 @@ async fn call_api(
             }
         }
     } else {
-        task.await
+        handled.await
     };
-    match joined {
+    match outcome {
         Ok(response) => response,
-        Err(err) => {
-            tracing::error!(error = %err, "request handler failed");
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
+            tracing::error!(error = %what, "request handler panicked");
             error_response(Status::Internal, "internal error", now_ms())
         }
     }

@@ -79,6 +79,11 @@ pub struct ApiSettings {
     pub server_secret: Vec<u8>,
     /// Allowed difference between a request's Hawk timestamp and the gateway clock.
     pub hawk_skew: Duration,
+    /// How long an authorized device is trusted without reading its record again
+    /// (zero: every request reads it); see [`crate::auth::device_cache`].
+    pub device_cache_ttl: Duration,
+    /// Most devices remembered as authorized.
+    pub device_cache_entries: u64,
     /// How long a verification code is valid.
     pub code_ttl: Duration,
     /// Wrong codes allowed before a registration must start again.
@@ -113,6 +118,8 @@ impl ApiSettings {
             service: ServiceName::default(),
             server_secret,
             hawk_skew: Duration::from_secs(120),
+            device_cache_ttl: crate::auth::device_cache::DEFAULT_DEVICE_CACHE_TTL,
+            device_cache_entries: crate::auth::device_cache::DEFAULT_DEVICE_CACHE_ENTRIES,
             code_ttl: Duration::from_secs(600),
             code_max_attempts: 5,
             verifier: VerifierSpec::Log,

@@ -138,12 +138,18 @@ pub struct SignedRequest<'a> {
 }
 
 impl SignedRequest<'_> {
-    fn header_for(&self, creds: &Credentials, ts: SystemTime, nonce: &str) -> Result<Header> {
-        let hash = payload_hash(self.body)?;
+    /// The header signing this request with `hash`, its body's payload hash.
+    fn header_for(
+        &self,
+        creds: &Credentials,
+        ts: SystemTime,
+        nonce: &str,
+        hash: &[u8],
+    ) -> Result<Header> {
         let ext = binding_ext(self.exporter);
         let path = path(self.method);
         RequestBuilder::new(HAWK_METHOD, &self.service.host, self.service.port, &path)
-            .hash(&hash[..])
+            .hash(hash)
             .ext(ext.as_str())
             .request()
             .make_header_full(creds, ts, nonce)
@@ -159,9 +165,10 @@ impl SignedRequest<'_> {
             ));
         }
         let creds = hawk_credentials(&creds.id, &creds.key)?;
+        let hash = payload_hash(self.body)?;
         Ok(format!(
             "Hawk {}",
-            self.header_for(&creds, whole_seconds(ts), nonce)?
+            self.header_for(&creds, whole_seconds(ts), nonce, &hash)?
         ))
     }
 }
@@ -252,8 +259,9 @@ impl Authorization {
         }
         let creds =
             hawk_credentials(&self.id, key).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        // The body's hash was just computed and found equal to the header's.
         let expected = request
-            .header_for(&creds, self.ts, &self.nonce)
+            .header_for(&creds, self.ts, &self.nonce, &body_hash)
             .map_err(|e| Rejection::Malformed(e.to_string()))?;
         // `hawk::mac::Mac` compares in constant time.
         if expected.mac.as_ref() != Some(mac) {

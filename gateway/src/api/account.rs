@@ -144,10 +144,13 @@ pub(crate) async fn remove_device(
     let store = &shared.store;
     let limits = &store.limits;
     let box_id = caller.box_id;
-    let version = transact!(store, |txn| lifecycle::remove_device(
+    let removed = transact!(store, |txn| lifecycle::remove_device(
         txn, limits, box_id, device
     )
-    .await)?;
+    .await);
+    // Also when the outcome is unknown: the device may be gone.
+    shared.auth.devices().revoke_box(box_id);
+    let version = removed?;
     shared.presence.remove_device(box_id, device);
     Ok(pb::RemoveDeviceResponse {
         device_list_version: version,
@@ -164,7 +167,9 @@ pub(crate) async fn delete_account(
     body: &[u8],
 ) -> Result<pb::DeleteAccountResponse, Failure> {
     let _req: pb::DeleteAccountRequest = decode(body, "DeleteAccountRequest")?;
-    shared.store.delete_account(caller.box_id, now_ms()).await?;
+    let deleted = shared.store.delete_account(caller.box_id, now_ms()).await;
+    shared.auth.devices().revoke_box(caller.box_id);
+    deleted?;
     shared.presence.remove_box(caller.box_id);
     tracing::info!("account deleted");
     Ok(pb::DeleteAccountResponse {})

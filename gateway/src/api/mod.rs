@@ -39,6 +39,7 @@ pub mod service;
 #[cfg(test)]
 pub(crate) mod testkit;
 
+use crate::auth::device_cache::DeviceCache;
 use crate::auth::secrets::ServerSecrets;
 use crate::auth::{AuthFailure, Authenticated, Authenticator, DEFAULT_NONCE_CAPACITY, Presented};
 use crate::context::ConnContext;
@@ -166,6 +167,7 @@ impl Api {
             settings.service.clone(),
             settings.hawk_skew,
             DEFAULT_NONCE_CAPACITY,
+            DeviceCache::new(settings.device_cache_ttl, settings.device_cache_entries),
         );
         let enqueuer = Arc::new(messaging::Enqueuer::new(
             store.clone(),
@@ -395,9 +397,15 @@ impl Shared {
             box_id: caller.box_id.as_bytes().to_vec(),
             device_id: caller.device_id.as_bytes().to_vec(),
             secret_version: caller.secret_version,
-            key_version: caller.device.credential_version,
+            key_version: caller.key_version,
         };
-        match peers.call(&address, call, target.home_region()).await {
+        let answer = peers.call(&address, call, target.home_region()).await;
+        if REVOKING_METHODS.contains(&method) {
+            // The owner recorded the revocation; this gateway serves the box's
+            // devices too, and must refuse a removed one at once as well.
+            self.auth.devices().revoke_box(caller.box_id);
+        }
+        match answer {
             Ok(response) => Some(from_response(response)),
             Err(why) => {
                 tracing::debug!(peer = %address, error = %why, "owner unreachable; executing here");
@@ -416,15 +424,19 @@ impl Shared {
             let box_id = parse_box_id(&call.box_id)?;
             let device_id = DeviceId::try_from_slice(&call.device_id)
                 .map_err(|_| Failure::bad_request("a device id must have 16 bytes"))?;
-            // The same check as at the edge (a recent snapshot, refusals confirmed).
-            let device =
-                crate::auth::current_device(&self.store, box_id, device_id, call.key_version)
-                    .await?
-                    .ok_or_else(|| Failure::new(Status::Unauthenticated, "unknown credentials"))?;
+            // The same check as at the edge (the cache or a recent snapshot,
+            // refusals confirmed).
+            let authorized = self
+                .auth
+                .device_authorized(&self.store, box_id, device_id, call.key_version)
+                .await?;
+            if !authorized {
+                return Err(Failure::new(Status::Unauthenticated, "unknown credentials"));
+            }
             let caller = Authenticated {
                 box_id,
                 device_id,
-                device,
+                key_version: call.key_version,
                 secret_version: call.secret_version,
                 credentials_outdated: false,
             };
@@ -522,6 +534,9 @@ const OWNER_METHODS: &[Method] = &[
     Method::DeleteAccount,
     Method::PublishKeyPackages,
 ];
+
+/// The owner methods that remove or replace devices of the caller's box.
+const REVOKING_METHODS: &[Method] = &[Method::RemoveDevice, Method::DeleteAccount];
 
 /// The methods of a group, which run at the owner of the box that created the
 /// group (its epoch record and outbox live in that box's region).

@@ -257,8 +257,14 @@ pub(crate) async fn authorize(
             }
         }
     }
-    .await)?;
-    match outcome {
+    .await);
+    if let Err(err) = &outcome
+        && is_undetermined(err)
+    {
+        // A recovery may have replaced the box's devices; which box is unknown.
+        shared.auth.devices().revoke_all();
+    }
+    match outcome? {
         Outcome::Expired => Err(Failure::new(
             Status::CodeExpired,
             "no registration is pending for this identifier and device, or its code expired: register again",
@@ -283,7 +289,8 @@ pub(crate) async fn authorize(
             purge_left,
         } => {
             if recovered {
-                // Subscriptions of the replaced devices end now.
+                // The replaced devices' credentials and subscriptions end now.
+                shared.auth.devices().revoke_box(box_id);
                 shared.presence.remove_box(box_id);
                 tracing::info!("account recovered; previous devices replaced");
             }
@@ -298,6 +305,14 @@ pub(crate) async fn authorize(
             })
         }
     }
+}
+
+/// Whether a commit may or may not have happened.
+fn is_undetermined(err: &rossby_storage::Error) -> bool {
+    matches!(
+        err,
+        rossby_storage::Error::Kv(rossby_storage::kv::Error::Undetermined(_))
+    )
 }
 
 /// Deletes envelopes left below the low-water mark by a recovery, in bounded
@@ -369,7 +384,13 @@ pub(crate) async fn refresh_credentials(
     body: &[u8],
 ) -> Result<pb::RefreshCredentialsResponse, Failure> {
     let _: pb::RefreshCredentialsRequest = decode(body, "RefreshCredentialsRequest")?;
-    let bundle = pb::KeyBundle::decode(caller.device.encryption_key.as_slice()).map_err(|e| {
+    let store = &shared.store;
+    let (box_id, device_id) = (caller.box_id, caller.device_id);
+    let device = transact!(store, |txn| devices::get_device(txn, box_id, device_id)
+        .await)?
+    .filter(|d| d.authorized && d.credential_version == caller.key_version)
+    .ok_or_else(|| Failure::new(Status::Unauthenticated, "unknown or revoked credentials"))?;
+    let bundle = pb::KeyBundle::decode(device.encryption_key.as_slice()).map_err(|e| {
         tracing::error!(error = %e, "a stored key bundle does not decode");
         Failure::internal()
     })?;
@@ -378,7 +399,7 @@ pub(crate) async fn refresh_credentials(
         &bundle,
         caller.box_id,
         caller.device_id,
-        caller.device.credential_version,
+        caller.key_version,
     )?;
     Ok(pb::RefreshCredentialsResponse {
         sealed_credentials: sealed,

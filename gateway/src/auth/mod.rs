@@ -12,7 +12,8 @@
 //!    exporter value (`wrong_connection`), payload hash over the body
 //!    (`payload_mismatch`), MAC (`bad_mac`);
 //! 3. the device record: it must exist, be authorized and carry the credential's key
-//!    version (else `unknown_credential`: removed devices and revoked keys);
+//!    version (else `unknown_credential`: removed devices and revoked keys); a
+//!    recent positive answer comes from [`device_cache`] instead of storage;
 //! 4. the nonce: remembered per credential for twice the skew window; a nonce seen
 //!    before is `replayed`.
 //!
@@ -25,9 +26,11 @@
 //! so (the reply's `credentials_outdated`; see [`secrets`]).
 
 pub mod codes;
+pub mod device_cache;
 pub mod keys;
 pub mod secrets;
 
+use device_cache::DeviceCache;
 use keys::CredentialId;
 use rossby_keyspace::{BoxId, DeviceId};
 use rossby_protocol::hawk::{Authorization, Rejection, ServiceName, SignedRequest};
@@ -164,8 +167,8 @@ pub struct Authenticated {
     pub box_id: BoxId,
     /// The device.
     pub device_id: DeviceId,
-    /// Its record as read during authentication.
-    pub device: Device,
+    /// The device's key version (its record's `credential_version`).
+    pub key_version: u32,
     /// The server secret version of the credentials used.
     pub secret_version: u32,
     /// Whether that version is not the current one: the device should fetch new
@@ -192,28 +195,58 @@ pub struct Authenticator {
     service: ServiceName,
     skew: Duration,
     nonces: NonceCache,
+    devices: DeviceCache,
 }
 
 impl Authenticator {
     /// An authenticator for a deployment's server secrets and service name; nonces
-    /// live for twice the skew window.
+    /// live for twice the skew window, and `devices` remembers authorized devices.
     pub fn new(
         secrets: ServerSecrets,
         service: ServiceName,
         skew: Duration,
         nonce_capacity: u64,
+        devices: DeviceCache,
     ) -> Self {
         Authenticator {
             secrets,
             service,
             skew,
             nonces: NonceCache::new(skew.saturating_mul(2), nonce_capacity),
+            devices,
         }
     }
 
     /// The server secrets credentials are derived from.
     pub fn secrets(&self) -> &ServerSecrets {
         &self.secrets
+    }
+
+    /// The authorized devices checked recently; revocations go through it.
+    pub fn devices(&self) -> &DeviceCache {
+        &self.devices
+    }
+
+    /// Whether the device is authorized with credentials of `key_version`: from
+    /// the cache, else from storage (and then cached).
+    pub async fn device_authorized(
+        &self,
+        store: &Store,
+        box_id: BoxId,
+        device_id: DeviceId,
+        key_version: u32,
+    ) -> rossby_storage::Result<bool> {
+        if self.devices.contains(box_id, device_id, key_version) {
+            return Ok(true);
+        }
+        let read = self.devices.begin_read(box_id);
+        let found = current_device(store, box_id, device_id, key_version, read.fresh)
+            .await?
+            .is_some();
+        if found {
+            self.devices.insert(box_id, device_id, key_version, read);
+        }
+        Ok(found)
     }
 
     /// Authenticates one request (see the module documentation for the order of
@@ -245,17 +278,20 @@ impl Authenticator {
             exporter: presented.exporter,
         };
         auth.verify(&signed, &key, now, self.skew)?;
-        let device = current_device(store, box_id, device_id, id.key_version)
+        let authorized = self
+            .device_authorized(store, box_id, device_id, id.key_version)
             .await
-            .map_err(AuthFailure::Storage)?
-            .ok_or(AuthFailure::UnknownCredential)?;
+            .map_err(AuthFailure::Storage)?;
+        if !authorized {
+            return Err(AuthFailure::UnknownCredential);
+        }
         if !self.nonces.remember(&auth.id, &auth.nonce) {
             return Err(AuthFailure::Replayed);
         }
         Ok(Authenticated {
             box_id,
             device_id,
-            device,
+            key_version: id.key_version,
             secret_version: id.secret_version,
             credentials_outdated: id.secret_version != self.secrets.current_version(),
         })
@@ -263,25 +299,29 @@ impl Authenticator {
 }
 
 /// The device record if the device is authorized with credentials of
-/// `key_version`. Read first from a recent snapshot (no timestamp round trip to
-/// the primary region on the request path), so a device removed or re-keyed in
-/// the last [`RECENT_READ_STALENESS`](rossby_storage::kv::RECENT_READ_STALENESS)
-/// may still pass; a refusal is confirmed
-/// with a fresh read, so a device authorized a moment ago is never refused.
+/// `key_version`. Unless `fresh`, read first from a recent snapshot (no timestamp
+/// round trip to the primary region on the request path), so a device removed or
+/// re-keyed in the last
+/// [`RECENT_READ_STALENESS`](rossby_storage::kv::RECENT_READ_STALENESS) may still
+/// pass; a refusal is confirmed with a fresh read, so a device authorized a moment
+/// ago is never refused.
 pub(crate) async fn current_device(
     store: &Store,
     box_id: BoxId,
     device_id: DeviceId,
     key_version: u32,
+    fresh: bool,
 ) -> rossby_storage::Result<Option<Device>> {
     let usable =
         |d: Option<Device>| d.filter(|d| d.authorized && d.credential_version == key_version);
-    let mut txn = store.kv.begin_recent_read().await?;
-    let read = devices::get_device(&mut Tx::new(&mut *txn), box_id, device_id).await;
-    // Nothing read leaves the transaction before it ended (durability on fjall).
-    txn.rollback().await?;
-    if let Some(device) = usable(read?) {
-        return Ok(Some(device));
+    if !fresh {
+        let mut txn = store.kv.begin_recent_read().await?;
+        let read = devices::get_device(&mut Tx::new(&mut *txn), box_id, device_id).await;
+        // Nothing read leaves the transaction before it ended (durability on fjall).
+        txn.rollback().await?;
+        if let Some(device) = usable(read?) {
+            return Ok(Some(device));
+        }
     }
     let fresh = transact!(store, |txn| devices::get_device(txn, box_id, device_id)
         .await)?;
