@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rossby_keyspace::{BoxId, DeviceId, LookupHasher, MessageId, Pepper, RegionId};
-use rossby_storage::kv::fjall::{Durability, FjallConfig, FjallStore};
+use rossby_storage::kv::fjall::{Durability, FjallConfig, FjallStats, FjallStore};
 use rossby_storage::kv::retry::Retry;
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
 use rossby_storage::tables::records::Device;
@@ -58,8 +58,13 @@ const SETUP_BOXES_PER_TXN: usize = 250;
 const SETUP_TASKS: usize = 8;
 /// Concurrent tasks draining queues in the fetch + ack phase.
 const FETCH_TASKS: usize = 16;
-/// Name of the fjall backend's syncer thread (see `kv/fjall.rs`).
-const SYNCER_THREAD: &str = "rossby-fjall-sync";
+/// Names of the fjall backend's commit pipeline threads (see `kv/src/fjall/`).
+const PIPELINE_THREADS: [&str; 4] = [
+    "rossby-commit",
+    "rossby-sync",
+    "rossby-apply",
+    "rossby-ckpt",
+];
 
 /// Instruction count: boxes set up in the child (not counted).
 const INSTR_BOXES: usize = 1_000;
@@ -144,7 +149,7 @@ struct Target {
 }
 
 /// A fjall-backed store in a temporary directory. Fields drop in order, so the
-/// store (and its syncer) is closed before the directory is removed.
+/// store (and its commit pipeline) is closed before the directory is removed.
 struct BenchStore {
     fjall: Arc<FjallStore>,
     timing: Arc<Timing>,
@@ -432,23 +437,24 @@ fn machine_cpu() -> Option<(Duration, Duration, Duration)> {
     Some((tick(busy), tick(*v.get(4)?), tick(*v.get(7)?)))
 }
 
-/// CPU time and voluntary context switches of the (single) fjall syncer thread.
+/// CPU time and voluntary context switches of one thread.
 #[derive(Clone, Copy, Debug, Default)]
 struct ThreadStats {
     cpu: Duration,
     voluntary_switches: u64,
 }
 
-fn syncer_stats() -> Option<ThreadStats> {
+/// The stats of each commit pipeline thread, in [`PIPELINE_THREADS`] order.
+fn pipeline_stats() -> Option<[ThreadStats; 4]> {
+    let mut out = [ThreadStats::default(); 4];
     for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let path = entry.path();
         let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
             continue;
         };
-        // The kernel keeps the first 15 bytes of a thread name.
-        if comm.trim() != &SYNCER_THREAD[..SYNCER_THREAD.len().min(15)] {
+        let Some(slot) = PIPELINE_THREADS.iter().position(|n| *n == comm.trim()) else {
             continue;
-        }
+        };
         let schedstat = std::fs::read_to_string(path.join("schedstat")).ok()?;
         let cpu_ns: u64 = schedstat.split_whitespace().next()?.parse().ok()?;
         let status = std::fs::read_to_string(path.join("status")).ok()?;
@@ -458,12 +464,12 @@ fn syncer_stats() -> Option<ThreadStats> {
             .trim()
             .parse()
             .ok()?;
-        return Some(ThreadStats {
+        out[slot] = ThreadStats {
             cpu: Duration::from_nanos(cpu_ns),
             voluntary_switches,
-        });
+        };
     }
-    None
+    Some(out)
 }
 
 /// Resource use over an interval of a phase.
@@ -471,8 +477,8 @@ struct Usage {
     wall: Instant,
     cpu: Option<Duration>,
     machine: Option<(Duration, Duration, Duration)>,
-    syncer: Option<ThreadStats>,
-    ticket: u64,
+    threads: Option<[ThreadStats; 4]>,
+    pipeline: FjallStats,
     timing: TimingSnapshot,
 }
 
@@ -482,8 +488,8 @@ impl Usage {
             wall: Instant::now(),
             cpu: process_cpu(),
             machine: machine_cpu(),
-            syncer: syncer_stats(),
-            ticket: bench.fjall.durable_ticket(),
+            threads: pipeline_stats(),
+            pipeline: bench.fjall.stats(),
             timing: bench.timing.snapshot(),
         }
     }
@@ -535,13 +541,30 @@ impl Usage {
                 b.write_commit_ns - a.write_commit_ns
             ),
         ));
-        if let (Some(a), Some(b)) = (self.syncer, end.syncer) {
+        let (p, q) = (self.pipeline, end.pipeline);
+        let (commits, syncs) = (q.commits - p.commits, q.syncs - p.syncs);
+        lines.push(format!(
+            "commit pipeline: {commits} commits made durable in {} groups with {syncs} \
+             fdatasyncs ({:.1} commits per sync), {} conflicts",
+            q.groups - p.groups,
+            commits as f64 / syncs.max(1) as f64,
+            q.conflicts - p.conflicts,
+        ));
+        if let (Some(a), Some(b)) = (self.threads, end.threads) {
+            let per_thread: Vec<String> = PIPELINE_THREADS
+                .iter()
+                .zip(a.iter().zip(b.iter()))
+                .map(|(name, (a, b))| {
+                    format!(
+                        "{name} {:.2} s / {} waits",
+                        b.cpu.saturating_sub(a.cpu).as_secs_f64(),
+                        b.voluntary_switches - a.voluntary_switches
+                    )
+                })
+                .collect();
             lines.push(format!(
-                "syncer thread: CPU {:.2} s, {} voluntary context switches (waits for I/O or \
-                 for work); {} commits made durable",
-                b.cpu.saturating_sub(a.cpu).as_secs_f64(),
-                b.voluntary_switches - a.voluntary_switches,
-                end.ticket - self.ticket,
+                "pipeline threads (CPU / voluntary context switches): {}",
+                per_thread.join(", ")
             ));
         }
         lines

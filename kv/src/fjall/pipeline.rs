@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Name of the checkpointer thread (the store stops it last).
-pub(super) const CHECKPOINTER: &str = "rossby-fjall-checkpoint";
+pub(super) const CHECKPOINTER: &str = "rossby-ckpt";
 
 /// At most this many commits go into one group, so a group's record stays
 /// moderate and the first commit of a long queue is not held back by the last.
@@ -91,21 +91,21 @@ pub(super) fn start(
     let committer = {
         let shared = Arc::clone(&shared);
         spawn(
-            "rossby-fjall-commit",
+            "rossby-commit",
             Box::new(move || run_committer(&shared, &requests, log, &to_sync)),
         )?
     };
     let syncer = {
         let shared = Arc::clone(&shared);
         spawn(
-            "rossby-fjall-sync",
+            "rossby-sync",
             Box::new(move || run_syncer(&shared, &groups, &to_apply, durability)),
         )?
     };
     let applier = {
         let shared = Arc::clone(&shared);
         spawn(
-            "rossby-fjall-apply",
+            "rossby-apply",
             Box::new(move || run_applier(&shared, &synced)),
         )?
     };
