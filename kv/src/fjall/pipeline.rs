@@ -313,26 +313,33 @@ fn run_syncer(
 }
 
 fn run_applier(shared: &Shared, synced: &mpsc::Receiver<Vec<Group>>) {
-    while let Ok(groups) = synced.recv() {
-        for mut group in groups {
-            if let Some(msg) = shared.failed.get() {
-                group.abandon(msg);
-                continue;
-            }
-            if group.id != 0 {
-                let commits = group.replies.len() as u64;
-                let writes = std::mem::take(&mut group.writes).into_iter().flatten();
-                if let Err(err) = apply(&shared.db, &shared.keyspace, writes) {
-                    // Durable in the log, so it is replayed on the next open; until
-                    // then it cannot be shown.
-                    let msg =
-                        shared.fail(format!("applying a commit group to fjall failed: {err}"));
-                    group.abandon(&msg);
-                    continue;
-                }
-                shared.applied.store(group.id, Ordering::Release);
-                shared.commits.fetch_add(commits, Ordering::AcqRel);
-            }
+    while let Ok(mut groups) = synced.recv() {
+        if let Some(msg) = shared.failed.get() {
+            groups.into_iter().for_each(|g| g.abandon(msg));
+            continue;
+        }
+        // One fjall batch for all of them: no key is written by two groups that
+        // were unapplied together (the second writer began before the first was
+        // applied, so the commit thread refused it), so their order inside the
+        // batch does not matter.
+        let last = groups.iter().map(|g| g.id).max().unwrap_or(0);
+        let commits: u64 = groups.iter().map(|g| g.replies.len() as u64).sum();
+        let writes = groups
+            .iter_mut()
+            .flat_map(|g| std::mem::take(&mut g.writes))
+            .flatten();
+        if let Err(err) = apply(&shared.db, &shared.keyspace, writes) {
+            // Durable in the log, so replayed on the next open; until then it
+            // cannot be shown.
+            let msg = shared.fail(format!("applying commit groups to fjall failed: {err}"));
+            groups.into_iter().for_each(|g| g.abandon(&msg));
+            continue;
+        }
+        if last != 0 {
+            shared.applied.store(last, Ordering::Release);
+        }
+        shared.commits.fetch_add(commits, Ordering::AcqRel);
+        for group in groups {
             for reply in group.replies {
                 let _ = reply.send(Ok(()));
             }
