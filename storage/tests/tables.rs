@@ -1003,6 +1003,7 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
         &store.limits,
         b,
         &[(expires, rossby_keyspace::ExpiryEntry::Message(seq))],
+        expires + 1,
     )
     .await
     .unwrap();
