@@ -197,7 +197,7 @@ pub async fn enqueue(
             .map(|_| Err(Error::RecipientUnavailable))
             .collect());
     };
-    let mut head = live.head.clone();
+    let mut head = live.head;
     let mut outcomes = Vec::with_capacity(envelopes.len());
     let mut accepted: BTreeMap<BoxId, bool> = BTreeMap::new();
     let mut in_batch: BTreeMap<(DeviceId, MessageId), u64> = BTreeMap::new();

@@ -79,7 +79,7 @@ impl ExpiryBatch {
     /// The batch's dedup records, as (sender device, message id).
     pub fn dedup_refs(&self) -> crate::Result<Vec<(DeviceId, MessageId)>> {
         let bad = |detail: &str| crate::Error::corrupt(Self::WHAT, detail);
-        if self.dedups.len() % DEDUP_REF_BYTES != 0 {
+        if !self.dedups.len().is_multiple_of(DEDUP_REF_BYTES) {
             return Err(bad("dedup list is not a whole number of references"));
         }
         self.dedups

@@ -116,7 +116,7 @@ impl BatchRead {
         self.values
             .get(key)
             .map(Option::as_deref)
-            .ok_or_else(|| Error::corrupt("batch read", format!("{key:?} was not read")))
+            .ok_or_else(|| Error::corrupt("batch read", "a key the caller needs was not read"))
     }
 
     /// True if `key` exists.
@@ -581,6 +581,62 @@ mod tests {
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         first.rollback().await.unwrap();
         second.rollback().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_proves_a_box_alive_in_its_own_transaction_only() {
+        let (kv, b) = store_with_box().await;
+        let unknown = BoxId::new(RegionId(1));
+        let mut first = kv.begin().await.unwrap();
+        {
+            let mut tx = Tx::new(&mut *first);
+            let read = tx
+                .read_batch([
+                    Key::Profile(b),
+                    Key::Next(b),
+                    Key::Profile(unknown),
+                    Key::Next(unknown),
+                    // Read once however often it is asked for.
+                    Key::Next(b),
+                ])
+                .await
+                .unwrap();
+            assert!(read.live_box(unknown).unwrap().is_none());
+            // A key the read left out is an error, never "absent".
+            assert!(matches!(
+                read.contains(&Key::Low(b)),
+                Err(Error::Corrupt { .. })
+            ));
+            let live = read.live_box(b).unwrap().unwrap();
+            let mut second = kv.begin().await.unwrap();
+            let err = Tx::new(&mut *second)
+                .write_next(&live, &live.head)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)), "{err}");
+            second.rollback().await.unwrap();
+            let handle = tx.write_next(&live, &live.head).await.unwrap();
+            assert_eq!((handle.box_id(), handle.guard()), (b, Guard::Next));
+        }
+        first.commit().await.unwrap();
+        // A tombstoned profile is as absent as a missing one.
+        let mut deletion = kv.begin().await.unwrap();
+        lifecycle::delete_account(
+            &mut Tx::new(&mut *deletion),
+            &crate::tables::Limits::default(),
+            b,
+            T0,
+        )
+        .await
+        .unwrap();
+        deletion.commit().await.unwrap();
+        let mut after = kv.begin().await.unwrap();
+        let read = Tx::new(&mut *after)
+            .read_batch([Key::Profile(b), Key::Next(b)])
+            .await
+            .unwrap();
+        assert!(read.live_box(b).unwrap().is_none());
+        after.rollback().await.unwrap();
     }
 
     #[tokio::test]
