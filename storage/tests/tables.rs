@@ -31,6 +31,7 @@ backends::on_every_backend!(
     removing_a_device_deletes_its_pointer_and_frees_the_queue,
     retention_expires_messages_and_reports_gaps,
     an_expiry_batch_expires_dedup_records_then_envelopes,
+    an_acknowledged_batch_leaves_the_index_with_its_dedup_records,
     expiry_entries_of_the_older_layout_are_still_swept,
     fetch_is_bounded_by_count_and_bytes,
     key_packages_are_claimed_once_then_last_resort,
@@ -550,6 +551,25 @@ async fn an_expiry_batch_expires_dedup_records_then_envelopes(store: &Store) {
     })
     .unwrap();
     assert_eq!(dedups, 0);
+}
+
+/// Envelopes every device acknowledged are gone before their dedup window ends;
+/// the batch's entry then has nothing left to file again.
+async fn an_acknowledged_batch_leaves_the_index_with_its_dedup_records(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let window = store.limits.dedup_window_ms;
+    let batch = [envelope(s, sd[0], v, b"1"), envelope(s, sd[0], v, b"2")];
+    store.enqueue(b, &batch, T0).await.unwrap();
+    assert_eq!(store.ack(b, d[0], 2, T0).await.unwrap().deleted, 2);
+    let swept = store.sweep(REGION, T0 + window + 1, 100).await.unwrap();
+    assert_eq!(
+        (swept.entries, swept.dedups, swept.envelopes),
+        (1, 2, 0),
+        "{swept:?}"
+    );
+    assert_eq!(index_of(store, b).await, vec![]);
 }
 
 /// Stores written before batch entries have one message and one dedup entry

@@ -562,8 +562,8 @@ pub async fn expire(
     // purge empties. (The `low` guard is locked either way, and purge steps
     // write `low`, so an expiry that read the box alive before its deletion
     // conflicts with them instead of writing `low` back into the purged range.)
-    let handle = match txn.lock_low(box_id).await {
-        Ok((handle, _)) => handle,
+    let (handle, low) = match txn.lock_low(box_id).await {
+        Ok(locked) => locked,
         Err(Error::BoxNotFound) => {
             for &(expires_at_ms, entry) in entries {
                 txn.delete_expiry_entry(&expiry_key(box_id, expires_at_ms, entry))
@@ -581,9 +581,10 @@ pub async fn expire(
         .collect();
     // Read again in this snapshot: a sweep that ran meanwhile may have handled
     // (and removed) one.
-    let batches = match batch_keys.is_empty() {
-        true => None,
-        false => Some(txn.read_batch(batch_keys).await?),
+    let batches = if batch_keys.is_empty() {
+        None
+    } else {
+        Some(txn.read_batch(batch_keys).await?)
     };
     // Envelopes due: (sequence number, its expiry time, whether an index entry
     // for it is filed under that time).
@@ -614,7 +615,10 @@ pub async fn expire(
                 swept.entries += 1;
                 let mut rest = ExpiryBatch::default();
                 let messages_at = batch.messages_expire_at_ms;
-                if messages_at != 0 && messages_at < now_ms {
+                if messages_at == 0 || seq < low {
+                    // Handled, or already deleted (every device acknowledged
+                    // them): nothing of them is left to expire.
+                } else if messages_at < now_ms {
                     messages.push((seq, messages_at, false));
                 } else {
                     rest.messages_expire_at_ms = messages_at;
