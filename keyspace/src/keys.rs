@@ -896,6 +896,26 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_expiry_entry_has_its_own_tag_after_the_older_kinds() {
+        let b = BoxId::with_random(RegionId(5), [7; 16]);
+        let key = Key::Expiry {
+            shard: expiry_shard(b),
+            expires_at_ms: 1_000,
+            box_id: b,
+            entry: ExpiryEntry::Batch(9),
+        };
+        let bytes = key.encode();
+        let mut expected = vec![0x02, 0x00, 0x05, 0x02, expiry_shard(b)];
+        expected.extend_from_slice(&1_000u64.to_be_bytes());
+        expected.extend_from_slice(b.as_bytes());
+        expected.push(0x03);
+        expected.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(bytes, expected);
+        assert_eq!(Key::decode(&bytes), Ok(key));
+        assert!(Key::expiry_due(RegionId(5), expiry_shard(b), 1_001).contains(&bytes));
+    }
+
+    #[test]
     fn queue_ranges_are_half_open() {
         let b = BoxId::new(RegionId(1));
         let r = Key::queue_range(b, 5, 8);

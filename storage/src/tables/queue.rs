@@ -20,7 +20,8 @@
 //! envelope of a batch shares one expiry time, and expiring an envelope deletes
 //! every older one, so one entry per batch covers its envelopes exactly. The
 //! sweeper ([`expire`]) deletes the part that is due and files the rest again
-//! under its own time (the envelopes as a plain [`ExpiryEntry::Message`]), so an
+//! under its own time (the envelopes as a plain [`ExpiryEntry::Message`], unless
+//! acknowledgements deleted them already), so an
 //! envelope is deleted when its retention ends and a dedup record when its
 //! window does, as when each had its own entry. Entries of the older layout (one
 //! message and one dedup entry per envelope) are still swept. A device whose
