@@ -24,7 +24,10 @@
 //!        0x0d <device 16>                                 push presence lease of a device
 //!        0x0e <group id 16>                               epoch record of a group this box created
 //!        0x0f <device 16> <package ref 16>                a KeyPackage claimed recently (not stored again)
-//!   0x02 <shard u8> <expires at ms u64> <box 16> <entry>  expiry index
+//!   0x02 <shard u8> <due at ms u64> <box 16> <entry>      expiry index
+//!        0x01 <seq u64>                                   envelopes through seq (written before batch entries)
+//!        0x02 <sender device 16> <message id 16>          one dedup record (written before batch entries)
+//!        0x03 <last seq u64>                              what one enqueue transaction left to expire
 //!   0x03 <box 16>                                         box awaiting purge
 //!   0x04 <gateway id 16>                                  ownership lease of a gateway of the region
 //!   0x05 <box 16> <entry id 16>                           outbox: fan-out recorded by a box, still to deliver
@@ -58,6 +61,7 @@ const JOB_PURGE: u8 = 0x02;
 
 const ENTRY_MESSAGE: u8 = 0x01;
 const ENTRY_DEDUP: u8 = 0x02;
+const ENTRY_BATCH: u8 = 0x03;
 
 /// Number of shards of each region's expiry index: expiring entries of different
 /// boxes land in different shards, so neither writers nor the sweeper share one hot
@@ -176,10 +180,18 @@ impl Table {
 /// What an expiry index entry points at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ExpiryEntry {
-    /// The queued envelope with this sequence number expires.
+    /// The queued envelope with this sequence number expires, and every older one
+    /// with it.
     Message(u64),
-    /// The dedup record of (sender device, message id) expires.
+    /// The dedup record of (sender device, message id) expires. Enqueues no
+    /// longer write these (a [`ExpiryEntry::Batch`] lists its dedup records);
+    /// entries written before are still swept.
     Dedup(DeviceId, MessageId),
+    /// Everything one enqueue transaction stored that expires: its envelopes
+    /// (through this, the batch's last sequence number) and its dedup records,
+    /// which the entry's value lists. One entry per transaction instead of two
+    /// per envelope; filed at the earlier of the two expiry times.
+    Batch(u64),
 }
 
 /// Every key Rossby stores, decoded.
@@ -238,7 +250,8 @@ pub enum Key {
     Expiry {
         /// Index shard, derived from the box.
         shard: u8,
-        /// When the entry expires (milliseconds since the Unix epoch).
+        /// When the entry falls due (milliseconds since the Unix epoch): for a
+        /// [`ExpiryEntry::Batch`], the earlier of its two expiry times.
         expires_at_ms: u64,
         /// The box the entry belongs to.
         box_id: BoxId,
@@ -388,6 +401,10 @@ impl Key {
                         out.extend_from_slice(d.as_bytes());
                         out.extend_from_slice(m.as_bytes());
                     }
+                    ExpiryEntry::Batch(seq) => {
+                        out.push(ENTRY_BATCH);
+                        out.extend_from_slice(&seq.to_be_bytes());
+                    }
                 }
                 out
             }
@@ -432,6 +449,7 @@ impl Key {
                         let entry = match r.u8()? {
                             ENTRY_MESSAGE => ExpiryEntry::Message(r.u64()?),
                             ENTRY_DEDUP => ExpiryEntry::Dedup(r.device()?, r.message()?),
+                            ENTRY_BATCH => ExpiryEntry::Batch(r.u64()?),
                             _ => return Err(Error::MalformedKey("unknown expiry entry")),
                         };
                         Key::Expiry {
@@ -725,6 +743,12 @@ mod tests {
                     entry: ExpiryEntry::Dedup(d, m),
                 }
             }),
+            (any_box(), any::<u64>(), any::<u64>()).prop_map(|(b, t, s)| Key::Expiry {
+                shard: expiry_shard(b),
+                expires_at_ms: t,
+                box_id: b,
+                entry: ExpiryEntry::Batch(s)
+            }),
             any_box().prop_map(Key::Purge),
         ]
     }
@@ -869,6 +893,26 @@ mod tests {
             Key::decode(&[0x02, 0x00, 0x05, 0x06, 0x03]),
             Err(Error::MalformedKey("unknown maintenance job"))
         );
+    }
+
+    #[test]
+    fn a_batch_expiry_entry_has_its_own_tag_after_the_older_kinds() {
+        let b = BoxId::with_random(RegionId(5), [7; 16]);
+        let key = Key::Expiry {
+            shard: expiry_shard(b),
+            expires_at_ms: 1_000,
+            box_id: b,
+            entry: ExpiryEntry::Batch(9),
+        };
+        let bytes = key.encode();
+        let mut expected = vec![0x02, 0x00, 0x05, 0x02, expiry_shard(b)];
+        expected.extend_from_slice(&1_000u64.to_be_bytes());
+        expected.extend_from_slice(b.as_bytes());
+        expected.push(0x03);
+        expected.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(bytes, expected);
+        assert_eq!(Key::decode(&bytes), Ok(key));
+        assert!(Key::expiry_due(RegionId(5), expiry_shard(b), 1_001).contains(&bytes));
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! How many read rounds an enqueue costs.
+//! How many read rounds an enqueue costs, and how many keys it writes.
 //!
 //! In a multi-region deployment every sequential read is a WAN round trip, so an
 //! enqueue must read everything it needs (profile, `next`, each sender's block
 //! and contact entries, each envelope's dedup record) with one `batch_get`.
-//! [`CountingKv`] wraps a store and records the reads of every transaction.
+//! Every key written costs encoding, a prewrite and a commit entry, so an
+//! enqueue writes two keys per envelope (the envelope and its dedup record) plus
+//! two per transaction (`next` and one expiry index entry).
+//! [`CountingKv`] wraps a store and records the reads and writes of every
+//! transaction.
 
 // Only the box fixtures of the shared support module are used here.
 #[allow(dead_code, unused_imports)]
@@ -13,7 +17,7 @@ mod support;
 use backends::T0;
 
 use async_trait::async_trait;
-use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
+use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, MessageId, RegionId};
 use rossby_storage::kv::Result;
 use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
@@ -24,13 +28,13 @@ use rossby_storage::tables::{Store, devices, lifecycle};
 use rossby_storage::{
     Error, Key as RawKey, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value, transact,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 const REGION: RegionId = RegionId(1);
 
-/// The reads one transaction made.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The reads one transaction made, and the keys it wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Reads {
     get: usize,
     batch_get: usize,
@@ -38,6 +42,39 @@ struct Reads {
     batch_keys: usize,
     scan: usize,
     get_for_update: usize,
+    /// Every `put`, in order (a key put twice counts twice).
+    puts: Vec<Key>,
+    deletes: usize,
+}
+
+impl Reads {
+    /// The reads only, to compare with an expected count.
+    fn rounds(&self) -> (usize, usize, usize, usize) {
+        (self.get, self.batch_get, self.scan, self.get_for_update)
+    }
+
+    /// How many keys of each kind were put.
+    fn put_kinds(&self) -> BTreeMap<&'static str, usize> {
+        let mut out = BTreeMap::new();
+        for key in &self.puts {
+            *out.entry(kind(key)).or_default() += 1;
+        }
+        out
+    }
+}
+
+fn kind(key: &Key) -> &'static str {
+    match key {
+        Key::Queue(..) => "envelope",
+        Key::Dedup(..) => "dedup",
+        Key::Next(..) => "next",
+        Key::Expiry {
+            entry: ExpiryEntry::Batch(_),
+            ..
+        } => "expiry batch",
+        Key::Expiry { .. } => "expiry (other)",
+        _ => "other",
+    }
 }
 
 /// A store that records, per transaction (in `begin` order), which reads it made.
@@ -113,10 +150,14 @@ impl Transaction for CountingTxn {
     }
 
     async fn put(&mut self, key: RawKey, value: Value) -> Result<()> {
+        // Every key the domain writes decodes; one that does not is a failure here.
+        let decoded = Key::decode(&key).expect("a written key decodes");
+        self.count(|r| r.puts.push(decoded));
         self.inner.put(key, value).await
     }
 
     async fn delete(&mut self, key: RawKey) -> Result<()> {
+        self.count(|r| r.deletes += 1);
         self.inner.delete(key).await
     }
 
@@ -215,18 +256,93 @@ async fn an_enqueue_from_two_senders_reads_in_one_round() {
     );
     assert!(matches!(out[6], Err(Error::Invalid(_))), "{:?}", out[6]);
     assert_eq!(reads.len(), 1, "one transaction: {reads:?}");
+    assert_eq!(reads[0].rounds(), (0, 1, 0, 0), "{:?}", reads[0]);
+    // profile, next, block and contact of two senders, six distinct dedup keys
+    // (the in-batch duplicate shares one).
+    assert_eq!(reads[0].batch_keys, 2 + 2 * 2 + 6);
+    // Four new envelopes: each with its dedup record, plus `next` and one
+    // expiry entry for the whole transaction.
     assert_eq!(
-        reads[0],
-        Reads {
-            get: 0,
-            batch_get: 1,
-            // profile, next, block and contact of two senders, six distinct
-            // dedup keys (the in-batch duplicate shares one).
-            batch_keys: 2 + 2 * 2 + 6,
-            scan: 0,
-            get_for_update: 0,
-        }
+        reads[0].put_kinds(),
+        BTreeMap::from([
+            ("envelope", 4),
+            ("dedup", 4),
+            ("next", 1),
+            ("expiry batch", 1)
+        ]),
+        "{:?}",
+        reads[0].puts
     );
+    assert_eq!(reads[0].deletes, 0);
+}
+
+#[tokio::test]
+async fn a_single_envelope_writes_four_keys_and_a_batch_two_per_envelope_more() {
+    let (store, log) = counting_store();
+    let (recipient, _) = backends::new_box(&store, REGION, 2).await;
+    let (sender, sd) = backends::new_box(&store, REGION, 1).await;
+    let v = version(&store, recipient).await;
+    for n in [1usize, 2, 10] {
+        let batch: Vec<NewEnvelope> = (0..n)
+            .map(|i| envelope((sender, sd[0]), v, &[i as u8; 64]))
+            .collect();
+        let (out, reads) = reads_of(&log, async || {
+            store.enqueue(recipient, &batch, T0).await.unwrap()
+        })
+        .await;
+        assert!(out.iter().all(|o| o.as_ref().is_ok_and(|e| !e.duplicate)));
+        assert_one_read_round(&reads);
+        assert_eq!(reads[0].puts.len(), 2 * n + 2, "{n}: {:?}", reads[0].puts);
+        assert_eq!(
+            reads[0].put_kinds(),
+            BTreeMap::from([
+                ("envelope", n),
+                ("dedup", n),
+                ("next", 1),
+                ("expiry batch", 1)
+            ])
+        );
+    }
+    // A retry of something already stored reads once and writes nothing.
+    let sent = envelope((sender, sd[0]), v, b"once");
+    store
+        .enqueue(recipient, std::slice::from_ref(&sent), T0)
+        .await
+        .unwrap();
+    let (out, reads) = reads_of(&log, async || {
+        store.enqueue(recipient, &[sent], T0 + 1).await.unwrap()
+    })
+    .await;
+    assert!(out[0].as_ref().is_ok_and(|e| e.duplicate), "{out:?}");
+    assert_one_read_round(&reads);
+    assert_eq!(reads[0].puts, vec![]);
+}
+
+#[tokio::test]
+async fn a_fetch_reads_its_pointer_head_and_low_in_one_round() {
+    let (store, log) = counting_store();
+    let (recipient, rd) = backends::new_box(&store, REGION, 1).await;
+    let (sender, sd) = backends::new_box(&store, REGION, 1).await;
+    let v = version(&store, recipient).await;
+    let batch = [
+        envelope((sender, sd[0]), v, b"one"),
+        envelope((sender, sd[0]), v, b"two"),
+    ];
+    store.enqueue(recipient, &batch, T0).await.unwrap();
+    let (fetched, reads) = reads_of(&log, async || {
+        store
+            .fetch(recipient, rd[0], FetchLimits::default())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(fetched.envelopes.len(), 2);
+    assert_eq!(fetched.envelopes[1].envelope.payload, b"two");
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    // One batch for the point reads, one scan for the envelopes, no writes.
+    assert_eq!(reads[0].rounds(), (0, 1, 1, 0), "{:?}", reads[0]);
+    assert_eq!(reads[0].batch_keys, 3);
+    assert!(reads[0].puts.is_empty() && reads[0].deletes == 0);
 }
 
 #[tokio::test]
@@ -407,10 +523,5 @@ async fn an_envelope_for_any_device_list_is_never_stale_and_reads_once() {
 /// One transaction that read with exactly one `batch_get` and nothing else.
 fn assert_one_read_round(reads: &[Reads]) {
     assert_eq!(reads.len(), 1, "{reads:?}");
-    assert_eq!(
-        (reads[0].get, reads[0].batch_get, reads[0].scan),
-        (0, 1, 0),
-        "{:?}",
-        reads[0]
-    );
+    assert_eq!(reads[0].rounds(), (0, 1, 0, 0), "{:?}", reads[0]);
 }

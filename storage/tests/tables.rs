@@ -6,13 +6,13 @@ mod support;
 
 use backends::{T0, device_record};
 use rossby_keyspace::{
-    BoxId, DeviceId, Identifier, Key, LookupHasher, MessageId, Pepper, RegionId, Table,
+    BoxId, DeviceId, ExpiryEntry, Identifier, Key, LookupHasher, MessageId, Pepper, RegionId, Table,
 };
 use rossby_storage::kv::{Error as KvError, transact as kv_transact};
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
-use rossby_storage::tables::records::{AcceptFrom, QueueHead};
+use rossby_storage::tables::records::{AcceptFrom, Marker, QueueHead};
 use rossby_storage::tables::{Limits, Record, Store, Tx, devices, keypackages, lifecycle, lookup};
 use rossby_storage::{Error, ScanOrder, transact};
 use std::collections::BTreeSet;
@@ -30,6 +30,9 @@ backends::on_every_backend!(
     acks_are_monotonic_idempotent_and_bounded,
     removing_a_device_deletes_its_pointer_and_frees_the_queue,
     retention_expires_messages_and_reports_gaps,
+    an_expiry_batch_expires_dedup_records_then_envelopes,
+    an_acknowledged_batch_leaves_the_index_with_its_dedup_records,
+    expiry_entries_of_the_older_layout_are_still_swept,
     fetch_is_bounded_by_count_and_bytes,
     key_packages_are_claimed_once_then_last_resort,
     concurrent_claims_never_hand_out_a_package_twice,
@@ -447,6 +450,178 @@ async fn retention_expires_messages_and_reports_gaps(store: &Store) {
         store.sweep(REGION, sweep_at, 10).await.unwrap().envelopes,
         0
     );
+}
+
+/// The expiry index entries of box `b`, as (due at, entry), in index order.
+async fn index_of(store: &Store, b: BoxId) -> Vec<(u64, ExpiryEntry)> {
+    let shard = rossby_keyspace::keys::expiry_shard(b);
+    let range = Key::expiry_due(REGION, shard, u64::MAX);
+    let all = kv_transact!(store.kv, &store.retry, |txn| txn
+        .scan(&range, 10_000, ScanOrder::Forward)
+        .await)
+    .unwrap();
+    all.iter()
+        .filter_map(|(k, _)| match Key::decode(k) {
+            Ok(Key::Expiry {
+                box_id,
+                expires_at_ms,
+                entry,
+                ..
+            }) if box_id == b => Some((expires_at_ms, entry)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn expiry(b: BoxId, at: u64, entry: ExpiryEntry) -> Key {
+    Key::Expiry {
+        shard: rossby_keyspace::keys::expiry_shard(b),
+        expires_at_ms: at,
+        box_id: b,
+        entry,
+    }
+}
+
+/// One index entry per enqueue transaction: its dedup records go when their
+/// window ends, its envelopes when their retention does, each exactly then.
+async fn an_expiry_batch_expires_dedup_records_then_envelopes(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let (window, retention) = (store.limits.dedup_window_ms, store.limits.retention_ms);
+    let first = envelope(s, sd[0], v, b"one");
+    let batch = [first.clone(), envelope(s, sd[0], v, b"two")];
+    let out = store.enqueue(b, &batch, T0).await.unwrap();
+    assert_eq!(out[1].as_ref().unwrap().seq, 2);
+    assert_eq!(
+        index_of(store, b).await,
+        vec![(T0 + window, ExpiryEntry::Batch(2))]
+    );
+    // Sent again after its window, before any sweep: a new message, whose dedup
+    // record replaces the expired one.
+    let late = T0 + window + 1;
+    let again = store
+        .enqueue(b, std::slice::from_ref(&first), late)
+        .await
+        .unwrap();
+    assert_eq!(again[0].as_ref().unwrap().seq, 3);
+    assert!(!again[0].as_ref().unwrap().duplicate);
+    let swept = store.sweep(REGION, late + 1, 100).await.unwrap();
+    assert_eq!((swept.dedups, swept.envelopes), (1, 0), "{swept:?}");
+    // The re-created record survived the first batch's sweep.
+    let retry = store
+        .enqueue(b, std::slice::from_ref(&first), late + 2)
+        .await
+        .unwrap();
+    assert_eq!(retry[0].as_ref().unwrap().seq, 3);
+    assert!(retry[0].as_ref().unwrap().duplicate);
+    // The first batch's envelopes wait for their retention under a plain entry.
+    assert_eq!(
+        index_of(store, b).await,
+        vec![
+            (late + window, ExpiryEntry::Batch(3)),
+            (T0 + retention, ExpiryEntry::Message(2)),
+        ]
+    );
+    assert_eq!(fetch_seqs(store, b, d[0]).await, vec![1, 2, 3]);
+    // The second batch's dedup record is due; the first one's envelopes are not
+    // a millisecond early.
+    let swept = store.sweep(REGION, T0 + retention, 100).await.unwrap();
+    assert_eq!((swept.envelopes, swept.dedups), (0, 1), "{swept:?}");
+    let swept = store.sweep(REGION, T0 + retention + 1, 100).await.unwrap();
+    assert_eq!((swept.envelopes, swept.dedups), (2, 0), "{swept:?}");
+    assert_eq!(
+        index_of(store, b).await,
+        vec![(late + retention, ExpiryEntry::Message(3))]
+    );
+    let f = store.fetch(b, d[0], FetchLimits::default()).await.unwrap();
+    assert_eq!(f.gap, Some(queue::Gap { from: 1, to: 2 }));
+    let swept = store
+        .sweep(REGION, late + retention + 1, 100)
+        .await
+        .unwrap();
+    assert_eq!(swept.envelopes, 1, "{swept:?}");
+    assert_eq!(index_of(store, b).await, vec![]);
+    assert_eq!(queue_len(store, b).await, 0);
+    let dedups = transact!(store, |txn| {
+        Ok(txn
+            .scan(&Key::table_range(b, Table::Dedup), 10, ScanOrder::Forward)
+            .await?
+            .len())
+    })
+    .unwrap();
+    assert_eq!(dedups, 0);
+}
+
+/// Envelopes every device acknowledged are gone before their dedup window ends;
+/// the batch's entry then has nothing left to file again.
+async fn an_acknowledged_batch_leaves_the_index_with_its_dedup_records(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let window = store.limits.dedup_window_ms;
+    let batch = [envelope(s, sd[0], v, b"1"), envelope(s, sd[0], v, b"2")];
+    store.enqueue(b, &batch, T0).await.unwrap();
+    assert_eq!(store.ack(b, d[0], 2, T0).await.unwrap().deleted, 2);
+    let swept = store.sweep(REGION, T0 + window + 1, 100).await.unwrap();
+    assert_eq!(
+        (swept.entries, swept.dedups, swept.envelopes),
+        (1, 2, 0),
+        "{swept:?}"
+    );
+    assert_eq!(index_of(store, b).await, vec![]);
+}
+
+/// Stores written before batch entries have one message and one dedup entry
+/// per envelope (with `Marker` values); the sweep still handles them.
+async fn expiry_entries_of_the_older_layout_are_still_swept(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let (window, retention) = (store.limits.dedup_window_ms, store.limits.retention_ms);
+    let env = envelope(s, sd[0], v, b"old");
+    let seq = send_envelope(store, b, &env, T0).await;
+    let marker = Marker { at_ms: T0 }.to_stored();
+    let dedup_entry = ExpiryEntry::Dedup(sd[0], env.message_id);
+    kv_transact!(store.kv, &store.retry, |txn| {
+        txn.delete(expiry(b, T0 + window, ExpiryEntry::Batch(seq)).encode())
+            .await?;
+        txn.put(
+            expiry(b, T0 + retention, ExpiryEntry::Message(seq)).encode(),
+            marker.clone(),
+        )
+        .await?;
+        txn.put(expiry(b, T0 + window, dedup_entry).encode(), marker.clone())
+            .await
+    })
+    .unwrap();
+    let swept = store.sweep(REGION, T0 + window + 1, 100).await.unwrap();
+    assert_eq!((swept.entries, swept.dedups, swept.envelopes), (1, 1, 0));
+    let dedup_left = kv_transact!(store.kv, &store.retry, |txn| txn
+        .get(&Key::Dedup(b, sd[0], env.message_id).encode())
+        .await)
+    .unwrap();
+    assert_eq!(dedup_left, None);
+    assert_eq!(
+        index_of(store, b).await,
+        vec![(T0 + retention, ExpiryEntry::Message(seq))]
+    );
+    assert_eq!(fetch_seqs(store, b, d[0]).await, vec![seq]);
+    let swept = store.sweep(REGION, T0 + retention + 1, 100).await.unwrap();
+    assert_eq!((swept.entries, swept.envelopes), (1, 1));
+    assert_eq!(index_of(store, b).await, vec![]);
+    assert_eq!(queue_len(store, b).await, 0);
+}
+
+async fn send_envelope(store: &Store, to: BoxId, env: &NewEnvelope, now: u64) -> u64 {
+    let out = store
+        .enqueue(to, std::slice::from_ref(env), now)
+        .await
+        .unwrap();
+    match &out[..] {
+        [Ok(e)] if !e.duplicate => e.seq,
+        other => panic!("send failed: {other:?}"),
+    }
 }
 
 async fn fetch_is_bounded_by_count_and_bytes(store: &Store) {
@@ -1003,6 +1178,7 @@ async fn an_expiry_racing_with_a_purge_conflicts(store: &Store) {
         &store.limits,
         b,
         &[(expires, rossby_keyspace::ExpiryEntry::Message(seq))],
+        expires + 1,
     )
     .await
     .unwrap();

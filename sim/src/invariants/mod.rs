@@ -296,7 +296,7 @@ fn check_structure(w: &World, s: &Snapshot) {
     }
     for (b, entry) in &s.expiry {
         let Some(k) = s.boxes.get(b) else { continue };
-        if let (ExpiryEntry::Message(seq), Some(next)) = (entry, &k.next)
+        if let (ExpiryEntry::Message(seq) | ExpiryEntry::Batch(seq), Some(next)) = (entry, &k.next)
             && k.profile.as_ref().is_some_and(|p| !p.deleted)
             && *seq >= next.next_seq
         {

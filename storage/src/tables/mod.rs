@@ -60,7 +60,7 @@ pub mod registrations;
 pub mod tx;
 
 pub use records::Record;
-pub use tx::{BoxHandle, Guard, SharedKey, Tx};
+pub use tx::{BatchRead, BoxHandle, Guard, LiveBox, SharedKey, Tx};
 
 /// Limits enforced by the tables. All are configurable; the defaults suit a
 /// production deployment.
@@ -223,7 +223,8 @@ impl Store {
                 txn,
                 &self.limits,
                 *box_id,
-                entries
+                entries,
+                now_ms
             )
             .await)?;
             total.entries += swept.entries;

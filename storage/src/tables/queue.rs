@@ -13,20 +13,31 @@
 //! - `dedup/{sender device}/{message id}`: the sequence number a send got, so a
 //!   retried send is answered with it and enqueues nothing twice.
 //!
-//! Expiry: each envelope and dedup record has an entry in its region's expiry
-//! index (sharded by box); [`expire`] deletes what is due. A device whose pointer
-//! falls below `low` is told about the gap on its next fetch.
+//! Expiry: each enqueue transaction that stores envelopes files one entry in its
+//! region's expiry index (sharded by box): [`ExpiryEntry::Batch`] with the
+//! batch's last sequence number, under the earlier of the envelopes' expiry and
+//! the dedup window's end, listing the batch's dedup records in its value. Every
+//! envelope of a batch shares one expiry time, and expiring an envelope deletes
+//! every older one, so one entry per batch covers its envelopes exactly. The
+//! sweeper ([`expire`]) deletes the part that is due and files the rest again
+//! under its own time (the envelopes as a plain [`ExpiryEntry::Message`], unless
+//! acknowledgements deleted them already), so an
+//! envelope is deleted when its retention ends and a dedup record when its
+//! window does, as when each had its own entry. Entries of the older layout (one
+//! message and one dedup entry per envelope) are still swept. A device whose
+//! pointer falls below `low` is told about the gap on its next fetch.
 
 use super::records::{
-    AcceptFrom, DedupRecord, LowWater, Marker, Pointer, Profile, QueueHead, StoredEnvelope,
+    AcceptFrom, DedupRecord, EnvelopeRef, ExpiryBatch, LowWater, Marker, Pointer, Profile,
+    QueueHead, StoredEnvelope,
 };
-use super::tx::{BoxHandle, Tx};
+use super::tx::{BatchRead, BoxHandle, Tx};
 use super::{Limits, Record, decode_key};
 use crate::error::{Error, Result};
-use crate::kv::{Key as RawKey, KeyRange, ScanOrder, Value};
+use crate::kv::{KeyRange, ScanOrder};
 use rossby_keyspace::keys::expiry_shard;
 use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, MessageId, RegionId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 pub use super::records::ANY_DEVICE_LIST;
 
@@ -144,53 +155,6 @@ fn accepts(
     })
 }
 
-/// The values of a fixed set of keys, read with one `batch_get`.
-///
-/// In a multi-region deployment every sequential read is a round trip to the
-/// leader of the key's data, so [`enqueue`] reads everything it may need at once:
-/// one round trip instead of one for the profile, the head, each sender and each
-/// envelope.
-struct BatchRead {
-    values: BTreeMap<RawKey, Option<Value>>,
-}
-
-impl BatchRead {
-    async fn of(txn: &mut Tx<'_>, keys: BTreeSet<RawKey>) -> Result<BatchRead> {
-        let keys: Vec<RawKey> = keys.into_iter().collect();
-        let values = txn.batch_get(&keys).await?;
-        if values.len() != keys.len() {
-            return Err(Error::corrupt(
-                "batch read",
-                format!(
-                    "the store answered a read of {} keys with {} values",
-                    keys.len(),
-                    values.len()
-                ),
-            ));
-        }
-        Ok(BatchRead {
-            values: keys.into_iter().zip(values).collect(),
-        })
-    }
-
-    /// The stored value of `key`. A key left out of the read is an error, not
-    /// "absent": a forgotten key must not pass for a missing block or dedup record.
-    fn raw(&self, key: &Key) -> Result<Option<&[u8]>> {
-        self.values
-            .get(&key.encode())
-            .map(Option::as_deref)
-            .ok_or_else(|| Error::corrupt("batch read", "a key the enqueue needs was not read"))
-    }
-
-    fn contains(&self, key: &Key) -> Result<bool> {
-        Ok(self.raw(key)?.is_some())
-    }
-
-    fn record<R: Record>(&self, key: &Key) -> Result<Option<R>> {
-        self.raw(key)?.map(R::from_stored).transpose()
-    }
-}
-
 /// Enqueues envelopes into one recipient box in one transaction (a gateway
 /// coalesces concurrent sends to a box into one call). Each envelope gets its own
 /// outcome: a sequence number (new or from the dedup record), or
@@ -198,10 +162,16 @@ impl BatchRead {
 /// [`Error::Invalid`]. Envelopes that succeed are written even when others fail.
 /// The transaction-level `Err` is only for storage failures and conflicts.
 ///
-/// Everything the outcomes depend on (profile, `next`, the block and contact
-/// entries of each sender, the dedup record of each envelope) is read with one
-/// `batch_get`; only a stale device list costs a further read (of the devices).
-/// The first envelope written takes the box's guard by writing `next`.
+/// In a multi-region deployment every sequential read is a round trip to the
+/// leader of the key's data, so everything the outcomes depend on (profile,
+/// `next`, the block and contact entries of each sender, the dedup record of
+/// each envelope) is read with one `batch_get`; only a stale device list costs a
+/// further read (of the devices). The box's guard is taken by writing `next`
+/// once, with the final head.
+///
+/// Writes per stored envelope: the envelope and its dedup record. Per
+/// transaction: `next` and one expiry index entry ([`ExpiryEntry::Batch`]) that
+/// covers every envelope and dedup record it stored.
 pub async fn enqueue(
     txn: &mut Tx<'_>,
     limits: &Limits,
@@ -209,34 +179,33 @@ pub async fn enqueue(
     envelopes: &[NewEnvelope],
     now_ms: u64,
 ) -> Result<Vec<Result<Enqueued>>> {
-    let profile_key = Key::Profile(recipient);
-    let next_key = Key::Next(recipient);
-    let mut keys = BTreeSet::from([profile_key.encode(), next_key.encode()]);
+    let mut keys = Vec::with_capacity(2 + 3 * envelopes.len());
+    keys.extend([Key::Profile(recipient), Key::Next(recipient)]);
     for env in envelopes {
         if env.sender_box != recipient {
-            keys.insert(Key::Block(recipient, env.sender_box).encode());
+            keys.push(Key::Block(recipient, env.sender_box));
             // Only consulted when the box accepts contacts only; reading it
             // anyway costs nothing extra in a batch.
-            keys.insert(Key::Contact(recipient, env.sender_box).encode());
+            keys.push(Key::Contact(recipient, env.sender_box));
         }
-        keys.insert(Key::Dedup(recipient, env.sender_device, env.message_id).encode());
+        keys.push(Key::Dedup(recipient, env.sender_device, env.message_id));
     }
-    let read = BatchRead::of(txn, keys).await?;
-    // A tombstoned profile is a box being deleted: as absent as an unknown one
-    // (the same rule as `accounts::profile`).
-    let profile = read.record::<Profile>(&profile_key)?.filter(|p| !p.deleted);
-    let head = read.record::<QueueHead>(&next_key)?;
-    let (Some(profile), Some(mut head)) = (profile, head) else {
+    let read = txn.read_batch(keys).await?;
+    // A tombstoned profile is a box being deleted: as absent as an unknown one.
+    let Some(live) = read.live_box(recipient)? else {
         return Ok(envelopes
             .iter()
             .map(|_| Err(Error::RecipientUnavailable))
             .collect());
     };
+    let mut head = live.head;
     let mut outcomes = Vec::with_capacity(envelopes.len());
     let mut accepted: BTreeMap<BoxId, bool> = BTreeMap::new();
     let mut in_batch: BTreeMap<(DeviceId, MessageId), u64> = BTreeMap::new();
     let mut stale_devices: Option<Vec<DeviceId>> = None;
-    let mut handle: Option<BoxHandle> = None;
+    // Decided first, written after: `next` is then written once, with its
+    // final value.
+    let mut fresh: Vec<(u64, &NewEnvelope)> = Vec::new();
     for env in envelopes {
         if env.payload.len() > limits.max_payload_bytes {
             outcomes.push(Err(Error::Invalid(format!(
@@ -249,7 +218,7 @@ pub async fn enqueue(
         let ok = match accepted.get(&env.sender_box) {
             Some(ok) => *ok,
             None => {
-                let ok = accepts(&read, recipient, &profile, env.sender_box)?;
+                let ok = accepts(&read, recipient, &live.profile, env.sender_box)?;
                 accepted.insert(env.sender_box, ok);
                 ok
             }
@@ -265,8 +234,6 @@ pub async fn enqueue(
             }));
             continue;
         }
-        // Read before this loop wrote anything: a dedup key written earlier in the
-        // loop belongs to an envelope with the same id, answered by `in_batch` above.
         let dedup_key = Key::Dedup(recipient, env.sender_device, env.message_id);
         if let Some(dedup) = read.record::<DedupRecord>(&dedup_key)?
             && dedup.expires_at_ms > now_ms
@@ -296,53 +263,57 @@ pub async fn enqueue(
             }));
             continue;
         }
-        let handle = match &mut handle {
-            Some(handle) => handle,
-            None => handle.insert(txn.write_next(recipient, &profile, &head).await?),
-        };
         let seq = head.assign()?;
-        let expires_at_ms = now_ms.saturating_add(limits.retention_ms);
-        let stored = StoredEnvelope {
-            sender_box: env.sender_box.as_bytes().to_vec(),
-            sender_device: env.sender_device.as_bytes().to_vec(),
-            message_id: env.message_id.as_bytes().to_vec(),
-            enqueued_at_ms: now_ms,
-            expires_at_ms,
-            // The list the envelope was accepted against.
-            device_list_version: head.device_list_version,
-            payload: env.payload.clone(),
-        };
-        txn.put(handle, &Key::Queue(recipient, seq), &stored)
-            .await?;
-        let dedup_expires = now_ms.saturating_add(limits.dedup_window_ms);
-        let dedup = DedupRecord {
-            seq,
-            expires_at_ms: dedup_expires,
-        };
-        txn.put(handle, &dedup_key, &dedup).await?;
-        let marker = Marker { at_ms: now_ms };
-        txn.put(
-            handle,
-            &expiry_key(recipient, expires_at_ms, ExpiryEntry::Message(seq)),
-            &marker,
-        )
-        .await?;
-        let dedup_entry = ExpiryEntry::Dedup(env.sender_device, env.message_id);
-        txn.put(
-            handle,
-            &expiry_key(recipient, dedup_expires, dedup_entry),
-            &marker,
-        )
-        .await?;
         in_batch.insert((env.sender_device, env.message_id), seq);
+        fresh.push((seq, env));
         outcomes.push(Ok(Enqueued {
             seq,
             duplicate: false,
         }));
     }
-    if let Some(handle) = &handle {
-        txn.put(handle, &Key::Next(recipient), &head).await?;
+    let Some(&(last_seq, _)) = fresh.last() else {
+        return Ok(outcomes);
+    };
+    let handle = txn.write_next(&live, &head).await?;
+    let expires_at_ms = now_ms.saturating_add(limits.retention_ms);
+    let dedup_expires = now_ms.saturating_add(limits.dedup_window_ms);
+    let mut expiry = ExpiryBatch {
+        messages_expire_at_ms: expires_at_ms,
+        dedup_expire_at_ms: dedup_expires,
+        dedups: Vec::with_capacity(32 * fresh.len()),
+    };
+    for (seq, env) in fresh {
+        let stored = EnvelopeRef {
+            sender_box: env.sender_box.as_bytes(),
+            sender_device: env.sender_device.as_bytes(),
+            message_id: env.message_id.as_bytes(),
+            enqueued_at_ms: now_ms,
+            expires_at_ms,
+            // The list the envelope was accepted against.
+            device_list_version: head.device_list_version,
+            payload: &env.payload,
+        };
+        txn.put(&handle, &Key::Queue(recipient, seq), &stored)
+            .await?;
+        let dedup = DedupRecord {
+            seq,
+            expires_at_ms: dedup_expires,
+        };
+        txn.put(
+            &handle,
+            &Key::Dedup(recipient, env.sender_device, env.message_id),
+            &dedup,
+        )
+        .await?;
+        expiry.push_dedup(env.sender_device, env.message_id);
     }
+    let due_at = expires_at_ms.min(dedup_expires);
+    txn.put(
+        &handle,
+        &expiry_key(recipient, due_at, ExpiryEntry::Batch(last_seq)),
+        &expiry,
+    )
+    .await?;
     Ok(outcomes)
 }
 
@@ -363,12 +334,18 @@ pub async fn fetch(
     device_id: DeviceId,
     bounds: FetchLimits,
 ) -> Result<Fetched> {
-    let pointer: Pointer = txn
-        .get(&Key::Pointer(box_id, device_id))
-        .await?
-        .ok_or(Error::DeviceNotFound)?;
-    let head = head(txn, box_id).await?.ok_or(Error::BoxNotFound)?;
-    let low = low(txn, box_id).await?;
+    let (pointer_key, next_key, low_key) = (
+        Key::Pointer(box_id, device_id),
+        Key::Next(box_id),
+        Key::Low(box_id),
+    );
+    // One round trip for the three point reads, as in `enqueue`.
+    let read = txn.read_batch([pointer_key, next_key, low_key]).await?;
+    let pointer: Pointer = read.record(&pointer_key)?.ok_or(Error::DeviceNotFound)?;
+    let head: QueueHead = read.record(&next_key)?.ok_or(Error::BoxNotFound)?;
+    let low = read
+        .record::<LowWater>(&low_key)?
+        .map_or(1, |l| l.low.max(1));
     let last_seq = head.last_seq()?;
     // A pointer can never pass the last sequence number; one that does is corrupt.
     if pointer.acked > last_seq {
@@ -479,17 +456,18 @@ pub(crate) async fn collect_acknowledged(
     let pointers = super::devices::pointers(txn, handle.box_id()).await?;
     // With no devices left, envelopes stay until they expire: the sweeper deletes them.
     let min_acked = pointers.iter().map(|(_, p)| p.acked).min().unwrap_or(0);
-    delete_through(txn, handle, min_acked, max_deletes).await
+    Ok(delete_through(txn, handle, min_acked, max_deletes).await?.0)
 }
 
 /// Deletes stored envelopes with sequence numbers up to `through` (at most
-/// `max_deletes`, lowest first) and raises `low` accordingly.
+/// `max_deletes`, lowest first) and raises `low` accordingly. Returns how many
+/// were deleted and the new `low`.
 async fn delete_through(
     txn: &mut Tx<'_>,
     handle: &BoxHandle,
     through: u64,
     max_deletes: usize,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let box_id = handle.box_id();
     let low = low(txn, box_id).await?;
     if through < low {
@@ -500,7 +478,7 @@ async fn delete_through(
         // would leave envelopes every device acknowledged).
         txn.put(handle, &Key::Low(box_id), &LowWater { low })
             .await?;
-        return Ok(0);
+        return Ok((0, low));
     }
     let range: KeyRange = Key::queue_range(box_id, low, through.saturating_add(1));
     let entries = txn
@@ -510,24 +488,18 @@ async fn delete_through(
     let mut new_low = through.saturating_add(1);
     let mut deleted = 0;
     for (raw, _) in entries {
-        if let Key::Queue(_, seq) = decode_key(&raw)? {
+        if let Key::Queue(_, seq) = txn.delete_scanned(handle, raw).await? {
             new_low = seq.saturating_add(1);
         }
-        txn.delete_scanned(handle, raw).await?;
         deleted += 1;
     }
     if complete {
         new_low = through.saturating_add(1);
     }
-    txn.put(
-        handle,
-        &Key::Low(box_id),
-        &LowWater {
-            low: new_low.max(low),
-        },
-    )
-    .await?;
-    Ok(deleted)
+    let new_low = new_low.max(low);
+    txn.put(handle, &Key::Low(box_id), &LowWater { low: new_low })
+        .await?;
+    Ok((deleted, new_low))
 }
 
 /// What one sweep did.
@@ -573,14 +545,17 @@ pub async fn due(
         .collect()
 }
 
-/// Processes expiry entries of one box that are due: deletes expired envelopes
-/// (and every older one still stored, so `low` stays a single boundary) and
-/// expired dedup records, and removes the index entries.
+/// Processes due expiry entries of one box (`now_ms` is the sweep's clock,
+/// which every entry given fell due before): deletes expired envelopes (and
+/// every older one still stored, so `low` stays a single boundary) and expired
+/// dedup records, removes the index entries, and files the part of a batch entry
+/// that is not due yet again under its own time.
 pub async fn expire(
     txn: &mut Tx<'_>,
     limits: &Limits,
     box_id: BoxId,
     entries: &[(u64, ExpiryEntry)],
+    now_ms: u64,
 ) -> Result<Swept> {
     let mut swept = Swept::default();
     // A deleted (or purged) box keeps its index entries until they fall due:
@@ -588,8 +563,8 @@ pub async fn expire(
     // purge empties. (The `low` guard is locked either way, and purge steps
     // write `low`, so an expiry that read the box alive before its deletion
     // conflicts with them instead of writing `low` back into the purged range.)
-    let handle = match txn.lock_low(box_id).await {
-        Ok((handle, _)) => handle,
+    let (handle, low) = match txn.lock_low(box_id).await {
+        Ok(locked) => locked,
         Err(Error::BoxNotFound) => {
             for &(expires_at_ms, entry) in entries {
                 txn.delete_expiry_entry(&expiry_key(box_id, expires_at_ms, entry))
@@ -600,40 +575,133 @@ pub async fn expire(
         }
         Err(err) => return Err(err),
     };
-    let mut messages = Vec::new();
-    for &(expires_at_ms, entry) in entries {
+    let batch_keys: Vec<Key> = entries
+        .iter()
+        .filter(|(_, entry)| matches!(entry, ExpiryEntry::Batch(_)))
+        .map(|&(at, entry)| expiry_key(box_id, at, entry))
+        .collect();
+    // Read again in this snapshot: a sweep that ran meanwhile may have handled
+    // (and removed) one.
+    let batches = if batch_keys.is_empty() {
+        None
+    } else {
+        Some(txn.read_batch(batch_keys).await?)
+    };
+    // Envelopes due: (sequence number, its expiry time, whether an index entry
+    // for it is filed under that time).
+    let mut messages: Vec<(u64, u64, bool)> = Vec::new();
+    // Dedup records due, with the latest window end they are due at: a record
+    // re-created by a later send expires later and stays.
+    let mut dedups: BTreeMap<(DeviceId, MessageId), u64> = BTreeMap::new();
+    for &(at, entry) in entries {
+        let key = expiry_key(box_id, at, entry);
         match entry {
-            ExpiryEntry::Message(seq) => messages.push((expires_at_ms, seq)),
+            ExpiryEntry::Message(seq) => messages.push((seq, at, true)),
             ExpiryEntry::Dedup(device, message) => {
-                txn.delete(&handle, &expiry_key(box_id, expires_at_ms, entry))
-                    .await?;
+                txn.delete(&handle, &key).await?;
                 swept.entries += 1;
-                let key = Key::Dedup(box_id, device, message);
-                // A dedup record re-created by a later send has a later expiry.
-                if let Some(d) = txn.get::<DedupRecord>(&key).await?
-                    && d.expires_at_ms <= expires_at_ms
-                {
-                    txn.delete(&handle, &key).await?;
-                    swept.dedups += 1;
+                let end = dedups.entry((device, message)).or_default();
+                *end = (*end).max(at);
+            }
+            ExpiryEntry::Batch(seq) => {
+                let Some(batch) = batches
+                    .as_ref()
+                    .map(|read| read.record::<ExpiryBatch>(&key))
+                    .transpose()?
+                    .flatten()
+                else {
+                    continue;
+                };
+                txn.delete(&handle, &key).await?;
+                swept.entries += 1;
+                let mut rest = ExpiryBatch::default();
+                let messages_at = batch.messages_expire_at_ms;
+                if messages_at == 0 || seq < low {
+                    // Handled, or already deleted (every device acknowledged
+                    // them): nothing of them is left to expire.
+                } else if messages_at < now_ms {
+                    messages.push((seq, messages_at, false));
+                } else {
+                    rest.messages_expire_at_ms = messages_at;
                 }
+                if batch.dedup_expire_at_ms < now_ms {
+                    for reference in batch.dedup_refs()? {
+                        let end = dedups.entry(reference).or_default();
+                        *end = (*end).max(batch.dedup_expire_at_ms);
+                    }
+                } else {
+                    rest.dedup_expire_at_ms = batch.dedup_expire_at_ms;
+                    rest.dedups = batch.dedups;
+                }
+                refile(txn, &handle, seq, rest, now_ms).await?;
             }
         }
     }
-    if let Some(through) = messages.iter().map(|(_, seq)| *seq).max() {
-        swept.envelopes = delete_through(txn, &handle, through, limits.max_deletes_per_txn).await?;
-        // Entries whose envelope is still stored (the delete limit was reached)
-        // stay in the index and are due again at the next sweep.
-        let low = low(txn, box_id).await?;
-        for (expires_at_ms, seq) in messages {
-            if seq < low {
-                txn.delete(
-                    &handle,
-                    &expiry_key(box_id, expires_at_ms, ExpiryEntry::Message(seq)),
-                )
-                .await?;
-                swept.entries += 1;
+    if !dedups.is_empty() {
+        let keys = dedups
+            .keys()
+            .map(|&(device, message)| Key::Dedup(box_id, device, message));
+        let read = txn.read_batch(keys).await?;
+        for (&(device, message), &end) in &dedups {
+            let key = Key::Dedup(box_id, device, message);
+            if let Some(d) = read.record::<DedupRecord>(&key)?
+                && d.expires_at_ms <= end
+            {
+                txn.delete(&handle, &key).await?;
+                swept.dedups += 1;
+            }
+        }
+    }
+    if let Some(through) = messages.iter().map(|(seq, _, _)| *seq).max() {
+        let (deleted, low) =
+            delete_through(txn, &handle, through, limits.max_deletes_per_txn).await?;
+        swept.envelopes = deleted;
+        // Envelopes still stored (the delete limit was reached) keep an index
+        // entry, due again at the next sweep.
+        for (seq, at, filed) in messages {
+            let key = expiry_key(box_id, at, ExpiryEntry::Message(seq));
+            match (seq < low, filed) {
+                (true, true) => {
+                    txn.delete(&handle, &key).await?;
+                    swept.entries += 1;
+                }
+                (false, false) => {
+                    txn.put(&handle, &key, &Marker { at_ms: now_ms }).await?;
+                }
+                _ => {}
             }
         }
     }
     Ok(swept)
+}
+
+/// Files what is left of a batch entry under the time it falls due: its
+/// envelopes alone as a plain [`ExpiryEntry::Message`] entry, anything with
+/// dedup records as a batch entry.
+async fn refile(
+    txn: &mut Tx<'_>,
+    handle: &BoxHandle,
+    seq: u64,
+    rest: ExpiryBatch,
+    now_ms: u64,
+) -> Result<()> {
+    let box_id = handle.box_id();
+    let messages_at = rest.messages_expire_at_ms;
+    if rest.dedups.is_empty() {
+        if messages_at != 0 {
+            let key = expiry_key(box_id, messages_at, ExpiryEntry::Message(seq));
+            txn.put(handle, &key, &Marker { at_ms: now_ms }).await?;
+        }
+        return Ok(());
+    }
+    let at = match messages_at {
+        0 => rest.dedup_expire_at_ms,
+        t => t.min(rest.dedup_expire_at_ms),
+    };
+    txn.put(
+        handle,
+        &expiry_key(box_id, at, ExpiryEntry::Batch(seq)),
+        &rest,
+    )
+    .await
 }

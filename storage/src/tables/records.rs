@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use prost::Message;
+use rossby_keyspace::{DeviceId, MessageId};
 
 #[allow(
     missing_docs,
@@ -20,7 +21,7 @@ mod generated {
 pub use generated::GroupRecord;
 pub use generated::PresenceRecord;
 pub use generated::{
-    AcceptFrom, DedupRecord, Device, KeyPackageRecord, LookupRecord, LowWater, Marker,
+    AcceptFrom, DedupRecord, Device, ExpiryBatch, KeyPackageRecord, LookupRecord, LowWater, Marker,
     PendingRegistration, Pointer, Profile, QueueHead, Relation, StoredEnvelope,
 };
 pub use generated::{OutboxEntry, OutboxRecipient};
@@ -65,8 +66,131 @@ impl QueueHead {
     }
 }
 
+/// Bytes of one dedup reference in [`ExpiryBatch::dedups`].
+const DEDUP_REF_BYTES: usize = 32;
+
+impl ExpiryBatch {
+    /// Adds the dedup record of (`device`, `message`) to the batch.
+    pub fn push_dedup(&mut self, device: DeviceId, message: MessageId) {
+        self.dedups.extend_from_slice(device.as_bytes());
+        self.dedups.extend_from_slice(message.as_bytes());
+    }
+
+    /// The batch's dedup records, as (sender device, message id).
+    pub fn dedup_refs(&self) -> crate::Result<Vec<(DeviceId, MessageId)>> {
+        let bad = |detail: &str| crate::Error::corrupt(Self::WHAT, detail);
+        if !self.dedups.len().is_multiple_of(DEDUP_REF_BYTES) {
+            return Err(bad("dedup list is not a whole number of references"));
+        }
+        self.dedups
+            .chunks_exact(DEDUP_REF_BYTES)
+            .map(|chunk| {
+                let (device, message) = chunk.split_at(DEDUP_REF_BYTES / 2);
+                Ok((
+                    DeviceId::try_from_slice(device)
+                        .map_err(|e| crate::Error::corrupt(Self::WHAT, e))?,
+                    MessageId::try_from_slice(message)
+                        .map_err(|e| crate::Error::corrupt(Self::WHAT, e))?,
+                ))
+            })
+            .collect()
+    }
+}
+
 /// The record-format byte written before every stored message.
 pub const RECORD_FORMAT: u8 = 1;
+
+/// A value that can be written to a table: a [`Record`], or a borrowed view
+/// that encodes to the same bytes as one ([`EnvelopeRef`]).
+pub trait Stored {
+    /// The stored bytes.
+    fn stored_bytes(&self) -> Vec<u8>;
+}
+
+impl<R: Record> Stored for R {
+    fn stored_bytes(&self) -> Vec<u8> {
+        self.to_stored()
+    }
+}
+
+/// A [`StoredEnvelope`] over borrowed parts. Building the message would copy the
+/// payload (up to the payload limit) only to copy it again into the encoding;
+/// this writes the same bytes straight from the request's buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvelopeRef<'a> {
+    /// [`StoredEnvelope::sender_box`].
+    pub sender_box: &'a [u8],
+    /// [`StoredEnvelope::sender_device`].
+    pub sender_device: &'a [u8],
+    /// [`StoredEnvelope::message_id`].
+    pub message_id: &'a [u8],
+    /// [`StoredEnvelope::enqueued_at_ms`].
+    pub enqueued_at_ms: u64,
+    /// [`StoredEnvelope::expires_at_ms`].
+    pub expires_at_ms: u64,
+    /// [`StoredEnvelope::device_list_version`].
+    pub device_list_version: u64,
+    /// [`StoredEnvelope::payload`].
+    pub payload: &'a [u8],
+}
+
+impl Stored for EnvelopeRef<'_> {
+    fn stored_bytes(&self) -> Vec<u8> {
+        use prost::encoding::{self, WireType, encoded_len_varint, key_len};
+        // Field numbers of `StoredEnvelope` in records.proto. proto3 leaves out
+        // fields at their default, and so does this, so the bytes are prost's.
+        let slices = [
+            (1, self.sender_box),
+            (2, self.sender_device),
+            (3, self.message_id),
+            (7, self.payload),
+        ];
+        let numbers = [
+            (4, self.enqueued_at_ms),
+            (5, self.expires_at_ms),
+            (6, self.device_list_version),
+        ];
+        let slice_len = |(tag, bytes): &(u32, &[u8])| {
+            if bytes.is_empty() {
+                0
+            } else {
+                key_len(*tag) + encoded_len_varint(bytes.len() as u64) + bytes.len()
+            }
+        };
+        let number_len = |(tag, value): &(u32, u64)| {
+            if *value == 0 {
+                0
+            } else {
+                key_len(*tag) + encoded_len_varint(*value)
+            }
+        };
+        let len = slices.iter().map(slice_len).sum::<usize>()
+            + numbers.iter().map(number_len).sum::<usize>();
+        let mut out = Vec::with_capacity(1 + len);
+        out.push(RECORD_FORMAT);
+        let put_slice = |out: &mut Vec<u8>, tag: u32, bytes: &[u8]| {
+            if !bytes.is_empty() {
+                encoding::encode_key(tag, WireType::LengthDelimited, out);
+                encoding::encode_varint(bytes.len() as u64, out);
+                out.extend_from_slice(bytes);
+            }
+        };
+        let put_number = |out: &mut Vec<u8>, tag: u32, value: u64| {
+            if value != 0 {
+                encoding::uint64::encode(tag, &value, out);
+            }
+        };
+        // prost writes fields in field-number order.
+        put_slice(&mut out, 1, self.sender_box);
+        put_slice(&mut out, 2, self.sender_device);
+        put_slice(&mut out, 3, self.message_id);
+        put_number(&mut out, 4, self.enqueued_at_ms);
+        put_number(&mut out, 5, self.expires_at_ms);
+        put_number(&mut out, 6, self.device_list_version);
+        put_slice(&mut out, 7, self.payload);
+        out
+    }
+}
 
 /// A message stored in one of the tables.
 pub trait Record: Message + Default + Sized {
@@ -113,6 +237,7 @@ record! {
     LowWater => "low-water mark",
     StoredEnvelope => "envelope",
     DedupRecord => "dedup",
+    ExpiryBatch => "expiry batch",
     KeyPackageRecord => "key package",
     Relation => "relation",
     LookupRecord => "lookup",
@@ -173,6 +298,60 @@ mod tests {
         assert_eq!(g.members, vec![vec![5; 16]]);
         // No outbox entry was ever recorded for it: the next one is number 1.
         assert_eq!(g.outbox_seq, 0);
+    }
+
+    #[test]
+    fn a_borrowed_envelope_encodes_to_the_records_bytes() {
+        let full = StoredEnvelope {
+            sender_box: vec![1; 16],
+            sender_device: vec![2; 16],
+            message_id: vec![3; 16],
+            enqueued_at_ms: 1_700_000_000_000,
+            expires_at_ms: 1_702_592_000_000,
+            device_list_version: u64::MAX,
+            payload: vec![9; 300],
+        };
+        // Defaults are left out by prost; the borrowed form must leave them out too.
+        let sparse = StoredEnvelope {
+            payload: vec![4; 5],
+            device_list_version: 0,
+            ..StoredEnvelope::default()
+        };
+        for record in [full, sparse, StoredEnvelope::default()] {
+            let borrowed = EnvelopeRef {
+                sender_box: &record.sender_box,
+                sender_device: &record.sender_device,
+                message_id: &record.message_id,
+                enqueued_at_ms: record.enqueued_at_ms,
+                expires_at_ms: record.expires_at_ms,
+                device_list_version: record.device_list_version,
+                payload: &record.payload,
+            };
+            assert_eq!(borrowed.stored_bytes(), record.to_stored(), "{record:?}");
+        }
+    }
+
+    #[test]
+    fn an_expiry_batch_lists_its_dedup_records() {
+        let refs = [
+            (DeviceId::new(), MessageId::new()),
+            (DeviceId::new(), MessageId::new()),
+        ];
+        let mut batch = ExpiryBatch {
+            messages_expire_at_ms: 2,
+            dedup_expire_at_ms: 1,
+            ..ExpiryBatch::default()
+        };
+        for (device, message) in refs {
+            batch.push_dedup(device, message);
+        }
+        let stored = ExpiryBatch::from_stored(&batch.to_stored()).unwrap();
+        assert_eq!(stored.dedup_refs().unwrap(), refs.to_vec());
+        let torn = ExpiryBatch {
+            dedups: vec![0; 31],
+            ..ExpiryBatch::default()
+        };
+        assert!(matches!(torn.dedup_refs(), Err(Error::Corrupt { .. })));
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //! take a [`SharedKey`], which cannot name a box key. Code that writes a box
 //! without a handle does not compile.
 //!
+//! An enqueue reads everything it needs in one round trip ([`Tx::read_batch`]);
+//! the batch proves the box alive ([`BatchRead::live_box`]) and the guard is
+//! then taken by writing `next` ([`Tx::write_next`]) instead of locking it,
+//! which would cost a round trip of its own.
+//!
 //! Two exceptions keep the rule honest rather than bypass it: entries of the
 //! region's expiry index may be *deleted* without a handle (removing an index
 //! entry never brings anything back into a box; writing one still needs the
@@ -24,10 +29,11 @@
 //! writing its `low` key ([`Tx::open_for_purge`]), the key every expiry locks.
 
 use super::Record;
-use super::records::{Device, LowWater, Profile, QueueHead};
+use super::records::{Device, LowWater, Profile, QueueHead, Stored};
 use crate::error::{Error, Result};
 use crate::kv::{Key as RawKey, KeyRange, KvPair, ScanOrder, Transaction, Value};
 use rossby_keyspace::{BoxId, DeviceId, Key, LookupDigest, MaintenanceJob, RegionId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Tells transactions apart, so a handle cannot be used in a transaction other
@@ -94,6 +100,72 @@ impl BoxHandle {
     /// The guard key it was obtained with.
     pub fn guard(&self) -> Guard {
         self.guard
+    }
+}
+
+/// The values of a set of keys, read in one round trip by [`Tx::read_batch`].
+pub struct BatchRead {
+    values: HashMap<Key, Option<Value>>,
+    tx: u64,
+}
+
+impl BatchRead {
+    /// The stored value of `key`. A key left out of the read is an error, not
+    /// "absent": a forgotten key must not pass for a missing block or dedup record.
+    pub fn raw(&self, key: &Key) -> Result<Option<&[u8]>> {
+        self.values
+            .get(key)
+            .map(Option::as_deref)
+            .ok_or_else(|| Error::corrupt("batch read", "a key the caller needs was not read"))
+    }
+
+    /// True if `key` exists.
+    pub fn contains(&self, key: &Key) -> Result<bool> {
+        Ok(self.raw(key)?.is_some())
+    }
+
+    /// Decodes the record at `key`.
+    pub fn record<R: Record>(&self, key: &Key) -> Result<Option<R>> {
+        self.raw(key)?.map(R::from_stored).transpose()
+    }
+
+    /// The box's profile and queue head if the box is alive in this snapshot
+    /// (both keys must have been read); `None` for an unknown box and for one
+    /// being deleted (tombstoned profile), as with [`Tx::lock_next`]. The result
+    /// takes the box's `next` guard with [`Tx::write_next`].
+    pub fn live_box(&self, box_id: BoxId) -> Result<Option<LiveBox>> {
+        let profile = self
+            .record::<Profile>(&Key::Profile(box_id))?
+            .filter(|p| !p.deleted);
+        let head = self.record::<QueueHead>(&Key::Next(box_id))?;
+        Ok(match (profile, head) {
+            (Some(profile), Some(head)) => Some(LiveBox {
+                box_id,
+                tx: self.tx,
+                profile,
+                head,
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// A box a [`BatchRead`] found alive, with what it read. Only
+/// [`BatchRead::live_box`] makes one, so holding it proves the check.
+#[derive(Debug)]
+pub struct LiveBox {
+    box_id: BoxId,
+    tx: u64,
+    /// The profile as read.
+    pub profile: Profile,
+    /// `next` as read.
+    pub head: QueueHead,
+}
+
+impl LiveBox {
+    /// The box.
+    pub fn box_id(&self) -> BoxId {
+        self.box_id
     }
 }
 
@@ -186,9 +258,37 @@ impl<'t> Tx<'t> {
         }
     }
 
-    /// Reads several raw keys in one round trip; one entry per key, in order.
-    pub async fn batch_get(&mut self, keys: &[RawKey]) -> Result<Vec<Option<Value>>> {
-        Ok(self.inner.batch_get(keys).await?)
+    /// Reads a set of keys in one round trip (duplicates are read once). A
+    /// [`BatchRead`] that holds a box's profile and `next` can also take the box's
+    /// `next` guard ([`BatchRead::live_box`], [`Tx::write_next`]), so an operation
+    /// on several boxes still reads in one round.
+    pub async fn read_batch(&mut self, keys: impl IntoIterator<Item = Key>) -> Result<BatchRead> {
+        let mut values: HashMap<Key, Option<Value>> = HashMap::new();
+        let mut order: Vec<Key> = Vec::new();
+        for key in keys {
+            if values.insert(key, None).is_none() {
+                order.push(key);
+            }
+        }
+        let raw: Vec<RawKey> = order.iter().map(Key::encode).collect();
+        let read = self.inner.batch_get(&raw).await?;
+        if read.len() != order.len() {
+            return Err(Error::corrupt(
+                "batch read",
+                format!(
+                    "the store answered a read of {} keys with {} values",
+                    order.len(),
+                    read.len()
+                ),
+            ));
+        }
+        for (key, value) in order.into_iter().zip(read) {
+            values.insert(key, value);
+        }
+        Ok(BatchRead {
+            values,
+            tx: self.id,
+        })
     }
 
     /// Scans a range (see [`Transaction::scan`]).
@@ -295,21 +395,17 @@ impl<'t> Tx<'t> {
             .map(|value| (self.handle(creator, guard), value)))
     }
 
-    /// Takes the `next` guard by writing `head`, for an enqueue that read the
-    /// box's profile and `next` in this snapshot (in one round trip) and found the
-    /// box alive: the write makes a concurrent deletion conflict just as a lock
-    /// would. `profile` must be the one read.
-    pub async fn write_next(
-        &mut self,
-        box_id: BoxId,
-        profile: &Profile,
-        head: &QueueHead,
-    ) -> Result<BoxHandle> {
-        if profile.deleted {
-            return Err(Error::BoxNotFound);
+    /// Takes the `next` guard of a box that a batch read of this transaction
+    /// found alive, by writing `head`: the write makes a concurrent deletion
+    /// conflict just as a lock would, and needs no read beyond the batch.
+    pub async fn write_next(&mut self, live: &LiveBox, head: &QueueHead) -> Result<BoxHandle> {
+        if live.tx != self.id {
+            return Err(Error::Invalid(
+                "a batch read was used outside the transaction that made it".into(),
+            ));
         }
-        let handle = self.handle(box_id, Guard::Next);
-        self.put(&handle, &Key::Next(box_id), head).await?;
+        let handle = self.handle(live.box_id, Guard::Next);
+        self.put(&handle, &Key::Next(live.box_id), head).await?;
         Ok(handle)
     }
 
@@ -375,14 +471,14 @@ impl<'t> Tx<'t> {
     }
 
     /// Encodes and writes one record of the handle's box.
-    pub async fn put<R: Record>(
+    pub async fn put<R: Stored>(
         &mut self,
         handle: &BoxHandle,
         key: &Key,
         record: &R,
     ) -> Result<()> {
         self.check(handle, key)?;
-        Ok(self.inner.put(key.encode(), record.to_stored()).await?)
+        Ok(self.inner.put(key.encode(), record.stored_bytes()).await?)
     }
 
     /// Deletes one key of the handle's box.
@@ -391,11 +487,14 @@ impl<'t> Tx<'t> {
         Ok(self.inner.delete(key.encode()).await?)
     }
 
-    /// Deletes a raw key returned by a scan, which must belong to the handle's box.
-    pub async fn delete_scanned(&mut self, handle: &BoxHandle, raw: RawKey) -> Result<()> {
+    /// Deletes a raw key returned by a scan, which must belong to the handle's
+    /// box. Returns the key decoded (the check decodes it anyway), so a caller
+    /// that needs it does not decode it twice.
+    pub async fn delete_scanned(&mut self, handle: &BoxHandle, raw: RawKey) -> Result<Key> {
         let key = super::decode_key(&raw)?;
         self.check(handle, &key)?;
-        Ok(self.inner.delete(raw).await?)
+        self.inner.delete(raw).await?;
+        Ok(key)
     }
 
     /// Deletes an entry of the region's expiry index (no handle needed: see the
@@ -482,6 +581,62 @@ mod tests {
         assert!(matches!(err, Error::Invalid(_)), "{err}");
         first.rollback().await.unwrap();
         second.rollback().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_proves_a_box_alive_in_its_own_transaction_only() {
+        let (kv, b) = store_with_box().await;
+        let unknown = BoxId::new(RegionId(1));
+        let mut first = kv.begin().await.unwrap();
+        {
+            let mut tx = Tx::new(&mut *first);
+            let read = tx
+                .read_batch([
+                    Key::Profile(b),
+                    Key::Next(b),
+                    Key::Profile(unknown),
+                    Key::Next(unknown),
+                    // Read once however often it is asked for.
+                    Key::Next(b),
+                ])
+                .await
+                .unwrap();
+            assert!(read.live_box(unknown).unwrap().is_none());
+            // A key the read left out is an error, never "absent".
+            assert!(matches!(
+                read.contains(&Key::Low(b)),
+                Err(Error::Corrupt { .. })
+            ));
+            let live = read.live_box(b).unwrap().unwrap();
+            let mut second = kv.begin().await.unwrap();
+            let err = Tx::new(&mut *second)
+                .write_next(&live, &live.head)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)), "{err}");
+            second.rollback().await.unwrap();
+            let handle = tx.write_next(&live, &live.head).await.unwrap();
+            assert_eq!((handle.box_id(), handle.guard()), (b, Guard::Next));
+        }
+        first.commit().await.unwrap();
+        // A tombstoned profile is as absent as a missing one.
+        let mut deletion = kv.begin().await.unwrap();
+        lifecycle::delete_account(
+            &mut Tx::new(&mut *deletion),
+            &crate::tables::Limits::default(),
+            b,
+            T0,
+        )
+        .await
+        .unwrap();
+        deletion.commit().await.unwrap();
+        let mut after = kv.begin().await.unwrap();
+        let read = Tx::new(&mut *after)
+            .read_batch([Key::Profile(b), Key::Next(b)])
+            .await
+            .unwrap();
+        assert!(read.live_box(b).unwrap().is_none());
+        after.rollback().await.unwrap();
     }
 
     #[tokio::test]
