@@ -56,7 +56,9 @@ use crate::connection::{
 use crate::envelopes::{id16, open_queued, seal_for_list};
 use crate::error::{Error, Result};
 use crate::groups::GroupEngine;
-use crate::state::{Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, State, StateKey, StateStore};
+use crate::state::{
+    Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, State, StateIo, StateKey, StateStore,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
@@ -599,6 +601,11 @@ impl Client {
     /// A copy of the decrypted state (for inspection and tests).
     pub async fn state(&self) -> State {
         self.store.lock().await.state.clone()
+    }
+
+    /// What persisting the state wrote to disk since this client was opened.
+    pub async fn state_io(&self) -> StateIo {
+        self.store.lock().await.io()
     }
 
     /// Where this device's box lives, when the last authenticated reply said it

@@ -251,11 +251,24 @@ pub fn key_file_path(state_path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// What a [`StateStore`] wrote to disk since it was opened: lets an
+/// application (and the benchmarks) see what persisting costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateIo {
+    /// Bytes written to the state's files.
+    pub bytes_written: u64,
+    /// `fsync`/`fdatasync` calls, on files and on the directory.
+    pub syncs: u64,
+    /// Full snapshots written.
+    pub snapshots: u64,
+}
+
 /// An open, decrypted state file.
 pub struct StateStore {
     path: PathBuf,
     header: Vec<u8>,
     key: Zeroizing<[u8; KEY_LEN]>,
+    io: StateIo,
     /// The decrypted state; call [`StateStore::save`] after changing it.
     pub state: State,
 }
@@ -300,10 +313,11 @@ impl StateStore {
                 (header_bytes(PROTECTION_PASSPHRASE, Some((kdf, salt))), key)
             }
         };
-        let store = StateStore {
+        let mut store = StateStore {
             path: path.to_path_buf(),
             header,
             key,
+            io: StateIo::default(),
             state,
         };
         store.save()?;
@@ -365,6 +379,7 @@ impl StateStore {
             path: path.to_path_buf(),
             header,
             key: aead_key,
+            io: StateIo::default(),
             state,
         })
     }
@@ -374,8 +389,13 @@ impl StateStore {
         &self.path
     }
 
+    /// What this store wrote since it was opened.
+    pub fn io(&self) -> StateIo {
+        self.io
+    }
+
     /// Encrypts the state and atomically replaces the file with it.
-    pub fn save(&self) -> Result<()> {
+    pub fn save(&mut self) -> Result<()> {
         let plaintext = Zeroizing::new(self.state.encode_to_vec());
         let nonce: [u8; NONCE_LEN] = rand::random();
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.key[..]));
@@ -392,7 +412,11 @@ impl StateStore {
         out.extend_from_slice(&self.header);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ciphertext);
-        write_atomic(&self.path, &out)
+        write_atomic(&self.path, &out)?;
+        self.io.bytes_written += out.len() as u64;
+        self.io.syncs += 2;
+        self.io.snapshots += 1;
+        Ok(())
     }
 }
 
