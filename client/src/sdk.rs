@@ -57,7 +57,8 @@ use crate::envelopes::{id16, open_queued, seal_for_list};
 use crate::error::{Error, Result};
 use crate::groups::GroupEngine;
 use crate::state::{
-    Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, State, StateIo, StateKey, StateStore,
+    Compaction, Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, State, StateIo, StateKey,
+    StateStore,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -115,6 +116,8 @@ pub struct ClientConfig {
     pub service_name: Option<ServiceName>,
     /// Retry behaviour.
     pub retry: RetryPolicy,
+    /// When the state's journal is folded into a new snapshot.
+    pub state_compaction: Compaction,
 }
 
 impl ClientConfig {
@@ -132,6 +135,7 @@ impl ClientConfig {
             ca_cert_der: None,
             service_name: None,
             retry: RetryPolicy::default(),
+            state_compaction: Compaction::default(),
         }
     }
 }
@@ -465,7 +469,7 @@ impl Client {
     /// connection (connected lazily on the first request). Must run inside a
     /// tokio runtime.
     pub async fn open(config: ClientConfig) -> Result<Self> {
-        let store = match StateStore::open(&config.state_path, &config.state_key) {
+        let mut store = match StateStore::open(&config.state_path, &config.state_key) {
             Ok(s) => s,
             Err(Error::NoState(path)) if config.create => {
                 let keys = DeviceKeys::generate();
@@ -480,6 +484,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
+        store.set_compaction(config.state_compaction);
         let keys = DeviceKeys::from_secret_bytes(&store.state.device_secret).map_err(|e| {
             Error::StateFormat {
                 path: config.state_path.clone(),

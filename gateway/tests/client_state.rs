@@ -1,6 +1,7 @@
 //! What persisting the SDK's local state costs on the hot paths (bytes written
 //! and syncs per send, fetch and ack, printed for docs/performance.md), against
-//! a real gateway on loopback.
+//! a real gateway on loopback:
+//! `cargo test -p rossby-gateway --test client_state -- --nocapture`.
 
 mod support;
 
@@ -89,4 +90,11 @@ async fn state_writes_per_send_fetch_and_ack() {
     eprintln!("{}", send.line("send"));
     eprintln!("{}", fetch.line("fetch"));
     eprintln!("{}", ack.line("ack"));
+    // Each is one small journal record (a send two: the outbox entry is
+    // recorded before the request and removed after the answer).
+    for (cost, records) in [(&send, 2), (&fetch, 1), (&ack, 1)] {
+        assert_eq!(cost.syncs, records * ROUNDS);
+        assert!(cost.bytes < 400 * records * ROUNDS, "{} B", cost.bytes);
+        assert_eq!(cost.snapshots, 0);
+    }
 }
