@@ -3,6 +3,9 @@
 //! A `Client` owns one device's encrypted state file and a lazily opened QUIC
 //! connection to a gateway. Every method persists the state changes it makes
 //! before returning. Methods take `&self`; a `Client` can be shared with `Arc`.
+//! One `Client` at a time has a state file open: opening it again, in this or
+//! another process, fails with [`Error::StateInUse`] until the first is dropped
+//! or closed ([`Client::close`]).
 //!
 //! # Sending
 //! [`Client::send_text`] encrypts the text once under a fresh content key, wraps
@@ -467,7 +470,8 @@ fn body_of(content: pb::Content) -> Body {
 impl Client {
     /// Opens (or, with `config.create`, creates) the state file and prepares the
     /// connection (connected lazily on the first request). Must run inside a
-    /// tokio runtime.
+    /// tokio runtime. Fails with [`Error::StateInUse`] while another `Client`
+    /// has the state open.
     pub async fn open(config: ClientConfig) -> Result<Self> {
         let mut store = match StateStore::open(&config.state_path, &config.state_key) {
             Ok(s) => s,
@@ -625,9 +629,12 @@ impl Client {
         &self.conn
     }
 
-    /// Closes the connection.
+    /// Closes the connection and lets another `Client` open the state file.
+    /// This client stays usable: its next change takes the state file back,
+    /// or fails with [`Error::StateInUse`] if another client changed it since.
     pub async fn close(&self) {
         self.conn.close().await;
+        self.store.lock().await.release();
     }
 
     pub(crate) fn now_ms(&self) -> u64 {

@@ -18,8 +18,8 @@
 //! writes a few dozen bytes instead of the whole state. When the journal would
 //! grow past a bound ([`Compaction`]), when a change is about as large as the
 //! state, or after a write failed, the save writes a fresh snapshot and starts a
-//! new journal instead. `<state>.lock` is held (`flock`) while a store is open,
-//! since two writers would interleave their records.
+//! new journal instead. `<state>.lock` is held (`flock`) while a store is open
+//! (until it is released), since two writers would interleave their records.
 //!
 //! Snapshot:
 //! ```text
@@ -354,6 +354,8 @@ pub struct StateStore {
     key: Zeroizing<[u8; KEY_LEN]>,
     /// Size of the snapshot file on disk.
     snapshot_len: u64,
+    /// Its id (`None`: a format 1 snapshot).
+    snapshot_id: Option<[u8; journal::SNAPSHOT_ID_LEN]>,
     /// `None`: the next save writes a snapshot (none with a journal yet, or
     /// the journal could not be appended to).
     journal: Option<Journal>,
@@ -361,8 +363,9 @@ pub struct StateStore {
     persisted: State,
     compaction: Compaction,
     io: StateIo,
-    /// Held while the store is open: two writers would interleave records.
-    _lock: fs::File,
+    /// Held while the store is open (`None` after [`StateStore::release`]):
+    /// two writers would interleave records.
+    lock: Option<fs::File>,
     /// The decrypted state; call [`StateStore::save`] after changing it.
     pub state: State,
 }
@@ -397,6 +400,13 @@ impl StateStore {
             )));
         }
         let lock = lock(path)?;
+        // Another creator may have finished between the check and the lock.
+        if path.exists() {
+            return Err(Error::Invalid(format!(
+                "state file {} exists already",
+                path.display()
+            )));
+        }
         let (header, key) = match key {
             StateKey::KeyFile => {
                 let key = load_or_create_key_file(&key_file_path(path))?;
@@ -413,11 +423,12 @@ impl StateStore {
             header,
             key,
             snapshot_len: 0,
+            snapshot_id: None,
             journal: None,
             persisted: State::default(),
             compaction: Compaction::default(),
             io: StateIo::default(),
-            _lock: lock,
+            lock: Some(lock),
             state,
         };
         store.write_snapshot()?;
@@ -496,11 +507,12 @@ impl StateStore {
             ),
             key: aead_key,
             snapshot_len: bytes.len() as u64,
+            snapshot_id: parsed.snapshot_id,
             journal,
             persisted: state.clone(),
             compaction: Compaction::default(),
             io: StateIo::default(),
-            _lock: lock,
+            lock: Some(lock),
             state,
         })
     }
@@ -526,6 +538,7 @@ impl StateStore {
     /// change is about as large as the state, or when there is no journal to
     /// append to). Nothing is written when nothing changed.
     pub fn save(&mut self) -> Result<()> {
+        self.relock()?;
         if self.journal.is_none() {
             return self.write_snapshot();
         }
@@ -550,6 +563,36 @@ impl StateStore {
         if delta::apply(&mut self.persisted, patch).is_err() || self.persisted != self.state {
             return self.write_snapshot();
         }
+        Ok(())
+    }
+
+    /// Lets another store open the files (the lock is released); this one
+    /// keeps its state in memory and takes the files back on its next save,
+    /// unless another store changed them meanwhile
+    /// ([`Error::StateInUse`] then).
+    pub fn release(&mut self) {
+        self.lock = None;
+    }
+
+    fn relock(&mut self) -> Result<()> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let lock = lock(&self.path)?;
+        let snapshot =
+            fs::read(&self.path).map_err(|e| Error::io("cannot read state file", &self.path, e))?;
+        let on_disk = parse_header(&self.path, &snapshot)?.snapshot_id;
+        let journal_len = fs::metadata(journal_path(&self.path)).map(|m| m.len()).ok();
+        let unchanged = on_disk == self.snapshot_id
+            && snapshot.len() as u64 == self.snapshot_len
+            && self
+                .journal
+                .as_ref()
+                .is_none_or(|j| journal_len == Some(j.len));
+        if !unchanged {
+            return Err(Error::StateInUse(self.path.clone()));
+        }
+        self.lock = Some(lock);
         Ok(())
     }
 
@@ -615,6 +658,7 @@ impl StateStore {
         self.io.syncs += 2;
         self.io.snapshots += 1;
         self.snapshot_len = out.len() as u64;
+        self.snapshot_id = Some(id);
         self.persisted = self.state.clone();
         // The state is safe in the snapshot now: a journal that cannot be
         // started only means the next save writes a snapshot again.
@@ -1443,6 +1487,32 @@ mod tests {
         let expected = store.state.clone();
         drop(store);
         assert_eq!(fs::read(&path).unwrap()[8], FORMAT_VERSION);
+        assert_eq!(open(&path).unwrap().state, expected);
+    }
+
+    #[test]
+    fn a_released_store_takes_the_files_back_unless_they_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut first) = create(dir.path());
+        first.release();
+        let mut second = open(&path).unwrap();
+        assert!(matches!(first.save(), Err(Error::StateInUse(_))));
+        // Unchanged by the second store: the first takes the files back.
+        second.release();
+        step(&mut first.state, 1);
+        first.save().unwrap();
+        assert!(matches!(open(&path), Err(Error::StateInUse(_))));
+        first.release();
+        let mut second = open(&path).unwrap();
+        assert_eq!(second.state, first.state);
+        // Changed by the second store: the first must not write over it.
+        step(&mut second.state, 2);
+        second.save().unwrap();
+        second.release();
+        step(&mut first.state, 3);
+        assert!(matches!(first.save(), Err(Error::StateInUse(_))));
+        let expected = second.state.clone();
+        drop((first, second));
         assert_eq!(open(&path).unwrap().state, expected);
     }
 
