@@ -40,6 +40,12 @@ pub enum Error {
         .0.display()
     )]
     StateDecrypt(PathBuf),
+    /// Another client (in this or another process) has the state open.
+    #[error(
+        "the state file {} is in use by another client or process; close it first",
+        .0.display()
+    )]
+    StateInUse(PathBuf),
     /// The state file is not a Rossby state file, or has an unsupported format.
     #[error("invalid state file {}: {reason}", path.display())]
     StateFormat {

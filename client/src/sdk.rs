@@ -3,6 +3,9 @@
 //! A `Client` owns one device's encrypted state file and a lazily opened QUIC
 //! connection to a gateway. Every method persists the state changes it makes
 //! before returning. Methods take `&self`; a `Client` can be shared with `Arc`.
+//! One `Client` at a time has a state file open: opening it again, in this or
+//! another process, fails with [`Error::StateInUse`] until the first is dropped
+//! or closed ([`Client::close`]).
 //!
 //! # Sending
 //! [`Client::send_text`] encrypts the text once under a fresh content key, wraps
@@ -56,7 +59,10 @@ use crate::connection::{
 use crate::envelopes::{id16, open_queued, seal_for_list};
 use crate::error::{Error, Result};
 use crate::groups::GroupEngine;
-use crate::state::{Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, State, StateKey, StateStore};
+use crate::state::{
+    Compaction, Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, State, StateIo, StateKey,
+    StateStore,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
@@ -113,6 +119,8 @@ pub struct ClientConfig {
     pub service_name: Option<ServiceName>,
     /// Retry behaviour.
     pub retry: RetryPolicy,
+    /// When the state's journal is folded into a new snapshot.
+    pub state_compaction: Compaction,
 }
 
 impl ClientConfig {
@@ -130,6 +138,7 @@ impl ClientConfig {
             ca_cert_der: None,
             service_name: None,
             retry: RetryPolicy::default(),
+            state_compaction: Compaction::default(),
         }
     }
 }
@@ -461,9 +470,10 @@ fn body_of(content: pb::Content) -> Body {
 impl Client {
     /// Opens (or, with `config.create`, creates) the state file and prepares the
     /// connection (connected lazily on the first request). Must run inside a
-    /// tokio runtime.
+    /// tokio runtime. Fails with [`Error::StateInUse`] while another `Client`
+    /// has the state open.
     pub async fn open(config: ClientConfig) -> Result<Self> {
-        let store = match StateStore::open(&config.state_path, &config.state_key) {
+        let mut store = match StateStore::open(&config.state_path, &config.state_key) {
             Ok(s) => s,
             Err(Error::NoState(path)) if config.create => {
                 let keys = DeviceKeys::generate();
@@ -478,6 +488,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
+        store.set_compaction(config.state_compaction);
         let keys = DeviceKeys::from_secret_bytes(&store.state.device_secret).map_err(|e| {
             Error::StateFormat {
                 path: config.state_path.clone(),
@@ -601,6 +612,11 @@ impl Client {
         self.store.lock().await.state.clone()
     }
 
+    /// What persisting the state wrote to disk since this client was opened.
+    pub async fn state_io(&self) -> StateIo {
+        self.store.lock().await.io()
+    }
+
     /// Where this device's box lives, when the last authenticated reply said it
     /// is homed in another region than the gateway's: its region code and that
     /// region's gateways (closer to the box's data). `None` when it is local.
@@ -613,9 +629,12 @@ impl Client {
         &self.conn
     }
 
-    /// Closes the connection.
+    /// Closes the connection and lets another `Client` open the state file.
+    /// This client stays usable: its next change takes the state file back,
+    /// or fails with [`Error::StateInUse`] if another client changed it since.
     pub async fn close(&self) {
         self.conn.close().await;
+        self.store.lock().await.release();
     }
 
     pub(crate) fn now_ms(&self) -> u64 {

@@ -130,6 +130,7 @@ impl Targets {
             ca_cert_der: self.ca_cert_der.clone(),
             service_name: Some(self.service.clone()),
             retry: retry_policy(),
+            state_compaction: Default::default(),
         })
     }
 }

@@ -450,6 +450,7 @@ async fn open_client(global: &GlobalOptions, command: &Command) -> Result<Client
         ca_cert_der,
         service_name,
         retry: RetryPolicy::default(),
+        state_compaction: Default::default(),
     })
     .await
 }
