@@ -548,7 +548,7 @@ fn wan_retry_policy(model: &LatencyModel, default: RetryPolicy) -> RetryPolicy {
 }
 
 /// Waits for other holders of an opened store (tasks still finishing) to let go,
-/// then closes it off the async threads (fjall's close joins its syncer thread),
+/// then closes it off the async threads (fjall's close joins its commit pipeline threads),
 /// so it can be reopened as soon as `shutdown` returns.
 pub(crate) async fn release_store(kv: Kv) {
     let waited = tokio::time::timeout(STORE_RELEASE_WAIT, async {

@@ -155,7 +155,7 @@ async fn open_store(dir: &Path) -> Result<Kv> {
     Ok(Arc::new(store))
 }
 
-/// Closes the store off the async threads (closing joins fjall's syncer thread).
+/// Closes the store off the async threads (closing joins fjall's commit pipeline threads).
 async fn close_store(kv: Kv) {
     let _ = tokio::task::spawn_blocking(move || drop(kv)).await;
 }
