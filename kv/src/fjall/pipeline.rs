@@ -6,7 +6,7 @@ use super::{Durability, Shared, backend_error, lock};
 use crate::overlay::escape;
 use crate::{Error, Key, Result, Value};
 use fjall::{Database, Keyspace, PersistMode};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -124,7 +124,9 @@ pub(super) fn start(
 /// transaction may not have seen it.
 #[derive(Default)]
 struct Conflicts {
-    last: HashMap<Key, u64>,
+    /// Keyed with a fast, randomly seeded hash: the keys contain client-chosen
+    /// parts (message ids), so they must not be able to pick collisions.
+    last: foldhash::HashMap<Key, u64>,
     /// Groups in order with the keys they recorded, to forget them in order.
     history: VecDeque<(u64, Vec<Key>)>,
 }

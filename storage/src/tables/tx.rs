@@ -33,7 +33,6 @@ use super::records::{Device, LowWater, Profile, QueueHead, Stored};
 use crate::error::{Error, Result};
 use crate::kv::{Key as RawKey, KeyRange, KvPair, ScanOrder, Transaction, Value};
 use rossby_keyspace::{BoxId, DeviceId, Key, LookupDigest, MaintenanceJob, RegionId};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Tells transactions apart, so a handle cannot be used in a transaction other
@@ -105,7 +104,7 @@ impl BoxHandle {
 
 /// The values of a set of keys, read in one round trip by [`Tx::read_batch`].
 pub struct BatchRead {
-    values: HashMap<Key, Option<Value>>,
+    values: foldhash::HashMap<Key, Option<Value>>,
     tx: u64,
 }
 
@@ -263,7 +262,7 @@ impl<'t> Tx<'t> {
     /// `next` guard ([`BatchRead::live_box`], [`Tx::write_next`]), so an operation
     /// on several boxes still reads in one round.
     pub async fn read_batch(&mut self, keys: impl IntoIterator<Item = Key>) -> Result<BatchRead> {
-        let mut values: HashMap<Key, Option<Value>> = HashMap::new();
+        let mut values: foldhash::HashMap<Key, Option<Value>> = foldhash::HashMap::default();
         let mut order: Vec<Key> = Vec::new();
         for key in keys {
             if values.insert(key, None).is_none() {
