@@ -694,8 +694,18 @@ fn client_endpoints(
     config.transport_config(Arc::new(transport));
     (0..n)
         .map(|_| {
-            let mut e = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+            // Each client socket carries the traffic of many connections: give it
+            // the receive buffer the gateway's socket has, so bursts of responses
+            // are not dropped on the client side.
+            let socket = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .expect("client UDP socket");
+            socket2::SockRef::from(&socket)
+                .set_recv_buffer_size(4 * 1024 * 1024)
+                .expect("client UDP receive buffer");
+            let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+            let mut e =
+                quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                    .expect("client endpoint");
             e.set_default_client_config(config.clone());
             e
         })

@@ -253,6 +253,10 @@ pub struct Args {
     /// Send window per connection in bytes [default: 1048576].
     #[arg(long, env = "ROSSBY_SEND_WINDOW", value_name = "BYTES")]
     pub send_window: Option<u64>,
+    /// Receive buffer of the QUIC UDP socket in bytes; the kernel caps it at
+    /// `net.core.rmem_max` [default: 4194304].
+    #[arg(long, env = "ROSSBY_UDP_RECEIVE_BUFFER", value_name = "BYTES")]
+    pub udp_receive_buffer: Option<u32>,
 
     // ---- API ----
     /// Where verification codes go: `log`, `file:PATH` or `webhook:URL` [default: log].
@@ -436,6 +440,7 @@ struct FileConfig {
     stream_receive_window: Option<u32>,
     receive_window: Option<u32>,
     send_window: Option<u64>,
+    udp_receive_buffer: Option<u32>,
     verifier: Option<String>,
     hawk_skew_secs: Option<u64>,
     device_cache_ttl_ms: Option<u64>,
@@ -535,6 +540,10 @@ pub struct QuicConfig {
     pub receive_window: u32,
     /// Send window of a connection, in bytes.
     pub send_window: u64,
+    /// Receive buffer of the UDP socket, in bytes: datagrams that arrive while the
+    /// gateway is busy wait there instead of being dropped (a drop costs a QUIC
+    /// loss recovery and a smaller congestion window).
+    pub udp_receive_buffer: u32,
 }
 
 impl Default for QuicConfig {
@@ -546,6 +555,7 @@ impl Default for QuicConfig {
             stream_receive_window: 256 * 1024,
             receive_window: 1024 * 1024,
             send_window: 1024 * 1024,
+            udp_receive_buffer: 4 * 1024 * 1024,
         }
     }
 }
@@ -1215,6 +1225,11 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         pick(a.send_window, f.send_window, 1024 * 1024),
         1024,
     )?;
+    q.udp_receive_buffer = at_least(
+        "udp-receive-buffer",
+        pick(a.udp_receive_buffer, f.udp_receive_buffer, 4 * 1024 * 1024),
+        4096,
+    )?;
 
     // API.
     let api = &mut c.api;
@@ -1833,6 +1848,8 @@ tls_name = ["chat.example.net"]
             "8192",
             "--send-window",
             "16384",
+            "--udp-receive-buffer",
+            "65536",
             "--verifier",
             "file:/tmp/codes",
             "--hawk-skew-secs",
@@ -1930,6 +1947,7 @@ tls_name = ["chat.example.net"]
                 stream_receive_window: 4096,
                 receive_window: 8192,
                 send_window: 16384,
+                udp_receive_buffer: 65536,
             }
         );
         let api = &c.api;

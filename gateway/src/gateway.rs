@@ -157,11 +157,7 @@ impl Gateway {
             metrics.clone(),
         )?);
 
-        let endpoint =
-            quinn::Endpoint::server(server_config, config.listen).map_err(|e| Error::Io {
-                context: format!("cannot listen on {} (QUIC)", config.listen),
-                source: e,
-            })?;
+        let endpoint = quic_endpoint(server_config, config.listen, &config.quic)?;
         let quic_addr = endpoint.local_addr().map_err(|e| Error::Io {
             context: "QUIC endpoint address".into(),
             source: e,
@@ -584,6 +580,39 @@ async fn resume_outboxes(api: Arc<Api>, region: RegionId) {
             Err(err) => tracing::warn!(error = %err.message, "resuming group fan-outs failed"),
         }
     }
+}
+
+/// Binds the QUIC endpoint on a UDP socket with the configured receive buffer.
+fn quic_endpoint(
+    server_config: quinn::ServerConfig,
+    listen: SocketAddr,
+    quic: &crate::config::QuicConfig,
+) -> Result<quinn::Endpoint> {
+    let io_error = |context: String| move |source| Error::Io { context, source };
+    let socket = std::net::UdpSocket::bind(listen)
+        .map_err(io_error(format!("cannot listen on {listen} (QUIC)")))?;
+    let wanted = quic.udp_receive_buffer as usize;
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_recv_buffer_size(wanted).map_err(io_error(format!(
+        "cannot size the receive buffer of {listen}"
+    )))?;
+    // Linux reports twice what it grants (the doubling covers its bookkeeping).
+    let granted = sock.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < wanted {
+        tracing::warn!(
+            wanted,
+            granted,
+            "the kernel capped the QUIC socket's receive buffer (raise net.core.rmem_max)"
+        );
+    }
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        runtime,
+    )
+    .map_err(io_error(format!("cannot listen on {listen} (QUIC)")))
 }
 
 #[cfg(test)]
