@@ -102,12 +102,6 @@ pub struct FjallStats {
 /// distinguished by key prefix, as on TiKV).
 const KEYSPACE: &str = "rossby";
 
-/// fjall's memtable size. Every full memtable is written out as a table in one
-/// burst, and while that burst reaches the disk the commit log's `fdatasync`
-/// waits behind it; fjall's default (64 MiB) made those waits stalls of a few
-/// hundred milliseconds every few seconds under load.
-const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
-
 /// A log segment is closed once it holds this many bytes.
 const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -197,9 +191,7 @@ impl FjallStore {
             .open()
             .map_err(|e| open_error(&config, e))?;
         let keyspace = db
-            .keyspace(KEYSPACE, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-            })
+            .keyspace(KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(|e| open_error(&config, e))?;
         let log_dir = config.path.join(commit_log::DIR);
         let next_seq = recover(&db, &keyspace, &log_dir)?;
