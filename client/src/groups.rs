@@ -41,7 +41,7 @@ pub mod state;
 
 pub use state::GroupsState;
 
-use crate::envelopes::device_keys;
+use crate::envelopes::device_keys_cached;
 use crate::error::{Error, Result};
 use crate::sdk::{Body, Client, FETCH_MAX_BYTES, Received, Rejected, box_display, box_id, decode};
 use mls::{CredentialClaim, MlsProvider, mls_error};
@@ -112,6 +112,10 @@ pub struct GroupEngine {
     meta: GroupsState,
     /// Credentials (identity, leaf signature key) verified in this session.
     verified: HashSet<(Vec<u8>, Vec<u8>)>,
+    /// A group may hold proposals to commit: proposals only arrive with group
+    /// envelopes, so loading every group to look for them is needed only after
+    /// processing some (or after a commit of them failed, or at start).
+    proposals_unchecked: bool,
 }
 
 impl std::fmt::Debug for GroupEngine {
@@ -135,6 +139,7 @@ impl GroupEngine {
             signer,
             meta,
             verified: HashSet::new(),
+            proposals_unchecked: true,
         })
     }
 
@@ -143,6 +148,17 @@ impl GroupEngine {
         let mut s = self.meta.clone();
         s.mls_storage = self.provider.entries();
         s
+    }
+
+    /// Brings `slot` to [`GroupEngine::snapshot`], copying only what changed in
+    /// openmls' storage: most saves (acks, fetches without group messages) leave
+    /// it alone, and exporting all of it copies and sorts every key.
+    pub fn snapshot_into(&self, slot: &mut Option<GroupsState>) {
+        let mut storage = slot.take().map(|g| g.mls_storage).unwrap_or_default();
+        self.provider.export_into(&mut storage);
+        let mut s = self.meta.clone();
+        s.mls_storage = storage;
+        *slot = Some(s);
     }
 
     /// Forgets every group and KeyPackage (the account is gone from this device).
@@ -297,7 +313,7 @@ impl Client {
     /// Saves the engine's state into the state file.
     async fn save_groups(&self, engine: &GroupEngine) -> Result<()> {
         let mut store = self.store.lock().await;
-        store.state.groups = Some(engine.snapshot());
+        engine.snapshot_into(&mut store.state.groups);
         store.save()
     }
 
@@ -421,7 +437,7 @@ impl Client {
             let Some(claim) = CredentialClaim::parse(kp.leaf_node().credential()) else {
                 continue;
             };
-            let Some(keys) = device_keys(list, &device) else {
+            let Some(keys) = device_keys_cached(&self.key_cache, list, &device) else {
                 continue;
             };
             if claim.box_id == *target
@@ -1046,6 +1062,7 @@ impl Client {
         let deliveries = {
             let mut engine = self.groups.lock().await;
             if queued.seq > engine.meta.processed_through {
+                engine.proposals_unchecked = true;
                 self.process_group_envelope(&mut engine, queued, &envelope, &message, queued.seq)
                     .await?;
                 engine.meta.processed_through = queued.seq;
@@ -1155,7 +1172,7 @@ impl Client {
                 Err(e) => return Err(e),
             },
         };
-        Ok(device_keys(&list, device))
+        Ok(device_keys_cached(&self.key_cache, &list, device))
     }
 
     /// Processes one group envelope; its results go to `deliveries` under
@@ -1469,16 +1486,21 @@ impl Client {
     /// effort: failures wait for the next batch.
     pub(crate) async fn after_group_batch(&self) {
         let mut engine = self.groups.lock().await;
-        let due: Vec<usize> = (0..engine.meta.groups.len())
-            .filter(|&i| {
-                engine.meta.groups[i].membership == Membership::Active as i32
-                    && engine.load(i).is_ok_and(|g| g.has_pending_proposals())
-            })
-            .collect();
-        for idx in due {
-            let _ = self
-                .commit_with(&mut engine, idx, false, |_| Some(CommitPlan::default()))
-                .await;
+        if engine.proposals_unchecked {
+            let due: Vec<usize> = (0..engine.meta.groups.len())
+                .filter(|&i| {
+                    engine.meta.groups[i].membership == Membership::Active as i32
+                        && engine.load(i).is_ok_and(|g| g.has_pending_proposals())
+                })
+                .collect();
+            let mut all_committed = true;
+            for idx in due {
+                let committed = self
+                    .commit_with(&mut engine, idx, false, |_| Some(CommitPlan::default()))
+                    .await;
+                all_committed &= committed.is_ok();
+            }
+            engine.proposals_unchecked = !all_committed;
         }
         let now = self.now_ms();
         let check = engine.meta.key_packages_used
