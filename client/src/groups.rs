@@ -112,10 +112,12 @@ pub struct GroupEngine {
     meta: GroupsState,
     /// Credentials (identity, leaf signature key) verified in this session.
     verified: HashSet<(Vec<u8>, Vec<u8>)>,
-    /// A group may hold proposals to commit: proposals only arrive with group
-    /// envelopes, so loading every group to look for them is needed only after
-    /// processing some (or after a commit of them failed, or at start).
-    proposals_unchecked: bool,
+    /// Groups that may hold proposals to commit: a proposal is only stored
+    /// while processing one, so after a batch only the groups that received
+    /// some are loaded to look for them (all of them at start, or after a
+    /// commit of proposals failed).
+    proposals_unchecked: HashSet<([u8; 16], [u8; 16])>,
+    check_all_proposals: bool,
 }
 
 impl std::fmt::Debug for GroupEngine {
@@ -139,7 +141,8 @@ impl GroupEngine {
             signer,
             meta,
             verified: HashSet::new(),
-            proposals_unchecked: true,
+            proposals_unchecked: HashSet::new(),
+            check_all_proposals: true,
         })
     }
 
@@ -1062,7 +1065,6 @@ impl Client {
         let deliveries = {
             let mut engine = self.groups.lock().await;
             if queued.seq > engine.meta.processed_through {
-                engine.proposals_unchecked = true;
                 self.process_group_envelope(&mut engine, queued, &envelope, &message, queued.seq)
                     .await?;
                 engine.meta.processed_through = queued.seq;
@@ -1454,6 +1456,9 @@ impl Client {
                     group
                         .store_pending_proposal(engine.provider.storage(), *proposal)
                         .map_err(|e| mls_error("cannot store a proposal", e))?;
+                    if let Ok(ids) = engine.ids(idx) {
+                        engine.proposals_unchecked.insert(ids);
+                    }
                 }
                 ProcessedMessageContent::StagedCommitMessage(commit) => {
                     if let Some(leaf) = commit.update_path_leaf_node()
@@ -1486,10 +1491,14 @@ impl Client {
     /// effort: failures wait for the next batch.
     pub(crate) async fn after_group_batch(&self) {
         let mut engine = self.groups.lock().await;
-        if engine.proposals_unchecked {
+        if engine.check_all_proposals || !engine.proposals_unchecked.is_empty() {
             let due: Vec<usize> = (0..engine.meta.groups.len())
                 .filter(|&i| {
                     engine.meta.groups[i].membership == Membership::Active as i32
+                        && (engine.check_all_proposals
+                            || engine
+                                .ids(i)
+                                .is_ok_and(|ids| engine.proposals_unchecked.contains(&ids)))
                         && engine.load(i).is_ok_and(|g| g.has_pending_proposals())
                 })
                 .collect();
@@ -1500,7 +1509,8 @@ impl Client {
                     .await;
                 all_committed &= committed.is_ok();
             }
-            engine.proposals_unchecked = !all_committed;
+            engine.proposals_unchecked.clear();
+            engine.check_all_proposals = !all_committed;
         }
         let now = self.now_ms();
         let check = engine.meta.key_packages_used
