@@ -8,11 +8,78 @@ use rossby_protocol::crypto::{
     DeviceKeys, EnvelopeHeader, PublicKeys, RecipientDevice, open_envelope, seal_envelope,
 };
 use rossby_protocol::pb;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+/// Public keys whose bundles verified, by device, so a contact's bundle is
+/// checked once per bundle content rather than on every send and delivery
+/// (a check is an Ed25519 verification and an ML-KEM key validation, more
+/// than the rest of sealing a small message). A device that publishes a new
+/// bundle misses the cache and is verified again; bundles that fail are never
+/// cached.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<[u8; 16], (pb::KeyBundle, PublicKeys)>>,
+}
+
+/// Beyond this many devices the cache starts over: it only saves work, and a
+/// bound keeps a long-lived client's memory flat.
+const KEY_CACHE_LIMIT: usize = 4096;
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    /// The checked keys of `bundle` (see [`PublicKeys::from_bundle`]).
+    pub fn verified(
+        &self,
+        device_id: &[u8; 16],
+        bundle: &pb::KeyBundle,
+    ) -> rossby_protocol::Result<PublicKeys> {
+        {
+            let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((known, keys)) = entries.get(device_id)
+                && known == bundle
+            {
+                return Ok(keys.clone());
+            }
+        }
+        let keys = PublicKeys::from_bundle(bundle)?;
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= KEY_CACHE_LIMIT {
+            entries.clear();
+        }
+        entries.insert(*device_id, (bundle.clone(), keys.clone()));
+        Ok(keys)
+    }
+}
+
+fn checked_keys(
+    cache: Option<&KeyCache>,
+    device_id: &[u8; 16],
+    bundle: &pb::KeyBundle,
+) -> Option<PublicKeys> {
+    match cache {
+        Some(cache) => cache.verified(device_id, bundle).ok(),
+        None => PublicKeys::from_bundle(bundle).ok(),
+    }
+}
 
 /// The devices of a list whose key bundles verify, minus `exclude` (the sending
 /// device when sealing a copy for the own box). Returns the devices and the ids
 /// of devices skipped because their bundle is invalid.
 pub fn recipient_devices(
+    list: &pb::DeviceList,
+    exclude: Option<&[u8; 16]>,
+) -> (Vec<RecipientDevice>, Vec<Vec<u8>>) {
+    recipient_devices_with(None, list, exclude)
+}
+
+fn recipient_devices_with(
+    cache: Option<&KeyCache>,
     list: &pb::DeviceList,
     exclude: Option<&[u8; 16]>,
 ) -> (Vec<RecipientDevice>, Vec<Vec<u8>>) {
@@ -26,9 +93,13 @@ pub fn recipient_devices(
         if exclude == Some(&device_id) {
             continue;
         }
-        match info.keys.as_ref().map(PublicKeys::from_bundle) {
-            Some(Ok(keys)) => good.push(RecipientDevice { device_id, keys }),
-            _ => bad.push(info.device_id.clone()),
+        match info
+            .keys
+            .as_ref()
+            .and_then(|k| checked_keys(cache, &device_id, k))
+        {
+            Some(keys) => good.push(RecipientDevice { device_id, keys }),
+            None => bad.push(info.device_id.clone()),
         }
     }
     (good, bad)
@@ -36,11 +107,29 @@ pub fn recipient_devices(
 
 /// The verified public keys of one device in a list.
 pub fn device_keys(list: &pb::DeviceList, device_id: &[u8]) -> Option<PublicKeys> {
-    list.devices
-        .iter()
-        .find(|d| d.device_id == device_id)
-        .and_then(|d| d.keys.as_ref())
-        .and_then(|k| PublicKeys::from_bundle(k).ok())
+    device_keys_with(None, list, device_id)
+}
+
+/// [`device_keys`] through a cache of verified bundles.
+pub fn device_keys_cached(
+    cache: &KeyCache,
+    list: &pb::DeviceList,
+    device_id: &[u8],
+) -> Option<PublicKeys> {
+    device_keys_with(Some(cache), list, device_id)
+}
+
+fn device_keys_with(
+    cache: Option<&KeyCache>,
+    list: &pb::DeviceList,
+    device_id: &[u8],
+) -> Option<PublicKeys> {
+    let info = list.devices.iter().find(|d| d.device_id == device_id)?;
+    let bundle = info.keys.as_ref()?;
+    match (cache, <[u8; 16]>::try_from(device_id)) {
+        (Some(cache), Ok(id)) => cache.verified(&id, bundle).ok(),
+        _ => PublicKeys::from_bundle(bundle).ok(),
+    }
 }
 
 /// Seals `content` for every valid device of `list` except `exclude` and
@@ -52,7 +141,30 @@ pub fn seal_for_list(
     list: &pb::DeviceList,
     exclude: Option<&[u8; 16]>,
 ) -> Result<Vec<u8>> {
-    let (devices, _) = recipient_devices(list, exclude);
+    seal_for_list_with(None, keys, header, content, list, exclude)
+}
+
+/// [`seal_for_list`] through a cache of verified bundles.
+pub fn seal_for_list_cached(
+    cache: &KeyCache,
+    keys: &DeviceKeys,
+    header: &EnvelopeHeader,
+    content: &pb::Content,
+    list: &pb::DeviceList,
+    exclude: Option<&[u8; 16]>,
+) -> Result<Vec<u8>> {
+    seal_for_list_with(Some(cache), keys, header, content, list, exclude)
+}
+
+fn seal_for_list_with(
+    cache: Option<&KeyCache>,
+    keys: &DeviceKeys,
+    header: &EnvelopeHeader,
+    content: &pb::Content,
+    list: &pb::DeviceList,
+    exclude: Option<&[u8; 16]>,
+) -> Result<Vec<u8>> {
+    let (devices, _) = recipient_devices_with(cache, list, exclude);
     let envelope = seal_envelope(keys, header, content, &devices)?;
     Ok(envelope.encode_to_vec())
 }
@@ -72,6 +184,27 @@ pub fn open_queued(
     queued: &pb::QueuedEnvelope,
     sender_devices: &pb::DeviceList,
 ) -> Result<pb::Content, Rejection> {
+    open_queued_with(None, keys, my_device, queued, sender_devices)
+}
+
+/// [`open_queued`] through a cache of verified bundles.
+pub fn open_queued_cached(
+    cache: &KeyCache,
+    keys: &DeviceKeys,
+    my_device: &[u8; 16],
+    queued: &pb::QueuedEnvelope,
+    sender_devices: &pb::DeviceList,
+) -> Result<pb::Content, Rejection> {
+    open_queued_with(Some(cache), keys, my_device, queued, sender_devices)
+}
+
+fn open_queued_with(
+    cache: Option<&KeyCache>,
+    keys: &DeviceKeys,
+    my_device: &[u8; 16],
+    queued: &pb::QueuedEnvelope,
+    sender_devices: &pb::DeviceList,
+) -> Result<pb::Content, Rejection> {
     let envelope = pb::Envelope::decode(queued.envelope.as_slice())
         .map_err(|e| Rejection(format!("undecodable envelope: {e}")))?;
     if envelope.sender_box != queued.sender_box
@@ -85,7 +218,7 @@ pub fn open_queued(
     if sender_devices.box_id != queued.sender_box {
         return Err(Rejection("device list of another box".into()));
     }
-    let sender = device_keys(sender_devices, &queued.sender_device)
+    let sender = device_keys_with(cache, sender_devices, &queued.sender_device)
         .ok_or_else(|| Rejection("the sending device is not among the sender's devices".into()))?;
     open_envelope(keys, my_device, &envelope, &sender).map_err(|e| Rejection(e.to_string()))
 }
@@ -242,5 +375,27 @@ mod tests {
         assert_eq!(bad, vec![vec![2u8; 16]]);
         let (good, _) = recipient_devices(&l, Some(&a.id));
         assert!(good.is_empty());
+    }
+
+    #[test]
+    fn the_key_cache_checks_every_new_bundle() {
+        let cache = KeyCache::default();
+        let a = device(1);
+        let good = list([1; 16], 1, &[&a]);
+        assert!(device_keys_cached(&cache, &good, &a.id).is_some());
+        assert!(device_keys_cached(&cache, &good, &a.id).is_some());
+        // The same device id with a tampered bundle is verified again and refused.
+        let mut bad = good.clone();
+        bad.devices[0].keys.as_mut().unwrap().signature[0] ^= 1;
+        assert!(device_keys_cached(&cache, &bad, &a.id).is_none());
+        let (ok, rejected) = recipient_devices_with(Some(&cache), &bad, None);
+        assert!(ok.is_empty());
+        assert_eq!(rejected, vec![a.id.to_vec()]);
+        // Another device's keys under this id are not taken from the cache.
+        let b = device(2);
+        let mut swapped = good.clone();
+        swapped.devices[0].keys = Some(b.keys.bundle());
+        let keys = device_keys_cached(&cache, &swapped, &a.id).unwrap();
+        assert_eq!(keys.identity(), b.keys.identity_public());
     }
 }

@@ -41,7 +41,7 @@ pub mod state;
 
 pub use state::GroupsState;
 
-use crate::envelopes::device_keys;
+use crate::envelopes::device_keys_cached;
 use crate::error::{Error, Result};
 use crate::sdk::{Body, Client, FETCH_MAX_BYTES, Received, Rejected, box_display, box_id, decode};
 use mls::{CredentialClaim, MlsProvider, mls_error};
@@ -112,6 +112,12 @@ pub struct GroupEngine {
     meta: GroupsState,
     /// Credentials (identity, leaf signature key) verified in this session.
     verified: HashSet<(Vec<u8>, Vec<u8>)>,
+    /// Groups that may hold proposals to commit: a proposal is only stored
+    /// while processing one, so after a batch only the groups that received
+    /// some are loaded to look for them (all of them at start, or after a
+    /// commit of proposals failed).
+    proposals_unchecked: HashSet<([u8; 16], [u8; 16])>,
+    check_all_proposals: bool,
 }
 
 impl std::fmt::Debug for GroupEngine {
@@ -135,6 +141,8 @@ impl GroupEngine {
             signer,
             meta,
             verified: HashSet::new(),
+            proposals_unchecked: HashSet::new(),
+            check_all_proposals: true,
         })
     }
 
@@ -143,6 +151,17 @@ impl GroupEngine {
         let mut s = self.meta.clone();
         s.mls_storage = self.provider.entries();
         s
+    }
+
+    /// Brings `slot` to [`GroupEngine::snapshot`], copying only what changed in
+    /// openmls' storage: most saves (acks, fetches without group messages) leave
+    /// it alone, and exporting all of it copies and sorts every key.
+    pub fn snapshot_into(&self, slot: &mut Option<GroupsState>) {
+        let mut storage = slot.take().map(|g| g.mls_storage).unwrap_or_default();
+        self.provider.export_into(&mut storage);
+        let mut s = self.meta.clone();
+        s.mls_storage = storage;
+        *slot = Some(s);
     }
 
     /// Forgets every group and KeyPackage (the account is gone from this device).
@@ -297,7 +316,7 @@ impl Client {
     /// Saves the engine's state into the state file.
     async fn save_groups(&self, engine: &GroupEngine) -> Result<()> {
         let mut store = self.store.lock().await;
-        store.state.groups = Some(engine.snapshot());
+        engine.snapshot_into(&mut store.state.groups);
         store.save()
     }
 
@@ -421,7 +440,7 @@ impl Client {
             let Some(claim) = CredentialClaim::parse(kp.leaf_node().credential()) else {
                 continue;
             };
-            let Some(keys) = device_keys(list, &device) else {
+            let Some(keys) = device_keys_cached(&self.key_cache, list, &device) else {
                 continue;
             };
             if claim.box_id == *target
@@ -1155,7 +1174,7 @@ impl Client {
                 Err(e) => return Err(e),
             },
         };
-        Ok(device_keys(&list, device))
+        Ok(device_keys_cached(&self.key_cache, &list, device))
     }
 
     /// Processes one group envelope; its results go to `deliveries` under
@@ -1437,6 +1456,9 @@ impl Client {
                     group
                         .store_pending_proposal(engine.provider.storage(), *proposal)
                         .map_err(|e| mls_error("cannot store a proposal", e))?;
+                    if let Ok(ids) = engine.ids(idx) {
+                        engine.proposals_unchecked.insert(ids);
+                    }
                 }
                 ProcessedMessageContent::StagedCommitMessage(commit) => {
                     if let Some(leaf) = commit.update_path_leaf_node()
@@ -1469,16 +1491,26 @@ impl Client {
     /// effort: failures wait for the next batch.
     pub(crate) async fn after_group_batch(&self) {
         let mut engine = self.groups.lock().await;
-        let due: Vec<usize> = (0..engine.meta.groups.len())
-            .filter(|&i| {
-                engine.meta.groups[i].membership == Membership::Active as i32
-                    && engine.load(i).is_ok_and(|g| g.has_pending_proposals())
-            })
-            .collect();
-        for idx in due {
-            let _ = self
-                .commit_with(&mut engine, idx, false, |_| Some(CommitPlan::default()))
-                .await;
+        if engine.check_all_proposals || !engine.proposals_unchecked.is_empty() {
+            let due: Vec<usize> = (0..engine.meta.groups.len())
+                .filter(|&i| {
+                    engine.meta.groups[i].membership == Membership::Active as i32
+                        && (engine.check_all_proposals
+                            || engine
+                                .ids(i)
+                                .is_ok_and(|ids| engine.proposals_unchecked.contains(&ids)))
+                        && engine.load(i).is_ok_and(|g| g.has_pending_proposals())
+                })
+                .collect();
+            let mut all_committed = true;
+            for idx in due {
+                let committed = self
+                    .commit_with(&mut engine, idx, false, |_| Some(CommitPlan::default()))
+                    .await;
+                all_committed &= committed.is_ok();
+            }
+            engine.proposals_unchecked.clear();
+            engine.check_all_proposals = !all_committed;
         }
         let now = self.now_ms();
         let check = engine.meta.key_packages_used

@@ -56,7 +56,7 @@
 use crate::connection::{
     Connection, GatewayConfig, RetryPolicy, Subscription, ok_body, one_line, unix_ms,
 };
-use crate::envelopes::{id16, open_queued, seal_for_list};
+use crate::envelopes::{KeyCache, id16, open_queued_cached, seal_for_list_cached};
 use crate::error::{Error, Result};
 use crate::groups::GroupEngine;
 use crate::state::{
@@ -324,6 +324,8 @@ pub struct Client {
     unconfirmed: std::sync::Mutex<Option<GatewaySettings>>,
     /// Held while credentials are refreshed, so concurrent calls refresh once.
     refreshing: Mutex<()>,
+    /// Key bundles already verified (contacts' and own devices').
+    pub(crate) key_cache: KeyCache,
 }
 
 /// Gateway settings to remember in the state once they worked.
@@ -378,7 +380,7 @@ pub(crate) fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M
     M::decode(bytes).map_err(|e| Error::BadReply(format!("undecodable {what}: {e}")))
 }
 
-fn summaries(list: &pb::DeviceList) -> Vec<DeviceSummary> {
+fn summaries(cache: &KeyCache, list: &pb::DeviceList) -> Vec<DeviceSummary> {
     list.devices
         .iter()
         .filter_map(|d| {
@@ -390,7 +392,7 @@ fn summaries(list: &pb::DeviceList) -> Vec<DeviceSummary> {
                 identity_key: keys
                     .map(|k| hex::encode(&k.identity_key))
                     .unwrap_or_default(),
-                valid: keys.is_some_and(|k| PublicKeys::from_bundle(k).is_ok()),
+                valid: keys.is_some_and(|k| cache.verified(&id, k).is_ok()),
             })
         })
         .collect()
@@ -558,6 +560,7 @@ impl Client {
             groups: Mutex::new(groups),
             unconfirmed: std::sync::Mutex::new(unconfirmed),
             refreshing: Mutex::new(()),
+            key_cache: KeyCache::default(),
         })
     }
 
@@ -961,7 +964,7 @@ impl Client {
     /// Lists the own box's devices (and remembers them).
     pub async fn devices(&self) -> Result<Vec<DeviceSummary>> {
         let list = self.refresh_own_devices().await?;
-        Ok(summaries(&list))
+        Ok(summaries(&self.key_cache, &list))
     }
 
     async fn refresh_own_devices(&self) -> Result<pb::DeviceList> {
@@ -1055,7 +1058,7 @@ impl Client {
         Ok(ContactInfo {
             box_id: box_id(raw),
             identifier,
-            devices: summaries(&list),
+            devices: summaries(&self.key_cache, &list),
             device_list_version: list.version,
             keys_changed: changed,
         })
@@ -1074,7 +1077,7 @@ impl Client {
                 Some(ContactInfo {
                     box_id: box_id(raw),
                     identifier: c.identifier.clone(),
-                    devices: summaries(&list),
+                    devices: summaries(&self.key_cache, &list),
                     device_list_version: list.version,
                     keys_changed: c.keys_changed,
                 })
@@ -1488,7 +1491,8 @@ impl Client {
                 let envelope = match &envelopes[i] {
                     Some(e) => e.clone(),
                     None => {
-                        let e = seal_for_list(
+                        let e = seal_for_list_cached(
+                            &self.key_cache,
                             &self.keys,
                             &header,
                             content,
@@ -1630,11 +1634,7 @@ impl Client {
             gap: (reply.gap_to > 0).then_some((reply.gap_from, reply.gap_to)),
             ..Batch::default()
         };
-        let mut seen: HashSet<Vec<u8>> = {
-            let store = self.store.lock().await;
-            store.state.seen_messages.iter().cloned().collect()
-        };
-        let mut new_seen = Vec::new();
+        let mut new_seen: Vec<Vec<u8>> = Vec::new();
         for queued in &reply.envelopes {
             batch.ack_up_to = Some(
                 batch
@@ -1655,13 +1655,20 @@ impl Client {
             }
             let outcome = match self.process(queued, &mut batch.key_changes).await? {
                 Ok(received) => {
-                    let mut key = queued.sender_box.clone();
+                    let mut key = Vec::with_capacity(48);
+                    key.extend_from_slice(&queued.sender_box);
                     key.extend_from_slice(&queued.sender_device);
                     key.extend_from_slice(&queued.message_id);
-                    if seen.contains(&key) {
+                    // A scan of the remembered ids: cheaper than hashing a copy
+                    // of all of them for every fetch, as most fetches accept a
+                    // message or two.
+                    let replay = new_seen.contains(&key) || {
+                        let store = self.store.lock().await;
+                        store.state.seen_messages.contains(&key)
+                    };
+                    if replay {
                         Err("a replay of a message received before".to_string())
                     } else {
-                        seen.insert(key.clone());
                         new_seen.push(key);
                         Ok(received)
                     }
@@ -1680,7 +1687,7 @@ impl Client {
         self.after_group_batch().await;
         let groups = self.groups.lock().await;
         let mut store = self.store.lock().await;
-        store.state.groups = Some(groups.snapshot());
+        groups.snapshot_into(&mut store.state.groups);
         store.state.last_seq = store.state.last_seq.max(reply.last_seq);
         let remembered = &mut store.state.seen_messages;
         remembered.extend(new_seen);
@@ -1727,10 +1734,11 @@ impl Client {
                 Err(e) => return Err(e),
             },
         };
-        let content = match open_queued(&self.keys, &self.device_id, queued, &list) {
-            Ok(c) => c,
-            Err(r) => return Ok(Err(r.0)),
-        };
+        let content =
+            match open_queued_cached(&self.key_cache, &self.keys, &self.device_id, queued, &list) {
+                Ok(c) => c,
+                Err(r) => return Ok(Err(r.0)),
+            };
         if let Some(pb::content::Body::Sent(copy)) = &content.body {
             self.learn_from_copy(&sender_box, copy).await?;
         }
@@ -1786,7 +1794,7 @@ impl Client {
         let mut groups = self.groups.lock().await;
         groups.acked(up_to);
         let mut store = self.store.lock().await;
-        store.state.groups = Some(groups.snapshot());
+        groups.snapshot_into(&mut store.state.groups);
         store.state.acked_seq = store.state.acked_seq.max(up_to);
         store.save()
     }

@@ -76,6 +76,49 @@ impl MlsProvider {
         }
     }
 
+    /// Brings `entries` (sorted by key) to the storage's content, copying only
+    /// the keys that changed: between two saves openmls rewrites a few keys,
+    /// and copying all of them would cost as much as the whole group state.
+    pub fn export_into(&self, entries: &mut Vec<StorageEntry>) {
+        let values = match self.storage.values.read() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        entries.retain_mut(|e| match values.get(&e.key) {
+            Some(v) => {
+                if *v != e.value {
+                    e.value.clone_from(v);
+                }
+                true
+            }
+            None => false,
+        });
+        let sorted = entries.is_sorted_by(|a, b| a.key < b.key);
+        if entries.len() == values.len() && sorted {
+            return;
+        }
+        if !sorted {
+            entries.sort_by(|a, b| a.key.cmp(&b.key));
+            entries.dedup_by(|a, b| a.key == b.key);
+        }
+        let added: Vec<StorageEntry> = values
+            .iter()
+            .filter(|(k, _)| {
+                entries
+                    .binary_search_by(|e| e.key.as_slice().cmp(k.as_slice()))
+                    .is_err()
+            })
+            .map(|(k, v)| StorageEntry {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        if !added.is_empty() {
+            entries.extend(added);
+            entries.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+    }
+
     /// The storage's content, sorted by key.
     pub fn entries(&self) -> Vec<StorageEntry> {
         let values = match self.storage.values.read() {
@@ -323,5 +366,41 @@ mod tests {
         // Bad bytes are errors, not panics.
         assert!(from_bytes(&[0xff; 7]).is_err());
         assert!(key_package(&[], &RustCrypto::default()).is_err());
+    }
+
+    #[test]
+    fn an_export_into_an_older_copy_equals_a_fresh_one() {
+        let provider = MlsProvider::default();
+        let set = |k: &[u8], v: &[u8]| {
+            provider
+                .storage
+                .values
+                .write()
+                .unwrap()
+                .insert(k.to_vec(), v.to_vec());
+        };
+        for i in 0..20u8 {
+            set(&[i, 1], &[i; 40]);
+        }
+        let mut copy = Vec::new();
+        provider.export_into(&mut copy);
+        assert_eq!(copy, provider.entries());
+        // Changed, removed and added keys.
+        set(&[3, 1], b"changed");
+        provider
+            .storage
+            .values
+            .write()
+            .unwrap()
+            .remove([7u8, 1].as_slice());
+        set(&[0], b"first");
+        set(&[9, 9], b"new");
+        provider.export_into(&mut copy);
+        assert_eq!(copy, provider.entries());
+        // A copy out of order (not one this code made) is put right too.
+        copy.reverse();
+        copy.push(copy[0].clone());
+        provider.export_into(&mut copy);
+        assert_eq!(copy, provider.entries());
     }
 }
