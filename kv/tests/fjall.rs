@@ -240,3 +240,26 @@ async fn a_conflict_is_reported_once_the_winning_write_is_visible() {
         assert_eq!(winners.len(), 1, "round {round}: exactly one commits");
     }
 }
+
+/// fjall's flush and compaction threads run at a lower CPU priority than the rest
+/// of the process (nice 10), so their bursts do not starve request handling.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn fjall_background_threads_run_at_lower_priority() {
+    let dir = TempDir::new().unwrap();
+    let _store = FjallStore::open(FjallConfig::new(dir.path())).unwrap();
+    let mut seen = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("fjall") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the parenthesised name: state is field 3, nice field 19.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = after_name.split(' ').nth(16).unwrap().parse().unwrap();
+        assert_eq!(nice, 10, "{}", comm.trim());
+        seen += 1;
+    }
+    assert!(seen > 0, "no fjall worker thread found");
+}

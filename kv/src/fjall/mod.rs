@@ -193,6 +193,7 @@ impl FjallStore {
         let keyspace = db
             .keyspace(KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(|e| open_error(&config, e))?;
+        lower_background_priority();
         let log_dir = config.path.join(commit_log::DIR);
         let next_seq = recover(&db, &keyspace, &log_dir)?;
 
@@ -265,6 +266,34 @@ fn recover(db: &Database, keyspace: &Keyspace, log_dir: &std::path::Path) -> Res
         commit_log::sync_dir(log_dir)?;
     }
     Ok(replayed.next_seq)
+}
+
+/// fjall's flush and compaction threads ("fjall:worker", started when the database
+/// opens) get a lower CPU priority than request handling and the commit pipeline:
+/// a compaction burst on a machine with few cores otherwise starves the async
+/// workers for a second at a time. They catch up when requests leave room, and
+/// fjall's own write stalls still hold writers back if they fall far behind.
+/// Best effort: only on Linux, where a thread's nice value is its own.
+fn lower_background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        const NICE: libc::c_int = 10;
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with("fjall") {
+                continue;
+            }
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            // SAFETY: setpriority only reads its integer arguments; a thread that
+            // has exited meanwhile makes it fail with ESRCH, which is ignored.
+            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, NICE) };
+        }
+    }
 }
 
 fn open_error(config: &FjallConfig, err: fjall::Error) -> Error {
