@@ -2253,63 +2253,8 @@ const INSTR_CHILD_ENV: &str = "ROSSBY_BENCH_INSTRUCTIONS_CHILD";
 const INSTR_GATEWAY_ARGS: &str = "--maintenance-interval-ms 3600000 --maintenance-lease-ms \
     7200000 --owner-lease-ms 600000 --owner-renew-ms 300000";
 
-/// Valgrind client requests, issued the way `valgrind.h` and `callgrind.h` issue
-/// them on x86-64 Linux: a rotate sequence that leaves `rdi` unchanged, then
-/// `xchg rbx, rbx`. Natively these are no-ops that return the default value;
-/// under Valgrind they reach the tool.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod valgrind {
-    /// `VG_USERREQ_TOOL_BASE('C', 'T')`: the first of callgrind's requests.
-    const CALLGRIND_BASE: u64 = ((b'C' as u64) << 24) | ((b'T' as u64) << 16);
-    const RUNNING_ON_VALGRIND: u64 = 0x1001;
-    const START_INSTRUMENTATION: u64 = CALLGRIND_BASE + 4;
-    const STOP_INSTRUMENTATION: u64 = CALLGRIND_BASE + 5;
-
-    fn request(default: u64, code: u64) -> u64 {
-        let args: [u64; 6] = [code, 0, 0, 0, 0, 0];
-        let result: u64;
-        // SAFETY: the sequence only rotates rdi by a total of 128 bits (leaving it
-        // unchanged) and exchanges rbx with itself; Valgrind reads the argument
-        // block through rax and writes the result to rdx.
-        unsafe {
-            std::arch::asm!(
-                "rol rdi, 3",
-                "rol rdi, 13",
-                "rol rdi, 61",
-                "rol rdi, 51",
-                "xchg rbx, rbx",
-                in("rax") args.as_ptr(),
-                inout("rdx") default => result,
-                options(nostack),
-            );
-        }
-        result
-    }
-
-    /// How many Valgrinds this process runs under (0 natively).
-    pub fn running_on_valgrind() -> u64 {
-        request(0, RUNNING_ON_VALGRIND)
-    }
-
-    /// `CALLGRIND_START_INSTRUMENTATION`: count from here on, in every thread.
-    pub fn start_instrumentation() {
-        request(0, START_INSTRUMENTATION);
-    }
-
-    /// `CALLGRIND_STOP_INSTRUMENTATION`.
-    pub fn stop_instrumentation() {
-        request(0, STOP_INSTRUMENTATION);
-    }
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-mod valgrind {
-    pub fn running_on_valgrind() -> u64 {
-        0
-    }
-    pub fn start_instrumentation() {}
-    pub fn stop_instrumentation() {}
-}
+#[path = "../../storage/benches/support/valgrind.rs"]
+mod valgrind;
 
 /// `valgrind --tool=callgrind` with instrumentation off until switched on, all
 /// threads in one count, the profile written to `out`.
