@@ -17,11 +17,11 @@
 //! future one) can see them, so the store does not grow under overwrites and
 //! deletes.
 
-use crate::overlay::{bounds, escape, merge};
+use crate::overlay::{Pending, bounds, escape, merge};
 use crate::{Error, Result};
-use crate::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
+use crate::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -84,8 +84,7 @@ impl KvStore for MemoryStore {
             shared: Arc::clone(&self.shared),
             start_ts,
             registered: true,
-            writes: BTreeMap::new(),
-            locked: BTreeSet::new(),
+            pending: Pending::default(),
         }))
     }
 }
@@ -249,17 +248,15 @@ struct MemoryTransaction {
     start_ts: u64,
     /// False once the transaction left the running set (on commit, rollback or drop).
     registered: bool,
-    /// Buffered writes: `Some` is a put, `None` a delete.
-    writes: BTreeMap<Key, Option<Value>>,
-    /// Keys read with `get_for_update`: conflict-checked at commit but not written.
-    locked: BTreeSet<Key>,
+    /// Buffered writes and locks.
+    pending: Pending,
 }
 
 impl MemoryTransaction {
     /// What this transaction sees under `key`: its own pending write if any, else
     /// the snapshot. The caller holds the lock.
     fn read(&self, inner: &Inner, key: &[u8]) -> Option<Value> {
-        match self.writes.get(key) {
+        match self.pending.writes.get(key) {
             Some(pending) => pending.clone(),
             None => inner
                 .data
@@ -319,7 +316,7 @@ impl Transaction for MemoryTransaction {
             .data
             .range::<[u8], _>(bounds(range))
             .filter_map(move |(key, entry)| entry.visible(start_ts).map(|value| (key, value)));
-        let pending = self.writes.range::<[u8], _>(bounds(range));
+        let pending = self.pending.writes.range::<[u8], _>(bounds(range));
         let merged = match order {
             ScanOrder::Forward => merge(committed.map(Ok), pending, order, limit),
             ScanOrder::Reverse => merge(committed.rev().map(Ok), pending.rev(), order, limit),
@@ -330,21 +327,17 @@ impl Transaction for MemoryTransaction {
     async fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Value>> {
         // Like TiKV's optimistic get_for_update: lock_keys + get. The lock only
         // matters at commit, where the key is conflict-checked like a write.
-        self.locked.insert(key.to_vec());
+        self.pending.lock(key);
         let inner = lock(&self.shared);
         Ok(self.read(&inner, key))
     }
 
     async fn put(&mut self, key: Key, value: Value) -> Result<()> {
-        check_value_size(&value)?;
-        self.writes.insert(key, Some(value));
-        Ok(())
+        self.pending.put(key, value)
     }
 
     async fn delete(&mut self, key: Key) -> Result<()> {
-        // A tombstone even for a missing key: like TiKV, the delete is a write that
-        // takes part in conflict detection.
-        self.writes.insert(key, None);
+        self.pending.delete(key);
         Ok(())
     }
 
@@ -354,28 +347,24 @@ impl Transaction for MemoryTransaction {
 
         // A read-only transaction saw a consistent snapshot; there is nothing to
         // check or write.
-        if self.writes.is_empty() && self.locked.is_empty() {
+        if self.pending.is_empty() {
             self.finish(&mut inner);
             return Ok(());
         }
 
         // Check every key before mutating anything, so a conflict leaves no trace.
         // The message names the key, never a value.
-        let conflict = self
-            .writes
-            .keys()
-            .chain(self.locked.iter())
-            .find_map(|key| {
-                let entry = inner.data.get(key.as_slice())?;
-                (entry.latest_ts > self.start_ts).then(|| {
-                    format!(
-                        "key {} was written at ts {} after this transaction began at ts {}",
-                        escape(key),
-                        entry.latest_ts,
-                        self.start_ts
-                    )
-                })
-            });
+        let conflict = self.pending.conflict_keys().find_map(|key| {
+            let entry = inner.data.get(key.as_slice())?;
+            (entry.latest_ts > self.start_ts).then(|| {
+                format!(
+                    "key {} was written at ts {} after this transaction began at ts {}",
+                    escape(key),
+                    entry.latest_ts,
+                    self.start_ts
+                )
+            })
+        });
         if let Some(message) = conflict {
             self.finish(&mut inner);
             return Err(Error::Conflict(message));
@@ -392,8 +381,7 @@ impl Transaction for MemoryTransaction {
         self.registered = false;
         inner.leave(self.start_ts);
 
-        let writes = std::mem::take(&mut self.writes);
-        let locked = std::mem::take(&mut self.locked);
+        let Pending { writes, locked } = std::mem::take(&mut self.pending);
         for key in locked {
             if writes.contains_key(&key) {
                 continue;

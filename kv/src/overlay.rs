@@ -1,8 +1,46 @@
 //! What every buffering backend needs to show a transaction its own pending writes
 //! over its snapshot.
 
-use crate::{Key, KeyRange, KvPair, ScanOrder, Value};
+use crate::{Key, KeyRange, KvPair, Result, ScanOrder, Value, check_value_size};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+
+/// A transaction's buffered writes and locks, applied or checked at commit.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// `Some` is a put, `None` a delete.
+    pub writes: BTreeMap<Key, Option<Value>>,
+    /// Keys read with `get_for_update`: conflict-checked at commit but not written.
+    pub locked: BTreeSet<Key>,
+}
+
+impl Pending {
+    pub fn put(&mut self, key: Key, value: Value) -> Result<()> {
+        check_value_size(&value)?;
+        self.writes.insert(key, Some(value));
+        Ok(())
+    }
+
+    /// A tombstone even for a missing key: like TiKV, the delete is a write that
+    /// takes part in conflict detection.
+    pub fn delete(&mut self, key: Key) {
+        self.writes.insert(key, None);
+    }
+
+    pub fn lock(&mut self, key: &[u8]) {
+        self.locked.insert(key.to_vec());
+    }
+
+    /// True when there is nothing to write or check.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.locked.is_empty()
+    }
+
+    /// Every key the commit must check for write-write conflicts.
+    pub fn conflict_keys(&self) -> impl Iterator<Item = &Key> {
+        self.writes.keys().chain(self.locked.iter())
+    }
+}
 
 /// Bounds of `range` for `BTreeMap::range` and fjall's range over byte-string keys.
 pub(crate) fn bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {

@@ -37,14 +37,14 @@
 mod commit_log;
 mod pipeline;
 
-use crate::overlay::{bounds, merge};
+use crate::overlay::{Pending, bounds, merge};
 use crate::{Error, Result};
-use crate::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value, check_value_size};
+use crate::{Key, KeyRange, KvPair, KvStore, ScanOrder, Transaction, Value};
 use async_trait::async_trait;
 use commit_log::{CommitLog, SealedQueue};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 use pipeline::CommitRequest;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
@@ -352,8 +352,7 @@ impl KvStore for FjallStore {
             snapshot,
             start,
             registered: true,
-            writes: BTreeMap::new(),
-            locked: BTreeSet::new(),
+            pending: Pending::default(),
         }))
     }
 }
@@ -370,15 +369,13 @@ struct FjallTxn {
     start: u64,
     /// False once it left the running set (or handed that to the commit thread).
     registered: bool,
-    /// Buffered writes: `Some` is a put, `None` a delete.
-    writes: BTreeMap<Key, Option<Value>>,
-    /// Keys read with `get_for_update`: conflict-checked at commit but not written.
-    locked: BTreeSet<Key>,
+    /// Buffered writes and locks.
+    pending: Pending,
 }
 
 impl FjallTxn {
     fn read(&self, key: &[u8]) -> Result<Option<Value>> {
-        if let Some(pending) = self.writes.get(key) {
+        if let Some(pending) = self.pending.writes.get(key) {
             return Ok(pending.clone());
         }
         let value = self
@@ -418,7 +415,7 @@ impl Transaction for FjallTxn {
         let iter = self
             .snapshot
             .range::<&[u8], _>(&self.shared.keyspace, bounds(range));
-        let pending = self.writes.range::<[u8], _>(bounds(range));
+        let pending = self.pending.writes.range::<[u8], _>(bounds(range));
         let merged = match order {
             ScanOrder::Forward => merge(iter.map(|g| g.into_inner()), pending, order, limit),
             ScanOrder::Reverse => merge(
@@ -432,25 +429,21 @@ impl Transaction for FjallTxn {
     }
 
     async fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Value>> {
-        self.locked.insert(key.to_vec());
+        self.pending.lock(key);
         self.read(key)
     }
 
     async fn put(&mut self, key: Key, value: Value) -> Result<()> {
-        check_value_size(&value)?;
-        self.writes.insert(key, Some(value));
-        Ok(())
+        self.pending.put(key, value)
     }
 
     async fn delete(&mut self, key: Key) -> Result<()> {
-        // A tombstone even for a missing key: like TiKV, the delete is a write that
-        // takes part in conflict detection.
-        self.writes.insert(key, None);
+        self.pending.delete(key);
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        if self.writes.is_empty() && self.locked.is_empty() {
+        if self.pending.is_empty() {
             // Everything visible is already durable: nothing to wait for.
             self.finish();
             return Ok(());
@@ -462,8 +455,7 @@ impl Transaction for FjallTxn {
         let (reply, answer) = oneshot::channel();
         let request = CommitRequest {
             start: self.start,
-            writes: std::mem::take(&mut self.writes),
-            locked: std::mem::take(&mut self.locked),
+            pending: std::mem::take(&mut self.pending),
             reply,
         };
         // From here the commit thread leaves the running set for this transaction,

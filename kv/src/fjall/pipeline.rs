@@ -3,10 +3,10 @@
 
 use super::commit_log::{self, CommitLog, GroupWrite, SealedQueue};
 use super::{Durability, Shared, backend_error, lock};
-use crate::overlay::escape;
+use crate::overlay::{Pending, escape};
 use crate::{Error, Key, Result, Value};
 use fjall::{Database, Keyspace, PersistMode};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -29,8 +29,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 pub(super) struct CommitRequest {
     /// The last group applied when it began.
     pub start: u64,
-    pub writes: BTreeMap<Key, Option<Value>>,
-    pub locked: BTreeSet<Key>,
+    pub pending: Pending,
     pub reply: oneshot::Sender<Result<()>>,
 }
 
@@ -135,31 +134,22 @@ impl Conflicts {
     /// Finds the first key of `request` written by a group it did not see, and
     /// names that group and the key.
     fn check(&self, request: &CommitRequest) -> Option<(u64, String)> {
-        request
-            .writes
-            .keys()
-            .chain(request.locked.iter())
-            .find_map(|key| {
-                let group = *self.last.get(key)?;
-                (group > request.start).then(|| {
-                    let msg = format!(
-                        "key {} was written by commit group {group}, after this transaction \
+        request.pending.conflict_keys().find_map(|key| {
+            let group = *self.last.get(key)?;
+            (group > request.start).then(|| {
+                let msg = format!(
+                    "key {} was written by commit group {group}, after this transaction \
                          began at group {}",
-                        escape(key),
-                        request.start
-                    );
-                    (group, msg)
-                })
+                    escape(key),
+                    request.start
+                );
+                (group, msg)
             })
+        })
     }
 
     fn record(&mut self, group: u64, request: &CommitRequest) {
-        let keys: Vec<Key> = request
-            .writes
-            .keys()
-            .chain(request.locked.iter())
-            .cloned()
-            .collect();
+        let keys: Vec<Key> = request.pending.conflict_keys().cloned().collect();
         for key in &keys {
             self.last.insert(key.clone(), group);
         }
@@ -224,7 +214,9 @@ fn run_committer(
             match verdict {
                 Ok(()) => {
                     conflicts.record(id, &request);
-                    group.writes.push(std::mem::take(&mut request.writes));
+                    group
+                        .writes
+                        .push(std::mem::take(&mut request.pending.writes));
                     group.replies.push(request.reply);
                 }
                 Err((winner, err)) => {
@@ -453,11 +445,13 @@ mod tests {
     fn request(start: u64, writes: &[&[u8]], locked: &[&[u8]]) -> CommitRequest {
         CommitRequest {
             start,
-            writes: writes
-                .iter()
-                .map(|k| (k.to_vec(), Some(b"v".to_vec())))
-                .collect(),
-            locked: locked.iter().map(|k| k.to_vec()).collect(),
+            pending: Pending {
+                writes: writes
+                    .iter()
+                    .map(|k| (k.to_vec(), Some(b"v".to_vec())))
+                    .collect(),
+                locked: locked.iter().map(|k| k.to_vec()).collect(),
+            },
             reply: oneshot::channel().0,
         }
     }
