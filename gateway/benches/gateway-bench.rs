@@ -2256,34 +2256,6 @@ const INSTR_GATEWAY_ARGS: &str = "--maintenance-interval-ms 3600000 --maintenanc
 #[path = "../../storage/benches/support/valgrind.rs"]
 mod valgrind;
 
-/// `valgrind --tool=callgrind` with instrumentation off until switched on, all
-/// threads in one count, the profile written to `out`.
-fn callgrind_command(out: &Path, log: &Path) -> Vec<String> {
-    vec![
-        "valgrind".into(),
-        "--tool=callgrind".into(),
-        "--instr-atstart=no".into(),
-        "--separate-threads=no".into(),
-        format!("--callgrind-out-file={}", out.display()),
-        format!("--log-file={}", log.display()),
-    ]
-}
-
-/// Instructions executed (`Ir`, all threads) recorded in a callgrind output file.
-fn callgrind_total(path: &Path) -> Result<u64, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let total = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    total("totals:")
-        .or_else(|| total("summary:"))
-        .ok_or_else(|| format!("no totals in {}", path.display()))
-}
-
 /// A callgrind monitor command (`instrumentation on`, `dump`, ...) sent to the
 /// Valgrind process `pid` through `vgdb`; returns once the command has run.
 fn vgdb(pid: u32, command: &str) -> Result<(), String> {
@@ -2382,7 +2354,7 @@ async fn instructions_child(opts: &Opts, base: &Path) -> InstrResult {
     let dir = base.join("instructions");
     std::fs::create_dir_all(&dir).expect("create the instruction directory");
     let out = dir.join("gateway.callgrind.out");
-    let wrapper = callgrind_command(&out, &dir.join("gateway.valgrind.log"));
+    let wrapper = valgrind::callgrind_command(&out, &dir.join("gateway.valgrind.log"));
     let extra = merge_flags(INSTR_GATEWAY_ARGS, &opts.gateway_args);
     let gw = GatewayProc::start_wrapped(&dir.join("gateway"), &extra, &wrapper);
     println!(
@@ -2420,7 +2392,7 @@ async fn instructions_child(opts: &Opts, base: &Path) -> InstrResult {
     .await
     .expect("vgdb task")
     .unwrap_or_else(|e| panic!("{e}"));
-    let gateway = callgrind_total(&dir.join("gateway.callgrind.out.1"))
+    let gateway = valgrind::callgrind_total(&dir.join("gateway.callgrind.out.1"))
         .unwrap_or_else(|e| panic!("gateway count: {e}"));
     if let Some(keep) = std::env::var_os("ROSSBY_BENCH_CALLGRIND_OUT") {
         let mut keep = keep;
@@ -2465,7 +2437,7 @@ fn instructions_phase(opts: &Opts, base: &Path) -> Result<InstrResult, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let out = dir.join("client.callgrind.out");
     let log = dir.join("client.valgrind.log");
-    let words = callgrind_command(&out, &log);
+    let words = valgrind::callgrind_command(&out, &log);
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
     // The child's watchdog fires before this process's, so that the child stops
     // its own gateway (which runs in a process group of its own).
@@ -2520,7 +2492,7 @@ fn instructions_phase(opts: &Opts, base: &Path) -> Result<InstrResult, String> {
             "the callgrind run failed ({status}); valgrind's log:\n{log}"
         ));
     };
-    result.client = Some(callgrind_total(&out)?);
+    result.client = Some(valgrind::callgrind_total(&out)?);
     if let Some(keep) = std::env::var_os("ROSSBY_BENCH_CALLGRIND_OUT") {
         let mut keep = keep;
         keep.push(".client");

@@ -139,6 +139,20 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A fresh envelope of [`PAYLOAD_BYTES`] random bytes from `sender`'s first
+/// device, for `recipient`'s current device list.
+fn random_envelope(rng: &mut impl Rng, sender: Target, recipient: Target) -> NewEnvelope {
+    let mut payload = vec![0u8; PAYLOAD_BYTES];
+    rng.fill(&mut payload[..]);
+    NewEnvelope {
+        sender_box: sender.id,
+        sender_device: sender.devices[0],
+        message_id: MessageId::new(),
+        device_list_version: recipient.version,
+        payload,
+    }
+}
+
 /// A recipient box of the benchmark.
 #[derive(Clone, Copy)]
 struct Target {
@@ -700,15 +714,7 @@ async fn enqueue_phase(
                     Recipients::Hot(i) => targets[i],
                 };
                 let sender = targets[rng.random_range(0..n)];
-                let mut payload = vec![0u8; PAYLOAD_BYTES];
-                rng.fill(&mut payload[..]);
-                let envelopes = [NewEnvelope {
-                    sender_box: sender.id,
-                    sender_device: sender.devices[0],
-                    message_id: MessageId::new(),
-                    device_list_version: recipient.version,
-                    payload,
-                }];
+                let envelopes = [random_envelope(&mut rng, sender, recipient)];
                 let now = now_ms();
                 let began = Instant::now();
                 let result = match recipients {
@@ -1010,15 +1016,7 @@ async fn fixed_enqueues(
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let recipient = targets[rng.random_range(0..n)];
                 let sender = targets[rng.random_range(0..n)];
-                let mut payload = vec![0u8; PAYLOAD_BYTES];
-                rng.fill(&mut payload[..]);
-                let envelopes = [NewEnvelope {
-                    sender_box: sender.id,
-                    sender_device: sender.devices[0],
-                    message_id: MessageId::new(),
-                    device_list_version: recipient.version,
-                    payload,
-                }];
+                let envelopes = [random_envelope(&mut rng, sender, recipient)];
                 let error = match store.enqueue(recipient.id, &envelopes, now_ms()).await {
                     Ok(outcomes) => match outcomes.into_iter().next() {
                         Some(Ok(_)) => None,
@@ -1081,22 +1079,6 @@ fn instructions_child() {
     std::io::stdout().flush().ok();
 }
 
-/// The `totals:` (or `summary:`) line of a callgrind output file: instructions
-/// executed (`Ir`) over all threads.
-fn callgrind_total(path: &std::path::Path) -> Result<u64, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let total = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    total("totals:")
-        .or_else(|| total("summary:"))
-        .ok_or_else(|| format!("no totals in {}", path.display()))
-}
-
 /// Runs this benchmark again under `valgrind --tool=callgrind` in child mode and
 /// returns (instructions, enqueues counted).
 fn count_instructions() -> Result<(u64, u64), String> {
@@ -1108,14 +1090,9 @@ fn count_instructions() -> Result<(u64, u64), String> {
     let log = dir.path().join("valgrind.log");
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
     let started = Instant::now();
-    let output = std::process::Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            "--separate-threads=no",
-            &format!("--callgrind-out-file={}", out.display()),
-            &format!("--log-file={}", log.display()),
-        ])
+    let command = valgrind::callgrind_command(&out, &log);
+    let output = std::process::Command::new(&command[0])
+        .args(&command[1..])
         .arg(&exe)
         .args(std::env::args_os().skip(1))
         .env(INSTR_CHILD_ENV, "1")
@@ -1138,7 +1115,7 @@ fn count_instructions() -> Result<(u64, u64), String> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("no result line in the callgrind run's output:\n{stdout}"))?;
-    let instructions = callgrind_total(&out)?;
+    let instructions = valgrind::callgrind_total(&out)?;
     println!(
         "[6] instructions (callgrind, {INSTR_TASKS} tasks, {INSTR_ENQUEUES} durable enqueues \
          after {INSTR_WARMUP} uncounted, {INSTR_BOXES} boxes, all threads): {instructions} \

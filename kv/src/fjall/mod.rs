@@ -174,8 +174,10 @@ impl Shared {
 /// A durable embedded store backed by fjall.
 pub struct FjallStore {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    stop_checkpointer: Mutex<Option<mpsc::Sender<()>>>,
+    /// The commit, sync and apply threads.
+    threads: Vec<JoinHandle<()>>,
+    /// The checkpointer thread and the sender whose drop stops it.
+    checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 impl FjallStore {
@@ -216,15 +218,9 @@ impl FjallStore {
         *lock(&shared.submit) = Some(running.submit);
         Ok(FjallStore {
             shared,
-            threads: Mutex::new(running.threads),
-            stop_checkpointer: Mutex::new(Some(running.stop_checkpointer)),
+            threads: running.threads,
+            checkpointer: Some(running.checkpointer),
         })
-    }
-
-    /// The number of write commits acknowledged so far (each one durable); tests
-    /// use it to observe group commit.
-    pub fn durable_ticket(&self) -> u64 {
-        self.shared.commits.load(Ordering::Acquire)
     }
 
     /// Counters of the commit pipeline.
@@ -254,8 +250,8 @@ fn recover(db: &Database, keyspace: &Keyspace, log_dir: &std::path::Path) -> Res
     }
     if replayed.groups > 0 {
         tracing::info!(groups = replayed.groups, "replayed the commit log");
+        db.persist(PersistMode::SyncAll).map_err(backend_error)?;
     }
-    db.persist(PersistMode::SyncAll).map_err(backend_error)?;
     // Oldest first, so a crash in between leaves a suffix of the log, which replays
     // correctly over a store that already contains it.
     for segment in &replayed.segments {
@@ -320,16 +316,12 @@ impl Drop for FjallStore {
         // ends the sync and apply threads likewise; then the checkpointer takes a
         // last checkpoint.
         lock(&self.shared.submit).take();
-        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
-        let (pipeline, checkpointer): (Vec<_>, Vec<_>) = threads
-            .into_iter()
-            .partition(|t| t.thread().name() != Some(pipeline::CHECKPOINTER));
-        for handle in pipeline {
+        for handle in self.threads.drain(..) {
             // A panic there has already been reported by the thread itself.
             let _ = handle.join();
         }
-        lock(&self.stop_checkpointer).take();
-        for handle in checkpointer {
+        if let Some((stop, handle)) = self.checkpointer.take() {
+            drop(stop);
             let _ = handle.join();
         }
     }

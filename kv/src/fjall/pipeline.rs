@@ -15,9 +15,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Name of the checkpointer thread (the store stops it last).
-pub(super) const CHECKPOINTER: &str = "rossby-ckpt";
-
 /// At most this many commits go into one group, so a group's record stays
 /// moderate and the first commit of a long queue is not held back by the last.
 const MAX_GROUP_COMMITS: usize = 4096;
@@ -64,9 +61,11 @@ impl Group {
 pub(super) struct Running {
     /// The commit thread's queue.
     pub submit: mpsc::Sender<CommitRequest>,
+    /// The commit, sync and apply threads: they end once `submit` is dropped.
     pub threads: Vec<JoinHandle<()>>,
-    /// Dropping it stops the checkpointer (after a last checkpoint).
-    pub stop_checkpointer: mpsc::Sender<()>,
+    /// The checkpointer thread, and the sender whose drop stops it (after a last
+    /// checkpoint).
+    pub checkpointer: (mpsc::Sender<()>, JoinHandle<()>),
 }
 
 /// Starts the pipeline's threads.
@@ -109,13 +108,13 @@ pub(super) fn start(
         )?
     };
     let checkpointer = spawn(
-        CHECKPOINTER,
+        "rossby-ckpt",
         Box::new(move || run_checkpointer(&shared, &stopped, &sealed, &log_dir)),
     )?;
     Ok(Running {
         submit,
-        threads: vec![committer, syncer, applier, checkpointer],
-        stop_checkpointer: stop,
+        threads: vec![committer, syncer, applier],
+        checkpointer: (stop, checkpointer),
     })
 }
 

@@ -2,7 +2,39 @@
 //! them on x86-64 Linux: a rotate sequence that leaves `rdi` unchanged, then
 //! `xchg rbx, rbx`. Natively these are no-ops that return the default value;
 //! under Valgrind they reach the tool. Shared by the storage and gateway
-//! benchmarks (included with `#[path]`).
+//! benchmarks (included with `#[path]`), with the callgrind command line they run
+//! under and the reading of its result.
+
+use std::path::Path;
+
+/// `valgrind --tool=callgrind` with instrumentation off until switched on, all
+/// threads in one count, the profile written to `out`.
+pub fn callgrind_command(out: &Path, log: &Path) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        "--instr-atstart=no".into(),
+        "--separate-threads=no".into(),
+        format!("--callgrind-out-file={}", out.display()),
+        format!("--log-file={}", log.display()),
+    ]
+}
+
+/// The `totals:` (or `summary:`) line of a callgrind output file: instructions
+/// executed (`Ir`) over all threads.
+pub fn callgrind_total(path: &Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let total = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    total("totals:")
+        .or_else(|| total("summary:"))
+        .ok_or_else(|| format!("no totals in {}", path.display()))
+}
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
     /// `VG_USERREQ_TOOL_BASE('C', 'T')`: the first of callgrind's requests.
