@@ -308,6 +308,7 @@ mod tests {
                 to_box: bob_box.to_vec(),
                 to_identifier: "bob@example.com".into(),
                 text: "hi bob".into(),
+                message: None,
             })),
         };
         let env =

@@ -711,6 +711,7 @@ impl Client {
                 message_id: message_id.as_bytes().to_vec(),
                 envelope,
                 epoch: group.epoch().as_u64(),
+                attachments: Vec::new(),
             };
             let creds = self.credentials().await?;
             let response = self

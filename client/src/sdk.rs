@@ -465,7 +465,12 @@ fn body_of(content: pb::Content) -> Body {
         },
         Some(pb::content::Body::Signal(s)) => Body::Signal(s),
         Some(pb::content::Body::Mls(m)) => Body::Mls(m),
-        None => Body::Empty,
+        Some(
+            pb::content::Body::Message(_)
+            | pb::content::Body::Receipt(_)
+            | pb::content::Body::Typing(_),
+        )
+        | None => Body::Empty,
     }
 }
 
@@ -1458,6 +1463,7 @@ impl Client {
                 to_box: target.box_id.to_vec(),
                 to_identifier: target.identifier.clone(),
                 text: entry.text.clone(),
+                message: None,
             })),
         };
         // Recipients: [target, own box] (just the own box for a note to self).
@@ -1513,6 +1519,7 @@ impl Client {
                 message_id: message_id.to_vec(),
                 recipients,
                 ephemeral: false,
+                attachments: Vec::new(),
             };
             let response = self
                 .conn

@@ -1254,6 +1254,7 @@ fn build_envelopes(
                                 envelope,
                             }],
                             ephemeral: false,
+                            attachments: Vec::new(),
                         }
                         .encode_to_vec();
                         body_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);

@@ -156,6 +156,7 @@ async fn two_users_three_devices_converse() {
             envelope,
         }],
         ephemeral: false,
+        attachments: Vec::new(),
     }
     .encode_to_vec();
     let mut seqs = Vec::new();

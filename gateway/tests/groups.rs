@@ -452,6 +452,7 @@ fn group_send(creator: &RawDevice, epoch: u64, payload: &[u8]) -> pb::GroupSendR
         message_id: MessageId::new().as_bytes().to_vec(),
         envelope: payload.to_vec(),
         epoch,
+        attachments: Vec::new(),
     }
 }
 

@@ -61,6 +61,8 @@ mod tests {
             (Status::Internal, 21),
             (Status::EpochConflict, 22),
             (Status::NotGroupMember, 23),
+            (Status::LastIdentifier, 24),
+            (Status::UploadIncomplete, 25),
         ];
         for (status, number) in expected {
             assert_eq!(status as i32, number, "{status:?}");

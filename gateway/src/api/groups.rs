@@ -685,6 +685,7 @@ mod tests {
             message_id: MessageId::new().as_bytes().to_vec(),
             envelope: payload.to_vec(),
             epoch: 1,
+            attachments: Vec::new(),
         };
         let req = send(b"hello");
         let resp = env.call_as(&bob, 1, Method::GroupSend, &req).await;

@@ -1010,6 +1010,7 @@ mod tests {
                 },
             ],
             ephemeral: false,
+            attachments: Vec::new(),
         };
         let resp = env.call_as(&bob, 1, Method::Send, &req).await;
         assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
@@ -1104,6 +1105,7 @@ mod tests {
                 message_id,
                 recipients,
                 ephemeral: false,
+                attachments: Vec::new(),
             };
             let resp = env.call_as(&bob, 1, Method::Send, &req).await;
             assert_eq!(status_of(&resp), status, "{}", resp.message);

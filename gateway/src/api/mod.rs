@@ -365,6 +365,16 @@ impl Shared {
             Method::RefreshCredentials => {
                 encode(registration::refresh_credentials(self, caller, body).await)
             }
+            Method::AddIdentifier
+            | Method::ConfirmIdentifier
+            | Method::RemoveIdentifier
+            | Method::ListIdentifiers
+            | Method::SetIdentifierDiscoverable => Err(not_served(method)),
+            Method::CreateUpload
+            | Method::UploadPart
+            | Method::UploadStatus
+            | Method::CompleteUpload
+            | Method::DownloadPart => Err(not_served(method)),
             // Unauthenticated methods were answered by the caller of this function.
             Method::Unspecified
             | Method::Ping
@@ -562,6 +572,14 @@ fn owning_box(method: Method, caller: &Authenticated, body: &[u8]) -> Option<Box
         _ => return None,
     };
     BoxId::try_from_slice(&creator).ok()
+}
+
+/// The answer to an RPC this gateway does not serve.
+fn not_served(method: Method) -> Failure {
+    Failure::new(
+        Status::UnknownMethod,
+        format!("{} is not served by this gateway", method.as_str_name()),
+    )
 }
 
 /// An owner's answer as this gateway's outcome.
@@ -1273,6 +1291,7 @@ mod tests {
                 envelope: b"typing".to_vec(),
             }],
             ephemeral: true,
+            attachments: Vec::new(),
         };
         let resp: pb::SendResponse = TestEnv::body(&env.call_as(&bob, 1, Method::Send, &req).await);
         assert_eq!(resp.results[0].status, Status::Ok as i32);

@@ -439,6 +439,7 @@ impl TestEnv {
                 envelope: payload.to_vec(),
             }],
             ephemeral: false,
+            attachments: Vec::new(),
         };
         let resp: pb::SendResponse = Self::body(&self.call_as(by, 1, Method::Send, &req).await);
         resp.results.into_iter().next().expect("one result")

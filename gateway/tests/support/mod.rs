@@ -403,6 +403,7 @@ pub fn send_request(to: BoxId, version: u64, envelope: &[u8]) -> pb::SendRequest
             envelope: envelope.to_vec(),
         }],
         ephemeral: false,
+        attachments: Vec::new(),
     }
 }
 
