@@ -218,6 +218,7 @@ fn main() {
     let text = GroupContent {
         sent_at_ms: 1,
         text: "x".repeat(100),
+        ..GroupContent::default()
     }
     .encode_to_vec();
     let mut encrypt_time = Vec::new();

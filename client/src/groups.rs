@@ -675,12 +675,31 @@ impl Client {
     /// when another member's Commit came first, this device catches up and
     /// encrypts again.
     pub async fn send_to_group(&self, name: &str, text: &str) -> Result<GroupSendReport> {
+        let message = pb::RichMessage {
+            text: text.to_string(),
+            ..pb::RichMessage::default()
+        };
+        self.send_message_to_group(name, message).await
+    }
+
+    /// Sends a message with attachments or a location (and maybe text) to the
+    /// group, like [`Client::send_to_group`]; the MLS message carries the
+    /// attachment references.
+    pub async fn send_message_to_group(
+        &self,
+        name: &str,
+        message: pb::RichMessage,
+    ) -> Result<GroupSendReport> {
+        crate::messages::check_message(&message)?;
         let own = self.own_box().await?;
         let mut engine = self.groups.lock().await;
         let idx = engine.by_name(name)?;
+        let attachments = crate::messages::blob_ids(Some(&message));
         let content = GroupContent {
             sent_at_ms: self.now_ms(),
-            text: text.to_string(),
+            text: message.text,
+            attachments: message.attachments,
+            location: message.location,
         }
         .encode_to_vec();
         for _attempt in 0..MAX_COMMIT_ATTEMPTS {
@@ -711,7 +730,7 @@ impl Client {
                 message_id: message_id.as_bytes().to_vec(),
                 envelope,
                 epoch: group.epoch().as_u64(),
-                attachments: Vec::new(),
+                attachments: attachments.clone(),
             };
             let creds = self.credentials().await?;
             let response = self
@@ -1131,9 +1150,15 @@ impl Client {
         let sender_raw = <[u8; 16]>::try_from(d.sender_box.as_slice()).unwrap_or([0; 16]);
         let kind = DeliveryKind::try_from(d.kind).unwrap_or(DeliveryKind::Unspecified);
         let body = match kind {
-            DeliveryKind::Message => Body::Group {
-                group: d.group,
-                text: d.text,
+            DeliveryKind::Message => match d.message {
+                Some(message) => Body::GroupMessage {
+                    group: d.group,
+                    message,
+                },
+                None => Body::Group {
+                    group: d.group,
+                    text: d.text,
+                },
             },
             DeliveryKind::Joined => Body::GroupJoined(d.group),
             DeliveryKind::Removed => Body::GroupRemoved(d.group),
@@ -1435,12 +1460,23 @@ impl Client {
                 ProcessedMessageContent::ApplicationMessage(app) => {
                     match GroupContent::decode(app.into_bytes().as_slice()) {
                         Ok(content) => {
-                            receipt.push(
+                            let plain =
+                                content.attachments.is_empty() && content.location.is_none();
+                            let delivery = receipt.push(
                                 DeliveryKind::Message,
                                 name.clone(),
-                                content.text,
+                                String::new(),
                                 content.sent_at_ms,
                             );
+                            if plain {
+                                delivery.text = content.text;
+                            } else {
+                                delivery.message = Some(pb::RichMessage {
+                                    text: content.text,
+                                    attachments: content.attachments,
+                                    location: content.location,
+                                });
+                            }
                         }
                         Err(e) => return Ok(Err(format!("undecodable group message: {e}"))),
                     }
@@ -1585,7 +1621,14 @@ impl Receipt {
         }
     }
 
-    fn push(&mut self, kind: DeliveryKind, group: String, text: String, sent_at_ms: u64) {
+    /// Records a result; returns it for the caller to add what only it knows.
+    fn push(
+        &mut self,
+        kind: DeliveryKind,
+        group: String,
+        text: String,
+        sent_at_ms: u64,
+    ) -> &mut Delivery {
         self.out.push(Delivery {
             trigger_seq: self.trigger_seq,
             seq: self.seq,
@@ -1597,6 +1640,9 @@ impl Receipt {
             text,
             sent_at_ms,
             enqueued_at_ms: self.enqueued_at_ms,
+            message: None,
         });
+        let last = self.out.len() - 1;
+        &mut self.out[last]
     }
 }

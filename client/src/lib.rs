@@ -19,6 +19,7 @@ pub mod connection;
 pub mod envelopes;
 pub mod error;
 pub mod groups;
+pub mod messages;
 pub mod placement;
 pub mod sdk;
 pub mod state;

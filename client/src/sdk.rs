@@ -59,9 +59,10 @@ use crate::connection::{
 use crate::envelopes::{KeyCache, id16, open_queued_cached, seal_for_list_cached};
 use crate::error::{Error, Result};
 use crate::groups::GroupEngine;
+use crate::messages::Outgoing;
 use crate::state::{
-    Compaction, Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, State, StateIo, StateKey,
-    StateStore,
+    Compaction, Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, SENT_LOG, SentLogEntry, State,
+    StateIo, StateKey, StateStore,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -186,10 +187,12 @@ pub struct SendReport {
 }
 
 /// What a received message holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Body {
     /// A text message.
     Text(String),
+    /// A message with attachments or a location (and maybe text).
+    Message(pb::RichMessage),
     /// A copy of a message this user sent from another device.
     SentCopy {
         /// Recipient box.
@@ -199,6 +202,25 @@ pub enum Body {
         /// The text.
         text: String,
     },
+    /// A copy of a message with attachments or a location this user sent from
+    /// another device.
+    SentMessage {
+        /// Recipient box.
+        to_box: BoxId,
+        /// Recipient identifier as the sending device knew it (may be empty).
+        to: String,
+        /// The message.
+        message: pb::RichMessage,
+    },
+    /// The recipient of messages this user sent got them, or read them.
+    Receipt {
+        /// Delivered or read.
+        kind: pb::ReceiptKind,
+        /// The messages, with what this device remembers of them.
+        messages: Vec<ReceiptedMessage>,
+    },
+    /// The sender started (`true`) or stopped typing (ephemeral).
+    Typing(bool),
     /// A signal such as a typing indicator.
     Signal(String),
     /// An MLS message.
@@ -210,6 +232,13 @@ pub enum Body {
         /// The text.
         text: String,
     },
+    /// A message with attachments or a location to a group.
+    GroupMessage {
+        /// The group's name.
+        group: String,
+        /// The message.
+        message: pb::RichMessage,
+    },
     /// This device joined the named group.
     GroupJoined(String),
     /// This device was removed from the named group.
@@ -220,8 +249,18 @@ pub enum Body {
     Empty,
 }
 
-/// A received, verified and decrypted message.
+/// A message a receipt is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptedMessage {
+    /// Its message id.
+    pub message_id: [u8; 16],
+    /// What this device sent, when it was this device and it still remembers
+    /// (the beginning of the text, or what was attached).
+    pub preview: Option<String>,
+}
+
+/// A received, verified and decrypted message.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Received {
     /// Sequence number in this box's queue (0 for ephemeral messages).
     pub seq: u64,
@@ -253,7 +292,7 @@ pub struct Rejected {
 }
 
 /// The result of one fetch, not yet acknowledged.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
     /// Verified messages, in queue order.
     pub messages: Vec<Received>,
@@ -298,10 +337,47 @@ pub struct PendingSend {
     pub to_box: BoxId,
     /// Recipient identifier if known.
     pub to: String,
-    /// The text.
+    /// The text, or a description of a message with attachments, a location
+    /// or a receipt.
     pub text: String,
     /// When first attempted.
     pub sent_at_ms: u64,
+}
+
+/// What [`Client::deliver_contents`] sends.
+pub(crate) struct Delivery<'a> {
+    /// The message id (reused on retries).
+    pub(crate) message_id: [u8; 16],
+    /// For the recipient's devices.
+    pub(crate) content: &'a pb::Content,
+    /// For this account's other devices.
+    pub(crate) copy: Option<&'a pb::Content>,
+    /// Blob ids of the attachments referenced.
+    pub(crate) attachments: Vec<Vec<u8>>,
+    /// Push to online devices only; store nothing.
+    pub(crate) ephemeral: bool,
+}
+
+/// An outbox entry as [`Client::outbox`] lists it.
+fn pending_of(e: &OutboxEntry, contacts: &[Contact]) -> Option<PendingSend> {
+    let to_box = box_id(<[u8; 16]>::try_from(e.to_box.as_slice()).ok()?);
+    let message_id = MessageId::try_from_slice(&e.message_id).ok()?;
+    let to = contacts
+        .iter()
+        .find(|c| c.box_id == e.to_box)
+        .map(|c| c.identifier.clone())
+        .unwrap_or_default();
+    let text = match &e.receipt {
+        Some(r) => crate::messages::describe_receipt(r),
+        None => crate::messages::preview(&e.text, e.message.as_ref()),
+    };
+    Some(PendingSend {
+        message_id,
+        to_box,
+        to,
+        text,
+        sent_at_ms: e.sent_at_ms,
+    })
 }
 
 /// One device's view of a safety number with one device of a contact.
@@ -454,23 +530,42 @@ fn upsert_contact(
 }
 
 fn body_of(content: pb::Content) -> Body {
+    let to_box_of = |raw: &[u8]| {
+        <[u8; 16]>::try_from(raw)
+            .map(box_id)
+            .unwrap_or_else(|_| box_id([0; 16]))
+    };
     match content.body {
         Some(pb::content::Body::Text(t)) => Body::Text(t),
-        Some(pb::content::Body::Sent(s)) => Body::SentCopy {
-            to_box: <[u8; 16]>::try_from(s.to_box.as_slice())
-                .map(box_id)
-                .unwrap_or_else(|_| box_id([0; 16])),
-            to: s.to_identifier,
-            text: s.text,
+        Some(pb::content::Body::Message(m)) => Body::Message(m),
+        Some(pb::content::Body::Sent(s)) => match s.message {
+            Some(message) => Body::SentMessage {
+                to_box: to_box_of(&s.to_box),
+                to: s.to_identifier,
+                message,
+            },
+            None => Body::SentCopy {
+                to_box: to_box_of(&s.to_box),
+                to: s.to_identifier,
+                text: s.text,
+            },
         },
+        Some(pb::content::Body::Receipt(r)) => Body::Receipt {
+            kind: pb::ReceiptKind::try_from(r.kind).unwrap_or(pb::ReceiptKind::Unspecified),
+            messages: r
+                .message_ids
+                .iter()
+                .filter_map(|id| <[u8; 16]>::try_from(id.as_slice()).ok())
+                .map(|message_id| ReceiptedMessage {
+                    message_id,
+                    preview: None,
+                })
+                .collect(),
+        },
+        Some(pb::content::Body::Typing(t)) => Body::Typing(t.typing),
         Some(pb::content::Body::Signal(s)) => Body::Signal(s),
         Some(pb::content::Body::Mls(m)) => Body::Mls(m),
-        Some(
-            pb::content::Body::Message(_)
-            | pb::content::Body::Receipt(_)
-            | pb::content::Body::Typing(_),
-        )
-        | None => Body::Empty,
+        None => Body::Empty,
     }
 }
 
@@ -1327,8 +1422,19 @@ impl Client {
     pub async fn send_text(&self, to: &str, text: &str) -> Result<SendReport> {
         self.credentials().await?;
         let target = self.resolve(to).await?;
-        // Reuse the message id of an unconfirmed identical send.
+        self.send_entry(target, Outgoing::Text(text.to_string()))
+            .await
+    }
+
+    /// Puts a send into the outbox (reusing the message id of an unconfirmed
+    /// identical one) and delivers it.
+    pub(crate) async fn send_entry(
+        &self,
+        target: Target,
+        outgoing: Outgoing,
+    ) -> Result<SendReport> {
         let now = self.now_ms();
+        let (text, message, receipt) = outgoing.into_fields();
         let entry = {
             let mut store = self.store.lock().await;
             let existing = store
@@ -1338,6 +1444,8 @@ impl Client {
                 .find(|e| {
                     e.to_box == target.box_id
                         && e.text == text
+                        && e.message == message
+                        && e.receipt == receipt
                         && i64::try_from(now.saturating_sub(e.sent_at_ms)).unwrap_or(i64::MAX)
                             < OUTBOX_MAX_AGE_MS
                 })
@@ -1348,8 +1456,10 @@ impl Client {
                     let e = OutboxEntry {
                         message_id: MessageId::new().as_bytes().to_vec(),
                         to_box: target.box_id.to_vec(),
-                        text: text.to_string(),
+                        text,
                         sent_at_ms: now,
+                        message,
+                        receipt,
                     };
                     store.state.outbox.push(e.clone());
                     store.save()?;
@@ -1363,15 +1473,17 @@ impl Client {
     /// Sends pending outbox entries again (same message ids). Returns one
     /// result per entry; confirmed ones leave the outbox.
     pub async fn retry_outbox(&self) -> Result<Vec<(PendingSend, Result<SendReport>)>> {
-        let pending = self.outbox().await;
-        let mut results = Vec::with_capacity(pending.len());
-        for p in pending {
-            let entry = OutboxEntry {
-                message_id: p.message_id.as_bytes().to_vec(),
-                to_box: p.to_box.as_bytes().to_vec(),
-                text: p.text.clone(),
-                sent_at_ms: p.sent_at_ms,
-            };
+        let entries = {
+            let store = self.store.lock().await;
+            store
+                .state
+                .outbox
+                .iter()
+                .filter_map(|e| Some((pending_of(e, &store.state.contacts)?, e.clone())))
+                .collect::<Vec<_>>()
+        };
+        let mut results = Vec::with_capacity(entries.len());
+        for (p, entry) in entries {
             let target = Target {
                 box_id: *p.to_box.as_bytes(),
                 identifier: p.to.clone(),
@@ -1389,24 +1501,7 @@ impl Client {
             .state
             .outbox
             .iter()
-            .filter_map(|e| {
-                let to_box = box_id(<[u8; 16]>::try_from(e.to_box.as_slice()).ok()?);
-                let message_id = MessageId::try_from_slice(&e.message_id).ok()?;
-                let to = store
-                    .state
-                    .contacts
-                    .iter()
-                    .find(|c| c.box_id == e.to_box)
-                    .map(|c| c.identifier.clone())
-                    .unwrap_or_default();
-                Some(PendingSend {
-                    message_id,
-                    to_box,
-                    to,
-                    text: e.text.clone(),
-                    sent_at_ms: e.sent_at_ms,
-                })
-            })
+            .filter_map(|e| pending_of(e, &store.state.contacts))
             .collect()
     }
 
@@ -1419,9 +1514,29 @@ impl Client {
         Ok(n)
     }
 
-    async fn remove_from_outbox(&self, message_id: &[u8]) -> Result<()> {
+    /// Takes a settled send out of the outbox; a confirmed message (not a
+    /// receipt) is remembered so receipts for it can name it.
+    async fn remove_from_outbox(&self, entry: &OutboxEntry, confirmed: bool) -> Result<()> {
         let mut store = self.store.lock().await;
-        store.state.outbox.retain(|e| e.message_id != message_id);
+        store
+            .state
+            .outbox
+            .retain(|e| e.message_id != entry.message_id);
+        if confirmed && entry.receipt.is_none() {
+            let log = &mut store.state.sent_log;
+            log.push(SentLogEntry {
+                message_id: entry.message_id.clone(),
+                to_box: entry.to_box.clone(),
+                preview: crate::messages::shorten(&crate::messages::preview(
+                    &entry.text,
+                    entry.message.as_ref(),
+                )),
+            });
+            if log.len() > SENT_LOG {
+                let excess = log.len() - SENT_LOG;
+                log.drain(..excess);
+            }
+        }
         store.save()
     }
 
@@ -1438,42 +1553,50 @@ impl Client {
             // Unconfirmed: keep it for a retry with the same id.
             Err(Error::Unreachable { .. }) => {}
             Err(e) if e.status().is_some_and(pb::Status::is_retryable) => {}
-            _ => self.remove_from_outbox(&entry.message_id).await?,
+            Err(_) => self.remove_from_outbox(entry, false).await?,
+            Ok(_) => self.remove_from_outbox(entry, true).await?,
         }
         result
     }
 
     async fn deliver_inner(&self, entry: &OutboxEntry, target: &Target) -> Result<SendReport> {
+        let message_id = id16(&entry.message_id, "message id")?;
+        let (content, copy) = crate::messages::outgoing(entry, target);
+        let delivery = Delivery {
+            message_id,
+            content: &content,
+            copy: copy.as_ref(),
+            attachments: crate::messages::blob_ids(entry.message.as_ref()),
+            ephemeral: false,
+        };
+        self.deliver_contents(delivery, target).await
+    }
+
+    /// Seals `content` for the target's devices (and `copy` for this
+    /// account's other devices) and sends them, adopting changed device lists.
+    pub(crate) async fn deliver_contents(
+        &self,
+        delivery: Delivery<'_>,
+        target: &Target,
+    ) -> Result<SendReport> {
         let creds = self.credentials().await?;
         let own = self.own_box().await?;
-        let message_id = id16(&entry.message_id, "message id")?;
+        let message_id = delivery.message_id;
         let header = EnvelopeHeader {
             sender_box: own,
             sender_device: self.device_id,
             message_id,
         };
         let to_self = target.box_id == own;
-        let text_content = pb::Content {
-            sent_at_ms: entry.sent_at_ms,
-            body: Some(pb::content::Body::Text(entry.text.clone())),
-        };
-        let copy_content = pb::Content {
-            sent_at_ms: entry.sent_at_ms,
-            body: Some(pb::content::Body::Sent(pb::SentCopy {
-                to_box: target.box_id.to_vec(),
-                to_identifier: target.identifier.clone(),
-                text: entry.text.clone(),
-                message: None,
-            })),
-        };
-        // Recipients: [target, own box] (just the own box for a note to self).
+        // Recipients: [target, own box] (just the own box for a note to self;
+        // no copy of a receipt).
         let mut boxes: Vec<RecipientBox<'_>> = vec![(
             target.box_id,
-            &text_content,
+            delivery.content,
             to_self.then_some(self.device_id),
         )];
-        if !to_self {
-            boxes.push((own, &copy_content, Some(self.device_id)));
+        if let (false, Some(copy)) = (to_self, delivery.copy) {
+            boxes.push((own, copy, Some(self.device_id)));
         }
         let mut lists = Vec::with_capacity(boxes.len());
         for (b, _, _) in &boxes {
@@ -1486,7 +1609,7 @@ impl Client {
                 .iter()
                 .any(|d| d.device_id.as_slice() != self.device_id.as_slice())
         };
-        if !to_self && lists.last().is_some_and(|own| !has_other_own_device(own)) {
+        if boxes.len() > 1 && lists.last().is_some_and(|own| !has_other_own_device(own)) {
             boxes.pop();
             lists.pop();
         }
@@ -1518,8 +1641,8 @@ impl Client {
             let request = pb::SendRequest {
                 message_id: message_id.to_vec(),
                 recipients,
-                ephemeral: false,
-                attachments: Vec::new(),
+                ephemeral: delivery.ephemeral,
+                attachments: delivery.attachments.clone(),
             };
             let response = self
                 .conn
@@ -1757,7 +1880,7 @@ impl Client {
             sender: self.display_name(&sender_box).await,
             sent_at_ms: content.sent_at_ms,
             enqueued_at_ms: queued.enqueued_at_ms,
-            body: body_of(content),
+            body: self.with_previews(body_of(content)).await,
         }))
     }
 

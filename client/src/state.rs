@@ -74,6 +74,8 @@ use zeroize::Zeroizing;
 
 /// How many accepted message ids the state remembers to drop replays.
 pub const SEEN_MESSAGES: usize = 1000;
+/// How many sent messages the state remembers for naming them in receipts.
+pub const SENT_LOG: usize = 200;
 /// Magic bytes at the start of a state file.
 pub const MAGIC: &[u8; 8] = b"RSBYSTAT";
 /// The snapshot format version written by this build (1, without a snapshot
@@ -149,6 +151,14 @@ pub struct State {
     /// (see [`crate::groups`]).
     #[prost(message, optional, tag = "19")]
     pub groups: Option<crate::groups::GroupsState>,
+    /// This user turned read receipts off: messages shown are acknowledged to
+    /// their senders as delivered only.
+    #[prost(bool, tag = "24")]
+    pub read_receipts_off: bool,
+    /// Messages sent recently (oldest first, at most [`SENT_LOG`]), so a receipt
+    /// can name what was delivered or read.
+    #[prost(message, repeated, tag = "25")]
+    pub sent_log: Vec<SentLogEntry>,
 }
 
 impl fmt::Debug for State {
@@ -197,12 +207,32 @@ pub struct OutboxEntry {
     /// Recipient box (16 bytes).
     #[prost(bytes = "vec", tag = "2")]
     pub to_box: Vec<u8>,
-    /// The text.
+    /// The text (of a plain-text message).
     #[prost(string, tag = "3")]
     pub text: String,
     /// When it was first attempted (ms since the epoch).
     #[prost(uint64, tag = "4")]
     pub sent_at_ms: u64,
+    /// A message with attachments or a location (`text` is then empty).
+    #[prost(message, optional, tag = "5")]
+    pub message: Option<pb::RichMessage>,
+    /// A receipt (`text` is then empty).
+    #[prost(message, optional, tag = "6")]
+    pub receipt: Option<pb::Receipt>,
+}
+
+/// A message this device sent, as a receipt names it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SentLogEntry {
+    /// Its message id (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub message_id: Vec<u8>,
+    /// The recipient box (16 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub to_box: Vec<u8>,
+    /// A short description: the beginning of the text, or what was attached.
+    #[prost(string, tag = "3")]
+    pub preview: String,
 }
 
 /// Argon2id cost parameters for passphrase-protected state.

@@ -102,22 +102,36 @@ enum Command {
     },
     /// List known contacts (no network).
     Contacts,
-    /// Send a text message.
+    /// Send a message: text, and optionally a location.
     Send {
         /// Recipient identifier or box id.
         to: String,
-        /// The text (several words are joined by spaces).
-        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        /// Share a location (decimal degrees).
+        #[arg(long, value_name = "LAT,LON", allow_hyphen_values = true)]
+        location: Option<String>,
+        /// The text (several words are joined by spaces; optional with --location).
+        #[arg(required_unless_present = "location", num_args = 0.., allow_hyphen_values = true)]
         text: Vec<String>,
     },
     /// Fetch, print and acknowledge messages: one line `<sender> <text>` each.
+    /// Their senders get read receipts (delivered receipts with
+    /// `settings --read-receipts false`).
     Fetch {
         /// Wait up to this many seconds when nothing is queued.
         #[arg(long, default_value_t = 0)]
         wait: u32,
     },
-    /// Subscribe to pushes and print messages as they arrive (until interrupted).
+    /// Subscribe to pushes and print messages and typing indicators as they
+    /// arrive (until interrupted).
     Watch,
+    /// Tell a user's online devices that you are typing (nothing is stored).
+    Typing {
+        /// Recipient identifier or box id.
+        to: String,
+        /// Say that you stopped typing instead.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Show, retry or clear sends that were not confirmed.
     Outbox {
         /// Retry them (with their original message ids).
@@ -145,6 +159,10 @@ enum Command {
         /// Whether only your contacts can message you.
         #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
         contacts_only: Option<bool>,
+        /// Whether senders learn that you read their messages (this device's
+        /// setting; off: they learn only that the messages were delivered).
+        #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+        read_receipts: Option<bool>,
     },
     /// Print the safety number(s) to compare with a contact out of band.
     SafetyNumber {
@@ -470,27 +488,91 @@ fn warn(line: impl AsRef<str>) {
     eprintln!("rossby: warning: {}", line.as_ref());
 }
 
-fn format_message(m: &Received) -> String {
-    match &m.body {
+/// The lines a received message prints as.
+fn format_message(m: &Received) -> Vec<String> {
+    let line = match &m.body {
         Body::Text(t) => format!("{} {}", m.sender, printable(t)),
+        Body::Message(message) => return message_lines(&m.sender, message),
         Body::SentCopy { to_box, to, text } => {
-            let to = if to.is_empty() {
-                to_box.to_string()
-            } else {
-                to.clone()
-            };
-            format!("{} (to {}) {}", m.sender, printable(&to), printable(text))
+            format!("{} {}", sent_to(&m.sender, to_box, to), printable(text))
         }
+        Body::SentMessage {
+            to_box,
+            to,
+            message,
+        } => return message_lines(&sent_to(&m.sender, to_box, to), message),
+        Body::Receipt { kind, messages } => {
+            let verb = match kind {
+                pb::ReceiptKind::Read => format!("read by {}", m.sender),
+                _ => format!("delivered to {}", m.sender),
+            };
+            return messages
+                .iter()
+                .map(|r| match &r.preview {
+                    Some(p) => format!("{verb}: {}", printable(p)),
+                    None => format!(
+                        "{verb}: message {}",
+                        uuid::Uuid::from_bytes(r.message_id).hyphenated()
+                    ),
+                })
+                .collect();
+        }
+        Body::Typing(true) => format!("{} is typing", m.sender),
+        Body::Typing(false) => format!("{} stopped typing", m.sender),
         Body::Signal(s) => format!("{} [signal] {}", m.sender, printable(s)),
         Body::Mls(b) => format!("{} [mls message, {} bytes]", m.sender, b.len()),
         Body::Group { group, text } => {
             format!("{} {} {}", printable(group), m.sender, printable(text))
         }
+        Body::GroupMessage { group, message } => {
+            return message_lines(&format!("{} {}", printable(group), m.sender), message);
+        }
         Body::GroupJoined(group) => format!("joined {} (added by {})", printable(group), m.sender),
         Body::GroupRemoved(group) => format!("removed from {}", printable(group)),
         Body::GroupLeft(group) => format!("left {}", printable(group)),
         Body::Empty => format!("{} [empty message]", m.sender),
+    };
+    vec![line]
+}
+
+/// `<sender> (to <recipient>)`: how a copy of an own send is introduced.
+fn sent_to(sender: &str, to_box: &rossby_keyspace::BoxId, to: &str) -> String {
+    let to = if to.is_empty() {
+        to_box.to_string()
+    } else {
+        to.to_string()
+    };
+    format!("{sender} (to {})", printable(&to))
+}
+
+/// A rich message: one line per attachment, then the location and text.
+fn message_lines(prefix: &str, message: &pb::RichMessage) -> Vec<String> {
+    let mut lines: Vec<String> = message
+        .attachments
+        .iter()
+        .map(|a| {
+            format!(
+                "{prefix} [file {} {} bytes]",
+                printable(&a.file_name),
+                a.size
+            )
+        })
+        .collect();
+    let mut last = prefix.to_string();
+    if let Some(l) = &message.location {
+        last.push_str(&format!(
+            " [location {}]",
+            rossby_client::messages::format_location(l)
+        ));
     }
+    if !message.text.is_empty() {
+        last.push(' ');
+        last.push_str(&printable(&message.text));
+    }
+    if last.len() > prefix.len() || lines.is_empty() {
+        lines.push(last);
+    }
+    lines
 }
 
 /// Prints a batch's messages and warnings, then acknowledges it.
@@ -514,10 +596,18 @@ async fn print_and_ack(client: &Client, batch: &Batch) -> Result<()> {
         ));
     }
     for m in &batch.messages {
-        out(format_message(m))?;
+        for line in format_message(m) {
+            out(line)?;
+        }
     }
     if let Some(up_to) = batch.ack_up_to {
         client.ack(up_to).await?;
+    }
+    // Printed means read. A receipt that cannot be sent now stays in the outbox.
+    for (sender, result) in client.send_receipts(batch, pb::ReceiptKind::Read).await? {
+        if let Err(e) = result {
+            warn(format!("no receipt sent to {sender}: {e}"));
+        }
     }
     Ok(())
 }
@@ -547,7 +637,11 @@ async fn watch(client: &Client) -> Result<()> {
                         Some(pb::push::Event::Messages(_)) => drain(client, Duration::ZERO).await?,
                         Some(pb::push::Event::Ephemeral(e)) => {
                             match client.open_ephemeral(&e).await {
-                                Ok(m) => out(format_message(&m))?,
+                                Ok(m) => {
+                                    for line in format_message(&m) {
+                                        out(line)?;
+                                    }
+                                }
                                 Err(err) => warn(format!("dropped an ephemeral message: {err}")),
                             }
                         }
@@ -835,9 +929,17 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
             }
             Ok(())
         }
-        Command::Send { to, text } => {
-            let text = text.join(" ");
-            let report = client.send_text(&to, &text).await?;
+        Command::Send { to, location, text } => {
+            let location = location
+                .as_deref()
+                .map(rossby_client::messages::parse_location)
+                .transpose()?;
+            let message = pb::RichMessage {
+                text: text.join(" "),
+                attachments: Vec::new(),
+                location,
+            };
+            let report = client.send_message(&to, message).await?;
             if report.keys_changed {
                 warn(format!(
                     "{to} has new keys (a new device or a re-registration): compare `rossby safety-number {to}`"
@@ -850,6 +952,14 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
         }
         Command::Fetch { wait } => drain(client, Duration::from_secs(u64::from(wait))).await,
         Command::Watch => watch(client).await,
+        Command::Typing { to, stop } => {
+            client.send_typing(&to, !stop).await?;
+            out(if stop {
+                format!("told {to} you stopped typing")
+            } else {
+                format!("told {to} you are typing")
+            })
+        }
         Command::Outbox { retry, clear } => {
             if clear {
                 let n = client.clear_outbox().await?;
@@ -894,11 +1004,17 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
         Command::Settings {
             discoverable,
             contacts_only,
+            read_receipts,
         } => {
+            if let Some(on) = read_receipts {
+                client.set_read_receipts(on).await?;
+            }
             let s = client.update_settings(discoverable, contacts_only).await?;
             out(format!(
-                "discoverable {} contacts-only {}",
-                s.discoverable, s.contacts_only
+                "discoverable {} contacts-only {} read-receipts {}",
+                s.discoverable,
+                s.contacts_only,
+                client.read_receipts().await
             ))
         }
         Command::SafetyNumber { who } => {
@@ -1120,7 +1236,7 @@ mod tests {
             Some("chat.example.net:7400")
         );
         match cli.command {
-            Command::Send { to, text } => {
+            Command::Send { to, text, .. } => {
                 assert_eq!(to, "bob@example.com");
                 assert_eq!(text.join(" "), "hello there");
             }
@@ -1173,6 +1289,11 @@ mod tests {
             &["outbox", "--retry"],
             &["whoami"],
             &["send", "a@b.c", "-dash text"],
+            &["send", "a@b.c", "--location", "52.52,13.405"],
+            &["send", "a@b.c", "--location", "-33.9,-70.6", "meet", "here"],
+            &["typing", "a@b.c"],
+            &["typing", "a@b.c", "--stop"],
+            &["settings", "--read-receipts", "false"],
             &["placement", "plan", "--topology", "t.toml"],
             &[
                 "placement",
@@ -1232,7 +1353,8 @@ mod tests {
             cli.command,
             Command::Settings {
                 discoverable: Some(false),
-                contacts_only: None
+                contacts_only: None,
+                read_receipts: None
             }
         ));
     }

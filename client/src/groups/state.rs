@@ -154,6 +154,9 @@ pub struct Delivery {
     /// When the gateway enqueued it.
     #[prost(uint64, tag = "10")]
     pub enqueued_at_ms: u64,
+    /// A message with attachments or a location (`text` is then empty).
+    #[prost(message, optional, tag = "11")]
+    pub message: Option<rossby_protocol::pb::RichMessage>,
 }
 
 /// A group envelope of a later epoch than its group's.
@@ -176,6 +179,12 @@ pub struct GroupContent {
     /// The text.
     #[prost(string, tag = "2")]
     pub text: String,
+    /// Attached files (references to encrypted blobs).
+    #[prost(message, repeated, tag = "3")]
+    pub attachments: Vec<rossby_protocol::pb::Attachment>,
+    /// A location.
+    #[prost(message, optional, tag = "4")]
+    pub location: Option<rossby_protocol::pb::Location>,
 }
 
 /// The group's metadata in its group context (MLS extension

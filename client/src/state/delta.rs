@@ -116,6 +116,8 @@ pub enum List {
     Outbox = 17,
     /// `State.seen_messages`.
     SeenMessages = 18,
+    /// `State.sent_log`.
+    SentLog = 25,
     /// `GroupsState.groups`.
     Groups = 104,
     /// `GroupsState.deliveries`.
@@ -204,6 +206,7 @@ scalar_fields!(State, state_changed, state_values, apply_state_fields, {
     14 => server_name,
     15 => service_name,
     16 => ca_cert_der,
+    24 => read_receipts_off,
 });
 
 // Every field of `GroupsState` except `mls_storage` (keyed) and the repeated ones.
@@ -235,6 +238,7 @@ pub fn diff(old: &State, new: &State) -> Option<Patch> {
         &new.seen_messages,
         &mut changes,
     );
+    splice(List::SentLog, &old.sent_log, &new.sent_log, &mut changes);
     match (&old.groups, &new.groups) {
         (None, None) => {}
         (Some(old), Some(new)) => diff_groups(old, new, &mut changes),
@@ -416,6 +420,7 @@ fn apply_splice(state: &mut State, s: Splice) -> Result<(), String> {
         List::Contacts => splice_into(&mut state.contacts, s),
         List::Outbox => splice_into(&mut state.outbox, s),
         List::SeenMessages => splice_into(&mut state.seen_messages, s),
+        List::SentLog => splice_into(&mut state.sent_log, s),
         List::Groups => splice_into(&mut groups_mut(state)?.groups, s),
         List::Deliveries => splice_into(&mut groups_mut(state)?.deliveries, s),
         List::Buffered => splice_into(&mut groups_mut(state)?.buffered, s),
@@ -442,7 +447,7 @@ fn splice_into<T: Message + Default>(items: &mut Vec<T>, s: Splice) -> Result<()
 mod tests {
     use super::*;
     use crate::groups::state::{Delivery, GroupEntry};
-    use crate::state::{Contact, OutboxEntry};
+    use crate::state::{Contact, OutboxEntry, SentLogEntry};
 
     fn base() -> State {
         State {
@@ -613,6 +618,8 @@ mod tests {
         full.service_name = "v".into();
         full.ca_cert_der = vec![5];
         full.outbox.push(OutboxEntry::default());
+        full.read_receipts_off = true;
+        full.sent_log.push(SentLogEntry::default());
         let groups = full.groups.as_mut().unwrap();
         groups.signature_public = vec![6];
         groups.processed_through = 1;
@@ -650,6 +657,8 @@ mod tests {
             outbox: _,
             seen_messages: _,
             groups: _,
+            read_receipts_off: _,
+            sent_log: _,
         } = full;
         let GroupsState {
             signature_public: _,
