@@ -213,11 +213,49 @@ fn peer_client(identity: &PeerIdentity) -> quinn::Endpoint {
 
 /// Tries to deliver a notification for `box_id` to the peer endpoint at `addr`;
 /// returns how the connection ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_a_device_subscribed_on_another_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = deployment(dir.path()).await;
+    let (alice, _, bob, _) = users(&d, dir.path()).await;
+    alice.contact(BOB).await.unwrap();
+
+    // Alice's device is subscribed on g1; Bob types on g2.
+    let mut pushes = bounded("subscribe", alice.subscribe()).await.unwrap();
+    assert_eq!(
+        messages_available(bounded("first push", pushes.next()).await.unwrap()),
+        0
+    );
+    let before = count(&d.g1, "received");
+    bounded("typing through g2", bob.send_typing(ALICE, true))
+        .await
+        .unwrap();
+    let push = bounded("the typing push", pushes.next()).await.unwrap();
+    let Some(pb::push::Event::Ephemeral(e)) = push.and_then(|p| p.event) else {
+        panic!("expected an ephemeral push");
+    };
+    let typing = alice.open_ephemeral(&e).await.unwrap();
+    assert_eq!(typing.sender, BOB);
+    assert_eq!(typing.body, rossby_client::Body::Typing(true));
+    assert!(count(&d.g1, "received") > before);
+    // Nothing was stored.
+    assert!(
+        alice
+            .fetch(Duration::ZERO)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    d.shutdown().await;
+}
+
 async fn try_notify(endpoint: &quinn::Endpoint, addr: SocketAddr, box_id: BoxId) -> String {
     let frame = framing::encode(&pb::PeerNotify {
         box_id: vec![box_id.as_bytes().to_vec()],
         last_seq: vec![99],
         gateway_id: "rogue".into(),
+        ephemeral: Vec::new(),
     });
     let connection = match endpoint.connect(addr, "127.0.0.1").unwrap().await {
         Ok(c) => c,

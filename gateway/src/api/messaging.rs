@@ -772,6 +772,9 @@ async fn send_ephemeral(
                 };
                 let skip = (t.box_id == caller.box_id).then_some(caller.device_id);
                 shared.presence.ephemeral(t.box_id, skip, &push);
+                if let Some(peers) = shared.enqueuer.remote.peers() {
+                    peers.ephemeral(t.box_id, skip, &push);
+                }
                 results.push(pb::SendResult {
                     box_id: t.box_id.as_bytes().to_vec(),
                     status: Status::Ok as i32,

@@ -345,6 +345,12 @@ impl Peers {
         self.fanout.committed(box_id, last_seq);
     }
 
+    /// Hands an ephemeral message to the other gateways with subscribed devices
+    /// of `box_id` (except `skip`). Never waits.
+    pub fn ephemeral(&self, box_id: BoxId, skip: Option<DeviceId>, push: &pb::Ephemeral) {
+        self.fanout.ephemeral(box_id, skip, push);
+    }
+
     /// The lease table (tests and debugging).
     pub fn leases(&self) -> &Arc<Leases> {
         &self.leases

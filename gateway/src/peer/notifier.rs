@@ -9,18 +9,24 @@
 //! arrive meanwhile are dropped rather than queued behind a dead peer. Every loss
 //! is fine: devices fall back to fetching.
 //!
-//! Outcomes are counted per box in `rossby_peer_notifications_total{result}`:
-//! `sent`, `dropped` (queue full), `failed` (no connection or the write failed).
-//! A peer's task ends after [`PEER_IDLE`] without updates.
+//! Ephemeral messages ride along in the same notifications, at most
+//! [`MAX_EPHEMERAL_BYTES_PER_NOTIFY`] bytes of them in one; the bytes queued for
+//! all peers are bounded by [`PEER_EPHEMERAL_BYTES`] (beyond, they are dropped).
+//!
+//! Outcomes are counted per box (and per ephemeral message) in
+//! `rossby_peer_notifications_total{result}`: `sent`, `dropped` (queue full),
+//! `failed` (no connection or the write failed). A peer's task ends after
+//! [`PEER_IDLE`] without updates.
 
-use super::server::MAX_BOXES_PER_NOTIFY;
+use super::fanout::ephemeral_size;
+use super::server::{MAX_BOXES_PER_NOTIFY, MAX_EPHEMERAL_BYTES_PER_NOTIFY};
 use super::tls::PEER_IDLE_TIMEOUT;
 use crate::metrics::Metrics;
 use rossby_keyspace::BoxId;
 use rossby_protocol::framing;
 use rossby_protocol::pb;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -42,7 +48,30 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A peer's task (and connection) ends after this long without updates.
 pub const PEER_IDLE: Duration = PEER_IDLE_TIMEOUT;
 
-type Update = (BoxId, u64);
+/// Most bytes of ephemeral messages queued for all peers together.
+pub const PEER_EPHEMERAL_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a peer is told.
+#[derive(Clone, Debug)]
+pub enum PeerUpdate {
+    /// Messages were committed into a box up to a sequence number.
+    Committed(BoxId, u64),
+    /// An ephemeral message for subscribed devices of a box (shared between the
+    /// peers it goes to).
+    Ephemeral(Arc<pb::PeerEphemeral>),
+}
+
+impl PeerUpdate {
+    /// The ephemeral bytes it holds.
+    fn ephemeral_bytes(&self) -> usize {
+        match self {
+            PeerUpdate::Committed(..) => 0,
+            PeerUpdate::Ephemeral(m) => m.push.as_ref().map_or(64, ephemeral_size),
+        }
+    }
+}
+
+type Update = PeerUpdate;
 
 struct Inner {
     endpoint: quinn::Endpoint,
@@ -51,6 +80,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     links: Mutex<HashMap<String, mpsc::Sender<Update>>>,
     closed: AtomicBool,
+    /// Bytes of ephemeral messages in the peers' queues.
+    ephemeral_bytes: AtomicUsize,
 }
 
 /// Sends notifications to other gateways. Cloning shares it.
@@ -76,6 +107,7 @@ impl Notifier {
                 metrics,
                 links: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                ephemeral_bytes: AtomicUsize::new(0),
             }),
         }
     }
@@ -88,7 +120,7 @@ impl Notifier {
     }
 
     /// Queues `updates` for the gateway at `address` (`host:port`). Never waits.
-    pub fn notify(&self, address: &str, updates: &[Update]) {
+    pub fn notify(&self, address: &str, updates: Vec<Update>) {
         if self.inner.closed.load(Ordering::Acquire) {
             return;
         }
@@ -103,11 +135,38 @@ impl Notifier {
             }
         };
         drop(links);
-        let dropped = updates
-            .iter()
-            .filter(|update| tx.try_send(**update).is_err())
-            .count();
+        let mut dropped = 0;
+        for update in updates {
+            let bytes = update.ephemeral_bytes();
+            if bytes > 0 && !self.reserve(bytes) {
+                dropped += 1;
+                continue;
+            }
+            if tx.try_send(update).is_err() {
+                self.release(bytes);
+                dropped += 1;
+            }
+        }
         self.count("dropped", dropped);
+    }
+
+    /// Takes `bytes` of the ephemeral budget; false when it is spent.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.inner
+            .ephemeral_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + bytes <= PEER_EPHEMERAL_BYTES).then_some(queued + bytes)
+            })
+            .is_ok()
+    }
+
+    /// Gives `bytes` of the ephemeral budget back.
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.inner
+                .ephemeral_bytes
+                .fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
     /// Stops sending: every peer's task ends once it has written what it holds.
@@ -209,18 +268,39 @@ async fn link(notifier: Notifier, address: String, mut rx: mpsc::Receiver<Update
             }
         };
         let mut batch: HashMap<BoxId, u64> = HashMap::new();
-        batch.insert(first.0, first.1);
-        while batch.len() < MAX_BOXES_PER_NOTIFY {
-            match rx.try_recv() {
-                Ok((b, seq)) => {
+        let mut ephemeral: Vec<pb::PeerEphemeral> = Vec::new();
+        let mut ephemeral_bytes = 0;
+        let mut next = Some(first);
+        while let Some(update) = next.take() {
+            let bytes = update.ephemeral_bytes();
+            match update {
+                PeerUpdate::Committed(b, seq) => {
                     let entry = batch.entry(b).or_insert(seq);
                     *entry = (*entry).max(seq);
                 }
-                Err(_) => break,
+                PeerUpdate::Ephemeral(m) => {
+                    notifier.release(bytes);
+                    // Beyond one notification's share the message is dropped: it
+                    // only showed that someone is typing.
+                    if ephemeral_bytes + bytes <= MAX_EPHEMERAL_BYTES_PER_NOTIFY
+                        && ephemeral.len() < MAX_BOXES_PER_NOTIFY
+                    {
+                        ephemeral_bytes += bytes;
+                        ephemeral.push(m.as_ref().clone());
+                    } else {
+                        notifier.count("dropped", 1);
+                    }
+                }
+            }
+            if batch.len() < MAX_BOXES_PER_NOTIFY
+                && ephemeral_bytes < MAX_EPHEMERAL_BYTES_PER_NOTIFY
+            {
+                next = rx.try_recv().ok();
             }
         }
+        let updates = batch.len() + ephemeral.len();
         if retry_at.is_some_and(|at| Instant::now() < at) {
-            notifier.count("failed", batch.len());
+            notifier.count("failed", updates);
             continue;
         }
         let (box_id, last_seq) = batch
@@ -231,6 +311,7 @@ async fn link(notifier: Notifier, address: String, mut rx: mpsc::Receiver<Update
             box_id,
             last_seq,
             gateway_id: notifier.inner.gateway_id.clone(),
+            ephemeral,
         });
         // A connection that died since its last use fails the first write; one
         // fresh connection is tried before giving up on this batch.
@@ -263,11 +344,11 @@ async fn link(notifier: Notifier, address: String, mut rx: mpsc::Receiver<Update
             }
         }
         if sent {
-            notifier.count("sent", batch.len());
+            notifier.count("sent", updates);
             backoff = BACKOFF_MIN;
             retry_at = None;
         } else {
-            notifier.count("failed", batch.len());
+            notifier.count("failed", updates);
             retry_at = Some(Instant::now() + backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }

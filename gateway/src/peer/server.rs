@@ -2,7 +2,8 @@
 //! passed mutual TLS (its certificate chains to the deployment CA), and every
 //! unidirectional stream on it carries one framed [`pb::PeerNotify`]. A
 //! notification is applied exactly like a local commit: the box's fetch waiters
-//! wake and its subscribed devices get a `MessagesAvailable` push. Every
+//! wake and its subscribed devices get a `MessagesAvailable` push; the ephemeral
+//! messages it carries are pushed to the subscribed devices of their boxes. Every
 //! bidirectional stream carries one forwarded [`pb::PeerRequest`] (writes for
 //! boxes this gateway owns), executed by the [`OwnedWrites`] handler and answered
 //! with one [`pb::PeerResponse`] on the same stream.
@@ -14,7 +15,7 @@ use super::forward::MAX_FORWARD_FRAME;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use async_trait::async_trait;
-use rossby_keyspace::BoxId;
+use rossby_keyspace::{BoxId, DeviceId};
 use rossby_protocol::framing;
 use rossby_protocol::pb;
 use std::sync::{Arc, OnceLock, Weak};
@@ -35,9 +36,12 @@ pub type Handler = Arc<OnceLock<Weak<dyn OwnedWrites>>>;
 /// Most boxes one notification may name.
 pub const MAX_BOXES_PER_NOTIFY: usize = 1024;
 
-/// Largest notification frame accepted: a full [`MAX_BOXES_PER_NOTIFY`] list with
-/// room to spare.
-pub const MAX_NOTIFY_FRAME: usize = 64 * 1024;
+/// Most bytes of ephemeral messages one notification carries.
+pub const MAX_EPHEMERAL_BYTES_PER_NOTIFY: usize = 512 * 1024;
+
+/// Largest notification frame accepted: a full [`MAX_BOXES_PER_NOTIFY`] list and
+/// [`MAX_EPHEMERAL_BYTES_PER_NOTIFY`] of ephemeral messages, with room to spare.
+pub const MAX_NOTIFY_FRAME: usize = 64 * 1024 + MAX_EPHEMERAL_BYTES_PER_NOTIFY;
 
 /// Most peer connections accepted at once (a deployment has a handful of gateways).
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
@@ -155,7 +159,10 @@ pub(crate) fn apply(bytes: &[u8], presence: &Presence, metrics: &Metrics) -> usi
             return 0;
         }
     };
-    if notify.box_id.len() != notify.last_seq.len() || notify.box_id.len() > MAX_BOXES_PER_NOTIFY {
+    if notify.box_id.len() != notify.last_seq.len()
+        || notify.box_id.len() > MAX_BOXES_PER_NOTIFY
+        || notify.ephemeral.len() > MAX_BOXES_PER_NOTIFY
+    {
         metrics.peer_notifications("rejected", 1);
         tracing::debug!(
             boxes = notify.box_id.len(),
@@ -175,13 +182,35 @@ pub(crate) fn apply(bytes: &[u8], presence: &Presence, metrics: &Metrics) -> usi
             Err(_) => metrics.peer_notifications("rejected", 1),
         }
     }
+    for message in notify.ephemeral {
+        match ephemeral_target(&message) {
+            Some((box_id, skip)) => {
+                let push = message.push.unwrap_or_default();
+                presence.ephemeral(box_id, skip, &push);
+                metrics.peer_notifications("received", 1);
+                applied += 1;
+            }
+            None => metrics.peer_notifications("rejected", 1),
+        }
+    }
     applied
+}
+
+/// The box and the device to skip of an ephemeral message, if well-formed.
+fn ephemeral_target(message: &pb::PeerEphemeral) -> Option<(BoxId, Option<DeviceId>)> {
+    let box_id = BoxId::try_from_slice(&message.box_id).ok()?;
+    let skip = match message.skip_device.as_slice() {
+        [] => None,
+        raw => Some(DeviceId::try_from_slice(raw).ok()?),
+    };
+    message.push.as_ref()?;
+    Some((box_id, skip))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rossby_keyspace::{DeviceId, RegionId};
+    use rossby_keyspace::RegionId;
     use tokio::sync::mpsc;
 
     fn frame(boxes: &[BoxId], seqs: &[u64]) -> Vec<u8> {
@@ -189,6 +218,7 @@ mod tests {
             box_id: boxes.iter().map(|b| b.as_bytes().to_vec()).collect(),
             last_seq: seqs.to_vec(),
             gateway_id: "g".into(),
+            ephemeral: Vec::new(),
         })
     }
 
@@ -221,6 +251,7 @@ mod tests {
             box_id: vec![vec![1; 3]],
             last_seq: vec![1],
             gateway_id: String::new(),
+            ephemeral: Vec::new(),
         };
         assert_eq!(apply(&framing::encode(&bad_box), &presence, &metrics), 0);
         bad_box.box_id = vec![vec![0; 16]; MAX_BOXES_PER_NOTIFY + 1];
@@ -228,5 +259,78 @@ mod tests {
         assert_eq!(apply(&framing::encode(&bad_box), &presence, &metrics), 0);
         assert_eq!(count("rejected"), 5);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn ephemeral_messages_reach_subscribed_devices_except_the_skipped_one() {
+        let presence = Presence::new();
+        let metrics = Metrics::new();
+        let b = BoxId::new(RegionId(2));
+        let (sender, other) = (
+            rossby_keyspace::DeviceId::new(),
+            rossby_keyspace::DeviceId::new(),
+        );
+        let (tx_sender, mut rx_sender) = mpsc::channel(8);
+        let (tx_other, mut rx_other) = mpsc::channel(8);
+        presence.subscribe(1, b, sender, tx_sender);
+        presence.subscribe(2, b, other, tx_other);
+        let push = pb::Ephemeral {
+            sender_box: b.as_bytes().to_vec(),
+            sender_device: sender.as_bytes().to_vec(),
+            envelope: vec![7; 100],
+        };
+        let notify = |ephemeral: Vec<pb::PeerEphemeral>| {
+            framing::encode(&pb::PeerNotify {
+                ephemeral,
+                ..pb::PeerNotify::default()
+            })
+        };
+        let good = pb::PeerEphemeral {
+            box_id: b.as_bytes().to_vec(),
+            skip_device: sender.as_bytes().to_vec(),
+            push: Some(push.clone()),
+        };
+        assert_eq!(apply(&notify(vec![good.clone()]), &presence, &metrics), 1);
+        assert_eq!(
+            rx_other.recv().await.unwrap().event,
+            Some(pb::push::Event::Ephemeral(push))
+        );
+        assert!(
+            rx_sender.try_recv().is_err(),
+            "the sending device is skipped"
+        );
+
+        let bad = [
+            pb::PeerEphemeral {
+                box_id: vec![1; 3],
+                ..good.clone()
+            },
+            pb::PeerEphemeral {
+                skip_device: vec![1; 3],
+                ..good.clone()
+            },
+            pb::PeerEphemeral {
+                push: None,
+                ..good.clone()
+            },
+        ];
+        assert_eq!(apply(&notify(bad.to_vec()), &presence, &metrics), 0);
+        assert_eq!(
+            apply(
+                &notify(vec![good; MAX_BOXES_PER_NOTIFY + 1]),
+                &presence,
+                &metrics
+            ),
+            0
+        );
+        let count = |r: &str| {
+            metrics
+                .peer_notifications_total
+                .with_label_values(&[r])
+                .get()
+        };
+        assert_eq!(count("received"), 1);
+        assert_eq!(count("rejected"), 4);
+        assert!(rx_other.try_recv().is_err());
     }
 }
