@@ -184,6 +184,7 @@ fn box_of(key: &Key) -> Option<BoxId> {
         | Key::Contact(b, _)
         | Key::Block(b, _)
         | Key::Ident(b, _, _)
+        | Key::PendingIdentifier(b, _, _)
         | Key::Presence(b, _)
         | Key::GroupEpoch(b, _) => Some(b),
         _ => None,
