@@ -19,11 +19,13 @@ pub mod connection;
 pub mod envelopes;
 pub mod error;
 pub mod groups;
+pub mod identifiers;
 pub mod placement;
 pub mod sdk;
 pub mod state;
 
 pub use connection::{HomeHint, RetryPolicy, Subscription};
 pub use error::{Error, Result};
+pub use identifiers::IdentifierInfo;
 pub use sdk::{Batch, Body, Client, ClientConfig, Received};
 pub use state::{KdfParams, StateKey};
