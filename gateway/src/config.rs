@@ -1921,6 +1921,10 @@ tls_name = ["chat.example.net"]
             "1000",
             "--max-profile-bytes",
             "2000",
+            "--max-identifiers-per-box",
+            "5",
+            "--max-pending-identifiers-per-box",
+            "2",
             "--max-deletes-per-txn",
             "11",
             "--retention-days",
@@ -2006,6 +2010,8 @@ tls_name = ["chat.example.net"]
         assert_eq!(api.limits.max_key_packages_per_device, 9);
         assert_eq!(api.limits.max_key_package_bytes, 1000);
         assert_eq!(api.limits.max_profile_bytes, 2000);
+        assert_eq!(api.limits.max_identifiers_per_box, 5);
+        assert_eq!(api.limits.max_pending_identifiers_per_box, 2);
         assert_eq!(api.limits.max_deletes_per_txn, 11);
         assert_eq!(api.limits.retention_ms, 2 * 86_400_000);
         assert_eq!(api.limits.dedup_window_ms, 3_600_000);
@@ -2072,6 +2078,14 @@ tls_name = ["chat.example.net"]
             (&["--cert", "/c.pem"][..], "--cert needs --key"),
             (&["--service-name", "bad host:1"][..], "--service-name"),
             (&["--retention-days", "0"][..], "--retention-days"),
+            (
+                &["--max-identifiers-per-box", "5000"][..],
+                "--max-identifiers-per-box must be between 1 and 1024",
+            ),
+            (
+                &["--max-pending-identifiers-per-box", "0"][..],
+                "--max-pending-identifiers-per-box",
+            ),
             (&["--owner-lease-ms", "50"][..], "--owner-lease-ms"),
             (
                 &["--maintenance-interval-ms", "5"][..],
