@@ -244,3 +244,80 @@ pub(crate) async fn set_discoverable(
         identifier: Some(info(&bound)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{TestEnv, TestSettings};
+    use rossby_protocol::pb::{self, Method, Status};
+    use rossby_protocol::status::status_of;
+
+    fn add(identifier: &str) -> pb::AddIdentifierRequest {
+        pb::AddIdentifierRequest {
+            identifier: identifier.into(),
+            discoverable: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn register_and_add_identifier_share_the_per_identifier_limit() {
+        let env = TestEnv::with(TestSettings {
+            registrations: Some((0.0, 2.0)),
+            ..TestSettings::default()
+        });
+        let alice = env.register("alice@example.com").await;
+        let device = TestEnv::new_device();
+        let resp = env
+            .register_request("frank@example.com", &device, false)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let resp = env
+            .call_as(&alice, 1, Method::AddIdentifier, &add("Frank@Example.com"))
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        let resp = env
+            .call_as(&alice, 1, Method::AddIdentifier, &add("frank@example.com"))
+            .await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        assert!(resp.retry_after_ms > 0);
+        assert_eq!(
+            env.code_lines().len(),
+            3,
+            "alice's, frank's and one addition"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_and_send_nothing() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let resp = env
+            .call_as(&alice, 1, Method::AddIdentifier, &add("not an identifier"))
+            .await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+        for method in [
+            Method::AddIdentifier,
+            Method::ConfirmIdentifier,
+            Method::RemoveIdentifier,
+            Method::ListIdentifiers,
+            Method::SetIdentifierDiscoverable,
+        ] {
+            let resp = env
+                .call_as(&alice, 1, method, &pb::PingRequest::default())
+                .await;
+            // An empty body decodes, with an empty identifier, except for
+            // ListIdentifiers, which needs none.
+            let expected = if method == Method::ListIdentifiers {
+                Status::Ok
+            } else {
+                Status::BadRequest
+            };
+            assert_eq!(status_of(&resp), expected, "{method:?}: {}", resp.message);
+        }
+        // Unauthenticated callers get nothing.
+        let resp = env
+            .call(1, Method::ListIdentifiers, &pb::ListIdentifiersRequest {})
+            .await;
+        assert_eq!(status_of(&resp), Status::Unauthenticated);
+        assert_eq!(env.code_lines().len(), 1, "only the registration's code");
+    }
+}
