@@ -21,7 +21,7 @@
 //! copy, after which it is listed.
 
 use super::registration::{
-    CodeCheck, after_wrong_code, check_code, code_failure, deliver_code, issue_code,
+    CodeCheck, PendingCode, after_wrong_code, check_code, code_failure, deliver_code, issue_code,
 };
 use super::{Failure, Shared, decode, now_ms, parse_identifier};
 use crate::auth::Authenticated;
@@ -81,7 +81,14 @@ pub(crate) async fn add(
     let limits = &store.limits;
     let added = transact!(store, |txn| async {
         match lookup::resolve(txn, &store.hasher, &id, now).await? {
-            Some(owner) if owner == box_id => Ok(Added::Own),
+            Some(owner) if owner == box_id => {
+                // Changes nothing, except that a binding from before sealed
+                // copies gets one (the identifier is here in clear), so it is
+                // listed from now on.
+                let max = limits.max_identifiers_per_box;
+                lookup::bind_with(txn, &store.hasher, &id, box_id, true, max, now).await?;
+                Ok(Added::Own)
+            }
             Some(_) => Ok(Added::Taken),
             None => {
                 identifiers::store_pending(txn, limits, box_id, &digest, &record, now).await?;
@@ -134,11 +141,11 @@ pub(crate) async fn confirm(
         let Some(pending) = identifiers::pending(txn, box_id, &digest).await? else {
             return Ok(Confirmed::Refused(CodeCheck::Expired));
         };
-        let stored = (
-            pending.code_mac.as_slice(),
-            pending.expires_at_ms,
-            pending.attempts,
-        );
+        let stored = PendingCode {
+            code_mac: &pending.code_mac,
+            expires_at_ms: pending.expires_at_ms,
+            attempts: pending.attempts,
+        };
         match check_code(shared, &digest, &req.code, stored, now) {
             CodeCheck::Valid => {}
             CodeCheck::Wrong => {
@@ -284,6 +291,49 @@ mod tests {
             3,
             "alice's, frank's and one addition"
         );
+    }
+
+    #[tokio::test]
+    async fn bindings_from_before_sealing_are_listed_empty_until_added_again() {
+        use rossby_keyspace::{Identifier, Key};
+        use rossby_storage::tables::Record;
+        use rossby_storage::tables::records::Marker;
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        // Rewrite the box's entry as it was stored before sealed copies.
+        let store = &env.shared().store;
+        let id = Identifier::parse("alice@example.com").unwrap();
+        let digest = store.hasher.current(&id);
+        let key = Key::Ident(alice.box_id, digest.version, digest.digest).encode();
+        let old = Marker { at_ms: 42 }.to_stored();
+        rossby_storage::kv::transact!(store.kv, &store.retry, |txn| txn
+            .put(key.clone(), old.clone())
+            .await)
+        .unwrap();
+        let list = async || {
+            let resp = env
+                .call_as(
+                    &alice,
+                    1,
+                    Method::ListIdentifiers,
+                    &pb::ListIdentifiersRequest {},
+                )
+                .await;
+            assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+            TestEnv::body::<pb::ListIdentifiersResponse>(&resp).identifiers
+        };
+        let before = list().await;
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].identifier, "");
+        assert!(before[0].discoverable);
+        assert_eq!(before[0].bound_at_ms, 42);
+        let resp = env
+            .call_as(&alice, 1, Method::AddIdentifier, &add("Alice@Example.com"))
+            .await;
+        assert_eq!(status_of(&resp), Status::AlreadyRegistered);
+        let after = list().await;
+        assert_eq!(after[0].identifier, "alice@example.com");
+        assert_eq!(after[0].bound_at_ms, 42);
     }
 
     #[tokio::test]

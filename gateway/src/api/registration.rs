@@ -155,6 +155,18 @@ pub(crate) enum CodeCheck {
     Valid,
 }
 
+/// What a pending record (a registration or an identifier addition) keeps about
+/// its code.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingCode<'a> {
+    /// The keyed hash of the code.
+    pub(crate) code_mac: &'a [u8],
+    /// When the code stops being accepted.
+    pub(crate) expires_at_ms: u64,
+    /// Wrong codes tried so far.
+    pub(crate) attempts: u32,
+}
+
 /// Checks `presented` against a pending record's code hash, expiry and wrong
 /// attempts, in that order. Expired and exhausted records must be deleted by the
 /// caller; a wrong code must be counted in storage (a write, so concurrent
@@ -163,15 +175,19 @@ pub(crate) fn check_code(
     shared: &Shared,
     digest: &rossby_keyspace::LookupDigest,
     presented: &str,
-    pending: (&[u8], u64, u32),
+    pending: PendingCode<'_>,
     now: u64,
 ) -> CodeCheck {
-    let (code_mac, expires_at_ms, attempts) = pending;
-    if expires_at_ms <= now {
+    if pending.expires_at_ms <= now {
         CodeCheck::Expired
-    } else if attempts >= shared.settings.code_max_attempts {
+    } else if pending.attempts >= shared.settings.code_max_attempts {
         CodeCheck::Exhausted
-    } else if codes::matches_any(shared.auth.secrets(), &digest.digest, presented, code_mac) {
+    } else if codes::matches_any(
+        shared.auth.secrets(),
+        &digest.digest,
+        presented,
+        pending.code_mac,
+    ) {
         CodeCheck::Valid
     } else {
         CodeCheck::Wrong
@@ -292,11 +308,11 @@ pub(crate) async fn authorize(
         if pending.device_id != device_id.as_bytes() {
             return Ok(Outcome::Refused(CodeCheck::Expired));
         }
-        let stored = (
-            pending.code_mac.as_slice(),
-            pending.expires_at_ms,
-            pending.attempts,
-        );
+        let stored = PendingCode {
+            code_mac: &pending.code_mac,
+            expires_at_ms: pending.expires_at_ms,
+            attempts: pending.attempts,
+        };
         match check_code(shared, &digest, &req.code, stored, now) {
             CodeCheck::Valid => {}
             CodeCheck::Wrong => {
