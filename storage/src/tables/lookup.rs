@@ -216,11 +216,13 @@ fn seal(
     digest: LookupDigest,
     id: &Identifier,
 ) -> Result<Vec<u8>> {
+    // Unreachable with digests from `hasher` (their versions are configured);
+    // reported as an internal error rather than a bad request if it ever is.
     let key = hasher
         .sealing_key(digest.version)
-        .ok_or_else(|| Error::Invalid(format!("pepper version {} is unknown", digest.version)))?;
+        .ok_or_else(|| Error::corrupt("identifier", "pepper version not configured"))?;
     let cipher = ChaCha20Poly1305::new_from_slice(&key)
-        .map_err(|_| Error::Invalid("the sealing key has the wrong length".into()))?;
+        .map_err(|_| Error::corrupt("identifier", "sealing key length"))?;
     let nonce: [u8; NONCE_BYTES] = rand::random();
     let aad = seal_aad(box_id, digest);
     let sealed = cipher
@@ -231,7 +233,7 @@ fn seal(
                 aad: &aad,
             },
         )
-        .map_err(|_| Error::Invalid("the identifier could not be sealed".into()))?;
+        .map_err(|_| Error::corrupt("identifier", "the identifier could not be sealed"))?;
     let mut out = Vec::with_capacity(NONCE_BYTES + sealed.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);
