@@ -55,6 +55,7 @@ backends::on_every_backend!(
     identifier_entries_from_before_sealing_are_listed_and_healed,
     pepper_rotation_keeps_the_sealed_identifier_and_flag,
     pending_identifier_additions_are_counted_bounded_and_deleted_with_the_account,
+    concurrent_binds_keep_one_owner_and_the_quota,
 );
 
 /// Creates a box with `n` authorized devices.
@@ -1703,4 +1704,41 @@ async fn pending_identifier_additions_are_counted_bounded_and_deleted_with_the_a
     assert_eq!(left, 0);
     let err = store_pending(0, T0 + 1000, T0 + 400).await.unwrap_err();
     assert!(matches!(err, Error::BoxNotFound), "{err}");
+}
+
+async fn concurrent_binds_keep_one_owner_and_the_quota(store: &Store) {
+    let (a, _) = new_box(store, 1).await;
+    let (b, _) = new_box(store, 1).await;
+    let h = &store.hasher;
+    // Two boxes confirming one identifier at once: one wins, the other is told.
+    let contested = Identifier::email("both@example.com").unwrap();
+    let mut first = store.kv.begin().await.unwrap();
+    let mut second = store.kv.begin().await.unwrap();
+    for (txn, owner) in [(&mut first, a), (&mut second, b)] {
+        lookup::bind_with(&mut Tx::new(&mut **txn), h, &contested, owner, true, 16, T0)
+            .await
+            .unwrap();
+    }
+    first.commit().await.unwrap();
+    assert!(matches!(second.commit().await, Err(KvError::Conflict(_))));
+    let again = transact!(store, |txn| lookup::bind(txn, h, &contested, b, T0).await);
+    assert!(matches!(again, Err(Error::AlreadyRegistered)), "{again:?}");
+    // Two binds into one box with room for one more: the quota holds.
+    let (x, y) = (
+        Identifier::email("x@example.com").unwrap(),
+        Identifier::email("y@example.com").unwrap(),
+    );
+    let mut first = store.kv.begin().await.unwrap();
+    let mut second = store.kv.begin().await.unwrap();
+    for (txn, id) in [(&mut first, &x), (&mut second, &y)] {
+        lookup::bind_with(&mut Tx::new(&mut **txn), h, id, a, true, 2, T0)
+            .await
+            .unwrap();
+    }
+    first.commit().await.unwrap();
+    assert!(matches!(second.commit().await, Err(KvError::Conflict(_))));
+    let again = transact!(store, |txn| lookup::bind_with(txn, h, &y, a, true, 2, T0)
+        .await);
+    assert!(matches!(again, Err(Error::QuotaExceeded(_))), "{again:?}");
+    assert_eq!(listed(store, h, a).await.len(), 2);
 }
