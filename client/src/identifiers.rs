@@ -66,13 +66,31 @@ impl Client {
     }
 
     /// Removes one of the account's identifiers; returns how many remain. The
-    /// last one cannot be removed (`LAST_IDENTIFIER`).
+    /// last one cannot be removed (`LAST_IDENTIFIER`). When it is the one this
+    /// device knows the account by (its own name in `whoami` and messages, and
+    /// which sends to it stay local), that becomes another remaining one: the
+    /// removed identifier may belong to someone else from now on.
     pub async fn remove_identifier(&self, identifier: &str) -> Result<u32> {
+        let identifier = normalize(identifier)?;
         let request = pb::RemoveIdentifierRequest {
-            identifier: normalize(identifier)?,
+            identifier: identifier.clone(),
         };
         let response: pb::RemoveIdentifierResponse =
             self.rpc(Method::RemoveIdentifier, &request).await?;
+        let own = self.store.lock().await.state.identifier == identifier;
+        if own {
+            let next = self
+                .list_identifiers()
+                .await?
+                .into_iter()
+                .find_map(|i| i.identifier)
+                .unwrap_or_default();
+            let mut store = self.store.lock().await;
+            if store.state.identifier == identifier {
+                store.state.identifier = next;
+                store.save()?;
+            }
+        }
         Ok(response.remaining)
     }
 

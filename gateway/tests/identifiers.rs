@@ -330,6 +330,10 @@ async fn the_cli_adds_lists_hides_and_removes_identifiers() {
     assert_eq!(out, format!("{ALICE_PHONE}\n"));
     let (code, out, err) = rossby(&state, &["identifier", "remove", ALICE]).await;
     assert_eq!(code, Some(0), "{out}{err}");
+    // The device now knows the account by the remaining identifier.
+    let (code, out, err) = rossby(&state, &["whoami"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with(&format!("{ALICE_PHONE} box ")), "{out}");
     let (code, out, _) = rossby(&state, &["identifier", "list"]).await;
     assert_eq!(code, Some(0));
     assert_eq!(out, format!("{ALICE_PHONE}\n"));
