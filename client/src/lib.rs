@@ -19,6 +19,7 @@ pub mod connection;
 pub mod envelopes;
 pub mod error;
 pub mod groups;
+pub mod identifiers;
 pub mod messages;
 pub mod placement;
 pub mod sdk;
@@ -26,5 +27,6 @@ pub mod state;
 
 pub use connection::{HomeHint, RetryPolicy, Subscription};
 pub use error::{Error, Result};
+pub use identifiers::IdentifierInfo;
 pub use sdk::{Batch, Body, Client, ClientConfig, Received};
 pub use state::{KdfParams, StateKey};

@@ -430,7 +430,7 @@ pub(crate) struct Target {
     pub(crate) identifier: String,
 }
 
-fn normalize(identifier: &str) -> Result<String> {
+pub(crate) fn normalize(identifier: &str) -> Result<String> {
     Identifier::parse(identifier)
         .map(|i| i.as_str().to_string())
         .map_err(|e| Error::Invalid(format!("invalid identifier {identifier:?}: {e}")))

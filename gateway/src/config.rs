@@ -312,6 +312,14 @@ pub struct Args {
     /// Most contacts, and separately most blocked boxes, per box [default: 10000].
     #[arg(long, env = "ROSSBY_MAX_RELATIONS_PER_BOX", value_name = "N")]
     pub max_relations_per_box: Option<usize>,
+    /// Most identifiers (phone numbers, e-mail addresses) bound to one box, at
+    /// most 1024 [default: 16].
+    #[arg(long, env = "ROSSBY_MAX_IDENTIFIERS_PER_BOX", value_name = "N")]
+    pub max_identifiers_per_box: Option<usize>,
+    /// Most identifiers one box may be adding at once (codes sent, not yet
+    /// confirmed), at most 256 [default: 4].
+    #[arg(long, env = "ROSSBY_MAX_PENDING_IDENTIFIERS_PER_BOX", value_name = "N")]
+    pub max_pending_identifiers_per_box: Option<usize>,
     /// Most queue entries deleted per transaction [default: 1024].
     #[arg(long, env = "ROSSBY_MAX_DELETES_PER_TXN", value_name = "N")]
     pub max_deletes_per_txn: Option<usize>,
@@ -458,6 +466,8 @@ struct FileConfig {
     max_key_package_bytes: Option<usize>,
     max_profile_bytes: Option<usize>,
     max_relations_per_box: Option<usize>,
+    max_identifiers_per_box: Option<usize>,
+    max_pending_identifiers_per_box: Option<usize>,
     max_deletes_per_txn: Option<usize>,
     retention_days: Option<u64>,
     dedup_window_secs: Option<u64>,
@@ -1016,6 +1026,15 @@ fn at_least<T: PartialOrd + std::fmt::Display>(flag: &str, value: T, min: T) -> 
     Ok(value)
 }
 
+fn between(flag: &str, value: usize, min: usize, max: usize) -> Result<usize> {
+    if value < min || value > max {
+        return Err(Error::Config(format!(
+            "--{flag} must be between {min} and {max} (got {value})"
+        )));
+    }
+    Ok(value)
+}
+
 fn secs(flag: &str, value: u64, min: u64, max: u64) -> Result<Duration> {
     if value < min || value > max {
         return Err(Error::Config(format!(
@@ -1362,6 +1381,26 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
             l.max_relations_per_box,
         ),
         1,
+    )?;
+    l.max_identifiers_per_box = between(
+        "max-identifiers-per-box",
+        pick(
+            a.max_identifiers_per_box,
+            f.max_identifiers_per_box,
+            l.max_identifiers_per_box,
+        ),
+        1,
+        rossby_storage::tables::lookup::MAX_IDENTIFIERS_LIMIT,
+    )?;
+    l.max_pending_identifiers_per_box = between(
+        "max-pending-identifiers-per-box",
+        pick(
+            a.max_pending_identifiers_per_box,
+            f.max_pending_identifiers_per_box,
+            l.max_pending_identifiers_per_box,
+        ),
+        1,
+        rossby_storage::tables::identifiers::MAX_PENDING_LIMIT,
     )?;
     l.max_deletes_per_txn = at_least(
         "max-deletes-per-txn",
@@ -1882,6 +1921,10 @@ tls_name = ["chat.example.net"]
             "1000",
             "--max-profile-bytes",
             "2000",
+            "--max-identifiers-per-box",
+            "5",
+            "--max-pending-identifiers-per-box",
+            "2",
             "--max-deletes-per-txn",
             "11",
             "--retention-days",
@@ -1967,6 +2010,8 @@ tls_name = ["chat.example.net"]
         assert_eq!(api.limits.max_key_packages_per_device, 9);
         assert_eq!(api.limits.max_key_package_bytes, 1000);
         assert_eq!(api.limits.max_profile_bytes, 2000);
+        assert_eq!(api.limits.max_identifiers_per_box, 5);
+        assert_eq!(api.limits.max_pending_identifiers_per_box, 2);
         assert_eq!(api.limits.max_deletes_per_txn, 11);
         assert_eq!(api.limits.retention_ms, 2 * 86_400_000);
         assert_eq!(api.limits.dedup_window_ms, 3_600_000);
@@ -2033,6 +2078,14 @@ tls_name = ["chat.example.net"]
             (&["--cert", "/c.pem"][..], "--cert needs --key"),
             (&["--service-name", "bad host:1"][..], "--service-name"),
             (&["--retention-days", "0"][..], "--retention-days"),
+            (
+                &["--max-identifiers-per-box", "5000"][..],
+                "--max-identifiers-per-box must be between 1 and 1024",
+            ),
+            (
+                &["--max-pending-identifiers-per-box", "0"][..],
+                "--max-pending-identifiers-per-box",
+            ),
             (&["--owner-lease-ms", "50"][..], "--owner-lease-ms"),
             (
                 &["--maintenance-interval-ms", "5"][..],

@@ -24,6 +24,7 @@
 //!        0x0d <device 16>                                 push presence lease of a device
 //!        0x0e <group id 16>                               epoch record of a group this box created
 //!        0x0f <device 16> <package ref 16>                a KeyPackage claimed recently (not stored again)
+//!        0x10 <pepper version u32> <digest 32>            identifier being added to this box (code sent)
 //!   0x02 <shard u8> <due at ms u64> <box 16> <entry>      expiry index
 //!        0x01 <seq u64>                                   envelopes through seq (written before batch entries)
 //!        0x02 <sender device 16> <message id 16>          one dedup record (written before batch entries)
@@ -152,6 +153,9 @@ pub enum Table {
     /// KeyPackages claimed recently, so a re-issued publish does not store them
     /// again.
     ClaimedKeyPackage = 0x0f,
+    /// Identifiers being added to the box: a verification code was sent and
+    /// not yet confirmed. (Tags from 0x11 on are reserved.)
+    PendingIdentifier = 0x10,
 }
 
 impl Table {
@@ -172,6 +176,7 @@ impl Table {
             0x0d => Table::Presence,
             0x0e => Table::Group,
             0x0f => Table::ClaimedKeyPackage,
+            0x10 => Table::PendingIdentifier,
             _ => return Err(Error::MalformedKey("unknown box table")),
         })
     }
@@ -238,6 +243,9 @@ pub enum Key {
     Block(BoxId, BoxId),
     /// An identifier bound to the box, by its lookup digest.
     Ident(BoxId, u32, [u8; 32]),
+    /// An identifier being added to the box (its code not yet confirmed), by
+    /// its lookup digest.
+    PendingIdentifier(BoxId, u32, [u8; 32]),
     /// The push presence lease of a device: which gateway holds its subscription.
     Presence(BoxId, DeviceId),
     /// The epoch record of a group, in the key range of the box that created it.
@@ -320,6 +328,7 @@ impl Key {
             | Key::Contact(b, _)
             | Key::Block(b, _)
             | Key::Ident(b, _, _)
+            | Key::PendingIdentifier(b, _, _)
             | Key::Presence(b, _)
             | Key::GroupEpoch(b, _)
             | Key::Outbox(b, _)
@@ -373,6 +382,10 @@ impl Key {
             Key::Block(b, other) => with(table_prefix(b, Table::Block), &[other.as_bytes()]),
             Key::Ident(b, version, digest) => with(
                 table_prefix(b, Table::Ident),
+                &[&version.to_be_bytes(), &digest],
+            ),
+            Key::PendingIdentifier(b, version, digest) => with(
+                table_prefix(b, Table::PendingIdentifier),
                 &[&version.to_be_bytes(), &digest],
             ),
             Key::Presence(b, d) => with(table_prefix(b, Table::Presence), &[d.as_bytes()]),
@@ -489,6 +502,7 @@ impl Key {
             Table::Contact => Key::Contact(b, r.box_any()?),
             Table::Block => Key::Block(b, r.box_any()?),
             Table::Ident => Key::Ident(b, r.u32()?, r.array()?),
+            Table::PendingIdentifier => Key::PendingIdentifier(b, r.u32()?, r.array()?),
             Table::Presence => Key::Presence(b, r.device()?),
             Table::Group => Key::GroupEpoch(b, r.array()?),
         })
@@ -723,6 +737,8 @@ mod tests {
             (any_box(), any_box()).prop_map(|(b, o)| Key::Contact(b, o)),
             (any_box(), any_box()).prop_map(|(b, o)| Key::Block(b, o)),
             (any_box(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(b, v, d)| Key::Ident(b, v, d)),
+            (any_box(), any::<u32>(), any::<[u8; 32]>())
+                .prop_map(|(b, v, d)| Key::PendingIdentifier(b, v, d)),
             (any_box(), any_device()).prop_map(|(b, d)| Key::Presence(b, d)),
             (any_box(), any::<[u8; 16]>()).prop_map(|(b, g)| Key::GroupEpoch(b, g)),
             (any_box(), any::<[u8; 16]>()).prop_map(|(b, id)| Key::Outbox(b, id)),
@@ -804,7 +820,8 @@ mod tests {
                 Key::Profile(b) | Key::Device(b, _) | Key::Pointer(b, _) | Key::KeyPackage(b, _, _)
                 | Key::LastResortKeyPackage(b, _) | Key::Next(b) | Key::Low(b) | Key::Queue(b, _)
                 | Key::Dedup(b, _, _) | Key::Contact(b, _) | Key::Block(b, _) | Key::Ident(b, _, _)
-                | Key::Presence(b, _) | Key::GroupEpoch(b, _) | Key::ClaimedKeyPackage(b, _, _) => {
+                | Key::Presence(b, _) | Key::GroupEpoch(b, _) | Key::ClaimedKeyPackage(b, _, _)
+                | Key::PendingIdentifier(b, _, _) => {
                     prop_assert!(Key::box_range(b).contains(&bytes));
                     b.home_region()
                 }

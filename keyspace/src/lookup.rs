@@ -18,6 +18,11 @@ use std::fmt;
 /// MACs used anywhere else.
 const LOOKUP_CONTEXT: &[u8] = b"rossby/lookup/v1\0";
 
+/// Domain separation for the key that seals the copy of an identifier kept
+/// under its box ([`LookupHasher::sealing_key`]): distinct from the lookup MAC's,
+/// so the sealing key reveals nothing about digests and the other way round.
+const SEALING_CONTEXT: &[u8] = b"rossby/identifier-seal/v1\0";
+
 /// Shortest pepper accepted.
 pub const MIN_PEPPER_BYTES: usize = 16;
 
@@ -148,6 +153,17 @@ impl LookupHasher {
         })
     }
 
+    /// The 32-byte key that seals the copies of identifiers bound under pepper
+    /// `version` (`HMAC-SHA-256(pepper, "rossby/identifier-seal/v1\0")`), if that
+    /// version is known. Each pepper version has its own key, so retiring a
+    /// pepper also retires what was sealed under it.
+    pub fn sealing_key(&self, version: u32) -> Option<[u8; 32]> {
+        let secret = self.peppers.get(&version)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+        mac.update(SEALING_CONTEXT);
+        Some(mac.finalize().into_bytes().into())
+    }
+
     /// Digests to try for a lookup: the current version first, then older versions
     /// from newest to oldest.
     pub fn candidates(&self, id: &Identifier) -> Vec<LookupDigest> {
@@ -205,6 +221,16 @@ mod tests {
         assert_eq!(versions, vec![2, 3, 1]);
         assert_ne!(h.digest(1, &id), h.digest(2, &id));
         assert!(h.digest(9, &id).is_none());
+    }
+
+    #[test]
+    fn sealing_keys_are_per_version_and_differ_from_digests() {
+        let h = LookupHasher::new(vec![pepper(1, 1), pepper(2, 2)], 2).unwrap();
+        let (k1, k2) = (h.sealing_key(1).unwrap(), h.sealing_key(2).unwrap());
+        assert_ne!(k1, k2);
+        assert!(h.sealing_key(3).is_none());
+        let id = Identifier::email("a@b.cd").unwrap();
+        assert_ne!(h.digest(1, &id).unwrap().digest, k1);
     }
 
     #[test]

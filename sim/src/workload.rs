@@ -34,6 +34,8 @@ const WEIGHTS: &[(Kind, u32)] = &[
     (Kind::ResumePurges, 1),
     (Kind::ResumeOutbox, 2),
     (Kind::AckBeyond, 1),
+    (Kind::AddIdentifier, 2),
+    (Kind::RemoveIdentifier, 3),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +57,8 @@ enum Kind {
     ResumePurges,
     ResumeOutbox,
     AckBeyond,
+    AddIdentifier,
+    RemoveIdentifier,
 }
 
 /// Fewest live boxes before accounts stop being deleted.
@@ -72,6 +76,10 @@ const RECENT: usize = 16;
 pub struct Workload {
     registered: u64,
     recent: Vec<(BoxId, DeviceId, BoxId, MessageId)>,
+    /// Identifiers added so far (each a fresh phone number).
+    added: u64,
+    /// Identifiers given to each box (some maybe removed since).
+    identifiers: std::collections::BTreeMap<BoxId, Vec<String>>,
 }
 
 impl Workload {
@@ -104,6 +112,10 @@ impl Workload {
         let device = ids::device_id(rng);
         self.registered += 1;
         let identifier = format!("sim{}@example.org", self.registered);
+        self.identifiers
+            .entry(box_id)
+            .or_default()
+            .push(identifier.clone());
         m.boxes.insert(
             box_id,
             crate::model::BoxModel {
@@ -267,6 +279,26 @@ impl Workload {
             Kind::AckBeyond => {
                 let (box_id, device) = pick(rng, &live_devices(m, false))?;
                 Op::AckBeyond { box_id, device }
+            }
+            Kind::AddIdentifier => {
+                let box_id = pick(rng, &live_boxes(m))?;
+                self.added += 1;
+                let identifier = format!("+1415{:07}", self.added);
+                self.identifiers
+                    .entry(box_id)
+                    .or_default()
+                    .push(identifier.clone());
+                Op::AddIdentifier {
+                    box_id,
+                    identifier,
+                    discoverable: rng.random_bool(0.7),
+                }
+            }
+            Kind::RemoveIdentifier => {
+                let box_id = pick(rng, &live_boxes(m))?;
+                let given = self.identifiers.get(&box_id)?;
+                let identifier = pick_ref(rng, given)?.clone();
+                Op::RemoveIdentifier { box_id, identifier }
             }
         })
     }

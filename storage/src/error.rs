@@ -69,6 +69,12 @@ pub enum Error {
     /// A per-box or per-device quota is full.
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// The identifier is not bound to the box the operation is about.
+    #[error("identifier not bound to this box")]
+    IdentifierNotBound,
+    /// Removing the identifier would leave the box with none.
+    #[error("the last identifier of a box cannot be removed")]
+    LastIdentifier,
 }
 
 impl Error {

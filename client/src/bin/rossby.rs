@@ -200,6 +200,10 @@ enum Command {
     /// Groups (MLS): create, add, remove, leave, send, list.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// This account's phone numbers and e-mail addresses: add, confirm, remove,
+    /// list, discoverable.
+    #[command(subcommand)]
+    Identifier(IdentifierCommand),
 }
 
 /// `rossby group ...`: end-to-end encrypted groups. `fetch` prints group messages
@@ -1085,6 +1089,106 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
         Command::Ping => print_pong(&client.ping().await?),
         Command::Placement(placement_command) => placement(placement_command).await,
         Command::Group(group_command) => group(client, group_command).await,
+        Command::Identifier(command) => identifier(client, command).await,
+    }
+}
+
+// ----- rossby identifier ... -----
+
+/// `rossby identifier ...`: the account's identifiers (phone numbers and e-mail
+/// addresses). `list` prints one identifier a line, followed by ` (hidden)` when
+/// contacts cannot find the account by it.
+#[derive(Debug, Subcommand)]
+enum IdentifierCommand {
+    /// Start adding an identifier: a verification code is sent to it.
+    Add {
+        /// Phone number (+country code) or e-mail address.
+        identifier: String,
+        /// Contacts cannot find you by it (see `discoverable`).
+        #[arg(long)]
+        hidden: bool,
+    },
+    /// Bind an identifier with the code it received.
+    Confirm {
+        /// The identifier.
+        identifier: String,
+        /// The code.
+        code: String,
+    },
+    /// Remove an identifier (never the last one).
+    Remove {
+        /// The identifier.
+        identifier: String,
+    },
+    /// List this account's identifiers, one a line.
+    List,
+    /// Whether contacts can find you by an identifier.
+    Discoverable {
+        /// The identifier.
+        identifier: String,
+        /// `on` or `off`.
+        #[arg(value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
+        findable: bool,
+    },
+}
+
+fn parse_on_off(text: &str) -> std::result::Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got {text:?}")),
+    }
+}
+
+/// One line of `rossby identifier list`.
+fn identifier_line(info: &rossby_client::IdentifierInfo) -> String {
+    let name = info.identifier.as_deref().map_or_else(
+        || "(bound before identifiers were listed)".to_string(),
+        printable,
+    );
+    let hidden = if info.discoverable { "" } else { " (hidden)" };
+    format!("{name}{hidden}")
+}
+
+/// `rossby identifier ...`.
+async fn identifier(client: &Client, command: IdentifierCommand) -> Result<()> {
+    match command {
+        IdentifierCommand::Add { identifier, hidden } => {
+            let expires = client.add_identifier(&identifier, !hidden).await?;
+            let now = rossby_client::connection::unix_ms(client.connection().now());
+            let minutes =
+                ((i64::try_from(expires).unwrap_or(i64::MAX) - now).max(0) + 30_000) / 60_000;
+            out(format!(
+                "verification code sent to {} (valid for {minutes} min); complete with: rossby identifier confirm <identifier> <code>",
+                printable(&identifier)
+            ))
+        }
+        IdentifierCommand::Confirm { identifier, code } => {
+            let info = client.confirm_identifier(&identifier, &code).await?;
+            out(format!("added {}", identifier_line(&info)))
+        }
+        IdentifierCommand::Remove { identifier } => {
+            let remaining = client.remove_identifier(&identifier).await?;
+            out(format!(
+                "removed {} ({remaining} identifiers left)",
+                printable(&identifier)
+            ))
+        }
+        IdentifierCommand::List => {
+            for info in client.list_identifiers().await? {
+                out(identifier_line(&info))?;
+            }
+            Ok(())
+        }
+        IdentifierCommand::Discoverable {
+            identifier,
+            findable,
+        } => {
+            let info = client
+                .set_identifier_discoverable(&identifier, findable)
+                .await?;
+            out(identifier_line(&info))
+        }
     }
 }
 
@@ -1263,6 +1367,13 @@ mod tests {
             &["group", "send", "friends", "hello", "-there"],
             &["group", "update", "friends"],
             &["group", "list"],
+            &["identifier", "add", "+14155550199"],
+            &["identifier", "add", "a@b.c", "--hidden"],
+            &["identifier", "confirm", "a@b.c", "123456"],
+            &["identifier", "remove", "a@b.c"],
+            &["identifier", "list"],
+            &["identifier", "discoverable", "a@b.c", "on"],
+            &["identifier", "discoverable", "a@b.c", "off"],
             &["fetch"],
             &["watch"],
             &["link", "--new"],
@@ -1336,6 +1447,10 @@ mod tests {
             &["frobnicate"],
             &["placement"],
             &["placement", "plan"],
+            &["identifier"],
+            &["identifier", "add"],
+            &["identifier", "confirm", "a@b.c"],
+            &["identifier", "discoverable", "a@b.c", "maybe"],
             &[
                 "placement",
                 "apply",
@@ -1356,6 +1471,34 @@ mod tests {
                 contacts_only: None,
                 read_receipts: None
             }
+        ));
+    }
+
+    #[test]
+    fn identifier_lines_mark_hidden_ones() {
+        let info = |identifier: Option<&str>, discoverable| rossby_client::IdentifierInfo {
+            identifier: identifier.map(str::to_string),
+            discoverable,
+            bound_at_ms: 1,
+        };
+        assert_eq!(identifier_line(&info(Some("a@b.cd"), true)), "a@b.cd");
+        assert_eq!(
+            identifier_line(&info(Some("+14155550123"), false)),
+            "+14155550123 (hidden)"
+        );
+        assert!(!identifier_line(&info(None, true)).contains('\n'));
+        let cli = parse(&["identifier", "discoverable", "a@b.c", "off"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Identifier(IdentifierCommand::Discoverable {
+                findable: false,
+                ..
+            })
+        ));
+        let cli = parse(&["identifier", "add", "a@b.c", "--hidden"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Identifier(IdentifierCommand::Add { hidden: true, .. })
         ));
     }
 

@@ -13,7 +13,9 @@
 //! The RPCs live in one module per area: [`registration`] (Register, Authorize,
 //! LinkDevice, RefreshCredentials), [`directory`] (RequestKey, KeyPackages, ListDevices),
 //! [`messaging`] (Send, Fetch, Ack, Subscribe), [`account`] (Block, Unblock,
-//! UpdateSettings, RemoveDevice, DeleteAccount) and [`service`] (Ping, Health).
+//! UpdateSettings, RemoveDevice, DeleteAccount), [`identifiers`] (AddIdentifier,
+//! ConfirmIdentifier, RemoveIdentifier, ListIdentifiers,
+//! SetIdentifierDiscoverable) and [`service`] (Ping, Health).
 //!
 //! # Stored device keys
 //! A device record keeps the device's Ed25519 identity key in `identity_key` and
@@ -31,6 +33,7 @@ pub mod account;
 mod box_locks;
 pub mod directory;
 pub mod groups;
+pub mod identifiers;
 pub mod messaging;
 pub mod registration;
 mod routing;
@@ -365,11 +368,13 @@ impl Shared {
             Method::RefreshCredentials => {
                 encode(registration::refresh_credentials(self, caller, body).await)
             }
-            Method::AddIdentifier
-            | Method::ConfirmIdentifier
-            | Method::RemoveIdentifier
-            | Method::ListIdentifiers
-            | Method::SetIdentifierDiscoverable => Err(not_served(method)),
+            Method::AddIdentifier => encode(identifiers::add(self, caller, body).await),
+            Method::ConfirmIdentifier => encode(identifiers::confirm(self, caller, body).await),
+            Method::RemoveIdentifier => encode(identifiers::remove(self, caller, body).await),
+            Method::ListIdentifiers => encode(identifiers::list(self, caller, body).await),
+            Method::SetIdentifierDiscoverable => {
+                encode(identifiers::set_discoverable(self, caller, body).await)
+            }
             Method::CreateUpload
             | Method::UploadPart
             | Method::UploadStatus
@@ -543,6 +548,10 @@ const OWNER_METHODS: &[Method] = &[
     Method::UpdateSettings,
     Method::DeleteAccount,
     Method::PublishKeyPackages,
+    Method::AddIdentifier,
+    Method::ConfirmIdentifier,
+    Method::RemoveIdentifier,
+    Method::SetIdentifierDiscoverable,
 ];
 
 /// The owner methods that remove or replace devices of the caller's box.
@@ -678,6 +687,8 @@ impl Failure {
 /// | `AckBeyondLast` | `ACK_BEYOND_LAST` |
 /// | `QuotaExceeded` | `QUOTA_EXCEEDED` |
 /// | `AlreadyRegistered` | `ALREADY_REGISTERED` |
+/// | `IdentifierNotBound` | `NOT_FOUND` |
+/// | `LastIdentifier` | `LAST_IDENTIFIER` |
 /// | `Invalid`, `Kv(Invalid)`, `DeviceExists` | `BAD_REQUEST` |
 /// | `Kv(Conflict)`, `Kv(RetriesExhausted)`, `Kv(Unavailable)`, `BoxExists` | `UNAVAILABLE` |
 /// | `Kv(Undetermined)` | `UNDETERMINED` |
@@ -711,6 +722,14 @@ impl From<rossby_storage::Error> for Failure {
             E::AlreadyRegistered => Failure::new(
                 Status::AlreadyRegistered,
                 "this identifier is already registered",
+            ),
+            E::IdentifierNotBound => Failure::new(
+                Status::NotFound,
+                "this identifier is not bound to your account",
+            ),
+            E::LastIdentifier => Failure::new(
+                Status::LastIdentifier,
+                "the last identifier of an account cannot be removed; add another one first",
             ),
             E::Invalid(what) => Failure::bad_request(what),
             E::DeviceExists(_) => Failure::bad_request("a device with this id already exists"),

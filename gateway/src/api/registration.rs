@@ -85,6 +85,143 @@ fn sealed_credentials(
     Ok(sealed.encode_to_vec())
 }
 
+/// A fresh verification code, as Register and AddIdentifier issue it.
+pub(crate) struct IssuedCode {
+    /// The code itself: only ever sent out, never stored.
+    code: String,
+    /// Its keyed hash ([`codes::code_mac`]) under the current server secret.
+    pub(crate) code_mac: Vec<u8>,
+    /// When it stops being accepted.
+    pub(crate) expires_at_ms: u64,
+    /// When it was issued.
+    pub(crate) now_ms: u64,
+}
+
+/// Takes one code from the identifier's rate limit and issues a code for it. The
+/// bucket is the identifier's (by lookup digest), whichever RPC asks, so
+/// Register and AddIdentifier together send no more codes to one identifier
+/// than either alone; the per-address and per-device limits were taken when
+/// the request arrived.
+pub(crate) fn issue_code(
+    shared: &Shared,
+    digest: &rossby_keyspace::LookupDigest,
+) -> Result<IssuedCode, Failure> {
+    shared
+        .limits
+        .registration(digest.digest)
+        .map_err(|l| Failure::rate_limited(l, "too many verification codes for this identifier"))?;
+    let now = now_ms();
+    let ttl_ms = u64::try_from(shared.settings.code_ttl.as_millis()).unwrap_or(u64::MAX);
+    let code = codes::generate();
+    Ok(IssuedCode {
+        code_mac: codes::code_mac(shared.auth.secrets().current(), &digest.digest, &code).to_vec(),
+        code,
+        expires_at_ms: now.saturating_add(ttl_ms),
+        now_ms: now,
+    })
+}
+
+/// Sends an issued code to the identifier through the verifier.
+pub(crate) async fn deliver_code(
+    shared: &Shared,
+    identifier: rossby_keyspace::Identifier,
+    issued: IssuedCode,
+) -> Result<(), Failure> {
+    let message = CodeMessage {
+        identifier,
+        code: issued.code,
+        expires_at_ms: issued.expires_at_ms,
+    };
+    if let Err(err) = shared.verifier.send(&message).await {
+        tracing::warn!(error = %err, "verification code not delivered");
+        return Err(Failure::unavailable(
+            "the verification code could not be sent; try again later",
+        ));
+    }
+    shared.metrics.verification_codes_sent_total.inc();
+    Ok(())
+}
+
+/// What a presented code is worth against a pending record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CodeCheck {
+    /// The record expired (or there is none): start again.
+    Expired,
+    /// Too many wrong codes were tried: start again.
+    Exhausted,
+    /// Wrong: count it ([`after_wrong_code`]).
+    Wrong,
+    /// Right.
+    Valid,
+}
+
+/// What a pending record (a registration or an identifier addition) keeps about
+/// its code.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingCode<'a> {
+    /// The keyed hash of the code.
+    pub(crate) code_mac: &'a [u8],
+    /// When the code stops being accepted.
+    pub(crate) expires_at_ms: u64,
+    /// Wrong codes tried so far.
+    pub(crate) attempts: u32,
+}
+
+/// Checks `presented` against a pending record's code hash, expiry and wrong
+/// attempts, in that order. Expired and exhausted records must be deleted by the
+/// caller; a wrong code must be counted in storage (a write, so concurrent
+/// guesses conflict).
+pub(crate) fn check_code(
+    shared: &Shared,
+    digest: &rossby_keyspace::LookupDigest,
+    presented: &str,
+    pending: PendingCode<'_>,
+    now: u64,
+) -> CodeCheck {
+    if pending.expires_at_ms <= now {
+        CodeCheck::Expired
+    } else if pending.attempts >= shared.settings.code_max_attempts {
+        CodeCheck::Exhausted
+    } else if codes::matches_any(
+        shared.auth.secrets(),
+        &digest.digest,
+        presented,
+        pending.code_mac,
+    ) {
+        CodeCheck::Valid
+    } else {
+        CodeCheck::Wrong
+    }
+}
+
+/// What a wrong code counted as the `attempts`-th leaves: [`CodeCheck::Wrong`],
+/// or [`CodeCheck::Exhausted`] when the record must now be deleted.
+pub(crate) fn after_wrong_code(shared: &Shared, attempts: u32) -> CodeCheck {
+    if attempts >= shared.settings.code_max_attempts {
+        CodeCheck::Exhausted
+    } else {
+        CodeCheck::Wrong
+    }
+}
+
+/// The answer to a code that was not accepted; `start` says what to do to get
+/// a new code.
+pub(crate) fn code_failure(check: CodeCheck, start: &str) -> Failure {
+    match check {
+        CodeCheck::Expired => Failure::new(
+            Status::CodeExpired,
+            format!("nothing is pending for this identifier, or its code expired: {start}"),
+        ),
+        CodeCheck::Exhausted => Failure::new(
+            Status::CodeAttemptsExhausted,
+            format!("too many wrong codes: {start} to get a new code"),
+        ),
+        CodeCheck::Wrong => Failure::new(Status::InvalidCode, "the verification code is wrong"),
+        // Not a failure; answered as one only if a caller gets this wrong.
+        CodeCheck::Valid => Failure::internal(),
+    }
+}
+
 /// Register: starts a registration and sends a code.
 pub(crate) async fn register(
     shared: &Shared,
@@ -98,17 +235,11 @@ pub(crate) async fn register(
     super::routing::region_for_new_box(&shared.settings, req.region)?;
     let store = &shared.store;
     let digest = store.hasher.current(&id);
-    shared
-        .limits
-        .registration(digest.digest)
-        .map_err(|l| Failure::rate_limited(l, "too many verification codes for this identifier"))?;
-    let now = now_ms();
-    let ttl_ms = u64::try_from(shared.settings.code_ttl.as_millis()).unwrap_or(u64::MAX);
-    let expires_at_ms = now.saturating_add(ttl_ms);
-    let code = codes::generate();
+    let issued = issue_code(shared, &digest)?;
+    let now = issued.now_ms;
     let record = PendingRegistration {
-        code_mac: codes::code_mac(shared.auth.secrets().current(), &digest.digest, &code).to_vec(),
-        expires_at_ms,
+        code_mac: issued.code_mac.clone(),
+        expires_at_ms: issued.expires_at_ms,
         attempts: 0,
         device_id: device_id.as_bytes().to_vec(),
         key_bundle: bundle.encode_to_vec(),
@@ -133,18 +264,8 @@ pub(crate) async fn register(
             "this identifier is already registered: link this device from one of the account's devices, or register with recovery",
         ));
     }
-    let message = CodeMessage {
-        identifier: id,
-        code,
-        expires_at_ms,
-    };
-    if let Err(err) = shared.verifier.send(&message).await {
-        tracing::warn!(error = %err, "verification code not delivered");
-        return Err(Failure::unavailable(
-            "the verification code could not be sent; try again later",
-        ));
-    }
-    shared.metrics.verification_codes_sent_total.inc();
+    let expires_at_ms = issued.expires_at_ms;
+    deliver_code(shared, id, issued).await?;
     Ok(pb::RegisterResponse {
         code_expires_at_ms: expires_at_ms,
     })
@@ -152,12 +273,9 @@ pub(crate) async fn register(
 
 /// What the Authorize transaction decided.
 enum Outcome {
-    /// Nothing pending for this identifier and device, or it expired.
-    Expired,
-    /// Too many wrong codes: the registration was deleted.
-    Exhausted,
-    /// Wrong code, counted.
-    WrongCode,
+    /// The code was not accepted (expired or nothing pending for this device,
+    /// exhausted, or wrong and counted).
+    Refused(CodeCheck),
     /// The identifier was bound by someone else since the code was sent.
     AlreadyRegistered,
     /// The device is authorized.
@@ -181,32 +299,34 @@ pub(crate) async fn authorize(
     let store = &shared.store;
     let limits = &store.limits;
     let digest = store.hasher.current(&id);
-    let secrets = shared.auth.secrets();
-    let max_attempts = shared.settings.code_max_attempts;
     let home = shared.settings.region;
     let now = now_ms();
     let outcome = transact!(store, |txn| async {
         let Some(pending) = registrations::pending(txn, &digest).await? else {
-            return Ok(Outcome::Expired);
+            return Ok(Outcome::Refused(CodeCheck::Expired));
         };
         if pending.device_id != device_id.as_bytes() {
-            return Ok(Outcome::Expired);
+            return Ok(Outcome::Refused(CodeCheck::Expired));
         }
-        if pending.expires_at_ms <= now {
-            registrations::remove_pending(txn, &digest).await?;
-            return Ok(Outcome::Expired);
-        }
-        if pending.attempts >= max_attempts {
-            registrations::remove_pending(txn, &digest).await?;
-            return Ok(Outcome::Exhausted);
-        }
-        if !codes::matches_any(secrets, &digest.digest, &req.code, &pending.code_mac) {
-            let attempts = registrations::record_wrong_attempt(txn, &digest).await?;
-            if attempts >= max_attempts {
-                registrations::remove_pending(txn, &digest).await?;
-                return Ok(Outcome::Exhausted);
+        let stored = PendingCode {
+            code_mac: &pending.code_mac,
+            expires_at_ms: pending.expires_at_ms,
+            attempts: pending.attempts,
+        };
+        match check_code(shared, &digest, &req.code, stored, now) {
+            CodeCheck::Valid => {}
+            CodeCheck::Wrong => {
+                let attempts = registrations::record_wrong_attempt(txn, &digest).await?;
+                let check = after_wrong_code(shared, attempts);
+                if check == CodeCheck::Exhausted {
+                    registrations::remove_pending(txn, &digest).await?;
+                }
+                return Ok(Outcome::Refused(check));
             }
-            return Ok(Outcome::WrongCode);
+            check => {
+                registrations::remove_pending(txn, &digest).await?;
+                return Ok(Outcome::Refused(check));
+            }
         }
         let bundle = pb::KeyBundle::decode(pending.key_bundle.as_slice()).map_err(|e| {
             rossby_storage::Error::Corrupt {
@@ -265,18 +385,7 @@ pub(crate) async fn authorize(
         shared.auth.devices().revoke_all();
     }
     match outcome? {
-        Outcome::Expired => Err(Failure::new(
-            Status::CodeExpired,
-            "no registration is pending for this identifier and device, or its code expired: register again",
-        )),
-        Outcome::Exhausted => Err(Failure::new(
-            Status::CodeAttemptsExhausted,
-            "too many wrong codes: register again to get a new code",
-        )),
-        Outcome::WrongCode => Err(Failure::new(
-            Status::InvalidCode,
-            "the verification code is wrong",
-        )),
+        Outcome::Refused(check) => Err(code_failure(check, "register again")),
         Outcome::AlreadyRegistered => Err(Failure::new(
             Status::AlreadyRegistered,
             "this identifier was registered meanwhile: link this device or register with recovery",

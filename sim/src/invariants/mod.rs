@@ -84,6 +84,10 @@ struct Snapshot {
     purges: BTreeSet<BoxId>,
     outbox: Vec<(BoxId, [u8; 16], u64)>,
     lookups: Vec<BoxId>,
+    /// Lookup entries by (pepper version, digest).
+    lookup_keys: BTreeMap<(u32, [u8; 32]), BoxId>,
+    /// The boxes' identifier entries.
+    idents: BTreeSet<(BoxId, u32, [u8; 32])>,
 }
 
 fn decode<R: Record>(w: &World, value: &[u8]) -> Option<R> {
@@ -156,12 +160,19 @@ async fn snapshot(w: &World) -> Option<Snapshot> {
                     s.outbox.push((creator, group, entry.seq));
                 }
             }
-            Key::Lookup { .. } => {
+            Key::Lookup {
+                pepper_version,
+                digest,
+            } => {
                 if let Some(record) = decode::<LookupRecord>(w, value)
                     && let Ok(b) = BoxId::try_from_slice(&record.box_id)
                 {
                     s.lookups.push(b);
+                    s.lookup_keys.insert((pepper_version, digest), b);
                 }
+            }
+            Key::Ident(b, version, digest) => {
+                s.idents.insert((b, version, digest));
             }
             _ => {}
         }
@@ -184,6 +195,7 @@ fn box_of(key: &Key) -> Option<BoxId> {
         | Key::Contact(b, _)
         | Key::Block(b, _)
         | Key::Ident(b, _, _)
+        | Key::PendingIdentifier(b, _, _)
         | Key::Presence(b, _)
         | Key::GroupEpoch(b, _) => Some(b),
         _ => None,
@@ -321,6 +333,33 @@ fn check_structure(w: &World, s: &Snapshot) {
             && k.profile.as_ref().is_some_and(|p| !p.deleted)
         {
             w.fail("only deleted boxes are purged", format!("box {purge}"));
+        }
+    }
+    // A live box keeps at least one identifier (the last one is never removed,
+    // also by concurrent removals), and each identifier entry mirrors its lookup.
+    for (b, keys) in &s.boxes {
+        let live = keys.profile.as_ref().is_some_and(|p| !p.deleted);
+        if live && !s.idents.iter().any(|(owner, _, _)| owner == b) {
+            w.fail(
+                "a live box keeps an identifier",
+                format!("box {b} has none"),
+            );
+        }
+    }
+    for (b, version, digest) in &s.idents {
+        if s.lookup_keys.get(&(*version, *digest)) != Some(b) {
+            w.fail(
+                "identifier entries mirror the lookup",
+                format!("box {b}: an identifier entry without its lookup entry"),
+            );
+        }
+    }
+    for ((version, digest), b) in &s.lookup_keys {
+        if !s.idents.contains(&(*b, *version, *digest)) {
+            w.fail(
+                "identifier entries mirror the lookup",
+                format!("box {b}: a lookup entry without its identifier entry"),
+            );
         }
     }
     for b in &s.lookups {

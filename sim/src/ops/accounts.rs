@@ -8,7 +8,7 @@ use crate::world::World;
 use rossby_keyspace::{BoxId, DeviceId, Identifier, RegionId};
 use rossby_storage::tables::queue::{self, FetchLimits};
 use rossby_storage::tables::records::Device;
-use rossby_storage::tables::{accounts, devices, lifecycle};
+use rossby_storage::tables::{accounts, devices, lifecycle, lookup};
 use rossby_storage::{Error, transact};
 
 /// A fetch that reads a device's pointer and nothing else.
@@ -70,6 +70,92 @@ pub(super) async fn register(
         m.set_box_life(box_id, Life::Alive);
         m.device_added(box_id, device, 0, true);
         return "ok".into();
+    }
+    "unknown".into()
+}
+
+fn parse_identifier(w: &World, identifier: &str) -> Option<Identifier> {
+    match Identifier::parse(identifier) {
+        Ok(id) => Some(id),
+        Err(err) => {
+            w.fail(
+                "sim: generated identifiers parse",
+                format!("{identifier}: {err}"),
+            );
+            None
+        }
+    }
+}
+
+/// Binds another identifier to a box, as ConfirmIdentifier does once the code
+/// matched. A box being deleted refuses it; a full box refuses it with its quota.
+pub(super) async fn add_identifier(
+    w: &World,
+    box_id: BoxId,
+    identifier: &str,
+    discoverable: bool,
+) -> String {
+    let Some(id) = parse_identifier(w, identifier) else {
+        return "bad identifier".into();
+    };
+    let hasher = &w.store.hasher;
+    let max = w.store.limits.max_identifiers_per_box;
+    for attempt in 0..=REISSUES {
+        let now = w.now();
+        let result = transact!(w.store, |txn| lookup::bind_with(
+            txn,
+            hasher,
+            &id,
+            box_id,
+            discoverable,
+            max,
+            now
+        )
+        .await);
+        match answer(w, "add identifier", result) {
+            Answer::Done(_) => return "ok".into(),
+            Answer::Refused(err @ (Error::BoxNotFound | Error::QuotaExceeded(_))) => {
+                return format!("refused: {err}");
+            }
+            Answer::Refused(err) => {
+                if attempt == 0 {
+                    w.fail(
+                        "a fresh identifier binds to a live box",
+                        format!("{identifier}: {err}"),
+                    );
+                }
+                return format!("refused: {err}");
+            }
+            Answer::Unknown | Answer::GaveUp => continue,
+        }
+    }
+    "unknown".into()
+}
+
+/// Removes an identifier from a box. Concurrent removals race for the box's last
+/// identifiers; the snapshot checks that a live box always keeps one.
+pub(super) async fn remove_identifier(w: &World, box_id: BoxId, identifier: &str) -> String {
+    let Some(id) = parse_identifier(w, identifier) else {
+        return "bad identifier".into();
+    };
+    let hasher = &w.store.hasher;
+    for _ in 0..=REISSUES {
+        let result = transact!(w.store, |txn| lookup::remove(txn, hasher, &id, box_id)
+            .await);
+        match answer(w, "remove identifier", result) {
+            Answer::Done(left) => return format!("ok left={left}"),
+            Answer::Refused(
+                err @ (Error::BoxNotFound | Error::IdentifierNotBound | Error::LastIdentifier),
+            ) => return format!("refused: {err}"),
+            Answer::Refused(err) => {
+                w.fail(
+                    "identifier removals answer as documented",
+                    format!("{identifier}: {err}"),
+                );
+                return format!("refused: {err}");
+            }
+            Answer::Unknown | Answer::GaveUp => continue,
+        }
     }
     "unknown".into()
 }

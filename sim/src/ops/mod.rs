@@ -54,6 +54,22 @@ pub enum Op {
         /// The identifier it binds.
         identifier: String,
     },
+    /// Binds another identifier to a box (what ConfirmIdentifier commits).
+    AddIdentifier {
+        /// The box.
+        box_id: BoxId,
+        /// The new identifier.
+        identifier: String,
+        /// Whether contacts may find the box by it.
+        discoverable: bool,
+    },
+    /// Removes one of a box's identifiers (refused for its last one).
+    RemoveIdentifier {
+        /// The box.
+        box_id: BoxId,
+        /// One of the identifiers the box was given (maybe removed already).
+        identifier: String,
+    },
     /// Adds a device to a box, authorized at once or not.
     AddDevice {
         /// The box.
@@ -222,6 +238,12 @@ impl Op {
             Op::Authorize { box_id, device } => {
                 format!("authorize {} dev {}", s(box_id), d(device))
             }
+            Op::AddIdentifier {
+                box_id,
+                discoverable,
+                ..
+            } => format!("add-identifier {} discoverable={discoverable}", s(box_id)),
+            Op::RemoveIdentifier { box_id, .. } => format!("remove-identifier {}", s(box_id)),
             Op::RemoveDevice { box_id, device } => {
                 format!("remove-device {} dev {}", s(box_id), d(device))
             }
@@ -318,6 +340,14 @@ pub async fn run(world: Rc<World>, n: u64, gateway: usize, op: Op) {
             authorize,
         } => accounts::add_device(w, box_id, device, authorize).await,
         Op::Authorize { box_id, device } => accounts::authorize(w, box_id, device).await,
+        Op::AddIdentifier {
+            box_id,
+            identifier,
+            discoverable,
+        } => accounts::add_identifier(w, box_id, &identifier, discoverable).await,
+        Op::RemoveIdentifier { box_id, identifier } => {
+            accounts::remove_identifier(w, box_id, &identifier).await
+        }
         Op::RemoveDevice { box_id, device } => accounts::remove_device(w, box_id, device).await,
         Op::DeleteAccount { box_id, purge } => accounts::delete_account(w, box_id, purge).await,
         Op::Send {

@@ -9,7 +9,7 @@
 
 use super::records::{Device, LowWater, Marker, QueueHead};
 use super::tx::{BoxHandle, Tx};
-use super::{Limits, accounts, decode_key, devices, keypackages, lookup, queue};
+use super::{Limits, accounts, decode_key, devices, identifiers, keypackages, lookup, queue};
 use crate::error::{Error, Result};
 use crate::kv::ScanOrder;
 use rossby_keyspace::{BoxId, DeviceId, Identifier, Key, LookupHasher, RegionId};
@@ -31,7 +31,16 @@ pub async fn create_account(
     now_ms: u64,
 ) -> Result<u64> {
     accounts::create_box(txn, box_id, now_ms).await?;
-    lookup::bind(txn, hasher, id, box_id, now_ms).await?;
+    lookup::bind_with(
+        txn,
+        hasher,
+        id,
+        box_id,
+        true,
+        limits.max_identifiers_per_box,
+        now_ms,
+    )
+    .await?;
     devices::add(txn, limits, box_id, device_id, device, now_ms).await?;
     devices::authorize(txn, box_id, device_id, now_ms).await
 }
@@ -138,7 +147,7 @@ pub async fn remove_device(
 }
 
 /// Deletes an account: in this one transaction the box becomes invisible (profile
-/// tombstoned, identifiers unbound, devices and their credentials gone), and a
+/// tombstoned, identifiers unbound and pending additions deleted, devices and their credentials gone), and a
 /// purge entry records that its remaining keys must be removed. It writes every
 /// guard key of the box (the profile, `next`, `low` and each device record), so
 /// no other write into the box can commit concurrently (see [`super::tx`]).
@@ -153,6 +162,7 @@ pub async fn delete_account(
     // Removing the devices bumps the device list in `next` and deletes each
     // device record; done while the profile is still live.
     lookup::unbind_all(txn, &handle).await?;
+    identifiers::remove_all_pending(txn, &handle).await?;
     for (device, _) in devices::list(txn, box_id).await? {
         remove_device(txn, limits, box_id, device).await?;
     }

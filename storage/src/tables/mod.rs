@@ -19,6 +19,9 @@
 //!   conflict with enqueues;
 //! - claiming a KeyPackage deletes it, so two claims of one package conflict;
 //! - binding an identifier writes its lookup key, so two boxes cannot bind it;
+//! - binding, removing and re-flagging identifiers and changing pending
+//!   additions all lock the box's profile, so two removals of a box's last two
+//!   identifiers conflict and the second one finds only one left;
 //! - quotas are counted under the guard every insert of the kind takes;
 //! - every expiry locks and every purge step writes the box's `low` key, and
 //!   expiry writes nothing into a box that is no longer alive;
@@ -48,6 +51,7 @@ pub mod contacts;
 pub mod devices;
 pub mod gateways;
 pub mod groups;
+pub mod identifiers;
 pub mod keypackages;
 pub mod lifecycle;
 pub mod lookup;
@@ -86,6 +90,12 @@ pub struct Limits {
     pub max_profile_bytes: usize,
     /// Most contacts, and separately most blocked boxes, one box may hold.
     pub max_relations_per_box: usize,
+    /// Most identifiers bound to one box (at most
+    /// [`lookup::MAX_IDENTIFIERS_LIMIT`]).
+    pub max_identifiers_per_box: usize,
+    /// Most identifiers one box may be adding at once (codes sent, not yet
+    /// confirmed and not expired).
+    pub max_pending_identifiers_per_box: usize,
 }
 
 impl Default for Limits {
@@ -100,6 +110,8 @@ impl Default for Limits {
             max_deletes_per_txn: 1024,
             max_profile_bytes: 64 * 1024,
             max_relations_per_box: 10_000,
+            max_identifiers_per_box: lookup::MAX_IDENTIFIERS_PER_BOX,
+            max_pending_identifiers_per_box: 4,
         }
     }
 }

@@ -21,8 +21,9 @@ mod generated {
 pub use generated::GroupRecord;
 pub use generated::PresenceRecord;
 pub use generated::{
-    AcceptFrom, DedupRecord, Device, ExpiryBatch, KeyPackageRecord, LookupRecord, LowWater, Marker,
-    PendingRegistration, Pointer, Profile, QueueHead, Relation, StoredEnvelope,
+    AcceptFrom, DedupRecord, Device, ExpiryBatch, IdentRecord, KeyPackageRecord, LookupRecord,
+    LowWater, Marker, PendingIdentifier, PendingRegistration, Pointer, Profile, QueueHead,
+    Relation, StoredEnvelope,
 };
 pub use generated::{OutboxEntry, OutboxRecipient};
 
@@ -243,6 +244,8 @@ record! {
     LookupRecord => "lookup",
     Marker => "marker",
     PendingRegistration => "pending registration",
+    IdentRecord => "identifier",
+    PendingIdentifier => "pending identifier",
     GroupRecord => "group",
     OutboxEntry => "outbox entry",
     PresenceRecord => "presence lease",
@@ -279,6 +282,18 @@ mod tests {
         assert!(!p.hidden);
         assert!(!p.deleted);
         assert!(p.encrypted_profile.is_empty());
+    }
+
+    #[test]
+    fn an_identifier_entry_written_as_a_marker_decodes_as_discoverable_and_unsealed() {
+        let old = Marker {
+            at_ms: 1_700_000_000_000,
+        }
+        .to_stored();
+        let entry = IdentRecord::from_stored(&old).unwrap();
+        assert_eq!(entry.at_ms, 1_700_000_000_000);
+        assert!(entry.sealed_identifier.is_empty());
+        assert!(!entry.undiscoverable);
     }
 
     #[test]
