@@ -24,6 +24,7 @@ pub use generated::{
     AcceptFrom, DedupRecord, Device, ExpiryBatch, KeyPackageRecord, LookupRecord, LowWater, Marker,
     PendingRegistration, Pointer, Profile, QueueHead, Relation, StoredEnvelope,
 };
+pub use generated::{BlobRecord, BlobState, BlobUsage};
 pub use generated::{OutboxEntry, OutboxRecipient};
 
 /// The device-list version of an envelope that is not sealed per device (a
@@ -246,6 +247,8 @@ record! {
     GroupRecord => "group",
     OutboxEntry => "outbox entry",
     PresenceRecord => "presence lease",
+    BlobRecord => "blob",
+    BlobUsage => "blob usage",
 }
 
 #[cfg(test)]
