@@ -322,6 +322,42 @@ pub struct Args {
     #[arg(long, env = "ROSSBY_DEDUP_WINDOW_SECS", value_name = "SECS")]
     pub dedup_window_secs: Option<u64>,
 
+    // ---- attachments ----
+    /// Where attachment ciphertext is stored: a directory, `file:///dir`, or
+    /// `s3://bucket/prefix` [default: <data-dir>/blobs].
+    #[arg(long, env = "ROSSBY_BLOB_STORE", value_name = "URL")]
+    pub blob_store: Option<String>,
+    /// S3 endpoint URL, for S3-compatible stores other than AWS [default: AWS].
+    #[arg(long, env = "ROSSBY_BLOB_S3_ENDPOINT", value_name = "URL")]
+    pub blob_s3_endpoint: Option<String>,
+    /// S3 region [default: $AWS_REGION, else us-east-1].
+    #[arg(long, env = "ROSSBY_BLOB_S3_REGION", value_name = "REGION")]
+    pub blob_s3_region: Option<String>,
+    /// Allow plain HTTP to the S3 endpoint (tests) [default: false].
+    #[arg(long, env = "ROSSBY_BLOB_S3_ALLOW_HTTP", value_name = "BOOL")]
+    pub blob_s3_allow_http: Option<bool>,
+    /// Largest attachment, in ciphertext bytes [default: 104857600].
+    #[arg(long, env = "ROSSBY_MAX_ATTACHMENT_BYTES", value_name = "BYTES")]
+    pub max_attachment_bytes: Option<u64>,
+    /// Most attachment bytes one account may store [default: 1073741824].
+    #[arg(long, env = "ROSSBY_ATTACHMENT_QUOTA_BYTES", value_name = "BYTES")]
+    pub attachment_quota_bytes: Option<u64>,
+    /// Bytes per upload part [default: 1048576].
+    #[arg(long, env = "ROSSBY_ATTACHMENT_PART_BYTES", value_name = "BYTES")]
+    pub attachment_part_bytes: Option<u32>,
+    /// Most parts per attachment [default: 1024].
+    #[arg(long, env = "ROSSBY_MAX_ATTACHMENT_PARTS", value_name = "N")]
+    pub max_attachment_parts: Option<u32>,
+    /// Most uploads in progress per account [default: 16].
+    #[arg(long, env = "ROSSBY_MAX_UPLOADS_IN_PROGRESS", value_name = "N")]
+    pub max_uploads_in_progress: Option<u32>,
+    /// Seconds to complete an upload before it is deleted [default: 86400].
+    #[arg(long, env = "ROSSBY_UPLOAD_TTL_SECS", value_name = "SECS")]
+    pub upload_ttl_secs: Option<u64>,
+    /// Seconds a completed attachment no send referenced is kept [default: 86400].
+    #[arg(long, env = "ROSSBY_UNSENT_ATTACHMENT_TTL_SECS", value_name = "SECS")]
+    pub unsent_attachment_ttl_secs: Option<u64>,
+
     // ---- rate limits: RATE is `N` or `N/s` (per second), `N/min`, `N/h` ----
     /// Authenticated requests per device [default: 50/s].
     #[arg(long, env = "ROSSBY_RATE_PER_DEVICE", value_name = "RATE", value_parser = parse_rate)]
@@ -461,6 +497,17 @@ struct FileConfig {
     max_deletes_per_txn: Option<usize>,
     retention_days: Option<u64>,
     dedup_window_secs: Option<u64>,
+    blob_store: Option<String>,
+    blob_s3_endpoint: Option<String>,
+    blob_s3_region: Option<String>,
+    blob_s3_allow_http: Option<bool>,
+    max_attachment_bytes: Option<u64>,
+    attachment_quota_bytes: Option<u64>,
+    attachment_part_bytes: Option<u32>,
+    max_attachment_parts: Option<u32>,
+    max_uploads_in_progress: Option<u32>,
+    upload_ttl_secs: Option<u64>,
+    unsent_attachment_ttl_secs: Option<u64>,
     rate_per_device: Option<RateValue>,
     burst_per_device: Option<f64>,
     rate_per_ip: Option<RateValue>,
@@ -620,6 +667,8 @@ pub struct Config {
     /// Lifetime and renewal interval of the box-ownership lease (with peers and
     /// a topology; docs/geo.md).
     pub owner_lease: (Duration, Duration),
+    /// Where attachment ciphertext is stored ([`crate::blobstore`]).
+    pub blob_store: crate::blobstore::BlobStoreConfig,
     /// Settings of the API layer. `server_secret` is ignored here: the gateway
     /// fills it from `secret_file` at start.
     pub api: ApiSettings,
@@ -730,6 +779,7 @@ impl Config {
                 crate::peer::ownership::DEFAULT_OWNER_RENEW,
             ),
             api: ApiSettings::with_secret(Vec::new()),
+            blob_store: crate::blobstore::BlobStoreConfig::Local(data_dir.join("blobs")),
             data_dir,
         }
     }
@@ -1027,11 +1077,14 @@ fn secs(flag: &str, value: u64, min: u64, max: u64) -> Result<Duration> {
 
 /// Applies flags and file over the defaults and validates the result.
 fn merge(a: Args, f: FileConfig) -> Result<Config> {
+    let (blob_store, attachment_limits) = attachments(&a, &f)?;
     let data_dir = pick(a.data_dir, f.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
     if data_dir.as_os_str().is_empty() {
         return Err(Error::Config("--data-dir must not be empty".into()));
     }
     let mut c = Config::defaults(data_dir.clone());
+    c.blob_store = blob_store;
+    c.api.attachments = attachment_limits;
     c.listen = pick(a.listen, f.listen, c.listen);
     c.admin_listen = pick(a.admin_listen, f.admin_listen, c.admin_listen);
     if c.listen.port() != 0 && c.listen == c.admin_listen {
@@ -1500,6 +1553,121 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         pick(a.peer_renew_secs, f.peer_renew_secs, 10),
     )?;
     Ok(c)
+}
+
+/// The attachment options: the object store and the limits.
+fn attachments(
+    a: &Args,
+    f: &FileConfig,
+) -> Result<(
+    crate::blobstore::BlobStoreConfig,
+    rossby_storage::tables::blobs::BlobLimits,
+)> {
+    use crate::blobstore::BlobStoreConfig;
+    let store = a.blob_store.clone().or_else(|| f.blob_store.clone());
+    let endpoint = a
+        .blob_s3_endpoint
+        .clone()
+        .or_else(|| f.blob_s3_endpoint.clone());
+    let region = a
+        .blob_s3_region
+        .clone()
+        .or_else(|| f.blob_s3_region.clone());
+    let allow_http = pick(a.blob_s3_allow_http, f.blob_s3_allow_http, false);
+    let data_dir = a
+        .data_dir
+        .clone()
+        .or_else(|| f.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let blob_store = match store {
+        None => BlobStoreConfig::Local(data_dir.join("blobs")),
+        Some(url) => BlobStoreConfig::parse(&url, endpoint.clone(), region.clone(), allow_http)
+            .map_err(Error::Config)?,
+    };
+    if !matches!(blob_store, BlobStoreConfig::S3 { .. })
+        && (endpoint.is_some() || region.is_some() || allow_http)
+    {
+        return Err(Error::Config(
+            "--blob-s3-endpoint, --blob-s3-region and --blob-s3-allow-http need an s3:// --blob-store"
+                .into(),
+        ));
+    }
+    let mut limits = rossby_storage::tables::blobs::BlobLimits::default();
+    let b = &mut limits;
+    b.part_size = pick(
+        a.attachment_part_bytes,
+        f.attachment_part_bytes,
+        b.part_size,
+    );
+    // A part travels in one frame with its request around it.
+    let frame = pick(
+        a.max_frame_bytes,
+        f.max_frame_bytes,
+        rossby_protocol::framing::DEFAULT_MAX_FRAME,
+    );
+    let most = frame.saturating_sub(crate::api::attachments::FRAME_OVERHEAD);
+    if b.part_size < 64 * 1024 || usize::try_from(b.part_size).map_or(true, |p| p > most) {
+        return Err(Error::Config(format!(
+            "--attachment-part-bytes must be between 65536 and {most} (the frame limit less {} bytes); got {}",
+            crate::api::attachments::FRAME_OVERHEAD,
+            b.part_size
+        )));
+    }
+    b.max_size = at_least(
+        "max-attachment-bytes",
+        pick(a.max_attachment_bytes, f.max_attachment_bytes, b.max_size),
+        1,
+    )?;
+    b.quota_bytes = at_least(
+        "attachment-quota-bytes",
+        pick(
+            a.attachment_quota_bytes,
+            f.attachment_quota_bytes,
+            b.quota_bytes,
+        ),
+        1,
+    )?;
+    b.max_parts = at_least(
+        "max-attachment-parts",
+        pick(a.max_attachment_parts, f.max_attachment_parts, b.max_parts),
+        1,
+    )?;
+    if b.max_size.div_ceil(u64::from(b.part_size)) > u64::from(b.max_parts) {
+        return Err(Error::Config(format!(
+            "--max-attachment-bytes {} needs more than --max-attachment-parts {} parts of {} bytes",
+            b.max_size, b.max_parts, b.part_size
+        )));
+    }
+    b.max_uploads_in_progress = at_least(
+        "max-uploads-in-progress",
+        pick(
+            a.max_uploads_in_progress,
+            f.max_uploads_in_progress,
+            b.max_uploads_in_progress,
+        ),
+        1,
+    )?;
+    b.upload_ttl_ms = secs(
+        "upload-ttl-secs",
+        pick(a.upload_ttl_secs, f.upload_ttl_secs, b.upload_ttl_ms / 1000),
+        60,
+        30 * 86_400,
+    )?
+    .as_secs()
+        * 1000;
+    b.unsent_ttl_ms = secs(
+        "unsent-attachment-ttl-secs",
+        pick(
+            a.unsent_attachment_ttl_secs,
+            f.unsent_attachment_ttl_secs,
+            b.unsent_ttl_ms / 1000,
+        ),
+        60,
+        365 * 86_400,
+    )?
+    .as_secs()
+        * 1000;
+    Ok((blob_store, limits))
 }
 
 /// The box-ownership lease and its renewal interval, checked.

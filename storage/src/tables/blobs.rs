@@ -52,7 +52,7 @@ pub struct BlobLimits {
 impl Default for BlobLimits {
     fn default() -> Self {
         BlobLimits {
-            max_size: 100 * 1024 * 1024 + 64 * 1024,
+            max_size: 100 * 1024 * 1024,
             quota_bytes: 1024 * 1024 * 1024,
             part_size: 1024 * 1024,
             max_parts: 1024,
