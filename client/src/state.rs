@@ -149,6 +149,10 @@ pub struct State {
     /// (see [`crate::groups`]).
     #[prost(message, optional, tag = "19")]
     pub groups: Option<crate::groups::GroupsState>,
+    /// Attachment uploads started and not finished, so a new process can resume
+    /// them ([`crate::attachments`]).
+    #[prost(message, optional, tag = "20")]
+    pub uploads: Option<crate::attachments::PendingUploads>,
 }
 
 impl fmt::Debug for State {

@@ -204,6 +204,7 @@ scalar_fields!(State, state_changed, state_values, apply_state_fields, {
     14 => server_name,
     15 => service_name,
     16 => ca_cert_der,
+    20 => uploads,
 });
 
 // Every field of `GroupsState` except `mls_storage` (keyed) and the repeated ones.
