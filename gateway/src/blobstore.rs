@@ -76,12 +76,12 @@ impl BlobStoreConfig {
                     "--blob-store {url:?}: the prefix is not a valid object path"
                 ));
             }
-            if let Some(endpoint) = &endpoint {
-                if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
-                    return Err(format!(
-                        "--blob-s3-endpoint {endpoint:?} must be an http:// or https:// URL"
-                    ));
-                }
+            if let Some(endpoint) = &endpoint
+                && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+            {
+                return Err(format!(
+                    "--blob-s3-endpoint {endpoint:?} must be an http:// or https:// URL"
+                ));
             }
             return Ok(BlobStoreConfig::S3 {
                 bucket: bucket.to_string(),

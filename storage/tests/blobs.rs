@@ -305,8 +305,7 @@ async fn the_sweeper_deletes_due_blobs_and_gives_back_the_quota(store: &Store) {
                 10,
                 rossby_storage::ScanOrder::Forward
             )
-            .await
-            .map_err(Error::from))
+            .await)
         .unwrap();
         assert!(markers.is_empty());
     }

@@ -614,6 +614,9 @@ mod tests {
         full.service_name = "v".into();
         full.ca_cert_der = vec![5];
         full.outbox.push(OutboxEntry::default());
+        full.uploads = Some(crate::attachments::PendingUploads {
+            uploads: vec![crate::attachments::PendingUpload::default()],
+        });
         let groups = full.groups.as_mut().unwrap();
         groups.signature_public = vec![6];
         groups.processed_through = 1;
@@ -651,6 +654,7 @@ mod tests {
             outbox: _,
             seen_messages: _,
             groups: _,
+            uploads: _,
         } = full;
         let GroupsState {
             signature_public: _,

@@ -251,10 +251,10 @@ pub async fn missing_parts(
         .await?;
     let mut present = vec![false; usize::try_from(record.part_count).unwrap_or(0)];
     for (raw, _) in stored {
-        if let Key::BlobPart(_, _, index) = decode_key(&raw)? {
-            if let Some(slot) = usize::try_from(index).ok().and_then(|i| present.get_mut(i)) {
-                *slot = true;
-            }
+        if let Key::BlobPart(_, _, index) = decode_key(&raw)?
+            && let Some(slot) = usize::try_from(index).ok().and_then(|i| present.get_mut(i))
+        {
+            *slot = true;
         }
     }
     Ok(present
