@@ -1862,6 +1862,76 @@ mod tests {
         Config::from_args(args)
     }
 
+    #[test]
+    fn attachment_options_have_documented_defaults_and_are_checked() {
+        use crate::blobstore::BlobStoreConfig;
+        let c = parse(&["--data-dir", "/srv/r"]).unwrap();
+        assert_eq!(c.blob_store, BlobStoreConfig::Local("/srv/r/blobs".into()));
+        let a = &c.api.attachments;
+        assert_eq!(a.max_size, 100 * 1024 * 1024);
+        assert_eq!(a.quota_bytes, 1024 * 1024 * 1024);
+        assert_eq!(a.part_size, 1024 * 1024);
+        assert_eq!(a.max_parts, 1024);
+        assert_eq!(a.max_uploads_in_progress, 16);
+        assert_eq!(a.upload_ttl_ms, 86_400_000);
+        assert_eq!(a.unsent_ttl_ms, 86_400_000);
+        // The default part fits the default frame with its request around it.
+        assert!(
+            a.part_size as usize + crate::api::attachments::FRAME_OVERHEAD <= c.api.max_frame_bytes
+        );
+        let c = parse(&[
+            "--blob-store",
+            "s3://rossby-blobs/eu",
+            "--blob-s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--blob-s3-allow-http",
+            "true",
+            "--max-attachment-bytes",
+            "1000",
+            "--attachment-part-bytes",
+            "65536",
+            "--upload-ttl-secs",
+            "600",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.blob_store,
+            BlobStoreConfig::S3 {
+                bucket: "rossby-blobs".into(),
+                prefix: "eu".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: None,
+                allow_http: true,
+            }
+        );
+        assert_eq!(c.api.attachments.max_size, 1000);
+        assert_eq!(c.api.attachments.part_size, 65536);
+        assert_eq!(c.api.attachments.upload_ttl_ms, 600_000);
+        for (argv, flag) in [
+            (
+                &["--attachment-part-bytes", "2000000"][..],
+                "--attachment-part-bytes",
+            ),
+            (
+                &["--attachment-part-bytes", "1000"][..],
+                "--attachment-part-bytes",
+            ),
+            (
+                &["--max-attachment-bytes", "2000000000"][..],
+                "--max-attachment-parts",
+            ),
+            (
+                &["--blob-s3-endpoint", "http://x:1"][..],
+                "--blob-s3-endpoint",
+            ),
+            (&["--blob-store", "gs://bucket"][..], "--blob-store"),
+            (&["--upload-ttl-secs", "5"][..], "--upload-ttl-secs"),
+        ] {
+            let message = err(argv);
+            assert!(message.contains(flag), "{argv:?}: {message}");
+        }
+    }
+
     fn err(argv: &[&str]) -> String {
         match parse(argv) {
             Ok(_) => panic!("{argv:?} should fail"),
