@@ -31,6 +31,8 @@ pub const DEFAULT_DATA_DIR: &str = "./rossby-data";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
 /// Default admin (HTTP) listen address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7401";
+/// Smallest attachment part size accepted.
+pub const MIN_PART_BYTES: u32 = 64 * 1024;
 /// Smallest frame limit accepted: smaller ones could not carry a signed request.
 pub const MIN_FRAME_BYTES: usize = 1024;
 
@@ -1594,24 +1596,28 @@ fn attachments(
     }
     let mut limits = rossby_storage::tables::blobs::BlobLimits::default();
     let b = &mut limits;
-    b.part_size = pick(
-        a.attachment_part_bytes,
-        f.attachment_part_bytes,
-        b.part_size,
-    );
-    // A part travels in one frame with its request around it.
+    // A part travels in one frame with its request around it. Without an
+    // explicit part size, a smaller frame limit shrinks the default to fit.
     let frame = pick(
         a.max_frame_bytes,
         f.max_frame_bytes,
         rossby_protocol::framing::DEFAULT_MAX_FRAME,
     );
     let most = frame.saturating_sub(crate::api::attachments::FRAME_OVERHEAD);
-    if b.part_size < 64 * 1024 || usize::try_from(b.part_size).map_or(true, |p| p > most) {
-        return Err(Error::Config(format!(
-            "--attachment-part-bytes must be between 65536 and {most} (the frame limit less {} bytes); got {}",
-            crate::api::attachments::FRAME_OVERHEAD,
-            b.part_size
-        )));
+    match a.attachment_part_bytes.or(f.attachment_part_bytes) {
+        Some(part) => {
+            if part < MIN_PART_BYTES || usize::try_from(part).map_or(true, |p| p > most) {
+                return Err(Error::Config(format!(
+                    "--attachment-part-bytes must be between {MIN_PART_BYTES} and {most} (the frame limit less {} bytes); got {part}",
+                    crate::api::attachments::FRAME_OVERHEAD
+                )));
+            }
+            b.part_size = part;
+        }
+        None => {
+            let fits = u32::try_from(most).unwrap_or(u32::MAX);
+            b.part_size = b.part_size.min(fits).max(MIN_PART_BYTES);
+        }
     }
     b.max_size = at_least(
         "max-attachment-bytes",
@@ -1632,7 +1638,18 @@ fn attachments(
         pick(a.max_attachment_parts, f.max_attachment_parts, b.max_parts),
         1,
     )?;
-    if b.max_size.div_ceil(u64::from(b.part_size)) > u64::from(b.max_parts) {
+    let explicit = a.max_attachment_bytes.is_some()
+        || f.max_attachment_bytes.is_some()
+        || a.max_attachment_parts.is_some()
+        || f.max_attachment_parts.is_some()
+        || a.attachment_part_bytes.is_some()
+        || f.attachment_part_bytes.is_some();
+    let fits = u64::from(b.max_parts) * u64::from(b.part_size);
+    if !explicit {
+        // Only a small frame limit shrank the default part: the default size
+        // shrinks with it rather than contradict options nobody set.
+        b.max_size = b.max_size.min(fits);
+    } else if b.max_size.div_ceil(u64::from(b.part_size)) > u64::from(b.max_parts) {
         return Err(Error::Config(format!(
             "--max-attachment-bytes {} needs more than --max-attachment-parts {} parts of {} bytes",
             b.max_size, b.max_parts, b.part_size
