@@ -1,0 +1,10 @@
+output "bucket" {
+  description = "What the aws-region module's `attachments` variable takes: bucket name, ARN, region, key prefix and KMS key."
+  value = {
+    name        = aws_s3_bucket.this.id
+    arn         = aws_s3_bucket.this.arn
+    region      = data.aws_region.current.name
+    prefix      = var.prefix
+    kms_key_arn = var.kms_key_arn
+  }
+}
