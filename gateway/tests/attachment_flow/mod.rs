@@ -170,6 +170,24 @@ pub async fn run(dir: &Path, blob_store: BlobStoreConfig, tamper: Tamper) {
         51
     );
 
+    // A connection lost in the middle of an upload: the SDK reconnects and
+    // carries on by itself.
+    let small = dir.join("voice note.ogg");
+    std::fs::write(&small, file_bytes(6 * MIB as usize)).unwrap();
+    let base = uploaded_bytes(&gateway);
+    let (voice, ()) = tokio::join!(alice.upload_attachment(&small, None), async {
+        bounded("a part of the voice note", async {
+            while uploaded_bytes(&gateway) < base + 2 * MIB {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        alice.connection().reset().await;
+    });
+    let voice = voice.expect("the upload survives a lost connection");
+    assert_eq!(voice.media_type, "audio/ogg");
+    assert!(alice.pending_uploads().await.is_empty());
+
     // Alice sends it to Bob (the reference travels end to end; the gateway sees
     // only the blob id, which keeps the blob for the retention).
     let conn = RawConn::connect(&gateway).await;
