@@ -240,7 +240,16 @@ impl Client {
                 .push(pending.clone());
             store.save()?;
         }
-        self.finish_upload(&pending).await
+        let result = self.finish_upload(&pending).await;
+        // An upload that can never finish (its file changed, its blob expired)
+        // is forgotten; one that failed for the time being stays for
+        // `resume_uploads`.
+        if let Err(err) = &result
+            && !transient(err)
+        {
+            self.forget_upload(&pending.blob_id).await?;
+        }
+        result
     }
 
     /// Finishes every upload a previous run (or a failed call) left pending and
