@@ -369,6 +369,42 @@ pub async fn run(dir: &Path, blob_store: BlobStoreConfig, tamper: Tamper) {
             )
             .await,
     );
+    // A deleted account's attachments: unreachable at once, and their objects
+    // go with the purge and the next sweep.
+    let parting = dir.join("parting.txt");
+    std::fs::write(&parting, b"goodbye").unwrap();
+    let last = alice
+        .upload_attachment(&parting, None)
+        .await
+        .expect("upload");
+    assert_eq!(last.media_type, "text/plain");
+    assert_eq!(objects.count_objects(&last.blob_id).await.unwrap(), 1);
+    ok::<pb::DeleteAccountResponse>(
+        &conn
+            .call(
+                &alice_raw,
+                Method::DeleteAccount,
+                &pb::DeleteAccountRequest {},
+            )
+            .await,
+    );
+    let reply = conn
+        .call(
+            &bob_raw,
+            Method::DownloadPart,
+            &pb::DownloadPartRequest {
+                blob_id: last.blob_id.clone(),
+                index: 0,
+            },
+        )
+        .await;
+    expect_status(&reply, Status::NotFound);
+    // One round purges the account (filing its blobs as due), the next at the
+    // latest deletes their objects.
+    for _ in 0..2 {
+        gateway.maintenance().round(now_ms()).await;
+    }
+    assert_eq!(objects.count_objects(&last.blob_id).await.unwrap(), 0);
     assert_eq!(
         gateway
             .metrics()
