@@ -359,6 +359,10 @@ pub struct Args {
     /// Seconds a completed attachment no send referenced is kept [default: 86400].
     #[arg(long, env = "ROSSBY_UNSENT_ATTACHMENT_TTL_SECS", value_name = "SECS")]
     pub unsent_attachment_ttl_secs: Option<u64>,
+    /// Longest an attachment lives after its upload, however often it is sent,
+    /// in days; 0: no limit [default: 0].
+    #[arg(long, env = "ROSSBY_MAX_ATTACHMENT_AGE_DAYS", value_name = "DAYS")]
+    pub max_attachment_age_days: Option<u64>,
 
     // ---- rate limits: RATE is `N` or `N/s` (per second), `N/min`, `N/h` ----
     /// Authenticated requests per device [default: 50/s].
@@ -510,6 +514,7 @@ struct FileConfig {
     max_uploads_in_progress: Option<u32>,
     upload_ttl_secs: Option<u64>,
     unsent_attachment_ttl_secs: Option<u64>,
+    max_attachment_age_days: Option<u64>,
     rate_per_device: Option<RateValue>,
     burst_per_device: Option<f64>,
     rate_per_ip: Option<RateValue>,
@@ -1684,6 +1689,13 @@ fn attachments(
     )?
     .as_secs()
         * 1000;
+    let age_days = pick(a.max_attachment_age_days, f.max_attachment_age_days, 0);
+    if age_days > 36_500 {
+        return Err(Error::Config(format!(
+            "--max-attachment-age-days must be between 0 (no limit) and 36500 (got {age_days})"
+        )));
+    }
+    limits.max_age_ms = age_days * 86_400_000;
     Ok((blob_store, limits))
 }
 
@@ -1892,6 +1904,7 @@ mod tests {
         assert_eq!(a.max_uploads_in_progress, 16);
         assert_eq!(a.upload_ttl_ms, 86_400_000);
         assert_eq!(a.unsent_ttl_ms, 86_400_000);
+        assert_eq!(a.max_age_ms, 0, "no limit by default");
         // The default part fits the default frame with its request around it.
         assert!(
             a.part_size as usize + crate::api::attachments::FRAME_OVERHEAD <= c.api.max_frame_bytes
@@ -1909,6 +1922,8 @@ mod tests {
             "65536",
             "--upload-ttl-secs",
             "600",
+            "--max-attachment-age-days",
+            "36",
         ])
         .unwrap();
         assert_eq!(
@@ -1924,6 +1939,7 @@ mod tests {
         assert_eq!(c.api.attachments.max_size, 1000);
         assert_eq!(c.api.attachments.part_size, 65536);
         assert_eq!(c.api.attachments.upload_ttl_ms, 600_000);
+        assert_eq!(c.api.attachments.max_age_ms, 36 * 86_400_000);
         for (argv, flag) in [
             (
                 &["--attachment-part-bytes", "2000000"][..],

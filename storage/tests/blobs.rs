@@ -35,6 +35,7 @@ fn limits() -> BlobLimits {
         max_uploads_in_progress: 3,
         upload_ttl_ms: 60_000,
         unsent_ttl_ms: 120_000,
+        max_age_ms: 0,
     }
 }
 
@@ -138,7 +139,8 @@ async fn an_upload_is_created_filled_completed_and_extended(store: &Store) {
         blob,
         T0 + 20,
         T0 + 1_000_000,
-        500
+        500,
+        0
     )
     .await)
     .unwrap();
@@ -160,7 +162,8 @@ async fn an_upload_is_created_filled_completed_and_extended(store: &Store) {
         blob,
         T0 + 30,
         T0 + 5_000,
-        500
+        500,
+        0
     )
     .await)
     .unwrap();
@@ -168,9 +171,49 @@ async fn an_upload_is_created_filled_completed_and_extended(store: &Store) {
         .await)
     .unwrap();
     assert_eq!(r.expires_at_ms, T0 + 1_000_500);
-    // Unknown blobs are not extended.
-    let err = transact!(store, |txn| blobs::extend(txn, b, [9; 16], T0, T0 + 9, 0)
+    // A blob may not be kept past its maximum age: the send is refused.
+    let err = transact!(store, |txn| blobs::extend(
+        txn,
+        b,
+        blob,
+        T0 + 50,
+        T0 + 2_000_000,
+        0,
+        1_500_000
+    )
+    .await)
+    .unwrap_err();
+    assert!(matches!(err, Error::BlobNotFound), "{err}");
+    transact!(store, |txn| blobs::extend(
+        txn,
+        b,
+        blob,
+        T0 + 50,
+        T0 + 1_200_000,
+        900_000,
+        1_500_000
+    )
+    .await)
+    .unwrap();
+    let r = transact!(store, |txn| blobs::downloadable(txn, b, blob, T0 + 50)
         .await)
+    .unwrap();
+    assert_eq!(
+        r.expires_at_ms,
+        r.created_at_ms + 1_500_000,
+        "the slack stops at the maximum age"
+    );
+    // Unknown blobs are not extended.
+    let err = transact!(store, |txn| blobs::extend(
+        txn,
+        b,
+        [9; 16],
+        T0,
+        T0 + 9,
+        0,
+        0
+    )
+    .await)
     .unwrap_err();
     assert!(matches!(err, Error::BlobNotFound), "{err}");
 }
@@ -278,6 +321,7 @@ async fn the_sweeper_deletes_due_blobs_and_gives_back_the_quota(store: &Store) {
         [3; 16],
         T0,
         T0 + 500_000,
+        0,
         0
     )
     .await)
@@ -336,6 +380,7 @@ async fn a_blob_marked_for_deletion_is_not_extended(store: &Store) {
         blob,
         T0 + 10,
         now + 1_000,
+        0,
         0
     )
     .await)

@@ -306,10 +306,11 @@ pub(crate) async fn keep_referenced(
     let now = now_ms();
     let until = now.saturating_add(store.limits.retention_ms);
     let slack = blobs::extension_slack_ms(&store.limits);
+    let max_age = limits(shared).max_age_ms;
     transact!(store, |txn| {
         async {
             for (owner, name) in &ids {
-                blobs::extend(txn, *owner, *name, now, until, slack).await?;
+                blobs::extend(txn, *owner, *name, now, until, slack, max_age).await?;
             }
             Ok(())
         }
@@ -318,7 +319,7 @@ pub(crate) async fn keep_referenced(
     .map_err(|err| match err {
         rossby_storage::Error::BlobNotFound => Failure::new(
             Status::NotFound,
-            "an attachment the message references is unknown or expired; upload it again",
+            "an attachment the message references is unknown, expired or too old to keep for the retention; upload it again",
         ),
         other => Failure::from(other),
     })

@@ -47,6 +47,11 @@ pub struct BlobLimits {
     pub upload_ttl_ms: u64,
     /// How long a completed blob lives when no send references it.
     pub unsent_ttl_ms: u64,
+    /// Longest a blob may live after its creation, however often it is sent (0:
+    /// no limit). A send that would need it longer is refused, so the client
+    /// uploads the file again; an object store that expires objects by age (an
+    /// S3 lifecycle rule) needs this below its expiry.
+    pub max_age_ms: u64,
 }
 
 impl Default for BlobLimits {
@@ -59,6 +64,7 @@ impl Default for BlobLimits {
             max_uploads_in_progress: 16,
             upload_ttl_ms: 24 * 3600 * 1000,
             unsent_ttl_ms: 24 * 3600 * 1000,
+            max_age_ms: 0,
         }
     }
 }
@@ -309,9 +315,10 @@ pub async fn complete(
 
 /// Keeps a complete blob at least until `until_ms` (a send referenced it). To
 /// spare a write per send, a blob already kept that long is left alone, and an
-/// extension adds `slack_ms` beyond `until_ms`. [`Error::BlobNotFound`] for a
-/// blob that is unknown, not complete, expired, being deleted, or of a deleted
-/// box.
+/// extension adds `slack_ms` beyond `until_ms` (never past the blob's maximum
+/// age). [`Error::BlobNotFound`] for a blob that is unknown, not complete,
+/// expired, being deleted, of a deleted box, or that would have to live past
+/// `max_age_ms` (0: no limit) after its creation.
 pub async fn extend(
     txn: &mut Tx<'_>,
     box_id: BoxId,
@@ -319,10 +326,18 @@ pub async fn extend(
     now_ms: u64,
     until_ms: u64,
     slack_ms: u64,
+    max_age_ms: u64,
 ) -> Result<()> {
     let current = downloadable(txn, box_id, blob, now_ms).await?;
     if current.expires_at_ms >= until_ms {
         return Ok(());
+    }
+    let latest = match max_age_ms {
+        0 => u64::MAX,
+        age => current.created_at_ms.saturating_add(age),
+    };
+    if until_ms > latest {
+        return Err(Error::BlobNotFound);
     }
     let Some((handle, mut record)) = txn.lock_blob(box_id, blob).await? else {
         return Err(Error::BlobNotFound);
@@ -332,7 +347,7 @@ pub async fn extend(
     }
     txn.delete(&handle, &expiry_key(box_id, blob, record.expires_at_ms))
         .await?;
-    record.expires_at_ms = until_ms.saturating_add(slack_ms);
+    record.expires_at_ms = until_ms.saturating_add(slack_ms).min(latest);
     txn.put(&handle, &Key::Blob(box_id, blob), &record).await?;
     txn.put(
         &handle,

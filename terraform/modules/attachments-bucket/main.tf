@@ -7,7 +7,9 @@
 # lifecycle rule is the backstop for what a sweep could miss (an account purged
 # while the object store was failing): objects older than the message retention
 # plus a margin go. A blob sent again and again is therefore kept at most that
-# long after its upload on S3; clients upload it again after that.
+# long after its upload on S3: the gateways stop extending it a day earlier
+# (max_attachment_age_days, from the `bucket` output), and clients upload it
+# again after that.
 
 locals {
   tags = merge(var.tags, { "rossby:role" = "attachments" })

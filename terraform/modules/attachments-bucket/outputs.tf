@@ -6,5 +6,8 @@ output "bucket" {
     region      = data.aws_region.current.name
     prefix      = var.prefix
     kms_key_arn = var.kms_key_arn
+    # The gateways stop keeping a blob a day before the lifecycle rule would
+    # delete its objects (max_attachment_age_days).
+    max_age_days = var.retention_days + var.margin_days - 1
   }
 }

@@ -25,6 +25,7 @@ locals {
   attachment_environment = var.attachments == null ? [] : [
     "ROSSBY_BLOB_STORE=s3://${var.attachments.name}${var.attachments.prefix == "" ? "" : "/${var.attachments.prefix}"}",
     "ROSSBY_BLOB_S3_REGION=${var.attachments.region}",
+    "ROSSBY_MAX_ATTACHMENT_AGE_DAYS=${var.attachments.max_age_days}",
   ]
   # Known before the group exists: the boot script names the group, and the group
   # depends on the launch template that carries the script.
