@@ -186,6 +186,15 @@ impl Connection {
         }
     }
 
+    /// Abandons the current connection at once, without waiting for it to
+    /// drain (for example after the network changed); requests in flight on it
+    /// fail over to a new connection, which the next request opens.
+    pub async fn reset(&self) {
+        if let Some(live) = self.live.lock().await.take() {
+            live.conn.close(0u32.into(), b"reset");
+        }
+    }
+
     /// Closes the connection (pending pushes are lost).
     pub async fn close(&self) {
         if let Some(live) = self.live.lock().await.take() {

@@ -15,6 +15,7 @@
 //! The client never depends on a storage backend: it speaks only the wire
 //! protocol of `rossby-protocol`.
 
+pub mod attachments;
 pub mod connection;
 pub mod envelopes;
 pub mod error;

@@ -159,6 +159,10 @@ pub struct State {
     /// can name what was delivered or read.
     #[prost(message, repeated, tag = "25")]
     pub sent_log: Vec<SentLogEntry>,
+    /// Attachment uploads started and not finished, so a new process can resume
+    /// them ([`crate::attachments`]).
+    #[prost(message, optional, tag = "20")]
+    pub uploads: Option<crate::attachments::PendingUploads>,
 }
 
 impl fmt::Debug for State {

@@ -31,6 +31,8 @@ pub const DEFAULT_DATA_DIR: &str = "./rossby-data";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
 /// Default admin (HTTP) listen address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7401";
+/// Smallest attachment part size accepted.
+pub const MIN_PART_BYTES: u32 = 64 * 1024;
 /// Smallest frame limit accepted: smaller ones could not carry a signed request.
 pub const MIN_FRAME_BYTES: usize = 1024;
 
@@ -330,6 +332,46 @@ pub struct Args {
     #[arg(long, env = "ROSSBY_DEDUP_WINDOW_SECS", value_name = "SECS")]
     pub dedup_window_secs: Option<u64>,
 
+    // ---- attachments ----
+    /// Where attachment ciphertext is stored: a directory, `file:///dir`, or
+    /// `s3://bucket/prefix` [default: <data-dir>/blobs].
+    #[arg(long, env = "ROSSBY_BLOB_STORE", value_name = "URL")]
+    pub blob_store: Option<String>,
+    /// S3 endpoint URL, for S3-compatible stores other than AWS [default: AWS].
+    #[arg(long, env = "ROSSBY_BLOB_S3_ENDPOINT", value_name = "URL")]
+    pub blob_s3_endpoint: Option<String>,
+    /// S3 region [default: $AWS_REGION, else us-east-1].
+    #[arg(long, env = "ROSSBY_BLOB_S3_REGION", value_name = "REGION")]
+    pub blob_s3_region: Option<String>,
+    /// Allow plain HTTP to the S3 endpoint (tests) [default: false].
+    #[arg(long, env = "ROSSBY_BLOB_S3_ALLOW_HTTP", value_name = "BOOL")]
+    pub blob_s3_allow_http: Option<bool>,
+    /// Largest attachment, in ciphertext bytes [default: 104857600].
+    #[arg(long, env = "ROSSBY_MAX_ATTACHMENT_BYTES", value_name = "BYTES")]
+    pub max_attachment_bytes: Option<u64>,
+    /// Most attachment bytes one account may store [default: 1073741824].
+    #[arg(long, env = "ROSSBY_ATTACHMENT_QUOTA_BYTES", value_name = "BYTES")]
+    pub attachment_quota_bytes: Option<u64>,
+    /// Bytes per upload part [default: 1048576].
+    #[arg(long, env = "ROSSBY_ATTACHMENT_PART_BYTES", value_name = "BYTES")]
+    pub attachment_part_bytes: Option<u32>,
+    /// Most parts per attachment [default: 1024].
+    #[arg(long, env = "ROSSBY_MAX_ATTACHMENT_PARTS", value_name = "N")]
+    pub max_attachment_parts: Option<u32>,
+    /// Most uploads in progress per account [default: 16].
+    #[arg(long, env = "ROSSBY_MAX_UPLOADS_IN_PROGRESS", value_name = "N")]
+    pub max_uploads_in_progress: Option<u32>,
+    /// Seconds to complete an upload before it is deleted [default: 86400].
+    #[arg(long, env = "ROSSBY_UPLOAD_TTL_SECS", value_name = "SECS")]
+    pub upload_ttl_secs: Option<u64>,
+    /// Seconds a completed attachment no send referenced is kept [default: 86400].
+    #[arg(long, env = "ROSSBY_UNSENT_ATTACHMENT_TTL_SECS", value_name = "SECS")]
+    pub unsent_attachment_ttl_secs: Option<u64>,
+    /// Longest an attachment lives after its upload, however often it is sent,
+    /// in days; 0: no limit [default: 0].
+    #[arg(long, env = "ROSSBY_MAX_ATTACHMENT_AGE_DAYS", value_name = "DAYS")]
+    pub max_attachment_age_days: Option<u64>,
+
     // ---- rate limits: RATE is `N` or `N/s` (per second), `N/min`, `N/h` ----
     /// Authenticated requests per device [default: 50/s].
     #[arg(long, env = "ROSSBY_RATE_PER_DEVICE", value_name = "RATE", value_parser = parse_rate)]
@@ -471,6 +513,18 @@ struct FileConfig {
     max_deletes_per_txn: Option<usize>,
     retention_days: Option<u64>,
     dedup_window_secs: Option<u64>,
+    blob_store: Option<String>,
+    blob_s3_endpoint: Option<String>,
+    blob_s3_region: Option<String>,
+    blob_s3_allow_http: Option<bool>,
+    max_attachment_bytes: Option<u64>,
+    attachment_quota_bytes: Option<u64>,
+    attachment_part_bytes: Option<u32>,
+    max_attachment_parts: Option<u32>,
+    max_uploads_in_progress: Option<u32>,
+    upload_ttl_secs: Option<u64>,
+    unsent_attachment_ttl_secs: Option<u64>,
+    max_attachment_age_days: Option<u64>,
     rate_per_device: Option<RateValue>,
     burst_per_device: Option<f64>,
     rate_per_ip: Option<RateValue>,
@@ -630,6 +684,8 @@ pub struct Config {
     /// Lifetime and renewal interval of the box-ownership lease (with peers and
     /// a topology; docs/geo.md).
     pub owner_lease: (Duration, Duration),
+    /// Where attachment ciphertext is stored ([`crate::blobstore`]).
+    pub blob_store: crate::blobstore::BlobStoreConfig,
     /// Settings of the API layer. `server_secret` is ignored here: the gateway
     /// fills it from `secret_file` at start.
     pub api: ApiSettings,
@@ -740,6 +796,7 @@ impl Config {
                 crate::peer::ownership::DEFAULT_OWNER_RENEW,
             ),
             api: ApiSettings::with_secret(Vec::new()),
+            blob_store: crate::blobstore::BlobStoreConfig::Local(data_dir.join("blobs")),
             data_dir,
         }
     }
@@ -1046,11 +1103,14 @@ fn secs(flag: &str, value: u64, min: u64, max: u64) -> Result<Duration> {
 
 /// Applies flags and file over the defaults and validates the result.
 fn merge(a: Args, f: FileConfig) -> Result<Config> {
+    let (blob_store, attachment_limits) = attachments(&a, &f)?;
     let data_dir = pick(a.data_dir, f.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
     if data_dir.as_os_str().is_empty() {
         return Err(Error::Config("--data-dir must not be empty".into()));
     }
     let mut c = Config::defaults(data_dir.clone());
+    c.blob_store = blob_store;
+    c.api.attachments = attachment_limits;
     c.listen = pick(a.listen, f.listen, c.listen);
     c.admin_listen = pick(a.admin_listen, f.admin_listen, c.admin_listen);
     if c.listen.port() != 0 && c.listen == c.admin_listen {
@@ -1541,6 +1601,143 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     Ok(c)
 }
 
+/// The attachment options: the object store and the limits.
+fn attachments(
+    a: &Args,
+    f: &FileConfig,
+) -> Result<(
+    crate::blobstore::BlobStoreConfig,
+    rossby_storage::tables::blobs::BlobLimits,
+)> {
+    use crate::blobstore::BlobStoreConfig;
+    let store = a.blob_store.clone().or_else(|| f.blob_store.clone());
+    let endpoint = a
+        .blob_s3_endpoint
+        .clone()
+        .or_else(|| f.blob_s3_endpoint.clone());
+    let region = a
+        .blob_s3_region
+        .clone()
+        .or_else(|| f.blob_s3_region.clone());
+    let allow_http = pick(a.blob_s3_allow_http, f.blob_s3_allow_http, false);
+    let data_dir = a
+        .data_dir
+        .clone()
+        .or_else(|| f.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let blob_store = match store {
+        None => BlobStoreConfig::Local(data_dir.join("blobs")),
+        Some(url) => BlobStoreConfig::parse(&url, endpoint.clone(), region.clone(), allow_http)
+            .map_err(Error::Config)?,
+    };
+    if !matches!(blob_store, BlobStoreConfig::S3 { .. })
+        && (endpoint.is_some() || region.is_some() || allow_http)
+    {
+        return Err(Error::Config(
+            "--blob-s3-endpoint, --blob-s3-region and --blob-s3-allow-http need an s3:// --blob-store"
+                .into(),
+        ));
+    }
+    let mut limits = rossby_storage::tables::blobs::BlobLimits::default();
+    let b = &mut limits;
+    // A part travels in one frame with its request around it. Without an
+    // explicit part size, a smaller frame limit shrinks the default to fit.
+    let frame = pick(
+        a.max_frame_bytes,
+        f.max_frame_bytes,
+        rossby_protocol::framing::DEFAULT_MAX_FRAME,
+    );
+    let most = frame.saturating_sub(crate::api::attachments::FRAME_OVERHEAD);
+    match a.attachment_part_bytes.or(f.attachment_part_bytes) {
+        Some(part) => {
+            if part < MIN_PART_BYTES || usize::try_from(part).map_or(true, |p| p > most) {
+                return Err(Error::Config(format!(
+                    "--attachment-part-bytes must be between {MIN_PART_BYTES} and {most} (the frame limit less {} bytes); got {part}",
+                    crate::api::attachments::FRAME_OVERHEAD
+                )));
+            }
+            b.part_size = part;
+        }
+        None => {
+            let fits = u32::try_from(most).unwrap_or(u32::MAX);
+            b.part_size = b.part_size.min(fits).max(MIN_PART_BYTES);
+        }
+    }
+    b.max_size = at_least(
+        "max-attachment-bytes",
+        pick(a.max_attachment_bytes, f.max_attachment_bytes, b.max_size),
+        1,
+    )?;
+    b.quota_bytes = at_least(
+        "attachment-quota-bytes",
+        pick(
+            a.attachment_quota_bytes,
+            f.attachment_quota_bytes,
+            b.quota_bytes,
+        ),
+        1,
+    )?;
+    b.max_parts = at_least(
+        "max-attachment-parts",
+        pick(a.max_attachment_parts, f.max_attachment_parts, b.max_parts),
+        1,
+    )?;
+    let explicit = a.max_attachment_bytes.is_some()
+        || f.max_attachment_bytes.is_some()
+        || a.max_attachment_parts.is_some()
+        || f.max_attachment_parts.is_some()
+        || a.attachment_part_bytes.is_some()
+        || f.attachment_part_bytes.is_some();
+    let fits = u64::from(b.max_parts) * u64::from(b.part_size);
+    if !explicit {
+        // Only a small frame limit shrank the default part: the default size
+        // shrinks with it rather than contradict options nobody set.
+        b.max_size = b.max_size.min(fits);
+    } else if b.max_size.div_ceil(u64::from(b.part_size)) > u64::from(b.max_parts) {
+        return Err(Error::Config(format!(
+            "--max-attachment-bytes {} needs more than --max-attachment-parts {} parts of {} bytes",
+            b.max_size, b.max_parts, b.part_size
+        )));
+    }
+    b.max_uploads_in_progress = at_least(
+        "max-uploads-in-progress",
+        pick(
+            a.max_uploads_in_progress,
+            f.max_uploads_in_progress,
+            b.max_uploads_in_progress,
+        ),
+        1,
+    )?;
+    b.upload_ttl_ms = secs(
+        "upload-ttl-secs",
+        pick(a.upload_ttl_secs, f.upload_ttl_secs, b.upload_ttl_ms / 1000),
+        60,
+        30 * 86_400,
+    )?
+    .as_secs()
+        * 1000;
+    b.unsent_ttl_ms = secs(
+        "unsent-attachment-ttl-secs",
+        pick(
+            a.unsent_attachment_ttl_secs,
+            f.unsent_attachment_ttl_secs,
+            b.unsent_ttl_ms / 1000,
+        ),
+        60,
+        365 * 86_400,
+    )?
+    .as_secs()
+        * 1000;
+    let age_days = pick(a.max_attachment_age_days, f.max_attachment_age_days, 0);
+    if age_days > 36_500 {
+        return Err(Error::Config(format!(
+            "--max-attachment-age-days must be between 0 (no limit) and 36500 (got {age_days})"
+        )));
+    }
+    limits.max_age_ms = age_days * 86_400_000;
+    Ok((blob_store, limits))
+}
+
 /// The box-ownership lease and its renewal interval, checked.
 fn owner_lease(lease_ms: u64, renew_ms: u64) -> Result<(Duration, Duration)> {
     if !(100..=600_000).contains(&lease_ms) {
@@ -1731,6 +1928,80 @@ mod tests {
             Args::try_parse_from(std::iter::once("rossby-gateway").chain(argv.iter().copied()))
                 .map_err(|e| Error::Config(e.to_string()))?;
         Config::from_args(args)
+    }
+
+    #[test]
+    fn attachment_options_have_documented_defaults_and_are_checked() {
+        use crate::blobstore::BlobStoreConfig;
+        let c = parse(&["--data-dir", "/srv/r"]).unwrap();
+        assert_eq!(c.blob_store, BlobStoreConfig::Local("/srv/r/blobs".into()));
+        let a = &c.api.attachments;
+        assert_eq!(a.max_size, 100 * 1024 * 1024);
+        assert_eq!(a.quota_bytes, 1024 * 1024 * 1024);
+        assert_eq!(a.part_size, 1024 * 1024);
+        assert_eq!(a.max_parts, 1024);
+        assert_eq!(a.max_uploads_in_progress, 16);
+        assert_eq!(a.upload_ttl_ms, 86_400_000);
+        assert_eq!(a.unsent_ttl_ms, 86_400_000);
+        assert_eq!(a.max_age_ms, 0, "no limit by default");
+        // The default part fits the default frame with its request around it.
+        assert!(
+            a.part_size as usize + crate::api::attachments::FRAME_OVERHEAD <= c.api.max_frame_bytes
+        );
+        let c = parse(&[
+            "--blob-store",
+            "s3://rossby-blobs/eu",
+            "--blob-s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--blob-s3-allow-http",
+            "true",
+            "--max-attachment-bytes",
+            "1000",
+            "--attachment-part-bytes",
+            "65536",
+            "--upload-ttl-secs",
+            "600",
+            "--max-attachment-age-days",
+            "36",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.blob_store,
+            BlobStoreConfig::S3 {
+                bucket: "rossby-blobs".into(),
+                prefix: "eu".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: None,
+                allow_http: true,
+            }
+        );
+        assert_eq!(c.api.attachments.max_size, 1000);
+        assert_eq!(c.api.attachments.part_size, 65536);
+        assert_eq!(c.api.attachments.upload_ttl_ms, 600_000);
+        assert_eq!(c.api.attachments.max_age_ms, 36 * 86_400_000);
+        for (argv, flag) in [
+            (
+                &["--attachment-part-bytes", "2000000"][..],
+                "--attachment-part-bytes",
+            ),
+            (
+                &["--attachment-part-bytes", "1000"][..],
+                "--attachment-part-bytes",
+            ),
+            (
+                &["--max-attachment-bytes", "2000000000"][..],
+                "--max-attachment-parts",
+            ),
+            (
+                &["--blob-s3-endpoint", "http://x:1"][..],
+                "--blob-s3-endpoint",
+            ),
+            (&["--blob-store", "gs://bucket"][..], "--blob-store"),
+            (&["--upload-ttl-secs", "5"][..], "--upload-ttl-secs"),
+        ] {
+            let message = err(argv);
+            assert!(message.contains(flag), "{argv:?}: {message}");
+        }
     }
 
     fn err(argv: &[&str]) -> String {

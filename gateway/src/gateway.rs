@@ -157,6 +157,9 @@ impl Gateway {
             metrics.clone(),
         )?);
 
+        let blob_store = crate::blobstore::BlobStore::open(&config.blob_store, metrics.clone())?;
+        api.set_blob_store(blob_store.clone());
+
         let endpoint = quic_endpoint(server_config, config.listen, &config.quic)?;
         let quic_addr = endpoint.local_addr().map_err(|e| Error::Io {
             context: "QUIC endpoint address".into(),
@@ -248,6 +251,7 @@ impl Gateway {
             config.maintenance_lease,
             metrics.clone(),
         ));
+        maintenance.set_blob_store(blob_store);
         let background_task = {
             let maintain = maintenance.clone().run();
             let resume = resume_outboxes(api.clone(), region);

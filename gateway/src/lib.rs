@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod blobstore;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -28,6 +28,14 @@
 //! chance). So after restarts and scale-outs the jobs move back to a spread,
 //! and a job is never without a holder for much longer than a lease.
 //!
+//! **Attachments.** The holder of an expiry shard also sweeps the same shard of
+//! the region's blob expiry index: each due blob is marked deleting in storage,
+//! its objects are deleted from the object store, then its records
+//! ([`rossby_storage::tables::blobs`]). Every step tolerates another gateway
+//! doing the same at once (a lapsed lease): marking and finishing lock the
+//! blob's record, deleting a missing object is no error, and a blob extended by
+//! a send before it was marked is kept.
+//!
 //! A draining gateway stops the loop and releases its leases; the others take
 //! the jobs over at their next round. One that dies stops renewing; its jobs are
 //! taken over a lease after its leases lapse. None of this is needed for
@@ -35,13 +43,16 @@
 //! other where they must); it keeps a region's gateways from all doing the same
 //! work and colliding on the same keys, and bounds how long work waits.
 
+use crate::blobstore::BlobStore;
 use crate::metrics::Metrics;
 use crate::peer::ownership::Ownership;
 use rossby_keyspace::{MaintenanceJob, RegionId};
 use rossby_replication::ownership::choose;
 use rossby_storage::tables::Store;
+use rossby_storage::tables::blobs;
 use rossby_storage::tables::maintenance::{Acquired, MaintenanceLease};
 use rossby_storage::tables::presence::Holder;
+use rossby_storage::transact;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -58,6 +69,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(90);
 
 /// Expiry index entries read per sweep transaction batch.
 const SWEEP_BATCH: usize = 1024;
+
+/// Blob expiry entries read per batch.
+const BLOB_BATCH: usize = 64;
 
 /// Purge entries read per batch.
 const PURGE_BATCH: usize = 64;
@@ -91,6 +105,9 @@ pub struct Maintenance {
     state: tokio::sync::Mutex<State>,
     /// The jobs held after the last round, for observers.
     held: Mutex<BTreeSet<MaintenanceJob>>,
+    /// The object store of attachments, once attached: blob sweeping is off
+    /// until then.
+    blobs: std::sync::OnceLock<BlobStore>,
 }
 
 impl std::fmt::Debug for Maintenance {
@@ -136,7 +153,14 @@ impl Maintenance {
             metrics,
             state: tokio::sync::Mutex::new(State::default()),
             held: Mutex::new(BTreeSet::new()),
+            blobs: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attaches the object store whose blobs the expiry shard holders delete.
+    /// Returns false if one was attached already.
+    pub fn set_blob_store(&self, blobs: BlobStore) -> bool {
+        self.blobs.set(blobs).is_ok()
     }
 
     /// The gateway run id the leases name.
@@ -308,7 +332,10 @@ impl Maintenance {
                 return;
             }
             match job {
-                MaintenanceJob::ExpiryShard(shard) => self.sweep(shard, now_ms, deadline).await,
+                MaintenanceJob::ExpiryShard(shard) => {
+                    self.sweep(shard, now_ms, deadline).await;
+                    self.sweep_blobs(shard, now_ms, deadline).await;
+                }
                 MaintenanceJob::Purge => self.purge(deadline).await,
             }
         }
@@ -345,6 +372,71 @@ impl Maintenance {
                 }
             }
         }
+    }
+
+    /// Deletes the attachment blobs due in one shard of the blob expiry index:
+    /// storage marks each deleting, its objects go, then its records. A blob
+    /// whose objects cannot be deleted stays due and ends the round's sweep of
+    /// the shard (the object store is failing; the alert on its errors says so).
+    async fn sweep_blobs(&self, shard: u8, now_ms: u64, deadline: Instant) {
+        let Some(objects) = self.blobs.get() else {
+            return;
+        };
+        let store = &self.store;
+        let region = self.region;
+        let max_deletes = store.limits.max_deletes_per_txn;
+        loop {
+            let due = match transact!(store, |txn| blobs::due(
+                txn, region, shard, now_ms, BLOB_BATCH
+            )
+            .await)
+            {
+                Ok(due) => due,
+                Err(err) => {
+                    tracing::warn!(shard, error = %err, "cannot read the blob expiry index");
+                    return;
+                }
+            };
+            for entry in &due {
+                if Instant::now() >= deadline {
+                    return;
+                }
+                if let Err(err) = self.delete_blob(objects, entry, now_ms, max_deletes).await {
+                    tracing::warn!(shard, error = %err, "deleting an expired attachment failed; retried at the next round");
+                    return;
+                }
+            }
+            if due.len() < BLOB_BATCH {
+                return;
+            }
+        }
+    }
+
+    /// The three steps of deleting one due blob (see [`Self::sweep_blobs`]).
+    async fn delete_blob(
+        &self,
+        objects: &BlobStore,
+        entry: &blobs::DueBlob,
+        now_ms: u64,
+        max_deletes: usize,
+    ) -> Result<(), String> {
+        let store = &self.store;
+        let outcome = transact!(store, |txn| blobs::mark_deleting(txn, entry, now_ms).await)
+            .map_err(|e| e.to_string())?;
+        if outcome == blobs::Sweep::Kept {
+            self.metrics.maintenance_work("blobs", "kept", 1);
+            return Ok(());
+        }
+        let mut id = Vec::with_capacity(32);
+        id.extend_from_slice(entry.box_id.as_bytes());
+        id.extend_from_slice(&entry.blob);
+        objects.delete_blob(&id).await.map_err(|e| e.to_string())?;
+        while !transact!(store, |txn| blobs::finish_deleting(txn, entry, max_deletes)
+            .await)
+        .map_err(|e| e.to_string())?
+        {}
+        self.metrics.maintenance_work("blobs", "deleted", 1);
+        Ok(())
     }
 
     /// Finishes the purges of deleted accounts, one bounded transaction at a

@@ -29,6 +29,9 @@
 //! | `rossby_maintenance_pending_purges` | gauge | |
 //! | `rossby_maintenance_leases_held` | gauge | `task` |
 //! | `rossby_tls_certificate_expiry_timestamp_seconds` | gauge | |
+//! | `rossby_blob_bytes_total` | counter | `direction` |
+//! | `rossby_blob_store_operations_total` | counter | `operation` |
+//! | `rossby_blob_store_errors_total` | counter | `operation` |
 //!
 //! `docs/operations/metrics.md` describes each one for operators, and
 //! `tests/observability.rs` checks that it documents every metric exported here.
@@ -46,6 +49,9 @@ use rossby_storage::kv::{
 use rossby_storage::kv::{Error as StorageError, Result as StorageResult};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The object-store operations counted by `rossby_blob_store_*`.
+pub const BLOB_STORE_OPERATIONS: [&str; 4] = ["put", "get", "delete", "list"];
 
 /// Buckets of request latency: from half a millisecond to a minute, because a Fetch
 /// may wait up to `max_fetch_wait` for messages.
@@ -71,13 +77,16 @@ pub const MAINTENANCE_JOBS: &[&str] = &["expiry", "purge"];
 
 /// The (`task`, `kind`) labels of `rossby_maintenance_work_total`, exported from
 /// the start at 0: expiry index entries processed, envelopes and dedup records
-/// they deleted; boxes purged and the purge transactions that took.
+/// they deleted; boxes purged and the purge transactions that took; attachment
+/// blobs deleted, and due entries of blobs a send had kept alive.
 pub const MAINTENANCE_WORK: &[(&str, &str)] = &[
     ("expiry", "entries"),
     ("expiry", "envelopes"),
     ("expiry", "dedups"),
     ("purge", "boxes"),
     ("purge", "steps"),
+    ("blobs", "deleted"),
+    ("blobs", "kept"),
 ];
 
 /// The `kind` labels of `rossby_storage_errors_total` that storage operations
@@ -155,6 +164,17 @@ pub struct Metrics {
     /// certificate the QUIC endpoint presents, in Unix seconds; 0 when it could not
     /// be read (see [`Metrics::set_certificate_expiry`]).
     pub tls_certificate_expiry_timestamp_seconds: IntGauge,
+    /// `rossby_blob_bytes_total{direction}`: attachment ciphertext bytes
+    /// `uploaded` (parts stored), `downloaded` (parts served) and `deleted`
+    /// (blobs removed by the sweeper); stored bytes are uploaded less deleted,
+    /// summed over the gateways.
+    pub blob_bytes_total: IntCounterVec,
+    /// `rossby_blob_store_operations_total{operation}`: object-store calls
+    /// (`put`, `get`, `delete`, `list`), failed ones included.
+    pub blob_store_operations_total: IntCounterVec,
+    /// `rossby_blob_store_errors_total{operation}`: object-store calls that
+    /// failed (a missing object on `get` or `delete` is not an error).
+    pub blob_store_errors_total: IntCounterVec,
     /// The children of `requests_total` and `request_duration_seconds`, resolved
     /// once per (RPC, status).
     request_handles: RequestHandles,
@@ -373,6 +393,36 @@ impl Metrics {
                     "Not-after time of the served TLS certificate, in Unix seconds (0: unreadable).",
                 ),
             ),
+            blob_bytes_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_blob_bytes_total",
+                        "Attachment ciphertext bytes uploaded, downloaded and deleted, by direction.",
+                    ),
+                    &["direction"],
+                ),
+            ),
+            blob_store_operations_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_blob_store_operations_total",
+                        "Object-store operations, by operation.",
+                    ),
+                    &["operation"],
+                ),
+            ),
+            blob_store_errors_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_blob_store_errors_total",
+                        "Object-store operations that failed, by operation.",
+                    ),
+                    &["operation"],
+                ),
+            ),
             request_handles: RequestHandles::new(),
             registry,
         };
@@ -390,6 +440,17 @@ impl Metrics {
             metrics
                 .maintenance_work_total
                 .with_label_values(&[job, kind]);
+        }
+        for direction in ["uploaded", "downloaded", "deleted"] {
+            metrics.blob_bytes_total.with_label_values(&[direction]);
+        }
+        for operation in BLOB_STORE_OPERATIONS {
+            metrics
+                .blob_store_operations_total
+                .with_label_values(&[operation]);
+            metrics
+                .blob_store_errors_total
+                .with_label_values(&[operation]);
         }
         for job in MAINTENANCE_JOBS {
             metrics.maintenance_lag_seconds.with_label_values(&[job]);
@@ -448,6 +509,26 @@ impl Metrics {
             self.maintenance_work_total
                 .with_label_values(&[task, kind])
                 .inc_by(n);
+        }
+    }
+
+    /// Counts `n` attachment bytes in `direction` (`uploaded`, `downloaded`,
+    /// `deleted`).
+    pub fn blob_bytes(&self, direction: &str, n: u64) {
+        self.blob_bytes_total
+            .with_label_values(&[direction])
+            .inc_by(n);
+    }
+
+    /// Counts one object-store `operation`, and its failure when `failed`.
+    pub fn blob_store_operation(&self, operation: &str, failed: bool) {
+        self.blob_store_operations_total
+            .with_label_values(&[operation])
+            .inc();
+        if failed {
+            self.blob_store_errors_total
+                .with_label_values(&[operation])
+                .inc();
         }
     }
 

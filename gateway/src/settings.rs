@@ -104,6 +104,8 @@ pub struct ApiSettings {
     pub max_fetch_wait: Duration,
     /// Rate limits.
     pub rate_limits: RateLimits,
+    /// Attachment limits (sizes, quota, parts, lifetimes).
+    pub attachments: rossby_storage::tables::blobs::BlobLimits,
     /// The deployment's regions and gateways, when configured: registrations may
     /// only home boxes in its regions, and replies to a box homed elsewhere name
     /// the gateways of its home region.
@@ -130,6 +132,7 @@ impl ApiSettings {
             max_fetch_bytes: 4 * 1024 * 1024,
             max_fetch_wait: Duration::from_secs(60),
             rate_limits: RateLimits::default(),
+            attachments: rossby_storage::tables::blobs::BlobLimits::default(),
             topology: None,
         }
     }

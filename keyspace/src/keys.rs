@@ -25,6 +25,9 @@
 //!        0x0e <group id 16>                               epoch record of a group this box created
 //!        0x0f <device 16> <package ref 16>                a KeyPackage claimed recently (not stored again)
 //!        0x10 <pepper version u32> <digest 32>            identifier being added to this box (code sent)
+//!        0x11 <blob 16>                                   attachment blob record (size, parts, state, expiry)
+//!        0x12 <blob 16> <part u32>                        one stored part of an attachment upload
+//!        0x13                                             attachment usage (stored bytes, uploads in progress)
 //!   0x02 <shard u8> <due at ms u64> <box 16> <entry>      expiry index
 //!        0x01 <seq u64>                                   envelopes through seq (written before batch entries)
 //!        0x02 <sender device 16> <message id 16>          one dedup record (written before batch entries)
@@ -35,7 +38,12 @@
 //!   0x06 <job>                                            maintenance lease of one background job of the region
 //!        0x01 <shard u8>                                  sweeping one expiry shard
 //!        0x02                                             draining the purge queue
+//!   0x07 <shard u8> <due at ms u64> <box 16> <blob 16>    attachment blob expiry index
 //! ```
+//!
+//! Tag `0x10` of the box tables is reserved for another table; attachment blobs
+//! use `0x11`-`0x13`. A blob's id on the wire is its box id followed by the 16
+//! bytes that name it in the box ([`Key::Blob`]).
 //!
 //! A box's region code is both in the regional prefix and in the box id; decoding
 //! rejects keys where the two disagree.
@@ -56,6 +64,7 @@ const REGION_PURGE: u8 = 0x03;
 const REGION_GATEWAY: u8 = 0x04;
 const REGION_OUTBOX: u8 = 0x05;
 const REGION_MAINTENANCE: u8 = 0x06;
+const REGION_BLOB_EXPIRY: u8 = 0x07;
 
 const JOB_EXPIRY_SHARD: u8 = 0x01;
 const JOB_PURGE: u8 = 0x02;
@@ -156,6 +165,12 @@ pub enum Table {
     /// Identifiers being added to the box: a verification code was sent and
     /// not yet confirmed. (Tags from 0x11 on are reserved.)
     PendingIdentifier = 0x10,
+    /// Attachment blob records.
+    Blob = 0x11,
+    /// Markers of the stored parts of attachment uploads.
+    BlobPart = 0x12,
+    /// The box's attachment usage (stored bytes, uploads in progress).
+    BlobUsage = 0x13,
 }
 
 impl Table {
@@ -177,6 +192,9 @@ impl Table {
             0x0e => Table::Group,
             0x0f => Table::ClaimedKeyPackage,
             0x10 => Table::PendingIdentifier,
+            0x11 => Table::Blob,
+            0x12 => Table::BlobPart,
+            0x13 => Table::BlobUsage,
             _ => return Err(Error::MalformedKey("unknown box table")),
         })
     }
@@ -254,6 +272,26 @@ pub enum Key {
     /// delivered; in the box's region, outside its box range, so one scan of the
     /// region finds every pending entry.
     Outbox(BoxId, [u8; 16]),
+    /// An attachment blob record of the box that uploaded it, by the blob's
+    /// 16-byte name within the box.
+    Blob(BoxId, [u8; 16]),
+    /// Marker of one stored part (by its index) of an attachment upload.
+    BlobPart(BoxId, [u8; 16], u32),
+    /// The box's attachment usage: the one key every change of its stored bytes
+    /// or uploads in progress writes, so the quota holds under snapshot isolation.
+    BlobUsage(BoxId),
+    /// Attachment expiry index entry, in the home region of the box: the blob
+    /// is due for deletion at `expires_at_ms` unless its record says later.
+    BlobExpiry {
+        /// Index shard, derived from the box ([`expiry_shard`]).
+        shard: u8,
+        /// When the blob falls due (milliseconds since the Unix epoch).
+        expires_at_ms: u64,
+        /// The box that uploaded it.
+        box_id: BoxId,
+        /// The blob's name within the box.
+        blob: [u8; 16],
+    },
     /// Expiry index entry, in the home region of the box.
     Expiry {
         /// Index shard, derived from the box.
@@ -333,6 +371,10 @@ impl Key {
             | Key::GroupEpoch(b, _)
             | Key::Outbox(b, _)
             | Key::Expiry { box_id: b, .. }
+            | Key::Blob(b, _)
+            | Key::BlobPart(b, _, _)
+            | Key::BlobUsage(b)
+            | Key::BlobExpiry { box_id: b, .. }
             | Key::Purge(b) => Some(b),
         }
     }
@@ -390,6 +432,25 @@ impl Key {
             ),
             Key::Presence(b, d) => with(table_prefix(b, Table::Presence), &[d.as_bytes()]),
             Key::GroupEpoch(b, g) => with(table_prefix(b, Table::Group), &[&g]),
+            Key::Blob(b, x) => with(table_prefix(b, Table::Blob), &[&x]),
+            Key::BlobPart(b, x, i) => {
+                with(table_prefix(b, Table::BlobPart), &[&x, &i.to_be_bytes()])
+            }
+            Key::BlobUsage(b) => table_prefix(b, Table::BlobUsage),
+            Key::BlobExpiry {
+                shard,
+                expires_at_ms,
+                box_id,
+                blob,
+            } => with(
+                region_prefix(box_id.home_region(), REGION_BLOB_EXPIRY),
+                &[
+                    &[shard],
+                    &expires_at_ms.to_be_bytes(),
+                    box_id.as_bytes(),
+                    &blob,
+                ],
+            ),
             Key::Outbox(b, id) => with(
                 region_prefix(b.home_region(), REGION_OUTBOX),
                 &[b.as_bytes(), &id],
@@ -476,6 +537,12 @@ impl Key {
                     REGION_GATEWAY => Key::GatewayLease(region, r.array()?),
                     REGION_OUTBOX => Key::Outbox(r.box_in(region)?, r.array()?),
                     REGION_MAINTENANCE => Key::MaintenanceLease(region, r.job()?),
+                    REGION_BLOB_EXPIRY => Key::BlobExpiry {
+                        shard: r.u8()?,
+                        expires_at_ms: r.u64()?,
+                        box_id: r.box_in(region)?,
+                        blob: r.array()?,
+                    },
                     _ => return Err(Error::MalformedKey("unknown regional kind")),
                 }
             }
@@ -505,6 +572,9 @@ impl Key {
             Table::PendingIdentifier => Key::PendingIdentifier(b, r.u32()?, r.array()?),
             Table::Presence => Key::Presence(b, r.device()?),
             Table::Group => Key::GroupEpoch(b, r.array()?),
+            Table::Blob => Key::Blob(b, r.array()?),
+            Table::BlobPart => Key::BlobPart(b, r.array()?, r.u32()?),
+            Table::BlobUsage => Key::BlobUsage(b),
         })
     }
 
@@ -553,6 +623,21 @@ impl Key {
     /// Expiry entries of one shard of a region that expire before `before_ms`.
     pub fn expiry_due(region: RegionId, shard: u8, before_ms: u64) -> KeyRange {
         let mut start = region_prefix(region, REGION_EXPIRY);
+        start.push(shard);
+        let mut end = start.clone();
+        end.extend_from_slice(&before_ms.to_be_bytes());
+        KeyRange::new(start, end)
+    }
+
+    /// The part markers of one blob.
+    pub fn blob_parts_range(box_id: BoxId, blob: [u8; 16]) -> KeyRange {
+        KeyRange::prefix(&with(table_prefix(box_id, Table::BlobPart), &[&blob]))
+    }
+
+    /// Blob expiry entries of one shard of a region that fall due before
+    /// `before_ms`.
+    pub fn blob_expiry_due(region: RegionId, shard: u8, before_ms: u64) -> KeyRange {
+        let mut start = region_prefix(region, REGION_BLOB_EXPIRY);
         start.push(shard);
         let mut end = start.clone();
         end.extend_from_slice(&before_ms.to_be_bytes());
@@ -766,6 +851,16 @@ mod tests {
                 entry: ExpiryEntry::Batch(s)
             }),
             any_box().prop_map(Key::Purge),
+            (any_box(), any::<[u8; 16]>()).prop_map(|(b, x)| Key::Blob(b, x)),
+            (any_box(), any::<[u8; 16]>(), any::<u32>())
+                .prop_map(|(b, x, i)| Key::BlobPart(b, x, i)),
+            any_box().prop_map(Key::BlobUsage),
+            (any_box(), any::<u64>(), any::<[u8; 16]>()).prop_map(|(b, t, x)| Key::BlobExpiry {
+                shard: expiry_shard(b),
+                expires_at_ms: t,
+                box_id: b,
+                blob: x,
+            }),
         ]
     }
 
@@ -821,11 +916,16 @@ mod tests {
                 | Key::LastResortKeyPackage(b, _) | Key::Next(b) | Key::Low(b) | Key::Queue(b, _)
                 | Key::Dedup(b, _, _) | Key::Contact(b, _) | Key::Block(b, _) | Key::Ident(b, _, _)
                 | Key::Presence(b, _) | Key::GroupEpoch(b, _) | Key::ClaimedKeyPackage(b, _, _)
-                | Key::PendingIdentifier(b, _, _) => {
+                | Key::PendingIdentifier(b, _, _)
+                | Key::Blob(b, _) | Key::BlobPart(b, _, _) | Key::BlobUsage(b) => {
                     prop_assert!(Key::box_range(b).contains(&bytes));
                     b.home_region()
                 }
                 Key::Expiry { box_id, .. } | Key::Purge(box_id) => box_id.home_region(),
+                Key::BlobExpiry { box_id, .. } => {
+                    prop_assert!(!Key::box_range(box_id).contains(&bytes));
+                    box_id.home_region()
+                }
                 Key::Outbox(b, _) => {
                     prop_assert!(Key::outbox_range(b.home_region()).contains(&bytes));
                     prop_assert!(Key::box_outbox_range(b).contains(&bytes));
@@ -930,6 +1030,41 @@ mod tests {
         assert_eq!(bytes, expected);
         assert_eq!(Key::decode(&bytes), Ok(key));
         assert!(Key::expiry_due(RegionId(5), expiry_shard(b), 1_001).contains(&bytes));
+    }
+
+    #[test]
+    fn blob_keys_use_tags_0x11_to_0x13_and_a_region_wide_expiry_index() {
+        let b = BoxId::new(RegionId(3));
+        let x = [9u8; 16];
+        let prefix = box_prefix(b);
+        assert_eq!(Key::Blob(b, x).encode()[prefix.len()], 0x11);
+        assert_eq!(Key::BlobPart(b, x, 1).encode()[prefix.len()], 0x12);
+        assert_eq!(Key::BlobUsage(b).encode()[prefix.len()], 0x13);
+        for key in [Key::Blob(b, x), Key::BlobPart(b, x, 7), Key::BlobUsage(b)] {
+            assert!(Key::box_range(b).contains(&key.encode()));
+        }
+        let parts = Key::blob_parts_range(b, x);
+        assert!(parts.contains(&Key::BlobPart(b, x, 0).encode()));
+        assert!(parts.contains(&Key::BlobPart(b, x, u32::MAX).encode()));
+        assert!(!parts.contains(&Key::BlobPart(b, [10; 16], 0).encode()));
+        // Part markers sort by index.
+        assert!(Key::BlobPart(b, x, 2).encode() < Key::BlobPart(b, x, 256).encode());
+        let entry = |t| Key::BlobExpiry {
+            shard: expiry_shard(b),
+            expires_at_ms: t,
+            box_id: b,
+            blob: x,
+        };
+        let due = Key::blob_expiry_due(RegionId(3), expiry_shard(b), 1000);
+        assert!(due.contains(&entry(999).encode()));
+        assert!(!due.contains(&entry(1000).encode()));
+        assert!(region_range(RegionId(3)).contains(&entry(5).encode()));
+        assert!(!Key::box_range(b).contains(&entry(5).encode()));
+        assert_eq!(entry(5).owner_box(), Some(b));
+        // Tag 0x10 belongs to another table and is not decoded as a blob.
+        let mut other = prefix.clone();
+        other.push(0x10);
+        assert!(!matches!(Key::decode(&other), Ok(Key::Blob(..))));
     }
 
     #[test]

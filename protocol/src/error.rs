@@ -32,4 +32,15 @@ pub enum Error {
     /// A key, signature or ciphertext is invalid.
     #[error("cryptographic failure: {0}")]
     Crypto(String),
+    /// A chunk of an attachment did not authenticate, or is missing: the
+    /// download was tampered with, truncated, reordered or is of another file.
+    #[error(
+        "attachment chunk {index} of {count} is corrupt, missing or out of order (tampered or truncated download)"
+    )]
+    AttachmentChunk {
+        /// Zero-based index of the first chunk that failed.
+        index: u64,
+        /// How many chunks the attachment has.
+        count: u64,
+    },
 }

@@ -75,6 +75,19 @@ pub enum Error {
     /// Removing the identifier would leave the box with none.
     #[error("the last identifier of a box cannot be removed")]
     LastIdentifier,
+    /// The attachment blob is unknown, not complete, expired or being deleted
+    /// (one outcome, so none of these can be told apart).
+    #[error("blob not found")]
+    BlobNotFound,
+    /// CompleteUpload before every part was stored.
+    #[error("{} of the upload's parts are missing", missing.len())]
+    UploadIncomplete {
+        /// The missing part numbers, ascending.
+        missing: Vec<u32>,
+    },
+    /// A size or count exceeds a limit (for example an attachment's size).
+    #[error("too large: {0}")]
+    TooLarge(String),
 }
 
 impl Error {

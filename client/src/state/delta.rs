@@ -207,6 +207,7 @@ scalar_fields!(State, state_changed, state_values, apply_state_fields, {
     15 => service_name,
     16 => ca_cert_der,
     24 => read_receipts_off,
+    20 => uploads,
 });
 
 // Every field of `GroupsState` except `mls_storage` (keyed) and the repeated ones.
@@ -620,6 +621,9 @@ mod tests {
         full.outbox.push(OutboxEntry::default());
         full.read_receipts_off = true;
         full.sent_log.push(SentLogEntry::default());
+        full.uploads = Some(crate::attachments::PendingUploads {
+            uploads: vec![crate::attachments::PendingUpload::default()],
+        });
         let groups = full.groups.as_mut().unwrap();
         groups.signature_public = vec![6];
         groups.processed_through = 1;
@@ -659,6 +663,7 @@ mod tests {
             groups: _,
             read_receipts_off: _,
             sent_log: _,
+            uploads: _,
         } = full;
         let GroupsState {
             signature_public: _,

@@ -422,6 +422,7 @@ pub(crate) async fn group_send(
     let group = parse_group(&req.creator_box, &req.group_id)?;
     let message_id = parse_message_id(&req.message_id)?;
     check_envelope(shared, &req.envelope, true)?;
+    super::attachments::keep_referenced(shared, &req.attachments).await?;
     let store = &shared.store;
     let limits = &store.limits;
     let message = GroupMessage {

@@ -682,8 +682,10 @@ pub(crate) async fn send(
     caller: &Authenticated,
     body: &[u8],
 ) -> Result<pb::SendResponse, Failure> {
-    let req: pb::SendRequest = decode(body, "SendRequest")?;
+    let mut req: pb::SendRequest = decode(body, "SendRequest")?;
+    let attachments = std::mem::take(&mut req.attachments);
     let (message_id, targets, ephemeral) = validate_send(shared, req)?;
+    super::attachments::keep_referenced(shared, &attachments).await?;
     if ephemeral {
         return send_ephemeral(shared, caller, targets).await;
     }

@@ -15,7 +15,8 @@
 //! [`messaging`] (Send, Fetch, Ack, Subscribe), [`account`] (Block, Unblock,
 //! UpdateSettings, RemoveDevice, DeleteAccount), [`identifiers`] (AddIdentifier,
 //! ConfirmIdentifier, RemoveIdentifier, ListIdentifiers,
-//! SetIdentifierDiscoverable) and [`service`] (Ping, Health).
+//! SetIdentifierDiscoverable), [`attachments`] (CreateUpload, UploadPart,
+//! UploadStatus, CompleteUpload, DownloadPart) and [`service`] (Ping, Health).
 //!
 //! # Stored device keys
 //! A device record keeps the device's Ed25519 identity key in `identity_key` and
@@ -30,6 +31,7 @@
 //! [`Failure::from`].
 
 pub mod account;
+pub mod attachments;
 mod box_locks;
 pub mod directory;
 pub mod groups;
@@ -88,6 +90,10 @@ pub(crate) struct Shared {
     pub(crate) enqueuer: Arc<messaging::Enqueuer>,
     /// Serialises acknowledgements per box (see [`box_locks`]).
     pub(crate) box_locks: box_locks::BoxLocks,
+    /// The object store of attachment parts, once attached
+    /// ([`Api::set_blob_store`]); until then the attachment RPCs answer
+    /// `UNAVAILABLE`.
+    pub(crate) blobs: std::sync::OnceLock<crate::blobstore::BlobStore>,
 }
 
 /// Where a request came from: [`ConnContext`] without the requirement of a QUIC
@@ -188,6 +194,7 @@ impl Api {
                 verifier,
                 enqueuer,
                 box_locks: box_locks::BoxLocks::default(),
+                blobs: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -214,6 +221,12 @@ impl Api {
         response.credentials_outdated = hints.credentials_outdated;
         response.server_time_ms = now_ms();
         response
+    }
+
+    /// Attaches the object store of attachment parts. Returns false (and
+    /// changes nothing) if one was attached already.
+    pub fn set_blob_store(&self, blobs: crate::blobstore::BlobStore) -> bool {
+        self.shared.blobs.set(blobs).is_ok()
     }
 
     /// Forgets everything about a closed connection (its push subscriptions).
@@ -375,11 +388,13 @@ impl Shared {
             Method::SetIdentifierDiscoverable => {
                 encode(identifiers::set_discoverable(self, caller, body).await)
             }
-            Method::CreateUpload
-            | Method::UploadPart
-            | Method::UploadStatus
-            | Method::CompleteUpload
-            | Method::DownloadPart => Err(not_served(method)),
+            Method::CreateUpload => encode(attachments::create_upload(self, caller, body).await),
+            Method::UploadPart => encode(attachments::upload_part(self, caller, body).await),
+            Method::UploadStatus => encode(attachments::upload_status(self, caller, body).await),
+            Method::CompleteUpload => {
+                encode(attachments::complete_upload(self, caller, body).await)
+            }
+            Method::DownloadPart => encode(attachments::download_part(self, caller, body).await),
             // Unauthenticated methods were answered by the caller of this function.
             Method::Unspecified
             | Method::Ping
@@ -583,14 +598,6 @@ fn owning_box(method: Method, caller: &Authenticated, body: &[u8]) -> Option<Box
     BoxId::try_from_slice(&creator).ok()
 }
 
-/// The answer to an RPC this gateway does not serve.
-fn not_served(method: Method) -> Failure {
-    Failure::new(
-        Status::UnknownMethod,
-        format!("{} is not served by this gateway", method.as_str_name()),
-    )
-}
-
 /// An owner's answer as this gateway's outcome.
 fn from_response(response: pb::Response) -> Result<Vec<u8>, Failure> {
     let status = Status::try_from(response.status).unwrap_or(Status::Internal);
@@ -686,6 +693,9 @@ impl Failure {
 /// | `RecipientUnavailable`, `BoxNotFound`, `DeviceNotFound` | `NOT_FOUND` |
 /// | `AckBeyondLast` | `ACK_BEYOND_LAST` |
 /// | `QuotaExceeded` | `QUOTA_EXCEEDED` |
+/// | `BlobNotFound` | `NOT_FOUND` (one message for unknown, incomplete and expired blobs) |
+/// | `UploadIncomplete` | `UPLOAD_INCOMPLETE` |
+/// | `TooLarge` | `TOO_LARGE` |
 /// | `AlreadyRegistered` | `ALREADY_REGISTERED` |
 /// | `IdentifierNotBound` | `NOT_FOUND` |
 /// | `LastIdentifier` | `LAST_IDENTIFIER` |
@@ -719,6 +729,18 @@ impl From<rossby_storage::Error> for Failure {
             E::QuotaExceeded(what) => {
                 Failure::new(Status::QuotaExceeded, format!("quota exceeded: {what}"))
             }
+            E::BlobNotFound => Failure::new(
+                Status::NotFound,
+                "no such attachment (unknown, incomplete or expired)",
+            ),
+            E::UploadIncomplete { missing } => Failure::new(
+                Status::UploadIncomplete,
+                format!(
+                    "{} parts of the upload are missing; UploadStatus lists them",
+                    missing.len()
+                ),
+            ),
+            E::TooLarge(what) => Failure::new(Status::TooLarge, what),
             E::AlreadyRegistered => Failure::new(
                 Status::AlreadyRegistered,
                 "this identifier is already registered",

@@ -8,11 +8,13 @@
 //!   device, used for credentials and for envelope key wraps;
 //! - [`seal_envelope`] / [`open_envelope`]: end-to-end message envelopes, signed by
 //!   the sender device, with the content key wrapped for each recipient device;
+//! - [`attachment`]: chunked encryption of files (STREAM-like ChaCha20-Poly1305);
 //! - [`safety_number`]: the numbers users compare to detect substituted keys.
 //!
 //! Everything is pure apart from drawing randomness; every failure is an
 //! [`Error`](crate::Error), never a panic.
 
+pub mod attachment;
 mod envelope;
 mod keys;
 mod safety;

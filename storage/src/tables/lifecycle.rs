@@ -203,6 +203,11 @@ pub async fn purge_step(txn: &mut Tx<'_>, box_id: BoxId, max_keys: usize) -> Res
         }
         return Ok(false);
     }
+    // Attachment blobs have objects outside storage: their records go to the
+    // blob sweeper (filed as due at once) before the range is emptied.
+    if super::blobs::purge_records(txn, &handle, max_keys).await? > 0 {
+        return Ok(false);
+    }
     let keys = txn
         .scan(&Key::box_range(box_id), max_keys.max(1), ScanOrder::Reverse)
         .await?;

@@ -47,6 +47,7 @@ use rossby_keyspace::{BoxId, DeviceId, ExpiryEntry, Key, LookupHasher, RegionId}
 use std::collections::BTreeMap;
 
 pub mod accounts;
+pub mod blobs;
 pub mod contacts;
 pub mod devices;
 pub mod gateways;

@@ -25,6 +25,7 @@ pub use generated::{
     LowWater, Marker, PendingIdentifier, PendingRegistration, Pointer, Profile, QueueHead,
     Relation, StoredEnvelope,
 };
+pub use generated::{BlobRecord, BlobState, BlobUsage};
 pub use generated::{OutboxEntry, OutboxRecipient};
 
 /// The device-list version of an envelope that is not sealed per device (a
@@ -249,6 +250,8 @@ record! {
     GroupRecord => "group",
     OutboxEntry => "outbox entry",
     PresenceRecord => "presence lease",
+    BlobRecord => "blob",
+    BlobUsage => "blob usage",
 }
 
 #[cfg(test)]

@@ -22,14 +22,21 @@
 //! then taken by writing `next` ([`Tx::write_next`]) instead of locking it,
 //! which would cost a round trip of its own.
 //!
-//! Two exceptions keep the rule honest rather than bypass it: entries of the
-//! region's expiry index may be *deleted* without a handle (removing an index
+//! Three exceptions keep the rule honest rather than bypass it: entries of the
+//! region's expiry indexes may be *deleted* without a handle (removing an index
 //! entry never brings anything back into a box; writing one still needs the
-//! handle), and a box being purged is written through a handle obtained by
-//! writing its `low` key ([`Tx::open_for_purge`]), the key every expiry locks.
+//! handle); a box being purged is written through a handle obtained by
+//! writing its `low` key ([`Tx::open_for_purge`]), the key every expiry locks;
+//! and an attachment part marker is written through a handle obtained by
+//! *reading* its blob record uploading in a live box ([`Tx::read_uploading_blob`]),
+//! so that parallel parts of one upload never conflict. Such a marker can only
+//! outlive its record if its transaction overlaps the record's deletion, which
+//! the gateway rules out in time (parts are refused near the upload's deadline
+//! and the sweeper deletes only after it) or which leaves a marker the purge of
+//! a deleted box removes.
 
 use super::Record;
-use super::records::{Device, LowWater, Profile, QueueHead, Stored};
+use super::records::{BlobRecord, BlobState, Device, LowWater, Profile, QueueHead, Stored};
 use crate::error::{Error, Result};
 use crate::kv::{Key as RawKey, KeyRange, KvPair, ScanOrder, Transaction, Value};
 use rossby_keyspace::{BoxId, DeviceId, Key, LookupDigest, MaintenanceJob, RegionId};
@@ -66,6 +73,14 @@ pub enum Guard {
     /// deletes it, so a delivery racing with the purge conflicts on the entry,
     /// and one that begins later finds it gone.
     OutboxEntry([u8; 16]),
+    /// One existing attachment blob record, locked: rewriting that record, its
+    /// part markers and its expiry entries only (extending, sealing or deleting
+    /// the blob). Like an outbox entry, deletion does not write it but the purge
+    /// deletes it, so a racing extension conflicts with the purge.
+    Blob([u8; 16]),
+    /// One uploading blob record, read (not locked): writing that blob's part
+    /// markers only (see the module documentation).
+    BlobParts([u8; 16]),
 }
 
 impl Guard {
@@ -76,6 +91,7 @@ impl Guard {
             Guard::Low => Key::Low(box_id),
             Guard::Device(device) => Key::Device(box_id, device),
             Guard::OutboxEntry(id) => Key::Outbox(box_id, id),
+            Guard::Blob(blob) | Guard::BlobParts(blob) => Key::Blob(box_id, blob),
         }
     }
 }
@@ -394,6 +410,46 @@ impl<'t> Tx<'t> {
             .map(|value| (self.handle(creator, guard), value)))
     }
 
+    /// Locks an existing attachment blob record of `box_id`: a handle that may
+    /// rewrite that record, its part markers and its expiry entries. `None`
+    /// when the record is gone.
+    pub async fn lock_blob(
+        &mut self,
+        box_id: BoxId,
+        blob: [u8; 16],
+    ) -> Result<Option<(BoxHandle, BlobRecord)>> {
+        let guard = Guard::Blob(blob);
+        match self.lock_raw(&guard.key(box_id)).await? {
+            Some(bytes) => Ok(Some((
+                self.handle(box_id, guard),
+                BlobRecord::from_stored(&bytes)?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads an attachment blob record that is still uploading, in a live box:
+    /// a handle that may write that blob's part markers only (the exception in
+    /// the module documentation). [`Error::BlobNotFound`] for a missing blob,
+    /// one that is no longer uploading, and a deleted box.
+    pub async fn read_uploading_blob(
+        &mut self,
+        box_id: BoxId,
+        blob: [u8; 16],
+    ) -> Result<(BoxHandle, BlobRecord)> {
+        let record = self
+            .get::<BlobRecord>(&Key::Blob(box_id, blob))
+            .await?
+            .filter(|r| r.state() == BlobState::Uploading)
+            .ok_or(Error::BlobNotFound)?;
+        match self.live_profile(box_id).await {
+            Ok(_) => {}
+            Err(Error::BoxNotFound) => return Err(Error::BlobNotFound),
+            Err(err) => return Err(err),
+        }
+        Ok((self.handle(box_id, Guard::BlobParts(blob)), record))
+    }
+
     /// Takes the `next` guard of a box that a batch read of this transaction
     /// found alive, by writing `head`: the write makes a concurrent deletion
     /// conflict just as a lock would, and needs no read beyond the batch.
@@ -457,6 +513,16 @@ impl<'t> Tx<'t> {
         }
         let allowed = match handle.guard {
             Guard::OutboxEntry(_) => *key == handle.guard.key(handle.box_id),
+            Guard::Blob(blob) => match *key {
+                Key::Blob(b, x) | Key::BlobPart(b, x, _) => b == handle.box_id && x == blob,
+                Key::BlobExpiry {
+                    box_id, blob: x, ..
+                } => box_id == handle.box_id && x == blob,
+                _ => false,
+            },
+            Guard::BlobParts(blob) => {
+                matches!(*key, Key::BlobPart(b, x, _) if b == handle.box_id && x == blob)
+            }
             _ => key.owner_box() == Some(handle.box_id),
         };
         if allowed {
@@ -499,7 +565,7 @@ impl<'t> Tx<'t> {
     /// Deletes an entry of the region's expiry index (no handle needed: see the
     /// module documentation). [`Error::Invalid`] for any other key.
     pub async fn delete_expiry_entry(&mut self, key: &Key) -> Result<()> {
-        if !matches!(key, Key::Expiry { .. }) {
+        if !matches!(key, Key::Expiry { .. } | Key::BlobExpiry { .. }) {
             return Err(Error::Invalid(
                 "only expiry index entries are deleted without a box handle".into(),
             ));

@@ -22,8 +22,20 @@ module "topology" {
   gateway_settings = var.gateway_settings
 }
 
+# One attachment bucket for the deployment, in the primary region.
+module "attachments" {
+  source    = "../../modules/attachments-bucket"
+  providers = { aws = aws.region_a }
+
+  bucket_name    = coalesce(var.attachments_bucket_name, "${var.name_prefix}-rossby-attachments")
+  retention_days = try(var.gateway_settings.retention_days, 30)
+  kms_key_arn    = var.attachments_kms_key_arn
+  tags           = local.tags
+}
+
 locals {
   region_common = {
+    attachments          = module.attachments.bucket
     name_prefix          = var.name_prefix
     architecture         = var.architecture
     rossby_artifact      = var.rossby_artifact
@@ -58,6 +70,7 @@ module "region_a" {
   tikv_version         = local.region_common.tikv_version
   artifact_bucket_arns = local.region_common.artifact_bucket_arns
   backup_bucket_arn    = local.region_common.backup_bucket_arn
+  attachments          = local.region_common.attachments
   secret_names         = local.region_common.secret_names
   secrets_kms_key_arns = local.region_common.secrets_kms_key_arns
   monitoring_cidrs     = local.region_common.monitoring_cidrs
@@ -84,6 +97,7 @@ module "region_b" {
   tikv_version         = local.region_common.tikv_version
   artifact_bucket_arns = local.region_common.artifact_bucket_arns
   backup_bucket_arn    = local.region_common.backup_bucket_arn
+  attachments          = local.region_common.attachments
   secret_names         = local.region_common.secret_names
   secrets_kms_key_arns = local.region_common.secrets_kms_key_arns
   monitoring_cidrs     = local.region_common.monitoring_cidrs
@@ -110,6 +124,7 @@ module "region_c" {
   tikv_version         = local.region_common.tikv_version
   artifact_bucket_arns = local.region_common.artifact_bucket_arns
   backup_bucket_arn    = local.region_common.backup_bucket_arn
+  attachments          = local.region_common.attachments
   secret_names         = local.region_common.secret_names
   secrets_kms_key_arns = local.region_common.secrets_kms_key_arns
   monitoring_cidrs     = local.region_common.monitoring_cidrs

@@ -166,3 +166,15 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "attachments_bucket_name" {
+  description = "Name of the attachment bucket (globally unique); null: \"<name_prefix>-rossby-attachments\"."
+  type        = string
+  default     = null
+}
+
+variable "attachments_kms_key_arn" {
+  description = "KMS key (in the primary region) for the attachment bucket's server-side encryption; null: SSE-S3."
+  type        = string
+  default     = null
+}

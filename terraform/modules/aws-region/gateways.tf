@@ -14,13 +14,19 @@ locals {
     secret_arns       = { for k, s in data.aws_secretsmanager_secret.this : k => s.arn }
     gateway_toml      = var.topology.gateway_config_toml[var.region_name]
     topology_json     = var.topology.topology_json
-    peer_environment  = join("\n", [for k, v in var.topology.gateway_peer_environment : "${k}=${v}"])
+    peer_environment  = join("\n", concat([for k, v in var.topology.gateway_peer_environment : "${k}=${v}"], local.attachment_environment))
     stop_timeout_secs = var.topology.drain.stop_timeout_secs
     peer_port         = local.ports.peer
     peer_cert_days    = var.peer_certificate_days
     asg_name          = local.asg_name
     drain_hook        = local.drain_hook
   })])
+  # Attachments go to the deployment's bucket through the instance role.
+  attachment_environment = var.attachments == null ? [] : [
+    "ROSSBY_BLOB_STORE=s3://${var.attachments.name}${var.attachments.prefix == "" ? "" : "/${var.attachments.prefix}"}",
+    "ROSSBY_BLOB_S3_REGION=${var.attachments.region}",
+    "ROSSBY_MAX_ATTACHMENT_AGE_DAYS=${var.attachments.max_age_days}",
+  ]
   # Known before the group exists: the boot script names the group, and the group
   # depends on the launch template that carries the script.
   asg_name    = "${local.prefix}-gateways"

@@ -20,8 +20,30 @@ locals {
     Action   = ["s3:GetObject"]
     Resource = [for b in var.artifact_bucket_arns : "${b}/*"]
   }]
+  attachment_keys = var.attachments == null ? "" : (var.attachments.prefix == "" ? "*" : "${var.attachments.prefix}/*")
+  attachment_access = var.attachments == null ? [] : concat([
+    {
+      Sid      = "AttachmentObjects"
+      Effect   = "Allow"
+      Action   = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
+      Resource = ["${var.attachments.arn}/${local.attachment_keys}"]
+    },
+    {
+      # Deleting a blob lists its objects; only the prefix may be listed.
+      Sid       = "AttachmentListing"
+      Effect    = "Allow"
+      Action    = ["s3:ListBucket"]
+      Resource  = [var.attachments.arn]
+      Condition = { StringLike = { "s3:prefix" = [local.attachment_keys] } }
+    },
+    ], var.attachments.kms_key_arn == null ? [] : [{
+      Sid      = "AttachmentEncryption"
+      Effect   = "Allow"
+      Action   = ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"]
+      Resource = [var.attachments.kms_key_arn]
+  }])
   role_statements = {
-    gateway = concat(local.artifact_read, [
+    gateway = concat(local.artifact_read, local.attachment_access, [
       {
         Sid      = "ReadGatewaySecrets"
         Effect   = "Allow"

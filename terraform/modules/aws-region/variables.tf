@@ -249,3 +249,16 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "attachments" {
+  description = "The attachment bucket of the deployment (the attachments-bucket module's `bucket` output): the gateways store attachment ciphertext there (ROSSBY_BLOB_STORE) and may put, get and delete objects under its prefix and list that prefix, nothing more. null: each gateway keeps attachments on its own disk (one gateway per region only)."
+  type = object({
+    name         = string
+    arn          = string
+    region       = string
+    prefix       = string
+    kms_key_arn  = optional(string)
+    max_age_days = optional(number, 0)
+  })
+  default = null
+}
