@@ -196,6 +196,10 @@ impl Client {
         path: &Path,
         media_type: Option<&str>,
     ) -> Result<pb::Attachment> {
+        // Absolute, so a run started elsewhere can resume it.
+        let path = &tokio::fs::canonicalize(path)
+            .await
+            .map_err(io("cannot read attachment", path))?;
         let meta = tokio::fs::metadata(path)
             .await
             .map_err(io("cannot read attachment", path))?;
@@ -210,6 +214,17 @@ impl Client {
         let media_type = media_type
             .map(str::to_string)
             .unwrap_or_else(|| guess_media_type(&name).to_string());
+        // The same unchanged file left pending by an interrupted run continues
+        // where it stopped.
+        let unfinished = self.pending_uploads().await.into_iter().find(|u| {
+            Path::new(&u.path) == path
+                && u.size == meta.len()
+                && u.modified_ms == modified_ms(&meta)
+                && u.media_type == media_type
+        });
+        if let Some(pending) = unfinished {
+            return self.settle_upload(&pending).await;
+        }
         let layout = ChunkLayout::new(meta.len(), DEFAULT_CHUNK_SIZE)?;
         let created: pb::CreateUploadResponse = self
             .rpc(
@@ -240,10 +255,14 @@ impl Client {
                 .push(pending.clone());
             store.save()?;
         }
-        let result = self.finish_upload(&pending).await;
-        // An upload that can never finish (its file changed, its blob expired)
-        // is forgotten; one that failed for the time being stays for
-        // `resume_uploads`.
+        self.settle_upload(&pending).await
+    }
+
+    /// Finishes a pending upload. One that can never finish (its file changed,
+    /// its blob expired) is forgotten; one that failed for the time being stays
+    /// for `resume_uploads` or another `upload_attachment` of the same file.
+    async fn settle_upload(&self, pending: &PendingUpload) -> Result<pb::Attachment> {
+        let result = self.finish_upload(pending).await;
         if let Err(err) = &result
             && !transient(err)
         {
@@ -267,12 +286,7 @@ impl Client {
         };
         let mut results = Vec::with_capacity(pending.len());
         for upload in pending {
-            let result = self.finish_upload(&upload).await;
-            if let Err(err) = &result
-                && !transient(err)
-            {
-                self.forget_upload(&upload.blob_id).await?;
-            }
+            let result = self.settle_upload(&upload).await;
             results.push((PathBuf::from(&upload.path), result));
         }
         Ok(results)

@@ -102,28 +102,37 @@ enum Command {
     },
     /// List known contacts (no network).
     Contacts,
-    /// Send a message: text, and optionally a location.
+    /// Send a message: text, files, a location.
     Send {
         /// Recipient identifier or box id.
         to: String,
-        /// Share a location (decimal degrees).
-        #[arg(long, value_name = "LAT,LON", allow_hyphen_values = true)]
-        location: Option<String>,
-        /// The text (several words are joined by spaces; optional with --location).
-        #[arg(required_unless_present = "location", num_args = 0.., allow_hyphen_values = true)]
+        #[command(flatten)]
+        extras: MessageExtras,
+        /// The text (several words are joined by spaces; optional with --file
+        /// or --location).
+        #[arg(required_unless_present_any = ["files", "location"], num_args = 0.., allow_hyphen_values = true)]
         text: Vec<String>,
     },
-    /// Fetch, print and acknowledge messages: one line `<sender> <text>` each.
-    /// Their senders get read receipts (delivered receipts with
-    /// `settings --read-receipts false`).
+    /// Fetch, print and acknowledge messages: one line `<sender> <text>` each,
+    /// and one `<sender> [file <name> <bytes> bytes]` per attached file. Their
+    /// senders get read receipts (delivered receipts with `settings
+    /// --read-receipts false`).
     Fetch {
         /// Wait up to this many seconds when nothing is queued.
         #[arg(long, default_value_t = 0)]
         wait: u32,
+        /// Save attached files into this directory (created if missing) under
+        /// their original names, made unique when taken.
+        #[arg(long, value_name = "DIR")]
+        files: Option<PathBuf>,
     },
     /// Subscribe to pushes and print messages and typing indicators as they
     /// arrive (until interrupted).
-    Watch,
+    Watch {
+        /// Save attached files into this directory, as `fetch --files`.
+        #[arg(long, value_name = "DIR")]
+        files: Option<PathBuf>,
+    },
     /// Tell a user's online devices that you are typing (nothing is stored).
     Typing {
         /// Recipient identifier or box id.
@@ -206,6 +215,38 @@ enum Command {
     Identifier(IdentifierCommand),
 }
 
+/// What a message may carry besides text.
+#[derive(Debug, Args)]
+struct MessageExtras {
+    /// Attach a file (encrypted, uploaded in parts; an interrupted upload of
+    /// the same file continues where it stopped). Repeat for several.
+    #[arg(long = "file", value_name = "PATH")]
+    files: Vec<PathBuf>,
+    /// Share a location (decimal degrees).
+    #[arg(long, value_name = "LAT,LON", allow_hyphen_values = true)]
+    location: Option<String>,
+}
+
+impl MessageExtras {
+    /// Uploads the files and builds the message.
+    async fn into_message(self, client: &Client, text: Vec<String>) -> Result<pb::RichMessage> {
+        let location = self
+            .location
+            .as_deref()
+            .map(rossby_client::messages::parse_location)
+            .transpose()?;
+        let mut attachments = Vec::with_capacity(self.files.len());
+        for path in &self.files {
+            attachments.push(client.upload_attachment(path, None).await?);
+        }
+        Ok(pb::RichMessage {
+            text: text.join(" "),
+            attachments,
+            location,
+        })
+    }
+}
+
 /// `rossby group ...`: end-to-end encrypted groups. `fetch` prints group messages
 /// as `<group> <sender> <text>`.
 #[derive(Debug, Subcommand)]
@@ -234,12 +275,15 @@ enum GroupCommand {
         /// The group's name.
         name: String,
     },
-    /// Send a text to a group.
+    /// Send a message to a group: text, files, a location.
     Send {
         /// The group's name.
         name: String,
-        /// The text (several words are joined by spaces).
-        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        #[command(flatten)]
+        extras: MessageExtras,
+        /// The text (several words are joined by spaces; optional with --file
+        /// or --location).
+        #[arg(required_unless_present_any = ["files", "location"], num_args = 0.., allow_hyphen_values = true)]
         text: Vec<String>,
     },
     /// Replace this device's key material in a group.
@@ -554,33 +598,93 @@ fn message_lines(prefix: &str, message: &pb::RichMessage) -> Vec<String> {
     let mut lines: Vec<String> = message
         .attachments
         .iter()
-        .map(|a| {
-            format!(
-                "{prefix} [file {} {} bytes]",
-                printable(&a.file_name),
-                a.size
-            )
-        })
+        .map(|a| file_line(prefix, &a.file_name, a.size))
         .collect();
-    let mut last = prefix.to_string();
+    lines.extend(rest_line(prefix, message));
+    if lines.is_empty() {
+        lines.push(prefix.to_string());
+    }
+    lines
+}
+
+/// `<prefix> [file <name> <bytes> bytes]`.
+fn file_line(prefix: &str, name: &str, size: u64) -> String {
+    format!("{prefix} [file {} {size} bytes]", printable(name))
+}
+
+/// The location and text of a rich message, if it has either.
+fn rest_line(prefix: &str, message: &pb::RichMessage) -> Option<String> {
+    let mut line = prefix.to_string();
     if let Some(l) = &message.location {
-        last.push_str(&format!(
+        line.push_str(&format!(
             " [location {}]",
             rossby_client::messages::format_location(l)
         ));
     }
     if !message.text.is_empty() {
-        last.push(' ');
-        last.push_str(&printable(&message.text));
+        line.push(' ');
+        line.push_str(&printable(&message.text));
     }
-    if last.len() > prefix.len() || lines.is_empty() {
-        lines.push(last);
-    }
-    lines
+    (line.len() > prefix.len()).then_some(line)
 }
 
-/// Prints a batch's messages and warnings, then acknowledges it.
-async fn print_and_ack(client: &Client, batch: &Batch) -> Result<()> {
+/// The line prefix and the message of a received message with attachments.
+fn with_attachments(m: &Received) -> Option<(String, &pb::RichMessage)> {
+    let (prefix, message) = match &m.body {
+        Body::Message(message) => (m.sender.clone(), message),
+        Body::SentMessage {
+            to_box,
+            to,
+            message,
+        } => (sent_to(&m.sender, to_box, to), message),
+        Body::GroupMessage { group, message } => {
+            (format!("{} {}", printable(group), m.sender), message)
+        }
+        _ => return None,
+    };
+    (!message.attachments.is_empty()).then_some((prefix, message))
+}
+
+/// Prints a message, saving its attachments into `files` when given. Returns
+/// how many attachments were not saved.
+async fn print_message(client: &Client, m: &Received, files: Option<&Path>) -> Result<usize> {
+    let Some((prefix, message)) = with_attachments(m) else {
+        for line in format_message(m) {
+            out(line)?;
+        }
+        return Ok(0);
+    };
+    let mut unsaved = 0;
+    for a in &message.attachments {
+        let saved = match files {
+            Some(dir) => match client.download_attachment(a, dir).await {
+                Ok(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                Err(e) => {
+                    warn(format!(
+                        "could not save {} from {}: {e}",
+                        printable(&a.file_name),
+                        m.sender
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        if saved.is_none() {
+            unsaved += 1;
+        }
+        let name = saved.as_deref().unwrap_or(&a.file_name);
+        out(file_line(&prefix, name, a.size))?;
+    }
+    if let Some(line) = rest_line(&prefix, message) {
+        out(line)?;
+    }
+    Ok(unsaved)
+}
+
+/// Prints a batch's messages and warnings (saving attachments into `files`),
+/// then acknowledges it.
+async fn print_and_ack(client: &Client, batch: &Batch, files: Option<&Path>) -> Result<()> {
     if let Some((from, to)) = batch.gap {
         warn(format!(
             "messages {from} to {to} expired before this device fetched them"
@@ -599,10 +703,14 @@ async fn print_and_ack(client: &Client, batch: &Batch) -> Result<()> {
             printable(&r.reason)
         ));
     }
+    let mut unsaved = 0;
     for m in &batch.messages {
-        for line in format_message(m) {
-            out(line)?;
-        }
+        unsaved += print_message(client, m, files).await?;
+    }
+    if unsaved > 0 && files.is_none() {
+        warn(format!(
+            "{unsaved} attached file(s) not saved: `fetch --files DIR` saves them"
+        ));
     }
     if let Some(up_to) = batch.ack_up_to {
         client.ack(up_to).await?;
@@ -617,11 +725,18 @@ async fn print_and_ack(client: &Client, batch: &Batch) -> Result<()> {
 }
 
 /// Fetches until the queue is drained (the first round may wait).
-async fn drain(client: &Client, first_wait: Duration) -> Result<()> {
+async fn drain(client: &Client, first_wait: Duration, files: Option<&Path>) -> Result<()> {
+    if let Some(dir) = files {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            what: "cannot create",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
     let mut wait = first_wait;
     loop {
         let batch = client.fetch_batch(wait).await?;
-        print_and_ack(client, &batch).await?;
+        print_and_ack(client, &batch, files).await?;
         match batch.ack_up_to {
             Some(acked) if acked < batch.last_seq => wait = Duration::ZERO,
             _ => return Ok(()),
@@ -629,16 +744,18 @@ async fn drain(client: &Client, first_wait: Duration) -> Result<()> {
     }
 }
 
-async fn watch(client: &Client) -> Result<()> {
+async fn watch(client: &Client, files: Option<&Path>) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match client.subscribe().await {
             Ok(mut sub) => {
                 backoff = Duration::from_millis(200);
-                drain(client, Duration::ZERO).await?;
+                drain(client, Duration::ZERO, files).await?;
                 while let Some(push) = sub.next().await? {
                     match push.event {
-                        Some(pb::push::Event::Messages(_)) => drain(client, Duration::ZERO).await?,
+                        Some(pb::push::Event::Messages(_)) => {
+                            drain(client, Duration::ZERO, files).await?
+                        }
                         Some(pb::push::Event::Ephemeral(e)) => {
                             match client.open_ephemeral(&e).await {
                                 Ok(m) => {
@@ -933,16 +1050,8 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
             }
             Ok(())
         }
-        Command::Send { to, location, text } => {
-            let location = location
-                .as_deref()
-                .map(rossby_client::messages::parse_location)
-                .transpose()?;
-            let message = pb::RichMessage {
-                text: text.join(" "),
-                attachments: Vec::new(),
-                location,
-            };
+        Command::Send { to, extras, text } => {
+            let message = extras.into_message(client, text).await?;
             let report = client.send_message(&to, message).await?;
             if report.keys_changed {
                 warn(format!(
@@ -954,8 +1063,15 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
                 report.message_id, to, report.seq
             ))
         }
-        Command::Fetch { wait } => drain(client, Duration::from_secs(u64::from(wait))).await,
-        Command::Watch => watch(client).await,
+        Command::Fetch { wait, files } => {
+            drain(
+                client,
+                Duration::from_secs(u64::from(wait)),
+                files.as_deref(),
+            )
+            .await
+        }
+        Command::Watch { files } => watch(client, files.as_deref()).await,
         Command::Typing { to, stop } => {
             client.send_typing(&to, !stop).await?;
             out(if stop {
@@ -1232,8 +1348,9 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
             client.leave_group(&name).await?;
             out(format!("left {}", printable(&name)))
         }
-        GroupCommand::Send { name, text } => {
-            let report = client.send_to_group(&name, &text.join(" ")).await?;
+        GroupCommand::Send { name, extras, text } => {
+            let message = extras.into_message(client, text).await?;
+            let report = client.send_message_to_group(&name, message).await?;
             if report.failed > 0 {
                 warn(format!(
                     "{} member account(s) did not take the message (deleted, blocking you, or unavailable)",
@@ -1348,7 +1465,7 @@ mod tests {
         }
         // Global options may follow the subcommand too.
         let cli = parse(&["fetch", "--wait", "5", "--state", "s"]).unwrap();
-        assert!(matches!(cli.command, Command::Fetch { wait: 5 }));
+        assert!(matches!(cli.command, Command::Fetch { wait: 5, .. }));
         assert_eq!(cli.global.state, PathBuf::from("s"));
     }
 
@@ -1401,6 +1518,14 @@ mod tests {
             &["whoami"],
             &["send", "a@b.c", "-dash text"],
             &["send", "a@b.c", "--location", "52.52,13.405"],
+            &["send", "a@b.c", "--file", "a.jpg"],
+            &[
+                "send", "a@b.c", "--file", "a.jpg", "--file", "b.pdf", "two", "files",
+            ],
+            &["group", "send", "friends", "--file", "a.jpg"],
+            &["group", "send", "friends", "--location", "1,2", "here"],
+            &["fetch", "--files", "downloads"],
+            &["watch", "--files", "downloads"],
             &["send", "a@b.c", "--location", "-33.9,-70.6", "meet", "here"],
             &["typing", "a@b.c"],
             &["typing", "a@b.c", "--stop"],
@@ -1439,6 +1564,8 @@ mod tests {
         let bad: &[&[&str]] = &[
             &[],
             &["send", "a@b.c"],
+            &["group", "send", "friends"],
+            &["send", "a@b.c", "--file"],
             &["fetch", "--wait", "soon"],
             &["settings", "--discoverable", "maybe"],
             &["link"],

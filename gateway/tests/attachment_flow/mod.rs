@@ -1,17 +1,18 @@
 //! The attachment flow both object stores must pass (local directory and S3 via
 //! moto): a 50 MiB file uploaded by one device, the upload interrupted (the
-//! uploading process goes away mid-upload) and resumed by a new process, then
-//! downloaded intact by two devices of another account; a tampered stored part
+//! uploading process goes away mid-upload) and resumed by a new process, sent in
+//! a message and downloaded intact by two devices of another account, sent to a
+//! group and downloaded intact by its other member; a tampered stored part
 //! fails the download naming the chunk; a blob id nobody was given answers
 //! NOT_FOUND; the size limit and the quota answer their statuses; after the
 //! retention the blob and its objects are gone, and so is an upload never
 //! completed.
 
 use crate::support::{
-    RawConn, RawDevice, bounded, client, codes_file, credentials_of, device_list, expect_status,
-    keys_of, link, ok, register, send_request, start_with,
+    RawConn, RawDevice, bounded, client, codes_file, credentials_of, expect_status, keys_of, link,
+    ok, register, start_with,
 };
-use rossby_client::Client;
+use rossby_client::{Body, Client};
 use rossby_gateway::Config;
 use rossby_gateway::blobstore::{BlobStore, BlobStoreConfig};
 use rossby_protocol::pb::{self, Method, Status};
@@ -21,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "+14155550123";
+const CAROL: &str = "carol@example.com";
 const MIB: u64 = 1024 * 1024;
 /// The file: 50 MiB.
 const FILE_SIZE: usize = 50 * 1024 * 1024;
@@ -188,23 +190,28 @@ pub async fn run(dir: &Path, blob_store: BlobStoreConfig, tamper: Tamper) {
     assert_eq!(voice.media_type, "audio/ogg");
     assert!(alice.pending_uploads().await.is_empty());
 
-    // Alice sends it to Bob (the reference travels end to end; the gateway sees
-    // only the blob id, which keeps the blob for the retention).
+    // Alice sends it to Bob in a message: the reference travels end to end;
+    // the gateway sees only the blob id, which keeps the blob for the retention.
     let conn = RawConn::connect(&gateway).await;
     let alice_raw = raw_device(&alice).await;
-    let bobs = device_list(&conn, &alice_raw, BOB).await;
-    let mut send = send_request(bob_box, bobs.version, b"an envelope with the reference");
-    send.attachments = vec![attachment.blob_id.clone()];
-    let sent: pb::SendResponse = ok(&conn.call(&alice_raw, Method::Send, &send).await);
-    assert_eq!(sent.results[0].status, Status::Ok as i32);
+    let message = pb::RichMessage {
+        text: "our holiday".into(),
+        attachments: vec![attachment.clone()],
+        location: None,
+    };
+    let sent = alice.send_message(BOB, message.clone()).await.unwrap();
+    assert_eq!(sent.to_box, bob_box);
 
-    // Both of Bob's devices download it intact.
+    // Both of Bob's devices find it in the message and download it intact.
     for (n, bob) in [&bob1, &bob2].into_iter().enumerate() {
+        let batch = bob.fetch(Duration::ZERO).await.unwrap();
+        let bodies: Vec<Body> = batch.messages.into_iter().map(|m| m.body).collect();
+        assert_eq!(bodies, vec![Body::Message(message.clone())]);
         let out = dir.join(format!("bob{n}-downloads"));
         std::fs::create_dir_all(&out).unwrap();
         let got = tokio::time::timeout(
             Duration::from_secs(240),
-            bob.download_attachment(&attachment, &out),
+            bob.download_attachment(&message.attachments[0], &out),
         )
         .await
         .expect("the download finishes")
@@ -221,6 +228,47 @@ pub async fn run(dir: &Path, blob_store: BlobStoreConfig, tamper: Tamper) {
             std::fs::remove_file(again).unwrap();
         }
     }
+
+    // And to a group: the MLS message carries the reference.
+    let carol = client(&gateway, dir.join("carol.state")).await;
+    register(&carol, CAROL, &codes).await;
+    alice.create_group("trip").await.unwrap();
+    alice.add_to_group("trip", CAROL).await.unwrap();
+    let joined: Vec<Body> = carol
+        .fetch(Duration::ZERO)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(joined, vec![Body::GroupJoined("trip".into())]);
+    alice
+        .send_message_to_group("trip", message.clone())
+        .await
+        .unwrap();
+    let batch = carol.fetch(Duration::ZERO).await.unwrap();
+    let bodies: Vec<Body> = batch.messages.into_iter().map(|m| m.body).collect();
+    assert_eq!(
+        bodies,
+        vec![Body::GroupMessage {
+            group: "trip".into(),
+            message: message.clone(),
+        }]
+    );
+    let out = dir.join("carol-downloads");
+    std::fs::create_dir_all(&out).unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(240),
+        carol.download_attachment(&message.attachments[0], &out),
+    )
+    .await
+    .expect("the group member's download finishes")
+    .expect("the group member's download succeeds");
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "the group member's download is the file"
+    );
 
     // The raw connection idled through the downloads: a fresh one.
     conn.close().await;
