@@ -6,7 +6,7 @@
 mod support;
 
 use prost::Message;
-use rossby_client::{Batch, Body, Client};
+use rossby_client::Body;
 use rossby_gateway::Config;
 use rossby_gateway::config::StorageConfig;
 use rossby_keyspace::{BoxId, MessageId};
@@ -17,25 +17,12 @@ use rossby_storage::kv::fjall::FjallConfig;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{
-    WAIT, bounded, client, client_at, codes_file, credentials_of, keys_of, link, register,
-    start_gateway, start_with,
+    WAIT, bodies, bounded, client, client_at, codes_file, credentials_of, fetch_now, keys_of, link,
+    register, start_gateway, start_with,
 };
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "+14155550123";
-
-/// Fetches without waiting and acknowledges.
-async fn fetch_now(client: &Client) -> Batch {
-    let batch = bounded("fetch", client.fetch(Duration::ZERO))
-        .await
-        .expect("fetch");
-    assert!(batch.rejected.is_empty(), "rejected: {:?}", batch.rejected);
-    batch
-}
-
-fn texts(batch: &Batch) -> Vec<Body> {
-    batch.messages.iter().map(|m| m.body.clone()).collect()
-}
 
 fn text(s: &str) -> Body {
     Body::Text(s.to_string())
@@ -71,7 +58,7 @@ async fn two_users_three_devices_converse() {
     let sent = alice1.send_text(BOB, "hello bob").await.unwrap();
     assert_eq!(sent.to_box, bob_box);
     let batch = fetch_now(&bob).await;
-    assert_eq!(texts(&batch), vec![text("hello bob")]);
+    assert_eq!(bodies(&batch), vec![text("hello bob")]);
     let m = &batch.messages[0];
     assert_eq!(m.sender_box, alice_box);
     assert_eq!(m.sender_device, alice1.device_id());
@@ -81,7 +68,7 @@ async fn two_users_three_devices_converse() {
     // Her other device sees what she sent; the sending device gets no copy.
     let batch = fetch_now(&alice2).await;
     assert_eq!(
-        texts(&batch),
+        bodies(&batch),
         vec![Body::SentCopy {
             to_box: bob_box,
             to: BOB.into(),
@@ -96,7 +83,7 @@ async fn two_users_three_devices_converse() {
     assert_eq!(sent.to_box, alice_box);
     for device in [&alice1, &alice2] {
         let batch = fetch_now(device).await;
-        assert_eq!(texts(&batch), vec![text("hello alice")]);
+        assert_eq!(bodies(&batch), vec![text("hello alice")]);
         assert_eq!(batch.messages[0].sender_box, bob_box);
         assert_eq!(batch.messages[0].sender_device, bob.device_id());
     }
@@ -106,11 +93,11 @@ async fn two_users_three_devices_converse() {
     // Alice's second device writes; the first sees the copy.
     alice2.send_text(BOB, "from my laptop").await.unwrap();
     let batch = fetch_now(&bob).await;
-    assert_eq!(texts(&batch), vec![text("from my laptop")]);
+    assert_eq!(bodies(&batch), vec![text("from my laptop")]);
     assert_eq!(batch.messages[0].sender_device, alice2.device_id());
     let batch = fetch_now(&alice1).await;
     assert_eq!(
-        texts(&batch),
+        bodies(&batch),
         vec![Body::SentCopy {
             to_box: bob_box,
             to: BOB.into(),
@@ -176,7 +163,7 @@ async fn two_users_three_devices_converse() {
     }
     assert!(seqs.iter().all(|s| *s == seqs[0]), "{seqs:?}");
     let batch = fetch_now(&bob).await;
-    assert_eq!(texts(&batch), vec![text("only once")]);
+    assert_eq!(bodies(&batch), vec![text("only once")]);
     assert_eq!(batch.messages[0].seq, seqs[0]);
     assert_eq!(batch.messages[0].message_id, *message_id.as_bytes());
 
@@ -196,7 +183,7 @@ async fn two_users_three_devices_converse() {
         .await
         .unwrap()
         .expect("fetch");
-    assert_eq!(texts(&batch), vec![text("wake up")]);
+    assert_eq!(bodies(&batch), vec![text("wake up")]);
     assert_eq!(batch.messages[0].seq, sent.seq);
 
     // Nothing is left over anywhere.
@@ -241,14 +228,14 @@ async fn two_gateways_share_one_store() {
     let sent = alice.send_text(BOB, "via gateway a").await.unwrap();
     assert_eq!(sent.to_box, bob_box);
     let batch = fetch_now(&bob).await;
-    assert_eq!(texts(&batch), vec![text("via gateway a")]);
+    assert_eq!(bodies(&batch), vec![text("via gateway a")]);
     assert_eq!(batch.messages[0].sender_box, alice_box);
     assert_eq!(batch.messages[0].seq, sent.seq);
 
     // And back: sent through B, fetched through A.
     bob.send_text(ALICE, "via gateway b").await.unwrap();
     let batch = fetch_now(&alice).await;
-    assert_eq!(texts(&batch), vec![text("via gateway b")]);
+    assert_eq!(bodies(&batch), vec![text("via gateway b")]);
     assert_eq!(batch.messages[0].sender_box, bob_box);
     // Bob's own-box copy of that send (he has no other device) is skipped and
     // acknowledged, so it does not wake the fetch below.
@@ -265,7 +252,7 @@ async fn two_gateways_share_one_store() {
         .await
         .unwrap()
         .expect("fetch");
-    assert_eq!(texts(&batch), vec![text("across gateways")]);
+    assert_eq!(bodies(&batch), vec![text("across gateways")]);
 
     // Bob's credentials (issued by B) work on A too: keys are derived from the
     // shared secret, not stored per gateway.
@@ -278,7 +265,7 @@ async fn two_gateways_share_one_store() {
     .await;
     assert!(fetch_now(&bob_on_a).await.messages.is_empty());
     bob_on_a.send_text(ALICE, "bob via a").await.unwrap();
-    assert_eq!(texts(&fetch_now(&alice).await), vec![text("bob via a")]);
+    assert_eq!(bodies(&fetch_now(&alice).await), vec![text("bob via a")]);
 
     a.shutdown().await;
     b.shutdown().await;

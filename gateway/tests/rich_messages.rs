@@ -4,26 +4,13 @@
 
 mod support;
 
+use rossby_client::Body;
 use rossby_client::sdk::ReceiptedMessage;
-use rossby_client::{Batch, Body, Client};
 use rossby_protocol::pb;
-use std::time::Duration;
-use support::{bounded, client, codes_file, link, register, start_gateway};
+use support::{bodies, bounded, client, codes_file, fetch_now, link, register, start_gateway};
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
-
-async fn fetch_now(client: &Client) -> Batch {
-    let batch = bounded("fetch", client.fetch(Duration::ZERO))
-        .await
-        .expect("fetch");
-    assert!(batch.rejected.is_empty(), "rejected: {:?}", batch.rejected);
-    batch
-}
-
-fn bodies(batch: &Batch) -> Vec<Body> {
-    batch.messages.iter().map(|m| m.body.clone()).collect()
-}
 
 fn receipt(kind: pb::ReceiptKind, previews: &[(&[u8; 16], &str)]) -> Body {
     Body::Receipt {

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use prost::Message;
-use rossby_client::{Client, ClientConfig, RetryPolicy};
+use rossby_client::{Batch, Body, Client, ClientConfig, RetryPolicy};
 use rossby_gateway::{Config, Gateway};
 use rossby_keyspace::{BoxId, DeviceId, Identifier};
 use rossby_protocol::crypto::{CONTEXT_CREDENTIALS, DeviceKeys, open};
@@ -119,6 +119,20 @@ pub async fn register(client: &Client, identifier: &str, codes: &Path) -> BoxId 
     bounded("authorize", client.authorize(&code))
         .await
         .expect("authorize")
+}
+
+/// Fetches without waiting and acknowledges; every envelope must verify.
+pub async fn fetch_now(client: &Client) -> Batch {
+    let batch = bounded("fetch", client.fetch(Duration::ZERO))
+        .await
+        .expect("fetch");
+    assert!(batch.rejected.is_empty(), "rejected: {:?}", batch.rejected);
+    batch
+}
+
+/// What a batch's messages hold, in order.
+pub fn bodies(batch: &Batch) -> Vec<Body> {
+    batch.messages.iter().map(|m| m.body.clone()).collect()
 }
 
 /// Links `new` (an unregistered client) to the box of `existing`.
