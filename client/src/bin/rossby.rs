@@ -1286,7 +1286,7 @@ async fn identifier(client: &Client, command: IdentifierCommand) -> Result<()> {
         IdentifierCommand::Remove { identifier } => {
             let remaining = client.remove_identifier(&identifier).await?;
             out(format!(
-                "removed {} ({remaining} identifiers left)",
+                "removed {} ({remaining} left)",
                 printable(&identifier)
             ))
         }
