@@ -327,7 +327,7 @@ async fn the_cli_adds_lists_hides_and_removes_identifiers() {
     assert_eq!(out, format!("{ALICE}\n{ALICE_PHONE} (hidden)\n"));
     let (code, out, err) = rossby(&state, &["identifier", "discoverable", ALICE_PHONE, "on"]).await;
     assert_eq!(code, Some(0), "{out}{err}");
-    assert_eq!(out, format!("{ALICE_PHONE}\n"));
+    assert_eq!(out, format!("{ALICE_PHONE} is discoverable\n"));
     let (code, out, err) = rossby(&state, &["identifier", "remove", ALICE]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     // The device now knows the account by the remaining identifier.

@@ -1303,7 +1303,12 @@ async fn identifier(client: &Client, command: IdentifierCommand) -> Result<()> {
             let info = client
                 .set_identifier_discoverable(&identifier, findable)
                 .await?;
-            out(identifier_line(&info))
+            let name = info.identifier.as_deref().unwrap_or(&identifier);
+            out(if info.discoverable {
+                format!("{} is discoverable", printable(name))
+            } else {
+                format!("{} is hidden", printable(name))
+            })
         }
     }
 }
