@@ -23,14 +23,13 @@ use rossby_storage::kv::fjall::FjallConfig;
 use rossby_storage::kv::memory::MemoryStore;
 use rossby_storage::kv::{Error as StorageError, Result};
 use rossby_storage::{BackendConfig, KeyRange, Kv, KvPair, KvStore, ScanOrder, Transaction, Value};
-use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use support::{
     RawConn, bounded, client, client_at, codes_file, http_get, register, register_request,
-    start_with,
+    rossby_cli, start_with,
 };
 use tokio::sync::Notify;
 
@@ -314,48 +313,6 @@ impl KvStore for SwitchableKv {
             _ => self.inner.begin().await,
         }
     }
-}
-
-/// The `rossby` CLI of this workspace, (re)built by Cargo in this test's profile.
-/// The binary belongs to another package, so Cargo does not hand its path to
-/// these tests; building it here also keeps a stale binary from being tested.
-fn rossby_cli() -> PathBuf {
-    static CLI: OnceLock<PathBuf> = OnceLock::new();
-    CLI.get_or_init(|| {
-        // <target>/<profile>/deps/admin-<hash>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-            "debug" => "dev".to_string(),
-            other => other.to_string(),
-        };
-        let output = Command::new(env!("CARGO"))
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .args(["build", "--quiet", "--message-format=json"])
-            .args([
-                "--profile",
-                &profile,
-                "-p",
-                "rossby-client",
-                "--bin",
-                "rossby",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "building the rossby CLI failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "rossby")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the rossby executable")
-    })
-    .clone()
 }
 
 /// What one run of the CLI did.

@@ -9,11 +9,11 @@ mod support;
 
 use rossby_client::{Client, Error};
 use rossby_protocol::pb::Status;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use support::{
-    bounded, client, codes_file, codes_for, last_code, register, start_gateway, wrong_code,
+    bounded, client, codes_file, codes_for, last_code, register, rossby_cli, start_gateway,
+    wrong_code,
 };
 
 const ALICE: &str = "alice@example.com";
@@ -238,46 +238,6 @@ async fn recovery_works_through_a_second_identifier() {
 }
 
 // ----- the CLI -----
-
-/// The `rossby` CLI of this workspace, built by Cargo in this test's profile
-/// (see the same helper in `admin.rs`).
-fn rossby_cli() -> PathBuf {
-    static CLI: OnceLock<PathBuf> = OnceLock::new();
-    CLI.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-            "debug" => "dev".to_string(),
-            other => other.to_string(),
-        };
-        let output = Command::new(env!("CARGO"))
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .args(["build", "--quiet", "--message-format=json"])
-            .args([
-                "--profile",
-                &profile,
-                "-p",
-                "rossby-client",
-                "--bin",
-                "rossby",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "building the rossby CLI failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "rossby")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the rossby executable")
-    })
-    .clone()
-}
 
 /// Runs `rossby --state <state> <args...>` without ROSSBY_* settings; returns
 /// (exit code, stdout, stderr).

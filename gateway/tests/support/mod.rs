@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -506,4 +508,46 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status"))?;
     Ok((status, body.to_string()))
+}
+
+/// The `rossby` CLI of this workspace, (re)built by Cargo in this test's profile.
+/// The binary belongs to another package, so Cargo does not hand its path to
+/// these tests; building it here also keeps a stale binary from being tested.
+pub fn rossby_cli() -> PathBuf {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        // <target>/<profile>/deps/<test>-<hash>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
+            "debug" => "dev".to_string(),
+            other => other.to_string(),
+        };
+        let output = Command::new(env!("CARGO"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args(["build", "--quiet", "--message-format=json"])
+            .args([
+                "--profile",
+                &profile,
+                "-p",
+                "rossby-client",
+                "--bin",
+                "rossby",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "building the rossby CLI failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "rossby")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the rossby executable")
+    })
+    .clone()
 }
