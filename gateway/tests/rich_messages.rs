@@ -7,7 +7,9 @@ mod support;
 use rossby_client::Body;
 use rossby_client::sdk::ReceiptedMessage;
 use rossby_protocol::pb;
-use support::{bodies, bounded, client, codes_file, fetch_now, link, register, start_gateway};
+use support::{
+    bodies, bounded, client, codes_file, fetch_now, link, register, start_gateway, two_users,
+};
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
@@ -28,12 +30,7 @@ fn receipt(kind: pb::ReceiptKind, previews: &[(&[u8; 16], &str)]) -> Body {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_name_what_was_delivered_and_read() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(&dir.path().join("gw")).await;
-    let codes = codes_file(&dir.path().join("gw"));
-    let alice = client(&gateway, dir.path().join("alice.state")).await;
-    let bob = client(&gateway, dir.path().join("bob.state")).await;
-    register(&alice, ALICE, &codes).await;
-    register(&bob, BOB, &codes).await;
+    let (gateway, alice, bob) = two_users(dir.path(), ALICE, BOB).await;
     bob.contact(ALICE).await.unwrap();
 
     let first = alice.send_text(BOB, "hello bob").await.unwrap();
@@ -85,19 +82,14 @@ async fn receipts_name_what_was_delivered_and_read() {
     );
     // The setting survives a restart of the client.
     drop(bob);
-    let bob = client(&gateway, dir.path().join("bob.state")).await;
+    let bob = client(&gateway, dir.path().join("b.state")).await;
     assert!(!bob.read_receipts().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_online_devices_only_and_is_never_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(&dir.path().join("gw")).await;
-    let codes = codes_file(&dir.path().join("gw"));
-    let alice = client(&gateway, dir.path().join("alice.state")).await;
-    let bob = client(&gateway, dir.path().join("bob.state")).await;
-    register(&alice, ALICE, &codes).await;
-    register(&bob, BOB, &codes).await;
+    let (_gateway, alice, bob) = two_users(dir.path(), ALICE, BOB).await;
     bob.contact(ALICE).await.unwrap();
 
     // Bob is offline: the indicator reaches nobody and nothing waits for him.

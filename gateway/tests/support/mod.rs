@@ -123,6 +123,19 @@ pub async fn register(client: &Client, identifier: &str, codes: &Path) -> BoxId 
         .expect("authorize")
 }
 
+/// A gateway under `dir/gw` and two registered users, `a` and `b`, one device
+/// each (state files `dir/a.state`, `dir/b.state`). Keep the gateway alive for
+/// as long as the clients are used.
+pub async fn two_users(dir: &Path, a: &str, b: &str) -> (Gateway, Client, Client) {
+    let gateway = start_gateway(&dir.join("gw")).await;
+    let codes = codes_file(&dir.join("gw"));
+    let first = client(&gateway, dir.join("a.state")).await;
+    let second = client(&gateway, dir.join("b.state")).await;
+    register(&first, a, &codes).await;
+    register(&second, b, &codes).await;
+    (gateway, first, second)
+}
+
 /// Fetches without waiting and acknowledges; every envelope must verify.
 pub async fn fetch_now(client: &Client) -> Batch {
     let batch = bounded("fetch", client.fetch(Duration::ZERO))
