@@ -29,5 +29,6 @@ pub use metrics::Metrics;
 pub mod api;
 pub mod auth;
 pub mod presence;
+pub mod push;
 pub mod ratelimit;
 pub mod verifier;
