@@ -163,7 +163,7 @@ pub enum Table {
     /// again.
     ClaimedKeyPackage = 0x0f,
     /// Identifiers being added to the box: a verification code was sent and
-    /// not yet confirmed. (Tags from 0x11 on are reserved.)
+    /// not yet confirmed.
     PendingIdentifier = 0x10,
     /// Attachment blob records.
     Blob = 0x11,
@@ -171,6 +171,8 @@ pub enum Table {
     BlobPart = 0x12,
     /// The box's attachment usage (stored bytes, uploads in progress).
     BlobUsage = 0x13,
+    /// The wake-up push token of a device, with its wake-up state.
+    PushToken = 0x14,
 }
 
 impl Table {
@@ -195,6 +197,7 @@ impl Table {
             0x11 => Table::Blob,
             0x12 => Table::BlobPart,
             0x13 => Table::BlobUsage,
+            0x14 => Table::PushToken,
             _ => return Err(Error::MalformedKey("unknown box table")),
         })
     }
@@ -280,6 +283,9 @@ pub enum Key {
     /// The box's attachment usage: the one key every change of its stored bytes
     /// or uploads in progress writes, so the quota holds under snapshot isolation.
     BlobUsage(BoxId),
+    /// The wake-up push token of a device (APNs, FCM or Web Push) and when it
+    /// was last woken.
+    PushToken(BoxId, DeviceId),
     /// Attachment expiry index entry, in the home region of the box: the blob
     /// is due for deletion at `expires_at_ms` unless its record says later.
     BlobExpiry {
@@ -374,6 +380,7 @@ impl Key {
             | Key::Blob(b, _)
             | Key::BlobPart(b, _, _)
             | Key::BlobUsage(b)
+            | Key::PushToken(b, _)
             | Key::BlobExpiry { box_id: b, .. }
             | Key::Purge(b) => Some(b),
         }
@@ -437,6 +444,7 @@ impl Key {
                 with(table_prefix(b, Table::BlobPart), &[&x, &i.to_be_bytes()])
             }
             Key::BlobUsage(b) => table_prefix(b, Table::BlobUsage),
+            Key::PushToken(b, d) => with(table_prefix(b, Table::PushToken), &[d.as_bytes()]),
             Key::BlobExpiry {
                 shard,
                 expires_at_ms,
@@ -575,6 +583,7 @@ impl Key {
             Table::Blob => Key::Blob(b, r.array()?),
             Table::BlobPart => Key::BlobPart(b, r.array()?, r.u32()?),
             Table::BlobUsage => Key::BlobUsage(b),
+            Table::PushToken => Key::PushToken(b, r.device()?),
         })
     }
 
@@ -855,6 +864,7 @@ mod tests {
             (any_box(), any::<[u8; 16]>(), any::<u32>())
                 .prop_map(|(b, x, i)| Key::BlobPart(b, x, i)),
             any_box().prop_map(Key::BlobUsage),
+            (any_box(), any_device()).prop_map(|(b, d)| Key::PushToken(b, d)),
             (any_box(), any::<u64>(), any::<[u8; 16]>()).prop_map(|(b, t, x)| Key::BlobExpiry {
                 shard: expiry_shard(b),
                 expires_at_ms: t,
@@ -917,7 +927,8 @@ mod tests {
                 | Key::Dedup(b, _, _) | Key::Contact(b, _) | Key::Block(b, _) | Key::Ident(b, _, _)
                 | Key::Presence(b, _) | Key::GroupEpoch(b, _) | Key::ClaimedKeyPackage(b, _, _)
                 | Key::PendingIdentifier(b, _, _)
-                | Key::Blob(b, _) | Key::BlobPart(b, _, _) | Key::BlobUsage(b) => {
+                | Key::Blob(b, _) | Key::BlobPart(b, _, _) | Key::BlobUsage(b)
+                | Key::PushToken(b, _) => {
                     prop_assert!(Key::box_range(b).contains(&bytes));
                     b.home_region()
                 }
@@ -1030,6 +1041,17 @@ mod tests {
         assert_eq!(bytes, expected);
         assert_eq!(Key::decode(&bytes), Ok(key));
         assert!(Key::expiry_due(RegionId(5), expiry_shard(b), 1_001).contains(&bytes));
+    }
+
+    #[test]
+    fn push_tokens_use_tag_0x14_inside_the_box_range() {
+        let b = BoxId::new(RegionId(3));
+        let d = DeviceId::new();
+        let key = Key::PushToken(b, d);
+        assert_eq!(key.encode()[box_prefix(b).len()], 0x14);
+        assert!(Key::box_range(b).contains(&key.encode()));
+        assert!(Key::table_range(b, Table::PushToken).contains(&key.encode()));
+        assert_eq!(Key::decode(&key.encode()).unwrap(), key);
     }
 
     #[test]

@@ -122,8 +122,8 @@ async fn delete_queued_below(
     Ok(complete)
 }
 
-/// Removes a device, its queue pointer, its push presence lease and its
-/// KeyPackages, then deletes queue entries every remaining device has
+/// Removes a device, its queue pointer, its push presence lease, its push
+/// token and its KeyPackages, then deletes queue entries every remaining device has
 /// acknowledged. Returns the new device-list version.
 pub async fn remove_device(
     txn: &mut Tx<'_>,
@@ -139,6 +139,8 @@ pub async fn remove_device(
     txn.delete(&handle, &Key::Pointer(box_id, device_id))
         .await?;
     txn.delete(&handle, &Key::Presence(box_id, device_id))
+        .await?;
+    txn.delete(&handle, &Key::PushToken(box_id, device_id))
         .await?;
     keypackages::remove_all(txn, &handle, device_id).await?;
     let version = devices::bump_device_list(txn, &handle, head).await?;

@@ -59,6 +59,7 @@ pub mod lookup;
 pub mod maintenance;
 pub mod outbox;
 pub mod presence;
+pub mod push;
 pub mod queue;
 pub mod records;
 pub mod registrations;

@@ -27,6 +27,7 @@ pub use generated::{
 };
 pub use generated::{BlobRecord, BlobState, BlobUsage};
 pub use generated::{OutboxEntry, OutboxRecipient};
+pub use generated::{PushProvider, PushTokenRecord};
 
 /// The device-list version of an envelope that is not sealed per device (a
 /// group's MLS message, readable by every member device): it is accepted against
@@ -252,6 +253,7 @@ record! {
     PresenceRecord => "presence lease",
     BlobRecord => "blob",
     BlobUsage => "blob usage",
+    PushTokenRecord => "push token",
 }
 
 #[cfg(test)]
