@@ -275,6 +275,7 @@ impl Client {
             copy: None,
             attachments: Vec::new(),
             ephemeral: true,
+            wake: pb::Wake::None,
         };
         self.deliver_contents(delivery, &target).await.map(|_| ())
     }

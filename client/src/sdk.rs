@@ -356,6 +356,8 @@ pub(crate) struct Delivery<'a> {
     pub(crate) attachments: Vec<Vec<u8>>,
     /// Push to online devices only; store nothing.
     pub(crate) ephemeral: bool,
+    /// Whether recipient devices that are not connected get a wake-up push.
+    pub(crate) wake: pb::Wake,
 }
 
 /// An outbox entry as [`Client::outbox`] lists it.
@@ -1568,6 +1570,12 @@ impl Client {
             copy: copy.as_ref(),
             attachments: crate::messages::blob_ids(entry.message.as_ref()),
             ephemeral: false,
+            // Nobody waits for a receipt: it is seen at the next fetch.
+            wake: if entry.receipt.is_some() {
+                pb::Wake::None
+            } else {
+                pb::Wake::High
+            },
         };
         self.deliver_contents(delivery, target).await
     }
@@ -1643,6 +1651,7 @@ impl Client {
                 recipients,
                 ephemeral: delivery.ephemeral,
                 attachments: delivery.attachments.clone(),
+                wake: delivery.wake as i32,
             };
             let response = self
                 .conn

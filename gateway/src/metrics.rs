@@ -32,6 +32,12 @@
 //! | `rossby_blob_bytes_total` | counter | `direction` |
 //! | `rossby_blob_store_operations_total` | counter | `operation` |
 //! | `rossby_blob_store_errors_total` | counter | `operation` |
+//! | `rossby_push_sent_total` | counter | `provider` |
+//! | `rossby_push_failed_total` | counter | `provider`, `reason` |
+//! | `rossby_push_tokens_removed_total` | counter | `provider` |
+//! | `rossby_push_dropped_total` | counter | `queue` |
+//! | `rossby_push_duration_seconds` | histogram | `provider` |
+//! | `rossby_push_pending` | gauge | `provider` |
 //!
 //! `docs/operations/metrics.md` describes each one for operators, and
 //! `tests/observability.rs` checks that it documents every metric exported here.
@@ -59,6 +65,15 @@ const REQUEST_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
+
+/// Buckets of push-service request latency: tens of milliseconds normally, up
+/// to the request timeout when a service hangs.
+const PUSH_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The push providers, as the `provider` label names them.
+pub const PUSH_PROVIDERS: [&str; 3] = ["apns", "fcm", "webpush"];
 
 /// Buckets of storage transaction latency: fjall group commits take a fraction of a
 /// millisecond, cross-region TiKV transactions hundreds of milliseconds.
@@ -175,6 +190,22 @@ pub struct Metrics {
     /// `rossby_blob_store_errors_total{operation}`: object-store calls that
     /// failed (a missing object on `get` or `delete` is not an error).
     pub blob_store_errors_total: IntCounterVec,
+    /// `rossby_push_sent_total{provider}`: wake-ups the push service accepted.
+    pub push_sent_total: IntCounterVec,
+    /// `rossby_push_failed_total{provider, reason}`: delivery attempts that
+    /// failed, retried ones included (`reason`: the HTTP status class or
+    /// `timeout`, `connect`, `auth`, ...).
+    pub push_failed_total: IntCounterVec,
+    /// `rossby_push_tokens_removed_total{provider}`: tokens removed because the
+    /// service said they are no longer registered.
+    pub push_tokens_removed_total: IntCounterVec,
+    /// `rossby_push_dropped_total{queue}`: wake-ups not attempted because a
+    /// bounded queue was full (`scheduler`, or a provider's queue).
+    pub push_dropped_total: IntCounterVec,
+    /// `rossby_push_duration_seconds{provider}`: one request to the service.
+    pub push_duration_seconds: HistogramVec,
+    /// `rossby_push_pending{provider}`: wake-ups queued or in delivery.
+    pub push_pending: IntGaugeVec,
     /// The children of `requests_total` and `request_duration_seconds`, resolved
     /// once per (RPC, status).
     request_handles: RequestHandles,
@@ -423,6 +454,67 @@ impl Metrics {
                     &["operation"],
                 ),
             ),
+            push_sent_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_push_sent_total",
+                        "Wake-up pushes the push service accepted, by provider.",
+                    ),
+                    &["provider"],
+                ),
+            ),
+            push_failed_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_push_failed_total",
+                        "Wake-up push attempts that failed, by provider and reason.",
+                    ),
+                    &["provider", "reason"],
+                ),
+            ),
+            push_tokens_removed_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_push_tokens_removed_total",
+                        "Push tokens removed because the service no longer knows them.",
+                    ),
+                    &["provider"],
+                ),
+            ),
+            push_dropped_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_push_dropped_total",
+                        "Wake-ups not attempted because a queue was full, by queue.",
+                    ),
+                    &["queue"],
+                ),
+            ),
+            push_duration_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "rossby_push_duration_seconds",
+                        "One request to a push service, by provider.",
+                    )
+                    .buckets(PUSH_BUCKETS.to_vec()),
+                    &["provider"],
+                ),
+            ),
+            push_pending: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "rossby_push_pending",
+                        "Wake-ups queued or in delivery, by provider.",
+                    ),
+                    &["provider"],
+                ),
+            ),
             request_handles: RequestHandles::new(),
             registry,
         };
@@ -452,6 +544,15 @@ impl Metrics {
                 .blob_store_errors_total
                 .with_label_values(&[operation]);
         }
+        for provider in PUSH_PROVIDERS {
+            metrics.push_sent_total.with_label_values(&[provider]);
+            metrics
+                .push_tokens_removed_total
+                .with_label_values(&[provider]);
+            metrics.push_dropped_total.with_label_values(&[provider]);
+            metrics.push_pending.with_label_values(&[provider]);
+        }
+        metrics.push_dropped_total.with_label_values(&["scheduler"]);
         for job in MAINTENANCE_JOBS {
             metrics.maintenance_lag_seconds.with_label_values(&[job]);
             metrics.maintenance_leases_held.with_label_values(&[job]);

@@ -247,6 +247,16 @@ impl Presence {
             .map_or(0, |e| e.subscribers.len())
     }
 
+    /// Whether `device` of `box_id` holds a live subscription on any connection
+    /// of this gateway (it hears of new messages without a wake-up push).
+    pub fn device_online(&self, box_id: BoxId, device: DeviceId) -> bool {
+        self.lock().boxes.get(&box_id).is_some_and(|e| {
+            e.subscribers
+                .iter()
+                .any(|s| s.device == device && !s.tx.is_closed())
+        })
+    }
+
     /// Registers a waiter for the next message into `box_id`.
     pub fn waiter(&self, box_id: BoxId) -> Waiter {
         let mut inner = self.lock();

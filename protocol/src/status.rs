@@ -63,6 +63,7 @@ mod tests {
             (Status::NotGroupMember, 23),
             (Status::LastIdentifier, 24),
             (Status::UploadIncomplete, 25),
+            (Status::PushProviderUnavailable, 26),
         ];
         for (status, number) in expected {
             assert_eq!(status as i32, number, "{status:?}");

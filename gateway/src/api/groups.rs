@@ -239,7 +239,11 @@ async fn deliver_entry(
         .iter()
         .map(|r| {
             let envelope = entry.envelope_for(r, ANY_DEVICE_LIST);
-            (r.box_id, shared.enqueuer.submit(r.box_id, envelope))
+            // Every group message wakes: its kind is inside the MLS ciphertext.
+            (
+                r.box_id,
+                shared.enqueuer.submit(r.box_id, envelope, pb::Wake::High),
+            )
         })
         .collect();
     let mut done = Vec::with_capacity(receivers.len());

@@ -126,6 +126,8 @@ impl Remote {
 
 struct Job {
     envelope: NewEnvelope,
+    /// Whether devices that are not connected get a wake-up push.
+    wake: pb::Wake,
     reply: Reply,
     /// Transactions this envelope took part in that hit a conflict.
     conflicts: u32,
@@ -170,6 +172,8 @@ pub struct Enqueuer {
     pending: Mutex<HashMap<BoxId, BoxQueue>>,
     /// Other gateways' side of the announcements.
     pub(crate) remote: Remote,
+    /// Wake-up pushes for devices that are not connected, once attached.
+    pub(crate) pusher: OnceLock<crate::push::Pusher>,
 }
 
 impl Enqueuer {
@@ -187,6 +191,7 @@ impl Enqueuer {
             metrics,
             pending: Mutex::new(HashMap::new()),
             remote: Remote::default(),
+            pusher: OnceLock::new(),
         }
     }
 
@@ -197,18 +202,20 @@ impl Enqueuer {
     }
 
     /// Enqueues one envelope into `recipient`, through the box's owner when that
-    /// is another gateway; the receiver yields its outcome.
+    /// is another gateway; the receiver yields its outcome. `wake` says whether
+    /// the recipient's devices that are not connected get a wake-up push.
     pub fn submit(
         self: &Arc<Self>,
         recipient: BoxId,
         envelope: NewEnvelope,
+        wake: pb::Wake,
     ) -> oneshot::Receiver<Result<Enqueued, Failure>> {
         let owner = self
             .remote
             .peers()
             .map(|p| (p.clone(), p.owner_of(recipient)));
         let Some((peers, Owner::Remote(address))) = owner else {
-            return self.submit_local(recipient, envelope);
+            return self.submit_local(recipient, envelope, wake);
         };
         let (reply, rx) = oneshot::channel();
         let this = self.clone();
@@ -216,7 +223,7 @@ impl Enqueuer {
             let forwarded = peers
                 .forward(
                     &address,
-                    to_peer(recipient, &envelope),
+                    to_peer(recipient, &envelope, wake),
                     recipient.home_region(),
                 )
                 .await;
@@ -226,7 +233,7 @@ impl Enqueuer {
                     // Idempotent per (sender device, message id): if the owner did
                     // commit it, this answers from its dedup record.
                     tracing::debug!(peer = %address, error = %why, "owner unreachable; enqueueing here");
-                    this.submit_local(recipient, envelope)
+                    this.submit_local(recipient, envelope, wake)
                         .await
                         .unwrap_or_else(|_| {
                             Err(Failure::unavailable("the enqueue did not complete; retry"))
@@ -243,10 +250,12 @@ impl Enqueuer {
         self: &Arc<Self>,
         recipient: BoxId,
         envelope: NewEnvelope,
+        wake: pb::Wake,
     ) -> oneshot::Receiver<Result<Enqueued, Failure>> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             envelope,
+            wake,
             reply,
             conflicts: 0,
             submitted: Instant::now(),
@@ -377,12 +386,16 @@ impl Enqueuer {
     ) {
         let mut stored = 0u64;
         let mut last_seq = 0u64;
+        let mut wakes = Wakes::None;
         for (job, outcome) in jobs.into_iter().zip(outcomes) {
             let outcome = match outcome {
                 Ok(enqueued) => {
                     if !enqueued.duplicate {
                         stored += 1;
                         last_seq = last_seq.max(enqueued.seq);
+                        if job.wake == pb::Wake::High {
+                            wakes.add(recipient, job.sender);
+                        }
                     }
                     Ok(enqueued)
                 }
@@ -396,6 +409,9 @@ impl Enqueuer {
             self.presence.messages_available(recipient, last_seq);
             if let Some(peers) = self.remote.peers() {
                 peers.committed(recipient, last_seq);
+            }
+            if let (Some(pusher), Some(skip)) = (self.pusher.get(), wakes.skip()) {
+                pusher.committed(recipient, skip);
             }
         }
     }
@@ -422,6 +438,7 @@ impl Enqueuer {
             {
                 retry.push(Job {
                     envelope,
+                    wake: job.wake,
                     reply: job.reply,
                     conflicts,
                     submitted: job.submitted,
@@ -460,16 +477,50 @@ impl Enqueuer {
 /// What an envelope's sender waits on while its envelope is in a transaction.
 struct Waiting {
     reply: Reply,
+    wake: pb::Wake,
+    /// The sending box and device.
+    sender: (BoxId, DeviceId),
     conflicts: u32,
     submitted: Instant,
 }
 
+/// Which devices the envelopes of one commit wake: none, or every device of
+/// the box except possibly the one device that sent all of them into its own
+/// box (it has them already).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wakes {
+    None,
+    Skipping(Option<DeviceId>),
+}
+
+impl Wakes {
+    fn add(&mut self, recipient: BoxId, (sender_box, sender_device): (BoxId, DeviceId)) {
+        let own = (sender_box == recipient).then_some(sender_device);
+        *self = match *self {
+            Wakes::None => Wakes::Skipping(own),
+            Wakes::Skipping(skip) if skip == own => Wakes::Skipping(skip),
+            Wakes::Skipping(_) => Wakes::Skipping(None),
+        };
+    }
+
+    /// `None`: nothing to wake; `Some(skip)`: wake every device but `skip`.
+    fn skip(self) -> Option<Option<DeviceId>> {
+        match self {
+            Wakes::None => None,
+            Wakes::Skipping(skip) => Some(skip),
+        }
+    }
+}
+
 impl Job {
     fn split(self) -> (NewEnvelope, Waiting) {
+        let sender = (self.envelope.sender_box, self.envelope.sender_device);
         (
             self.envelope,
             Waiting {
                 reply: self.reply,
+                wake: self.wake,
+                sender,
                 conflicts: self.conflicts,
                 submitted: self.submitted,
             },
@@ -484,7 +535,7 @@ fn fail(jobs: Vec<Job>, failure: &Failure) {
 }
 
 /// A forwarded envelope as the peer protocol carries it.
-fn to_peer(recipient: BoxId, envelope: &NewEnvelope) -> pb::PeerEnqueue {
+fn to_peer(recipient: BoxId, envelope: &NewEnvelope, wake: pb::Wake) -> pb::PeerEnqueue {
     pb::PeerEnqueue {
         recipient: recipient.as_bytes().to_vec(),
         sender_box: envelope.sender_box.as_bytes().to_vec(),
@@ -492,6 +543,7 @@ fn to_peer(recipient: BoxId, envelope: &NewEnvelope) -> pb::PeerEnqueue {
         message_id: envelope.message_id.as_bytes().to_vec(),
         device_list_version: envelope.device_list_version,
         payload: envelope.payload.clone(),
+        wake: wake as i32,
     }
 }
 
@@ -529,8 +581,9 @@ fn peer_result(outcome: Result<Enqueued, Failure>) -> pb::PeerEnqueueResult {
     }
 }
 
-fn from_wire(e: pb::PeerEnqueue) -> Result<(BoxId, NewEnvelope), Failure> {
+fn from_wire(e: pb::PeerEnqueue) -> Result<(BoxId, NewEnvelope, pb::Wake), Failure> {
     let bad = |what: &str| Failure::bad_request(format!("forwarded envelope: bad {what}"));
+    let wake = pb::Wake::try_from(e.wake).map_err(|_| bad("wake"))?;
     Ok((
         BoxId::try_from_slice(&e.recipient).map_err(|_| bad("recipient"))?,
         NewEnvelope {
@@ -541,6 +594,7 @@ fn from_wire(e: pb::PeerEnqueue) -> Result<(BoxId, NewEnvelope), Failure> {
             device_list_version: e.device_list_version,
             payload: e.payload,
         },
+        wake,
     ))
 }
 
@@ -555,7 +609,9 @@ impl Enqueuer {
         let n = enqueues.len();
         let receivers: Vec<_> = enqueues
             .into_iter()
-            .map(|e| from_wire(e).map(|(recipient, env)| self.submit_local(recipient, env)))
+            .map(|e| {
+                from_wire(e).map(|(recipient, env, wake)| self.submit_local(recipient, env, wake))
+            })
             .collect();
         let mut results = Vec::with_capacity(receivers.len());
         for receiver in receivers {
@@ -684,6 +740,8 @@ pub(crate) async fn send(
 ) -> Result<pb::SendResponse, Failure> {
     let mut req: pb::SendRequest = decode(body, "SendRequest")?;
     let attachments = std::mem::take(&mut req.attachments);
+    let wake = pb::Wake::try_from(req.wake)
+        .map_err(|_| Failure::bad_request(format!("unknown wake value {}", req.wake)))?;
     let (message_id, targets, ephemeral) = validate_send(shared, req)?;
     super::attachments::keep_referenced(shared, &attachments).await?;
     if ephemeral {
@@ -699,7 +757,7 @@ pub(crate) async fn send(
                 device_list_version: t.device_list_version,
                 payload: t.envelope,
             };
-            (t.box_id, shared.enqueuer.submit(t.box_id, envelope))
+            (t.box_id, shared.enqueuer.submit(t.box_id, envelope, wake))
         })
         .collect();
     let mut results = Vec::with_capacity(receivers.len());

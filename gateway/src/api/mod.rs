@@ -37,6 +37,7 @@ pub mod directory;
 pub mod groups;
 pub mod identifiers;
 pub mod messaging;
+pub mod push;
 pub mod registration;
 mod routing;
 pub mod service;
@@ -395,6 +396,9 @@ impl Shared {
                 encode(attachments::complete_upload(self, caller, body).await)
             }
             Method::DownloadPart => encode(attachments::download_part(self, caller, body).await),
+            Method::RegisterPushToken => encode(push::register(self, caller, body).await),
+            Method::RemovePushToken => encode(push::remove(self, caller, body).await),
+            Method::PushInfo => encode(push::info(self, body)),
             // Unauthenticated methods were answered by the caller of this function.
             Method::Unspecified
             | Method::Ping
@@ -567,6 +571,8 @@ const OWNER_METHODS: &[Method] = &[
     Method::ConfirmIdentifier,
     Method::RemoveIdentifier,
     Method::SetIdentifierDiscoverable,
+    Method::RegisterPushToken,
+    Method::RemovePushToken,
 ];
 
 /// The owner methods that remove or replace devices of the caller's box.
