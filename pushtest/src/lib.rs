@@ -6,6 +6,8 @@
 //! [`Recorder`] is the shared HTTP part: a plain-TCP server speaking HTTP/1.1
 //! and HTTP/2 (prior knowledge), which hands every request to a handler and
 //! keeps it, with the HTTP version it came in, for the test to inspect.
+//!
+//! [`webpush::WebPushService`] plays a browser and its push service together.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+
+pub mod webpush;
 
 /// One request as the server received it.
 #[derive(Clone, Debug)]
