@@ -23,11 +23,13 @@ pub mod groups;
 pub mod identifiers;
 pub mod messages;
 pub mod placement;
+pub mod push;
 pub mod sdk;
 pub mod state;
 
 pub use connection::{HomeHint, RetryPolicy, Subscription};
 pub use error::{Error, Result};
 pub use identifiers::IdentifierInfo;
+pub use push::{PushInfo, PushTarget};
 pub use sdk::{Batch, Body, Client, ClientConfig, Received};
 pub use state::{KdfParams, StateKey};

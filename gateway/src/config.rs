@@ -20,6 +20,8 @@ use rossby_storage::kv::fjall::{Durability, FjallConfig};
 use rossby_storage::kv::tikv::TikvConfig;
 use rossby_storage::{BackendConfig, Kv, RetryPolicy};
 use serde::Deserialize;
+
+mod push;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -372,6 +374,81 @@ pub struct Args {
     #[arg(long, env = "ROSSBY_MAX_ATTACHMENT_AGE_DAYS", value_name = "DAYS")]
     pub max_attachment_age_days: Option<u64>,
 
+    // ---- wake-up pushes (docs/operations/push.md) ----
+    /// Web Push on or off [default: true].
+    #[arg(long, env = "ROSSBY_WEBPUSH", value_name = "BOOL")]
+    pub webpush: Option<bool>,
+    /// The VAPID private key (PEM, or a raw 32-byte P-256 key); generated when
+    /// absent [default: <data-dir>/vapid.pem].
+    #[arg(long, env = "ROSSBY_WEBPUSH_VAPID_KEY", value_name = "FILE")]
+    pub webpush_vapid_key: Option<PathBuf>,
+    /// The VAPID subject push services may contact: `mailto:` or `https://`
+    /// [default: mailto:push@rossby.invalid].
+    #[arg(long, env = "ROSSBY_WEBPUSH_SUBJECT", value_name = "URI")]
+    pub webpush_subject: Option<String>,
+    /// Accept Web Push endpoints over http and on loopback or private
+    /// addresses (tests only) [default: false].
+    #[arg(long, env = "ROSSBY_WEBPUSH_ALLOW_INSECURE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub webpush_allow_insecure: Option<bool>,
+    /// The APNs signing key (.p8); turns APNs on (with --apns-key-id,
+    /// --apns-team-id, --apns-topic) [default: off].
+    #[arg(long, env = "ROSSBY_APNS_KEY", value_name = "FILE")]
+    pub apns_key: Option<PathBuf>,
+    /// The key's 10-character id from Apple.
+    #[arg(long, env = "ROSSBY_APNS_KEY_ID", value_name = "ID")]
+    pub apns_key_id: Option<String>,
+    /// The 10-character Apple developer team id.
+    #[arg(long, env = "ROSSBY_APNS_TEAM_ID", value_name = "ID")]
+    pub apns_team_id: Option<String>,
+    /// The app's bundle id (`apns-topic`).
+    #[arg(long, env = "ROSSBY_APNS_TOPIC", value_name = "BUNDLE")]
+    pub apns_topic: Option<String>,
+    /// APNs base URL [default: https://api.push.apple.com].
+    #[arg(long, env = "ROSSBY_APNS_URL", value_name = "URL")]
+    pub apns_url: Option<String>,
+    /// `alert` (a generic text the app replaces) or `background` [default: alert].
+    #[arg(long, env = "ROSSBY_APNS_PUSH_TYPE", value_name = "TYPE")]
+    pub apns_push_type: Option<String>,
+    /// The Firebase service-account JSON; turns FCM on [default: off].
+    #[arg(long, env = "ROSSBY_FCM_SERVICE_ACCOUNT", value_name = "FILE")]
+    pub fcm_service_account: Option<PathBuf>,
+    /// FCM base URL [default: https://fcm.googleapis.com].
+    #[arg(long, env = "ROSSBY_FCM_URL", value_name = "URL")]
+    pub fcm_url: Option<String>,
+    /// OAuth2 token URL [default: the service account's token_uri].
+    #[arg(long, env = "ROSSBY_FCM_TOKEN_URL", value_name = "URL")]
+    pub fcm_token_url: Option<String>,
+    /// Least milliseconds between two wake-ups of one device [default: 30000].
+    #[arg(long, env = "ROSSBY_PUSH_INTERVAL_MS", value_name = "MS")]
+    pub push_interval_ms: Option<u64>,
+    /// Seconds an unanswered wake-up (no ack since) blocks the next [default: 900].
+    #[arg(long, env = "ROSSBY_PUSH_OUTSTANDING_SECS", value_name = "SECS")]
+    pub push_outstanding_secs: Option<u64>,
+    /// Boxes waiting for the wake-up scheduler before more are dropped [default: 8192].
+    #[arg(long, env = "ROSSBY_PUSH_QUEUE", value_name = "N")]
+    pub push_queue: Option<usize>,
+    /// Wake-ups waiting per push service before more are dropped [default: 4096].
+    #[arg(long, env = "ROSSBY_PUSH_PROVIDER_QUEUE", value_name = "N")]
+    pub push_provider_queue: Option<usize>,
+    /// Requests in flight per push service [default: 32].
+    #[arg(long, env = "ROSSBY_PUSH_CONCURRENCY", value_name = "N")]
+    pub push_concurrency: Option<usize>,
+    /// Delivery attempts per wake-up [default: 4].
+    #[arg(long, env = "ROSSBY_PUSH_MAX_ATTEMPTS", value_name = "N")]
+    pub push_max_attempts: Option<u32>,
+    /// Milliseconds before the first retry, doubling [default: 500].
+    #[arg(long, env = "ROSSBY_PUSH_RETRY_BASE_MS", value_name = "MS")]
+    pub push_retry_base_ms: Option<u64>,
+    /// Longest wait before a retry, in seconds [default: 60].
+    #[arg(long, env = "ROSSBY_PUSH_RETRY_CAP_SECS", value_name = "SECS")]
+    pub push_retry_cap_secs: Option<u64>,
+    /// Seconds a push service keeps a wake-up for an unreachable device [default: 86400].
+    #[arg(long, env = "ROSSBY_PUSH_TTL_SECS", value_name = "SECS")]
+    pub push_ttl_secs: Option<u64>,
+    /// Milliseconds one request to a push service may take [default: 10000].
+    #[arg(long, env = "ROSSBY_PUSH_TIMEOUT_MS", value_name = "MS")]
+    pub push_timeout_ms: Option<u64>,
+
     // ---- rate limits: RATE is `N` or `N/s` (per second), `N/min`, `N/h` ----
     /// Authenticated requests per device [default: 50/s].
     #[arg(long, env = "ROSSBY_RATE_PER_DEVICE", value_name = "RATE", value_parser = parse_rate)]
@@ -525,6 +602,29 @@ struct FileConfig {
     upload_ttl_secs: Option<u64>,
     unsent_attachment_ttl_secs: Option<u64>,
     max_attachment_age_days: Option<u64>,
+    webpush: Option<bool>,
+    webpush_vapid_key: Option<PathBuf>,
+    webpush_subject: Option<String>,
+    webpush_allow_insecure: Option<bool>,
+    apns_key: Option<PathBuf>,
+    apns_key_id: Option<String>,
+    apns_team_id: Option<String>,
+    apns_topic: Option<String>,
+    apns_url: Option<String>,
+    apns_push_type: Option<String>,
+    fcm_service_account: Option<PathBuf>,
+    fcm_url: Option<String>,
+    fcm_token_url: Option<String>,
+    push_interval_ms: Option<u64>,
+    push_outstanding_secs: Option<u64>,
+    push_queue: Option<usize>,
+    push_provider_queue: Option<usize>,
+    push_concurrency: Option<usize>,
+    push_max_attempts: Option<u32>,
+    push_retry_base_ms: Option<u64>,
+    push_retry_cap_secs: Option<u64>,
+    push_ttl_secs: Option<u64>,
+    push_timeout_ms: Option<u64>,
     rate_per_device: Option<RateValue>,
     burst_per_device: Option<f64>,
     rate_per_ip: Option<RateValue>,
@@ -686,6 +786,8 @@ pub struct Config {
     pub owner_lease: (Duration, Duration),
     /// Where attachment ciphertext is stored ([`crate::blobstore`]).
     pub blob_store: crate::blobstore::BlobStoreConfig,
+    /// Wake-up pushes ([`crate::push`]).
+    pub push: crate::push::PushConfig,
     /// Settings of the API layer. `server_secret` is ignored here: the gateway
     /// fills it from `secret_file` at start.
     pub api: ApiSettings,
@@ -797,6 +899,7 @@ impl Config {
             ),
             api: ApiSettings::with_secret(Vec::new()),
             blob_store: crate::blobstore::BlobStoreConfig::Local(data_dir.join("blobs")),
+            push: push::defaults(&data_dir),
             data_dir,
         }
     }
@@ -1110,6 +1213,7 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     }
     let mut c = Config::defaults(data_dir.clone());
     c.blob_store = blob_store;
+    c.push = push::options(&a, &f, &data_dir)?;
     c.api.attachments = attachment_limits;
     c.listen = pick(a.listen, f.listen, c.listen);
     c.admin_listen = pick(a.admin_listen, f.admin_listen, c.admin_listen);

@@ -71,6 +71,8 @@ struct Tasks {
     background: Option<JoinHandle<()>>,
     /// The gateway-to-gateway machinery, when configured.
     peers: Option<Arc<Peers>>,
+    /// The wake-up scheduler and its delivery tasks.
+    push: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Tasks {
@@ -92,6 +94,7 @@ impl Drop for Tasks {
         ]
         .into_iter()
         .flatten()
+        .chain(self.push.drain(..))
         {
             task.abort();
         }
@@ -160,6 +163,9 @@ impl Gateway {
         let blob_store = crate::blobstore::BlobStore::open(&config.blob_store, metrics.clone())?;
         api.set_blob_store(blob_store.clone());
 
+        // Credentials load (and fail) before anything is bound.
+        let push_providers = config.push.providers()?;
+
         let endpoint = quic_endpoint(server_config, config.listen, &config.quic)?;
         let quic_addr = endpoint.local_addr().map_err(|e| Error::Io {
             context: "QUIC endpoint address".into(),
@@ -193,6 +199,16 @@ impl Gateway {
             }
             None => None,
         };
+
+        // Wake-ups never delay a send; their tasks stop with the gateway.
+        let (pusher, push_tasks) = crate::push::Pusher::start(
+            store.clone(),
+            api.presence().clone(),
+            push_providers,
+            config.push.settings.clone(),
+            metrics.clone(),
+        );
+        api.attach_pusher(pusher);
 
         let lifecycle = Arc::new(Lifecycle::default());
         lifecycle.quic_open.store(true, Ordering::Release);
@@ -290,6 +306,7 @@ impl Gateway {
                 admin_stop: Some(admin_stop),
                 background: Some(background_task),
                 peers,
+                push: push_tasks,
             },
         })
     }

@@ -213,6 +213,9 @@ enum Command {
     /// list, discoverable.
     #[command(subcommand)]
     Identifier(IdentifierCommand),
+    /// Wake-up pushes for this device: webpush, apns, fcm, remove, info.
+    #[command(subcommand)]
+    Push(PushCommand),
 }
 
 /// What a message may carry besides text.
@@ -1206,7 +1209,82 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
         Command::Placement(placement_command) => placement(placement_command).await,
         Command::Group(group_command) => group(client, group_command).await,
         Command::Identifier(command) => identifier(client, command).await,
+        Command::Push(command) => push(client, command).await,
     }
+}
+
+// ----- rossby push ... -----
+
+/// `rossby push ...`: how the gateway wakes this device while it is not
+/// connected. A device has one push token; registering replaces it.
+#[derive(Debug, Subcommand)]
+enum PushCommand {
+    /// Register a Web Push subscription (its endpoint URL and keys, base64url
+    /// as the browser's PushSubscription gives them).
+    Webpush {
+        /// The subscription's endpoint URL.
+        endpoint: String,
+        /// `keys.p256dh`.
+        p256dh: String,
+        /// `keys.auth`.
+        auth: String,
+    },
+    /// Register an APNs device token (hex).
+    Apns {
+        /// The device token.
+        token: String,
+    },
+    /// Register an FCM registration token.
+    Fcm {
+        /// The registration token.
+        token: String,
+    },
+    /// Remove this device's push token.
+    Remove,
+    /// The providers the gateway wakes devices through (and its VAPID key).
+    Info,
+}
+
+/// `rossby push ...`.
+async fn push(client: &Client, command: PushCommand) -> Result<()> {
+    let (target, name) = match command {
+        PushCommand::Webpush {
+            endpoint,
+            p256dh,
+            auth,
+        } => (
+            rossby_client::PushTarget::WebPush {
+                endpoint,
+                p256dh,
+                auth,
+            },
+            "Web Push subscription",
+        ),
+        PushCommand::Apns { token } => (rossby_client::PushTarget::Apns(token), "APNs token"),
+        PushCommand::Fcm { token } => (rossby_client::PushTarget::Fcm(token), "FCM token"),
+        PushCommand::Remove => {
+            return out(if client.remove_push().await? {
+                "push token removed".to_string()
+            } else {
+                "this device had no push token".to_string()
+            });
+        }
+        PushCommand::Info => {
+            let info = client.push_info().await?;
+            let providers = if info.providers.is_empty() {
+                "none".to_string()
+            } else {
+                info.providers.join(",")
+            };
+            out(format!("providers {providers}"))?;
+            if let Some(key) = info.vapid_public_key {
+                out(format!("vapid-public-key {key}"))?;
+            }
+            return Ok(());
+        }
+    };
+    client.register_push(&target).await?;
+    out(format!("{name} registered for this device"))
 }
 
 // ----- rossby identifier ... -----

@@ -230,6 +230,13 @@ impl Api {
         self.shared.blobs.set(blobs).is_ok()
     }
 
+    /// Attaches the wake-up scheduler: from now on commits of messages that wake
+    /// hand their boxes to it, and the push RPCs accept its providers. False
+    /// (and nothing changes) if one was attached already.
+    pub fn attach_pusher(&self, pusher: crate::push::Pusher) -> bool {
+        self.shared.enqueuer.pusher.set(pusher).is_ok()
+    }
+
     /// Forgets everything about a closed connection (its push subscriptions).
     pub fn connection_closed(&self, ctx: &ConnContext) {
         self.connection_closed_id(ctx.id);

@@ -8,6 +8,7 @@
 //! - [`jwt`], [`http`]: the signing and HTTPS plumbing the clients share.
 
 pub mod apns;
+pub mod config;
 pub mod fcm;
 pub mod http;
 pub mod jwt;
@@ -15,5 +16,6 @@ pub mod provider;
 pub mod scheduler;
 pub mod webpush;
 
+pub use config::PushConfig;
 pub use provider::{Provider, ProviderKind};
 pub use scheduler::{Providers, PushSettings, Pusher};
