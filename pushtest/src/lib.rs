@@ -7,6 +7,10 @@
 //! and HTTP/2 (prior knowledge), which hands every request to a handler and
 //! keeps it, with the HTTP version it came in, for the test to inspect.
 
+pub mod apns;
+pub mod fcm;
+mod jwt;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
