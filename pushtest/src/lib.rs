@@ -9,6 +9,10 @@
 //!
 //! [`webpush::WebPushService`] plays a browser and its push service together.
 
+pub mod apns;
+pub mod fcm;
+mod jwt;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
