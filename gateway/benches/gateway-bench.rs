@@ -1255,6 +1255,7 @@ fn build_envelopes(
                             }],
                             ephemeral: false,
                             attachments: Vec::new(),
+                            wake: pb::Wake::High as i32,
                         }
                         .encode_to_vec();
                         body_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);

@@ -1207,7 +1207,11 @@ fn secs(flag: &str, value: u64, min: u64, max: u64) -> Result<Duration> {
 /// Applies flags and file over the defaults and validates the result.
 fn merge(a: Args, f: FileConfig) -> Result<Config> {
     let (blob_store, attachment_limits) = attachments(&a, &f)?;
-    let data_dir = pick(a.data_dir, f.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    let data_dir = pick(
+        a.data_dir.clone(),
+        f.data_dir.clone(),
+        PathBuf::from(DEFAULT_DATA_DIR),
+    );
     if data_dir.as_os_str().is_empty() {
         return Err(Error::Config("--data-dir must not be empty".into()));
     }

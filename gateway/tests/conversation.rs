@@ -144,6 +144,7 @@ async fn two_users_three_devices_converse() {
         }],
         ephemeral: false,
         attachments: Vec::new(),
+        wake: pb::Wake::High as i32,
     }
     .encode_to_vec();
     let mut seqs = Vec::new();

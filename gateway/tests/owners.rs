@@ -62,6 +62,7 @@ fn send_to(targets: &[(BoxId, u64)], message_id: MessageId, text: &[u8]) -> pb::
             .collect(),
         ephemeral: false,
         attachments: Vec::new(),
+        wake: pb::Wake::High as i32,
     }
 }
 

@@ -26,12 +26,17 @@ struct Setup {
     service: WebPushService,
     a: Client,
     b: Client,
+    b_box: rossby_keyspace::BoxId,
     sub: Subscription,
 }
 
 fn config(dir: &Path, tune: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::for_tests(dir.join("gw"));
-    let webpush = config.push.webpush.as_mut().expect("Web Push is on by default");
+    let webpush = config
+        .push
+        .webpush
+        .as_mut()
+        .expect("Web Push is on by default");
     webpush.subject = SUBJECT.into();
     webpush.allow_insecure = true;
     config.push.settings.interval = INTERVAL;
@@ -54,7 +59,7 @@ async fn setup(dir: &Path, tune: impl FnOnce(&mut Config)) -> Setup {
     let a = client(&gateway, dir.join("a.state")).await;
     let b = client(&gateway, dir.join("b.state")).await;
     register(&a, "+15550001111", &codes).await;
-    register(&b, "+15550002222", &codes).await;
+    let b_box = register(&b, "+15550002222", &codes).await;
     let sub = service.subscribe();
     bounded(
         "register push",
@@ -73,6 +78,7 @@ async fn setup(dir: &Path, tune: impl FnOnce(&mut Config)) -> Setup {
         service,
         a,
         b,
+        b_box,
         sub,
     }
 }
@@ -107,12 +113,14 @@ async fn a_disconnected_device_is_woken_once_per_interval_until_it_fetches() {
     for i in 0..10 {
         send(&s.a, &format!("quick {i}")).await;
     }
-    tokio::time::sleep(INTERVAL + Duration::from_millis(500)).await;
+    tokio::time::sleep(INTERVAL).await;
+    send(&s.a, "after the interval").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.service.messages(&s.sub).len(), 1);
 
     // The device fetches (and acknowledges): the next message wakes it again.
     let batch = fetch_now(&s.b).await;
-    assert_eq!(batch.messages.len(), 11);
+    assert_eq!(batch.messages.len(), 12);
     s.b.close().await;
     send(&s.a, "after the fetch").await;
     assert_eq!(wakes(&s, 2).await, 2);
@@ -142,7 +150,10 @@ async fn a_disconnected_device_is_woken_once_per_interval_until_it_fetches() {
     // Every request was exactly right.
     assert_eq!(s.service.problems(), Vec::<String>::new());
     let text = s.gateway.metrics().render();
-    assert!(text.contains("rossby_push_sent_total{provider=\"webpush\"} 2"), "{text}");
+    assert!(
+        text.contains("rossby_push_sent_total{provider=\"webpush\"} 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +195,11 @@ async fn a_hanging_push_service_does_not_slow_sends() {
     s.service
         .script([Answer::status(201).delayed(Duration::from_secs(20))]);
     let first = send(&s.a, "while it hangs").await;
-    assert_eq!(s.service.wait_for(2, WAIT).await, 2, "the wake-up is in flight");
+    assert_eq!(
+        s.service.wait_for(2, WAIT).await,
+        2,
+        "the wake-up is in flight"
+    );
     let mut slowest = first;
     for i in 0..5 {
         slowest = slowest.max(send(&s.a, &format!("still hanging {i}")).await);
@@ -236,10 +251,7 @@ async fn gone_subscriptions_are_removed_and_failures_retried_with_a_bound() {
             let record = s
                 .gateway
                 .store()
-                .push_token(
-                    s.b.own_box().await.unwrap(),
-                    s.b.device_id(),
-                )
+                .push_token(s.b_box, s.b.device_id())
                 .await
                 .unwrap();
             if record.is_none() {
@@ -267,17 +279,13 @@ async fn bad_subscriptions_are_refused_and_push_info_tells_the_vapid_key() {
     let s = setup(dir.path(), |_| {}).await;
     let info = s.a.push_info().await.unwrap();
     assert_eq!(info.providers, vec!["webpush".to_string()]);
-    let key = VapidKey::load_or_generate(
-        &dir.path().join("gw").join("vapid.pem"),
-    )
-    .unwrap();
+    let key = VapidKey::load_or_generate(&dir.path().join("gw").join("vapid.pem")).unwrap();
     assert_eq!(info.vapid_public_key, Some(key.public_key_base64url()));
 
     // A key that is not a point on the curve, and a provider without
     // credentials here.
-    let err = s
-        .a
-        .register_push(&PushTarget::WebPush {
+    let err =
+        s.a.register_push(&PushTarget::WebPush {
             endpoint: s.sub.endpoint.clone(),
             p256dh: base64url(&[4u8; 65]),
             auth: s.sub.auth_b64.clone(),
@@ -285,11 +293,10 @@ async fn bad_subscriptions_are_refused_and_push_info_tells_the_vapid_key() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("p256dh"), "{err}");
-    let err = s
-        .a
-        .register_push(&PushTarget::Apns("ab".repeat(32)))
-        .await
-        .unwrap_err();
+    let err =
+        s.a.register_push(&PushTarget::Apns("ab".repeat(32)))
+            .await
+            .unwrap_err();
     assert!(err.to_string().contains("no credentials for apns"), "{err}");
     assert!(!s.a.remove_push().await.unwrap());
 }

@@ -1074,6 +1074,7 @@ mod tests {
             ],
             ephemeral: false,
             attachments: Vec::new(),
+            wake: pb::Wake::High as i32,
         };
         let resp = env.call_as(&bob, 1, Method::Send, &req).await;
         assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
@@ -1169,6 +1170,7 @@ mod tests {
                 recipients,
                 ephemeral: false,
                 attachments: Vec::new(),
+                wake: pb::Wake::High as i32,
             };
             let resp = env.call_as(&bob, 1, Method::Send, &req).await;
             assert_eq!(status_of(&resp), status, "{}", resp.message);
@@ -1348,6 +1350,7 @@ mod tests {
                     device_list_version: 1,
                     payload: vec![0; len],
                 },
+                wake: pb::Wake::High,
                 reply,
                 conflicts: 0,
                 submitted: super::Instant::now(),

@@ -1346,6 +1346,7 @@ mod tests {
             }],
             ephemeral: true,
             attachments: Vec::new(),
+            wake: pb::Wake::High as i32,
         };
         let resp: pb::SendResponse = TestEnv::body(&env.call_as(&bob, 1, Method::Send, &req).await);
         assert_eq!(resp.results[0].status, Status::Ok as i32);

@@ -440,6 +440,7 @@ impl TestEnv {
             }],
             ephemeral: false,
             attachments: Vec::new(),
+            wake: pb::Wake::High as i32,
         };
         let resp: pb::SendResponse = Self::body(&self.call_as(by, 1, Method::Send, &req).await);
         resp.results.into_iter().next().expect("one result")

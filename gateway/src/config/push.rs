@@ -50,9 +50,17 @@ pub(super) fn options(a: &Args, f: &FileConfig, data_dir: &Path) -> Result<PushC
     };
     let settings = PushSettings {
         interval: ms(a.push_interval_ms, f.push_interval_ms, d.interval),
-        outstanding: secs(a.push_outstanding_secs, f.push_outstanding_secs, d.outstanding),
+        outstanding: secs(
+            a.push_outstanding_secs,
+            f.push_outstanding_secs,
+            d.outstanding,
+        ),
         queue: pick(a.push_queue, f.push_queue, d.queue),
-        provider_queue: pick(a.push_provider_queue, f.push_provider_queue, d.provider_queue),
+        provider_queue: pick(
+            a.push_provider_queue,
+            f.push_provider_queue,
+            d.provider_queue,
+        ),
         concurrency: pick(a.push_concurrency, f.push_concurrency, d.concurrency),
         max_attempts: pick(a.push_max_attempts, f.push_max_attempts, d.max_attempts),
         retry_base: ms(a.push_retry_base_ms, f.push_retry_base_ms, d.retry_base),
@@ -85,12 +93,24 @@ pub(super) fn options(a: &Args, f: &FileConfig, data_dir: &Path) -> Result<PushC
 
     let apns_key = a.apns_key.clone().or_else(|| f.apns_key.clone());
     let apns_rest = [
-        ("apns-key-id", a.apns_key_id.clone().or_else(|| f.apns_key_id.clone())),
-        ("apns-team-id", a.apns_team_id.clone().or_else(|| f.apns_team_id.clone())),
-        ("apns-topic", a.apns_topic.clone().or_else(|| f.apns_topic.clone())),
+        (
+            "apns-key-id",
+            a.apns_key_id.clone().or_else(|| f.apns_key_id.clone()),
+        ),
+        (
+            "apns-team-id",
+            a.apns_team_id.clone().or_else(|| f.apns_team_id.clone()),
+        ),
+        (
+            "apns-topic",
+            a.apns_topic.clone().or_else(|| f.apns_topic.clone()),
+        ),
     ];
     let apns_url = a.apns_url.clone().or_else(|| f.apns_url.clone());
-    let apns_push_type = a.apns_push_type.clone().or_else(|| f.apns_push_type.clone());
+    let apns_push_type = a
+        .apns_push_type
+        .clone()
+        .or_else(|| f.apns_push_type.clone());
     let apns = match apns_key {
         None => {
             if apns_rest.iter().any(|(_, v)| v.is_some())
@@ -114,7 +134,7 @@ pub(super) fn options(a: &Args, f: &FileConfig, data_dir: &Path) -> Result<PushC
                 topic: topic?,
                 url: apns_url.unwrap_or_else(|| crate::push::apns::DEFAULT_URL.into()),
                 push_type: match apns_push_type {
-                    Some(t) => t.parse().map_err(Error::Config)?,
+                    Some(t) => t.parse()?,
                     None => crate::push::apns::ApnsPushType::default(),
                 },
                 timeout,

@@ -112,7 +112,7 @@ impl FromStr for ApnsPushType {
 }
 
 /// How to reach APNs and sign in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApnsConfig {
     /// The `.p8` file Apple issues: a P-256 private key, PKCS#8 PEM.
     pub key_file: PathBuf,

@@ -42,7 +42,7 @@ const MAX_BODY: usize = 16 * 1024;
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
 /// How to reach FCM and sign in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FcmConfig {
     /// The service account's JSON key file from the Google Cloud console
     /// (`type`, `project_id`, `private_key`, `client_email`, `token_uri`).

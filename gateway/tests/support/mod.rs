@@ -433,6 +433,7 @@ pub fn send_request(to: BoxId, version: u64, envelope: &[u8]) -> pb::SendRequest
         }],
         ephemeral: false,
         attachments: Vec::new(),
+        wake: pb::Wake::High as i32,
     }
 }
 

@@ -34,7 +34,7 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 const TOKEN_CACHE_ORIGINS: u64 = 1024;
 
 /// Web Push settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebPushConfig {
     /// The VAPID private key file (generated when missing).
     pub vapid_key_file: PathBuf,
