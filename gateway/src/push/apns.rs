@@ -9,7 +9,7 @@
 //! notification service extension fetches and replaces it; a background push
 //! carries only `content-available`. Both carry `"rossby":"fetch"`.
 
-use super::http::{self, Versions};
+use super::http::{self, Versions, loggable, read_bounded, service_url, transport_failure, unix_now};
 use super::jwt;
 use super::provider::{
     COLLAPSE_ID, Outcome, Provider, ProviderKind, Target, WAKE_DATA_KEY, WAKE_DATA_VALUE, WakeUp,
@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The production APNs endpoint.
 pub const DEFAULT_URL: &str = "https://api.push.apple.com";
@@ -390,98 +390,6 @@ fn classify(status: u16, reason: Option<&str>, after: Option<Duration>) -> Outco
             reason: "unexpected_status",
         },
     }
-}
-
-/// A service's error word for a log line, or a placeholder when it is not a
-/// short identifier (the text is the service's, not ours).
-pub(crate) fn loggable(reason: Option<&str>) -> &str {
-    match reason {
-        Some(r)
-            if !r.is_empty()
-                && r.len() <= 64
-                && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-        {
-            r
-        }
-        Some(_) => "<unrecognised>",
-        None => "<none>",
-    }
-}
-
-/// The outcome of a request that got no answer. The error is logged without
-/// its URL, which can hold a device token.
-pub(crate) fn transport_failure(kind: ProviderKind, e: reqwest::Error) -> Outcome {
-    let reason = if e.is_timeout() { "timeout" } else { "connect" };
-    tracing::debug!(provider = kind.name(), error = %e.without_url(), reason, "push request got no answer");
-    Outcome::Retry {
-        reason,
-        after: None,
-    }
-}
-
-/// Up to `limit` bytes of the answer's body; the rest is not read.
-pub(crate) async fn read_bounded(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> reqwest::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = limit.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= limit {
-            break;
-        }
-    }
-    Ok(body)
-}
-
-/// Seconds since the Unix epoch (0 for a clock before it).
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Checks a push service URL given as `option`: `https://`, or `http://` to a
-/// loopback host (how tests reach a local stand-in), without credentials,
-/// query or fragment, and (unless `with_path`) without a path. Returns it
-/// without a trailing `/`.
-pub(crate) fn service_url(value: &str, option: &str, with_path: bool) -> Result<String> {
-    let bad = |why: &str| Error::Config(format!("{option}: {value:?} {why}"));
-    let url = reqwest::Url::parse(value).map_err(|e| bad(&format!("is not a URL ({e})")))?;
-    let host = url.host_str().unwrap_or_default();
-    if host.is_empty() {
-        return Err(bad("names no host"));
-    }
-    match url.scheme() {
-        "https" => {}
-        "http" => {
-            let ip = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>();
-            let loopback =
-                host.eq_ignore_ascii_case("localhost") || ip.is_ok_and(|ip| ip.is_loopback());
-            if !loopback {
-                return Err(bad(
-                    "uses plain http://, which is only allowed to a loopback host \
-                     (127.0.0.0/8, ::1, localhost) for local testing; use https://",
-                ));
-            }
-        }
-        _ => return Err(bad("is not an https:// URL")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("must not carry credentials"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("must not have a query or fragment"));
-    }
-    if !with_path && url.path() != "/" {
-        return Err(bad("must name only the scheme, host and port"));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]

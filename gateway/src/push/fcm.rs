@@ -7,7 +7,7 @@
 //! nothing else, so Android hands it to the app instead of showing anything,
 //! and (for iOS apps registered through FCM) a background push.
 
-use super::apns::{read_bounded, service_url, transport_failure, unix_now};
+use super::http::{loggable, read_bounded, service_url, transport_failure, unix_now};
 use super::http::{self, Versions};
 use super::jwt;
 use super::provider::{
@@ -266,7 +266,7 @@ impl Fcm {
             let error = answer.get("error").and_then(|e| e.as_str());
             tracing::warn!(
                 status = status.as_u16(),
-                error = super::apns::loggable(error),
+                error = loggable(error),
                 "FCM: the token endpoint refused the service account"
             );
             return Err(FAILED);
@@ -341,8 +341,8 @@ impl Fcm {
         {
             self.invalidate(&access).await;
         }
-        let rpc_status = super::apns::loggable(error.status.as_deref());
-        let code = super::apns::loggable(error.codes.first().map(String::as_str));
+        let rpc_status = loggable(error.status.as_deref());
+        let code = loggable(error.codes.first().map(String::as_str));
         match outcome {
             Outcome::Failed { .. } => {
                 tracing::warn!(status, rpc_status, code, "FCM refused a wake-up");

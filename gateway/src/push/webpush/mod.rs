@@ -115,7 +115,7 @@ impl WebPush {
         // RFC 8292 §2: the audience is the origin of the push resource.
         let audience = url.origin().ascii_serialization();
         self.tokens.get_with(audience.clone(), || {
-            let exp = vapid::unix_now() + vapid::TOKEN_LIFETIME.as_secs();
+            let exp = http::unix_now() + vapid::TOKEN_LIFETIME.as_secs();
             Arc::from(self.key.authorization(&audience, &self.subject, exp))
         })
     }

@@ -13,7 +13,7 @@ use p256::elliptic_curve::rand_core::OsRng;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// What the key is called in messages.
 const WHAT: &str = "VAPID private key";
@@ -166,15 +166,6 @@ pub fn check_subject(subject: &str) -> Result<()> {
              (a contact for the push services, e.g. mailto:ops@example.com)"
         )))
     }
-}
-
-/// Unix time in seconds (0 if the clock is before 1970, which only makes
-/// tokens expire early).
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
