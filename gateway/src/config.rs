@@ -2039,6 +2039,89 @@ mod tests {
     }
 
     #[test]
+    fn push_options_have_documented_defaults_and_are_checked() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let c = parse(&["--data-dir", "/srv/r"]).unwrap();
+        let p = &c.push;
+        let webpush = p.webpush.as_ref().expect("Web Push is on by default");
+        assert_eq!(webpush.vapid_key_file, PathBuf::from("/srv/r/vapid.pem"));
+        assert_eq!(webpush.subject, push::DEFAULT_WEBPUSH_SUBJECT);
+        assert!(!webpush.allow_insecure);
+        assert_eq!((p.apns.is_none(), p.fcm.is_none()), (true, true));
+        assert_eq!(p.settings, crate::push::PushSettings::default());
+        assert_eq!(p.settings.interval, Duration::from_secs(30));
+
+        let c = parse(&[
+            "--webpush-subject",
+            "mailto:ops@example.net",
+            "--webpush-allow-insecure",
+            "--apns-key",
+            "/k.p8",
+            "--apns-key-id",
+            "ABCDE12345",
+            "--apns-team-id",
+            "TEAM012345",
+            "--apns-topic",
+            "im.rossby.app",
+            "--apns-push-type",
+            "background",
+            "--fcm-service-account",
+            "/fcm.json",
+            "--push-interval-ms",
+            "1500",
+            "--push-max-attempts",
+            "2",
+            "--push-timeout-ms",
+            "2500",
+        ])
+        .unwrap();
+        let p = &c.push;
+        let webpush = p.webpush.as_ref().unwrap();
+        assert!(webpush.allow_insecure);
+        assert_eq!(webpush.timeout, Duration::from_millis(2500));
+        let apns = p.apns.as_ref().unwrap();
+        assert_eq!(apns.url, crate::push::apns::DEFAULT_URL);
+        assert_eq!(apns.push_type, crate::push::apns::ApnsPushType::Background);
+        assert_eq!(apns.timeout, Duration::from_millis(2500));
+        let fcm = p.fcm.as_ref().unwrap();
+        assert_eq!(fcm.service_account_file, PathBuf::from("/fcm.json"));
+        assert_eq!(fcm.url, crate::push::fcm::DEFAULT_URL);
+        assert_eq!(p.settings.interval, Duration::from_millis(1500));
+        assert_eq!(p.settings.max_attempts, 2);
+        assert!(
+            parse(&["--webpush", "false"])
+                .unwrap()
+                .push
+                .webpush
+                .is_none()
+        );
+
+        for (argv, needle) in [
+            (&["--apns-key", "/k.p8"][..], "--apns-key-id"),
+            (&["--apns-topic", "x"][..], "--apns-key"),
+            (&["--fcm-url", "https://x"][..], "--fcm-service-account"),
+            (
+                &["--webpush-subject", "ops@example.net"][..],
+                "--webpush-subject",
+            ),
+            (&["--push-max-attempts", "0"][..], "--push-max-attempts"),
+            (&["--push-timeout-ms", "0"][..], "--push-timeout-ms"),
+            (
+                &[
+                    "--push-interval-ms",
+                    "600000",
+                    "--push-outstanding-secs",
+                    "60",
+                ][..],
+                "--push-outstanding-secs",
+            ),
+        ] {
+            let message = parse(argv).unwrap_err().to_string();
+            assert!(message.contains(needle), "{argv:?}: {message}");
+        }
+    }
+
+    #[test]
     fn attachment_options_have_documented_defaults_and_are_checked() {
         use crate::blobstore::BlobStoreConfig;
         let c = parse(&["--data-dir", "/srv/r"]).unwrap();

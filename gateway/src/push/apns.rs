@@ -9,7 +9,9 @@
 //! notification service extension fetches and replaces it; a background push
 //! carries only `content-available`. Both carry `"rossby":"fetch"`.
 
-use super::http::{self, Versions, loggable, read_bounded, service_url, transport_failure, unix_now};
+use super::http::{
+    self, Versions, loggable, read_bounded, service_url, transport_failure, unix_now,
+};
 use super::jwt;
 use super::provider::{
     COLLAPSE_ID, Outcome, Provider, ProviderKind, Target, WAKE_DATA_KEY, WAKE_DATA_VALUE, WakeUp,

@@ -7,8 +7,8 @@
 //! nothing else, so Android hands it to the app instead of showing anything,
 //! and (for iOS apps registered through FCM) a background push.
 
-use super::http::{loggable, read_bounded, service_url, transport_failure, unix_now};
 use super::http::{self, Versions};
+use super::http::{loggable, read_bounded, service_url, transport_failure, unix_now};
 use super::jwt;
 use super::provider::{
     COLLAPSE_ID, Outcome, Provider, ProviderKind, Target, WAKE_DATA_KEY, WAKE_DATA_VALUE, WakeUp,

@@ -87,7 +87,10 @@ pub(crate) fn loggable(reason: Option<&str>) -> &str {
 
 /// The outcome of a request that got no answer. The error is logged without
 /// its URL, which can hold a device token.
-pub(crate) fn transport_failure(kind: super::ProviderKind, e: reqwest::Error) -> super::provider::Outcome {
+pub(crate) fn transport_failure(
+    kind: super::ProviderKind,
+    e: reqwest::Error,
+) -> super::provider::Outcome {
     let reason = if e.is_timeout() { "timeout" } else { "connect" };
     tracing::debug!(provider = kind.name(), error = %e.without_url(), reason, "push request got no answer");
     super::provider::Outcome::Retry {
@@ -124,7 +127,11 @@ pub(crate) fn unix_now() -> u64 {
 /// loopback host (how tests reach a local stand-in), without credentials,
 /// query or fragment, and (unless `with_path`) without a path. Returns it
 /// without a trailing `/`.
-pub(crate) fn service_url(value: &str, option: &str, with_path: bool) -> crate::error::Result<String> {
+pub(crate) fn service_url(
+    value: &str,
+    option: &str,
+    with_path: bool,
+) -> crate::error::Result<String> {
     let bad = |why: &str| crate::error::Error::Config(format!("{option}: {value:?} {why}"));
     let url = reqwest::Url::parse(value).map_err(|e| bad(&format!("is not a URL ({e})")))?;
     let host = url.host_str().unwrap_or_default();

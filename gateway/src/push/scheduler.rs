@@ -392,11 +392,10 @@ async fn deliver_one(
                 metrics.push_sent_total.with_label_values(&[name]).inc();
                 break None;
             }
+            // Counted as a removed token, not as a failure: uninstalled apps
+            // are normal and must not look like a broken provider.
             Outcome::Unregistered { reason } => {
-                metrics
-                    .push_failed_total
-                    .with_label_values(&[name, reason])
-                    .inc();
+                tracing::debug!(provider = name, reason, "push token no longer registered");
                 break Some(Settlement::Unregistered);
             }
             Outcome::Failed { reason } => {

@@ -43,6 +43,7 @@ locals {
     artifact_bucket_arns = var.artifact_bucket_arns
     backup_bucket_arn    = var.backup_bucket_arn
     secret_names         = var.secret_names
+    push_settings        = var.push_settings
     secrets_kms_key_arns = var.secrets_kms_key_arns
     monitoring_cidrs     = var.monitoring_cidrs
     tags                 = local.tags
@@ -72,6 +73,7 @@ module "region_a" {
   backup_bucket_arn    = local.region_common.backup_bucket_arn
   attachments          = local.region_common.attachments
   secret_names         = local.region_common.secret_names
+  push_settings        = local.region_common.push_settings
   secrets_kms_key_arns = local.region_common.secrets_kms_key_arns
   monitoring_cidrs     = local.region_common.monitoring_cidrs
   tags                 = local.region_common.tags
@@ -99,6 +101,7 @@ module "region_b" {
   backup_bucket_arn    = local.region_common.backup_bucket_arn
   attachments          = local.region_common.attachments
   secret_names         = local.region_common.secret_names
+  push_settings        = local.region_common.push_settings
   secrets_kms_key_arns = local.region_common.secrets_kms_key_arns
   monitoring_cidrs     = local.region_common.monitoring_cidrs
   tags                 = local.region_common.tags
@@ -126,6 +129,7 @@ module "region_c" {
   backup_bucket_arn    = local.region_common.backup_bucket_arn
   attachments          = local.region_common.attachments
   secret_names         = local.region_common.secret_names
+  push_settings        = local.region_common.push_settings
   secrets_kms_key_arns = local.region_common.secrets_kms_key_arns
   monitoring_cidrs     = local.region_common.monitoring_cidrs
   tags                 = local.region_common.tags

@@ -140,6 +140,24 @@ variable "secret_names" {
     lookup_pepper  = optional(string, "rossby/lookup-pepper")
     tls            = optional(string, "rossby/tls")
     peer_tls       = optional(string, "rossby/peer-ca")
+    # Wake-up pushes (docs/operations/push.md): the VAPID key should always be
+    # set (one key for every gateway); APNs and FCM are on when named.
+    webpush_vapid_key   = optional(string)
+    apns_key            = optional(string)
+    fcm_service_account = optional(string)
+  })
+  default = {}
+}
+
+variable "push_settings" {
+  description = "Non-secret wake-up push options: webpush_subject, and with APNs apns_key_id, apns_team_id, apns_topic, apns_url, apns_push_type (docs/operations/push.md)."
+  type = object({
+    webpush_subject = optional(string)
+    apns_key_id     = optional(string)
+    apns_team_id    = optional(string)
+    apns_topic      = optional(string)
+    apns_url        = optional(string)
+    apns_push_type  = optional(string)
   })
   default = {}
 }

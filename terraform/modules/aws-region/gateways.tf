@@ -14,7 +14,8 @@ locals {
     secret_arns       = { for k, s in data.aws_secretsmanager_secret.this : k => s.arn }
     gateway_toml      = var.topology.gateway_config_toml[var.region_name]
     topology_json     = var.topology.topology_json
-    peer_environment  = join("\n", concat([for k, v in var.topology.gateway_peer_environment : "${k}=${v}"], local.attachment_environment))
+    peer_environment  = join("\n", concat([for k, v in var.topology.gateway_peer_environment : "${k}=${v}"], local.attachment_environment, local.push_environment))
+    push_files        = local.push_files
     stop_timeout_secs = var.topology.drain.stop_timeout_secs
     peer_port         = local.ports.peer
     peer_cert_days    = var.peer_certificate_days
@@ -27,6 +28,26 @@ locals {
     "ROSSBY_BLOB_S3_REGION=${var.attachments.region}",
     "ROSSBY_MAX_ATTACHMENT_AGE_DAYS=${var.attachments.max_age_days}",
   ]
+  # Wake-up push credentials: written next to the gateway secret at boot from
+  # their Secrets Manager replicas; the options name the files.
+  secret_dir = dirname(var.topology.gateway_files.secret)
+  push_files = {
+    webpush_vapid_key   = "${local.secret_dir}/vapid.pem"
+    apns_key            = "${local.secret_dir}/apns.p8"
+    fcm_service_account = "${local.secret_dir}/fcm.json"
+  }
+  push_options = {
+    ROSSBY_WEBPUSH_VAPID_KEY   = var.secret_names.webpush_vapid_key == null ? null : local.push_files.webpush_vapid_key
+    ROSSBY_APNS_KEY            = var.secret_names.apns_key == null ? null : local.push_files.apns_key
+    ROSSBY_FCM_SERVICE_ACCOUNT = var.secret_names.fcm_service_account == null ? null : local.push_files.fcm_service_account
+    ROSSBY_WEBPUSH_SUBJECT     = var.push_settings.webpush_subject
+    ROSSBY_APNS_KEY_ID         = var.push_settings.apns_key_id
+    ROSSBY_APNS_TEAM_ID        = var.push_settings.apns_team_id
+    ROSSBY_APNS_TOPIC          = var.push_settings.apns_topic
+    ROSSBY_APNS_URL            = var.push_settings.apns_url
+    ROSSBY_APNS_PUSH_TYPE      = var.push_settings.apns_push_type
+  }
+  push_environment = [for k, v in local.push_options : "${k}=${v}" if v != null]
   # Known before the group exists: the boot script names the group, and the group
   # depends on the launch template that carries the script.
   asg_name    = "${local.prefix}-gateways"

@@ -4,7 +4,7 @@
 # Only metadata (the ARN of this region's replica) is read, never a value: secret
 # values reach the instances directly from Secrets Manager and stay out of state.
 data "aws_secretsmanager_secret" "this" {
-  for_each = var.secret_names
+  for_each = { for k, v in var.secret_names : k => v if v != null }
   name     = each.value
 }
 

@@ -142,17 +142,63 @@ variable "secret_names" {
     - peer_tls: JSON {"ca_certificate": PEM, "ca_private_key": PEM}, the deployment's
       gateway-to-gateway CA; each gateway signs its own certificate (for its private
       address) with it at boot and keeps only the CA certificate.
+    Wake-up push credentials (docs/operations/push.md), each optional:
+    - webpush_vapid_key: the VAPID private key (PEM), the same everywhere; without it
+      each gateway generates its own and Web Push breaks across gateways;
+    - apns_key: the APNs token signing key (the .p8 file's contents); turns APNs on
+      (with push_settings.apns_key_id, apns_team_id and apns_topic);
+    - fcm_service_account: the Firebase service account JSON; turns FCM on.
   EOT
   type = object({
-    gateway_secret = string
-    lookup_pepper  = string
-    tls            = string
-    peer_tls       = string
+    gateway_secret      = string
+    lookup_pepper       = string
+    tls                 = string
+    peer_tls            = string
+    webpush_vapid_key   = optional(string)
+    apns_key            = optional(string)
+    fcm_service_account = optional(string)
   })
 
   validation {
-    condition     = alltrue([for n in values(var.secret_names) : can(regex("^[A-Za-z0-9/_+=.@-]{1,512}$", n))])
+    condition     = alltrue([for n in values(var.secret_names) : n == null || can(regex("^[A-Za-z0-9/_+=.@-]{1,512}$", n))])
     error_message = "Secret names use letters, digits and /_+=.@- (Secrets Manager's rules)."
+  }
+}
+
+variable "push_settings" {
+  description = <<-EOT
+    The non-secret wake-up push options (docs/operations/push.md): the VAPID subject
+    (a mailto: or https: contact for push service operators) and, with the apns_key
+    secret, the APNs key id, team id, app bundle id (topic), base URL (the sandbox for
+    development builds) and push type (alert or background).
+  EOT
+  type = object({
+    webpush_subject = optional(string)
+    apns_key_id     = optional(string)
+    apns_team_id    = optional(string)
+    apns_topic      = optional(string)
+    apns_url        = optional(string)
+    apns_push_type  = optional(string)
+  })
+  default = {}
+
+  validation {
+    condition     = var.push_settings.webpush_subject == null || can(regex("^(mailto:|https://)", var.push_settings.webpush_subject))
+    error_message = "push_settings.webpush_subject must start with mailto: or https://."
+  }
+  validation {
+    condition     = alltrue([for v in [var.push_settings.apns_key_id, var.push_settings.apns_team_id] : v == null || can(regex("^[A-Za-z0-9]{10}$", v))])
+    error_message = "push_settings.apns_key_id and apns_team_id are Apple's 10-character ids."
+  }
+  validation {
+    condition = var.secret_names.apns_key == null || alltrue([
+      for v in [var.push_settings.apns_key_id, var.push_settings.apns_team_id, var.push_settings.apns_topic] : v != null
+    ])
+    error_message = "With the apns_key secret, push_settings needs apns_key_id, apns_team_id and apns_topic."
+  }
+  validation {
+    condition     = var.push_settings.apns_push_type == null || contains(["alert", "background"], coalesce(var.push_settings.apns_push_type, "alert"))
+    error_message = "push_settings.apns_push_type is alert or background."
   }
 }
 
