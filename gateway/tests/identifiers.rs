@@ -10,10 +10,8 @@ mod support;
 use rossby_client::{Client, Error};
 use rossby_protocol::pb::Status;
 use std::path::Path;
-use std::process::Command;
 use support::{
-    bounded, client, codes_file, codes_for, last_code, register, rossby_cli, start_gateway,
-    wrong_code,
+    bounded, client, codes_file, codes_for, last_code, register, rossby, start_gateway, wrong_code,
 };
 
 const ALICE: &str = "alice@example.com";
@@ -238,31 +236,6 @@ async fn recovery_works_through_a_second_identifier() {
 }
 
 // ----- the CLI -----
-
-/// Runs `rossby --state <state> <args...>` without ROSSBY_* settings; returns
-/// (exit code, stdout, stderr).
-async fn rossby(state: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let cli = tokio::task::spawn_blocking(rossby_cli).await.unwrap();
-    let mut command = Command::new(cli);
-    command.arg("--state").arg(state).args(args);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ROSSBY_") {
-            command.env_remove(key);
-        }
-    }
-    let output = bounded(
-        "rossby",
-        tokio::task::spawn_blocking(move || command.output()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_adds_lists_hides_and_removes_identifiers() {

@@ -305,3 +305,59 @@ fn base64url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_registers_and_removes_a_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path(), |_| {}).await;
+    let state = dir.path().join("c.state");
+    {
+        let c = client(&s.gateway, state.clone()).await;
+        register(&c, "+15550003333", &codes_file(&dir.path().join("gw"))).await;
+    }
+    let sub = s.service.subscribe();
+    let (code, out, err) = rossby(
+        &state,
+        &[
+            "push",
+            "webpush",
+            &sub.endpoint,
+            &sub.p256dh_b64,
+            &sub.auth_b64,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, "Web Push subscription registered for this device\n");
+    let (code, out, err) = rossby(&state, &["push", "info"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let key = VapidKey::load_or_generate(&dir.path().join("gw").join("vapid.pem")).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "providers webpush\nvapid-public-key {}\n",
+            key.public_key_base64url()
+        )
+    );
+
+    bounded("send", s.a.send_text("+15550003333", "to the CLI user"))
+        .await
+        .unwrap();
+    s.service.wait_for(1, WAIT).await;
+    assert_eq!(s.service.messages(&sub), vec![WAKE.to_vec()]);
+
+    let (code, out, err) = rossby(&state, &["push", "remove"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, "push token removed\n");
+    let (code, out, _) = rossby(&state, &["push", "remove"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(out, "this device had no push token\n");
+    // A malformed subscription fails locally, naming what is wrong.
+    let (code, out, err) = rossby(
+        &state,
+        &["push", "webpush", &sub.endpoint, "short", &sub.auth_b64],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("p256dh"), "{err}");
+}

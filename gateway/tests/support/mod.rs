@@ -565,3 +565,28 @@ pub fn rossby_cli() -> PathBuf {
     })
     .clone()
 }
+
+/// Runs `rossby --state <state> <args...>` without ROSSBY_* settings; returns
+/// (exit code, stdout, stderr).
+pub async fn rossby(state: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let cli = tokio::task::spawn_blocking(rossby_cli).await.unwrap();
+    let mut command = Command::new(cli);
+    command.arg("--state").arg(state).args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ROSSBY_") {
+            command.env_remove(key);
+        }
+    }
+    let output = bounded(
+        "rossby",
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
