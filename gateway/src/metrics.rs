@@ -551,6 +551,14 @@ impl Metrics {
                 .with_label_values(&[provider]);
             metrics.push_dropped_total.with_label_values(&[provider]);
             metrics.push_pending.with_label_values(&[provider]);
+            metrics.push_duration_seconds.with_label_values(&[provider]);
+            // The reasons every provider can meet, so ratios exist before the
+            // first failure.
+            for reason in ["429", "5xx", "timeout", "connect"] {
+                metrics
+                    .push_failed_total
+                    .with_label_values(&[provider, reason]);
+            }
         }
         metrics.push_dropped_total.with_label_values(&["scheduler"]);
         for job in MAINTENANCE_JOBS {
