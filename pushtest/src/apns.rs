@@ -395,7 +395,7 @@ mod tests {
                 .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
                 .unwrap();
             let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
-            let mut client = reqwest::Client::builder();
+            let mut client = crate::test_client();
             if !self.http1 {
                 client = client.http2_prior_knowledge();
             }

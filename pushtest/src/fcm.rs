@@ -584,7 +584,9 @@ mod tests {
     }
 
     async fn exchange(server: &FcmServer, body: String) -> (u16, Value) {
-        let answer = reqwest::Client::new()
+        let answer = crate::test_client()
+            .build()
+            .unwrap()
             .post(server.token_url())
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
@@ -617,7 +619,9 @@ mod tests {
     }
 
     async fn send(server: &FcmServer, access: &str, body: &Value) -> u16 {
-        reqwest::Client::new()
+        crate::test_client()
+            .build()
+            .unwrap()
             .post(format!(
                 "{}/v1/projects/{TEST_PROJECT_ID}/messages:send",
                 server.url()

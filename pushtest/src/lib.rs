@@ -279,3 +279,12 @@ async fn handle(
     }
     Ok(response)
 }
+
+/// A client builder for this crate's own tests, with ring installed as the
+/// process's TLS crypto provider (reqwest needs one when the workspace builds
+/// it without a provider of its own).
+#[cfg(test)]
+pub(crate) fn test_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
