@@ -134,12 +134,8 @@ async fn setup(kind: &str, dir: &Path, max_attempts: u32) -> Setup {
     config.push.settings.retry_base = Duration::from_millis(50);
     config.push.settings.max_attempts = max_attempts;
     let service = Service::start(kind, dir, &mut config).await;
-    let gateway = start_with(config).await;
-    let codes = codes_file(&dir.join("gw"));
-    let a = client(&gateway, dir.join("a.state")).await;
-    let b = client(&gateway, dir.join("b.state")).await;
-    register(&a, "+15550001111", &codes).await;
-    let b_box = register(&b, "+15550002222", &codes).await;
+    let (gateway, a, b) = two_users_with(config, dir, "+15550001111", "+15550002222").await;
+    let b_box = b.box_id().await.unwrap();
     bounded("register push", b.register_push(&service.target(1)))
         .await
         .unwrap();

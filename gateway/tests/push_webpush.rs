@@ -54,12 +54,8 @@ async fn setup(dir: &Path, tune: impl FnOnce(&mut Config)) -> Setup {
     let service = WebPushService::start(key.public_key(), SUBJECT)
         .await
         .unwrap();
-    let gateway = start_with(config).await;
-    let codes = codes_file(&dir.join("gw"));
-    let a = client(&gateway, dir.join("a.state")).await;
-    let b = client(&gateway, dir.join("b.state")).await;
-    register(&a, "+15550001111", &codes).await;
-    let b_box = register(&b, "+15550002222", &codes).await;
+    let (gateway, a, b) = two_users_with(config, dir, "+15550001111", "+15550002222").await;
+    let b_box = b.box_id().await.unwrap();
     let sub = service.subscribe();
     bounded(
         "register push",

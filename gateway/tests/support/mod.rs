@@ -127,7 +127,18 @@ pub async fn register(client: &Client, identifier: &str, codes: &Path) -> BoxId 
 /// each (state files `dir/a.state`, `dir/b.state`). Keep the gateway alive for
 /// as long as the clients are used.
 pub async fn two_users(dir: &Path, a: &str, b: &str) -> (Gateway, Client, Client) {
-    let gateway = start_gateway(&dir.join("gw")).await;
+    two_users_with(Config::for_tests(dir.join("gw")), dir, a, b).await
+}
+
+/// [`two_users`] on a gateway started with `config`, whose data directory must
+/// be `dir/gw`.
+pub async fn two_users_with(
+    config: Config,
+    dir: &Path,
+    a: &str,
+    b: &str,
+) -> (Gateway, Client, Client) {
+    let gateway = start_with(config).await;
     let codes = codes_file(&dir.join("gw"));
     let first = client(&gateway, dir.join("a.state")).await;
     let second = client(&gateway, dir.join("b.state")).await;
