@@ -1,6 +1,7 @@
 //! Cost of MLS groups as Rossby configures them, in process (no gateway): the
 //! time and bytes to add the 100th member to a group, and to send a message in a
-//! 100-member group.
+//! 100-member group, with Rossby's hybrid post-quantum ciphersuite and, for
+//! comparison, MLS' classical mandatory one.
 //!
 //! ```text
 //! cargo bench -p rossby-client --bench mls
@@ -12,8 +13,8 @@
 //! processes the Commit; the newcomer joins from the Welcome; then the newcomer
 //! is removed again (not timed). Sending: the creator encrypts a 100-byte text,
 //! an existing member decrypts it. Bytes are the MLS messages and the Rossby
-//! envelope that carries them (stored once per member box). The last line is
-//! JSON.
+//! envelope that carries them (stored once per member box). Each suite ends
+//! with a JSON line.
 
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
@@ -30,9 +31,12 @@ struct Member {
     credential: CredentialWithKey,
 }
 
-fn member(n: u32) -> Member {
+/// MLS' mandatory (classical) ciphersuite, measured next to Rossby's.
+const CLASSICAL: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+fn member(suite: Ciphersuite, n: u32) -> Member {
     let provider = MlsProvider::default();
-    let signer = SignatureKeyPair::new(mls::CIPHERSUITE.signature_algorithm()).expect("signer");
+    let signer = SignatureKeyPair::new(suite.signature_algorithm()).expect("signer");
     signer.store(provider.storage()).expect("store signer");
     let mut box_id = [0u8; 16];
     box_id[..4].copy_from_slice(&n.to_be_bytes());
@@ -45,15 +49,10 @@ fn member(n: u32) -> Member {
     }
 }
 
-fn key_package(m: &Member) -> KeyPackage {
+fn key_package(suite: Ciphersuite, m: &Member) -> KeyPackage {
     KeyPackage::builder()
         .leaf_node_capabilities(mls::capabilities())
-        .build(
-            mls::CIPHERSUITE,
-            &m.provider,
-            &m.signer,
-            m.credential.clone(),
-        )
+        .build(suite, &m.provider, &m.signer, m.credential.clone())
         .expect("key package")
         .key_package()
         .clone()
@@ -130,12 +129,17 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn main() {
     let members = env_usize("ROSSBY_MLS_BENCH_MEMBERS", 100).max(3);
     let iters = env_usize("ROSSBY_MLS_BENCH_ITERS", 20).max(1);
+    for suite in [mls::CIPHERSUITE, CLASSICAL] {
+        run(suite, members, iters);
+    }
+}
 
+fn run(suite: Ciphersuite, members: usize, iters: usize) {
     // A group of `members - 1`: the creator, one observer, and the rest.
-    let creator = member(0);
+    let creator = member(suite, 0);
     let mut group = MlsGroup::builder()
         .with_group_id(mls::mls_group_id(&[0; 16], &[9; 16]))
-        .ciphersuite(mls::CIPHERSUITE)
+        .ciphersuite(suite)
         .use_ratchet_tree_extension(true)
         .max_past_epochs(mls::MAX_PAST_EPOCHS)
         .with_capabilities(mls::capabilities())
@@ -146,10 +150,10 @@ fn main() {
             creator.credential.clone(),
         )
         .expect("group");
-    let observer = member(1);
-    let mut others: Vec<KeyPackage> = vec![key_package(&observer)];
+    let observer = member(suite, 1);
+    let mut others: Vec<KeyPackage> = vec![key_package(suite, &observer)];
     for n in 2..(members as u32 - 1) {
-        others.push(key_package(&member(n)));
+        others.push(key_package(suite, &member(suite, n)));
     }
     let (_, welcome, _) = group
         .add_members(&creator.provider, &creator.signer, &others)
@@ -165,8 +169,8 @@ fn main() {
     let mut join_time = Vec::new();
     let (mut commit_bytes, mut welcome_bytes, mut commit_env, mut welcome_env) = (0, 0, 0, 0);
     for i in 0..iters {
-        let newcomer = member(10_000 + i as u32);
-        let kp = key_package(&newcomer);
+        let newcomer = member(suite, 10_000 + i as u32);
+        let kp = key_package(suite, &newcomer);
         let start = Instant::now();
         let (commit, welcome, _) = group
             .add_members(&creator.provider, &creator.signer, &[kp])
@@ -207,9 +211,13 @@ fn main() {
     }
 
     // Sending in a group of `members`.
-    let last = member(20_000);
+    let last = member(suite, 20_000);
     let (commit, _, _) = group
-        .add_members(&creator.provider, &creator.signer, &[key_package(&last)])
+        .add_members(
+            &creator.provider,
+            &creator.signer,
+            &[key_package(suite, &last)],
+        )
         .expect("add last");
     group
         .merge_pending_commit(&creator.provider)
@@ -253,7 +261,9 @@ fn main() {
 
     let (ct, pt, jt) = (median(commit_time), median(process_time), median(join_time));
     let (et, dt) = (median(encrypt_time), median(decrypt_time));
-    println!("MLS groups, {members} members, one device each, {iters} iterations (medians)");
+    println!(
+        "MLS groups, {suite}, {members} members, one device each, {iters} iterations (medians)"
+    );
     println!(
         "add member {members}: commit {} us, commit {commit_bytes} B, welcome {welcome_bytes} B",
         us(ct)
@@ -275,7 +285,7 @@ fn main() {
     );
     println!("  a member's MLS state: {state_bytes} B");
     println!(
-        "{{\"bench\":\"mls\",\"members\":{members},\"iterations\":{iters},\"add_commit_us\":{},\"add_process_us\":{},\"add_join_us\":{},\"add_commit_bytes\":{commit_bytes},\"add_welcome_bytes\":{welcome_bytes},\"add_stored_bytes\":{},\"send_encrypt_us\":{},\"send_decrypt_us\":{},\"send_message_bytes\":{message_bytes},\"send_envelope_bytes\":{message_env},\"send_stored_bytes\":{},\"member_state_bytes\":{state_bytes}}}",
+        "{{\"bench\":\"mls\",\"suite\":\"{suite}\",\"members\":{members},\"iterations\":{iters},\"add_commit_us\":{},\"add_process_us\":{},\"add_join_us\":{},\"add_commit_bytes\":{commit_bytes},\"add_welcome_bytes\":{welcome_bytes},\"add_stored_bytes\":{},\"send_encrypt_us\":{},\"send_decrypt_us\":{},\"send_message_bytes\":{message_bytes},\"send_envelope_bytes\":{message_env},\"send_stored_bytes\":{},\"member_state_bytes\":{state_bytes}}}",
         us(ct),
         us(pt),
         us(jt),

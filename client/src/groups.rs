@@ -88,6 +88,9 @@ pub struct GroupSummary {
     pub members: Vec<String>,
     /// Member devices (MLS leaves).
     pub devices: usize,
+    /// The MLS ciphersuite, read from the group state (`None` when no longer a
+    /// member).
+    pub ciphersuite: Option<Ciphersuite>,
     /// This device's membership.
     pub membership: Membership,
 }
@@ -796,12 +799,17 @@ impl Client {
         let (creator, group_id) = engine.ids(idx)?;
         let entry = &engine.meta.groups[idx];
         let membership = Membership::try_from(entry.membership).unwrap_or(Membership::Active);
-        let (epoch, boxes, devices) = match engine.load(idx) {
+        let (epoch, boxes, devices, ciphersuite) = match engine.load(idx) {
             Ok(group) if membership == Membership::Active => {
                 let boxes = tree_boxes(&group);
-                (group.epoch().as_u64(), boxes, group.members().count())
+                (
+                    group.epoch().as_u64(),
+                    boxes,
+                    group.members().count(),
+                    Some(group.ciphersuite()),
+                )
             }
-            _ => (0, Vec::new(), 0),
+            _ => (0, Vec::new(), 0, None),
         };
         let mut members = Vec::with_capacity(boxes.len());
         for b in &boxes {
@@ -814,6 +822,7 @@ impl Client {
             epoch,
             members,
             devices,
+            ciphersuite,
             membership,
         })
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::{
     RawConn, RawDevice, bounded, client, codes_file, credentials_of, fetch_raw, keys_of, link,
-    register, start_gateway,
+    register, rossby, start_gateway,
 };
 
 const ALICE: &str = "alice@example.com";
@@ -53,6 +53,9 @@ fn group_texts(bodies: &[Body]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The ciphersuite every group runs, as openmls spells it.
+const HYBRID_SUITE: &str = "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519";
 
 fn summary(groups: &[GroupSummary], name: &str) -> GroupSummary {
     groups
@@ -131,6 +134,12 @@ async fn three_users_with_two_devices_each() {
         let g = summary(&device.groups().await, "friends");
         assert_eq!(g.epoch, 3, "every device is at the same epoch");
         assert_eq!(g.devices, 6);
+        // The creator's and every joiner's group state (from its Welcome) run
+        // the hybrid post-quantum ciphersuite.
+        assert_eq!(
+            g.ciphersuite.map(|s| s.to_string()).as_deref(),
+            Some(HYBRID_SUITE)
+        );
     }
 
     // Every device sends; every other device gets each message exactly once.
@@ -632,4 +641,27 @@ async fn a_group_send_never_lands_before_the_commit_of_its_epoch() {
     }
     conn.close().await;
     gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_groups_with_their_ciphersuite() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&dir.path().join("gw")).await;
+    let state = dir.path().join("alice.state");
+    {
+        let alice = client(&gateway, state.clone()).await;
+        register(&alice, ALICE, &codes_file(&dir.path().join("gw"))).await;
+        bounded("create", alice.create_group("friends"))
+            .await
+            .unwrap();
+    }
+    let (code, out, err) = rossby(&state, &["group", "list"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("friends epoch "), "{out}");
+    assert!(
+        out.ends_with(&format!(
+            " members {ALICE} devices 1 suite={HYBRID_SUITE}\n"
+        )),
+        "{out}"
+    );
 }

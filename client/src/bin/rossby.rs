@@ -1394,7 +1394,7 @@ async fn identifier(client: &Client, command: IdentifierCommand) -> Result<()> {
 /// `rossby group ...`.
 async fn group(client: &Client, command: GroupCommand) -> Result<()> {
     let describe = |g: &GroupSummary| {
-        format!(
+        let mut line = format!(
             "{} epoch {} members {} devices {}",
             printable(&g.name),
             g.epoch,
@@ -1404,7 +1404,11 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(","),
             g.devices
-        )
+        );
+        if let Some(suite) = g.ciphersuite {
+            line.push_str(&format!(" suite={suite}"));
+        }
+        line
     };
     match command {
         GroupCommand::Create { name } => {

@@ -23,8 +23,10 @@ use rossby_protocol::crypto::{DeviceKeys, PublicKeys};
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-/// The ciphersuite of every Rossby group (MLS' mandatory one).
-pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// The ciphersuite of every Rossby group: hybrid post-quantum HPKE (X-Wing:
+/// ML-KEM-768 + X25519), AES-128-GCM, SHA-256 and Ed25519
+/// (draft-ietf-mls-pq-ciphersuites, provisional code point 0x004F).
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
 /// The group-context extension holding [`GroupMeta`] (private-use range).
 pub const EXTENSION_GROUP_META: u16 = 0xff52;
 /// Domain separation of the credential signature.

@@ -1,11 +1,11 @@
 //! Shared cryptographic formats of Rossby clients (docs/security.md is the
 //! specification, byte by byte):
 //!
-//! - [`DeviceKeys`] / [`PublicKeys`]: a device's Ed25519 identity key, X25519 key
-//!   and ML-KEM-768 key, and the signed [`pb::KeyBundle`](crate::pb::KeyBundle)
-//!   that publishes them;
-//! - [`seal`] / [`open`]: hybrid (X25519 + ML-KEM-768) public-key encryption to one
-//!   device, used for credentials and for envelope key wraps;
+//! - [`DeviceKeys`] / [`PublicKeys`]: a device's Ed25519 identity key and X-Wing
+//!   (ML-KEM-768 + X25519) key, and the signed
+//!   [`pb::KeyBundle`](crate::pb::KeyBundle) that publishes them;
+//! - [`seal`] / [`open`]: hybrid public-key encryption to one device (X-Wing, then
+//!   ChaCha20-Poly1305), used for credentials and for envelope key wraps;
 //! - [`seal_envelope`] / [`open_envelope`]: end-to-end message envelopes, signed by
 //!   the sender device, with the content key wrapped for each recipient device;
 //! - [`attachment`]: chunked encryption of files (STREAM-like ChaCha20-Poly1305);
@@ -25,9 +25,8 @@ pub use envelope::{
     RecipientDevice, envelope_signed_bytes, open_envelope, seal_envelope, wrap_context,
 };
 pub use keys::{
-    DeviceKeys, IDENTITY_KEY_LEN, KEYBUNDLE_LABEL, MLKEM_CIPHERTEXT_LEN, MLKEM_KEY_LEN,
-    MLKEM_SEED_LEN, PublicKeys, SECRET_KEYS_LEN, SECRET_KEYS_VERSION, SIGNATURE_LEN,
-    X25519_KEY_LEN,
+    DeviceKeys, IDENTITY_KEY_LEN, KEYBUNDLE_LABEL, MLKEM_CIPHERTEXT_LEN, MLKEM_KEY_LEN, PublicKeys,
+    SECRET_KEYS_LEN, SECRET_KEYS_VERSION, SIGNATURE_LEN, X25519_KEY_LEN, XWING_SEED_LEN,
 };
 pub use safety::{SAFETY_NUMBER_ITERATIONS, SAFETY_NUMBER_LABEL, safety_number};
 pub use seal::{

@@ -1,38 +1,34 @@
-//! Hybrid public-key encryption to one device (X25519 + ML-KEM-768, an
-//! X-Wing-style combiner over HKDF-SHA-256, then ChaCha20-Poly1305).
+//! Hybrid public-key encryption to one device: the X-Wing KEM
+//! (draft-connolly-cfrg-xwing-kem-06: ML-KEM-768 and X25519 under a SHA3-256
+//! combiner), a key schedule over HKDF-SHA-256 that binds a context, then
+//! ChaCha20-Poly1305.
 //!
-//! To seal `plaintext` to a recipient with X25519 key `pk_X` and ML-KEM-768
-//! encapsulation key `pk_M` under a `context`:
+//! To seal `plaintext` to a recipient with X-Wing encapsulation key
+//! `pk = pk_M || pk_X` under a `context`:
 //!
-//! 1. `sk_E` = 32 random bytes; `ct_X = X25519(sk_E, 9)`; `ss_X = X25519(sk_E, pk_X)`,
-//!    rejected when all zero (low-order `pk_X`).
-//! 2. `(ct_M, ss_M) = ML-KEM-768.Encaps(pk_M)` (FIPS 203, 32 random bytes `m`).
-//! 3. `key = HKDF-SHA-256(salt = SEAL_LABEL,
-//!    ikm = ss_M || ss_X || ct_X || pk_X || ct_M || pk_M,
-//!    info = SEAL_LABEL || context, L = 32)`.
-//! 4. `ciphertext = ChaCha20-Poly1305(key, nonce = 12 zero bytes, aad = context,
+//! 1. `(ct, ss) = X-Wing.Encapsulate(pk)` with 64 fresh random bytes;
+//!    `ct = ct_M || ct_X` (1088 + 32 bytes).
+//! 2. `key = HKDF-SHA-256(salt = SEAL_LABEL, ikm = ss, info = SEAL_LABEL || context,
+//!    L = 32)`.
+//! 3. `ciphertext = ChaCha20-Poly1305(key, nonce = 12 zero bytes, aad = context,
 //!    plaintext)`.
 //!
-//! Every IKM component has a fixed length and `SEAL_LABEL` is a fixed prefix of
-//! `info`, so the encoding is injective. Both shared secrets go through one
-//! HKDF-Extract, as in the TLS 1.3 hybrid key-exchange design
-//! (draft-ietf-tls-hybrid-design): with HMAC-SHA-256 modelled as a random oracle
-//! (or a computational extractor) the key stays secret while either X25519 or
-//! ML-KEM holds. Both ciphertexts and public keys are hashed too, so a sealed
-//! message cannot be re-targeted or mixed with another one. Each key encrypts one
-//! message, so the all-zero nonce is safe. docs/security.md §7 has the rationale.
+//! X-Wing's shared secret stays secret while either ML-KEM-768 or X25519 holds
+//! (the draft's combiner hashes `ct_X` and `pk_X`, and relies on ML-KEM's
+//! ciphertext binding for `ct_M` and `pk_M`). The context enters both the key
+//! derivation and the AEAD associated data, so a message sealed for one use does
+//! not open as another. Each key encrypts one message, so the all-zero nonce is
+//! safe. docs/security.md §7 has the rationale.
 
 use super::keys::{DeviceKeys, MLKEM_CIPHERTEXT_LEN, PublicKeys, X25519_KEY_LEN};
 use crate::error::{Error, Result};
 use crate::pb;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
-use hkdf::HkdfExtract;
-use ml_kem::Decapsulate;
-use ml_kem::ml_kem_768::Ciphertext as MlKemCiphertext;
+use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::Sha256;
-use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
+use x_wing::TryDecapsulate;
 
 /// Seal context of a device's Hawk credentials (`AuthorizeResponse` and
 /// `LinkDeviceResponse`).
@@ -41,70 +37,55 @@ pub const CONTEXT_CREDENTIALS: &[u8] = b"rossby/credentials/v1";
 /// [`wrap_context`](super::envelope::wrap_context).
 pub const CONTEXT_CONTENT_KEY: &[u8] = b"rossby/content-key/v1";
 /// Domain label of the seal key derivation (HKDF salt and `info` prefix).
-pub const SEAL_LABEL: &[u8] = b"rossby/seal/v1";
+pub const SEAL_LABEL: &[u8] = b"rossby/seal/v2";
 /// Length of a ChaCha20-Poly1305 key.
 pub const AEAD_KEY_LEN: usize = 32;
 /// Length of a Poly1305 tag.
 pub const AEAD_TAG_LEN: usize = 16;
+/// Length of an X-Wing ciphertext (`ct_M || ct_X`).
+const XWING_CIPHERTEXT_LEN: usize = x_wing::CIPHERTEXT_SIZE;
+/// Length of X-Wing's encapsulation randomness (`eseed`: ML-KEM's `m`, then the
+/// X25519 ephemeral secret).
+const XWING_ESEED_LEN: usize = x_wing::ENCAPSULATION_RANDOMNESS_SIZE;
 
 /// Seals `plaintext` to `recipient` under `context` (domain separation: a message
 /// sealed under one context does not open under another).
 pub fn seal(recipient: &PublicKeys, context: &[u8], plaintext: &[u8]) -> Result<pb::Sealed> {
-    let mut rng = rand::rng();
-    let mut ephemeral = [0u8; X25519_KEY_LEN];
-    let mut m = [0u8; 32];
-    rng.fill_bytes(&mut ephemeral);
-    rng.fill_bytes(&mut m);
-    seal_with(recipient, context, plaintext, ephemeral, m)
+    let mut eseed = [0u8; XWING_ESEED_LEN];
+    rand::rng().fill_bytes(&mut eseed);
+    seal_with(recipient, context, plaintext, eseed)
 }
 
-/// [`seal`] with the randomness supplied: the X25519 ephemeral secret and the
-/// ML-KEM encapsulation randomness `m`. Only for known-answer tests.
+/// [`seal`] with X-Wing's encapsulation randomness supplied. Only for
+/// known-answer tests.
 pub(crate) fn seal_with(
     recipient: &PublicKeys,
     context: &[u8],
     plaintext: &[u8],
-    ephemeral: [u8; X25519_KEY_LEN],
-    m: [u8; 32],
+    eseed: [u8; XWING_ESEED_LEN],
 ) -> Result<pb::Sealed> {
-    let ephemeral = StaticSecret::from(ephemeral);
-    let ct_x = X25519Public::from(&ephemeral);
-    let pk_x = recipient.x25519_bytes();
-    let ss_x = ephemeral.diffie_hellman(&X25519Public::from(*pk_x));
-    if !ss_x.was_contributory() {
-        return Err(Error::Crypto(
-            "recipient X25519 key is a low-order point".into(),
-        ));
-    }
-    let (ct_m, ss_m) = recipient.mlkem().encapsulate_deterministic(&m.into());
-    let key = derive_seal_key(
-        &ss_m.into(),
-        ss_x.as_bytes(),
-        ct_x.as_bytes(),
-        pk_x,
-        ct_m.as_slice(),
-        recipient.mlkem_key(),
-        context,
-    )?;
+    let (ct, ss) = recipient.kem().encapsulate_deterministic(&eseed.into());
+    let (ct_m, ct_x) = ct.split_at(MLKEM_CIPHERTEXT_LEN);
+    let key = derive_seal_key(&ss.into(), context)?;
     let ciphertext = aead_seal(&key, context, plaintext)?;
     Ok(pb::Sealed {
-        x25519_ephemeral: ct_x.as_bytes().to_vec(),
+        x25519_ephemeral: ct_x.to_vec(),
         mlkem_ciphertext: ct_m.to_vec(),
         ciphertext,
     })
 }
 
 /// Opens a message [`seal`]ed to `keys` under `context`. Fails with
-/// [`Error::Crypto`] on a wrong field length, an all-zero X25519 shared secret, or
-/// when the ciphertext does not authenticate (wrong key, context or any tampering).
+/// [`Error::Crypto`] on a wrong field length, a low-order X25519 ephemeral key
+/// (an all-zero X25519 shared secret), or when the ciphertext does not
+/// authenticate (wrong key, context or any tampering).
 pub fn open(keys: &DeviceKeys, context: &[u8], sealed: &pb::Sealed) -> Result<Vec<u8>> {
-    let ct_x: [u8; X25519_KEY_LEN] =
-        sealed.x25519_ephemeral.as_slice().try_into().map_err(|_| {
-            Error::Crypto(format!(
-                "sealed x25519_ephemeral must be {X25519_KEY_LEN} bytes, got {}",
-                sealed.x25519_ephemeral.len()
-            ))
-        })?;
+    if sealed.x25519_ephemeral.len() != X25519_KEY_LEN {
+        return Err(Error::Crypto(format!(
+            "sealed x25519_ephemeral must be {X25519_KEY_LEN} bytes, got {}",
+            sealed.x25519_ephemeral.len()
+        )));
+    }
     if sealed.mlkem_ciphertext.len() != MLKEM_CIPHERTEXT_LEN {
         return Err(Error::Crypto(format!(
             "sealed mlkem_ciphertext must be {MLKEM_CIPHERTEXT_LEN} bytes, got {}",
@@ -117,50 +98,25 @@ pub fn open(keys: &DeviceKeys, context: &[u8], sealed: &pb::Sealed) -> Result<Ve
             sealed.ciphertext.len()
         )));
     }
-    let ct_m = MlKemCiphertext::try_from(sealed.mlkem_ciphertext.as_slice())
-        .map_err(|_| Error::Crypto("invalid ML-KEM-768 ciphertext".into()))?;
-
-    let ss_x = keys
-        .x25519_secret()
-        .diffie_hellman(&X25519Public::from(ct_x));
-    if !ss_x.was_contributory() {
-        return Err(Error::Crypto(
-            "sealed X25519 ephemeral key is a low-order point".into(),
-        ));
-    }
-    // Implicit rejection: a modified ciphertext yields an unrelated key, so the
+    let mut ct = [0u8; XWING_CIPHERTEXT_LEN];
+    ct[..MLKEM_CIPHERTEXT_LEN].copy_from_slice(&sealed.mlkem_ciphertext);
+    ct[MLKEM_CIPHERTEXT_LEN..].copy_from_slice(&sealed.x25519_ephemeral);
+    // Implicit rejection: a modified `ct_M` yields an unrelated secret, so the
     // AEAD below fails.
-    let ss_m = keys.mlkem().decapsulate(&ct_m);
-    let key = derive_seal_key(
-        &ss_m.into(),
-        ss_x.as_bytes(),
-        &ct_x,
-        keys.x25519_public(),
-        &sealed.mlkem_ciphertext,
-        keys.mlkem_public(),
-        context,
-    )?;
+    let ss = keys
+        .kem()
+        .try_decapsulate(&ct.into())
+        .map_err(|_| Error::Crypto("sealed X25519 ephemeral key is a low-order point".into()))?;
+    let key = derive_seal_key(&ss.into(), context)?;
     aead_open(&key, context, &sealed.ciphertext)
         .map_err(|_| Error::Crypto("sealed message does not open".into()))
 }
 
 /// The seal key derivation (see the module documentation):
-/// `HKDF-SHA-256(salt = SEAL_LABEL, ikm = ss_M || ss_X || ct_X || pk_X || ct_M ||
-/// pk_M, info = SEAL_LABEL || context)`, 32 bytes.
-pub(crate) fn derive_seal_key(
-    ss_m: &[u8; 32],
-    ss_x: &[u8; X25519_KEY_LEN],
-    ct_x: &[u8; X25519_KEY_LEN],
-    pk_x: &[u8; X25519_KEY_LEN],
-    ct_m: &[u8],
-    pk_m: &[u8],
-    context: &[u8],
-) -> Result<[u8; AEAD_KEY_LEN]> {
-    let mut extract = HkdfExtract::<Sha256>::new(Some(SEAL_LABEL));
-    for part in [&ss_m[..], ss_x, ct_x, pk_x, ct_m, pk_m] {
-        extract.input_ikm(part);
-    }
-    let (_, hkdf) = extract.finalize();
+/// `HKDF-SHA-256(salt = SEAL_LABEL, ikm = ss, info = SEAL_LABEL || context)`,
+/// 32 bytes, from the X-Wing shared secret `ss`.
+pub(crate) fn derive_seal_key(ss: &[u8; 32], context: &[u8]) -> Result<[u8; AEAD_KEY_LEN]> {
+    let hkdf = Hkdf::<Sha256>::new(Some(SEAL_LABEL), ss);
     let mut key = [0u8; AEAD_KEY_LEN];
     // Cannot fail: 32 bytes is far below HKDF-SHA-256's output limit.
     hkdf.expand_multi_info(&[SEAL_LABEL, context], &mut key)
@@ -201,8 +157,7 @@ pub(crate) fn aead_open(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::keys::tests::kat_recipient;
-    use crate::crypto::keys::{MLKEM_KEY_LEN, SIGNATURE_LEN};
+    use crate::crypto::keys::tests::{kat_recipient, xwing_vectors};
     use sha2::Digest;
 
     #[test]
@@ -303,73 +258,63 @@ mod tests {
     }
 
     #[test]
-    fn low_order_x25519_points_are_rejected() {
+    fn low_order_x25519_ephemeral_is_rejected() {
         // The all-zero point gives an all-zero shared secret for every scalar.
         let keys = DeviceKeys::generate();
         let mut sealed = seal(&keys.public_keys(), CONTEXT_CREDENTIALS, b"secret").unwrap();
         sealed.x25519_ephemeral = vec![0; 32];
         let err = open(&keys, CONTEXT_CREDENTIALS, &sealed).unwrap_err();
         assert!(err.to_string().contains("low-order"), "{err}");
-
-        let mut bundle = keys.bundle();
-        bundle.x25519_key = vec![0; 32];
-        let mut signed = b"rossby/keybundle/v1".to_vec();
-        signed.extend_from_slice(&bundle.x25519_key);
-        signed.extend_from_slice(&bundle.mlkem_key);
-        bundle.signature = keys.sign(&signed).to_vec();
-        assert_eq!(bundle.signature.len(), SIGNATURE_LEN);
-        let public = PublicKeys::from_bundle(&bundle).unwrap();
-        let err = seal(&public, CONTEXT_CREDENTIALS, b"secret").unwrap_err();
-        assert!(err.to_string().contains("low-order"), "{err}");
     }
 
-    /// The seal KDF on fixed inputs. The expected key was computed by this code
+    /// X-Wing encapsulation and decapsulation on the draft's own test vectors:
+    /// the eseed gives the published ciphertext, and decapsulating it gives the
+    /// published shared secret.
+    #[test]
+    fn xwing_matches_the_draft_vectors() {
+        for vector in xwing_vectors() {
+            let keys = DeviceKeys::from_seeds([0x11; 32], vector.seed);
+            let public = PublicKeys::from_bundle(&keys.bundle()).unwrap();
+            let (ct, ss) = public.kem().encapsulate_deterministic(&vector.eseed.into());
+            assert_eq!(hex::encode(ct.as_slice()), hex::encode(&vector.ct));
+            assert_eq!(ss.as_slice(), vector.ss);
+            let decapsulated = keys.kem().try_decapsulate(&ct).unwrap();
+            assert_eq!(decapsulated.as_slice(), vector.ss);
+            // A whole seal uses the same ciphertext and the key derived from ss.
+            let sealed = seal_with(&public, CONTEXT_CREDENTIALS, b"x", vector.eseed).unwrap();
+            let mut wire = sealed.mlkem_ciphertext.clone();
+            wire.extend_from_slice(&sealed.x25519_ephemeral);
+            assert_eq!(wire, vector.ct);
+            let key = derive_seal_key(&vector.ss, CONTEXT_CREDENTIALS).unwrap();
+            assert_eq!(
+                aead_open(&key, CONTEXT_CREDENTIALS, &sealed.ciphertext).unwrap(),
+                b"x"
+            );
+        }
+    }
+
+    /// The seal KDF on a fixed input. The expected key was computed by this code
     /// and independently with Python's `hmac`/`hashlib` (docs/security.md,
-    /// appendix A):
-    /// `ss_M = 01×32, ss_X = 02×32, ct_X = 03×32, pk_X = 04×32, ct_M = 05×1088,
-    /// pk_M = 06×1184, context = "rossby/credentials/v1"`.
+    /// appendix A): `ss = 01×32, context = "rossby/credentials/v1"`.
     #[test]
     fn known_answer_kdf() {
-        let key = derive_seal_key(
-            &[1; 32],
-            &[2; 32],
-            &[3; 32],
-            &[4; 32],
-            &[5; MLKEM_CIPHERTEXT_LEN],
-            &[6; MLKEM_KEY_LEN],
-            CONTEXT_CREDENTIALS,
-        )
-        .unwrap();
+        let key = derive_seal_key(&[1; 32], CONTEXT_CREDENTIALS).unwrap();
         assert_eq!(hex::encode(key), KAT_KDF_KEY);
         // One step spelled out: HKDF-Expand with a single block is
-        // HMAC-SHA-256(PRK, info || 0x01).
-        let mut ikm = Vec::new();
-        for (byte, len) in [(1u8, 32), (2, 32), (3, 32), (4, 32), (5, 1088), (6, 1184)] {
-            ikm.extend(std::iter::repeat_n(byte, len));
-        }
-        let (prk, _) = hkdf::Hkdf::<Sha256>::extract(Some(SEAL_LABEL), &ikm);
+        // HMAC-SHA-256(PRK, info || 0x01), and PRK = HMAC-SHA-256(salt, ikm).
+        let prk = hmac_sha256(SEAL_LABEL, &[&[1; 32]]);
         assert_eq!(hex::encode(prk), KAT_KDF_PRK);
         let mut info = SEAL_LABEL.to_vec();
         info.extend_from_slice(CONTEXT_CREDENTIALS);
         assert_eq!(hex::encode(hmac_sha256(&prk, &[&info, &[1]])), KAT_KDF_KEY);
         // The context matters.
-        let other = derive_seal_key(
-            &[1; 32],
-            &[2; 32],
-            &[3; 32],
-            &[4; 32],
-            &[5; MLKEM_CIPHERTEXT_LEN],
-            &[6; MLKEM_KEY_LEN],
-            CONTEXT_CONTENT_KEY,
-        )
-        .unwrap();
-        assert_ne!(other, key);
+        assert_ne!(derive_seal_key(&[1; 32], CONTEXT_CONTENT_KEY).unwrap(), key);
     }
 
     /// A whole sealed message from fixed randomness to the fixed recipient of
     /// `keys::tests::kat_recipient`. Opened independently with Python's
-    /// `cryptography` (ML-KEM-768, X25519, ChaCha20-Poly1305; docs/security.md,
-    /// appendix A).
+    /// `cryptography` and `hashlib` (ML-KEM-768, X25519, SHA-3,
+    /// ChaCha20-Poly1305; docs/security.md, appendix A).
     #[test]
     fn known_answer_seal() {
         let keys = kat_recipient();
@@ -377,8 +322,7 @@ mod tests {
             &keys.public_keys(),
             CONTEXT_CREDENTIALS,
             KAT_SEAL_PLAINTEXT,
-            [0x33; 32],
-            [0x44; 32],
+            kat_eseed(),
         )
         .unwrap();
         assert_eq!(hex::encode(&sealed.x25519_ephemeral), KAT_SEAL_EPHEMERAL);
@@ -393,15 +337,22 @@ mod tests {
         );
     }
 
-    const KAT_KDF_PRK: &str = "3fcb01b875dd73dd8cd3a0d047fc598ad516b676cb500b0aecabd86059461e03";
-    const KAT_KDF_KEY: &str = "dd52308b72eb3ac6b9f1377b711c412a1a2b0a5575cc659eb1d6a6714b016c36";
+    /// `eseed = 33×32 || 44×32`: ML-KEM's `m`, then the X25519 ephemeral secret.
+    fn kat_eseed() -> [u8; XWING_ESEED_LEN] {
+        let mut eseed = [0x33; XWING_ESEED_LEN];
+        eseed[32..].fill(0x44);
+        eseed
+    }
+
+    const KAT_KDF_PRK: &str = "d7c0e107adea6416d7dbb12b6bc494e35bbcebe545f023013fe1cd3f2a11a9fc";
+    const KAT_KDF_KEY: &str = "834bafd2e216be0738d95bc92cfe29cd65122f4cdfc3ace906db19db88a303fc";
     const KAT_SEAL_PLAINTEXT: &[u8] = b"rossby seal test vector";
     const KAT_SEAL_EPHEMERAL: &str =
-        "7b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b14";
+        "ff2ee45601ec1b67310c7790404585ae697331eee1c1f8cf2419731c1fff3e6b";
     const KAT_SEAL_MLKEM_CT_SHA256: &str =
-        "050836d2ffdf77c4ec118003bce619a2810be9a3c62c1b150b058962b37d1621";
+        "25f4a5bfbd1fbeb97b1e81d03e2046bb58ea1ca58f78e132c73bf7fe7a6e0cc8";
     const KAT_SEAL_CIPHERTEXT: &str =
-        "17cd1f6e47c96d72d9b4994a46d29ce278a34802e9c38af1f45cfe6ec5a50e26c231478378f93b";
+        "a34e427a0f897742fa196bafdcc6bcd2a18213c7016cb9fc8ab9498092c8ba19b1f22075d7a84d";
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
