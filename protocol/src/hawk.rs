@@ -216,6 +216,7 @@ impl Authorization {
         let rest = value
             .strip_prefix("Hawk ")
             .ok_or_else(|| Rejection::Malformed("scheme is not Hawk".into()))?;
+        check_timestamps(rest)?;
         let header = Header::from_str(rest).map_err(|e| Rejection::Malformed(e.to_string()))?;
         let missing = |field: &str| Rejection::Malformed(format!("missing {field}"));
         Ok(Authorization {
@@ -271,6 +272,39 @@ impl Authorization {
     }
 }
 
+/// The largest `ts` accepted (9999-12-31T23:59:59Z). The `hawk` crate adds `ts`
+/// seconds to the Unix epoch while parsing, which panics when the sum overflows
+/// `SystemTime` (from 2^63 seconds on), so out-of-range values are refused
+/// before it sees them.
+pub const MAX_TIMESTAMP: u64 = 253_402_300_799;
+
+/// Refuses a header whose `ts` attribute is not a decimal number up to
+/// [`MAX_TIMESTAMP`]. Tokenizes as the `hawk` crate does (attributes
+/// `name="value"` separated by commas and white space, no escapes); whatever it
+/// cannot tokenize is left for the crate to refuse.
+fn check_timestamps(header: &str) -> Result<(), Rejection> {
+    let mut rest = header;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        let Some((name, after)) = rest.split_once('=') else {
+            return Ok(());
+        };
+        let Some(after) = after.trim_start().strip_prefix('"') else {
+            return Ok(());
+        };
+        let Some((value, after)) = after.split_once('"') else {
+            return Ok(());
+        };
+        if name.trim() == "ts" {
+            match value.parse::<u64>() {
+                Ok(ts) if ts <= MAX_TIMESTAMP => {}
+                _ => return Err(Rejection::Malformed("ts out of range".into())),
+            }
+        }
+        rest = after;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +320,39 @@ mod tests {
             vec![0x08, 0x2a],
             [0x11; 32],
         )
+    }
+
+    #[test]
+    fn timestamps_beyond_the_representable_are_refused_before_parsing() {
+        // 2^63 and u64::MAX made the `hawk` crate panic while parsing.
+        for ts in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "253402300800",
+            "99999999999999999999999",
+            "-1",
+            "",
+        ] {
+            let value = format!(r#"Hawk id="x", ts="{ts}", nonce="n", hash="AA==", mac="AA==""#);
+            assert_eq!(
+                Authorization::parse(&value).unwrap_err(),
+                Rejection::Malformed("ts out of range".into()),
+                "{ts}"
+            );
+        }
+        // A second ts attribute is checked too.
+        let value = r#"Hawk ts="1", id="x", ts="9223372036854775808", nonce="n""#;
+        assert!(Authorization::parse(value).is_err());
+        // The largest accepted value parses.
+        let value = format!(
+            r#"Hawk id="x", ts="{MAX_TIMESTAMP}", nonce="n", hash="AA==", mac="AA==""#
+        );
+        let auth = Authorization::parse(&value).unwrap();
+        assert_eq!(
+            auth.ts,
+            UNIX_EPOCH + Duration::from_secs(MAX_TIMESTAMP),
+            "9999-12-31T23:59:59Z"
+        );
     }
 
     #[test]
