@@ -1975,12 +1975,36 @@ pub(crate) fn warn_if_readable_by_others(path: &Path, what: &str) {
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
-        tracing::warn!(path = %path.display(), "the {what} file is accessible to other users; chmod 600 it");
+        let (noun, fix) = if meta.is_dir() {
+            ("", "chmod 700")
+        } else {
+            (" file", "chmod 600")
+        };
+        tracing::warn!(path = %path.display(), "the {what}{noun} is accessible to other users; {fix} it");
     }
 }
 
 #[cfg(not(unix))]
 pub(crate) fn warn_if_readable_by_others(_path: &Path, _what: &str) {}
+
+/// Creates the directory `path` (and missing parents) accessible to the owner
+/// only (mode 0700): it holds the store, secrets and, with the `file:` verifier,
+/// codes. An existing directory is left as it is, with a warning when others can
+/// enter it.
+pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(path)
+        .map_err(|e| Error::io("cannot create data directory", path, e))?;
+    warn_if_readable_by_others(path, "data directory");
+    Ok(())
+}
 
 /// Creates `path` with `contents` and mode 0600 unless it already exists. The file
 /// appears complete or not at all. Returns whether this call created it.

@@ -117,8 +117,7 @@ impl Gateway {
     /// (expiry sweeps and account purges, under leases shared with the region's
     /// other gateways: [`crate::maintenance`]).
     pub async fn start(config: Config) -> Result<Gateway> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| Error::io("cannot create data directory", &config.data_dir, e))?;
+        crate::config::create_private_dir(&config.data_dir)?;
         let metrics = Arc::new(Metrics::new());
 
         // The backup token is formed from the secret file's content as

@@ -59,8 +59,7 @@ impl LocalDeployment {
                 "local mode needs a topology (--topology FILE)".into(),
             ));
         };
-        std::fs::create_dir_all(&base.data_dir)
-            .map_err(|e| Error::io("cannot create data directory", &base.data_dir, e))?;
+        crate::config::create_private_dir(&base.data_dir)?;
         let (kv, owned) = match &base.storage {
             StorageConfig::Backend(backend) => (rossby_storage::kv::open(backend).await?, true),
             StorageConfig::Shared(kv) => (kv.clone(), false),

@@ -33,6 +33,7 @@ const SUBCOMMANDS_HELP: &str = "Tools (first argument; each has its own --help):
                                         restore a backup into a new store (gateway stopped)";
 
 fn main() -> ExitCode {
+    private_file_modes();
     if let Some(code) = run_tool_command() {
         return code;
     }
@@ -77,6 +78,18 @@ fn one_line(rendered: &str) -> String {
 
 /// Logs go to stderr (text or JSON lines); stdout carries only the start-up lines
 /// below, so scripts can read the addresses and the fingerprint.
+/// Everything the gateway writes (the store's files, secrets, codes, backups) is
+/// for its own user only: files are created 0600 and directories 0700, whatever
+/// the umask it was started with.
+fn private_file_modes() {
+    #[cfg(unix)]
+    // SAFETY: umask(2) only sets the process's file-mode creation mask and cannot
+    // fail; no other thread exists yet to race with.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn init_tracing(log: &LogConfig) {
     // The filter was validated with the configuration; "info" is a safe fallback.
     let filter = tracing_subscriber::EnvFilter::try_new(&log.level)

@@ -125,9 +125,12 @@ impl Verifier for FileVerifier {
         Box::pin(async move {
             let _guard = self.lock.lock().await;
             let line = format!("{} {}\n", message.identifier.as_str(), message.code);
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
+            let mut options = tokio::fs::OpenOptions::new();
+            options.create(true).append(true);
+            // Codes are secrets until used: owner-only, like the other secrets.
+            #[cfg(unix)]
+            options.mode(0o600);
+            let mut file = options
                 .open(&self.path)
                 .await
                 .map_err(|e| VerifierError::Delivery(format!("cannot open the code file: {e}")))?;

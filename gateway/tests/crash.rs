@@ -1,8 +1,8 @@
-//! A gateway process killed with SIGKILL while clients are sending, then
-//! restarted on the same data directory, has lost nothing it acknowledged: every
-//! send that got a sequence number is fetched afterwards, exactly once, and sends
-//! that were cut off are delivered at most once when retried with their message
-//! ids.
+//! The gateway as a process. Killed with SIGKILL while clients are sending, then
+//! restarted on the same data directory, it has lost nothing it acknowledged:
+//! every send that got a sequence number is fetched afterwards, exactly once, and
+//! sends that were cut off are delivered at most once when retried with their
+//! message ids. Everything it writes is private to its user.
 
 mod support;
 
@@ -308,4 +308,50 @@ async fn sigkill_loses_nothing_acknowledged() {
         ledger.failed
     );
     drop(gateway);
+}
+
+/// Every file and directory under the data directory (store, secrets,
+/// certificate, codes) whose mode lets group or others in.
+#[cfg(unix)]
+fn shared_entries(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(format!("{} {mode:o}", path.display()));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_the_gateway_writes_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let codes = data.join("codes.txt");
+    let quic = free_udp_port();
+    let admin = free_tcp_port();
+    let mut gateway = Process::spawn(&data, quic, admin, dir.path().join("gateway.log"));
+    gateway.wait_ready(admin).await;
+    let cert = std::fs::read(data.join("cert.pem")).expect("the generated certificate");
+    let mut config = rossby_client::ClientConfig::new(dir.path().join("bob.state"), quic);
+    config.ca_cert_der =
+        Some(rossby_client::connection::parse_certificate(&cert).expect("a PEM certificate"));
+    let bob = Client::open(config).await.unwrap();
+    // A code in the code file, and a registration in the store.
+    register(&bob, BOB, &codes).await;
+    bob.send_text(BOB, "a note to self").await.unwrap();
+    assert!(codes.exists());
+    let shared = shared_entries(&data);
+    assert!(shared.is_empty(), "readable by others: {shared:?}");
+    gateway.kill();
 }

@@ -344,9 +344,8 @@ mod tests {
         let value = r#"Hawk ts="1", id="x", ts="9223372036854775808", nonce="n""#;
         assert!(Authorization::parse(value).is_err());
         // The largest accepted value parses.
-        let value = format!(
-            r#"Hawk id="x", ts="{MAX_TIMESTAMP}", nonce="n", hash="AA==", mac="AA==""#
-        );
+        let value =
+            format!(r#"Hawk id="x", ts="{MAX_TIMESTAMP}", nonce="n", hash="AA==", mac="AA==""#);
         let auth = Authorization::parse(&value).unwrap();
         assert_eq!(
             auth.ts,
