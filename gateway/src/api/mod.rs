@@ -1,8 +1,8 @@
 //! The Rossby API: turns one decoded [`pb::Request`] into one [`pb::Response`].
 //!
-//! [`Api::handle`] checks, in order: the protocol version (`UNSUPPORTED_VERSION`),
-//! the method (`UNKNOWN_METHOD`), the rate limit of the source address
-//! (`RATE_LIMITED`), then for every method except Ping, Health, Register and
+//! [`Api::handle`] checks, in order: the rate limit of the source address
+//! (`RATE_LIMITED`), the protocol version (`UNSUPPORTED_VERSION`), the method
+//! (`UNKNOWN_METHOD`), then for every method except Ping, Health, Register and
 //! Authorize the Hawk authorization ([`crate::auth`]) and the device's rate limit,
 //! then decodes the body (`BAD_REQUEST`) and runs the RPC. Every reply carries the
 //! gateway clock in `server_time_ms`, and replies to authenticated requests carry
@@ -296,6 +296,17 @@ impl Shared {
         origin: &Origin<'_>,
         request: pb::Request,
     ) -> (Result<Vec<u8>, Failure>, Hints) {
+        // First, so that no request (not even one this gateway cannot parse any
+        // further) escapes the per-address budget.
+        if let Err(limited) = self.limits.ip(origin.remote.ip()) {
+            return (
+                Err(Failure::rate_limited(
+                    limited,
+                    "too many requests from this address",
+                )),
+                Hints::default(),
+            );
+        }
         if request.version != PROTOCOL_VERSION {
             let failure = Failure::new(
                 Status::UnsupportedVersion,
@@ -316,15 +327,6 @@ impl Shared {
             }
             Ok(method) => method,
         };
-        if let Err(limited) = self.limits.ip(origin.remote.ip()) {
-            return (
-                Err(Failure::rate_limited(
-                    limited,
-                    "too many requests from this address",
-                )),
-                Hints::default(),
-            );
-        }
         let body = request.body.as_slice();
         let result = match method {
             Method::Ping => encode(service::ping(self)),
@@ -1039,6 +1041,36 @@ mod tests {
             status_of(&env.call(2, Method::Ping, &pb::PingRequest {}).await),
             Status::Ok
         );
+    }
+
+    #[tokio::test]
+    async fn unparsable_requests_spend_the_address_budget_too() {
+        let env = TestEnv::with(TestSettings {
+            per_ip: Some((0.0, 3.0)),
+            ..TestSettings::default()
+        });
+        let mut bad_version = pb::Request {
+            version: 2,
+            method: Method::Ping as i32,
+            ..pb::Request::default()
+        };
+        for _ in 0..2 {
+            let resp = env.request(1, bad_version.clone()).await;
+            assert_eq!(status_of(&resp), Status::UnsupportedVersion);
+        }
+        let resp = env.call_raw(1, Method::Unspecified, Vec::new()).await;
+        assert_eq!(status_of(&resp), Status::UnknownMethod);
+        // The budget of three is spent: whatever comes next is limited.
+        let resp = env.request(1, bad_version.clone()).await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        bad_version.method = 999;
+        bad_version.version = PROTOCOL_VERSION;
+        assert_eq!(
+            status_of(&env.request(1, bad_version).await),
+            Status::RateLimited
+        );
+        let resp = env.call(1, Method::Ping, &pb::PingRequest {}).await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
     }
 
     #[tokio::test]
