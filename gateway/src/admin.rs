@@ -24,7 +24,11 @@
 //!
 //! `HEAD` is answered like `GET`; other methods on these paths get `405`, other
 //! paths `404`. The listener should not be exposed publicly (its default address
-//! is loopback); it carries no secrets, but metrics reveal load. Operators'
+//! is loopback); it carries no secrets, but metrics reveal load. It serves at
+//! most [`AdminLimits::max_connections`] connections at once (more are closed on
+//! accept) and closes a connection that does not send a request's headers
+//! within [`AdminLimits::header_timeout`], so slow or idle clients cannot pile
+//! up. Operators'
 //! documentation: `docs/operations/metrics.md`.
 
 use crate::metrics::Metrics;
@@ -38,6 +42,8 @@ use rossby_storage::Kv;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
 
 /// The key read by the readiness probe. Its `0x00` first byte lies outside every
 /// table's prefix, so the probe never touches (or locks) real data.
@@ -125,4 +131,77 @@ async fn backup(
         .clone()
         .respond(state.kv.clone(), state.lifecycle.clone(), &headers)
         .await
+}
+
+/// Bounds of the admin listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time a connection has to send a request's headers.
+    pub header_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How long in-flight admin requests may finish once the listener stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `router` on `listener` within `limits` until `stop` fires (or its
+/// sender is dropped), then lets in-flight requests finish for a bounded time.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: AdminLimits,
+    mut stop: oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause instead of
+                    // spinning.
+                    tracing::warn!(error = %err, "admin listener cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection refused: too many open");
+            continue;
+        };
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "admin connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
 }

@@ -159,6 +159,14 @@ pub struct Args {
     /// Deadline of the readiness storage probe in milliseconds [default: 1000].
     #[arg(long, env = "ROSSBY_PROBE_TIMEOUT_MS", value_name = "MS")]
     pub probe_timeout_ms: Option<u64>,
+    /// Most connections the admin listener serves at once; more are closed on
+    /// accept [default: 64].
+    #[arg(long, env = "ROSSBY_ADMIN_MAX_CONNECTIONS", value_name = "N")]
+    pub admin_max_connections: Option<usize>,
+    /// How long an admin connection may take to send a request's headers, in
+    /// milliseconds, before it is closed [default: 5000].
+    #[arg(long, env = "ROSSBY_ADMIN_HEADER_TIMEOUT_MS", value_name = "MS")]
+    pub admin_header_timeout_ms: Option<u64>,
     /// Removed: read only so that a configuration still setting it fails with
     /// the reason ([`SWEEP_INTERVAL_REMOVED`]) instead of being ignored.
     #[arg(
@@ -544,6 +552,8 @@ struct FileConfig {
     tikv_mode: Option<serde::de::IgnoredAny>,
     tikv_timeout_ms: Option<u64>,
     probe_timeout_ms: Option<u64>,
+    admin_max_connections: Option<usize>,
+    admin_header_timeout_ms: Option<u64>,
     /// Removed; any value is an error (see [`SWEEP_INTERVAL_REMOVED`]).
     sweep_interval_secs: Option<serde::de::IgnoredAny>,
     maintenance_interval_ms: Option<u64>,
@@ -758,6 +768,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Deadline of the readiness probe transaction.
     pub probe_timeout: Duration,
+    /// Bounds of the admin listener ([`crate::admin::serve`]).
+    pub admin_limits: crate::admin::AdminLimits,
     /// Interval between maintenance rounds ([`crate::maintenance`]).
     pub maintenance_interval: Duration,
     /// Lifetime of a maintenance lease; at least twice `maintenance_interval`.
@@ -885,6 +897,7 @@ impl Config {
             drain_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(1),
+            admin_limits: crate::admin::AdminLimits::default(),
             maintenance_interval: crate::maintenance::DEFAULT_INTERVAL,
             maintenance_lease: crate::maintenance::DEFAULT_LEASE,
             retry: None,
@@ -1296,6 +1309,22 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         )));
     }
     c.probe_timeout = Duration::from_millis(probe_ms);
+    let max_connections = pick(a.admin_max_connections, f.admin_max_connections, 64);
+    if max_connections == 0 || max_connections > 10_000 {
+        return Err(Error::Config(format!(
+            "--admin-max-connections must be between 1 and 10000 (got {max_connections})"
+        )));
+    }
+    let header_ms = pick(a.admin_header_timeout_ms, f.admin_header_timeout_ms, 5000);
+    if header_ms == 0 || header_ms > 600_000 {
+        return Err(Error::Config(format!(
+            "--admin-header-timeout-ms must be between 1 and 600000 (got {header_ms})"
+        )));
+    }
+    c.admin_limits = crate::admin::AdminLimits {
+        max_connections,
+        header_timeout: Duration::from_millis(header_ms),
+    };
     reject_sweep_interval(
         a.sweep_interval_secs.is_some(),
         f.sweep_interval_secs.is_some(),

@@ -238,14 +238,12 @@ impl Gateway {
             probe_timeout: config.probe_timeout,
             backup,
         });
-        let admin_task = tokio::spawn(async move {
-            let serve = axum::serve(admin_listener, router).with_graceful_shutdown(async move {
-                let _ = admin_stopped.await;
-            });
-            if let Err(err) = serve.await {
-                tracing::error!(error = %err, "admin listener failed");
-            }
-        });
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            router,
+            config.admin_limits,
+            admin_stopped,
+        ));
 
         // Maintenance leases name the gateway run as its other leases do.
         let (maintenance_id, lease_address) = match &peers {

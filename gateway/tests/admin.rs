@@ -545,3 +545,49 @@ async fn health_endpoints_answer_head_and_refuse_other_methods() {
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn slow_and_surplus_admin_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path()).in_memory();
+    config.admin_limits = rossby_gateway::admin::AdminLimits {
+        max_connections: 2,
+        header_timeout: Duration::from_millis(300),
+    };
+    let gw = start_with(config).await;
+    let admin = gw.admin_addr();
+
+    // Two clients hold connections open without finishing their headers.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        stream.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
+        idle.push(stream);
+    }
+    // A third connection is closed on accept while they hold the two places.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut third = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let _ = third
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = bounded("surplus connection", third.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    // The header timeout closes the slow ones, without an answer or with 408.
+    for mut stream in idle {
+        let mut raw = Vec::new();
+        let _ = bounded("slow connection", stream.read_to_end(&mut raw)).await;
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 408"), "{raw}");
+    }
+    // Their places are free again.
+    let ok = raw_http(
+        admin,
+        "GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    gw.shutdown().await;
+}
