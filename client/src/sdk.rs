@@ -1127,7 +1127,7 @@ impl Client {
         let request = pb::UpdateSettingsRequest {
             discoverable,
             contacts_only,
-            encrypted_profile: None,
+            ..pb::UpdateSettingsRequest::default()
         };
         let response: pb::UpdateSettingsResponse =
             self.rpc(Method::UpdateSettings, &request).await?;

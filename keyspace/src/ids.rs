@@ -111,6 +111,10 @@ uuid_id!(BoxId, "box id");
 pub struct DeviceId([u8; 16]);
 
 impl DeviceId {
+    /// The nil id, never a real device's: the dedup scope of sealed-sender
+    /// envelopes, whose sending device the gateway does not know.
+    pub const UNIDENTIFIED: DeviceId = DeviceId([0; 16]);
+
     /// A fresh random device id.
     pub fn new() -> Self {
         DeviceId(*Uuid::new_v4().as_bytes())

@@ -145,8 +145,10 @@ fn random_envelope(rng: &mut impl Rng, sender: Target, recipient: Target) -> New
     let mut payload = vec![0u8; PAYLOAD_BYTES];
     rng.fill(&mut payload[..]);
     NewEnvelope {
-        sender_box: sender.id,
-        sender_device: sender.devices[0],
+        sender: rossby_storage::tables::queue::Sender::Device {
+            box_id: sender.id,
+            device_id: sender.devices[0],
+        },
         message_id: MessageId::new(),
         device_list_version: recipient.version,
         payload,

@@ -190,8 +190,10 @@ async fn reads_of<T>(log: &Mutex<Vec<Reads>>, run: impl AsyncFnOnce() -> T) -> (
 
 fn envelope(from: (BoxId, DeviceId), version: u64, payload: &[u8]) -> NewEnvelope {
     NewEnvelope {
-        sender_box: from.0,
-        sender_device: from.1,
+        sender: rossby_storage::tables::queue::Sender::Device {
+            box_id: from.0,
+            device_id: from.1,
+        },
         message_id: MessageId::new(),
         device_list_version: version,
         payload: payload.to_vec(),

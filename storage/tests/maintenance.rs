@@ -349,8 +349,10 @@ async fn send(store: &Store, from: (BoxId, DeviceId), to: BoxId, body: &[u8], no
         .enqueue(
             to,
             &[NewEnvelope {
-                sender_box: from.0,
-                sender_device: from.1,
+                sender: rossby_storage::tables::queue::Sender::Device {
+                    box_id: from.0,
+                    device_id: from.1,
+                },
                 message_id: MessageId::new(),
                 device_list_version: version,
                 payload: body.to_vec(),

@@ -69,8 +69,10 @@ async fn send(store: &Store, b: BoxId, from: DeviceId, now: u64) -> u64 {
         .enqueue(
             b,
             &[NewEnvelope {
-                sender_box: b,
-                sender_device: from,
+                sender: rossby_storage::tables::queue::Sender::Device {
+                    box_id: b,
+                    device_id: from,
+                },
                 message_id: MessageId::new(),
                 device_list_version: version,
                 payload: b"x".to_vec(),

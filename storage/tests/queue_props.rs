@@ -684,8 +684,10 @@ async fn run_sender(store: Store, recipient: BoxId, index: usize, plan: SenderPl
             version = current_version(&store, recipient).await;
         }
         let mut env = NewEnvelope {
-            sender_box,
-            sender_device,
+            sender: rossby_storage::tables::queue::Sender::Device {
+                box_id: sender_box,
+                device_id: sender_device,
+            },
             message_id: MessageId::new(),
             device_list_version: version,
             payload: format!("sender {index} message {m}").into_bytes(),
@@ -1227,8 +1229,10 @@ async fn send_sequentially(store: &Store, box_id: BoxId, n: usize) -> u64 {
     let mut last = 0;
     for i in 0..n {
         let mut env = NewEnvelope {
-            sender_box,
-            sender_device,
+            sender: rossby_storage::tables::queue::Sender::Device {
+                box_id: sender_box,
+                device_id: sender_device,
+            },
             message_id: MessageId::new(),
             device_list_version: current_version(store, box_id).await,
             payload: format!("message {i}").into_bytes(),

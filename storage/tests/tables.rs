@@ -11,7 +11,7 @@ use rossby_keyspace::{
 use rossby_storage::kv::{Error as KvError, transact as kv_transact};
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
-use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope};
+use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope, Sender};
 use rossby_storage::tables::records::{AcceptFrom, Marker, QueueHead};
 use rossby_storage::tables::records::{IdentRecord, PendingIdentifier};
 use rossby_storage::tables::{
@@ -40,6 +40,7 @@ backends::on_every_backend!(
     key_packages_are_claimed_once_then_last_resort,
     concurrent_claims_never_hand_out_a_package_twice,
     settings_control_who_may_send,
+    sealed_senders_need_the_access_key_and_leave_no_trace,
     account_deletion_removes_everything,
     interrupted_purges_are_resumed,
     deletion_racing_with_sends_leaves_nothing_behind,
@@ -69,8 +70,10 @@ async fn version(store: &Store, b: BoxId) -> u64 {
 
 fn envelope(from: BoxId, device: DeviceId, version: u64, payload: &[u8]) -> NewEnvelope {
     NewEnvelope {
-        sender_box: from,
-        sender_device: device,
+        sender: Sender::Device {
+            box_id: from,
+            device_id: device,
+        },
         message_id: MessageId::new(),
         device_list_version: version,
         payload: payload.to_vec(),
@@ -316,7 +319,10 @@ async fn retried_sends_are_answered_from_dedup(store: &Store) {
     assert_eq!(queue_len(store, b).await, 2);
     // The same message id from another device is a different message.
     let mut from_other_device = env.clone();
-    from_other_device.sender_device = DeviceId::new();
+    from_other_device.sender = Sender::Device {
+        box_id: s,
+        device_id: DeviceId::new(),
+    };
     let out = store.enqueue(b, &[from_other_device], T0).await.unwrap();
     assert_eq!(out[0].as_ref().unwrap().seq, 3);
     // After the dedup window the record is swept and a resend is a new message.
@@ -792,6 +798,113 @@ async fn concurrent_claims_never_hand_out_a_package_twice(store: &Store) {
     );
     assert_eq!(regular.len(), 10);
     assert_eq!(last_resort, 6);
+}
+
+fn sealed(access_key: [u8; 16], version: u64, payload: &[u8]) -> NewEnvelope {
+    NewEnvelope {
+        sender: Sender::Sealed { access_key },
+        message_id: MessageId::new(),
+        device_list_version: version,
+        payload: payload.to_vec(),
+    }
+}
+
+async fn sealed_senders_need_the_access_key_and_leave_no_trace(store: &Store) {
+    let (b, d) = new_box(store, 1).await;
+    let (blocked, _) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let key = [7u8; 16];
+    // No key set: sealed-sender mail is refused whatever the key.
+    let out = store
+        .enqueue(b, &[sealed(key, v, b"early")], T0)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+
+    let set = |key: Vec<u8>, anyone: bool| SettingsUpdate {
+        sealed_sender_key: Some(key),
+        sealed_sender_anyone: Some(anyone),
+        ..SettingsUpdate::default()
+    };
+    // Keys of another length are refused and change nothing.
+    let err = transact!(store, |txn| {
+        accounts::update_settings(txn, &store.limits, b, &set(vec![1; 15], false), T0).await
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    transact!(store, |txn| {
+        accounts::update_settings(txn, &store.limits, b, &set(key.to_vec(), false), T0).await
+    })
+    .unwrap();
+    // Contacts-only and a block list concern identified senders only.
+    let contacts_only = SettingsUpdate {
+        accept_from: Some(AcceptFrom::Contacts),
+        ..SettingsUpdate::default()
+    };
+    transact!(store, |txn| {
+        accounts::update_settings(txn, &store.limits, b, &contacts_only, T0).await
+    })
+    .unwrap();
+    transact!(store, |txn| contacts::add(
+        txn,
+        &store.limits,
+        Relationship::Block,
+        b,
+        blocked,
+        T0
+    )
+    .await)
+    .unwrap();
+
+    let mut wrong = key;
+    wrong[15] ^= 1;
+    let good = sealed(key, v, b"sealed");
+    let out = store
+        .enqueue(b, &[sealed(wrong, v, b"forged"), good.clone()], T0)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+    let seq = out[1].as_ref().unwrap().seq;
+    // A retry of the same message id is answered from the dedup record.
+    let again = store
+        .enqueue(b, std::slice::from_ref(&good), T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(again[0].as_ref().unwrap().seq, seq);
+    assert!(again[0].as_ref().unwrap().duplicate);
+    // A stale device list is reported as for anyone.
+    let out = store
+        .enqueue(b, &[sealed(key, v + 1, b"stale")], T0)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(Error::StaleDeviceList { .. })));
+
+    // The stored envelope names nobody.
+    let fetched = store.fetch(b, d[0], FetchLimits::default()).await.unwrap();
+    assert_eq!(fetched.envelopes.len(), 1);
+    let stored = &fetched.envelopes[0].envelope;
+    assert!(stored.sender_box.is_empty() && stored.sender_device.is_empty());
+    assert_eq!(stored.payload, b"sealed");
+
+    // "Anyone" takes any key; turning it off and clearing the key refuses all.
+    transact!(store, |txn| {
+        accounts::update_settings(txn, &store.limits, b, &set(Vec::new(), true), T0).await
+    })
+    .unwrap();
+    let out = store
+        .enqueue(b, &[sealed(wrong, v, b"any")], T0)
+        .await
+        .unwrap();
+    assert!(out[0].is_ok());
+    transact!(store, |txn| {
+        accounts::update_settings(txn, &store.limits, b, &set(Vec::new(), false), T0).await
+    })
+    .unwrap();
+    let out = store
+        .enqueue(b, &[sealed(key, v, b"off")], T0)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
 }
 
 async fn settings_control_who_may_send(store: &Store) {

@@ -357,8 +357,10 @@ async fn real_sends_are_slow_only_across_regions() {
             .0))
         .unwrap();
         let envelope = NewEnvelope {
-            sender_box: sender.0,
-            sender_device: sender.1,
+            sender: rossby_storage::tables::queue::Sender::Device {
+                box_id: sender.0,
+                device_id: sender.1,
+            },
             message_id: MessageId::new(),
             device_list_version: version,
             payload: b"ciphertext".to_vec(),

@@ -115,6 +115,8 @@ pub(crate) async fn update_settings(
             }
         }),
         encrypted_profile: req.encrypted_profile,
+        sealed_sender_key: req.sealed_sender_key,
+        sealed_sender_anyone: req.sealed_sender_anyone,
     };
     let store = &shared.store;
     let limits = &store.limits;
@@ -130,6 +132,8 @@ pub(crate) async fn update_settings(
     Ok(pb::UpdateSettingsResponse {
         discoverable: !profile.hidden,
         contacts_only: profile.accept_from() == AcceptFrom::Contacts,
+        sealed_sender: !profile.sealed_sender_key.is_empty(),
+        sealed_sender_anyone: profile.sealed_sender_anyone,
     })
 }
 

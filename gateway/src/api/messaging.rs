@@ -54,7 +54,7 @@ use rossby_protocol::framing;
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{
-    self, ANY_DEVICE_LIST, Enqueued, FetchLimits, Fetched, NewEnvelope,
+    self, ANY_DEVICE_LIST, Enqueued, FetchLimits, Fetched, NewEnvelope, Sender,
 };
 use rossby_storage::tables::records::AcceptFrom;
 use rossby_storage::tables::{Store, Tx, accounts, devices};
@@ -479,7 +479,7 @@ struct Waiting {
     reply: Reply,
     wake: pb::Wake,
     /// The sending box and device.
-    sender: (BoxId, DeviceId),
+    sender: Sender,
     conflicts: u32,
     submitted: Instant,
 }
@@ -494,8 +494,12 @@ enum Wakes {
 }
 
 impl Wakes {
-    fn add(&mut self, recipient: BoxId, (sender_box, sender_device): (BoxId, DeviceId)) {
-        let own = (sender_box == recipient).then_some(sender_device);
+    fn add(&mut self, recipient: BoxId, sender: Sender) {
+        // A device never gets a wake-up for its own message.
+        let own = match sender {
+            Sender::Device { box_id, device_id } if box_id == recipient => Some(device_id),
+            _ => None,
+        };
         *self = match *self {
             Wakes::None => Wakes::Skipping(own),
             Wakes::Skipping(skip) if skip == own => Wakes::Skipping(skip),
@@ -514,7 +518,7 @@ impl Wakes {
 
 impl Job {
     fn split(self) -> (NewEnvelope, Waiting) {
-        let sender = (self.envelope.sender_box, self.envelope.sender_device);
+        let sender = self.envelope.sender;
         (
             self.envelope,
             Waiting {
@@ -536,10 +540,19 @@ fn fail(jobs: Vec<Job>, failure: &Failure) {
 
 /// A forwarded envelope as the peer protocol carries it.
 fn to_peer(recipient: BoxId, envelope: &NewEnvelope, wake: pb::Wake) -> pb::PeerEnqueue {
+    let (sender_box, sender_device, sealed_access_key) = match &envelope.sender {
+        Sender::Device { box_id, device_id } => (
+            box_id.as_bytes().to_vec(),
+            device_id.as_bytes().to_vec(),
+            Vec::new(),
+        ),
+        Sender::Sealed { access_key } => (Vec::new(), Vec::new(), access_key.to_vec()),
+    };
     pb::PeerEnqueue {
         recipient: recipient.as_bytes().to_vec(),
-        sender_box: envelope.sender_box.as_bytes().to_vec(),
-        sender_device: envelope.sender_device.as_bytes().to_vec(),
+        sender_box,
+        sender_device,
+        sealed_access_key,
         message_id: envelope.message_id.as_bytes().to_vec(),
         device_list_version: envelope.device_list_version,
         payload: envelope.payload.clone(),
@@ -584,12 +597,25 @@ fn peer_result(outcome: Result<Enqueued, Failure>) -> pb::PeerEnqueueResult {
 fn from_wire(e: pb::PeerEnqueue) -> Result<(BoxId, NewEnvelope, pb::Wake), Failure> {
     let bad = |what: &str| Failure::bad_request(format!("forwarded envelope: bad {what}"));
     let wake = pb::Wake::try_from(e.wake).map_err(|_| bad("wake"))?;
+    let sender = if e.sealed_access_key.is_empty() {
+        Sender::Device {
+            box_id: BoxId::try_from_slice(&e.sender_box).map_err(|_| bad("sender box"))?,
+            device_id: DeviceId::try_from_slice(&e.sender_device)
+                .map_err(|_| bad("sender device"))?,
+        }
+    } else {
+        Sender::Sealed {
+            access_key: e
+                .sealed_access_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("access key"))?,
+        }
+    };
     Ok((
         BoxId::try_from_slice(&e.recipient).map_err(|_| bad("recipient"))?,
         NewEnvelope {
-            sender_box: BoxId::try_from_slice(&e.sender_box).map_err(|_| bad("sender box"))?,
-            sender_device: DeviceId::try_from_slice(&e.sender_device)
-                .map_err(|_| bad("sender device"))?,
+            sender,
             message_id: MessageId::try_from_slice(&e.message_id).map_err(|_| bad("message id"))?,
             device_list_version: e.device_list_version,
             payload: e.payload,
@@ -751,8 +777,10 @@ pub(crate) async fn send(
         .into_iter()
         .map(|t| {
             let envelope = NewEnvelope {
-                sender_box: caller.box_id,
-                sender_device: caller.device_id,
+                sender: Sender::Device {
+                    box_id: caller.box_id,
+                    device_id: caller.device_id,
+                },
                 message_id,
                 device_list_version: t.device_list_version,
                 payload: t.envelope,
@@ -1344,8 +1372,10 @@ mod tests {
             let (reply, _rx) = tokio::sync::oneshot::channel();
             super::Job {
                 envelope: super::NewEnvelope {
-                    sender_box: rossby_keyspace::BoxId::new(rossby_keyspace::RegionId(1)),
-                    sender_device: rossby_keyspace::DeviceId::new(),
+                    sender: rossby_storage::tables::queue::Sender::Device {
+                        box_id: rossby_keyspace::BoxId::new(rossby_keyspace::RegionId(1)),
+                        device_id: rossby_keyspace::DeviceId::new(),
+                    },
                     message_id: MessageId::new(),
                     device_list_version: 1,
                     payload: vec![0; len],

@@ -203,7 +203,7 @@ async fn enqueue_one(
         match answer(w, "group enqueue", result) {
             Answer::Done(mut outcomes) => match outcomes.pop() {
                 Some(Ok(enqueued)) => {
-                    let key = (box_id, env.sender_device, env.message_id);
+                    let key = (box_id, env.sender.dedup_device(), env.message_id);
                     w.model.borrow_mut().enqueued(key, enqueued, now);
                     return Ok(format!("seq {}", enqueued.seq));
                 }

@@ -6,7 +6,7 @@ use crate::model::{Fingerprint, Life};
 use crate::payload::Payload;
 use crate::world::{World, short};
 use rossby_keyspace::{BoxId, DeviceId, MessageId, RegionId};
-use rossby_storage::tables::queue::{FetchLimits, NewEnvelope};
+use rossby_storage::tables::queue::{FetchLimits, NewEnvelope, Sender};
 use rossby_storage::tables::{devices, queue};
 use rossby_storage::{Error, transact};
 
@@ -41,8 +41,10 @@ pub(super) async fn send(
         let envelopes: Vec<NewEnvelope> = pending
             .iter()
             .map(|msg| NewEnvelope {
-                sender_box,
-                sender_device,
+                sender: Sender::Device {
+                    box_id: sender_box,
+                    device_id: sender_device,
+                },
                 message_id: *msg,
                 device_list_version: version,
                 payload: Payload::Direct(*msg).encode(),
@@ -102,9 +104,18 @@ fn dup(duplicate: bool) -> &'static str {
 
 /// The fingerprint of an envelope a client sends.
 pub(super) fn fingerprint(env: &NewEnvelope) -> Fingerprint {
+    // The simulation sends as devices only; a sealed sender would be the nil
+    // ids (the store keeps no sender for it).
+    let (sender_box, sender_device) = match env.sender {
+        Sender::Device { box_id, device_id } => (box_id, device_id),
+        Sender::Sealed { .. } => (
+            BoxId::with_random(rossby_keyspace::RegionId(0), [0; 16]),
+            DeviceId::UNIDENTIFIED,
+        ),
+    };
     Fingerprint {
-        sender_box: env.sender_box,
-        sender_device: env.sender_device,
+        sender_box,
+        sender_device,
         message_id: env.message_id,
         payload: env.payload.clone(),
     }

@@ -16,6 +16,11 @@ pub struct SettingsUpdate {
     pub accept_from: Option<AcceptFrom>,
     /// New encrypted profile content.
     pub encrypted_profile: Option<Vec<u8>>,
+    /// New sealed-sender access key: 16 bytes, or empty to accept sealed-sender
+    /// mail only under `sealed_sender_anyone`.
+    pub sealed_sender_key: Option<Vec<u8>>,
+    /// Accept sealed-sender mail from anyone, without an access key.
+    pub sealed_sender_anyone: Option<bool>,
 }
 
 /// Creates an empty box: discoverable, accepting messages from anyone, no devices.
@@ -69,6 +74,19 @@ pub async fn update_settings(
             )));
         }
         profile.encrypted_profile.clone_from(content);
+    }
+    if let Some(key) = &update.sealed_sender_key {
+        if !key.is_empty() && key.len() != super::queue::ACCESS_KEY_LEN {
+            return Err(Error::Invalid(format!(
+                "a sealed-sender access key has {} bytes (or none), not {}",
+                super::queue::ACCESS_KEY_LEN,
+                key.len()
+            )));
+        }
+        profile.sealed_sender_key.clone_from(key);
+    }
+    if let Some(anyone) = update.sealed_sender_anyone {
+        profile.sealed_sender_anyone = anyone;
     }
     profile.updated_at_ms = now_ms;
     txn.put(&handle, &Key::Profile(box_id), &profile).await?;

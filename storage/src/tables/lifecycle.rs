@@ -295,8 +295,10 @@ mod tests {
 
     fn envelope(sender_box: BoxId, sender_device: DeviceId, version: u64) -> NewEnvelope {
         NewEnvelope {
-            sender_box,
-            sender_device,
+            sender: crate::tables::queue::Sender::Device {
+                box_id: sender_box,
+                device_id: sender_device,
+            },
             message_id: MessageId::new(),
             device_list_version: version,
             payload: vec![1, 2, 3],

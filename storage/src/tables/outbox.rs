@@ -35,7 +35,7 @@
 //! never write the group record, so delivery never conflicts with Commits.
 
 use super::Record;
-use super::queue::NewEnvelope;
+use super::queue::{NewEnvelope, Sender};
 use super::records::{OutboxEntry, OutboxRecipient};
 use super::tx::{BoxHandle, Tx};
 use crate::error::{Error, Result};
@@ -96,8 +96,10 @@ impl Entry {
     /// so the current version is always the right one).
     pub fn envelope_for(&self, recipient: &Recipient, device_list_version: u64) -> NewEnvelope {
         NewEnvelope {
-            sender_box: self.sender_box,
-            sender_device: self.sender_device,
+            sender: Sender::Device {
+                box_id: self.sender_box,
+                device_id: self.sender_device,
+            },
             message_id: self.message_id,
             device_list_version,
             // `from_stored` checked every index.

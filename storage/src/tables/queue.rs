@@ -41,13 +41,54 @@ use std::collections::BTreeMap;
 
 pub use super::records::ANY_DEVICE_LIST;
 
+/// Length of a sealed-sender access key.
+pub const ACCESS_KEY_LEN: usize = 16;
+
+/// Who sent an envelope, as far as the gateway knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Sender {
+    /// An authenticated device. The recipient's block list and contacts-only
+    /// setting apply, and retries are recognised per (device, message id).
+    Device {
+        /// The sending box.
+        box_id: BoxId,
+        /// The sending device (the dedup scope).
+        device_id: DeviceId,
+    },
+    /// Sealed sender: nobody the gateway can name. Accepted only when the
+    /// recipient takes sealed-sender mail from anyone or `access_key` is the
+    /// one it set (compared in constant time); nothing about the sender is
+    /// stored, and retries are recognised per message id in the box.
+    Sealed {
+        /// The key the sender derived from the recipient's access secret.
+        access_key: [u8; ACCESS_KEY_LEN],
+    },
+}
+
+impl Sender {
+    /// The sending box, when known.
+    pub fn box_id(&self) -> Option<BoxId> {
+        match self {
+            Sender::Device { box_id, .. } => Some(*box_id),
+            Sender::Sealed { .. } => None,
+        }
+    }
+
+    /// The scope of retry recognition: the device, or
+    /// [`DeviceId::UNIDENTIFIED`] for sealed senders.
+    pub fn dedup_device(&self) -> DeviceId {
+        match self {
+            Sender::Device { device_id, .. } => *device_id,
+            Sender::Sealed { .. } => DeviceId::UNIDENTIFIED,
+        }
+    }
+}
+
 /// One envelope to enqueue into a recipient box.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEnvelope {
-    /// The sending box.
-    pub sender_box: BoxId,
-    /// The sending device (the dedup scope).
-    pub sender_device: DeviceId,
+    /// Who sent it.
+    pub sender: Sender,
     /// Client-chosen id; a retry with the same id is not enqueued again.
     pub message_id: MessageId,
     /// The recipient's device-list version the sender encrypted for, or
@@ -135,14 +176,14 @@ async fn low(txn: &mut Tx<'_>, box_id: BoxId) -> Result<u64> {
         .map_or(1, |l| l.low.max(1)))
 }
 
-/// Whether `recipient` accepts messages from `sender_box`, judged from the
-/// block and contact entries in `read`. Own boxes always do.
-fn accepts(
-    read: &BatchRead,
-    recipient: BoxId,
-    profile: &Profile,
-    sender_box: BoxId,
-) -> Result<bool> {
+/// Whether `recipient` accepts messages from `sender`: for a device, judged
+/// from the block and contact entries in `read` (own boxes always do); for a
+/// sealed sender, from the profile's sealed-sender setting.
+fn accepts(read: &BatchRead, recipient: BoxId, profile: &Profile, sender: &Sender) -> Result<bool> {
+    let sender_box = match sender {
+        Sender::Device { box_id, .. } => *box_id,
+        Sender::Sealed { access_key } => return Ok(accepts_sealed(profile, access_key)),
+    };
     if recipient == sender_box {
         return Ok(true);
     }
@@ -153,6 +194,17 @@ fn accepts(
         AcceptFrom::Anyone => true,
         AcceptFrom::Contacts => read.contains(&Key::Contact(recipient, sender_box))?,
     })
+}
+
+/// Whether a box takes sealed-sender mail with `access_key`: from anyone when it
+/// said so, otherwise only with the key it set (none set: from nobody).
+pub fn accepts_sealed(profile: &Profile, access_key: &[u8; ACCESS_KEY_LEN]) -> bool {
+    use subtle::ConstantTimeEq;
+    if profile.sealed_sender_anyone {
+        return true;
+    }
+    profile.sealed_sender_key.len() == ACCESS_KEY_LEN
+        && bool::from(profile.sealed_sender_key.as_slice().ct_eq(access_key))
 }
 
 /// Enqueues envelopes into one recipient box in one transaction (a gateway
@@ -182,13 +234,19 @@ pub async fn enqueue(
     let mut keys = Vec::with_capacity(2 + 3 * envelopes.len());
     keys.extend([Key::Profile(recipient), Key::Next(recipient)]);
     for env in envelopes {
-        if env.sender_box != recipient {
-            keys.push(Key::Block(recipient, env.sender_box));
+        if let Some(sender_box) = env.sender.box_id()
+            && sender_box != recipient
+        {
+            keys.push(Key::Block(recipient, sender_box));
             // Only consulted when the box accepts contacts only; reading it
             // anyway costs nothing extra in a batch.
-            keys.push(Key::Contact(recipient, env.sender_box));
+            keys.push(Key::Contact(recipient, sender_box));
         }
-        keys.push(Key::Dedup(recipient, env.sender_device, env.message_id));
+        keys.push(Key::Dedup(
+            recipient,
+            env.sender.dedup_device(),
+            env.message_id,
+        ));
     }
     let read = txn.read_batch(keys).await?;
     // A tombstoned profile is a box being deleted: as absent as an unknown one.
@@ -200,7 +258,7 @@ pub async fn enqueue(
     };
     let mut head = live.head;
     let mut outcomes = Vec::with_capacity(envelopes.len());
-    let mut accepted: BTreeMap<BoxId, bool> = BTreeMap::new();
+    let mut accepted: BTreeMap<Sender, bool> = BTreeMap::new();
     let mut in_batch: BTreeMap<(DeviceId, MessageId), u64> = BTreeMap::new();
     let mut stale_devices: Option<Vec<DeviceId>> = None;
     // Decided first, written after: `next` is then written once, with its
@@ -215,26 +273,27 @@ pub async fn enqueue(
             ))));
             continue;
         }
-        let ok = match accepted.get(&env.sender_box) {
+        let ok = match accepted.get(&env.sender) {
             Some(ok) => *ok,
             None => {
-                let ok = accepts(&read, recipient, &live.profile, env.sender_box)?;
-                accepted.insert(env.sender_box, ok);
+                let ok = accepts(&read, recipient, &live.profile, &env.sender)?;
+                accepted.insert(env.sender, ok);
                 ok
             }
         };
+        let dedup_device = env.sender.dedup_device();
         if !ok {
             outcomes.push(Err(Error::RecipientUnavailable));
             continue;
         }
-        if let Some(seq) = in_batch.get(&(env.sender_device, env.message_id)) {
+        if let Some(seq) = in_batch.get(&(dedup_device, env.message_id)) {
             outcomes.push(Ok(Enqueued {
                 seq: *seq,
                 duplicate: true,
             }));
             continue;
         }
-        let dedup_key = Key::Dedup(recipient, env.sender_device, env.message_id);
+        let dedup_key = Key::Dedup(recipient, dedup_device, env.message_id);
         if let Some(dedup) = read.record::<DedupRecord>(&dedup_key)?
             && dedup.expires_at_ms > now_ms
         {
@@ -264,7 +323,7 @@ pub async fn enqueue(
             continue;
         }
         let seq = head.assign()?;
-        in_batch.insert((env.sender_device, env.message_id), seq);
+        in_batch.insert((dedup_device, env.message_id), seq);
         fresh.push((seq, env));
         outcomes.push(Ok(Enqueued {
             seq,
@@ -283,9 +342,15 @@ pub async fn enqueue(
         dedups: Vec::with_capacity(32 * fresh.len()),
     };
     for (seq, env) in fresh {
+        // A sealed sender leaves both empty: the store names nobody.
+        let (sender_box, sender_device): (&[u8], &[u8]) = match &env.sender {
+            Sender::Device { box_id, device_id } => (box_id.as_bytes(), device_id.as_bytes()),
+            Sender::Sealed { .. } => (&[], &[]),
+        };
+        let dedup_device = env.sender.dedup_device();
         let stored = EnvelopeRef {
-            sender_box: env.sender_box.as_bytes(),
-            sender_device: env.sender_device.as_bytes(),
+            sender_box,
+            sender_device,
             message_id: env.message_id.as_bytes(),
             enqueued_at_ms: now_ms,
             expires_at_ms,
@@ -301,11 +366,11 @@ pub async fn enqueue(
         };
         txn.put(
             &handle,
-            &Key::Dedup(recipient, env.sender_device, env.message_id),
+            &Key::Dedup(recipient, dedup_device, env.message_id),
             &dedup,
         )
         .await?;
-        expiry.push_dedup(env.sender_device, env.message_id);
+        expiry.push_dedup(dedup_device, env.message_id);
     }
     let due_at = expires_at_ms.min(dedup_expires);
     txn.put(
