@@ -127,6 +127,7 @@ async fn handle(
             pb::PingResponse {
                 server_time_ms: now_ms,
                 region: 3,
+                sender_certificate_keys: Vec::new(),
             }
             .encode_to_vec(),
         )

@@ -482,6 +482,12 @@ pub struct Args {
     /// Burst of contact lookups per device [default: 100].
     #[arg(long, env = "ROSSBY_DISCOVERY_BURST_PER_DEVICE", value_name = "N", value_parser = parse_burst)]
     pub discovery_burst_per_device: Option<f64>,
+    /// Sealed (unauthenticated) sends per recipient box [default: 10/s].
+    #[arg(long, env = "ROSSBY_SEALED_RATE_PER_RECIPIENT", value_name = "RATE", value_parser = parse_rate)]
+    pub sealed_rate_per_recipient: Option<f64>,
+    /// Burst of sealed sends per recipient box [default: 100].
+    #[arg(long, env = "ROSSBY_SEALED_BURST_PER_RECIPIENT", value_name = "N", value_parser = parse_burst)]
+    pub sealed_burst_per_recipient: Option<f64>,
 
     // ---- gateway-to-gateway push (docs/configuration.md, "Cross-gateway push") ----
     /// Peer endpoint (UDP) listen address; turns gateway-to-gateway notifications
@@ -643,6 +649,8 @@ struct FileConfig {
     burst_per_identifier: Option<f64>,
     discovery_rate_per_device: Option<RateValue>,
     discovery_burst_per_device: Option<f64>,
+    sealed_rate_per_recipient: Option<RateValue>,
+    sealed_burst_per_recipient: Option<f64>,
     peer_listen: Option<SocketAddr>,
     peer_advertise: Option<String>,
     peer_ca: Option<PathBuf>,
@@ -841,6 +849,7 @@ impl Config {
             per_ip: unlimited,
             registrations_per_identifier: unlimited,
             discovery_per_device: unlimited,
+            sealed_per_recipient: unlimited,
         };
         config.drain_grace = Duration::ZERO;
         config.drain_timeout = Duration::from_secs(5);
@@ -1678,6 +1687,20 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         "discovery_burst_per_device",
     )? {
         r.discovery_per_device.burst = v;
+    }
+    if let Some(v) = rate_of(
+        a.sealed_rate_per_recipient,
+        f.sealed_rate_per_recipient,
+        "sealed_rate_per_recipient",
+    )? {
+        r.sealed_per_recipient.per_second = v;
+    }
+    if let Some(v) = burst_of(
+        a.sealed_burst_per_recipient,
+        f.sealed_burst_per_recipient,
+        "sealed_burst_per_recipient",
+    )? {
+        r.sealed_per_recipient.burst = v;
     }
 
     // Geography.

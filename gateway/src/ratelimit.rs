@@ -119,6 +119,7 @@ pub struct RateLimiter {
     per_ip: Limiter<IpAddr>,
     registrations: Limiter<[u8; 32]>,
     discovery: Limiter<(BoxId, DeviceId)>,
+    sealed: Limiter<BoxId>,
 }
 
 impl RateLimiter {
@@ -129,6 +130,7 @@ impl RateLimiter {
             per_ip: Limiter::new(limits.per_ip, DEFAULT_CAPACITY),
             registrations: Limiter::new(limits.registrations_per_identifier, DEFAULT_CAPACITY),
             discovery: Limiter::new(limits.discovery_per_device, DEFAULT_CAPACITY),
+            sealed: Limiter::new(limits.sealed_per_recipient, DEFAULT_CAPACITY),
         }
     }
 
@@ -145,6 +147,11 @@ impl RateLimiter {
     /// One registration (code sent) for the identifier with this lookup digest.
     pub fn registration(&self, digest: [u8; 32]) -> Result<(), Limited> {
         self.registrations.check(digest, Instant::now())
+    }
+
+    /// One sealed (unauthenticated) send to a recipient box.
+    pub fn sealed(&self, recipient: BoxId) -> Result<(), Limited> {
+        self.sealed.check(recipient, Instant::now())
     }
 
     /// One contact lookup by identifier of a device.

@@ -40,6 +40,8 @@ pub struct RateLimits {
     pub registrations_per_identifier: Rate,
     /// Contact lookups (RequestKey) per device.
     pub discovery_per_device: Rate,
+    /// Sealed sends (unauthenticated) per recipient box.
+    pub sealed_per_recipient: Rate,
 }
 
 impl Default for RateLimits {
@@ -59,6 +61,10 @@ impl Default for RateLimits {
             },
             discovery_per_device: Rate {
                 per_second: 1.0,
+                burst: 100.0,
+            },
+            sealed_per_recipient: Rate {
+                per_second: 10.0,
                 burst: 100.0,
             },
         }

@@ -81,6 +81,8 @@ pub fn fitted_rate_limits(scenario: &Scenario) -> RateLimits {
             per_second: lookups,
             burst: lookups * 4.0,
         },
+        // The load test sends as identified devices only.
+        sealed_per_recipient: defaults.sealed_per_recipient,
     }
 }
 

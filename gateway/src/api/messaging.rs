@@ -743,7 +743,11 @@ fn validate_send(
 }
 
 /// The per-recipient result of a failure; stale lists are read fresh.
-async fn failed_result(shared: &Shared, box_id: BoxId, failure: Failure) -> pb::SendResult {
+pub(super) async fn failed_result(
+    shared: &Shared,
+    box_id: BoxId,
+    failure: Failure,
+) -> pb::SendResult {
     let mut result = pb::SendResult {
         box_id: box_id.as_bytes().to_vec(),
         status: failure.status as i32,

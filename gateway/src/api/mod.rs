@@ -40,6 +40,7 @@ pub mod messaging;
 pub mod push;
 pub mod registration;
 mod routing;
+pub mod sealed;
 pub mod service;
 
 #[cfg(test)]
@@ -333,6 +334,7 @@ impl Shared {
             Method::Health => encode(Ok(service::health(self).await)),
             Method::Register => encode(registration::register(self, body).await),
             Method::Authorize => encode(registration::authorize(self, body).await),
+            Method::SealedSend => encode(sealed::sealed_send(self, body).await),
             _ => {
                 let caller = match self.authenticate(origin, method, &request).await {
                     Ok(caller) => caller,
@@ -408,12 +410,16 @@ impl Shared {
             Method::RegisterPushToken => encode(push::register(self, caller, body).await),
             Method::RemovePushToken => encode(push::remove(self, caller, body).await),
             Method::PushInfo => encode(push::info(self, body)),
+            Method::GetSenderCertificate => {
+                encode(sealed::get_certificate(self, caller, body).await)
+            }
             // Unauthenticated methods were answered by the caller of this function.
             Method::Unspecified
             | Method::Ping
             | Method::Health
             | Method::Register
-            | Method::Authorize => Err(Failure::internal()),
+            | Method::Authorize
+            | Method::SealedSend => Err(Failure::internal()),
         }
     }
 

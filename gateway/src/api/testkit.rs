@@ -35,6 +35,7 @@ pub(crate) struct TestSettings {
     pub per_ip: Option<(f64, f64)>,
     pub registrations: Option<(f64, f64)>,
     pub discovery: Option<(f64, f64)>,
+    pub sealed: Option<(f64, f64)>,
 }
 
 impl Default for TestSettings {
@@ -49,6 +50,7 @@ impl Default for TestSettings {
             per_ip: None,
             registrations: None,
             discovery: None,
+            sealed: None,
         }
     }
 }
@@ -128,6 +130,7 @@ impl TestEnv {
             per_ip: rate(t.per_ip),
             registrations_per_identifier: rate(t.registrations),
             discovery_per_device: rate(t.discovery),
+            sealed_per_recipient: rate(t.sealed),
         };
         let region = settings.region;
         let kv: Kv = Arc::new(MemoryStore::new());

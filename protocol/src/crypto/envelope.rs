@@ -122,6 +122,7 @@ pub fn seal_envelope(
         keys,
         signature: Vec::new(),
         group: None,
+        sealed_sender: None,
     };
     envelope.signature = sender.sign(&envelope_signed_bytes(&envelope)).to_vec();
     Ok(envelope)
@@ -147,6 +148,11 @@ pub fn open_envelope(
             "unsupported envelope version {}",
             envelope.version
         )));
+    }
+    if envelope.sealed_sender.is_some() {
+        return Err(Error::Crypto(
+            "a sealed-sender envelope must be unsealed first".into(),
+        ));
     }
     if envelope.signature.len() != SIGNATURE_LEN {
         return Err(Error::Crypto(format!(
@@ -559,6 +565,7 @@ mod tests {
             ],
             signature: vec![0xff; 64],
             group: None,
+            sealed_sender: None,
         };
         let expected = [
             hex::encode(ENVELOPE_SIGNATURE_LABEL).as_str(),

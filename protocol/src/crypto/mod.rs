@@ -8,6 +8,8 @@
 //!   ChaCha20-Poly1305), used for credentials and for envelope key wraps;
 //! - [`seal_envelope`] / [`open_envelope`]: end-to-end message envelopes, signed by
 //!   the sender device, with the content key wrapped for each recipient device;
+//! - [`sealed_sender`]: sender certificates and envelopes whose sender only the
+//!   recipient learns;
 //! - [`attachment`]: chunked encryption of files (STREAM-like ChaCha20-Poly1305);
 //! - [`safety_number`]: the numbers users compare to detect substituted keys.
 //!
@@ -19,6 +21,7 @@ mod envelope;
 mod keys;
 mod safety;
 mod seal;
+pub mod sealed_sender;
 
 pub use envelope::{
     ENVELOPE_AAD_LABEL, ENVELOPE_SIGNATURE_LABEL, ENVELOPE_VERSION, EnvelopeHeader, ID_LEN,
