@@ -76,8 +76,6 @@ fn one_line(rendered: &str) -> String {
         .join(" ")
 }
 
-/// Logs go to stderr (text or JSON lines); stdout carries only the start-up lines
-/// below, so scripts can read the addresses and the fingerprint.
 /// Everything the gateway writes (the store's files, secrets, codes, backups) is
 /// for its own user only: files are created 0600 and directories 0700, whatever
 /// the umask it was started with.
@@ -90,6 +88,8 @@ fn private_file_modes() {
     }
 }
 
+/// Logs go to stderr (text or JSON lines); stdout carries only the start-up lines
+/// below, so scripts can read the addresses and the fingerprint.
 fn init_tracing(log: &LogConfig) {
     // The filter was validated with the configuration; "info" is a safe fallback.
     let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
