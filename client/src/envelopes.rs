@@ -78,6 +78,15 @@ pub fn recipient_devices(
     recipient_devices_with(None, list, exclude)
 }
 
+/// [`recipient_devices`] through a cache of verified bundles.
+pub fn recipient_devices_cached(
+    cache: &KeyCache,
+    list: &pb::DeviceList,
+    exclude: Option<&[u8; 16]>,
+) -> (Vec<RecipientDevice>, Vec<Vec<u8>>) {
+    recipient_devices_with(Some(cache), list, exclude)
+}
+
 fn recipient_devices_with(
     cache: Option<&KeyCache>,
     list: &pb::DeviceList,
@@ -274,6 +283,7 @@ mod tests {
 
     fn text(t: &str) -> pb::Content {
         pb::Content {
+            access_secret: Vec::new(),
             sent_at_ms: 1,
             body: Some(pb::content::Body::Text(t.into())),
         }
@@ -303,6 +313,7 @@ mod tests {
         }
         // Alice's own copy: not sealed for the sending device.
         let copy = pb::Content {
+            access_secret: Vec::new(),
             sent_at_ms: 1,
             body: Some(pb::content::Body::Sent(pb::SentCopy {
                 to_box: bob_box.to_vec(),

@@ -25,6 +25,7 @@ pub mod messages;
 pub mod placement;
 pub mod push;
 pub mod sdk;
+pub mod sealed;
 pub mod state;
 
 pub use connection::{HomeHint, RetryPolicy, Subscription};

@@ -58,6 +58,7 @@ pub(crate) fn outgoing(entry: &OutboxEntry, target: &Target) -> (pb::Content, Op
     let content = |body| pb::Content {
         sent_at_ms: entry.sent_at_ms,
         body: Some(body),
+        access_secret: Vec::new(),
     };
     if let Some(receipt) = &entry.receipt {
         return (content(pb::content::Body::Receipt(receipt.clone())), None);
@@ -268,6 +269,7 @@ impl Client {
         let content = pb::Content {
             sent_at_ms: self.now_ms(),
             body: Some(pb::content::Body::Typing(pb::Typing { typing })),
+            access_secret: Vec::new(),
         };
         let delivery = Delivery {
             message_id: *MessageId::new().as_bytes(),

@@ -60,6 +60,7 @@ use crate::envelopes::{KeyCache, id16, open_queued_cached, seal_for_list_cached}
 use crate::error::{Error, Result};
 use crate::groups::GroupEngine;
 use crate::messages::Outgoing;
+use crate::sealed::SealedOutcome;
 use crate::state::{
     Compaction, Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, SENT_LOG, SentLogEntry, State,
     StateIo, StateKey, StateStore,
@@ -404,6 +405,9 @@ pub struct Client {
     refreshing: Mutex<()>,
     /// Key bundles already verified (contacts' and own devices').
     pub(crate) key_cache: KeyCache,
+    /// The credential-free connection of sealed sends ([`crate::sealed`]),
+    /// opened on first use.
+    pub(crate) anonymous: tokio::sync::OnceCell<Connection>,
 }
 
 /// Gateway settings to remember in the state once they worked.
@@ -531,7 +535,15 @@ fn upsert_contact(
     changed
 }
 
-fn body_of(content: pb::Content) -> Body {
+/// `content` with this account's sealed-sender access secret attached.
+fn with_access_secret(content: &pb::Content, secret: Vec<u8>) -> pb::Content {
+    pb::Content {
+        access_secret: secret,
+        ..content.clone()
+    }
+}
+
+pub(crate) fn body_of(content: pb::Content) -> Body {
     let to_box_of = |raw: &[u8]| {
         <[u8; 16]>::try_from(raw)
             .map(box_id)
@@ -663,6 +675,7 @@ impl Client {
             unconfirmed: std::sync::Mutex::new(unconfirmed),
             refreshing: Mutex::new(()),
             key_cache: KeyCache::default(),
+            anonymous: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -1237,7 +1250,7 @@ impl Client {
 
     /// Adopts the current device list a `STALE_DEVICES` answer carried (when it
     /// is for the right box and every device has keys), else looks it up.
-    async fn adopt_list(
+    pub(crate) async fn adopt_list(
         &self,
         box_raw: &[u8; 16],
         current: Option<pb::DeviceList>,
@@ -1340,7 +1353,10 @@ impl Client {
     pub async fn block(&self, who: &str) -> Result<()> {
         let request = self.block_request(who)?;
         let _: pb::BlockResponse = self.rpc(Method::Block, &request).await?;
-        self.mark_blocked(&request, true).await
+        self.mark_blocked(&request, true).await?;
+        // The blocked user may hold the access secret: a new one shuts it out
+        // of sealed sends too.
+        self.rotate_access_secret().await
     }
 
     /// Unblocks a user.
@@ -1542,7 +1558,7 @@ impl Client {
         store.save()
     }
 
-    async fn devices_for(&self, box_raw: &[u8; 16]) -> Result<pb::DeviceList> {
+    pub(crate) async fn devices_for(&self, box_raw: &[u8; 16]) -> Result<pb::DeviceList> {
         match self.cached_devices(box_raw).await {
             Some(list) => Ok(list),
             None => Ok(self.lookup_box(box_raw).await?.0),
@@ -1590,6 +1606,52 @@ impl Client {
         let creds = self.credentials().await?;
         let own = self.own_box().await?;
         let message_id = delivery.message_id;
+        // The sealed-sender access secret goes to contacts and own devices.
+        let (content_shared, copy_shared);
+        let mut delivery = delivery;
+        if !delivery.ephemeral {
+            let secret = self.secret_to_share(&target.box_id).await;
+            if !secret.is_empty() {
+                content_shared = with_access_secret(delivery.content, secret);
+                delivery.content = &content_shared;
+            }
+            let own_secret = self.secret_to_share(&own).await;
+            if let (false, Some(copy)) = (own_secret.is_empty(), delivery.copy) {
+                copy_shared = with_access_secret(copy, own_secret);
+                delivery.copy = Some(&copy_shared);
+            }
+        }
+        // Sealed when the recipient let this account (attachments excepted: their
+        // uploads were authenticated, which would name the sender anyway).
+        if delivery.attachments.is_empty()
+            && let Some(SealedOutcome::Sent(seq)) =
+                self.try_deliver_sealed(&delivery, target, &own).await?
+        {
+            if let Some(copy) = delivery.copy {
+                let own_list = self.devices_for(&own).await?;
+                if own_list
+                    .devices
+                    .iter()
+                    .any(|d| d.device_id.as_slice() != self.device_id.as_slice())
+                {
+                    let own_target = Target {
+                        box_id: own,
+                        identifier: self.identifier().await,
+                    };
+                    let copy_delivery = Delivery {
+                        message_id,
+                        content: copy,
+                        copy: None,
+                        attachments: Vec::new(),
+                        ephemeral: false,
+                        wake: pb::Wake::None,
+                    };
+                    // Best effort, as the copy of an identified send.
+                    let _ = Box::pin(self.deliver_contents(copy_delivery, &own_target)).await;
+                }
+            }
+            return self.send_report(message_id, target, seq).await;
+        }
         let header = EnvelopeHeader {
             sender_box: own,
             sender_device: self.device_id,
@@ -1719,22 +1781,7 @@ impl Client {
                 }
                 if stale.is_empty() {
                     let seq = seq.ok_or_else(|| Error::BadReply("no sequence number".into()))?;
-                    let keys_changed = {
-                        let store = self.store.lock().await;
-                        store
-                            .state
-                            .contacts
-                            .iter()
-                            .any(|c| c.box_id == target.box_id && c.keys_changed)
-                    };
-                    self.confirm_settings().await?;
-                    return Ok(SendReport {
-                        message_id: MessageId::from_bytes(message_id)
-                            .map_err(|e| Error::Invalid(e.to_string()))?,
-                        to_box: box_id(target.box_id),
-                        seq,
-                        keys_changed,
-                    });
+                    return self.send_report(message_id, target, seq).await;
                 }
             }
             for (i, current) in stale {
@@ -1745,6 +1792,31 @@ impl Client {
         Err(Error::Status {
             status: pb::Status::StaleDevices,
             message: "the recipient's devices kept changing; try again".into(),
+        })
+    }
+
+    /// The report of a stored send.
+    async fn send_report(
+        &self,
+        message_id: [u8; 16],
+        target: &Target,
+        seq: u64,
+    ) -> Result<SendReport> {
+        let keys_changed = {
+            let store = self.store.lock().await;
+            store
+                .state
+                .contacts
+                .iter()
+                .any(|c| c.box_id == target.box_id && c.keys_changed)
+        };
+        self.confirm_settings().await?;
+        Ok(SendReport {
+            message_id: MessageId::from_bytes(message_id)
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+            to_box: box_id(target.box_id),
+            seq,
+            keys_changed,
         })
     }
 
@@ -1794,9 +1866,11 @@ impl Client {
             }
             let outcome = match self.process(queued, &mut batch.key_changes).await? {
                 Ok(received) => {
+                    // The sender as verified: for a sealed sender, the
+                    // certified one (the gateway recorded none).
                     let mut key = Vec::with_capacity(48);
-                    key.extend_from_slice(&queued.sender_box);
-                    key.extend_from_slice(&queued.sender_device);
+                    key.extend_from_slice(received.sender_box.as_bytes());
+                    key.extend_from_slice(received.sender_device.as_bytes());
                     key.extend_from_slice(&queued.message_id);
                     // A scan of the remembered ids: cheaper than hashing a copy
                     // of all of them for every fetch, as most fetches accept a
@@ -1845,6 +1919,9 @@ impl Client {
         queued: &pb::QueuedEnvelope,
         key_changes: &mut Vec<String>,
     ) -> Result<Result<Received, String>> {
+        if queued.sender_box.is_empty() && queued.sender_device.is_empty() {
+            return self.process_sealed(queued).await;
+        }
         let Ok(sender_box) = <[u8; 16]>::try_from(queued.sender_box.as_slice()) else {
             return Ok(Err("invalid sender box".into()));
         };
@@ -1878,9 +1955,7 @@ impl Client {
                 Ok(c) => c,
                 Err(r) => return Ok(Err(r.0)),
             };
-        if let Some(pb::content::Body::Sent(copy)) = &content.body {
-            self.learn_from_copy(&sender_box, copy).await?;
-        }
+        self.after_open(&sender_box, &content).await?;
         Ok(Ok(Received {
             seq: queued.seq,
             message_id,
@@ -1891,6 +1966,20 @@ impl Client {
             enqueued_at_ms: queued.enqueued_at_ms,
             body: self.with_previews(body_of(content)).await,
         }))
+    }
+
+    /// What a verified message teaches: the identifier a copy from another own
+    /// device names, and the sender's sealed-sender access secret.
+    pub(crate) async fn after_open(
+        &self,
+        sender_box: &[u8; 16],
+        content: &pb::Content,
+    ) -> Result<()> {
+        if let Some(pb::content::Body::Sent(copy)) = &content.body {
+            self.learn_from_copy(sender_box, copy).await?;
+        }
+        self.learn_access_secret(sender_box, &content.access_secret)
+            .await
     }
 
     /// A verified copy from another own device names the identifier its

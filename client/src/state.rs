@@ -163,6 +163,10 @@ pub struct State {
     /// them ([`crate::attachments`]).
     #[prost(message, optional, tag = "20")]
     pub uploads: Option<crate::attachments::PendingUploads>,
+    /// Sealed sender: this account's access secret, the cached sender
+    /// certificate and the gateway's certificate keys ([`crate::sealed`]).
+    #[prost(message, optional, tag = "26")]
+    pub sealed_sender: Option<crate::sealed::SealedSenderState>,
 }
 
 impl fmt::Debug for State {
@@ -200,6 +204,10 @@ pub struct Contact {
     /// When the device list was last fetched (ms since the epoch).
     #[prost(uint64, tag = "6")]
     pub fetched_at_ms: u64,
+    /// The contact's sealed-sender access secret, as it shared it (32 bytes;
+    /// empty: send to it identified).
+    #[prost(bytes = "vec", tag = "7")]
+    pub access_secret: Vec<u8>,
 }
 
 /// A send that has not been confirmed by the gateway yet.

@@ -1233,6 +1233,7 @@ fn build_envelopes(
                             message_id: *message_id.as_bytes(),
                         };
                         let content = pb::Content {
+                            access_secret: Vec::new(),
                             sent_at_ms: u64::try_from(rossby_client::connection::unix_ms(
                                 SystemTime::now(),
                             ))
@@ -1303,6 +1304,7 @@ fn client_cost_samples(boxes: &[RecipientBox], senders: &[Sender]) -> (f64, f64)
     let n = 300usize;
     let sender = &senders[0];
     let content = pb::Content {
+        access_secret: Vec::new(),
         sent_at_ms: 1,
         body: Some(pb::content::Body::Text(text_of(TEXT_BYTES, 7))),
     };

@@ -124,6 +124,7 @@ async fn two_users_three_devices_converse() {
         message_id: *message_id.as_bytes(),
     };
     let content = pb::Content {
+        access_secret: Vec::new(),
         sent_at_ms: u64::try_from(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)

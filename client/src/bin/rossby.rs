@@ -9,6 +9,7 @@ use rossby_client::connection::{Connection, GatewayConfig, parse_certificate};
 use rossby_client::groups::GroupSummary;
 use rossby_client::groups::state::Membership;
 use rossby_client::sdk::{self, Batch, Body, Client, ClientConfig, DEFAULT_GATEWAY, Received};
+use rossby_client::sealed::SealedSenderMode;
 use rossby_client::state::{Protection, StateKey, StateStore};
 use rossby_client::{Error, KdfParams, Result, RetryPolicy};
 use rossby_keyspace::DeviceId;
@@ -172,6 +173,11 @@ enum Command {
         /// setting; off: they learn only that the messages were delivered).
         #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
         read_receipts: Option<bool>,
+        /// Who may send you sealed-sender messages, which the gateway cannot
+        /// attribute to anyone: nobody (`off`), your contacts (`contacts`: they
+        /// learn a secret with your messages) or `anyone`.
+        #[arg(long, value_name = "off|contacts|anyone", value_parser = parse_sealed_mode)]
+        sealed_sender: Option<SealedSenderMode>,
     },
     /// Print the safety number(s) to compare with a contact out of band.
     SafetyNumber {
@@ -326,6 +332,16 @@ enum PlacementCommand {
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         timeout: u64,
     },
+}
+
+/// `off`, `contacts` or `anyone`.
+fn parse_sealed_mode(s: &str) -> std::result::Result<SealedSenderMode, String> {
+    match s {
+        "off" => Ok(SealedSenderMode::Off),
+        "contacts" => Ok(SealedSenderMode::Contacts),
+        "anyone" => Ok(SealedSenderMode::Anyone),
+        other => Err(format!("expected off, contacts or anyone, not {other:?}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -1128,13 +1144,22 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
             discoverable,
             contacts_only,
             read_receipts,
+            sealed_sender,
         } => {
             if let Some(on) = read_receipts {
                 client.set_read_receipts(on).await?;
             }
+            if let Some(mode) = sealed_sender {
+                client.set_sealed_sender(mode).await?;
+            }
             let s = client.update_settings(discoverable, contacts_only).await?;
+            let sealed = match client.sealed_sender_mode().await {
+                SealedSenderMode::Off => "off",
+                SealedSenderMode::Contacts => "contacts",
+                SealedSenderMode::Anyone => "anyone",
+            };
             out(format!(
-                "discoverable {} contacts-only {} read-receipts {}",
+                "discoverable {} contacts-only {} read-receipts {} sealed-sender {sealed}",
                 s.discoverable,
                 s.contacts_only,
                 client.read_receipts().await
@@ -1683,7 +1708,8 @@ mod tests {
             Command::Settings {
                 discoverable: Some(false),
                 contacts_only: None,
-                read_receipts: None
+                read_receipts: None,
+                sealed_sender: None,
             }
         ));
     }

@@ -208,6 +208,7 @@ scalar_fields!(State, state_changed, state_values, apply_state_fields, {
     16 => ca_cert_der,
     24 => read_receipts_off,
     20 => uploads,
+    26 => sealed_sender,
 });
 
 // Every field of `GroupsState` except `mls_storage` (keyed) and the repeated ones.
@@ -624,6 +625,11 @@ mod tests {
         full.uploads = Some(crate::attachments::PendingUploads {
             uploads: vec![crate::attachments::PendingUpload::default()],
         });
+        full.sealed_sender = Some(crate::sealed::SealedSenderState {
+            access_secret: vec![7; 32],
+            anyone: true,
+            ..crate::sealed::SealedSenderState::default()
+        });
         let groups = full.groups.as_mut().unwrap();
         groups.signature_public = vec![6];
         groups.processed_through = 1;
@@ -664,6 +670,7 @@ mod tests {
             read_receipts_off: _,
             sent_log: _,
             uploads: _,
+            sealed_sender: _,
         } = full;
         let GroupsState {
             signature_public: _,

@@ -307,6 +307,7 @@ mod tests {
         let sender = DeviceKeys::generate();
         let header = header(0x77);
         let content = pb::Content {
+            access_secret: Vec::new(),
             sent_at_ms: 1_700_000_000_000,
             body: Some(Body::Text("hello, three devices".into())),
         };
@@ -450,6 +451,7 @@ mod tests {
         // A second message from the same sender to the same devices.
         let header2 = header(0x78);
         let content2 = pb::Content {
+            access_secret: Vec::new(),
             sent_at_ms: 1,
             body: Some(Body::Text("second".into())),
         };
@@ -526,6 +528,7 @@ mod tests {
         for content in [
             pb::Content::default(),
             pb::Content {
+                access_secret: Vec::new(),
                 sent_at_ms: 5,
                 body: Some(Body::Mls(vec![0xab; 100_000])),
             },

@@ -365,6 +365,18 @@ pub fn open_sealed_envelope(
     at_ms: u64,
 ) -> std::result::Result<OpenedSealed, SealedError> {
     let unsealed = unseal_sender(keys, recipient_box, my_device, outer)?;
+    open_unsealed(keys, my_device, unsealed, certificate_keys, at_ms)
+}
+
+/// The checks of [`open_sealed_envelope`] after [`unseal_sender`], for callers
+/// that look the certificate keys up by the version the certificate names.
+pub fn open_unsealed(
+    keys: &DeviceKeys,
+    my_device: &[u8; ID_LEN],
+    unsealed: Unsealed,
+    certificate_keys: &[(u32, [u8; 32])],
+    at_ms: u64,
+) -> std::result::Result<OpenedSealed, SealedError> {
     let sender = verify_certificate(&unsealed.certificate, certificate_keys, at_ms)?;
     if unsealed.envelope.sender_box != sender.box_id
         || unsealed.envelope.sender_device != sender.device_id

@@ -38,6 +38,7 @@ fn certificate(w: &World, expires: u64) -> pb::SenderCertificate {
 
 fn content(text: &str) -> pb::Content {
     pb::Content {
+        access_secret: Vec::new(),
         sent_at_ms: T,
         body: Some(pb::content::Body::Text(text.into())),
     }
