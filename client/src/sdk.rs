@@ -2081,9 +2081,8 @@ impl Client {
     }
 }
 
-/// Pings a gateway over a connection (no state or credentials needed).
-pub async fn ping(conn: &Connection) -> Result<Pong> {
-    let start = Instant::now();
+/// Ping's whole answer.
+pub(crate) async fn ping_response(conn: &Connection) -> Result<pb::PingResponse> {
     let body = conn
         .call_ok(
             Method::Ping,
@@ -2092,7 +2091,13 @@ pub async fn ping(conn: &Connection) -> Result<Pong> {
             Duration::ZERO,
         )
         .await?;
-    let response: pb::PingResponse = decode(&body, "ping response")?;
+    decode(&body, "ping response")
+}
+
+/// Pings a gateway over a connection (no state or credentials needed).
+pub async fn ping(conn: &Connection) -> Result<Pong> {
+    let start = Instant::now();
+    let response = ping_response(conn).await?;
     Ok(Pong {
         server_time_ms: response.server_time_ms,
         region: response.region,

@@ -283,16 +283,7 @@ impl Client {
         let keys = if known.iter().any(|k| k.version == want) {
             known
         } else {
-            let body = self
-                .conn
-                .call_ok(
-                    Method::Ping,
-                    &pb::PingRequest {}.encode_to_vec(),
-                    None,
-                    Duration::ZERO,
-                )
-                .await?;
-            let pong: pb::PingResponse = decode(&body, "ping response")?;
+            let pong = crate::sdk::ping_response(&self.conn).await?;
             let mut store = self.store.lock().await;
             store
                 .state

@@ -69,6 +69,31 @@ impl EnvelopeHeader {
     }
 }
 
+/// The one key wrap for `my_device` among `keys` (of a message `what`): none or
+/// two are errors, as is a wrap without its sealed key.
+pub(crate) fn wrap_for<'a>(
+    keys: &'a [pb::WrappedKey],
+    my_device: &[u8; 16],
+    what: &'static str,
+) -> Result<&'a pb::Sealed> {
+    let mut mine = keys
+        .iter()
+        .filter(|w| w.device_id.as_slice() == my_device.as_slice());
+    let wrap = mine
+        .next()
+        .ok_or_else(|| Error::Crypto("envelope holds no key for this device".into()))?;
+    if mine.next().is_some() {
+        return Err(Error::Malformed {
+            what,
+            detail: "two keys for one device".into(),
+        });
+    }
+    wrap.sealed.as_ref().ok_or_else(|| Error::Malformed {
+        what,
+        detail: "wrapped key without sealed key".into(),
+    })
+}
+
 /// The seal context of the content-key wrap for `device_id`:
 /// `CONTEXT_CONTENT_KEY || sender_box || sender_device || message_id || device_id`.
 #[must_use]
@@ -165,23 +190,7 @@ pub fn open_envelope(
         .map_err(|_| Error::Crypto("envelope signature does not verify".into()))?;
 
     let header = EnvelopeHeader::from_envelope(envelope)?;
-    let mut mine = envelope
-        .keys
-        .iter()
-        .filter(|w| w.device_id.as_slice() == my_device.as_slice());
-    let wrap = mine
-        .next()
-        .ok_or_else(|| Error::Crypto("envelope holds no key for this device".into()))?;
-    if mine.next().is_some() {
-        return Err(Error::Malformed {
-            what: "Envelope",
-            detail: "two keys for one device".into(),
-        });
-    }
-    let sealed = wrap.sealed.as_ref().ok_or_else(|| Error::Malformed {
-        what: "Envelope",
-        detail: "wrapped key without sealed key".into(),
-    })?;
+    let sealed = wrap_for(&envelope.keys, my_device, "Envelope")?;
     let content_key: [u8; AEAD_KEY_LEN] = open(keys, &wrap_context(&header, my_device), sealed)?
         .as_slice()
         .try_into()

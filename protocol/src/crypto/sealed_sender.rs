@@ -16,7 +16,7 @@
 //! shares only with its contacts (or by the recipient accepting sealed sends
 //! from anyone). docs/security.md ("Sealed sender") specifies every byte.
 
-use super::envelope::{ENVELOPE_VERSION, ID_LEN, RecipientDevice, open_envelope};
+use super::envelope::{ENVELOPE_VERSION, ID_LEN, RecipientDevice, open_envelope, wrap_for};
 use super::keys::{DeviceKeys, PublicKeys, SIGNATURE_LEN};
 use super::seal::{AEAD_KEY_LEN, aead_open, aead_seal, open, seal};
 use crate::error::{Error, Result};
@@ -273,23 +273,7 @@ pub fn unseal_sender(
         .sealed_sender
         .as_ref()
         .ok_or_else(|| Error::Crypto("not a sealed-sender envelope".into()))?;
-    let mut mine = sealed
-        .keys
-        .iter()
-        .filter(|w| w.device_id.as_slice() == my_device.as_slice());
-    let wrap = mine
-        .next()
-        .ok_or_else(|| Error::Crypto("envelope holds no key for this device".into()))?;
-    if mine.next().is_some() {
-        return Err(Error::Malformed {
-            what: "SealedSender",
-            detail: "two keys for one device".into(),
-        });
-    }
-    let wrapped = wrap.sealed.as_ref().ok_or_else(|| Error::Malformed {
-        what: "SealedSender",
-        detail: "wrapped key without sealed key".into(),
-    })?;
+    let wrapped = wrap_for(&sealed.keys, my_device, "SealedSender")?;
     let key: [u8; AEAD_KEY_LEN] = open(
         keys,
         &wrap_context(recipient_box, &outer.message_id, my_device),
