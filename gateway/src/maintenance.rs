@@ -73,6 +73,9 @@ const SWEEP_BATCH: usize = 1024;
 /// Blob expiry entries read per batch.
 const BLOB_BATCH: usize = 64;
 
+/// Pending registrations read per batch.
+const REGISTRATION_BATCH: usize = 256;
+
 /// Purge entries read per batch.
 const PURGE_BATCH: usize = 64;
 
@@ -336,7 +339,42 @@ impl Maintenance {
                     self.sweep(shard, now_ms, deadline).await;
                     self.sweep_blobs(shard, now_ms, deadline).await;
                 }
-                MaintenanceJob::Purge => self.purge(deadline).await,
+                MaintenanceJob::Purge => {
+                    self.purge(deadline).await;
+                    self.sweep_registrations(now_ms, deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Deletes the region's pending registrations whose code expired (with the
+    /// purge job: both remove what nobody will come back for).
+    async fn sweep_registrations(&self, now_ms: u64, deadline: Instant) {
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            if Instant::now() >= deadline {
+                return;
+            }
+            match self
+                .store
+                .sweep_registrations(self.region, now_ms, from.as_deref(), REGISTRATION_BATCH)
+                .await
+            {
+                Ok(swept) => {
+                    self.metrics.maintenance_work(
+                        "registrations",
+                        "deleted",
+                        u64::try_from(swept.deleted).unwrap_or(u64::MAX),
+                    );
+                    match swept.next {
+                        Some(next) => from = Some(next),
+                        None => return,
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "sweeping expired registrations failed; retried at the next round");
+                    return;
+                }
             }
         }
     }
@@ -657,6 +695,71 @@ mod tests {
             .filter(|(_, id)| **id == g.name())
             .map(|(job, _)| *job)
             .collect()
+    }
+
+    /// Stores a pending registration for `n` whose code expires at `expires`,
+    /// asking for `region`.
+    async fn pending(store: &Store, n: u32, expires: u64, region: u16) {
+        use rossby_storage::tables::records::PendingRegistration;
+        use rossby_storage::tables::registrations;
+        let id = rossby_keyspace::Identifier::parse(&format!("u{n}@example.com")).unwrap();
+        let digest = store.hasher.current(&id);
+        let record = PendingRegistration {
+            expires_at_ms: expires,
+            region: u32::from(region),
+            ..PendingRegistration::default()
+        };
+        transact!(store, |txn| registrations::store_pending(
+            txn, &digest, &record
+        )
+        .await)
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_purge_job_deletes_the_regions_expired_registrations() {
+        let store = store();
+        let metrics = Arc::new(Metrics::new());
+        let m = Maintenance::new(
+            store.clone(),
+            REGION,
+            [9; 16],
+            "127.0.0.1:7400".into(),
+            None,
+            Duration::from_secs(5),
+            LEASE,
+            metrics.clone(),
+        );
+        // 600 expired (more than two batches), 5 still valid, 7 expired but
+        // asking for another region (that region's maintenance deletes them).
+        for n in 0..600 {
+            pending(&store, n, T0 - 1, 1).await;
+        }
+        for n in 600..605 {
+            pending(&store, n, T0 + 60_000, 1).await;
+        }
+        for n in 605..612 {
+            pending(&store, n, T0 - 1, 2).await;
+        }
+        let count = || async {
+            let range = rossby_keyspace::Key::registration_range();
+            transact!(store, |txn| Ok(txn
+                .scan(&range, 10_000, rossby_storage::ScanOrder::Forward)
+                .await?
+                .len()))
+            .unwrap()
+        };
+        assert_eq!(count().await, 612);
+        m.round(T0).await;
+        assert_eq!(count().await, 12);
+        let deleted = metrics
+            .maintenance_work_total
+            .with_label_values(&["registrations", "deleted"])
+            .get();
+        assert_eq!(deleted, 600);
+        // Once the others expire, they go too.
+        m.round(T0 + 120_000).await;
+        assert_eq!(count().await, 7);
     }
 
     #[tokio::test]

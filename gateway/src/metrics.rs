@@ -93,7 +93,8 @@ pub const MAINTENANCE_JOBS: &[&str] = &["expiry", "purge"];
 /// The (`task`, `kind`) labels of `rossby_maintenance_work_total`, exported from
 /// the start at 0: expiry index entries processed, envelopes and dedup records
 /// they deleted; boxes purged and the purge transactions that took; attachment
-/// blobs deleted, and due entries of blobs a send had kept alive.
+/// blobs deleted, and due entries of blobs a send had kept alive; expired
+/// pending registrations deleted.
 pub const MAINTENANCE_WORK: &[(&str, &str)] = &[
     ("expiry", "entries"),
     ("expiry", "envelopes"),
@@ -102,6 +103,7 @@ pub const MAINTENANCE_WORK: &[(&str, &str)] = &[
     ("purge", "steps"),
     ("blobs", "deleted"),
     ("blobs", "kept"),
+    ("registrations", "deleted"),
 ];
 
 /// The `kind` labels of `rossby_storage_errors_total` that storage operations

@@ -685,6 +685,11 @@ impl Key {
     pub fn lookup_range() -> KeyRange {
         KeyRange::prefix(&[GLOBAL, GLOBAL_LOOKUP])
     }
+
+    /// The pending registrations of every pepper version.
+    pub fn registration_range() -> KeyRange {
+        KeyRange::prefix(&[GLOBAL, GLOBAL_REGISTRATION])
+    }
 }
 
 /// The key range of all global data (the lookup table): replicated to every region,

@@ -13,9 +13,9 @@ use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope, Sender};
 use rossby_storage::tables::records::{AcceptFrom, Marker, QueueHead};
-use rossby_storage::tables::records::{IdentRecord, PendingIdentifier};
+use rossby_storage::tables::records::{IdentRecord, PendingIdentifier, PendingRegistration};
 use rossby_storage::tables::{
-    Limits, Record, Store, Tx, devices, identifiers, keypackages, lifecycle, lookup,
+    Limits, Record, Store, Tx, devices, identifiers, keypackages, lifecycle, lookup, registrations,
 };
 use rossby_storage::{Error, ScanOrder, transact};
 use std::collections::BTreeSet;
@@ -41,6 +41,7 @@ backends::on_every_backend!(
     concurrent_claims_never_hand_out_a_package_twice,
     settings_control_who_may_send,
     sealed_senders_need_the_access_key_and_leave_no_trace,
+    expired_registrations_are_swept_per_region_in_bounded_steps,
     account_deletion_removes_everything,
     interrupted_purges_are_resumed,
     deletion_racing_with_sends_leaves_nothing_behind,
@@ -905,6 +906,55 @@ async fn sealed_senders_need_the_access_key_and_leave_no_trace(store: &Store) {
         .await
         .unwrap();
     assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
+}
+
+async fn expired_registrations_are_swept_per_region_in_bounded_steps(store: &Store) {
+    // (expires at, requested region): region 0 is any region's.
+    let cases = [
+        (T0 - 1, 1u32, false),
+        (T0 - 1, 0, false),
+        (T0 + 1, 1, true),
+        (T0 - 1, 2, true),
+        (T0, 1, false),
+    ];
+    let mut digests = Vec::new();
+    for (n, (expires, region, _)) in cases.iter().enumerate() {
+        let id = Identifier::parse(&format!("pending{n}@example.com")).unwrap();
+        let digest = store.hasher.current(&id);
+        let record = PendingRegistration {
+            expires_at_ms: *expires,
+            region: *region,
+            ..PendingRegistration::default()
+        };
+        transact!(store, |txn| registrations::store_pending(
+            txn, &digest, &record
+        )
+        .await)
+        .unwrap();
+        digests.push(digest);
+    }
+    // Two per step: the cursor walks the whole range.
+    let mut from: Option<Vec<u8>> = None;
+    let mut deleted = 0;
+    let mut steps = 0;
+    loop {
+        let swept = store
+            .sweep_registrations(REGION, T0, from.as_deref(), 2)
+            .await
+            .unwrap();
+        deleted += swept.deleted;
+        steps += 1;
+        match swept.next {
+            Some(next) => from = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(deleted, 3);
+    assert!(steps >= 3, "bounded steps: {steps}");
+    for (digest, (_, _, kept)) in digests.iter().zip(cases) {
+        let left = transact!(store, |txn| registrations::pending(txn, digest).await).unwrap();
+        assert_eq!(left.is_some(), kept);
+    }
 }
 
 async fn settings_control_who_may_send(store: &Store) {

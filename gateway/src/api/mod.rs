@@ -1104,13 +1104,16 @@ mod tests {
 
     #[tokio::test]
     async fn requests_from_other_home_regions_are_told_their_region() {
-        let env = TestEnv::new();
+        let env = TestEnv::with(TestSettings {
+            three_regions: true,
+            ..TestSettings::default()
+        });
         let device = TestEnv::new_device();
         let req = pb::RegisterRequest {
             identifier: "far@example.com".into(),
             device_id: device.device_id.as_bytes().to_vec(),
             keys: Some(device.keys.bundle()),
-            region: 7,
+            region: 3,
             ..pb::RegisterRequest::default()
         };
         assert_eq!(
@@ -1123,13 +1126,42 @@ mod tests {
             .await;
         let authorized: pb::AuthorizeResponse = TestEnv::body(&resp);
         let box_id = BoxId::try_from_slice(&authorized.box_id).unwrap();
-        assert_eq!(box_id.home_region(), rossby_keyspace::RegionId(7));
+        assert_eq!(box_id.home_region(), rossby_keyspace::RegionId(3));
         let far = TestEnv::open_credentials(&device, box_id, &authorized.sealed_credentials);
         let resp = env
             .call_as(&far, 1, Method::ListDevices, &pb::ListDevicesRequest {})
             .await;
         assert_eq!(status_of(&resp), Status::Ok);
-        assert_eq!(resp.home_region, 7);
+        assert_eq!(resp.home_region, 3);
+    }
+
+    #[tokio::test]
+    async fn without_a_topology_only_the_own_region_is_accepted() {
+        let env = TestEnv::new();
+        let register = |identifier: &str, region: u32| {
+            let device = TestEnv::new_device();
+            pb::RegisterRequest {
+                identifier: identifier.into(),
+                device_id: device.device_id.as_bytes().to_vec(),
+                keys: Some(device.keys.bundle()),
+                region,
+                ..pb::RegisterRequest::default()
+            }
+        };
+        let resp = env
+            .call(1, Method::Register, &register("far@example.com", 7))
+            .await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+        assert!(resp.message.contains("no topology"), "{}", resp.message);
+        // Nothing was stored and no code was sent.
+        assert!(env.code_lines().is_empty());
+        let own = u32::from(env.region().0);
+        for (identifier, region) in [("near@example.com", own), ("default@example.com", 0)] {
+            let resp = env
+                .call(1, Method::Register, &register(identifier, region))
+                .await;
+            assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        }
     }
 
     #[test]

@@ -232,7 +232,9 @@ pub(crate) async fn register(
     let device_id = parse_device_id(&req.device_id)?;
     let bundle = check_bundle(req.keys.as_ref())?;
     check_label(&req.device_label)?;
-    super::routing::region_for_new_box(&shared.settings, req.region)?;
+    // Stored resolved, so the pending record names the region whose
+    // maintenance deletes it once its code expired.
+    let region = super::routing::region_for_new_box(&shared.settings, req.region)?;
     let store = &shared.store;
     let digest = store.hasher.current(&id);
     let issued = issue_code(shared, &digest)?;
@@ -245,7 +247,7 @@ pub(crate) async fn register(
         key_bundle: bundle.encode_to_vec(),
         label: req.device_label.clone(),
         recover: req.recover,
-        region: req.region,
+        region: u32::from(region.0),
         created_at_ms: now,
     };
     let recover = req.recover;

@@ -24,7 +24,18 @@ pub(crate) fn region_for_new_box(
             rossby_replication::routing::region_for_new_box(topology, settings.region, requested)
                 .map_err(|e| Failure::bad_request(format!("region: {e}")))
         }
-        None => Ok(requested.unwrap_or(settings.region)),
+        // Without a topology this gateway knows only its own region, and only
+        // its own region's maintenance runs here: a box homed elsewhere would
+        // never be swept.
+        None => match requested {
+            None => Ok(settings.region),
+            Some(r) if r == settings.region => Ok(r),
+            Some(r) => Err(Failure::bad_request(format!(
+                "region {} is not served here: this gateway has no topology and serves \
+                 region {} only",
+                r.0, settings.region.0
+            ))),
+        },
     }
 }
 

@@ -36,6 +36,8 @@ pub(crate) struct TestSettings {
     pub registrations: Option<(f64, f64)>,
     pub discovery: Option<(f64, f64)>,
     pub sealed: Option<(f64, f64)>,
+    /// The deployment's regions (docs/examples/three-regions.toml when set).
+    pub three_regions: bool,
 }
 
 impl Default for TestSettings {
@@ -51,6 +53,7 @@ impl Default for TestSettings {
             registrations: None,
             discovery: None,
             sealed: None,
+            three_regions: false,
         }
     }
 }
@@ -132,6 +135,12 @@ impl TestEnv {
             discovery_per_device: rate(t.discovery),
             sealed_per_recipient: rate(t.sealed),
         };
+        if t.three_regions {
+            let example = include_str!("../../../docs/examples/three-regions.toml");
+            settings.topology = Some(Arc::new(
+                rossby_replication::Topology::parse(example).expect("the example topology"),
+            ));
+        }
         let region = settings.region;
         let kv: Kv = Arc::new(MemoryStore::new());
         let hasher = LookupHasher::new(

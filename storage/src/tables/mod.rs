@@ -269,6 +269,21 @@ impl Store {
         Ok(())
     }
 
+    /// One bounded step of deleting `region`'s expired pending registrations
+    /// (see [`registrations::sweep_expired`]).
+    pub async fn sweep_registrations(
+        &self,
+        region: RegionId,
+        now_ms: u64,
+        from: Option<&[u8]>,
+        batch: usize,
+    ) -> Result<registrations::SweptRegistrations> {
+        transact!(self, |txn| registrations::sweep_expired(
+            txn, region, now_ms, from, batch
+        )
+        .await)
+    }
+
     /// Purges every box of `region` awaiting its purge (deletions whose purge has
     /// not run yet or was interrupted) until none is left. Returns how many boxes
     /// were purged. Gateways do this in bounded rounds under the region's purge

@@ -15,10 +15,12 @@
 //! [`super::lifecycle::recover_account`]), so a code is
 //! accepted at most once.
 
+use super::Record;
 use super::records::PendingRegistration;
 use super::tx::{SharedKey, Tx};
 use crate::error::{Error, Result};
-use rossby_keyspace::LookupDigest;
+use crate::kv::{KeyRange, ScanOrder};
+use rossby_keyspace::{Key, LookupDigest, RegionId};
 
 /// The pending registration of the identifier with this digest, if any (expired
 /// ones included: the caller decides what expiry means).
@@ -53,4 +55,74 @@ pub async fn record_wrong_attempt(txn: &mut Tx<'_>, digest: &LookupDigest) -> Re
     record.attempts = record.attempts.saturating_add(1);
     store_pending(txn, digest, &record).await?;
     Ok(record.attempts)
+}
+
+/// What one step of [`sweep_expired`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweptRegistrations {
+    /// Expired pending registrations deleted.
+    pub deleted: usize,
+    /// Where the next step starts; `None` when the range is done.
+    pub next: Option<Vec<u8>>,
+}
+
+/// Deletes, among at most `batch` pending registrations from `from` (a key, or
+/// the start of the range), those whose code expired before `now_ms` and that
+/// belong to `region`: the home region they asked for, or any region for
+/// records that name none. Each region's maintenance sweeps its own, so the
+/// global range is not swept by every region at once. The deletion is decided
+/// on what this transaction read, and it writes the key, so a Register or an
+/// Authorize of the same identifier racing with it conflicts instead of being
+/// lost.
+pub async fn sweep_expired(
+    txn: &mut Tx<'_>,
+    region: RegionId,
+    now_ms: u64,
+    from: Option<&[u8]>,
+    batch: usize,
+) -> Result<SweptRegistrations> {
+    let all = Key::registration_range();
+    let range = match from {
+        Some(start) => KeyRange {
+            start: start.to_vec(),
+            end: all.end.clone(),
+        },
+        None => all,
+    };
+    let pairs = txn.scan(&range, batch.max(1), ScanOrder::Forward).await?;
+    let next = (pairs.len() >= batch.max(1))
+        .then(|| pairs.last().map(|(key, _)| successor(key)))
+        .flatten();
+    let mut deleted = 0;
+    for (key, value) in pairs {
+        let Ok(Key::Registration {
+            pepper_version,
+            digest,
+        }) = Key::decode(&key)
+        else {
+            continue;
+        };
+        // A record that does not decode is left for its identifier's next
+        // Register to overwrite.
+        let Ok(record) = PendingRegistration::from_stored(&value) else {
+            continue;
+        };
+        let mine = record.region == 0 || record.region == u32::from(region.0);
+        if mine && record.expires_at_ms <= now_ms {
+            txn.delete_shared(SharedKey::Registration {
+                pepper_version,
+                digest,
+            })
+            .await?;
+            deleted += 1;
+        }
+    }
+    Ok(SweptRegistrations { deleted, next })
+}
+
+/// The smallest key after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
 }
