@@ -173,6 +173,8 @@ pub enum Table {
     BlobUsage = 0x13,
     /// The wake-up push token of a device, with its wake-up state.
     PushToken = 0x14,
+    /// Removed devices' last credential key versions.
+    RetiredDevice = 0x15,
 }
 
 impl Table {
@@ -198,6 +200,7 @@ impl Table {
             0x12 => Table::BlobPart,
             0x13 => Table::BlobUsage,
             0x14 => Table::PushToken,
+            0x15 => Table::RetiredDevice,
             _ => return Err(Error::MalformedKey("unknown box table")),
         })
     }
@@ -286,6 +289,9 @@ pub enum Key {
     /// The wake-up push token of a device (APNs, FCM or Web Push) and when it
     /// was last woken.
     PushToken(BoxId, DeviceId),
+    /// The last credential key version of a device removed from the box, so a
+    /// device linked again under the same id never gets that version again.
+    RetiredDevice(BoxId, DeviceId),
     /// Attachment expiry index entry, in the home region of the box: the blob
     /// is due for deletion at `expires_at_ms` unless its record says later.
     BlobExpiry {
@@ -381,6 +387,7 @@ impl Key {
             | Key::BlobPart(b, _, _)
             | Key::BlobUsage(b)
             | Key::PushToken(b, _)
+            | Key::RetiredDevice(b, _)
             | Key::BlobExpiry { box_id: b, .. }
             | Key::Purge(b) => Some(b),
         }
@@ -445,6 +452,9 @@ impl Key {
             }
             Key::BlobUsage(b) => table_prefix(b, Table::BlobUsage),
             Key::PushToken(b, d) => with(table_prefix(b, Table::PushToken), &[d.as_bytes()]),
+            Key::RetiredDevice(b, d) => {
+                with(table_prefix(b, Table::RetiredDevice), &[d.as_bytes()])
+            }
             Key::BlobExpiry {
                 shard,
                 expires_at_ms,
@@ -584,6 +594,7 @@ impl Key {
             Table::BlobPart => Key::BlobPart(b, r.array()?, r.u32()?),
             Table::BlobUsage => Key::BlobUsage(b),
             Table::PushToken => Key::PushToken(b, r.device()?),
+            Table::RetiredDevice => Key::RetiredDevice(b, r.device()?),
         })
     }
 
@@ -870,6 +881,7 @@ mod tests {
                 .prop_map(|(b, x, i)| Key::BlobPart(b, x, i)),
             any_box().prop_map(Key::BlobUsage),
             (any_box(), any_device()).prop_map(|(b, d)| Key::PushToken(b, d)),
+            (any_box(), any_device()).prop_map(|(b, d)| Key::RetiredDevice(b, d)),
             (any_box(), any::<u64>(), any::<[u8; 16]>()).prop_map(|(b, t, x)| Key::BlobExpiry {
                 shard: expiry_shard(b),
                 expires_at_ms: t,
@@ -933,7 +945,7 @@ mod tests {
                 | Key::Presence(b, _) | Key::GroupEpoch(b, _) | Key::ClaimedKeyPackage(b, _, _)
                 | Key::PendingIdentifier(b, _, _)
                 | Key::Blob(b, _) | Key::BlobPart(b, _, _) | Key::BlobUsage(b)
-                | Key::PushToken(b, _) => {
+                | Key::PushToken(b, _) | Key::RetiredDevice(b, _) => {
                     prop_assert!(Key::box_range(b).contains(&bytes));
                     b.home_region()
                 }

@@ -284,6 +284,8 @@ enum Outcome {
     Done {
         box_id: BoxId,
         version: u64,
+        /// The device's credential key version.
+        key_version: u32,
         bundle: pb::KeyBundle,
         recovered: bool,
         purge_left: bool,
@@ -346,6 +348,7 @@ pub(crate) async fn authorize(
                 Ok(Outcome::Done {
                     box_id,
                     version,
+                    key_version: key_version_of(txn, box_id, device_id).await?,
                     bundle,
                     recovered: true,
                     purge_left: !complete,
@@ -372,6 +375,7 @@ pub(crate) async fn authorize(
                 Ok(Outcome::Done {
                     box_id,
                     version,
+                    key_version: key_version_of(txn, box_id, device_id).await?,
                     bundle,
                     recovered: false,
                     purge_left: false,
@@ -395,6 +399,7 @@ pub(crate) async fn authorize(
         Outcome::Done {
             box_id,
             version,
+            key_version,
             bundle,
             recovered,
             purge_left,
@@ -408,7 +413,7 @@ pub(crate) async fn authorize(
             if purge_left {
                 purge_dropped_queue(shared, box_id).await;
             }
-            let sealed = sealed_credentials(shared, &bundle, box_id, device_id, FIRST_KEY_VERSION)?;
+            let sealed = sealed_credentials(shared, &bundle, box_id, device_id, key_version)?;
             Ok(pb::AuthorizeResponse {
                 box_id: box_id.as_bytes().to_vec(),
                 sealed_credentials: sealed,
@@ -446,6 +451,18 @@ async fn purge_dropped_queue(shared: &Shared, box_id: BoxId) {
     }
 }
 
+/// The credential key version of a device just added (a device id used before
+/// in the box continues above its old version).
+async fn key_version_of(
+    txn: &mut rossby_storage::tables::Tx<'_>,
+    box_id: BoxId,
+    device_id: DeviceId,
+) -> rossby_storage::Result<u32> {
+    Ok(devices::get_device(txn, box_id, device_id)
+        .await?
+        .map_or(FIRST_KEY_VERSION, |d| d.credential_version))
+}
+
 /// LinkDevice: an authorized device adds and authorizes a new device of its box.
 /// Repeating the request for a device that already exists with the same keys
 /// answers its credentials again (a retry after a lost reply).
@@ -475,7 +492,7 @@ pub(crate) async fn link_device(
             None => {
                 devices::add(txn, limits, box_id, device_id, &record, now).await?;
                 let version = devices::authorize(txn, box_id, device_id, now).await?;
-                Ok((version, record.credential_version))
+                Ok((version, key_version_of(txn, box_id, device_id).await?))
             }
         }
     }
@@ -874,5 +891,42 @@ mod tests {
             .authorize_request("carol@example.com", &carol, &code)
             .await;
         assert_eq!(status_of(&resp), Status::InvalidCode);
+    }
+
+    #[tokio::test]
+    async fn a_device_linked_again_never_gets_its_old_credentials_back() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let phone = TestEnv::new_device();
+        let link =
+            |resp: &pb::Response| TestEnv::body::<pb::LinkDeviceResponse>(resp).sealed_credentials;
+        let resp = env.link_request(&alice, &phone, "phone").await;
+        let first = TestEnv::open_credentials(&phone, alice.box_id, &link(&resp));
+        let list = pb::ListDevicesRequest {};
+        let works = |resp: pb::Response| status_of(&resp) == Status::Ok;
+        assert!(works(
+            env.call_as(&first, 1, Method::ListDevices, &list).await
+        ));
+        let remove = pb::RemoveDeviceRequest {
+            device_id: phone.device_id.as_bytes().to_vec(),
+        };
+        assert!(works(
+            env.call_as(&alice, 1, Method::RemoveDevice, &remove).await
+        ));
+        // Linked again under the same id and keys: a new key version, so the
+        // credentials from before the removal stay refused.
+        let resp = env.link_request(&alice, &phone, "phone").await;
+        let second = TestEnv::open_credentials_of_version(&phone, alice.box_id, &link(&resp), 2);
+        let old = env.call_as(&first, 1, Method::ListDevices, &list).await;
+        assert_eq!(status_of(&old), Status::Unauthenticated);
+        assert!(works(
+            env.call_as(&second, 1, Method::ListDevices, &list).await
+        ));
+        // And once more: version 3.
+        assert!(works(
+            env.call_as(&alice, 1, Method::RemoveDevice, &remove).await
+        ));
+        let resp = env.link_request(&alice, &phone, "phone").await;
+        TestEnv::open_credentials_of_version(&phone, alice.box_id, &link(&resp), 3);
     }
 }

@@ -345,6 +345,16 @@ impl TestEnv {
 
     /// Opens sealed credentials and checks they name the device.
     pub fn open_credentials(device: &NewDevice, box_id: BoxId, sealed: &[u8]) -> TestDevice {
+        Self::open_credentials_of_version(device, box_id, sealed, 1)
+    }
+
+    /// [`TestEnv::open_credentials`] for credentials of key version `key_version`.
+    pub fn open_credentials_of_version(
+        device: &NewDevice,
+        box_id: BoxId,
+        sealed: &[u8],
+        key_version: u32,
+    ) -> TestDevice {
         let sealed = pb::Sealed::decode(sealed).expect("sealed credentials");
         let plain = open(&device.keys, CONTEXT_CREDENTIALS, &sealed).expect("credentials open");
         let creds = pb::Credentials::decode(plain.as_slice()).expect("credentials");
@@ -353,7 +363,7 @@ impl TestEnv {
             crate::auth::keys::CredentialId {
                 box_id,
                 device: device.device_id,
-                key_version: 1,
+                key_version,
                 secret_version: 1,
             }
             .to_string()

@@ -6,7 +6,7 @@
 //! and a device-list change to the same box always conflict: a send can never
 //! commit against a device list that changed under it.
 
-use super::records::{Device, Pointer, QueueHead};
+use super::records::{Device, Pointer, QueueHead, RetiredDevice};
 use super::tx::{BoxHandle, Tx};
 use super::{Limits, Record, decode_key};
 use crate::error::{Error, Result};
@@ -33,7 +33,9 @@ pub(crate) async fn bump_device_list(
 
 /// Adds a device. Its queue pointer starts at the box's current last sequence
 /// number (set in the same transaction), so it receives only messages sent after
-/// it was added. Returns the new device-list version.
+/// it was added. A device id removed from the box before gets a credential key
+/// version above the one it had (read the stored record for it). Returns the
+/// new device-list version.
 pub async fn add(
     txn: &mut Tx<'_>,
     limits: &Limits,
@@ -65,6 +67,15 @@ pub async fn add(
     };
     let mut record = record.clone();
     record.created_at_ms = now_ms;
+    // A device id used before in this box continues above its last key
+    // version: credentials issued before its removal must not work again.
+    if let Some(retired) = txn
+        .get::<RetiredDevice>(&Key::RetiredDevice(box_id, device_id))
+        .await?
+        && record.credential_version <= retired.credential_version
+    {
+        record.credential_version = retired.credential_version.saturating_add(1);
+    }
     txn.put(&handle, &Key::Device(box_id, device_id), &record)
         .await?;
     txn.put(&handle, &Key::Pointer(box_id, device_id), &pointer)

@@ -7,7 +7,7 @@
 //! steps and the guards they take are in one place. Every flow runs inside the
 //! caller's transaction.
 
-use super::records::{Device, LowWater, Marker, QueueHead};
+use super::records::{Device, LowWater, Marker, QueueHead, RetiredDevice};
 use super::tx::{BoxHandle, Tx};
 use super::{Limits, accounts, decode_key, devices, identifiers, keypackages, lookup, queue};
 use crate::error::{Error, Result};
@@ -132,9 +132,16 @@ pub async fn remove_device(
     device_id: DeviceId,
 ) -> Result<u64> {
     let (handle, head) = txn.lock_next(box_id).await?;
-    if devices::get_device(txn, box_id, device_id).await?.is_none() {
+    let Some(device) = devices::get_device(txn, box_id, device_id).await? else {
         return Err(Error::DeviceNotFound);
-    }
+    };
+    // Remembered, so that linking this device id again never hands out a key
+    // version (and so credentials) it had before.
+    let retired = RetiredDevice {
+        credential_version: device.credential_version,
+    };
+    txn.put(&handle, &Key::RetiredDevice(box_id, device_id), &retired)
+        .await?;
     txn.delete(&handle, &Key::Device(box_id, device_id)).await?;
     txn.delete(&handle, &Key::Pointer(box_id, device_id))
         .await?;

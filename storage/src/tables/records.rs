@@ -27,7 +27,7 @@ pub use generated::{
 };
 pub use generated::{BlobRecord, BlobState, BlobUsage};
 pub use generated::{OutboxEntry, OutboxRecipient};
-pub use generated::{PushProvider, PushTokenRecord};
+pub use generated::{PushProvider, PushTokenRecord, RetiredDevice};
 
 /// The device-list version of an envelope that is not sealed per device (a
 /// group's MLS message, readable by every member device): it is accepted against
@@ -254,6 +254,7 @@ record! {
     BlobRecord => "blob",
     BlobUsage => "blob usage",
     PushTokenRecord => "push token",
+    RetiredDevice => "retired device",
 }
 
 #[cfg(test)]
