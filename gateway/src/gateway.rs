@@ -124,7 +124,10 @@ impl Gateway {
         // `rossby-gateway backup` reads it (for a versioned file, the whole file).
         let file_secret =
             load_or_create_secret(&config.secret_file, MIN_SECRET_BYTES, "server secret")?;
-        let backup = Arc::new(crate::backup::BackupService::new(&file_secret));
+        let backup = Arc::new(crate::backup::BackupService::new(
+            &file_secret,
+            config.api.limits.max_payload_bytes,
+        ));
         let secrets =
             crate::secret_file::load_server_secrets(&config.secret_file, config.secret_version)?;
         let hasher = crate::secret_file::load_hasher(&config.pepper_file, config.pepper_version)?;

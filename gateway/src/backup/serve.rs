@@ -23,8 +23,15 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Keys read per scan of the snapshot.
-const SCAN_BATCH: usize = 1000;
+/// Most keys read per scan of the snapshot.
+const MAX_SCAN_BATCH: usize = 1000;
+/// Bytes of keys and values one scan may hold: a scan reads at most
+/// `SCAN_BUDGET_BYTES / (largest value + RECORD_OVERHEAD)` keys, so a store of
+/// large envelopes does not pull a thousand of them into memory at once.
+const SCAN_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+/// What a stored record may carry beyond the largest payload: its key, the
+/// record's own fields and protobuf framing (generous).
+const RECORD_OVERHEAD: usize = 64 * 1024;
 /// Bytes gathered before a piece of the stream is handed to the connection.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Pieces buffered between the snapshot reader and the connection; a slow reader
@@ -36,6 +43,8 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 pub struct BackupService {
     token: String,
     running: AtomicBool,
+    /// Keys read per scan ([`SCAN_BUDGET_BYTES`]).
+    scan_batch: usize,
 }
 
 impl std::fmt::Debug for BackupService {
@@ -65,12 +74,19 @@ impl Drop for Running {
 
 impl BackupService {
     /// The endpoint of a gateway with this server secret: it accepts
-    /// [`super::backup_token`] of the secret.
-    pub fn new(server_secret: &[u8]) -> BackupService {
+    /// [`super::backup_token`] of the secret. `max_payload_bytes` is the store's
+    /// largest payload (`Limits::max_payload_bytes`), which bounds a record.
+    pub fn new(server_secret: &[u8], max_payload_bytes: usize) -> BackupService {
         BackupService {
             token: super::backup_token(server_secret),
             running: AtomicBool::new(false),
+            scan_batch: scan_batch(max_payload_bytes),
         }
+    }
+
+    /// Keys read per scan of the snapshot.
+    pub fn scan_batch(&self) -> usize {
+        self.scan_batch
     }
 
     /// Answers one `POST /backup`: `401` without the right bearer token, `501` for a
@@ -125,7 +141,14 @@ impl BackupService {
         };
         tracing::info!(backend = kv.backend(), snapshot_unix_ms, "backup started");
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        tokio::spawn(produce(txn, header, tx, lifecycle, running));
+        tokio::spawn(produce(
+            txn,
+            header,
+            tx,
+            lifecycle,
+            running,
+            self.scan_batch,
+        ));
         (
             StatusCode::OK,
             [
@@ -162,9 +185,10 @@ async fn produce(
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     lifecycle: Arc<Lifecycle>,
     running: Running,
+    scan_batch: usize,
 ) {
     let started = Instant::now();
-    match stream_snapshot(txn, header, &tx, &lifecycle).await {
+    match stream_snapshot(txn, header, &tx, &lifecycle, scan_batch).await {
         Ok((records, bytes)) => tracing::info!(
             records,
             bytes,
@@ -188,6 +212,7 @@ async fn stream_snapshot(
     header: Header,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     lifecycle: &Lifecycle,
+    scan_batch: usize,
 ) -> Result<(u64, u64), Stop> {
     let mut sent = 0u64;
     let mut out = Vec::with_capacity(CHUNK_BYTES * 2);
@@ -201,10 +226,10 @@ async fn stream_snapshot(
             return Err(Stop::Failed("the gateway began draining".into()));
         }
         let batch = txn
-            .scan(&range, SCAN_BATCH, ScanOrder::Forward)
+            .scan(&range, scan_batch, ScanOrder::Forward)
             .await
             .map_err(|e| Stop::Failed(format!("storage: {e}")))?;
-        let more = batch.len() == SCAN_BATCH;
+        let more = batch.len() == scan_batch;
         // The next batch starts at the smallest key after this batch's last one.
         let next_start = batch.last().map(|(key, _)| {
             let mut next = key.clone();
@@ -230,6 +255,12 @@ async fn stream_snapshot(
     encoder.finish(&mut out);
     sent += send(tx, &mut out).await?;
     Ok((records, sent))
+}
+
+/// Keys per scan so that one scan holds at most [`SCAN_BUDGET_BYTES`] however
+/// large the records are.
+fn scan_batch(max_payload_bytes: usize) -> usize {
+    (SCAN_BUDGET_BYTES / max_payload_bytes.saturating_add(RECORD_OVERHEAD)).clamp(1, MAX_SCAN_BATCH)
 }
 
 async fn send(
@@ -332,7 +363,8 @@ mod tests {
             assert!(chunks > 1, "{chunks} chunks");
             records
         });
-        let sent = stream_snapshot(txn, header, &tx, &lifecycle).await;
+        // Small batches (as for large records), so the snapshot spans many scans.
+        let sent = stream_snapshot(txn, header, &tx, &lifecycle, 64).await;
         assert!(matches!(sent, Ok((2500, _))));
         drop(tx);
         let records = reader.await.unwrap();
@@ -362,7 +394,33 @@ mod tests {
         let (tx, _rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let header = Header::default();
         let txn = kv.begin().await.unwrap();
-        let result = stream_snapshot(txn, header, &tx, &lifecycle).await;
+        let result = stream_snapshot(txn, header, &tx, &lifecycle, MAX_SCAN_BATCH).await;
         assert!(matches!(result, Err(Stop::Failed(reason)) if reason.contains("draining")));
+    }
+
+    #[test]
+    fn a_scan_holds_at_most_its_byte_budget() {
+        for payload in [
+            1,
+            1024,
+            64 * 1024,
+            256 * 1024,
+            1024 * 1024,
+            64 * 1024 * 1024,
+        ] {
+            let batch = scan_batch(payload);
+            assert!((1..=MAX_SCAN_BATCH).contains(&batch));
+            // Only a record larger than the whole budget is read alone.
+            if payload + RECORD_OVERHEAD <= SCAN_BUDGET_BYTES {
+                assert!(
+                    batch * (payload + RECORD_OVERHEAD) <= SCAN_BUDGET_BYTES,
+                    "{payload}"
+                );
+            } else {
+                assert_eq!(batch, 1);
+            }
+        }
+        // The default payload limit (256 KiB): 25 keys per scan, not 1000.
+        assert_eq!(scan_batch(256 * 1024), 25);
     }
 }
