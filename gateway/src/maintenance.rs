@@ -710,7 +710,10 @@ mod tests {
             ..PendingRegistration::default()
         };
         transact!(store, |txn| registrations::store_pending(
-            txn, &digest, &record
+            txn,
+            &digest,
+            rossby_keyspace::DeviceId::UNIDENTIFIED,
+            &record
         )
         .await)
         .unwrap();

@@ -234,12 +234,15 @@ pub enum Key {
         digest: [u8; 32],
     },
     /// A pending registration (verification code) of an identifier, by its lookup
-    /// digest.
+    /// digest and the device that asked: one per (identifier, device), so a
+    /// Register from another device never replaces the owner's.
     Registration {
         /// Which pepper produced the digest.
         pepper_version: u32,
         /// HMAC-SHA-256 of the identifier.
         digest: [u8; 32],
+        /// The device that asked.
+        device: DeviceId,
     },
     /// A box's profile and settings.
     Profile(BoxId),
@@ -408,10 +411,12 @@ impl Key {
             Key::Registration {
                 pepper_version,
                 digest,
+                device,
             } => {
                 let mut out = vec![GLOBAL, GLOBAL_REGISTRATION];
                 out.extend_from_slice(&pepper_version.to_be_bytes());
                 out.extend_from_slice(&digest);
+                out.extend_from_slice(device.as_bytes());
                 out
             }
             Key::Profile(b) => table_prefix(b, Table::Profile),
@@ -524,6 +529,7 @@ impl Key {
                 GLOBAL_REGISTRATION => Key::Registration {
                     pepper_version: r.u32()?,
                     digest: r.array()?,
+                    device: r.device()?,
                 },
                 _ => return Err(Error::MalformedKey("unknown global table")),
             },
@@ -826,12 +832,13 @@ mod tests {
                 pepper_version,
                 digest
             }),
-            (any::<u32>(), any::<[u8; 32]>()).prop_map(|(pepper_version, digest)| {
-                Key::Registration {
+            (any::<u32>(), any::<[u8; 32]>(), any_device()).prop_map(
+                |(pepper_version, digest, device)| Key::Registration {
                     pepper_version,
                     digest,
+                    device,
                 }
-            }),
+            ),
             any_box().prop_map(Key::Profile),
             (any_box(), any_device()).prop_map(|(b, d)| Key::Device(b, d)),
             (any_box(), any_device()).prop_map(|(b, d)| Key::Pointer(b, d)),

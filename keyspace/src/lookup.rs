@@ -44,11 +44,13 @@ impl LookupDigest {
         }
     }
 
-    /// The key of a pending registration of the identifier with this digest.
-    pub fn registration_key(&self) -> Key {
+    /// The key of the pending registration of the identifier with this digest
+    /// that `device` asked for.
+    pub fn registration_key(&self, device: crate::DeviceId) -> Key {
         Key::Registration {
             pepper_version: self.version,
             digest: self.digest,
+            device,
         }
     }
 }

@@ -927,7 +927,10 @@ async fn expired_registrations_are_swept_per_region_in_bounded_steps(store: &Sto
             ..PendingRegistration::default()
         };
         transact!(store, |txn| registrations::store_pending(
-            txn, &digest, &record
+            txn,
+            &digest,
+            DeviceId::UNIDENTIFIED,
+            &record
         )
         .await)
         .unwrap();
@@ -952,7 +955,13 @@ async fn expired_registrations_are_swept_per_region_in_bounded_steps(store: &Sto
     assert_eq!(deleted, 3);
     assert!(steps >= 3, "bounded steps: {steps}");
     for (digest, (_, _, kept)) in digests.iter().zip(cases) {
-        let left = transact!(store, |txn| registrations::pending(txn, digest).await).unwrap();
+        let left = transact!(store, |txn| registrations::pending(
+            txn,
+            digest,
+            DeviceId::UNIDENTIFIED
+        )
+        .await)
+        .unwrap();
         assert_eq!(left.is_some(), kept);
     }
 }

@@ -1090,9 +1090,14 @@ mod tests {
         let code = env.last_code("alice@example.com");
         let id = Identifier::parse("alice@example.com").unwrap();
         let digest = env.store.hasher.current(&id);
-        let pending = transact!(env.store, |txn| registrations::pending(txn, &digest).await)
-            .unwrap()
-            .unwrap();
+        let pending = transact!(env.store, |txn| registrations::pending(
+            txn,
+            &digest,
+            device.device_id
+        )
+        .await)
+        .unwrap()
+        .unwrap();
         assert_eq!(
             pending.code_mac,
             crate::auth::codes::code_mac(&SECRET, &digest.digest, &code)

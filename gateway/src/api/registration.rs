@@ -237,6 +237,20 @@ pub(crate) async fn register(
     let region = super::routing::region_for_new_box(&shared.settings, req.region)?;
     let store = &shared.store;
     let digest = store.hasher.current(&id);
+    let recover = req.recover;
+    // Refused before the identifier's code budget is touched: a Register that
+    // sends no code must not spend it (the owner's recovery would wait).
+    let already_bound = {
+        let now = now_ms();
+        transact!(store, |txn| async {
+            let bound = lookup::resolve(txn, &store.hasher, &id, now).await?;
+            Ok(bound.is_some() && !recover)
+        }
+        .await)?
+    };
+    if already_bound {
+        return Err(already_registered());
+    }
     let issued = issue_code(shared, &digest)?;
     let now = issued.now_ms;
     let record = PendingRegistration {
@@ -250,27 +264,31 @@ pub(crate) async fn register(
         region: u32::from(region.0),
         created_at_ms: now,
     };
-    let recover = req.recover;
+    // Checked again with the write: the identifier may have been bound since.
     let already_bound = transact!(store, |txn| async {
         let bound = lookup::resolve(txn, &store.hasher, &id, now).await?;
         if bound.is_some() && !recover {
             return Ok(true);
         }
-        registrations::store_pending(txn, &digest, &record).await?;
+        registrations::store_pending(txn, &digest, device_id, &record).await?;
         Ok(false)
     }
     .await)?;
     if already_bound {
-        return Err(Failure::new(
-            Status::AlreadyRegistered,
-            "this identifier is already registered: link this device from one of the account's devices, or register with recovery",
-        ));
+        return Err(already_registered());
     }
     let expires_at_ms = issued.expires_at_ms;
     deliver_code(shared, id, issued).await?;
     Ok(pb::RegisterResponse {
         code_expires_at_ms: expires_at_ms,
     })
+}
+
+fn already_registered() -> Failure {
+    Failure::new(
+        Status::AlreadyRegistered,
+        "this identifier is already registered: link this device from one of the account's devices, or register with recovery",
+    )
 }
 
 /// What the Authorize transaction decided.
@@ -306,7 +324,7 @@ pub(crate) async fn authorize(
     let home = shared.settings.region;
     let now = now_ms();
     let outcome = transact!(store, |txn| async {
-        let Some(pending) = registrations::pending(txn, &digest).await? else {
+        let Some(pending) = registrations::pending(txn, &digest, device_id).await? else {
             return Ok(Outcome::Refused(CodeCheck::Expired));
         };
         if pending.device_id != device_id.as_bytes() {
@@ -320,15 +338,15 @@ pub(crate) async fn authorize(
         match check_code(shared, &digest, &req.code, stored, now) {
             CodeCheck::Valid => {}
             CodeCheck::Wrong => {
-                let attempts = registrations::record_wrong_attempt(txn, &digest).await?;
+                let attempts = registrations::record_wrong_attempt(txn, &digest, device_id).await?;
                 let check = after_wrong_code(shared, attempts);
                 if check == CodeCheck::Exhausted {
-                    registrations::remove_pending(txn, &digest).await?;
+                    registrations::remove_pending(txn, &digest, device_id).await?;
                 }
                 return Ok(Outcome::Refused(check));
             }
             check => {
-                registrations::remove_pending(txn, &digest).await?;
+                registrations::remove_pending(txn, &digest, device_id).await?;
                 return Ok(Outcome::Refused(check));
             }
         }
@@ -339,7 +357,7 @@ pub(crate) async fn authorize(
             }
         })?;
         let device = device_record(&bundle, &pending.label);
-        registrations::remove_pending(txn, &digest).await?;
+        registrations::remove_pending(txn, &digest, device_id).await?;
         match lookup::resolve(txn, &store.hasher, &id, now).await? {
             Some(box_id) if pending.recover => {
                 let (version, complete) =
@@ -928,5 +946,54 @@ mod tests {
         ));
         let resp = env.link_request(&alice, &phone, "phone").await;
         TestEnv::open_credentials_of_version(&phone, alice.box_id, &link(&resp), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_register_spends_no_code_from_the_identifier() {
+        let env = TestEnv::with(TestSettings {
+            registrations: Some((0.0, 2.0)),
+            ..TestSettings::default()
+        });
+        env.register("alice@example.com").await;
+        // Someone who knows the identifier registers it again and again: each
+        // is refused, and none sends a code.
+        for _ in 0..3 {
+            let resp = env
+                .register_request("alice@example.com", &TestEnv::new_device(), false)
+                .await;
+            assert_eq!(status_of(&resp), Status::AlreadyRegistered);
+        }
+        assert_eq!(env.code_lines().len(), 1);
+        // So the owner's recovery still gets its code at once.
+        let resp = env
+            .register_request("alice@example.com", &TestEnv::new_device(), true)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        assert_eq!(env.code_lines().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn another_devices_register_does_not_replace_the_owners() {
+        let env = TestEnv::new();
+        let owner = TestEnv::new_device();
+        let other = TestEnv::new_device();
+        let resp = env.register_request("bob@example.com", &owner, false).await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let owners_code = env.last_code("bob@example.com");
+        let resp = env.register_request("bob@example.com", &other, false).await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        // The other device's code does not work for the owner's device, nor
+        // the owner's for it, and the owner's registration is still there.
+        let others_code = env.last_code("bob@example.com");
+        assert_ne!(owners_code, others_code);
+        let resp = env
+            .authorize_request("bob@example.com", &owner, &owners_code)
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        // Bound now: the other registration cannot create a second account.
+        let resp = env
+            .authorize_request("bob@example.com", &other, &others_code)
+            .await;
+        assert_eq!(status_of(&resp), Status::AlreadyRegistered);
     }
 }

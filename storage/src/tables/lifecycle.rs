@@ -317,34 +317,53 @@ mod tests {
         let store = store();
         let id = Identifier::parse("alice@example.com").unwrap();
         let digest = store.hasher.current(&id);
+        let device = DeviceId::new();
         let record = PendingRegistration {
             code_mac: vec![9; 32],
             expires_at_ms: T0 + 600_000,
-            device_id: DeviceId::new().as_bytes().to_vec(),
+            device_id: device.as_bytes().to_vec(),
             label: "phone".into(),
             ..PendingRegistration::default()
         };
-        transact!(store, |txn| store_pending(txn, &digest, &record).await).unwrap();
-        let got = transact!(store, |txn| pending(txn, &digest).await).unwrap();
+        transact!(store, |txn| store_pending(txn, &digest, device, &record)
+            .await)
+        .unwrap();
+        let got = transact!(store, |txn| pending(txn, &digest, device).await).unwrap();
         assert_eq!(got.as_ref(), Some(&record));
         assert_eq!(
-            transact!(store, |txn| record_wrong_attempt(txn, &digest).await).unwrap(),
+            transact!(store, |txn| record_wrong_attempt(txn, &digest, device)
+                .await)
+            .unwrap(),
             1
         );
         assert_eq!(
-            transact!(store, |txn| record_wrong_attempt(txn, &digest).await).unwrap(),
+            transact!(store, |txn| record_wrong_attempt(txn, &digest, device)
+                .await)
+            .unwrap(),
             2
         );
-        transact!(store, |txn| remove_pending(txn, &digest).await).unwrap();
+        transact!(store, |txn| remove_pending(txn, &digest, device).await).unwrap();
         assert!(
-            transact!(store, |txn| pending(txn, &digest).await)
+            transact!(store, |txn| pending(txn, &digest, device).await)
                 .unwrap()
                 .is_none()
         );
         assert!(matches!(
-            transact!(store, |txn| record_wrong_attempt(txn, &digest).await),
+            transact!(store, |txn| record_wrong_attempt(txn, &digest, device)
+                .await),
             Err(Error::Invalid(_))
         ));
+        // Another device's registration of the same identifier is its own.
+        let other = DeviceId::new();
+        transact!(store, |txn| store_pending(txn, &digest, device, &record)
+            .await)
+        .unwrap();
+        transact!(store, |txn| store_pending(txn, &digest, other, &record)
+            .await)
+        .unwrap();
+        transact!(store, |txn| record_wrong_attempt(txn, &digest, other).await).unwrap();
+        let mine = transact!(store, |txn| pending(txn, &digest, device).await).unwrap();
+        assert_eq!(mine.map(|r| r.attempts), Some(0));
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 //!
 //! A registration starts with a verification code sent out of band. Until the code
 //! comes back, a [`PendingRegistration`] is stored under the identifier's
-//! registration key (`LookupDigest::registration_key`, current pepper): the keyed
+//! registration key for the asking device (`LookupDigest::registration_key`,
+//! current pepper; one per identifier and device, so someone else's Register
+//! never replaces the owner's pending one): the keyed
 //! hash of the code (never the code), its expiry, the count of wrong attempts, and
 //! the device that asked (id, key bundle, label), whether it asked for recovery and
 //! the requested home region. The record is global data like the lookup table,
@@ -20,40 +22,53 @@ use super::records::PendingRegistration;
 use super::tx::{SharedKey, Tx};
 use crate::error::{Error, Result};
 use crate::kv::{KeyRange, ScanOrder};
-use rossby_keyspace::{Key, LookupDigest, RegionId};
+use rossby_keyspace::{DeviceId, Key, LookupDigest, RegionId};
 
 /// The pending registration of the identifier with this digest, if any (expired
 /// ones included: the caller decides what expiry means).
 pub async fn pending(
     txn: &mut Tx<'_>,
     digest: &LookupDigest,
+    device: DeviceId,
 ) -> Result<Option<PendingRegistration>> {
-    txn.get(&digest.registration_key()).await
+    txn.get(&digest.registration_key(device)).await
 }
 
-/// Stores (or replaces) the pending registration of an identifier.
+/// Stores (or replaces) `device`'s pending registration of an identifier.
 pub async fn store_pending(
     txn: &mut Tx<'_>,
     digest: &LookupDigest,
+    device: DeviceId,
     record: &PendingRegistration,
 ) -> Result<()> {
-    txn.put_shared(SharedKey::registration(digest), record)
+    txn.put_shared(SharedKey::registration(digest, device), record)
         .await
 }
 
-/// Deletes the pending registration of an identifier (a no-op if there is none).
-pub async fn remove_pending(txn: &mut Tx<'_>, digest: &LookupDigest) -> Result<()> {
-    txn.delete_shared(SharedKey::registration(digest)).await
+/// Deletes `device`'s pending registration of an identifier (a no-op if there
+/// is none).
+pub async fn remove_pending(
+    txn: &mut Tx<'_>,
+    digest: &LookupDigest,
+    device: DeviceId,
+) -> Result<()> {
+    txn.delete_shared(SharedKey::registration(digest, device))
+        .await
 }
 
-/// Counts one wrong code against the pending registration and returns the new
-/// count of wrong attempts. Fails with [`Error::Invalid`] if nothing is pending.
-pub async fn record_wrong_attempt(txn: &mut Tx<'_>, digest: &LookupDigest) -> Result<u32> {
-    let mut record = pending(txn, digest)
+/// Counts one wrong code against `device`'s pending registration and returns
+/// the new count of wrong attempts. Fails with [`Error::Invalid`] if nothing is
+/// pending.
+pub async fn record_wrong_attempt(
+    txn: &mut Tx<'_>,
+    digest: &LookupDigest,
+    device: DeviceId,
+) -> Result<u32> {
+    let mut record = pending(txn, digest, device)
         .await?
         .ok_or_else(|| Error::Invalid("no registration is pending".into()))?;
     record.attempts = record.attempts.saturating_add(1);
-    store_pending(txn, digest, &record).await?;
+    store_pending(txn, digest, device, &record).await?;
     Ok(record.attempts)
 }
 
@@ -95,25 +110,16 @@ pub async fn sweep_expired(
         .flatten();
     let mut deleted = 0;
     for (key, value) in pairs {
-        let Ok(Key::Registration {
-            pepper_version,
-            digest,
-        }) = Key::decode(&key)
-        else {
-            continue;
-        };
-        // A record that does not decode is left for its identifier's next
-        // Register to overwrite.
+        // A record that does not decode is left alone (reported by nobody, and
+        // harmless: Authorize refuses it as corrupt).
         let Ok(record) = PendingRegistration::from_stored(&value) else {
             continue;
         };
         let mine = record.region == 0 || record.region == u32::from(region.0);
         if mine && record.expires_at_ms <= now_ms {
-            txn.delete_shared(SharedKey::Registration {
-                pepper_version,
-                digest,
-            })
-            .await?;
+            // By the raw key: records of the earlier layout (one per
+            // identifier, without the device) go too.
+            txn.delete_scanned_registration(key).await?;
             deleted += 1;
         }
     }

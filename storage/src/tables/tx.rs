@@ -194,12 +194,14 @@ pub enum SharedKey {
         /// The identifier's digest.
         digest: [u8; 32],
     },
-    /// A pending registration of an identifier digest.
+    /// A pending registration of an identifier digest, by the device that asked.
     Registration {
         /// Which pepper produced the digest.
         pepper_version: u32,
         /// The identifier's digest.
         digest: [u8; 32],
+        /// The device that asked.
+        device: DeviceId,
     },
     /// The ownership lease of a gateway of a region.
     GatewayLease(RegionId, [u8; 16]),
@@ -216,11 +218,12 @@ impl SharedKey {
         }
     }
 
-    /// The pending-registration key of an identifier digest.
-    pub fn registration(digest: &LookupDigest) -> Self {
+    /// The pending-registration key of an identifier digest and a device.
+    pub fn registration(digest: &LookupDigest, device: DeviceId) -> Self {
         SharedKey::Registration {
             pepper_version: digest.version,
             digest: digest.digest,
+            device,
         }
     }
 }
@@ -238,9 +241,11 @@ impl From<SharedKey> for Key {
             SharedKey::Registration {
                 pepper_version,
                 digest,
+                device,
             } => Key::Registration {
                 pepper_version,
                 digest,
+                device,
             },
             SharedKey::GatewayLease(region, id) => Key::GatewayLease(region, id),
             SharedKey::MaintenanceLease(region, job) => Key::MaintenanceLease(region, job),
@@ -586,6 +591,18 @@ impl<'t> Tx<'t> {
     pub async fn put_shared<R: Record>(&mut self, key: SharedKey, record: &R) -> Result<()> {
         let key: Key = key.into();
         Ok(self.inner.put(key.encode(), record.to_stored()).await?)
+    }
+
+    /// Deletes a pending registration found by a scan of the registration range,
+    /// by its raw key (so keys of an earlier layout are removed too).
+    /// [`Error::Invalid`] for a key outside that range.
+    pub async fn delete_scanned_registration(&mut self, raw: RawKey) -> Result<()> {
+        if !Key::registration_range().contains(&raw) {
+            return Err(Error::Invalid(
+                "not a key of the pending-registration range".into(),
+            ));
+        }
+        Ok(self.inner.delete(raw).await?)
     }
 
     /// Deletes one key that belongs to no box.
