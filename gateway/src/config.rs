@@ -321,6 +321,12 @@ pub struct Args {
     /// Largest encrypted profile in bytes [default: 65536].
     #[arg(long, env = "ROSSBY_MAX_PROFILE_BYTES", value_name = "BYTES")]
     pub max_profile_bytes: Option<usize>,
+    /// Most bytes of envelopes one box's queue holds [default: 67108864].
+    #[arg(long, env = "ROSSBY_MAX_QUEUE_BYTES", value_name = "BYTES")]
+    pub max_queue_bytes: Option<u64>,
+    /// Most envelopes one box's queue holds [default: 50000].
+    #[arg(long, env = "ROSSBY_MAX_QUEUE_ENVELOPES", value_name = "N")]
+    pub max_queue_envelopes: Option<u64>,
     /// Most contacts, and separately most blocked boxes, per box [default: 10000].
     #[arg(long, env = "ROSSBY_MAX_RELATIONS_PER_BOX", value_name = "N")]
     pub max_relations_per_box: Option<usize>,
@@ -600,6 +606,8 @@ struct FileConfig {
     max_key_packages_per_device: Option<usize>,
     max_key_package_bytes: Option<usize>,
     max_profile_bytes: Option<usize>,
+    max_queue_bytes: Option<u64>,
+    max_queue_envelopes: Option<u64>,
     max_relations_per_box: Option<usize>,
     max_identifiers_per_box: Option<usize>,
     max_pending_identifiers_per_box: Option<usize>,
@@ -1579,6 +1587,15 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         ),
         1,
     )?;
+    l.max_queue_envelopes = at_least(
+        "max-queue-envelopes",
+        pick(
+            a.max_queue_envelopes,
+            f.max_queue_envelopes,
+            l.max_queue_envelopes,
+        ),
+        1,
+    )?;
     l.max_relations_per_box = at_least(
         "max-relations-per-box",
         pick(
@@ -1631,6 +1648,14 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         days * 86_400,
     )?;
     l.dedup_window_ms = dedup.as_secs() * 1000;
+    l.max_queue_bytes = pick(a.max_queue_bytes, f.max_queue_bytes, l.max_queue_bytes);
+    // A queue must be able to hold at least one envelope of the largest size.
+    if l.max_queue_bytes < l.max_payload_bytes as u64 + 1024 {
+        return Err(Error::Config(format!(
+            "--max-queue-bytes ({}) must exceed --max-payload-bytes ({}) by at least 1024",
+            l.max_queue_bytes, l.max_payload_bytes
+        )));
+    }
     // A payload, KeyPackage or profile that cannot fit in a frame could never be
     // sent: catch the contradiction at start rather than at the first request.
     for (flag, value) in [

@@ -259,9 +259,9 @@ async fn an_enqueue_from_two_senders_reads_in_one_round() {
     assert!(matches!(out[6], Err(Error::Invalid(_))), "{:?}", out[6]);
     assert_eq!(reads.len(), 1, "one transaction: {reads:?}");
     assert_eq!(reads[0].rounds(), (0, 1, 0, 0), "{:?}", reads[0]);
-    // profile, next, block and contact of two senders, six distinct dedup keys
-    // (the in-batch duplicate shares one).
-    assert_eq!(reads[0].batch_keys, 2 + 2 * 2 + 6);
+    // profile, next, low (the queue's room), block and contact of two
+    // senders, six distinct dedup keys (the in-batch duplicate shares one).
+    assert_eq!(reads[0].batch_keys, 3 + 2 * 2 + 6);
     // Four new envelopes: each with its dedup record, plus `next` and one
     // expiry entry for the whole transaction.
     assert_eq!(

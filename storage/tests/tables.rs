@@ -29,6 +29,7 @@ backends::on_every_backend!(
     new_device_pointer_starts_at_the_last_sequence,
     messages_reach_every_device_and_are_deleted_when_all_acked,
     retried_sends_are_answered_from_dedup,
+    a_full_queue_refuses_more_until_devices_acknowledge,
     stale_device_lists_are_rejected_with_the_current_list,
     acks_are_monotonic_idempotent_and_bounded,
     removing_a_device_deletes_its_pointer_and_frees_the_queue,
@@ -291,6 +292,71 @@ async fn messages_reach_every_device_and_are_deleted_when_all_acked(store: &Stor
     assert_eq!(queue_len(store, b).await, 0);
     // Sequence numbers keep growing after cleanup.
     assert_eq!(send(store, (s, sd[0]), b, b"x", T0).await, 4);
+}
+
+async fn a_full_queue_refuses_more_until_devices_acknowledge(store: &Store) {
+    let mut limited = store.clone();
+    limited.limits.max_queue_envelopes = 3;
+    let store = &limited;
+    let (b, d) = new_box(store, 1).await;
+    let (s, sd) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let full = |out: &[Result<queue::Enqueued, Error>]| matches!(&out[0], Err(Error::QuotaExceeded(why)) if why.contains("queue is full"));
+    let first = envelope(s, sd[0], v, b"one");
+    for payload in [&b"two"[..], b"three"] {
+        send(store, (s, sd[0]), b, payload, T0).await;
+    }
+    let out = store
+        .enqueue(b, std::slice::from_ref(&first), T0)
+        .await
+        .unwrap();
+    assert!(out[0].is_ok(), "the third fits");
+    let out = store
+        .enqueue(b, &[envelope(s, sd[0], v, b"four")], T0)
+        .await
+        .unwrap();
+    assert!(full(&out), "{out:?}");
+    // A retry of a stored message is still answered from its dedup record.
+    let again = store
+        .enqueue(b, std::slice::from_ref(&first), T0)
+        .await
+        .unwrap();
+    assert!(again[0].as_ref().unwrap().duplicate);
+    // Once the device acknowledged two, two more fit, and no more.
+    store.ack(b, d[0], 2, T0).await.unwrap();
+    for payload in [&b"five"[..], b"six"] {
+        send(store, (s, sd[0]), b, payload, T0).await;
+    }
+    let out = store
+        .enqueue(b, &[envelope(s, sd[0], v, b"seven")], T0)
+        .await
+        .unwrap();
+    assert!(full(&out));
+
+    // The byte budget: room for about two envelopes of 1000 bytes.
+    let mut by_bytes = store.clone();
+    by_bytes.limits.max_queue_envelopes = 1000;
+    by_bytes.limits.max_queue_bytes = 2 * 1000 + 400;
+    let store = &by_bytes;
+    let (c, cd) = new_box(store, 1).await;
+    let v = version(store, c).await;
+    let big = vec![7u8; 1000];
+    let batch = [
+        envelope(s, sd[0], v, &big),
+        envelope(s, sd[0], v, &big),
+        envelope(s, sd[0], v, &big),
+    ];
+    let out = store.enqueue(c, &batch, T0).await.unwrap();
+    assert!(out[0].is_ok() && out[1].is_ok(), "{out:?}");
+    assert!(full(&out[2..]), "{out:?}");
+    // Small ones still fit in what is left.
+    send(store, (s, sd[0]), c, b"small", T0).await;
+    store.ack(c, cd[0], 3, T0).await.unwrap();
+    let out = store.enqueue(c, &batch[2..], T0).await.unwrap();
+    assert!(
+        out[0].is_ok(),
+        "room again after the acknowledgement: {out:?}"
+    );
 }
 
 async fn retried_sends_are_answered_from_dedup(store: &Store) {
@@ -1229,6 +1295,7 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
     write_head(QueueHead {
         next_seq: 0,
         device_list_version: 1,
+        enqueued_bytes: 0,
     })
     .await;
     let fetched = store
@@ -1259,6 +1326,7 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
     write_head(QueueHead {
         next_seq: u64::MAX,
         device_list_version: u64::MAX - 1,
+        enqueued_bytes: 0,
     })
     .await;
     let sent = store
@@ -1280,6 +1348,7 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
     write_head(QueueHead {
         next_seq: 5,
         device_list_version: 1,
+        enqueued_bytes: 0,
     })
     .await;
     let pointer = rossby_storage::tables::records::Pointer {

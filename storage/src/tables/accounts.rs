@@ -33,6 +33,7 @@ pub async fn create_box(txn: &mut Tx<'_>, box_id: BoxId, now_ms: u64) -> Result<
     let head = QueueHead {
         next_seq: 1,
         device_list_version: 1,
+        enqueued_bytes: 0,
     };
     txn.create_box(box_id, &profile, &head).await
 }

@@ -83,11 +83,14 @@ pub async fn drop_queue(txn: &mut Tx<'_>, box_id: BoxId, max_deletes: usize) -> 
         .get(&Key::Next(box_id))
         .await?
         .ok_or(Error::BoxNotFound)?;
+    let water = queue::low_water(txn, box_id).await?;
+    // Everything queued so far is gone for the quota too.
     txn.put(
         &handle,
         &Key::Low(box_id),
         &LowWater {
             low: head.next_seq.max(1),
+            deleted_bytes: head.enqueued_bytes.max(water.deleted_bytes),
         },
     )
     .await?;
@@ -178,9 +181,9 @@ pub async fn delete_account(
     let (_, mut head) = txn.lock_next(box_id).await?;
     head.bump_device_list()?;
     txn.put(&handle, &Key::Next(box_id), &head).await?;
-    let (_, low) = txn.lock_low(box_id).await?;
-    txn.put(&handle, &Key::Low(box_id), &LowWater { low })
-        .await?;
+    txn.lock_low(box_id).await?;
+    let water = queue::low_water(txn, box_id).await?;
+    txn.put(&handle, &Key::Low(box_id), &water).await?;
     profile.deleted = true;
     profile.updated_at_ms = now_ms;
     txn.put(&handle, &Key::Profile(box_id), &profile).await?;

@@ -98,6 +98,11 @@ pub struct Limits {
     /// Most identifiers one box may be adding at once (codes sent, not yet
     /// confirmed and not expired).
     pub max_pending_identifiers_per_box: usize,
+    /// Most bytes of envelopes one box's queue holds (stored record bytes);
+    /// an enqueue beyond it is refused with [`crate::Error::QuotaExceeded`].
+    pub max_queue_bytes: u64,
+    /// Most envelopes one box's queue holds.
+    pub max_queue_envelopes: u64,
 }
 
 impl Default for Limits {
@@ -114,6 +119,8 @@ impl Default for Limits {
             max_relations_per_box: 10_000,
             max_identifiers_per_box: lookup::MAX_IDENTIFIERS_PER_BOX,
             max_pending_identifiers_per_box: 4,
+            max_queue_bytes: 64 * 1024 * 1024,
+            max_queue_envelopes: 50_000,
         }
     }
 }

@@ -169,11 +169,15 @@ async fn head(txn: &mut Tx<'_>, box_id: BoxId) -> Result<Option<QueueHead>> {
     txn.get(&Key::Next(box_id)).await
 }
 
-async fn low(txn: &mut Tx<'_>, box_id: BoxId) -> Result<u64> {
-    Ok(txn
+/// The box's low-water record (`low` at least 1; a box without one has
+/// deleted nothing yet).
+pub(crate) async fn low_water(txn: &mut Tx<'_>, box_id: BoxId) -> Result<LowWater> {
+    let mut record = txn
         .get::<LowWater>(&Key::Low(box_id))
         .await?
-        .map_or(1, |l| l.low.max(1)))
+        .unwrap_or_default();
+    record.low = record.low.max(1);
+    Ok(record)
 }
 
 /// Whether `recipient` accepts messages from `sender`: for a device, judged
@@ -231,8 +235,12 @@ pub async fn enqueue(
     envelopes: &[NewEnvelope],
     now_ms: u64,
 ) -> Result<Vec<Result<Enqueued>>> {
-    let mut keys = Vec::with_capacity(2 + 3 * envelopes.len());
-    keys.extend([Key::Profile(recipient), Key::Next(recipient)]);
+    let mut keys = Vec::with_capacity(3 + 3 * envelopes.len());
+    keys.extend([
+        Key::Profile(recipient),
+        Key::Next(recipient),
+        Key::Low(recipient),
+    ]);
     for env in envelopes {
         if let Some(sender_box) = env.sender.box_id()
             && sender_box != recipient
@@ -257,6 +265,15 @@ pub async fn enqueue(
             .collect());
     };
     let mut head = live.head;
+    // What the queue holds now. `low` is only read: a deletion that commits
+    // meanwhile makes this an overestimate, never an underestimate, and every
+    // enqueue writes `next`, so two of them cannot both fill the last room.
+    let water = read
+        .record::<LowWater>(&Key::Low(recipient))?
+        .unwrap_or_default();
+    let mut queued_envelopes = head.next_seq.saturating_sub(water.low.max(1));
+    let mut queued_bytes = head.enqueued_bytes.saturating_sub(water.deleted_bytes);
+    let expires_at_ms = now_ms.saturating_add(limits.retention_ms);
     let mut outcomes = Vec::with_capacity(envelopes.len());
     let mut accepted: BTreeMap<Sender, bool> = BTreeMap::new();
     let mut in_batch: BTreeMap<(DeviceId, MessageId), u64> = BTreeMap::new();
@@ -322,6 +339,22 @@ pub async fn enqueue(
             }));
             continue;
         }
+        // A corrupt or exhausted head is reported as such, before any quota.
+        head.clone().assign()?;
+        let stored_len =
+            stored_record(env, now_ms, expires_at_ms, head.device_list_version).stored_len() as u64;
+        if queued_envelopes.saturating_add(1) > limits.max_queue_envelopes
+            || queued_bytes.saturating_add(stored_len) > limits.max_queue_bytes
+        {
+            outcomes.push(Err(Error::QuotaExceeded(format!(
+                "the recipient's queue is full (at most {} envelopes and {} bytes)",
+                limits.max_queue_envelopes, limits.max_queue_bytes
+            ))));
+            continue;
+        }
+        queued_envelopes += 1;
+        queued_bytes = queued_bytes.saturating_add(stored_len);
+        head.enqueued_bytes = head.enqueued_bytes.saturating_add(stored_len);
         let seq = head.assign()?;
         in_batch.insert((dedup_device, env.message_id), seq);
         fresh.push((seq, env));
@@ -334,7 +367,6 @@ pub async fn enqueue(
         return Ok(outcomes);
     };
     let handle = txn.write_next(&live, &head).await?;
-    let expires_at_ms = now_ms.saturating_add(limits.retention_ms);
     let dedup_expires = now_ms.saturating_add(limits.dedup_window_ms);
     let mut expiry = ExpiryBatch {
         messages_expire_at_ms: expires_at_ms,
@@ -342,22 +374,9 @@ pub async fn enqueue(
         dedups: Vec::with_capacity(32 * fresh.len()),
     };
     for (seq, env) in fresh {
-        // A sealed sender leaves both empty: the store names nobody.
-        let (sender_box, sender_device): (&[u8], &[u8]) = match &env.sender {
-            Sender::Device { box_id, device_id } => (box_id.as_bytes(), device_id.as_bytes()),
-            Sender::Sealed { .. } => (&[], &[]),
-        };
         let dedup_device = env.sender.dedup_device();
-        let stored = EnvelopeRef {
-            sender_box,
-            sender_device,
-            message_id: env.message_id.as_bytes(),
-            enqueued_at_ms: now_ms,
-            expires_at_ms,
-            // The list the envelope was accepted against.
-            device_list_version: head.device_list_version,
-            payload: &env.payload,
-        };
+        // Against the list the envelope was accepted against.
+        let stored = stored_record(env, now_ms, expires_at_ms, head.device_list_version);
         txn.put(&handle, &Key::Queue(recipient, seq), &stored)
             .await?;
         let dedup = DedupRecord {
@@ -380,6 +399,29 @@ pub async fn enqueue(
     )
     .await?;
     Ok(outcomes)
+}
+
+/// The record an envelope is stored as. A sealed sender leaves both sender
+/// fields empty: the store names nobody.
+fn stored_record(
+    env: &NewEnvelope,
+    now_ms: u64,
+    expires_at_ms: u64,
+    device_list_version: u64,
+) -> EnvelopeRef<'_> {
+    let (sender_box, sender_device): (&[u8], &[u8]) = match &env.sender {
+        Sender::Device { box_id, device_id } => (box_id.as_bytes(), device_id.as_bytes()),
+        Sender::Sealed { .. } => (&[], &[]),
+    };
+    EnvelopeRef {
+        sender_box,
+        sender_device,
+        message_id: env.message_id.as_bytes(),
+        enqueued_at_ms: now_ms,
+        expires_at_ms,
+        device_list_version,
+        payload: &env.payload,
+    }
 }
 
 fn expiry_key(box_id: BoxId, expires_at_ms: u64, entry: ExpiryEntry) -> Key {
@@ -534,15 +576,15 @@ async fn delete_through(
     max_deletes: usize,
 ) -> Result<(u64, u64)> {
     let box_id = handle.box_id();
-    let low = low(txn, box_id).await?;
+    let water = low_water(txn, box_id).await?;
+    let low = water.low;
     if through < low {
         // Written even when unchanged: every transaction that decides what to
         // delete from the pointers (acks of different devices, device removal,
         // expiry) writes `low`, so under snapshot isolation two of them conflict
         // instead of each deciding from the other's stale pointer (write skew that
         // would leave envelopes every device acknowledged).
-        txn.put(handle, &Key::Low(box_id), &LowWater { low })
-            .await?;
+        txn.put(handle, &Key::Low(box_id), &water).await?;
         return Ok((0, low));
     }
     let range: KeyRange = Key::queue_range(box_id, low, through.saturating_add(1));
@@ -552,18 +594,23 @@ async fn delete_through(
     let complete = entries.len() < max_deletes.max(1);
     let mut new_low = through.saturating_add(1);
     let mut deleted = 0;
-    for (raw, _) in entries {
+    let mut deleted_bytes = 0u64;
+    for (raw, value) in entries {
         if let Key::Queue(_, seq) = txn.delete_scanned(handle, raw).await? {
             new_low = seq.saturating_add(1);
         }
         deleted += 1;
+        deleted_bytes = deleted_bytes.saturating_add(value.len() as u64);
     }
     if complete {
         new_low = through.saturating_add(1);
     }
     let new_low = new_low.max(low);
-    txn.put(handle, &Key::Low(box_id), &LowWater { low: new_low })
-        .await?;
+    let water = LowWater {
+        low: new_low,
+        deleted_bytes: water.deleted_bytes.saturating_add(deleted_bytes),
+    };
+    txn.put(handle, &Key::Low(box_id), &water).await?;
     Ok((deleted, new_low))
 }
 

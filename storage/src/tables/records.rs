@@ -137,11 +137,14 @@ pub struct EnvelopeRef<'a> {
     pub payload: &'a [u8],
 }
 
-impl Stored for EnvelopeRef<'_> {
-    fn stored_bytes(&self) -> Vec<u8> {
-        use prost::encoding::{self, WireType, encoded_len_varint, key_len};
-        // Field numbers of `StoredEnvelope` in records.proto. proto3 leaves out
-        // fields at their default, and so does this, so the bytes are prost's.
+impl EnvelopeRef<'_> {
+    /// The length of [`Stored::stored_bytes`], without encoding.
+    pub fn stored_len(&self) -> usize {
+        1 + self.encoded_len()
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{encoded_len_varint, key_len};
         let slices = [
             (1, self.sender_box),
             (2, self.sender_device),
@@ -167,9 +170,16 @@ impl Stored for EnvelopeRef<'_> {
                 key_len(*tag) + encoded_len_varint(*value)
             }
         };
-        let len = slices.iter().map(slice_len).sum::<usize>()
-            + numbers.iter().map(number_len).sum::<usize>();
-        let mut out = Vec::with_capacity(1 + len);
+        slices.iter().map(slice_len).sum::<usize>() + numbers.iter().map(number_len).sum::<usize>()
+    }
+}
+
+impl Stored for EnvelopeRef<'_> {
+    fn stored_bytes(&self) -> Vec<u8> {
+        use prost::encoding::{self, WireType};
+        // Field numbers of `StoredEnvelope` in records.proto. proto3 leaves out
+        // fields at their default, and so does this, so the bytes are prost's.
+        let mut out = Vec::with_capacity(self.stored_len());
         out.push(RECORD_FORMAT);
         let put_slice = |out: &mut Vec<u8>, tag: u32, bytes: &[u8]| {
             if !bytes.is_empty() {
