@@ -494,6 +494,13 @@ pub struct Args {
     /// Burst of sealed sends per recipient box [default: 100].
     #[arg(long, env = "ROSSBY_SEALED_BURST_PER_RECIPIENT", value_name = "N", value_parser = parse_burst)]
     pub sealed_burst_per_recipient: Option<f64>,
+    /// Bytes per second a device may make the gateway store, every recipient's
+    /// copy counted [default: 4194304/s].
+    #[arg(long, env = "ROSSBY_STORED_BYTES_RATE_PER_DEVICE", value_name = "RATE", value_parser = parse_rate)]
+    pub stored_bytes_rate_per_device: Option<f64>,
+    /// Burst of the above, in bytes [default: 67108864].
+    #[arg(long, env = "ROSSBY_STORED_BYTES_BURST_PER_DEVICE", value_name = "BYTES", value_parser = parse_burst)]
+    pub stored_bytes_burst_per_device: Option<f64>,
 
     // ---- gateway-to-gateway push (docs/configuration.md, "Cross-gateway push") ----
     /// Peer endpoint (UDP) listen address; turns gateway-to-gateway notifications
@@ -659,6 +666,8 @@ struct FileConfig {
     discovery_burst_per_device: Option<f64>,
     sealed_rate_per_recipient: Option<RateValue>,
     sealed_burst_per_recipient: Option<f64>,
+    stored_bytes_rate_per_device: Option<RateValue>,
+    stored_bytes_burst_per_device: Option<f64>,
     peer_listen: Option<SocketAddr>,
     peer_advertise: Option<String>,
     peer_ca: Option<PathBuf>,
@@ -858,6 +867,7 @@ impl Config {
             registrations_per_identifier: unlimited,
             discovery_per_device: unlimited,
             sealed_per_recipient: unlimited,
+            stored_bytes_per_device: unlimited,
         };
         config.drain_grace = Duration::ZERO;
         config.drain_timeout = Duration::from_secs(5);
@@ -1726,6 +1736,20 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         "sealed_burst_per_recipient",
     )? {
         r.sealed_per_recipient.burst = v;
+    }
+    if let Some(v) = rate_of(
+        a.stored_bytes_rate_per_device,
+        f.stored_bytes_rate_per_device,
+        "stored_bytes_rate_per_device",
+    )? {
+        r.stored_bytes_per_device.per_second = v;
+    }
+    if let Some(v) = burst_of(
+        a.stored_bytes_burst_per_device,
+        f.stored_bytes_burst_per_device,
+        "stored_bytes_burst_per_device",
+    )? {
+        r.stored_bytes_per_device.burst = v;
     }
 
     // Geography.

@@ -53,9 +53,15 @@ impl<K: Hash + Eq + Send + Sync + Clone + 'static> Limiter<K> {
             } else {
                 MAX_IDLE
             };
+            // Twice the refill time: a bucket charged into debt (at most one
+            // burst deep, see `charge`) is not forgotten before it is full.
             moka::sync::Cache::builder()
                 .max_capacity(capacity)
-                .time_to_idle(refill.clamp(Duration::from_secs(1), MAX_IDLE))
+                .time_to_idle(
+                    refill
+                        .saturating_mul(2)
+                        .clamp(Duration::from_secs(1), MAX_IDLE),
+                )
                 .build()
         });
         Limiter { rate, buckets }
@@ -63,6 +69,43 @@ impl<K: Hash + Eq + Send + Sync + Clone + 'static> Limiter<K> {
 
     /// Takes one token from `key`'s bucket, or says how long to wait.
     pub fn check(&self, key: K, now: Instant) -> Result<(), Limited> {
+        self.with_bucket(key, now, |b, rate| {
+            if b.tokens >= 1.0 {
+                b.tokens -= 1.0;
+                Ok(())
+            } else {
+                Err(wait_for(1.0 - b.tokens, rate))
+            }
+        })
+    }
+
+    /// Whether `key`'s bucket holds anything (not in debt from [`Self::charge`]).
+    pub fn in_credit(&self, key: K, now: Instant) -> Result<(), Limited> {
+        self.with_bucket(key, now, |b, rate| {
+            if b.tokens > 0.0 {
+                Ok(())
+            } else {
+                Err(wait_for(f64::EPSILON - b.tokens, rate))
+            }
+        })
+    }
+
+    /// Takes `cost` tokens whatever the bucket holds: work whose size is known
+    /// only once it is done is paid afterwards, and the debt (at most one burst
+    /// deep) refuses `key`'s next requests until it is paid off.
+    pub fn charge(&self, key: K, now: Instant, cost: f64) {
+        let _ = self.with_bucket(key, now, |b, rate| {
+            b.tokens = (b.tokens - cost.max(0.0)).max(-rate.burst.max(0.0));
+            Ok(())
+        });
+    }
+
+    fn with_bucket(
+        &self,
+        key: K,
+        now: Instant,
+        f: impl FnOnce(&mut Bucket, Rate) -> Result<(), Limited>,
+    ) -> Result<(), Limited> {
         let Some(buckets) = &self.buckets else {
             return Ok(());
         };
@@ -79,20 +122,21 @@ impl<K: Hash + Eq + Send + Sync + Clone + 'static> Limiter<K> {
         let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate.per_second.max(0.0)).min(burst);
         b.updated = now.max(b.updated);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            return Ok(());
-        }
-        let retry_after = if self.rate.per_second > 0.0 {
-            Duration::try_from_secs_f64((1.0 - b.tokens) / self.rate.per_second)
-                .unwrap_or(MAX_RETRY_AFTER)
-                .min(MAX_RETRY_AFTER)
-        } else {
-            MAX_RETRY_AFTER
-        };
-        Err(Limited {
-            retry_after: retry_after.max(Duration::from_millis(1)),
-        })
+        f(&mut b, self.rate)
+    }
+}
+
+/// How long until `missing` tokens have refilled at `rate`.
+fn wait_for(missing: f64, rate: Rate) -> Limited {
+    let retry_after = if rate.per_second > 0.0 {
+        Duration::try_from_secs_f64(missing / rate.per_second)
+            .unwrap_or(MAX_RETRY_AFTER)
+            .min(MAX_RETRY_AFTER)
+    } else {
+        MAX_RETRY_AFTER
+    };
+    Limited {
+        retry_after: retry_after.max(Duration::from_millis(1)),
     }
 }
 
@@ -120,6 +164,7 @@ pub struct RateLimiter {
     registrations: Limiter<[u8; 32]>,
     discovery: Limiter<(BoxId, DeviceId)>,
     sealed: Limiter<BoxId>,
+    stored_bytes: Limiter<(BoxId, DeviceId)>,
 }
 
 impl RateLimiter {
@@ -131,6 +176,7 @@ impl RateLimiter {
             registrations: Limiter::new(limits.registrations_per_identifier, DEFAULT_CAPACITY),
             discovery: Limiter::new(limits.discovery_per_device, DEFAULT_CAPACITY),
             sealed: Limiter::new(limits.sealed_per_recipient, DEFAULT_CAPACITY),
+            stored_bytes: Limiter::new(limits.stored_bytes_per_device, DEFAULT_CAPACITY),
         }
     }
 
@@ -147,6 +193,20 @@ impl RateLimiter {
     /// One registration (code sent) for the identifier with this lookup digest.
     pub fn registration(&self, digest: [u8; 32]) -> Result<(), Limited> {
         self.registrations.check(digest, Instant::now())
+    }
+
+    /// Whether a device may store more: refused while it is in debt for bytes
+    /// it made the gateway store (every recipient's copy counts).
+    pub fn may_store(&self, box_id: BoxId, device: DeviceId) -> Result<(), Limited> {
+        self.stored_bytes
+            .in_credit((box_id, device), Instant::now())
+    }
+
+    /// Charges a device for `bytes` stored on its behalf (an envelope times the
+    /// boxes it went into).
+    pub fn stored(&self, box_id: BoxId, device: DeviceId, bytes: u64) {
+        self.stored_bytes
+            .charge((box_id, device), Instant::now(), bytes as f64);
     }
 
     /// One sealed (unauthenticated) send to a recipient box.
@@ -190,6 +250,39 @@ mod tests {
             assert_eq!(limiter.check("k", t2), Ok(()));
         }
         assert!(limiter.check("k", t2).is_err());
+    }
+
+    #[test]
+    fn a_charge_beyond_the_balance_is_debt_that_refuses_until_paid() {
+        let limiter = Limiter::new(rate(100.0, 1000.0), 10);
+        let t0 = Instant::now();
+        assert_eq!(limiter.in_credit("k", t0), Ok(()));
+        // 1500 from a full bucket of 1000: 500 in debt.
+        limiter.charge("k", t0, 1500.0);
+        let refused = limiter.in_credit("k", t0).unwrap_err();
+        assert!(refused.retry_after >= Duration::from_secs(5), "{refused:?}");
+        // 5 s later the debt is paid (100 per second), and the key may store.
+        assert!(
+            limiter
+                .in_credit("k", t0 + Duration::from_millis(4_900))
+                .is_err()
+        );
+        assert_eq!(
+            limiter.in_credit("k", t0 + Duration::from_millis(5_100)),
+            Ok(())
+        );
+        // Debt goes at most one burst deep: paid off within 10 s (a burst at
+        // 100 per second) whatever was charged.
+        limiter.charge("other", t0, 1e12);
+        assert!(
+            limiter
+                .in_credit("other", t0 + Duration::from_millis(9_900))
+                .is_err()
+        );
+        assert_eq!(
+            limiter.in_credit("other", t0 + Duration::from_millis(10_100)),
+            Ok(())
+        );
     }
 
     #[test]

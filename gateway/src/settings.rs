@@ -42,6 +42,9 @@ pub struct RateLimits {
     pub discovery_per_device: Rate,
     /// Sealed sends (unauthenticated) per recipient box.
     pub sealed_per_recipient: Rate,
+    /// Bytes a device makes the gateway store, every recipient box's copy
+    /// counted (Send, GroupSend, GroupCommit): a device in debt is refused.
+    pub stored_bytes_per_device: Rate,
 }
 
 impl Default for RateLimits {
@@ -66,6 +69,10 @@ impl Default for RateLimits {
             sealed_per_recipient: Rate {
                 per_second: 10.0,
                 burst: 100.0,
+            },
+            stored_bytes_per_device: Rate {
+                per_second: 4.0 * 1024.0 * 1024.0,
+                burst: 64.0 * 1024.0 * 1024.0,
             },
         }
     }

@@ -379,6 +379,7 @@ pub(crate) async fn group_commit(
     let welcome_boxes = parse_boxes(&req.welcome_boxes, max, "welcome boxes")?;
     check_envelope(shared, &req.envelope, true)?;
     check_envelope(shared, &req.welcome_envelope, !welcome_boxes.is_empty())?;
+    super::may_store(shared, caller)?;
     let commit = Commit {
         group,
         sender_box: caller.box_id,
@@ -404,6 +405,11 @@ pub(crate) async fn group_commit(
     // epoch a conflict answer reports.
     let delivery = deliver_group(shared, group).await?;
     let committed = settle_for(outcome, &delivery, caller.box_id)?;
+    // Paid afterwards: the members are known only now.
+    let members = committed.state.members.len() as u64;
+    let bytes = (req.envelope.len() as u64).saturating_mul(members)
+        + (req.welcome_envelope.len() as u64).saturating_mul(welcome_boxes.len() as u64);
+    shared.limits.stored(caller.box_id, caller.device_id, bytes);
     if !delivery.missing.is_empty() {
         return Err(undelivered("Commit"));
     }
@@ -426,6 +432,7 @@ pub(crate) async fn group_send(
     let group = parse_group(&req.creator_box, &req.group_id)?;
     let message_id = parse_message_id(&req.message_id)?;
     check_envelope(shared, &req.envelope, true)?;
+    super::may_store(shared, caller)?;
     super::attachments::keep_referenced(shared, &req.attachments).await?;
     let store = &shared.store;
     let limits = &store.limits;
@@ -446,6 +453,9 @@ pub(crate) async fn group_send(
     // request delivered it already) and every earlier one still pending.
     let delivery = deliver_group(shared, group).await?;
     let sent = settle_for(outcome, &delivery, caller.box_id)?;
+    // One copy per member box, paid afterwards: the members are known only now.
+    let bytes = (req.envelope.len() as u64).saturating_mul(sent.state.members.len() as u64);
+    shared.limits.stored(caller.box_id, caller.device_id, bytes);
     let results = sent
         .state
         .members

@@ -773,6 +773,9 @@ pub(crate) async fn send(
     let wake = pb::Wake::try_from(req.wake)
         .map_err(|_| Failure::bad_request(format!("unknown wake value {}", req.wake)))?;
     let (message_id, targets, ephemeral) = validate_send(shared, req)?;
+    super::may_store(shared, caller)?;
+    let bytes: u64 = targets.iter().map(|t| t.envelope.len() as u64).sum();
+    shared.limits.stored(caller.box_id, caller.device_id, bytes);
     super::attachments::keep_referenced(shared, &attachments).await?;
     if ephemeral {
         return send_ephemeral(shared, caller, targets).await;
@@ -1486,5 +1489,52 @@ mod tests {
         let resp: pb::FetchResponse =
             TestEnv::body(&env.call_as(&alice, 1, Method::Fetch, &req).await);
         assert_eq!(resp.envelopes.len(), 40);
+    }
+
+    #[tokio::test]
+    async fn a_device_pays_for_every_copy_it_makes_the_gateway_store() {
+        let env = TestEnv::with(TestSettings {
+            stored_bytes: Some((0.0, 1000.0)),
+            ..TestSettings::default()
+        });
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let carol = env.register("carol@example.com").await;
+        let recipient = |b: &super::super::testkit::TestDevice, v: u64| pb::Recipient {
+            box_id: b.box_id.as_bytes().to_vec(),
+            device_list_version: v,
+            envelope: vec![7; 600],
+        };
+        let bv = env.device_list_version(&alice, "bob@example.com").await;
+        let cv = env.device_list_version(&alice, "carol@example.com").await;
+        let send = pb::SendRequest {
+            message_id: MessageId::new().as_bytes().to_vec(),
+            recipients: vec![recipient(&bob, bv), recipient(&carol, cv)],
+            wake: pb::Wake::High as i32,
+            ..pb::SendRequest::default()
+        };
+        // In credit: stored, 1200 bytes in all, which puts Alice in debt.
+        let resp = env.call_as(&alice, 1, Method::Send, &send).await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let again = pb::SendRequest {
+            message_id: MessageId::new().as_bytes().to_vec(),
+            ..send.clone()
+        };
+        let resp = env.call_as(&alice, 1, Method::Send, &again).await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        assert!(resp.message.contains("stored too much"), "{}", resp.message);
+        // Another device has its own budget.
+        let small = pb::SendRequest {
+            message_id: MessageId::new().as_bytes().to_vec(),
+            recipients: vec![pb::Recipient {
+                box_id: alice.box_id.as_bytes().to_vec(),
+                device_list_version: env.device_list_version(&bob, "alice@example.com").await,
+                envelope: vec![1; 10],
+            }],
+            wake: pb::Wake::High as i32,
+            ..pb::SendRequest::default()
+        };
+        let resp = env.call_as(&bob, 1, Method::Send, &small).await;
+        assert_eq!(status_of(&resp), Status::Ok);
     }
 }

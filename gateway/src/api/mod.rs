@@ -289,6 +289,20 @@ struct Hints {
     credentials_outdated: bool,
 }
 
+/// Refuses a device that is in debt for bytes it made the gateway store
+/// ([`crate::ratelimit::RateLimiter::may_store`]).
+pub(crate) fn may_store(shared: &Shared, caller: &Authenticated) -> Result<(), Failure> {
+    shared
+        .limits
+        .may_store(caller.box_id, caller.device_id)
+        .map_err(|limited| {
+            Failure::rate_limited(
+                limited,
+                "this device stored too much for its recipients recently; wait",
+            )
+        })
+}
+
 impl Shared {
     /// Runs the checks and the RPC; returns the encoded response body or the
     /// failure, and where the caller's box is homed when that is another region.

@@ -36,6 +36,7 @@ pub(crate) struct TestSettings {
     pub registrations: Option<(f64, f64)>,
     pub discovery: Option<(f64, f64)>,
     pub sealed: Option<(f64, f64)>,
+    pub stored_bytes: Option<(f64, f64)>,
     /// The deployment's regions (docs/examples/three-regions.toml when set).
     pub three_regions: bool,
 }
@@ -53,6 +54,7 @@ impl Default for TestSettings {
             registrations: None,
             discovery: None,
             sealed: None,
+            stored_bytes: None,
             three_regions: false,
         }
     }
@@ -134,6 +136,7 @@ impl TestEnv {
             registrations_per_identifier: rate(t.registrations),
             discovery_per_device: rate(t.discovery),
             sealed_per_recipient: rate(t.sealed),
+            stored_bytes_per_device: rate(t.stored_bytes),
         };
         if t.three_regions {
             let example = include_str!("../../../docs/examples/three-regions.toml");
