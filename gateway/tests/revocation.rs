@@ -17,7 +17,9 @@ use rossby_storage::kv::BackendConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{RawConn, RawDevice, bounded, codes_file, link_raw, ok, register_raw};
+use support::{
+    RawConn, RawDevice, bounded, codes_file, link_raw, ok, open_credentials, register_raw,
+};
 
 const US_EAST: RegionId = RegionId(1);
 const EU_WEST: RegionId = RegionId(2);
@@ -171,16 +173,24 @@ async fn a_removed_device_is_refused_at_once_where_removed_and_within_the_ttl_el
         Status::Unauthenticated
     );
 
-    // Refusals are not remembered: linked again (same id and keys, so the same
-    // credentials), the laptop is accepted at once everywhere.
+    // Linked again under the same id and keys, the laptop gets credentials of
+    // a new key version: the old ones stay refused everywhere, and refusals are
+    // not remembered, so the new ones are accepted at once everywhere.
     let relink = pb::LinkDeviceRequest {
         device_id: laptop.device_id.as_bytes().to_vec(),
         keys: Some(laptop.keys.bundle()),
         label: "laptop again".into(),
     };
-    let _: pb::LinkDeviceResponse = ok(&on_owner.call(&phone, Method::LinkDevice, &relink).await);
+    let relinked: pb::LinkDeviceResponse =
+        ok(&on_owner.call(&phone, Method::LinkDevice, &relink).await);
+    let laptop_again = RawDevice {
+        creds: open_credentials(&laptop.keys, &relinked.sealed_credentials),
+        ..laptop.clone()
+    };
+    assert_ne!(laptop_again.creds.id, laptop.creds.id);
     for conn in [&on_owner, &on_forwarder, &on_bystander] {
-        assert_eq!(auth_only(conn, &laptop).await, Status::BadRequest);
+        assert_eq!(auth_only(conn, &laptop).await, Status::Unauthenticated);
+        assert_eq!(auth_only(conn, &laptop_again).await, Status::BadRequest);
     }
 
     owner.shutdown().await;
