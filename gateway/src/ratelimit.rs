@@ -162,7 +162,7 @@ pub struct RateLimiter {
     per_device: Limiter<(BoxId, DeviceId)>,
     per_ip: Limiter<IpAddr>,
     registrations: Limiter<[u8; 32]>,
-    discovery: Limiter<(BoxId, DeviceId)>,
+    discovery: Limiter<BoxId>,
     sealed: Limiter<BoxId>,
     stored_bytes: Limiter<(BoxId, DeviceId)>,
 }
@@ -214,9 +214,10 @@ impl RateLimiter {
         self.sealed.check(recipient, Instant::now())
     }
 
-    /// One contact lookup by identifier of a device.
-    pub fn discovery(&self, box_id: BoxId, device: DeviceId) -> Result<(), Limited> {
-        self.discovery.check((box_id, device), Instant::now())
+    /// One lookup by identifier (RequestKey, Block, Unblock) of an account:
+    /// keyed by box, so linking more devices does not buy more lookups.
+    pub fn discovery(&self, box_id: BoxId) -> Result<(), Limited> {
+        self.discovery.check(box_id, Instant::now())
     }
 }
 

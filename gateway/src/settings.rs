@@ -38,7 +38,8 @@ pub struct RateLimits {
     pub per_ip: Rate,
     /// Registration attempts (codes sent) per identifier.
     pub registrations_per_identifier: Rate,
-    /// Contact lookups (RequestKey) per device.
+    /// Lookups by identifier (RequestKey, Block, Unblock) per account (the
+    /// setting keeps its historical name).
     pub discovery_per_device: Rate,
     /// Sealed sends (unauthenticated) per recipient box.
     pub sealed_per_recipient: Rate,

@@ -40,6 +40,9 @@ pub(crate) async fn block(
 ) -> Result<pb::BlockResponse, Failure> {
     let req: pb::BlockRequest = decode(body, "BlockRequest")?;
     let target = block_target(&req)?;
+    if matches!(target, Target::Identifier(_)) {
+        super::discovery_limit(shared, caller)?;
+    }
     let store = &shared.store;
     let owner = caller.box_id;
     let now = now_ms();
@@ -81,6 +84,9 @@ pub(crate) async fn unblock(
 ) -> Result<pb::BlockResponse, Failure> {
     let req: pb::BlockRequest = decode(body, "BlockRequest")?;
     let target = block_target(&req)?;
+    if matches!(target, Target::Identifier(_)) {
+        super::discovery_limit(shared, caller)?;
+    }
     let store = &shared.store;
     let owner = caller.box_id;
     let now = now_ms();

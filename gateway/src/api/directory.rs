@@ -4,7 +4,8 @@
 //! A user who is hidden, who blocked the caller, or whose account is being deleted
 //! answers exactly like an unknown one: `NOT_FOUND` with the same message. Looking
 //! up by box id ignores `hidden` (hiding is about identifiers) but not blocks.
-//! Lookups by identifier count against the caller's discovery rate limit.
+//! Lookups by identifier count against the caller's account's discovery rate limit
+//! (shared with Block and Unblock by identifier, whichever device asks).
 
 use super::{Failure, Shared, decode, device_info, now_ms, parse_box_id, parse_identifier};
 use crate::auth::Authenticated;
@@ -66,12 +67,7 @@ pub(crate) async fn request_key(
     let target = match (req.identifier.is_empty(), req.box_id.is_empty()) {
         (false, true) => {
             let id = parse_identifier(&req.identifier)?;
-            shared
-                .limits
-                .discovery(caller.box_id, caller.device_id)
-                .map_err(|l| {
-                    Failure::rate_limited(l, "too many contact lookups from this device")
-                })?;
+            super::discovery_limit(shared, caller)?;
             Target::Identifier(id)
         }
         (true, false) => Target::Box(parse_box_id(&req.box_id)?),
@@ -289,7 +285,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn discovery_is_rate_limited_per_device() {
+    async fn discovery_is_rate_limited_per_account() {
         let env = TestEnv::with(TestSettings {
             discovery: Some((0.0, 3.0)),
             ..TestSettings::default()
@@ -306,6 +302,27 @@ mod tests {
         assert!(resp.retry_after_ms > 0);
         // Lookups by box id are not discovery.
         let resp = env.request_key_by_box(&alice, alice.box_id).await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        // A freshly linked device shares the account's budget.
+        let laptop = env.link(&alice, "laptop").await;
+        let resp = env.request_key(&laptop, "user10@example.com").await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        // Block and Unblock by identifier answer OK or NOT_FOUND, so they are
+        // lookups too.
+        for method in [Method::Block, Method::Unblock] {
+            let req = pb::BlockRequest {
+                identifier: "user11@example.com".into(),
+                box_id: Vec::new(),
+            };
+            let resp = env.call_as(&alice, 1, method, &req).await;
+            assert_eq!(status_of(&resp), Status::RateLimited, "{method:?}");
+        }
+        // By box id they are not.
+        let req = pb::BlockRequest {
+            identifier: String::new(),
+            box_id: laptop.box_id.as_bytes().to_vec(),
+        };
+        let resp = env.call_as(&alice, 1, Method::Unblock, &req).await;
         assert_eq!(status_of(&resp), Status::Ok);
     }
 

@@ -289,6 +289,14 @@ struct Hints {
     credentials_outdated: bool,
 }
 
+/// One lookup by identifier against the caller's account's discovery budget.
+pub(crate) fn discovery_limit(shared: &Shared, caller: &Authenticated) -> Result<(), Failure> {
+    shared
+        .limits
+        .discovery(caller.box_id)
+        .map_err(|l| Failure::rate_limited(l, "too many lookups by identifier from this account"))
+}
+
 /// Refuses a device that is in debt for bytes it made the gateway store
 /// ([`crate::ratelimit::RateLimiter::may_store`]).
 pub(crate) fn may_store(shared: &Shared, caller: &Authenticated) -> Result<(), Failure> {
