@@ -501,6 +501,20 @@ pub struct Args {
     /// Burst of the above, in bytes [default: 67108864].
     #[arg(long, env = "ROSSBY_STORED_BYTES_BURST_PER_DEVICE", value_name = "BYTES", value_parser = parse_burst)]
     pub stored_bytes_burst_per_device: Option<f64>,
+    /// Verification codes requested per source address [default: 10/h].
+    #[arg(long, env = "ROSSBY_CODES_RATE_PER_ADDRESS", value_name = "RATE", value_parser = parse_rate)]
+    pub codes_rate_per_address: Option<f64>,
+    /// Burst of codes per source address [default: 10].
+    #[arg(long, env = "ROSSBY_CODES_BURST_PER_ADDRESS", value_name = "N", value_parser = parse_burst)]
+    pub codes_burst_per_address: Option<f64>,
+    /// Verification codes the whole deployment sends per hour, kept in storage
+    /// [default: 3600].
+    #[arg(long, env = "ROSSBY_CODES_PER_HOUR", value_name = "N")]
+    pub codes_per_hour: Option<u64>,
+    /// Verification codes per hour to the phone numbers of one range (first five
+    /// digits), kept in storage [default: 60].
+    #[arg(long, env = "ROSSBY_CODES_PER_PREFIX_PER_HOUR", value_name = "N")]
+    pub codes_per_prefix_per_hour: Option<u64>,
 
     // ---- gateway-to-gateway push (docs/configuration.md, "Cross-gateway push") ----
     /// Peer endpoint (UDP) listen address; turns gateway-to-gateway notifications
@@ -668,6 +682,10 @@ struct FileConfig {
     sealed_burst_per_recipient: Option<f64>,
     stored_bytes_rate_per_device: Option<RateValue>,
     stored_bytes_burst_per_device: Option<f64>,
+    codes_rate_per_address: Option<RateValue>,
+    codes_burst_per_address: Option<f64>,
+    codes_per_hour: Option<u64>,
+    codes_per_prefix_per_hour: Option<u64>,
     peer_listen: Option<SocketAddr>,
     peer_advertise: Option<String>,
     peer_ca: Option<PathBuf>,
@@ -861,6 +879,9 @@ impl Config {
             per_second: 1e6,
             burst: 1e6,
         };
+        // Tests register many users of one domain at once.
+        config.api.codes_per_hour = u64::MAX;
+        config.api.codes_per_prefix_per_hour = u64::MAX;
         config.api.rate_limits = RateLimits {
             per_device: unlimited,
             per_ip: unlimited,
@@ -868,6 +889,7 @@ impl Config {
             discovery_per_device: unlimited,
             sealed_per_recipient: unlimited,
             stored_bytes_per_device: unlimited,
+            codes_per_address: unlimited,
         };
         config.drain_grace = Duration::ZERO;
         config.drain_timeout = Duration::from_secs(5);
@@ -1751,6 +1773,34 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     )? {
         r.stored_bytes_per_device.burst = v;
     }
+    if let Some(v) = rate_of(
+        a.codes_rate_per_address,
+        f.codes_rate_per_address,
+        "codes_rate_per_address",
+    )? {
+        r.codes_per_address.per_second = v;
+    }
+    if let Some(v) = burst_of(
+        a.codes_burst_per_address,
+        f.codes_burst_per_address,
+        "codes_burst_per_address",
+    )? {
+        r.codes_per_address.burst = v;
+    }
+    api.codes_per_hour = at_least(
+        "codes-per-hour",
+        pick(a.codes_per_hour, f.codes_per_hour, api.codes_per_hour),
+        1,
+    )?;
+    api.codes_per_prefix_per_hour = at_least(
+        "codes-per-prefix-per-hour",
+        pick(
+            a.codes_per_prefix_per_hour,
+            f.codes_per_prefix_per_hour,
+            api.codes_per_prefix_per_hour,
+        ),
+        1,
+    )?;
 
     // Geography.
     c.local = a.local.or(f.local).unwrap_or(false);

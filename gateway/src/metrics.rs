@@ -19,6 +19,7 @@
 //! | `rossby_storage_retries_total` | counter | |
 //! | `rossby_storage_errors_total` | counter | `kind` |
 //! | `rossby_verification_codes_sent_total` | counter | |
+//! | `rossby_verification_codes_refused_total` | counter | `budget` |
 //! | `rossby_pushes_total` | counter | |
 //! | `rossby_envelopes_enqueued_total` | counter | |
 //! | `rossby_build_info` | gauge (always 1) | `version` |
@@ -90,6 +91,10 @@ pub const PEER_FORWARD_RESULTS: &[&str] = &["answered", "failed", "served"];
 /// which Prometheus sets on every scraped series (the scrape job).
 pub const MAINTENANCE_JOBS: &[&str] = &["expiry", "purge"];
 
+/// The `budget` labels of `rossby_verification_codes_refused_total`, exported
+/// from the start at 0.
+pub const CODE_BUDGETS: &[&str] = &["address", "global", "prefix"];
+
 /// The (`task`, `kind`) labels of `rossby_maintenance_work_total`, exported from
 /// the start at 0: expiry index entries processed, envelopes and dedup records
 /// they deleted; boxes purged and the purge transactions that took; attachment
@@ -146,6 +151,9 @@ pub struct Metrics {
     pub storage_errors_total: IntCounterVec,
     /// `rossby_verification_codes_sent_total`: codes handed to the verifier.
     pub verification_codes_sent_total: IntCounter,
+    /// `rossby_verification_codes_refused_total{budget}`: codes not sent
+    /// because a budget was spent (`address`, `global`, `prefix`).
+    pub verification_codes_refused_total: IntCounterVec,
     /// `rossby_pushes_total`: push frames written to subscribed connections.
     pub pushes_total: IntCounter,
     /// `rossby_envelopes_enqueued_total`: envelopes stored into recipient queues.
@@ -344,6 +352,16 @@ impl Metrics {
                     "Verification codes handed to the verifier.",
                 ),
             ),
+            verification_codes_refused_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_verification_codes_refused_total",
+                        "Verification codes not sent because a budget was spent, by budget.",
+                    ),
+                    &["budget"],
+                ),
+            ),
             pushes_total: register(
                 r,
                 IntCounter::new("rossby_pushes_total", "Push frames written to devices."),
@@ -538,6 +556,11 @@ impl Metrics {
         for direction in ["uploaded", "downloaded", "deleted"] {
             metrics.blob_bytes_total.with_label_values(&[direction]);
         }
+        for budget in CODE_BUDGETS {
+            metrics
+                .verification_codes_refused_total
+                .with_label_values(&[budget]);
+        }
         for operation in BLOB_STORE_OPERATIONS {
             metrics
                 .blob_store_operations_total
@@ -612,6 +635,13 @@ impl Metrics {
         self.peer_notifications_total
             .with_label_values(&[result])
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Counts one verification code refused by `budget`.
+    pub fn verification_code_refused(&self, budget: &str) {
+        self.verification_codes_refused_total
+            .with_label_values(&[budget])
+            .inc();
     }
 
     /// Counts `n` units of maintenance work of `kind` done by `task`.

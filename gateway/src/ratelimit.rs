@@ -165,6 +165,7 @@ pub struct RateLimiter {
     discovery: Limiter<BoxId>,
     sealed: Limiter<BoxId>,
     stored_bytes: Limiter<(BoxId, DeviceId)>,
+    codes_per_address: Limiter<IpAddr>,
 }
 
 impl RateLimiter {
@@ -177,6 +178,7 @@ impl RateLimiter {
             discovery: Limiter::new(limits.discovery_per_device, DEFAULT_CAPACITY),
             sealed: Limiter::new(limits.sealed_per_recipient, DEFAULT_CAPACITY),
             stored_bytes: Limiter::new(limits.stored_bytes_per_device, DEFAULT_CAPACITY),
+            codes_per_address: Limiter::new(limits.codes_per_address, DEFAULT_CAPACITY),
         }
     }
 
@@ -207,6 +209,11 @@ impl RateLimiter {
     pub fn stored(&self, box_id: BoxId, device: DeviceId, bytes: u64) {
         self.stored_bytes
             .charge((box_id, device), Instant::now(), bytes as f64);
+    }
+
+    /// One verification code requested from a source address.
+    pub fn code_from(&self, ip: IpAddr) -> Result<(), Limited> {
+        self.codes_per_address.check(ip_key(ip), Instant::now())
     }
 
     /// One sealed (unauthenticated) send to a recipient box.

@@ -46,6 +46,9 @@ pub struct RateLimits {
     /// Bytes a device makes the gateway store, every recipient box's copy
     /// counted (Send, GroupSend, GroupCommit): a device in debt is refused.
     pub stored_bytes_per_device: Rate,
+    /// Verification codes requested per source address (Register and
+    /// AddIdentifier).
+    pub codes_per_address: Rate,
 }
 
 impl Default for RateLimits {
@@ -75,6 +78,10 @@ impl Default for RateLimits {
                 per_second: 4.0 * 1024.0 * 1024.0,
                 burst: 64.0 * 1024.0 * 1024.0,
             },
+            codes_per_address: Rate {
+                per_second: 10.0 / 3600.0,
+                burst: 10.0,
+            },
         }
     }
 }
@@ -102,6 +109,12 @@ pub struct ApiSettings {
     pub code_ttl: Duration,
     /// Wrong codes allowed before a registration must start again.
     pub code_max_attempts: u32,
+    /// Deployment-wide budgets of codes sent per hour, kept in storage
+    /// (against SMS pumping): every code, and per number prefix or e-mail
+    /// domain.
+    pub codes_per_hour: u64,
+    /// See [`ApiSettings::codes_per_hour`].
+    pub codes_per_prefix_per_hour: u64,
     /// Where codes are sent.
     pub verifier: VerifierSpec,
     /// Storage limits (payload size, devices, KeyPackages, retention, ...).
@@ -138,6 +151,8 @@ impl ApiSettings {
             device_cache_entries: crate::auth::device_cache::DEFAULT_DEVICE_CACHE_ENTRIES,
             code_ttl: Duration::from_secs(600),
             code_max_attempts: 5,
+            codes_per_hour: 3600,
+            codes_per_prefix_per_hour: 60,
             verifier: VerifierSpec::Log,
             limits: Limits::default(),
             max_recipients_per_send: 256,

@@ -57,6 +57,7 @@ const REGIONAL: u8 = 0x02;
 
 const GLOBAL_LOOKUP: u8 = 0x01;
 const GLOBAL_REGISTRATION: u8 = 0x02;
+const GLOBAL_CODE_BUDGET: u8 = 0x03;
 
 const REGION_BOX: u8 = 0x01;
 const REGION_EXPIRY: u8 = 0x02;
@@ -244,6 +245,10 @@ pub enum Key {
         /// The device that asked.
         device: DeviceId,
     },
+    /// The deployment-wide count of verification codes sent in the current
+    /// window for one scope (all codes, or one number prefix or e-mail domain),
+    /// by the SHA-256 of the scope's name.
+    CodeBudget([u8; 32]),
     /// A box's profile and settings.
     Profile(BoxId),
     /// A device record.
@@ -366,6 +371,7 @@ impl Key {
         match *self {
             Key::Lookup { .. }
             | Key::Registration { .. }
+            | Key::CodeBudget(_)
             | Key::GatewayLease(..)
             | Key::MaintenanceLease(..) => None,
             Key::Profile(b)
@@ -417,6 +423,11 @@ impl Key {
                 out.extend_from_slice(&pepper_version.to_be_bytes());
                 out.extend_from_slice(&digest);
                 out.extend_from_slice(device.as_bytes());
+                out
+            }
+            Key::CodeBudget(scope) => {
+                let mut out = vec![GLOBAL, GLOBAL_CODE_BUDGET];
+                out.extend_from_slice(&scope);
                 out
             }
             Key::Profile(b) => table_prefix(b, Table::Profile),
@@ -531,6 +542,7 @@ impl Key {
                     digest: r.array()?,
                     device: r.device()?,
                 },
+                GLOBAL_CODE_BUDGET => Key::CodeBudget(r.array()?),
                 _ => return Err(Error::MalformedKey("unknown global table")),
             },
             REGIONAL => {
@@ -832,6 +844,7 @@ mod tests {
                 pepper_version,
                 digest
             }),
+            any::<[u8; 32]>().prop_map(Key::CodeBudget),
             (any::<u32>(), any::<[u8; 32]>(), any_device()).prop_map(
                 |(pepper_version, digest, device)| Key::Registration {
                     pepper_version,
@@ -941,7 +954,7 @@ mod tests {
                 prop_assert!(region_range(owner.home_region()).contains(&bytes));
             }
             let home = match key {
-                Key::Lookup { .. } | Key::Registration { .. } => {
+                Key::Lookup { .. } | Key::Registration { .. } | Key::CodeBudget(_) => {
                     prop_assert!(key.owner_box().is_none());
                     prop_assert!(global_range().contains(&bytes));
                     return Ok(());

@@ -88,6 +88,11 @@ pub fn fitted_rate_limits(scenario: &Scenario) -> RateLimits {
             per_second: f64::INFINITY,
             burst: f64::INFINITY,
         },
+        // It registers every user from one address.
+        codes_per_address: Rate {
+            per_second: f64::INFINITY,
+            burst: f64::INFINITY,
+        },
     }
 }
 
@@ -115,6 +120,9 @@ pub async fn start(scenario: &Scenario, options: LocalOptions) -> Result<Local> 
     config.local = true;
     let rate_limits = fitted_rate_limits(scenario);
     config.api.rate_limits = rate_limits.clone();
+    // Every simulated user registers at once, from one address and domain.
+    config.api.codes_per_hour = u64::MAX;
+    config.api.codes_per_prefix_per_hour = u64::MAX;
     let deployment = LocalDeployment::start(config)
         .await
         .map_err(|e| Error::Local(e.to_string()))?;

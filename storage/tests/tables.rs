@@ -15,7 +15,8 @@ use rossby_storage::tables::queue::{self, FetchLimits, NewEnvelope, Sender};
 use rossby_storage::tables::records::{AcceptFrom, Marker, QueueHead};
 use rossby_storage::tables::records::{IdentRecord, PendingIdentifier, PendingRegistration};
 use rossby_storage::tables::{
-    Limits, Record, Store, Tx, devices, identifiers, keypackages, lifecycle, lookup, registrations,
+    Limits, Record, Store, Tx, code_budgets, devices, identifiers, keypackages, lifecycle, lookup,
+    registrations,
 };
 use rossby_storage::{Error, ScanOrder, transact};
 use std::collections::BTreeSet;
@@ -43,6 +44,7 @@ backends::on_every_backend!(
     settings_control_who_may_send,
     sealed_senders_need_the_access_key_and_leave_no_trace,
     expired_registrations_are_swept_per_region_in_bounded_steps,
+    code_budgets_are_spent_together_or_not_at_all,
     account_deletion_removes_everything,
     interrupted_purges_are_resumed,
     deletion_racing_with_sends_leaves_nothing_behind,
@@ -1030,6 +1032,46 @@ async fn expired_registrations_are_swept_per_region_in_bounded_steps(store: &Sto
         .unwrap();
         assert_eq!(left.is_some(), kept);
     }
+}
+
+async fn code_budgets_are_spent_together_or_not_at_all(store: &Store) {
+    use code_budgets::Budget;
+    const HOUR: u64 = 3_600_000;
+    let budgets = |prefix: &str| {
+        vec![
+            Budget {
+                scope: "all".into(),
+                limit: 5,
+            },
+            Budget {
+                scope: format!("prefix:{prefix}"),
+                limit: 2,
+            },
+        ]
+    };
+    let spend = |b: Vec<Budget>, now: u64| async move {
+        transact!(store, |txn| code_budgets::spend(txn, &b, now, HOUR).await).unwrap()
+    };
+    let spent = |scope: &'static str, now: u64| async move {
+        transact!(store, |txn| code_budgets::spent(txn, scope, now, HOUR)
+            .await)
+        .unwrap()
+    };
+    let t = 10 * HOUR;
+    assert_eq!(spend(budgets("+14155"), t).await, None);
+    assert_eq!(spend(budgets("+14155"), t + 1).await, None);
+    // The prefix is spent: refused, and the global budget is not charged.
+    assert_eq!(spend(budgets("+14155"), t + 2).await, Some(1));
+    assert_eq!(spent("all", t + 2).await, 2);
+    // Other prefixes share the global budget until it is spent.
+    assert_eq!(spend(budgets("+44207"), t + 3).await, None);
+    assert_eq!(spend(budgets("+44207"), t + 4).await, None);
+    assert_eq!(spend(budgets("+33144"), t + 5).await, None);
+    assert_eq!(spend(budgets("+33144"), t + 6).await, Some(0));
+    assert_eq!(spent("all", t + 6).await, 5);
+    // A new window starts from nothing.
+    assert_eq!(spend(budgets("+14155"), t + HOUR).await, None);
+    assert_eq!(spent("all", t + HOUR).await, 1);
 }
 
 async fn settings_control_who_may_send(store: &Store) {

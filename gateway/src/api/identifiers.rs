@@ -60,6 +60,7 @@ enum Added {
 /// AddIdentifier: stores a pending addition and sends a code to the identifier.
 pub(crate) async fn add(
     shared: &Shared,
+    origin: &super::Origin<'_>,
     caller: &Authenticated,
     body: &[u8],
 ) -> Result<pb::AddIdentifierResponse, Failure> {
@@ -67,6 +68,7 @@ pub(crate) async fn add(
     let id = parse_identifier(&req.identifier)?;
     let store = &shared.store;
     let digest = store.hasher.current(&id);
+    super::registration::spend_code_budgets(shared, &id, origin.remote.ip()).await?;
     let issued = issue_code(shared, &digest)?;
     let now = issued.now_ms;
     let record = PendingIdentifier {

@@ -354,7 +354,7 @@ impl Shared {
         let result = match method {
             Method::Ping => encode(service::ping(self)),
             Method::Health => encode(Ok(service::health(self).await)),
-            Method::Register => encode(registration::register(self, body).await),
+            Method::Register => encode(registration::register(self, origin, body).await),
             Method::Authorize => encode(registration::authorize(self, body).await),
             Method::SealedSend => encode(sealed::sealed_send(self, body).await),
             _ => {
@@ -415,7 +415,7 @@ impl Shared {
             Method::RefreshCredentials => {
                 encode(registration::refresh_credentials(self, caller, body).await)
             }
-            Method::AddIdentifier => encode(identifiers::add(self, caller, body).await),
+            Method::AddIdentifier => encode(identifiers::add(self, origin, caller, body).await),
             Method::ConfirmIdentifier => encode(identifiers::confirm(self, caller, body).await),
             Method::RemoveIdentifier => encode(identifiers::remove(self, caller, body).await),
             Method::ListIdentifiers => encode(identifiers::list(self, caller, body).await),

@@ -21,12 +21,13 @@ use crate::auth::keys::CredentialId;
 use crate::auth::{Authenticated, codes, keys};
 use crate::verifier::CodeMessage;
 use prost::Message;
-use rossby_keyspace::{BoxId, DeviceId, RegionId};
+use rossby_keyspace::{BoxId, DeviceId, Identifier, RegionId};
 use rossby_protocol::crypto::{CONTEXT_CREDENTIALS, PublicKeys, seal};
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::records::{Device, PendingRegistration};
-use rossby_storage::tables::{devices, lifecycle, lookup, registrations};
+use rossby_storage::tables::{code_budgets, devices, lifecycle, lookup, registrations};
 use rossby_storage::transact;
+use std::time::Duration;
 
 /// The key version of a newly authorized device.
 const FIRST_KEY_VERSION: u32 = 1;
@@ -119,6 +120,68 @@ pub(crate) fn issue_code(
         expires_at_ms: now.saturating_add(ttl_ms),
         now_ms: now,
     })
+}
+
+/// How long the deployment-wide code budgets count.
+const CODE_BUDGET_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Spends one code from the source address's budget (in this gateway's
+/// memory) and from the deployment's budgets in storage: every code, and the
+/// phone number's prefix (its first five digits, against SMS pumping into one
+/// range). A refusal names the budget, is counted in
+/// `rossby_verification_codes_refused_total{budget}`, and spends nothing else.
+pub(crate) async fn spend_code_budgets(
+    shared: &Shared,
+    id: &Identifier,
+    address: std::net::IpAddr,
+) -> Result<(), Failure> {
+    let refused = |budget: &str, retry_after: Duration, message: &str| {
+        shared.metrics.verification_code_refused(budget);
+        Failure::rate_limited(crate::ratelimit::Limited { retry_after }, message)
+    };
+    if let Err(limited) = shared.limits.code_from(address) {
+        return Err(refused(
+            "address",
+            limited.retry_after,
+            "too many verification codes requested from this address",
+        ));
+    }
+    let settings = &shared.settings;
+    let mut budgets = vec![code_budgets::Budget {
+        scope: "all".into(),
+        limit: settings.codes_per_hour,
+    }];
+    if let Identifier::Phone(number) = id {
+        budgets.push(code_budgets::Budget {
+            scope: format!("prefix:{}", number.chars().take(6).collect::<String>()),
+            limit: settings.codes_per_prefix_per_hour,
+        });
+    }
+    let now = now_ms();
+    let window_ms = u64::try_from(CODE_BUDGET_WINDOW.as_millis()).unwrap_or(u64::MAX);
+    let store = &shared.store;
+    let exhausted = transact!(store, |txn| code_budgets::spend(
+        txn, &budgets, now, window_ms
+    )
+    .await)?;
+    match exhausted {
+        None => Ok(()),
+        Some(i) => {
+            let retry_after = Duration::from_millis(window_ms - now % window_ms.max(1));
+            let (budget, message) = if i == 0 {
+                (
+                    "global",
+                    "the deployment sent its hourly budget of verification codes",
+                )
+            } else {
+                (
+                    "prefix",
+                    "too many verification codes for numbers of this range",
+                )
+            };
+            Err(refused(budget, retry_after, message))
+        }
+    }
 }
 
 /// Sends an issued code to the identifier through the verifier.
@@ -225,6 +288,7 @@ pub(crate) fn code_failure(check: CodeCheck, start: &str) -> Failure {
 /// Register: starts a registration and sends a code.
 pub(crate) async fn register(
     shared: &Shared,
+    origin: &super::Origin<'_>,
     body: &[u8],
 ) -> Result<pb::RegisterResponse, Failure> {
     let req: pb::RegisterRequest = decode(body, "RegisterRequest")?;
@@ -251,6 +315,7 @@ pub(crate) async fn register(
     if already_bound {
         return Err(already_registered());
     }
+    spend_code_budgets(shared, &id, origin.remote.ip()).await?;
     let issued = issue_code(shared, &digest)?;
     let now = issued.now_ms;
     let record = PendingRegistration {
@@ -995,5 +1060,93 @@ mod tests {
             .authorize_request("bob@example.com", &other, &others_code)
             .await;
         assert_eq!(status_of(&resp), Status::AlreadyRegistered);
+    }
+
+    fn register(identifier: &str) -> pb::RegisterRequest {
+        let device = TestEnv::new_device();
+        pb::RegisterRequest {
+            identifier: identifier.into(),
+            device_id: device.device_id.as_bytes().to_vec(),
+            keys: Some(device.keys.bundle()),
+            ..pb::RegisterRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn codes_fit_the_deployments_budgets_in_storage() {
+        // Three codes an hour in all, two per number range.
+        let env = TestEnv::with(TestSettings {
+            code_budgets: Some((3, 2)),
+            ..TestSettings::default()
+        });
+        let refused = |budget: &str| {
+            env.metrics
+                .verification_codes_refused_total
+                .with_label_values(&[budget])
+                .get()
+        };
+        for (n, number) in ["+14155550101", "+14155550102"].iter().enumerate() {
+            let resp = env
+                .call(n as u64, Method::Register, &register(number))
+                .await;
+            assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        }
+        // A third number of the +1 415 5 range: refused, whatever the address.
+        let resp = env
+            .call(7, Method::Register, &register("+14155550103"))
+            .await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        assert!(resp.message.contains("range"), "{}", resp.message);
+        assert!(resp.retry_after_ms > 0);
+        assert_eq!(refused("prefix"), 1);
+        // Another range still has room, until the global budget is spent.
+        let resp = env
+            .call(8, Method::Register, &register("+442071234567"))
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
+        let resp = env
+            .call(9, Method::Register, &register("dora@example.com"))
+            .await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        assert_eq!(refused("global"), 1);
+        // Only the accepted ones sent a code.
+        assert_eq!(env.code_lines().len(), 3);
+        // A second gateway of the deployment sees the same budget.
+        let other = env.with_server_secrets(
+            crate::auth::secrets::ServerSecrets::single(SECRET.to_vec()).unwrap(),
+        );
+        let resp = other
+            .call(10, Method::Register, &register("erin@example.com"))
+            .await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+    }
+
+    #[tokio::test]
+    async fn codes_are_limited_per_source_address() {
+        let env = TestEnv::with(TestSettings {
+            codes_per_address: Some((0.0, 2.0)),
+            ..TestSettings::default()
+        });
+        for identifier in ["a@example.com", "b@example.com"] {
+            let resp = env.call(1, Method::Register, &register(identifier)).await;
+            assert_eq!(status_of(&resp), Status::Ok);
+        }
+        let resp = env
+            .call(1, Method::Register, &register("c@example.com"))
+            .await;
+        assert_eq!(status_of(&resp), Status::RateLimited);
+        assert!(resp.message.contains("address"), "{}", resp.message);
+        assert_eq!(
+            env.metrics
+                .verification_codes_refused_total
+                .with_label_values(&["address"])
+                .get(),
+            1
+        );
+        // Another address is not limited by it.
+        let resp = env
+            .call(2, Method::Register, &register("c@example.com"))
+            .await;
+        assert_eq!(status_of(&resp), Status::Ok);
     }
 }

@@ -37,6 +37,9 @@ pub(crate) struct TestSettings {
     pub discovery: Option<(f64, f64)>,
     pub sealed: Option<(f64, f64)>,
     pub stored_bytes: Option<(f64, f64)>,
+    pub codes_per_address: Option<(f64, f64)>,
+    /// Deployment-wide codes per hour: (all, per prefix or domain).
+    pub code_budgets: Option<(u64, u64)>,
     /// The deployment's regions (docs/examples/three-regions.toml when set).
     pub three_regions: bool,
 }
@@ -55,6 +58,8 @@ impl Default for TestSettings {
             discovery: None,
             sealed: None,
             stored_bytes: None,
+            codes_per_address: None,
+            code_budgets: None,
             three_regions: false,
         }
     }
@@ -127,6 +132,10 @@ impl TestEnv {
         settings.verifier = VerifierSpec::File(dir.path().join("codes.txt"));
         settings.code_max_attempts = t.code_max_attempts;
         settings.code_ttl = t.code_ttl;
+        // Unbounded unless a test asks: many register users of one domain.
+        let (all, prefix) = t.code_budgets.unwrap_or((u64::MAX, u64::MAX));
+        settings.codes_per_hour = all;
+        settings.codes_per_prefix_per_hour = prefix;
         settings.hawk_skew = t.hawk_skew;
         settings.max_recipients_per_send = t.max_recipients;
         settings.max_fetch_count = t.max_fetch_count;
@@ -137,6 +146,7 @@ impl TestEnv {
             discovery_per_device: rate(t.discovery),
             sealed_per_recipient: rate(t.sealed),
             stored_bytes_per_device: rate(t.stored_bytes),
+            codes_per_address: rate(t.codes_per_address),
         };
         if t.three_regions {
             let example = include_str!("../../../docs/examples/three-regions.toml");

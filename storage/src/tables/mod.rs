@@ -48,6 +48,7 @@ use std::collections::BTreeMap;
 
 pub mod accounts;
 pub mod blobs;
+pub mod code_budgets;
 pub mod contacts;
 pub mod devices;
 pub mod gateways;

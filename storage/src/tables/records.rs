@@ -26,8 +26,8 @@ pub use generated::{
     Relation, StoredEnvelope,
 };
 pub use generated::{BlobRecord, BlobState, BlobUsage};
+pub use generated::{CodeBudgetRecord, PushProvider, PushTokenRecord, RetiredDevice};
 pub use generated::{OutboxEntry, OutboxRecipient};
-pub use generated::{PushProvider, PushTokenRecord, RetiredDevice};
 
 /// The device-list version of an envelope that is not sealed per device (a
 /// group's MLS message, readable by every member device): it is accepted against
@@ -265,6 +265,7 @@ record! {
     BlobUsage => "blob usage",
     PushTokenRecord => "push token",
     RetiredDevice => "retired device",
+    CodeBudgetRecord => "code budget",
 }
 
 #[cfg(test)]

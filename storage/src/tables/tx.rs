@@ -207,6 +207,8 @@ pub enum SharedKey {
     GatewayLease(RegionId, [u8; 16]),
     /// The lease of a background job of a region.
     MaintenanceLease(RegionId, MaintenanceJob),
+    /// A deployment-wide budget of verification codes.
+    CodeBudget([u8; 32]),
 }
 
 impl SharedKey {
@@ -249,6 +251,7 @@ impl From<SharedKey> for Key {
             },
             SharedKey::GatewayLease(region, id) => Key::GatewayLease(region, id),
             SharedKey::MaintenanceLease(region, job) => Key::MaintenanceLease(region, job),
+            SharedKey::CodeBudget(scope) => Key::CodeBudget(scope),
         }
     }
 }
