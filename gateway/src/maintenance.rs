@@ -697,6 +697,21 @@ mod tests {
             .collect()
     }
 
+    /// The maintenance of a gateway that is alone in its region (no ownership
+    /// view: it prefers itself for every job).
+    fn alone(store: &Store, metrics: &Arc<Metrics>) -> Maintenance {
+        Maintenance::new(
+            store.clone(),
+            REGION,
+            [9; 16],
+            "127.0.0.1:7400".into(),
+            None,
+            Duration::from_secs(5),
+            LEASE,
+            metrics.clone(),
+        )
+    }
+
     /// Stores a pending registration for `n` whose code expires at `expires`,
     /// asking for `region`.
     async fn pending(store: &Store, n: u32, expires: u64, region: u16) {
@@ -723,16 +738,7 @@ mod tests {
     async fn the_purge_job_deletes_the_regions_expired_registrations() {
         let store = store();
         let metrics = Arc::new(Metrics::new());
-        let m = Maintenance::new(
-            store.clone(),
-            REGION,
-            [9; 16],
-            "127.0.0.1:7400".into(),
-            None,
-            Duration::from_secs(5),
-            LEASE,
-            metrics.clone(),
-        );
+        let m = alone(&store, &metrics);
         // 600 expired (more than two batches), 5 still valid, 7 expired but
         // asking for another region (that region's maintenance deletes them).
         for n in 0..600 {
@@ -769,16 +775,7 @@ mod tests {
     async fn without_ownership_one_gateway_holds_and_renews_every_job() {
         let store = store();
         let metrics = Arc::new(Metrics::new());
-        let m = Maintenance::new(
-            store.clone(),
-            REGION,
-            [9; 16],
-            "127.0.0.1:7400".into(),
-            None,
-            Duration::from_secs(5),
-            LEASE,
-            metrics.clone(),
-        );
+        let m = alone(&store, &metrics);
         m.round(T0).await;
         let all: BTreeSet<MaintenanceJob> = MaintenanceJob::all().collect();
         assert_eq!(m.held(), all);
