@@ -853,8 +853,13 @@ pub(crate) fn parse_box_id(raw: &[u8]) -> Result<BoxId, Failure> {
 
 /// Parses a 16-byte device id.
 pub(crate) fn parse_device_id(raw: &[u8]) -> Result<DeviceId, Failure> {
-    DeviceId::try_from_slice(raw)
-        .map_err(|_| Failure::bad_request("a device id must have 16 bytes"))
+    let id = DeviceId::try_from_slice(raw)
+        .map_err(|_| Failure::bad_request("a device id must have 16 bytes"))?;
+    // The nil id is reserved: it is the dedup scope of sealed-sender envelopes.
+    if id == DeviceId::UNIDENTIFIED {
+        return Err(Failure::bad_request("a device id must not be the nil UUID"));
+    }
+    Ok(id)
 }
 
 /// Checks a device label.

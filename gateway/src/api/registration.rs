@@ -1149,4 +1149,15 @@ mod tests {
             .await;
         assert_eq!(status_of(&resp), Status::Ok);
     }
+
+    #[tokio::test]
+    async fn the_nil_device_id_is_refused() {
+        let env = TestEnv::new();
+        let mut req = register("nil@example.com");
+        req.device_id = vec![0; 16];
+        let resp = env.call(1, Method::Register, &req).await;
+        assert_eq!(status_of(&resp), Status::BadRequest);
+        assert!(resp.message.contains("nil"), "{}", resp.message);
+        assert!(env.code_lines().is_empty());
+    }
 }
