@@ -290,6 +290,22 @@ fn base_args(dir: &Path) -> Vec<String> {
         big,
         "--discovery-burst-per-device",
         big,
+        "--stored-bytes-rate-per-device",
+        big,
+        "--stored-bytes-burst-per-device",
+        big,
+        "--codes-rate-per-address",
+        big,
+        "--codes-burst-per-address",
+        big,
+        "--codes-per-hour",
+        "1000000000",
+        "--codes-per-prefix-per-hour",
+        "1000000000",
+        "--max-queue-envelopes",
+        big,
+        "--max-queue-bytes",
+        "1000000000000",
     ]
     .iter()
     .map(|s| s.to_string())
