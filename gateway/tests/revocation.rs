@@ -125,13 +125,20 @@ async fn a_removed_device_is_refused_at_once_where_removed_and_within_the_ttl_el
         (&bystander, &on_bystander),
     ] {
         assert_eq!(auth_only(conn, &laptop).await, Status::BadRequest);
-        let before = transactions(gateway);
-        assert_eq!(auth_only(conn, &laptop).await, Status::BadRequest);
-        assert_eq!(
-            transactions(gateway),
-            before,
-            "a remembered device reads nothing"
-        );
+        // Background work (a maintenance round, lease renewals) may run a
+        // transaction at the same moment: a device that is not remembered would
+        // read storage every time, so one quiet attempt out of several proves it.
+        let mut quiet = false;
+        for _ in 0..5 {
+            let before = transactions(gateway);
+            assert_eq!(auth_only(conn, &laptop).await, Status::BadRequest);
+            if transactions(gateway) == before {
+                quiet = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(quiet, "a remembered device reads nothing");
     }
 
     // The phone removes the laptop through the eu-west forwarder; the owner
