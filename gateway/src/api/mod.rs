@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     /// ([`Api::set_blob_store`]); until then the attachment RPCs answer
     /// `UNAVAILABLE`.
     pub(crate) blobs: std::sync::OnceLock<crate::blobstore::BlobStore>,
+    /// The sender certificate keys of the server secrets ([`sealed`]).
+    pub(crate) certificate_keys: sealed::CertificateKeys,
 }
 
 /// Where a request came from: [`ConnContext`] without the requirement of a QUIC
@@ -173,6 +175,7 @@ impl Api {
         let mut store = store;
         store.limits = settings.limits.clone();
         let presence = Presence::new();
+        let certificate_keys = sealed::CertificateKeys::derive(&secrets).map_err(invalid)?;
         let auth = Authenticator::new(
             secrets,
             settings.service.clone(),
@@ -197,6 +200,7 @@ impl Api {
                 enqueuer,
                 box_locks: box_locks::BoxLocks::default(),
                 blobs: std::sync::OnceLock::new(),
+                certificate_keys,
             }),
         })
     }

@@ -21,6 +21,8 @@
 
 use super::{Failure, Shared, decode, now_ms, parse_box_id};
 use crate::auth::Authenticated;
+use crate::auth::secrets::ServerSecrets;
+use ed25519_dalek::SigningKey;
 use rossby_keyspace::MessageId;
 use rossby_protocol::crypto::sealed_sender::{self, ACCESS_KEY_LEN, certificate_key};
 use rossby_protocol::pb::{self, Status};
@@ -32,20 +34,40 @@ use std::time::Duration;
 /// How long a sender certificate is valid.
 pub const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// The certificate public key of every server secret version this gateway holds.
-pub(crate) fn certificate_keys(shared: &Shared) -> Result<Vec<pb::SenderCertificateKey>, Failure> {
-    shared
-        .auth
-        .secrets()
-        .all()
-        .map(|(version, secret)| {
-            let key = certificate_key(secret).map_err(|_| Failure::internal())?;
-            Ok(pb::SenderCertificateKey {
-                version,
-                public_key: key.verifying_key().to_bytes().to_vec(),
+/// The certificate keys of a gateway's server secrets, derived once when the
+/// API is built (the secrets do not change while it runs).
+pub(crate) struct CertificateKeys {
+    /// The current version and its signing key.
+    current: (u32, SigningKey),
+    /// Every version's public key, as Ping lists them.
+    public: Vec<pb::SenderCertificateKey>,
+}
+
+impl CertificateKeys {
+    /// Derives the key of every version in `secrets`.
+    pub(crate) fn derive(secrets: &ServerSecrets) -> Result<Self, String> {
+        let derive = |secret: &[u8]| {
+            certificate_key(secret).map_err(|e| format!("sender certificate key: {e}"))
+        };
+        let public = secrets
+            .all()
+            .map(|(version, secret)| {
+                Ok(pb::SenderCertificateKey {
+                    version,
+                    public_key: derive(secret)?.verifying_key().to_bytes().to_vec(),
+                })
             })
+            .collect::<Result<_, String>>()?;
+        Ok(CertificateKeys {
+            current: (secrets.current_version(), derive(secrets.current())?),
+            public,
         })
-        .collect()
+    }
+
+    /// The public key of every server secret version this gateway holds.
+    pub(crate) fn public(&self) -> &[pb::SenderCertificateKey] {
+        &self.public
+    }
 }
 
 /// GetSenderCertificate: a certificate for the calling device, signed with the
@@ -61,12 +83,11 @@ pub(crate) async fn get_certificate(
     let device = transact!(store, |txn| devices::get_device(txn, box_id, device_id)
         .await)?
     .ok_or_else(Failure::not_found)?;
-    let secrets = shared.auth.secrets();
-    let key = certificate_key(secrets.current()).map_err(|_| Failure::internal())?;
+    let (version, key) = &shared.certificate_keys.current;
     let lifetime = u64::try_from(CERTIFICATE_LIFETIME.as_millis()).unwrap_or(u64::MAX);
     let certificate = sealed_sender::issue_certificate(
-        &key,
-        secrets.current_version(),
+        key,
+        *version,
         box_id.as_bytes(),
         device_id.as_bytes(),
         device.encryption_key,

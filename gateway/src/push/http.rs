@@ -168,6 +168,26 @@ pub(crate) fn service_url(
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
+/// Asserts that `send`, to a service that holds its answer for 30 s, gives up
+/// at the client's deadline (set to 500 ms by the caller) as a retryable
+/// timeout.
+#[cfg(test)]
+pub(crate) async fn assert_times_out(
+    send: impl std::future::Future<Output = super::provider::Outcome>,
+) {
+    let started = std::time::Instant::now();
+    assert_eq!(
+        send.await,
+        super::provider::Outcome::Retry {
+            reason: "timeout",
+            after: None
+        }
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(took >= Duration::from_millis(400), "took {took:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
