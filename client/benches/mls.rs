@@ -143,7 +143,7 @@ fn run(suite: Ciphersuite, members: usize, iters: usize) {
         .use_ratchet_tree_extension(true)
         .max_past_epochs(mls::MAX_PAST_EPOCHS)
         .with_capabilities(mls::capabilities())
-        .with_group_context_extensions(mls::meta_extensions("bench").expect("ext"))
+        .with_group_context_extensions(mls::meta_extensions("bench", false).expect("ext"))
         .build(
             &creator.provider,
             &creator.signer,

@@ -320,6 +320,7 @@ mod tests {
                 to_identifier: "bob@example.com".into(),
                 text: "hi bob".into(),
                 message: None,
+                mls: Vec::new(),
             })),
         };
         let env =

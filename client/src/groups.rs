@@ -36,6 +36,7 @@
 //! group envelopes are kept in the state until acknowledged, so fetching again
 //! without acknowledging returns them again.
 
+pub mod direct;
 pub mod mls;
 pub mod state;
 
@@ -177,6 +178,7 @@ impl GroupEngine {
     /// number.
     pub fn acked(&mut self, up_to: u64) {
         self.meta.deliveries.retain(|d| d.trigger_seq > up_to);
+        self.meta.direct_opened.retain(|d| d.seq > up_to);
     }
 
     fn index(&self, creator: &[u8], group_id: &[u8]) -> Option<usize> {
@@ -192,7 +194,11 @@ impl GroupEngine {
             .groups
             .iter()
             .enumerate()
-            .filter(|(_, g)| g.name == name && g.membership == Membership::Active as i32)
+            .filter(|(_, g)| {
+                g.name == name
+                    && g.direct_peer.is_empty()
+                    && g.membership == Membership::Active as i32
+            })
             .map(|(i, _)| i)
             .collect();
         match matches.as_slice() {
@@ -469,8 +475,29 @@ impl Client {
                 "a group named {name:?} exists already"
             )));
         }
+        let idx = self.start_group(&mut engine, name, None).await?;
+        // The account's other devices join right away.
+        let list = self.lookup_box(&own).await?.0;
+        if list.devices.iter().any(|d| d.device_id != self.device_id) {
+            self.add_box(&mut engine, idx, own, &list, "your other devices")
+                .await?;
+        }
+        self.summary(&engine, idx).await
+    }
+
+    /// Creates an MLS group with this device as its only member and registers
+    /// it with the gateway (a 1:1 conversation when `direct_peer` is set, with
+    /// an empty name). Returns its index; nothing is kept if the gateway
+    /// refuses it.
+    async fn start_group(
+        &self,
+        engine: &mut GroupEngine,
+        name: &str,
+        direct_peer: Option<[u8; 16]>,
+    ) -> Result<usize> {
+        let own = self.own_box().await?;
         let group_id: [u8; 16] = rand::random();
-        let credential = self.credential(&engine).await?;
+        let credential = self.credential(engine).await?;
         let mls_id = mls::mls_group_id(&own, &group_id);
         let group = MlsGroup::builder()
             .with_group_id(mls_id)
@@ -478,7 +505,7 @@ impl Client {
             .use_ratchet_tree_extension(true)
             .max_past_epochs(mls::MAX_PAST_EPOCHS)
             .with_capabilities(mls::capabilities())
-            .with_group_context_extensions(mls::meta_extensions(name)?)
+            .with_group_context_extensions(mls::meta_extensions(name, direct_peer.is_some())?)
             .build(&engine.provider, &engine.signer, credential)
             .map_err(|e| mls_error("cannot create the group", e))?;
         drop(group);
@@ -490,9 +517,11 @@ impl Client {
             server_epoch: 0,
             pending_commit: Vec::new(),
             membership: Membership::Active as i32,
+            direct_peer: direct_peer.map(|p| p.to_vec()).unwrap_or_default(),
+            updated_at_ms: self.now_ms(),
         });
         let idx = engine.meta.groups.len() - 1;
-        self.save_groups(&engine).await?;
+        self.save_groups(engine).await?;
         let request = pb::CreateGroupRequest {
             group_id: group_id.to_vec(),
         };
@@ -502,16 +531,10 @@ impl Client {
         {
             engine.leave_locally(idx, Membership::Left)?;
             engine.meta.groups.remove(idx);
-            self.save_groups(&engine).await?;
+            self.save_groups(engine).await?;
             return Err(e);
         }
-        // The account's other devices join right away.
-        let list = self.lookup_box(&own).await?.0;
-        if list.devices.iter().any(|d| d.device_id != self.device_id) {
-            self.add_box(&mut engine, idx, own, &list, "your other devices")
-                .await?;
-        }
-        self.summary(&engine, idx).await
+        Ok(idx)
     }
 
     /// Adds every device of a user (identifier or box id) to the group, with one
@@ -788,6 +811,9 @@ impl Client {
         let engine = self.groups.lock().await;
         let mut out = Vec::new();
         for idx in 0..engine.meta.groups.len() {
+            if !engine.meta.groups[idx].direct_peer.is_empty() {
+                continue;
+            }
             if let Ok(s) = self.summary(&engine, idx).await {
                 out.push(s);
             }
@@ -999,6 +1025,7 @@ impl Client {
                 group
                     .merge_pending_commit(&engine.provider)
                     .map_err(|e| mls_error("cannot merge the Commit", e))?;
+                engine.meta.groups[idx].updated_at_ms = self.now_ms();
                 if let Some(state) = reply.state {
                     let entry = &mut engine.meta.groups[idx];
                     entry.server_members = state.members;
@@ -1380,8 +1407,30 @@ impl Client {
             Ok(g) => g,
             Err(e) => return Ok(Err(format!("cannot join the group: {e}"))),
         };
-        let name = mls::group_name(&group);
+        let meta = mls::group_meta(&group);
         let boxes = tree_boxes(&group);
+        let own = self.own_box().await?;
+        let direct_peer = if meta.direct {
+            // A 1:1 conversation has exactly two boxes, this one among them.
+            match boxes.as_slice() {
+                [a, b] if *a == own && *b != own => b.to_vec(),
+                [a, b] if *b == own && *a != own => a.to_vec(),
+                _ => {
+                    let mut group = group;
+                    let _ = group.delete(engine.provider.storage());
+                    return Ok(Err(
+                        "a Welcome to a 1:1 conversation that is not between two accounts".into(),
+                    ));
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let name = if meta.direct {
+            String::new()
+        } else {
+            meta.name
+        };
         let entry = GroupEntry {
             creator_box: creator.to_vec(),
             group_id: group_id.to_vec(),
@@ -1390,14 +1439,19 @@ impl Client {
             server_epoch: group.epoch().as_u64(),
             pending_commit: Vec::new(),
             membership: Membership::Active as i32,
+            direct_peer,
+            updated_at_ms: self.now_ms(),
         };
         match engine.index(&creator, &group_id) {
             Some(i) => engine.meta.groups[i] = entry,
             None => engine.meta.groups.push(entry),
         }
         engine.meta.key_packages_used = true;
-        receipt.group = name.clone();
-        receipt.push(DeliveryKind::Joined, name, String::new(), 0);
+        if !meta.direct {
+            // Joining a 1:1 conversation is not news: its messages are.
+            receipt.group = name.clone();
+            receipt.push(DeliveryKind::Joined, name, String::new(), 0);
+        }
         Ok(Ok(()))
     }
 
@@ -1465,7 +1519,13 @@ impl Client {
             {
                 return Ok(Err(reason));
             }
+            let direct = !engine.meta.groups[idx].direct_peer.is_empty();
             match processed.into_content() {
+                ProcessedMessageContent::ApplicationMessage(_) if direct => {
+                    return Ok(Err(
+                        "a 1:1 conversation's messages come inside 1:1 envelopes".into(),
+                    ));
+                }
                 ProcessedMessageContent::ApplicationMessage(app) => {
                     match GroupContent::decode(app.into_bytes().as_slice()) {
                         Ok(content) => {
@@ -1522,7 +1582,9 @@ impl Client {
                     }
                     if removed {
                         engine.leave_locally(idx, Membership::Removed)?;
-                        receipt.push(DeliveryKind::Removed, name.clone(), String::new(), 0);
+                        if !direct {
+                            receipt.push(DeliveryKind::Removed, name.clone(), String::new(), 0);
+                        }
                         return Ok(Ok(()));
                     }
                 }

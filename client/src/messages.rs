@@ -68,6 +68,7 @@ pub(crate) fn outgoing(entry: &OutboxEntry, target: &Target) -> (pb::Content, Op
         to_identifier: target.identifier.clone(),
         text: entry.text.clone(),
         message: entry.message.clone(),
+        mls: Vec::new(),
     };
     let body = match &entry.message {
         Some(m) => pb::content::Body::Message(m.clone()),
@@ -278,6 +279,7 @@ impl Client {
             attachments: Vec::new(),
             ephemeral: true,
             wake: pb::Wake::None,
+            mls: false,
         };
         self.deliver_contents(delivery, &target).await.map(|_| ())
     }

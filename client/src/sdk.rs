@@ -346,6 +346,7 @@ pub struct PendingSend {
 }
 
 /// What [`Client::deliver_contents`] sends.
+#[derive(Clone)]
 pub(crate) struct Delivery<'a> {
     /// The message id (reused on retries).
     pub(crate) message_id: [u8; 16],
@@ -359,6 +360,26 @@ pub(crate) struct Delivery<'a> {
     pub(crate) ephemeral: bool,
     /// Whether recipient devices that are not connected get a wake-up push.
     pub(crate) wake: pb::Wake,
+    /// The contents hold a message of a 1:1 conversation's MLS group: after
+    /// `STALE_DEVICES` the send comes back to bring the group in line, rather
+    /// than sealing the same contents for a device that is not in it.
+    pub(crate) mls: bool,
+}
+
+/// Length of the (sender box, sender device, message id) part of a
+/// remembered message; the queue sequence number it came at follows.
+const SEEN_KEY_LEN: usize = 48;
+
+/// Whether `key` (sender, message id, sequence number) repeats a remembered
+/// message at another place in the queue. The same envelope fetched again
+/// before it was acknowledged (after a crash, say) is not a replay.
+fn is_replay(remembered: &[Vec<u8>], key: &[u8]) -> bool {
+    remembered.iter().any(|r| {
+        r.len() >= SEEN_KEY_LEN
+            && key.len() >= SEEN_KEY_LEN
+            && r[..SEEN_KEY_LEN] == key[..SEEN_KEY_LEN]
+            && r != key
+    })
 }
 
 /// An outbox entry as [`Client::outbox`] lists it.
@@ -1592,20 +1613,21 @@ impl Client {
             } else {
                 pb::Wake::High
             },
+            mls: false,
         };
         self.deliver_contents(delivery, target).await
     }
 
-    /// Seals `content` for the target's devices (and `copy` for this
-    /// account's other devices) and sends them, adopting changed device lists.
+    /// Sends `content` to the target's devices (and `copy` to this account's
+    /// other devices), adopting changed device lists. A 1:1 message (not
+    /// ephemeral, not a note to self) is encrypted in the conversation's MLS
+    /// group first ([`crate::groups::direct`]).
     pub(crate) async fn deliver_contents(
         &self,
         delivery: Delivery<'_>,
         target: &Target,
     ) -> Result<SendReport> {
-        let creds = self.credentials().await?;
         let own = self.own_box().await?;
-        let message_id = delivery.message_id;
         // The sealed-sender access secret goes to contacts and own devices.
         let (content_shared, copy_shared);
         let mut delivery = delivery;
@@ -1621,12 +1643,54 @@ impl Client {
                 delivery.copy = Some(&copy_shared);
             }
         }
+        let in_conversation = !delivery.ephemeral && target.box_id != own;
+        for _round in 0..MAX_STALE_ROUNDS {
+            let wrapped = if in_conversation {
+                self.direct_wrap(target, &own, delivery.content, delivery.copy.is_some())
+                    .await?
+            } else {
+                None
+            };
+            let current = match &wrapped {
+                Some(w) => Delivery {
+                    content: &w.content,
+                    copy: w.copy.as_ref(),
+                    mls: true,
+                    ..delivery.clone()
+                },
+                None => delivery.clone(),
+            };
+            if let Some(report) = self.transport(&current, target, &own).await? {
+                return Ok(report);
+            }
+        }
+        Err(Error::Status {
+            status: pb::Status::StaleDevices,
+            message: "the recipient's devices kept changing; try again".into(),
+        })
+    }
+
+    /// Seals the contents of `delivery` for the devices of the target (sealed
+    /// sender when it may) and of the own box, and sends them. `None`: a
+    /// device list changed under an MLS message ([`Delivery::mls`]).
+    async fn transport(
+        &self,
+        delivery: &Delivery<'_>,
+        target: &Target,
+        own: &[u8; 16],
+    ) -> Result<Option<SendReport>> {
+        let creds = self.credentials().await?;
+        let own = *own;
+        let message_id = delivery.message_id;
         // Sealed when the recipient let this account (attachments excepted: their
         // uploads were authenticated, which would name the sender anyway).
         if delivery.attachments.is_empty()
-            && let Some(SealedOutcome::Sent(seq)) =
-                self.try_deliver_sealed(&delivery, target, &own).await?
+            && let Some(outcome) = self.try_deliver_sealed(delivery, target, &own).await?
+            && !matches!(outcome, SealedOutcome::Refused)
         {
+            let SealedOutcome::Sent(seq) = outcome else {
+                return Ok(None);
+            };
             if let Some(copy) = delivery.copy {
                 let own_list = self.devices_for(&own).await?;
                 if own_list
@@ -1645,12 +1709,13 @@ impl Client {
                         attachments: Vec::new(),
                         ephemeral: false,
                         wake: pb::Wake::None,
+                        mls: false,
                     };
                     // Best effort, as the copy of an identified send.
                     let _ = Box::pin(self.deliver_contents(copy_delivery, &own_target)).await;
                 }
             }
-            return self.send_report(message_id, target, seq).await;
+            return self.send_report(message_id, target, seq).await.map(Some);
         }
         let header = EnvelopeHeader {
             sender_box: own,
@@ -1781,12 +1846,15 @@ impl Client {
                 }
                 if stale.is_empty() {
                     let seq = seq.ok_or_else(|| Error::BadReply("no sequence number".into()))?;
-                    return self.send_report(message_id, target, seq).await;
+                    return self.send_report(message_id, target, seq).await.map(Some);
                 }
             }
             for (i, current) in stale {
                 lists[i] = self.adopt_list(&boxes[i].0, current).await?;
                 envelopes[i] = None;
+            }
+            if delivery.mls {
+                return Ok(None);
             }
         }
         Err(Error::Status {
@@ -1868,21 +1936,24 @@ impl Client {
                 Ok(received) => {
                     // The sender as verified: for a sealed sender, the
                     // certified one (the gateway recorded none).
-                    let mut key = Vec::with_capacity(48);
+                    let mut key = Vec::with_capacity(SEEN_KEY_LEN + 8);
                     key.extend_from_slice(received.sender_box.as_bytes());
                     key.extend_from_slice(received.sender_device.as_bytes());
                     key.extend_from_slice(&queued.message_id);
+                    key.extend_from_slice(&queued.seq.to_be_bytes());
                     // A scan of the remembered ids: cheaper than hashing a copy
                     // of all of them for every fetch, as most fetches accept a
                     // message or two.
-                    let replay = new_seen.contains(&key) || {
+                    let replay = is_replay(&new_seen, &key) || {
                         let store = self.store.lock().await;
-                        store.state.seen_messages.contains(&key)
+                        is_replay(&store.state.seen_messages, &key)
                     };
                     if replay {
                         Err("a replay of a message received before".to_string())
                     } else {
-                        new_seen.push(key);
+                        if !new_seen.contains(&key) {
+                            new_seen.push(key);
+                        }
                         Ok(received)
                     }
                 }
@@ -1903,6 +1974,7 @@ impl Client {
         groups.snapshot_into(&mut store.state.groups);
         store.state.last_seq = store.state.last_seq.max(reply.last_seq);
         let remembered = &mut store.state.seen_messages;
+        new_seen.retain(|k| !remembered.contains(k));
         remembered.extend(new_seen);
         if remembered.len() > SEEN_MESSAGES {
             let excess = remembered.len() - SEEN_MESSAGES;
@@ -1955,6 +2027,23 @@ impl Client {
                 Ok(c) => c,
                 Err(r) => return Ok(Err(r.0)),
             };
+        let Some(keys) =
+            crate::envelopes::device_keys_cached(&self.key_cache, &list, &sender_device)
+        else {
+            return Ok(Err("the sending device has no valid keys".into()));
+        };
+        let content = match self
+            .direct_unwrap(
+                queued.seq,
+                &queued.message_id,
+                (&sender_box, &sender_device, &keys),
+                content,
+            )
+            .await?
+        {
+            Ok(c) => c,
+            Err(reason) => return Ok(Err(reason)),
+        };
         self.after_open(&sender_box, &content).await?;
         Ok(Ok(Received {
             seq: queued.seq,
@@ -1966,6 +2055,20 @@ impl Client {
             enqueued_at_ms: queued.enqueued_at_ms,
             body: self.with_previews(body_of(content)).await,
         }))
+    }
+
+    /// Verifies and decrypts an envelope outside the queue (for example one
+    /// captured elsewhere), as a fetch would; a rejection is an error. Nothing
+    /// is kept for a later fetch.
+    pub async fn open_envelope(&self, queued: &pb::QueuedEnvelope) -> Result<Received> {
+        let outside = pb::QueuedEnvelope {
+            seq: 0,
+            ..queued.clone()
+        };
+        let mut key_changes = Vec::new();
+        self.process(&outside, &mut key_changes)
+            .await?
+            .map_err(Error::Crypto)
     }
 
     /// What a verified message teaches: the identifier a copy from another own
@@ -2194,6 +2297,26 @@ mod tests {
         upsert_contact(&mut state, list(2, &[&b]), Some("bob@example.com"), 4);
         assert_eq!(state.contacts[0].identifier, "");
         assert_eq!(state.contacts[1].identifier, "bob@example.com");
+    }
+
+    #[test]
+    fn a_replay_is_the_same_message_at_another_place_in_the_queue() {
+        let key = |seq: u64| {
+            let mut k = vec![7u8; SEEN_KEY_LEN];
+            k.extend_from_slice(&seq.to_be_bytes());
+            k
+        };
+        let remembered = vec![key(5)];
+        assert!(
+            !is_replay(&remembered, &key(5)),
+            "fetched again before the ack"
+        );
+        assert!(is_replay(&remembered, &key(9)), "stored again later");
+        // Entries of older states carry no sequence number: any repeat is one.
+        assert!(is_replay(&[vec![7u8; SEEN_KEY_LEN]], &key(5)));
+        let mut other = key(9);
+        other[0] = 8;
+        assert!(!is_replay(&remembered, &other));
     }
 
     #[test]

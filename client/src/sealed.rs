@@ -78,6 +78,9 @@ pub(crate) enum SealedOutcome {
     Sent(u64),
     /// The gateway refused the access key; send identified.
     Refused,
+    /// The recipient's device list changed under an MLS message: bring the
+    /// conversation in line and encrypt again.
+    Stale,
 }
 
 impl Client {
@@ -351,6 +354,9 @@ impl Client {
                 pb::Status::Ok => return Ok(Some(SealedOutcome::Sent(result.seq))),
                 pb::Status::StaleDevices => {
                     list = self.adopt_list(&target.box_id, result.current).await?;
+                    if delivery.mls {
+                        return Ok(Some(SealedOutcome::Stale));
+                    }
                 }
                 pb::Status::NotFound => {
                     self.forget_access_secret(&target.box_id).await?;
@@ -423,18 +429,29 @@ impl Client {
             return Ok(Err("sealed sender: from a blocked sender".into()));
         }
         let message_id = id16(&queued.message_id, "message id")?;
-        self.after_open(&sender_box, &opened.content).await?;
+        let sender = &opened.sender;
+        let content = match self
+            .direct_unwrap(
+                queued.seq,
+                &queued.message_id,
+                (&sender.box_id, &sender.device_id, &sender.keys),
+                opened.content,
+            )
+            .await?
+        {
+            Ok(c) => c,
+            Err(reason) => return Ok(Err(format!("sealed sender: {reason}"))),
+        };
+        self.after_open(&sender_box, &content).await?;
         Ok(Ok(Received {
             seq: queued.seq,
             message_id,
             sender_box: box_id(sender_box),
             sender_device: device_id(opened.sender.device_id),
             sender: self.display_name(&sender_box).await,
-            sent_at_ms: opened.content.sent_at_ms,
+            sent_at_ms: content.sent_at_ms,
             enqueued_at_ms: queued.enqueued_at_ms,
-            body: self
-                .with_previews(crate::sdk::body_of(opened.content))
-                .await,
+            body: self.with_previews(crate::sdk::body_of(content)).await,
         }))
     }
 }

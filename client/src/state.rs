@@ -142,9 +142,12 @@ pub struct State {
     /// Sends started but not confirmed, retried with their message id.
     #[prost(message, repeated, tag = "17")]
     pub outbox: Vec<OutboxEntry>,
-    /// Recently accepted messages, `sender box || sender device || message id`
-    /// (48 bytes each, oldest first, at most [`SEEN_MESSAGES`]): a replayed
-    /// envelope is recognised and dropped.
+    /// Recently accepted messages, `sender box || sender device || message id
+    /// || queue sequence number (u64 big-endian)` (56 bytes each; 48 without
+    /// the sequence number in older states; oldest first, at most
+    /// [`SEEN_MESSAGES`]): the same message at another place in the queue is a
+    /// replay and dropped, the same envelope fetched again before its
+    /// acknowledgement is not.
     #[prost(bytes = "vec", repeated, tag = "18")]
     pub seen_messages: Vec<Vec<u8>>,
     /// MLS groups: the signing key, openmls' storage and the groups' bookkeeping

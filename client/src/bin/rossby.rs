@@ -103,6 +103,9 @@ enum Command {
     },
     /// List known contacts (no network).
     Contacts,
+    /// List 1:1 conversations: each is an MLS group of both accounts' devices
+    /// (no network).
+    Conversations,
     /// Send a message: text, files, a location.
     Send {
         /// Recipient identifier or box id.
@@ -1065,6 +1068,19 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
                     "{name} box {} devices {}{mark}",
                     c.box_id,
                     c.devices.len()
+                ))?;
+            }
+            Ok(())
+        }
+        Command::Conversations => {
+            for c in client.conversations().await {
+                out(format!(
+                    "{} box {} epoch {} devices {} suite={}",
+                    printable(&c.peer),
+                    c.peer_box,
+                    c.epoch,
+                    c.devices,
+                    c.ciphersuite
                 ))?;
             }
             Ok(())

@@ -184,9 +184,14 @@ pub fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-/// The group-context extensions naming a group.
-pub fn meta_extensions(name: &str) -> Result<Extensions<GroupContext>> {
-    let meta = GroupMeta { name: name.into() }.encode_to_vec();
+/// The group-context extensions naming a group (or marking a 1:1
+/// conversation: `direct`, with an empty name).
+pub fn meta_extensions(name: &str, direct: bool) -> Result<Extensions<GroupContext>> {
+    let meta = GroupMeta {
+        name: name.into(),
+        direct,
+    }
+    .encode_to_vec();
     Extensions::single(Extension::Unknown(
         EXTENSION_GROUP_META,
         UnknownExtension(meta),
@@ -194,13 +199,12 @@ pub fn meta_extensions(name: &str) -> Result<Extensions<GroupContext>> {
     .map_err(|e| mls_error("invalid group extension", e))
 }
 
-/// The name in a group's context (empty if it has none).
-pub fn group_name(group: &MlsGroup) -> String {
+/// The metadata in a group's context (default if it has none).
+pub fn group_meta(group: &MlsGroup) -> GroupMeta {
     group
         .extensions()
         .unknown(EXTENSION_GROUP_META)
         .and_then(|ext| GroupMeta::decode(ext.0.as_slice()).ok())
-        .map(|m| m.name)
         .unwrap_or_default()
 }
 
@@ -355,7 +359,7 @@ mod tests {
             .ciphersuite(CIPHERSUITE)
             .use_ratchet_tree_extension(true)
             .with_capabilities(capabilities())
-            .with_group_context_extensions(meta_extensions("friends").unwrap())
+            .with_group_context_extensions(meta_extensions("friends", false).unwrap())
             .build(&provider, &signer, cwk)
             .unwrap();
         let restored = MlsProvider::from_entries(&provider.entries());
@@ -363,7 +367,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(loaded.epoch(), group.epoch());
-        assert_eq!(group_name(&loaded), "friends");
+        assert_eq!(group_meta(&loaded).name, "friends");
+        assert!(!group_meta(&loaded).direct);
         assert!(!restored.entries().is_empty());
         // Bad bytes are errors, not panics.
         assert!(from_bytes(&[0xff; 7]).is_err());

@@ -38,6 +38,28 @@ pub struct GroupsState {
     /// A KeyPackage was used since the last check: check (and refill) soon.
     #[prost(bool, tag = "10")]
     pub key_packages_used: bool,
+    /// Plaintexts of 1:1 messages opened from their conversation's MLS group,
+    /// kept until acknowledged: MLS lets a message be decrypted once, and a
+    /// fetch without an acknowledgement returns it again.
+    #[prost(message, repeated, tag = "11")]
+    pub direct_opened: Vec<DirectOpened>,
+}
+
+/// A 1:1 message opened from its conversation's group, by queue position.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DirectOpened {
+    /// The queue sequence number of its envelope.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The envelope's message id (16 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub message_id: Vec<u8>,
+    /// The decrypted `Content` (protobuf), or empty when it was rejected.
+    #[prost(bytes = "vec", tag = "3")]
+    pub content: Vec<u8>,
+    /// Why it was rejected (empty when opened).
+    #[prost(string, tag = "4")]
+    pub rejected: String,
 }
 
 impl fmt::Debug for GroupsState {
@@ -100,6 +122,13 @@ pub struct GroupEntry {
     /// This device's membership.
     #[prost(enumeration = "Membership", tag = "7")]
     pub membership: i32,
+    /// For a 1:1 conversation: the other box (16 bytes); empty for a group.
+    #[prost(bytes = "vec", tag = "8")]
+    pub direct_peer: Vec<u8>,
+    /// When a Commit of this device (which renews its leaf keys) was last
+    /// accepted in the group (ms); 1:1 conversations renew them when it is old.
+    #[prost(uint64, tag = "9")]
+    pub updated_at_ms: u64,
 }
 
 /// What a processed group envelope produced.
@@ -191,7 +220,11 @@ pub struct GroupContent {
 /// [`super::mls::EXTENSION_GROUP_META`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct GroupMeta {
-    /// The group's name.
+    /// The group's name (empty for a 1:1 conversation).
     #[prost(string, tag = "1")]
     pub name: String,
+    /// A 1:1 conversation: exactly two boxes, whose messages travel inside
+    /// ordinary 1:1 envelopes ([`crate::groups::direct`]).
+    #[prost(bool, tag = "2")]
+    pub direct: bool,
 }

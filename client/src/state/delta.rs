@@ -124,6 +124,8 @@ pub enum List {
     Deliveries = 106,
     /// `GroupsState.buffered`.
     Buffered = 107,
+    /// `GroupsState.direct_opened`.
+    DirectOpened = 111,
 }
 
 /// `list[start .. start + remove]` replaced by `insert`.
@@ -265,6 +267,12 @@ fn diff_groups(old: &GroupsState, new: &GroupsState, changes: &mut Vec<Change>) 
     splice(List::Groups, &old.groups, &new.groups, changes);
     splice(List::Deliveries, &old.deliveries, &new.deliveries, changes);
     splice(List::Buffered, &old.buffered, &new.buffered, changes);
+    splice(
+        List::DirectOpened,
+        &old.direct_opened,
+        &new.direct_opened,
+        changes,
+    );
 }
 
 fn kind(kind: change::Kind) -> Change {
@@ -426,6 +434,7 @@ fn apply_splice(state: &mut State, s: Splice) -> Result<(), String> {
         List::Groups => splice_into(&mut groups_mut(state)?.groups, s),
         List::Deliveries => splice_into(&mut groups_mut(state)?.deliveries, s),
         List::Buffered => splice_into(&mut groups_mut(state)?.buffered, s),
+        List::DirectOpened => splice_into(&mut groups_mut(state)?.direct_opened, s),
     }
 }
 
@@ -637,6 +646,9 @@ mod tests {
         groups
             .buffered
             .push(crate::groups::state::Buffered::default());
+        groups
+            .direct_opened
+            .push(crate::groups::state::DirectOpened::default());
         groups.key_packages_checked_at_ms = 1;
         groups.last_resort_at_ms = 1;
         groups.key_packages_used = true;
@@ -682,6 +694,7 @@ mod tests {
             key_packages_checked_at_ms: _,
             last_resort_at_ms: _,
             key_packages_used: _,
+            direct_opened: _,
         } = GroupsState::default();
     }
 }
