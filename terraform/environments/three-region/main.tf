@@ -27,6 +27,7 @@ module "attachments" {
   source    = "../../modules/attachments-bucket"
   providers = { aws = aws.region_a }
 
+  region         = local.a.name
   bucket_name    = coalesce(var.attachments_bucket_name, "${var.name_prefix}-rossby-attachments")
   retention_days = try(var.gateway_settings.retention_days, 30)
   kms_key_arn    = var.attachments_kms_key_arn
@@ -56,6 +57,7 @@ module "region_a" {
 
   topology                = module.topology
   region_name             = local.a.name
+  aws_region              = local.a.name
   placement_runner        = true
   public_zone_id          = var.public_zone_id
   private_zone_id         = aws_route53_zone.internal.zone_id
@@ -85,6 +87,7 @@ module "region_b" {
 
   topology                = module.topology
   region_name             = local.b.name
+  aws_region              = local.b.name
   public_zone_id          = var.public_zone_id
   private_zone_id         = aws_route53_zone.internal.zone_id
   create_admin_dns_record = true
@@ -113,6 +116,7 @@ module "region_c" {
 
   topology                = module.topology
   region_name             = local.c.name
+  aws_region              = local.c.name
   public_zone_id          = var.public_zone_id
   private_zone_id         = aws_route53_zone.internal.zone_id
   create_admin_dns_record = true

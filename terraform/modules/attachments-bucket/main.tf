@@ -112,5 +112,3 @@ resource "aws_s3_bucket_policy" "this" {
   # The public access block must exist first, or S3 may refuse the policy.
   depends_on = [aws_s3_bucket_public_access_block.this]
 }
-
-data "aws_region" "current" {}

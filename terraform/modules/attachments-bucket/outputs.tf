@@ -3,7 +3,7 @@ output "bucket" {
   value = {
     name        = aws_s3_bucket.this.id
     arn         = aws_s3_bucket.this.arn
-    region      = data.aws_region.current.name
+    region      = var.region
     prefix      = var.prefix
     kms_key_arn = var.kms_key_arn
     # The gateways stop keeping a blob a day before the lifecycle rule would

@@ -8,6 +8,16 @@ variable "bucket_name" {
   }
 }
 
+variable "region" {
+  description = "The AWS region the aws provider passed in is configured for, where the bucket is created (for example \"us-east-1\"); the gateways' ROSSBY_BLOB_S3_REGION. Passed in rather than read from the aws_region data source, whose attribute for it differs between provider majors (5.x: name; 6.x: region)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]+$", var.region))
+    error_message = "region must be an AWS region name such as us-east-1; got \"${var.region}\"."
+  }
+}
+
 variable "prefix" {
   description = "Key prefix of the attachment objects inside the bucket (no leading or trailing '/'; \"\" for none)."
   type        = string

@@ -4,7 +4,7 @@
 
 locals {
   gateway_user_data = join("\n", [local.boot_common, templatefile("${path.module}/templates/gateway.sh.tftpl", {
-    aws_region        = data.aws_region.current.name
+    aws_region        = local.aws_region
     region_name       = var.region_name
     rossby_url        = local.artifacts.rossby_url
     rossby_sha256     = local.artifacts.rossby_sha256

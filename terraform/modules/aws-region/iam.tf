@@ -55,7 +55,7 @@ locals {
         Sid      = "CompleteDrainHook"
         Effect   = "Allow"
         Action   = ["autoscaling:CompleteLifecycleAction"]
-        Resource = ["arn:${data.aws_partition.current.partition}:autoscaling:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:autoScalingGroup:*:autoScalingGroupName/${local.asg_name}"]
+        Resource = ["arn:${data.aws_partition.current.partition}:autoscaling:${local.aws_region}:${data.aws_caller_identity.current.account_id}:autoScalingGroup:*:autoScalingGroupName/${local.asg_name}"]
       },
       ], length(var.secrets_kms_key_arns) == 0 ? [] : [{
         Sid      = "DecryptGatewaySecrets"

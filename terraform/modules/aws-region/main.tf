@@ -3,8 +3,6 @@
 # UDP network load balancer. Everything derived (labels, addresses, configuration
 # files) comes from the topology module; this module only places it.
 
-data "aws_region" "current" {}
-
 data "aws_ssm_parameter" "al2023" {
   count = var.ami_id == null ? 1 : 0
   name  = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${var.architecture}"
@@ -12,9 +10,11 @@ data "aws_ssm_parameter" "al2023" {
 
 locals {
   region = var.topology.regions[var.region_name]
-  zones  = local.region.zones
-  slug   = local.region.slug
-  prefix = "${var.name_prefix}-${local.slug}"
+  # The AWS region's name (see variable aws_region).
+  aws_region = coalesce(var.aws_region, var.region_name)
+  zones      = local.region.zones
+  slug       = local.region.slug
+  prefix     = "${var.name_prefix}-${local.slug}"
   # Load balancer and target group names are limited to 32 characters: use the
   # region code rather than its name.
   short   = "${var.name_prefix}-${local.region.code}"

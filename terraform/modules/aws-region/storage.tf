@@ -35,7 +35,7 @@ resource "aws_instance" "pd" {
   }
 
   user_data_base64 = base64gzip(join("\n", [local.boot_common, templatefile("${path.module}/templates/pd.sh.tftpl", {
-    aws_region      = data.aws_region.current.name
+    aws_region      = local.aws_region
     name            = each.value.name
     pd_url          = local.artifacts.pd_url
     pd_sha256       = local.artifacts.pd_sha256
@@ -98,7 +98,7 @@ resource "aws_instance" "tikv" {
   }
 
   user_data_base64 = base64gzip(join("\n", [local.boot_common, templatefile("${path.module}/templates/tikv.sh.tftpl", {
-    aws_region       = data.aws_region.current.name
+    aws_region       = local.aws_region
     host             = each.key
     tikv_url         = local.artifacts.tikv_url
     tikv_sha256      = local.artifacts.tikv_sha256

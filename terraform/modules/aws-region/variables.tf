@@ -39,6 +39,25 @@ variable "region_name" {
   }
 }
 
+variable "aws_region" {
+  description = "The AWS region the aws provider passed in is configured for (for example \"us-east-1\"): the boot scripts' AWS_REGION and the region of the ARNs this module writes. Null: region_name, for a topology that names its regions by their AWS names (environments/three-region passes it explicitly). It is passed in rather than read from the aws_region data source, whose attribute for it differs between provider majors (5.x: name; 6.x: region, with name and later id deprecated)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]+$", coalesce(var.aws_region, var.region_name)))
+    error_message = "aws_region (or, when it is null, region_name) must be an AWS region name such as us-east-1; got \"${coalesce(var.aws_region, var.region_name)}\"."
+  }
+  validation {
+    # Subnets are created in the topology's zones, which are availability zones
+    # of this region, and availability zone names start with their region's.
+    condition = try(alltrue([
+      for z in var.topology.regions[var.region_name].zones : startswith(z, coalesce(var.aws_region, var.region_name)) && length(z) > length(coalesce(var.aws_region, var.region_name))
+    ]), true)
+    error_message = "The zones of region ${var.region_name} must be availability zones of AWS region \"${coalesce(var.aws_region, var.region_name)}\" (names starting with it); got ${jsonencode(try(var.topology.regions[var.region_name].zones, []))}."
+  }
+}
+
 variable "architecture" {
   description = "CPU architecture of every instance: \"x86_64\" or \"arm64\" (instance types, the Rossby artifact and the TiKV/PD builds must match)."
   type        = string

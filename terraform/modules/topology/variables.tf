@@ -261,7 +261,7 @@ variable "pd_member_count" {
 }
 
 variable "health_check" {
-  description = "The load balancer's health check of GET /readyz on the admin port. The gateways' drain grace is derived from it, so a draining gateway is marked unhealthy before it refuses connections."
+  description = "The load balancer's health check of GET /readyz on the admin port: interval_secs 5..300, timeout_secs 2..min(120, interval_secs - 1) (120 is the most an AWS target group accepts), thresholds 2..10. The gateways' drain grace is derived from it, so a draining gateway is marked unhealthy before it refuses connections."
   type = object({
     interval_secs       = optional(number, 10)
     timeout_secs        = optional(number, 5)
@@ -271,13 +271,15 @@ variable "health_check" {
   default = {}
 
   validation {
+    # The timeout must be shorter than the interval, and AWS accepts at most 120
+    # seconds for a target group's health check timeout.
     condition = (
       var.health_check.interval_secs == floor(var.health_check.interval_secs) && var.health_check.interval_secs >= 5 && var.health_check.interval_secs <= 300
-      && var.health_check.timeout_secs == floor(var.health_check.timeout_secs) && var.health_check.timeout_secs >= 2 && var.health_check.timeout_secs < var.health_check.interval_secs
+      && var.health_check.timeout_secs == floor(var.health_check.timeout_secs) && var.health_check.timeout_secs >= 2 && var.health_check.timeout_secs <= min(120, var.health_check.interval_secs - 1)
       && var.health_check.healthy_threshold == floor(var.health_check.healthy_threshold) && var.health_check.healthy_threshold >= 2 && var.health_check.healthy_threshold <= 10
       && var.health_check.unhealthy_threshold == floor(var.health_check.unhealthy_threshold) && var.health_check.unhealthy_threshold >= 2 && var.health_check.unhealthy_threshold <= 10
     )
-    error_message = "health_check: interval_secs 5..300, timeout_secs 2..(interval_secs - 1), thresholds 2..10, all whole numbers."
+    error_message = "health_check: interval_secs 5..300, timeout_secs 2..min(120, interval_secs - 1), thresholds 2..10, all whole numbers; got ${jsonencode(var.health_check)}."
   }
 }
 

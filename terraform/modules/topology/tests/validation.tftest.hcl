@@ -235,6 +235,34 @@ run "health_check_timeout_below_interval" {
   expect_failures = [var.health_check]
 }
 
+run "health_check_timeout_above_the_load_balancer_limit" {
+  command = plan
+  variables {
+    health_check = { interval_secs = 300, timeout_secs = 121 }
+  }
+  expect_failures = [var.health_check]
+}
+
+run "health_check_timeout_at_the_load_balancer_limit" {
+  command = plan
+  variables {
+    health_check = { interval_secs = 300, timeout_secs = 120 }
+  }
+
+  assert {
+    condition     = output.health_check.timeout_secs == 120 && output.health_check.interval_secs == 300
+    error_message = "A 120 s timeout (the most a target group accepts) plans when the interval is longer."
+  }
+}
+
+run "health_check_timeout_at_the_limit_but_not_below_interval" {
+  command = plan
+  variables {
+    health_check = { interval_secs = 120, timeout_secs = 120 }
+  }
+  expect_failures = [var.health_check]
+}
+
 run "tcp_ports_must_differ" {
   command = plan
   variables {
