@@ -1500,8 +1500,10 @@ impl Client {
                         message,
                         receipt,
                     };
+                    // Saved before anything of it leaves the device: with
+                    // the MLS ratchet when a conversation encrypts it, else
+                    // at the start of the transport.
                     store.state.outbox.push(e.clone());
-                    store.save()?;
                     e
                 }
             }
@@ -1680,6 +1682,9 @@ impl Client {
         own: &[u8; 16],
     ) -> Result<Option<SendReport>> {
         let creds = self.credentials().await?;
+        // An outbox entry not yet on disk goes there before its request does
+        // (nothing to write when the MLS ratchet's save took it along).
+        self.store.lock().await.save()?;
         let own = *own;
         let message_id = delivery.message_id;
         // Sealed when the recipient let this account (attachments excepted: their

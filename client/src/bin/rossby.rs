@@ -106,6 +106,12 @@ enum Command {
     /// List 1:1 conversations: each is an MLS group of both accounts' devices
     /// (no network).
     Conversations,
+    /// Renew this device's keys in the 1:1 conversation with a user (an MLS
+    /// self-update; sending does it weekly).
+    ConversationUpdate {
+        /// The other user's identifier or box id.
+        who: String,
+    },
     /// Send a message: text, files, a location.
     Send {
         /// Recipient identifier or box id.
@@ -1084,6 +1090,15 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
                 ))?;
             }
             Ok(())
+        }
+        Command::ConversationUpdate { who } => {
+            let c = client.update_conversation_keys(&who).await?;
+            out(format!(
+                "{} epoch {} devices {}",
+                printable(&c.peer),
+                c.epoch,
+                c.devices
+            ))
         }
         Command::Send { to, extras, text } => {
             let message = extras.into_message(client, text).await?;

@@ -382,9 +382,12 @@ impl Client {
                             rejected,
                         });
                     }
-                    // The ratchet moved (or the result must survive a crash
-                    // before the acknowledgement): save before showing it.
-                    self.save_groups(&engine).await?;
+                    // In the queue, the fetch saves the state (ratchet and
+                    // plaintext) before it returns the batch; a crash before
+                    // that leaves the old state, which opens the message again.
+                    if seq == 0 {
+                        self.save_groups(&engine).await?;
+                    }
                     result
                 }
             }
