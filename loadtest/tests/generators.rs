@@ -291,7 +291,14 @@ fn three_generators_merge_into_the_accounting_of_one_process() {
     // 4. One process, the same schedule: the same accounting.
     let single = out.join("single.json");
     let mut args = common.clone();
-    args.extend(["--phase", "run", "--report", path(&single)]);
+    args.extend([
+        "--phase",
+        "run",
+        "--out",
+        path(&out),
+        "--report",
+        path(&single),
+    ]);
     let t = Instant::now();
     check_run(
         "the single process",
