@@ -2,13 +2,18 @@
 //! file (`--scenario`), which overrides the defaults.
 
 use crate::error::{Error, Result};
+use crate::generator::GeneratorSpec;
 use crate::local::LocalOptions;
 use crate::progress::ProgressMode;
 use crate::scenario::{Overrides, Scenario, ScenarioFile};
 use crate::units::parse_duration;
 use crate::{DEFAULT_OUTPUT_DIR, Mode, Options, Phase, RemoteOptions};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How far ahead `--start-at` may lie.
+const MAX_START_AHEAD: Duration = Duration::from_secs(24 * 3600);
 
 /// Command-line flags.
 #[derive(Parser, Debug, Default, Clone)]
@@ -19,9 +24,14 @@ use std::path::PathBuf;
     long_about = "Drives one SDK client per device (real encryption and state files), sends on a fixed \
 schedule, checks that every message is decrypted exactly once on every recipient device, and reports \
 latency per operation and region pair. Exit code 0: passed; 1: failed (lost, duplicated or corrupted \
-deliveries, a rate below 90 % of the asked one, or an error); 2: invalid options. docs/loadtest.md has the details."
+deliveries, a rate below 90 % of the asked one, or an error); 2: invalid options. docs/loadtest.md has the details.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Args {
+    /// A command other than running a load test.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Scenario file (TOML); flags override its keys.
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
@@ -109,6 +119,18 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub provision_timeout: String,
 
+    // ---- several generators ----
+    /// Be generator I of N (e.g. 0/3): drive only this generator's share of the
+    /// devices (with N generators for N regions, region I's) and send only
+    /// their sends; needs --phase run and --start-at. Merge the N reports with
+    /// `rossby-loadtest merge`.
+    #[arg(long, value_name = "I/N")]
+    pub generator: Option<GeneratorSpec>,
+    /// When the schedule starts, in seconds since the Unix epoch (e.g. `date
+    /// -d '+2 min' +%s`): the same for every generator of a run.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub start_at: Option<String>,
+
     // ---- output ----
     /// Directory of the report and picture.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_OUTPUT_DIR)]
@@ -125,6 +147,55 @@ pub struct Args {
     /// Log filter for stderr (tracing syntax).
     #[arg(long, value_name = "FILTER", default_value = "warn")]
     pub log_level: String,
+}
+
+/// Commands besides running a load test.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Merge the JSON reports of every generator of one run (`--generator
+    /// I/N`) into one report, summary table, final line and picture.
+    Merge(MergeArgs),
+}
+
+/// `rossby-loadtest merge`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// The generators' JSON reports, one per generator, in any order.
+    #[arg(required = true, value_name = "REPORT")]
+    pub reports: Vec<PathBuf>,
+    /// Directory of the merged report and picture.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_OUTPUT_DIR)]
+    pub out: PathBuf,
+    /// The merged JSON report [default: <out>/merged-report.json].
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// The merged SVG picture [default: <out>/merged-latency.svg].
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+}
+
+/// Parses `--start-at`: seconds since the Unix epoch, not in the past (one
+/// second of slack) and at most a day ahead.
+pub fn parse_start_at(text: &str, now: SystemTime) -> Result<SystemTime, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds since the Unix epoch"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e11 {
+        return Err(format!(
+            "{text:?} is not a time since the Unix epoch in seconds"
+        ));
+    }
+    let at = UNIX_EPOCH + Duration::from_secs_f64(secs);
+    if at + Duration::from_secs(1) < now {
+        return Err(format!(
+            "{text} is already past: pick a time a little after every generator will have started"
+        ));
+    }
+    if at.duration_since(now).unwrap_or_default() > MAX_START_AHEAD {
+        return Err(format!("{text} is more than a day ahead"));
+    }
+    Ok(at)
 }
 
 /// `--store`.
@@ -192,6 +263,13 @@ impl Args {
         let scenario = Scenario::load(&self.overrides())?;
         let provision_timeout = parse_duration(&self.provision_timeout)
             .map_err(|e| Error::Scenario(format!("--provision-timeout: {e}")))?;
+        let start_at = match &self.start_at {
+            Some(t) => Some(
+                parse_start_at(t, SystemTime::now())
+                    .map_err(|e| Error::Scenario(format!("--start-at: {e}")))?,
+            ),
+            None => None,
+        };
         let mode = if self.local {
             if self.codes.is_some() || self.ca_cert.is_some() || self.service_name.is_some() {
                 return Err(Error::Scenario(
@@ -229,6 +307,8 @@ impl Args {
                 ProgressArg::Quiet => ProgressMode::Quiet,
             },
             command,
+            generator: self.generator.unwrap_or_default(),
+            start_at,
         })
     }
 }
@@ -259,6 +339,51 @@ mod tests {
             Mode::Local(LocalOptions { wan_sim: false, .. })
         ));
         assert_eq!(options.phase, Phase::All);
+    }
+
+    #[test]
+    fn generator_flags_and_merge_parse() {
+        let args = Args::try_parse_from([
+            "rossby-loadtest",
+            "--topology",
+            "../docs/examples/three-regions.toml",
+            "--phase",
+            "run",
+            "--generator",
+            "2/3",
+        ])
+        .unwrap();
+        assert_eq!(args.generator, Some(GeneratorSpec { index: 2, count: 3 }));
+        for bad in ["3/3", "1/0", "x"] {
+            assert!(
+                Args::try_parse_from(["rossby-loadtest", "--generator", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let merge = Args::try_parse_from(["rossby-loadtest", "merge", "a.json", "b.json"]).unwrap();
+        let Some(Command::Merge(m)) = merge.command else {
+            panic!("not a merge");
+        };
+        assert_eq!(m.reports.len(), 2);
+        assert!(Args::try_parse_from(["rossby-loadtest", "merge"]).is_err());
+    }
+
+    #[test]
+    fn start_times_are_checked() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = parse_start_at("1700000030", now).unwrap();
+        assert_eq!(at, now + Duration::from_secs(30));
+        assert!(parse_start_at("1700000000.5", now).is_ok());
+        for (bad, word) in [
+            ("1699999990", "past"),
+            ("1800000000", "day ahead"),
+            ("soon", "not a number"),
+            ("-5", "not a time"),
+            ("NaN", "not a time"),
+        ] {
+            let err = parse_start_at(bad, now).unwrap_err();
+            assert!(err.contains(word), "{bad}: {err}");
+        }
     }
 
     #[test]

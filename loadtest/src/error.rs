@@ -76,6 +76,9 @@ pub enum Error {
         /// The deadline.
         seconds: u64,
     },
+    /// Reports cannot be merged.
+    #[error("cannot merge: {0}")]
+    Merge(String),
     /// The async runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

@@ -12,6 +12,14 @@
 //! | a message of another run (left in a queue of a reused state directory) | stale (not a failure) |
 //! | a message whose send reported an error (its outcome was unknown) | delivered after error (not a failure) |
 //! | a repeat on a device whose last acknowledgement failed | redelivered (the gateway may resend what was not acknowledged; not a failure) |
+//!
+//! With several generators ([`crate::generator`]) each ledger sees only its own
+//! devices. It enters its own sends with every expected device (so it knows how
+//! many deliveries they owe, wherever they land) and the other generators'
+//! sends with its own devices only (it cannot know whether those sends
+//! succeeded). What it cannot judge alone it exports as an [`Exchange`];
+//! [`merge_exchanges`] puts the generators' exchanges together into the totals
+//! one ledger would have counted.
 
 use crate::payload::{self, Invalid};
 use std::time::{Duration, Instant};
@@ -33,6 +41,8 @@ struct Slot {
     device: u32,
     region: u8,
     count: u32,
+    /// Driven by this generator (always, for a run that is not split).
+    local: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +52,9 @@ struct Entry {
     from: u8,
     sender: u32,
     state: SendState,
+    /// Sent by this generator; otherwise another generator's send, entered with
+    /// this generator's devices only.
+    own: bool,
     slots: Vec<Slot>,
 }
 
@@ -71,8 +84,12 @@ pub enum Outcome {
     AfterFailure,
 }
 
-/// The counts of a ledger.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// The counts of a ledger. For one generator of several, every field counts
+/// what its own devices saw (`expected`, `delivered` and `lost` are the pairs on
+/// its devices; a pair of another generator's failed send counts as lost here),
+/// and the send counts are its own sends; the merge of all generators' reports
+/// has the run's totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     /// Sends entered.
     pub sends: u64,
@@ -101,34 +118,82 @@ pub struct Totals {
     pub redelivered: u64,
 }
 
+/// What one generator's ledger hands to the merge: the parts of the accounting
+/// that depend on another generator's knowledge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Exchange {
+    /// Deliveries this generator's sends that did not fail owe, on every
+    /// generator's devices.
+    pub own_expected: u64,
+    /// Of those, the ones on this generator's devices that were decrypted.
+    pub own_delivered_here: u64,
+    /// First decryptions here of this generator's sends that reported an error.
+    pub own_after_error_here: u64,
+    /// Deliveries to this generator's devices the other generators' sends owe
+    /// if none of them failed.
+    pub foreign_expected_here: u64,
+    /// Other generators' sends decrypted here: `[send index, devices of this
+    /// generator that decrypted it]`, ascending by index.
+    pub foreign_delivered: Vec<(u64, u32)>,
+    /// This generator's sends that reported an error, ascending.
+    pub failed_sends: Vec<u64>,
+    /// This generator's sends skipped because too many were in flight,
+    /// ascending.
+    pub skipped_sends: Vec<u64>,
+}
+
 /// The accounting of one run.
 #[derive(Debug)]
 pub struct Ledger {
     run_id: u64,
+    /// Per slot, whether this generator drives the device; empty: all do.
+    local: Vec<bool>,
     entries: Vec<Option<Entry>>,
+    /// Deliveries owed by own sends that did not fail, on every device.
+    own_expected: u64,
+    /// Of those, owed to local devices.
     expected_open: u64,
     delivered_open: u64,
+    foreign_expected: u64,
+    foreign_delivered: u64,
     duplicated: u64,
     corrupted: u64,
     stale: u64,
     after_error: u64,
     redelivered: u64,
+    skipped: Vec<u64>,
 }
 
 impl Ledger {
-    /// An empty ledger for run `run_id`, with room for `capacity` sends.
+    /// An empty ledger for run `run_id`, with room for `capacity` sends, that
+    /// drives every device.
     pub fn new(run_id: u64, capacity: usize) -> Ledger {
+        Ledger::for_generator(run_id, capacity, Vec::new())
+    }
+
+    /// An empty ledger for one generator of several: `local[slot]` tells
+    /// whether it drives device `slot` (empty: every device).
+    pub fn for_generator(run_id: u64, capacity: usize, local: Vec<bool>) -> Ledger {
         Ledger {
             run_id,
+            local,
             entries: Vec::with_capacity(capacity),
+            own_expected: 0,
             expected_open: 0,
             delivered_open: 0,
+            foreign_expected: 0,
+            foreign_delivered: 0,
             duplicated: 0,
             corrupted: 0,
             stale: 0,
             after_error: 0,
             redelivered: 0,
+            skipped: Vec::new(),
         }
+    }
+
+    fn is_local(&self, slot: u32) -> bool {
+        self.local.is_empty() || self.local.get(slot as usize).copied().unwrap_or(false)
     }
 
     /// The run id messages of this run carry.
@@ -156,27 +221,79 @@ impl Ledger {
         if self.entries[i].is_some() {
             return;
         }
-        self.expected_open += devices.len() as u64;
+        let slots: Vec<Slot> = devices
+            .iter()
+            .map(|(device, region)| Slot {
+                device: *device,
+                region: *region,
+                count: 0,
+                local: self.is_local(*device),
+            })
+            .collect();
+        self.own_expected += slots.len() as u64;
+        self.expected_open += slots.iter().filter(|s| s.local).count() as u64;
         self.entries[i] = Some(Entry {
             scheduled,
             measured,
             from,
             sender,
             state: SendState::InFlight,
+            own: true,
+            slots,
+        });
+    }
+
+    /// Enters send `index` of another generator: `devices` (slot, region), this
+    /// generator's devices among its recipients, must each decrypt it once if
+    /// the send succeeds (only its generator knows).
+    pub fn expect_foreign(
+        &mut self,
+        index: u64,
+        scheduled: Instant,
+        measured: bool,
+        from: u8,
+        sender: u32,
+        devices: &[(u32, u8)],
+    ) {
+        let Ok(i) = usize::try_from(index) else {
+            return;
+        };
+        if self.entries.len() <= i {
+            self.entries.resize(i + 1, None);
+        }
+        if self.entries[i].is_some() {
+            return;
+        }
+        self.foreign_expected += devices.len() as u64;
+        self.entries[i] = Some(Entry {
+            scheduled,
+            measured,
+            from,
+            sender,
+            state: SendState::Sent,
+            own: false,
             slots: devices
                 .iter()
                 .map(|(device, region)| Slot {
                     device: *device,
                     region: *region,
                     count: 0,
+                    local: true,
                 })
                 .collect(),
         });
     }
 
+    /// Records that send `index` was skipped (too many in flight): it was
+    /// never issued, so nothing is expected of it.
+    pub fn skipped(&mut self, index: u64) {
+        self.skipped.push(index);
+    }
+
     /// Records the gateway's confirmation of send `index`.
     pub fn send_succeeded(&mut self, index: u64) {
         if let Some(e) = self.entry_mut(index)
+            && e.own
             && e.state == SendState::InFlight
         {
             e.state = SendState::Sent;
@@ -188,12 +305,14 @@ impl Ledger {
         let Some(e) = self.entry_mut(index) else {
             return;
         };
-        if e.state != SendState::InFlight {
+        if !e.own || e.state != SendState::InFlight {
             return;
         }
         e.state = SendState::Failed;
-        let expected = e.slots.len() as u64;
-        let delivered = e.slots.iter().filter(|s| s.count > 0).count() as u64;
+        let all = e.slots.len() as u64;
+        let expected = e.slots.iter().filter(|s| s.local).count() as u64;
+        let delivered = e.slots.iter().filter(|s| s.local && s.count > 0).count() as u64;
+        self.own_expected -= all;
         self.expected_open -= expected;
         self.delivered_open -= delivered;
         self.after_error += delivered;
@@ -230,9 +349,13 @@ impl Ledger {
         if entry.sender != header.sender {
             return self.corrupt("sender differs from the schedule's");
         }
-        let state = entry.state;
+        let (state, own) = (entry.state, entry.own);
         let (scheduled, measured, from) = (entry.scheduled, entry.measured, entry.from);
-        let Some(slot) = entry.slots.iter_mut().find(|s| s.device == device) else {
+        let Some(slot) = entry
+            .slots
+            .iter_mut()
+            .find(|s| s.device == device && s.local)
+        else {
             return self.corrupt("delivered to a device that is not a recipient");
         };
         slot.count += 1;
@@ -249,7 +372,11 @@ impl Ledger {
             self.after_error += 1;
             return Outcome::AfterFailure;
         }
-        self.delivered_open += 1;
+        if own {
+            self.delivered_open += 1;
+        } else {
+            self.foreign_delivered += 1;
+        }
         Outcome::First {
             latency: at.saturating_duration_since(scheduled),
             measured,
@@ -271,17 +398,53 @@ impl Ledger {
         }
     }
 
-    /// Expected deliveries not yet made (the drain waits for zero).
+    /// Expected deliveries to this generator's devices not yet made (the drain
+    /// waits for zero). Those of another generator's send that failed never
+    /// come: the drain then ends at its limit.
     pub fn outstanding(&self) -> u64 {
+        (self.expected_open - self.delivered_open)
+            + (self.foreign_expected - self.foreign_delivered)
+    }
+
+    /// Deliveries of this generator's own sends to its own devices not made.
+    pub fn own_lost_here(&self) -> u64 {
         self.expected_open - self.delivered_open
     }
 
-    /// The counts.
+    /// What the merge of several generators needs from this one.
+    pub fn exchange(&self) -> Exchange {
+        let mut x = Exchange {
+            own_expected: self.own_expected,
+            own_delivered_here: self.delivered_open,
+            own_after_error_here: 0,
+            foreign_expected_here: self.foreign_expected,
+            ..Exchange::default()
+        };
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(e) = e else { continue };
+            let decrypted = e.slots.iter().filter(|s| s.local && s.count > 0).count() as u32;
+            if !e.own {
+                if decrypted > 0 {
+                    x.foreign_delivered.push((i as u64, decrypted));
+                }
+            } else if e.state == SendState::Failed {
+                x.failed_sends.push(i as u64);
+                x.own_after_error_here += u64::from(decrypted);
+            }
+        }
+        x.skipped_sends = self.skipped.clone();
+        x.skipped_sends.sort_unstable();
+        x
+    }
+
+    /// The counts, as this generator's devices saw them.
     pub fn totals(&self) -> Totals {
+        let expected = self.expected_open + self.foreign_expected;
+        let delivered = self.delivered_open + self.foreign_delivered;
         let mut t = Totals {
-            expected: self.expected_open,
-            delivered: self.delivered_open,
-            lost: self.expected_open - self.delivered_open,
+            expected,
+            delivered,
+            lost: expected - delivered,
             duplicated: self.duplicated,
             corrupted: self.corrupted,
             stale: self.stale,
@@ -289,7 +452,7 @@ impl Ledger {
             redelivered: self.redelivered,
             ..Totals::default()
         };
-        for e in self.entries.iter().flatten() {
+        for e in self.entries.iter().flatten().filter(|e| e.own) {
             t.sends += 1;
             match e.state {
                 SendState::InFlight => t.unconfirmed_sends += 1,
@@ -309,6 +472,55 @@ impl Ledger {
         self.corrupted += 1;
         Outcome::Corrupted(why)
     }
+}
+
+/// Puts together the counts and exchanges of every generator of one run into
+/// the totals a single ledger would have counted: a delivery made on one
+/// generator's device of a send issued by another counts as delivered when
+/// that send did not fail, as delivered after an error when it failed, and as
+/// corrupt when it was never issued.
+pub fn merge_exchanges(parts: &[(Totals, Exchange)]) -> Result<Totals, String> {
+    use std::collections::HashSet;
+    let failed: HashSet<u64> = parts
+        .iter()
+        .flat_map(|(_, x)| x.failed_sends.iter().copied())
+        .collect();
+    let skipped: HashSet<u64> = parts
+        .iter()
+        .flat_map(|(_, x)| x.skipped_sends.iter().copied())
+        .collect();
+    let mut t = Totals::default();
+    for (own, x) in parts {
+        t.sends += own.sends;
+        t.sent += own.sent;
+        t.failed_sends += own.failed_sends;
+        t.unconfirmed_sends += own.unconfirmed_sends;
+        t.duplicated += own.duplicated;
+        t.corrupted += own.corrupted;
+        t.stale += own.stale;
+        t.redelivered += own.redelivered;
+        t.expected += x.own_expected;
+        t.delivered += x.own_delivered_here;
+        t.delivered_after_error += x.own_after_error_here;
+        for (index, count) in &x.foreign_delivered {
+            let count = u64::from(*count);
+            if skipped.contains(index) {
+                t.corrupted += count;
+            } else if failed.contains(index) {
+                t.delivered_after_error += count;
+            } else {
+                t.delivered += count;
+            }
+        }
+    }
+    if t.delivered > t.expected {
+        return Err(format!(
+            "the reports do not add up: {} deliveries for {} expected (are they all from the same run?)",
+            t.delivered, t.expected
+        ));
+    }
+    t.lost = t.expected - t.delivered;
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -451,5 +663,93 @@ mod tests {
         l.expect(1, start, true, 0, 0, &[(1, 0)]);
         let t = l.totals();
         assert_eq!((t.unconfirmed_sends, t.expected, t.lost), (1, 1, 1));
+    }
+
+    /// Two generators: A drives devices 0 and 1 (region 0), B devices 2 and 3
+    /// (region 1). The same sends as one ledger sees them.
+    #[test]
+    fn generators_merge_into_the_single_ledger_totals() {
+        let start = Instant::now();
+        // (index, sending device, recipients)
+        type Send = (u64, u32, &'static [(u32, u8)]);
+        let sends: [Send; 4] = [
+            (0, 0, &[(1, 0), (2, 1), (3, 1)]),
+            (1, 2, &[(3, 1), (0, 0)]),
+            (2, 3, &[(2, 1)]),
+            (3, 1, &[(0, 0), (2, 1)]),
+        ];
+        let mut single = Ledger::new(RUN, 4);
+        let mut a = Ledger::for_generator(RUN, 4, vec![true, true, false, false]);
+        let mut b = Ledger::for_generator(RUN, 4, vec![false, false, true, true]);
+        for (index, sender, devices) in sends {
+            single.expect(index, start, true, 0, sender, devices);
+            let (own, other) = if sender < 2 {
+                (&mut a, &mut b)
+            } else {
+                (&mut b, &mut a)
+            };
+            own.expect(index, start, true, 0, sender, devices);
+            let theirs: Vec<(u32, u8)> = devices
+                .iter()
+                .copied()
+                .filter(|(d, _)| other.is_local(*d))
+                .collect();
+            other.expect_foreign(index, start, true, 0, sender, &theirs);
+        }
+        // Send 3 fails after device 2 got it; send 2 is never answered.
+        for l in [&mut single, &mut a, &mut b] {
+            for i in [0, 1] {
+                l.send_succeeded(i);
+            }
+        }
+        single.send_failed(3);
+        a.send_failed(3);
+        let deliveries: [(u32, u64, u32); 7] = [
+            (1, 0, 0),
+            (2, 0, 0),
+            (3, 0, 0),
+            (3, 1, 2),
+            (0, 1, 2),
+            (2, 3, 1),
+            (3, 0, 0), // a duplicate
+        ];
+        for (device, index, sender) in deliveries {
+            let text = encode(RUN, index, sender, 80);
+            single.deliver(device, &text, Some(sender), start, false);
+            let l = if device < 2 { &mut a } else { &mut b };
+            l.deliver(device, &text, Some(sender), start, false);
+        }
+        let want = single.totals();
+        let got =
+            merge_exchanges(&[(a.totals(), a.exchange()), (b.totals(), b.exchange())]).unwrap();
+        assert_eq!(got, want);
+        // Send 2's delivery to device 2 (its own sender's generator) is lost.
+        assert_eq!(
+            (want.lost, want.duplicated, want.delivered_after_error),
+            (1, 1, 1)
+        );
+        assert_eq!((want.sends, want.sent, want.unconfirmed_sends), (4, 2, 1));
+        // Every pair of A's own sends on its own devices arrived.
+        assert_eq!(a.own_lost_here(), 0);
+        assert_eq!(b.own_lost_here(), 1);
+        assert_eq!(a.exchange().failed_sends, vec![3]);
+        assert_eq!(b.exchange().foreign_delivered, vec![(0, 2), (3, 1)]);
+    }
+
+    #[test]
+    fn merged_deliveries_of_skipped_sends_are_corrupt() {
+        let start = Instant::now();
+        let mut a = Ledger::for_generator(RUN, 2, vec![true, false]);
+        let mut b = Ledger::for_generator(RUN, 2, vec![false, true]);
+        a.skipped(0);
+        b.expect_foreign(0, start, true, 0, 0, &[(1, 0)]);
+        assert_eq!(b.outstanding(), 1);
+        b.deliver(1, &encode(RUN, 0, 0, 80), Some(0), start, false);
+        let t = merge_exchanges(&[(a.totals(), a.exchange()), (b.totals(), b.exchange())]).unwrap();
+        assert_eq!((t.expected, t.delivered, t.corrupted), (0, 0, 1));
+        // More deliveries than expected: not one run.
+        let mut x = b.exchange();
+        x.foreign_delivered = vec![(5, 3)];
+        assert!(merge_exchanges(&[(b.totals(), x)]).is_err());
     }
 }

@@ -20,14 +20,18 @@
 //!   latency picture; [`progress`]: the live display;
 //! - [`local`]: local mode (gateways of every region in this process);
 //!   [`target`]: the gateways a run may talk to;
+//! - [`generator`]: one generator of several (`--generator i/N`), each
+//!   driving its share of the devices; [`merge`]: their reports put together;
 //! - [`cli`]: the command line.
 //!
 //! [`execute`] runs everything; the binary is a thin wrapper around it.
 
 pub mod cli;
 pub mod error;
+pub mod generator;
 pub mod ledger;
 pub mod local;
+pub mod merge;
 pub mod payload;
 pub mod plan;
 pub mod procstat;
@@ -47,6 +51,7 @@ pub use error::{Error, Result};
 pub use report::Report;
 pub use scenario::Scenario;
 
+use generator::{GeneratorSpec, Split};
 use plan::Population;
 use progress::{Progress, ProgressMode};
 use rossby_protocol::hawk::ServiceName;
@@ -108,6 +113,12 @@ pub struct Options {
     pub progress: ProgressMode,
     /// The command line, for the report.
     pub command: String,
+    /// Which generator of how many this process is ([`GeneratorSpec::SOLE`]:
+    /// the whole run).
+    pub generator: GeneratorSpec,
+    /// When the schedule starts (the same for every generator of a split run);
+    /// `None`: as soon as every device listens.
+    pub start_at: Option<SystemTime>,
 }
 
 /// Default state directory of remote runs.
@@ -132,10 +143,42 @@ pub fn run_deadline(scenario: &Scenario) -> Duration {
     scenario.warmup + scenario.duration + scenario.drain + runner::SETUP_LIMIT + DEADLINE_MARGIN
 }
 
+/// How long from now until an agreed start time (zero when none or past).
+pub fn wait_for_start(start_at: Option<SystemTime>) -> Duration {
+    start_at
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default()
+}
+
+/// Checks the options of one generator of several.
+fn check_generator(options: &Options) -> Result<()> {
+    let spec = options.generator;
+    if !spec.is_split() {
+        return Ok(());
+    }
+    if matches!(options.mode, Mode::Local(_)) {
+        return Err(Error::Scenario(format!(
+            "--generator {spec} splits a run over processes that share the gateways: it does not apply to --local (start the deployment separately)"
+        )));
+    }
+    if options.phase != Phase::Run {
+        return Err(Error::Scenario(format!(
+            "--generator {spec} needs --phase run and a provisioned state directory: provision it once with --phase provision (without --generator), copy it to every generator host, then start every generator"
+        )));
+    }
+    if options.start_at.is_none() {
+        return Err(Error::Scenario(format!(
+            "--generator {spec} needs --start-at, the same for every generator, so their schedules line up"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs the phases `options` asks for: starts the local deployment (local
 /// mode), provisions, runs, shuts down, and writes the report and picture.
 /// Builds its own runtimes: call it from outside any async runtime.
 pub fn execute(options: Options) -> Result<Outcome> {
+    check_generator(&options)?;
     let local_mode = matches!(options.mode, Mode::Local(_));
     if local_mode && (options.state_dir.is_some() || options.phase != Phase::All) {
         return Err(Error::Scenario(
@@ -290,6 +333,7 @@ pub fn execute(options: Options) -> Result<Outcome> {
         provisioning: provisioning.clone(),
         command: options.command.clone(),
         started_unix_ms,
+        generator: options.generator,
     });
     let json_path = options
         .report_path
@@ -303,7 +347,8 @@ pub fn execute(options: Options) -> Result<Outcome> {
         json: json_path.display().to_string(),
         svg: svg_path.display().to_string(),
     };
-    let picture = report::picture(&report, &stats.snapshot(), &population);
+    let regions: Vec<String> = population.regions.iter().map(|r| r.name.clone()).collect();
+    let picture = report::picture(&report, &stats.snapshot(), &regions);
     write_file(&svg_path, picture.as_bytes())?;
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Scenario(format!("cannot encode the report: {e}")))?;
@@ -333,6 +378,55 @@ async fn phases(
         });
     }
     let population = Population::build(scenario, &manifest.tag)?;
+    let split = if options.generator.is_split() {
+        Some(Split::new(&population, options.generator)?)
+    } else {
+        None
+    };
+    let run_id = options.start_at.map(|at| {
+        generator::shared_run_id(
+            &manifest.tag,
+            scenario.seed,
+            at.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            options.generator.count,
+        )
+    });
+    let participation = runner::Participation {
+        split: split.clone(),
+        start_at: options.start_at,
+        run_id,
+    };
+    if let Some(split) = &split {
+        let started = std::time::Instant::now();
+        let fleet =
+            provision::open_fleet_part(&population, targets, state_dir, &manifest, |slot| {
+                split.drives(slot)
+            })
+            .await?;
+        progress.note(&format!(
+            "generator {}: driving {} of {} devices from {}",
+            options.generator,
+            split.local_slots().len(),
+            population.devices.len(),
+            state_dir.display()
+        ));
+        let summary = provision::Summary {
+            reused: true,
+            seconds: started.elapsed().as_secs_f64(),
+            ..provision::Summary::default()
+        };
+        return run_phase(
+            options,
+            population,
+            fleet,
+            summary,
+            stats,
+            progress,
+            &participation,
+        )
+        .await;
+    }
     progress.update(&format!(
         "provisioning {} users with {} devices each in {}...",
         population.users.len(),
@@ -371,9 +465,39 @@ async fn phases(
         close_all(&fleet).await;
         return Ok((population, summary, None));
     }
+    run_phase(
+        options,
+        population,
+        fleet,
+        summary,
+        stats,
+        progress,
+        &participation,
+    )
+    .await
+}
+
+/// Runs the scenario with an opened fleet, within the run's hard deadline.
+async fn run_phase(
+    options: &Options,
+    population: Population,
+    fleet: provision::Fleet,
+    summary: provision::Summary,
+    stats: Arc<stats::Stats>,
+    progress: &Progress,
+    participation: &runner::Participation,
+) -> Result<PhasesResult> {
+    let scenario = &options.scenario;
     let population = Arc::new(population);
-    let deadline = run_deadline(scenario);
-    let run = runner::run(scenario, population.clone(), &fleet, stats, progress);
+    let deadline = run_deadline(scenario) + wait_for_start(participation.start_at);
+    let run = runner::run(
+        scenario,
+        population.clone(),
+        &fleet,
+        stats,
+        progress,
+        participation,
+    );
     let outcome = tokio::time::timeout(deadline, run).await;
     close_all(&fleet).await;
     let outcome = outcome.map_err(|_| Error::Deadline {
@@ -387,7 +511,7 @@ async fn phases(
 /// Closes every client's connection (bounded).
 async fn close_all(fleet: &provision::Fleet) {
     let mut set = tokio::task::JoinSet::new();
-    for c in &fleet.clients {
+    for c in fleet.clients.iter().flatten() {
         let c = c.clone();
         set.spawn(async move { c.close().await });
     }
@@ -439,7 +563,8 @@ fn scenario_memory(local: Option<&local::Local>) -> bool {
     local.is_some_and(|l| l.memory_store)
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a file, creating its directory.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {

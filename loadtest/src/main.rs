@@ -6,8 +6,8 @@
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use rossby_loadtest::cli::Args;
-use rossby_loadtest::{Error, Phase, execute, run_deadline};
+use rossby_loadtest::cli::{Args, Command, MergeArgs};
+use rossby_loadtest::{Error, Phase, execute, run_deadline, wait_for_start};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Command::Merge(merge)) = args.command {
+        return merge_reports(&merge);
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let options = match args.into_options(command) {
         Ok(o) => o,
@@ -49,7 +52,10 @@ fn main() -> ExitCode {
     } else {
         run_deadline(&options.scenario)
     };
-    let limit = options.provision_timeout + run + Duration::from_secs(60);
+    let limit = options.provision_timeout
+        + run
+        + wait_for_start(options.start_at)
+        + Duration::from_secs(60);
     std::thread::spawn(move || {
         std::thread::sleep(limit);
         eprintln!(
@@ -89,6 +95,37 @@ fn main() -> ExitCode {
             eprintln!("rossby-loadtest: {err}");
             match err {
                 Error::Scenario(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// `rossby-loadtest merge`: the merged table and final line on stdout; exit
+/// code 0 passed, 1 failed or could not write, 2 reports that cannot be merged.
+fn merge_reports(merge: &MergeArgs) -> ExitCode {
+    let json = merge
+        .report
+        .clone()
+        .unwrap_or_else(|| merge.out.join("merged-report.json"));
+    let svg = merge
+        .svg
+        .clone()
+        .unwrap_or_else(|| merge.out.join("merged-latency.svg"));
+    match rossby_loadtest::merge::merge_and_write(&merge.reports, &json, &svg) {
+        Ok(report) => {
+            print!("{}", rossby_loadtest::report::table(&report));
+            println!("{}", report.final_line);
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("rossby-loadtest: {err}");
+            match err {
+                Error::Merge(_) | Error::Io { .. } => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }

@@ -70,10 +70,14 @@ pub struct ManifestUser {
     pub region: u16,
     /// Box id, once authorized.
     pub box_id: String,
+    /// Its devices' ids (hex), in device order: what lets a generator of several
+    /// tell which device of another generator sent a message.
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 /// What provisioning did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
     /// The directory was complete already and reused as is.
     pub reused: bool,
@@ -93,9 +97,10 @@ pub struct Summary {
 
 /// The opened devices of a provisioned population.
 pub struct Fleet {
-    /// One SDK client per device, by slot.
-    pub clients: Vec<Arc<Client>>,
-    /// Device ids to slots.
+    /// One SDK client per device, by slot; `None` for a device another
+    /// generator drives.
+    pub clients: Vec<Option<Arc<Client>>>,
+    /// Device ids to slots (every device, whoever drives it).
     pub slots_by_device: HashMap<[u8; 16], u32>,
     /// Box id (UUID text) per user.
     pub boxes: Vec<String>,
@@ -258,11 +263,15 @@ pub async fn open_fleet(population: &Population, targets: &Targets, dir: &Path) 
             });
         }
         slots_by_device.insert(*client.device_id().as_bytes(), device.slot);
-        clients.push(Arc::new(client));
+        clients.push(Some(Arc::new(client)));
     }
     let mut boxes = Vec::with_capacity(population.users.len());
     for user in &population.users {
-        let first = user.devices.first().and_then(|d| clients.get(*d as usize));
+        let first = user
+            .devices
+            .first()
+            .and_then(|d| clients.get(*d as usize))
+            .and_then(Option::as_ref);
         let b = match first {
             Some(c) => c.box_id().await,
             None => None,
@@ -272,6 +281,84 @@ pub async fn open_fleet(population: &Population, targets: &Targets, dir: &Path) 
             reason: format!("user {} has no box", user.identifier),
         })?;
         boxes.push(uuid_text(&b));
+    }
+    Ok(Fleet {
+        clients,
+        slots_by_device,
+        boxes,
+    })
+}
+
+/// Opens the devices one generator drives (`drives(slot)`) from a complete
+/// state directory; the other generators' boxes and device ids come from the
+/// manifest, so only the driven devices' state files need to be present.
+pub async fn open_fleet_part(
+    population: &Population,
+    targets: &Targets,
+    dir: &Path,
+    manifest: &Manifest,
+    drives: impl Fn(u32) -> bool,
+) -> Result<Fleet> {
+    let bad = |reason: String| Error::StateDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if !manifest.complete {
+        return Err(bad(
+            "it is not provisioned: provision it once for every generator with --phase provision (without --generator), then copy it to every generator host".into(),
+        ));
+    }
+    if manifest.users.len() != population.users.len() {
+        return Err(bad(format!(
+            "{MANIFEST} lists {} users; the scenario has {}",
+            manifest.users.len(),
+            population.users.len()
+        )));
+    }
+    let mut boxes = Vec::with_capacity(population.users.len());
+    let mut slots_by_device = HashMap::new();
+    for (user, entry) in population.users.iter().zip(&manifest.users) {
+        if entry.identifier != user.identifier {
+            return Err(bad(format!(
+                "{MANIFEST} names user {} {}; the scenario expects {}",
+                user.index, entry.identifier, user.identifier
+            )));
+        }
+        if entry.devices.len() != user.devices.len() {
+            return Err(bad(format!(
+                "{MANIFEST} has no device ids for {} (written by an older rossby-loadtest?): provision a new state directory to run several generators",
+                user.identifier
+            )));
+        }
+        for (slot, id) in user.devices.iter().zip(&entry.devices) {
+            let raw: [u8; 16] = hex::decode(id)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| bad(format!("{MANIFEST}: device id {id:?} is not 32 hex digits")))?;
+            slots_by_device.insert(raw, *slot);
+        }
+        boxes.push(entry.box_id.clone());
+    }
+    let mut clients = Vec::with_capacity(population.devices.len());
+    for device in &population.devices {
+        if !drives(device.slot) {
+            clients.push(None);
+            continue;
+        }
+        let client = open_device(targets, dir, device, false).await?;
+        if !client.is_authorized().await {
+            return Err(bad(format!(
+                "{} is not authorized: provision again",
+                device.state_file()
+            )));
+        }
+        if slots_by_device.get(client.device_id().as_bytes()) != Some(&device.slot) {
+            return Err(bad(format!(
+                "{} is not the device {MANIFEST} names for it",
+                device.state_file()
+            )));
+        }
+        clients.push(Some(Arc::new(client)));
     }
     Ok(Fleet {
         clients,
@@ -353,6 +440,12 @@ pub async fn provision(
             identifier: u.identifier.clone(),
             region: ctx.population.regions[usize::from(u.region)].code.0,
             box_id: b.clone(),
+            devices: u
+                .devices
+                .iter()
+                .filter_map(|d| fleet.clients.get(*d as usize).and_then(Option::as_ref))
+                .map(|c| hex::encode(c.device_id().as_bytes()))
+                .collect(),
         })
         .collect();
     manifest.complete = true;
@@ -453,7 +546,7 @@ async fn run_steps(ctx: Arc<Context>, progress: &Progress) -> Result<Fleet> {
         ensure_groups(&ctx, &clients, &boxes).await?;
     }
     Ok(Fleet {
-        clients,
+        clients: clients.into_iter().map(Some).collect(),
         slots_by_device,
         boxes,
     })

@@ -12,7 +12,8 @@
 //! p99 stayed within [`BOUND_FACTOR`] × bound + [`BOUND_SLACK_MS`]. That comparison
 //! is informational and never changes the verdict.
 
-use crate::ledger::Totals;
+use crate::generator::GeneratorSpec;
+use crate::ledger::{Exchange, Totals};
 use crate::plan::Population;
 use crate::procstat::{CpuUse, Memory};
 use crate::provision;
@@ -22,7 +23,7 @@ use crate::stats::{Measurements, Op, Stats};
 use crate::svg;
 use hdrhistogram::Histogram;
 use rossby_replication::latency::send_bound;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
@@ -158,7 +159,7 @@ pub struct Throughput {
 }
 
 /// Where the run went and how.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Target {
     /// Local mode (gateways started by this process).
     pub local: bool,
@@ -175,7 +176,7 @@ pub struct Target {
 }
 
 /// A region's gateways.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TargetRegion {
     /// Name.
     pub name: String,
@@ -186,7 +187,7 @@ pub struct TargetRegion {
 }
 
 /// The machine.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Machine {
     /// Cores the OS offers.
     pub nproc: usize,
@@ -225,7 +226,7 @@ pub struct ClientUse {
 }
 
 /// Push statistics.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PushReport {
     /// Subscriptions made (a reconnect makes another).
     pub subscriptions: u64,
@@ -285,8 +286,77 @@ pub struct Report {
     pub examples: Vec<String>,
     /// Output files.
     pub files: Files,
+    /// This process's part of a run split over generators (`0/1` for a whole
+    /// run; absent in a merged report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorReport>,
+    /// The reports a merged report was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged: Option<MergedFrom>,
+    /// Exact counts and histograms, for `rossby-loadtest merge`.
+    pub raw: Raw,
     /// The last line of stdout.
     pub final_line: String,
+}
+
+/// One generator's part of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GeneratorReport {
+    /// This generator's index.
+    pub index: u32,
+    /// How many generators shared the run.
+    pub count: u32,
+    /// The run id the message texts carried (16 hex digits); the same for
+    /// every generator of one run.
+    pub run_id: String,
+    /// When the schedule started, ms since the epoch.
+    pub start_unix_ms: u64,
+    /// Devices it drove.
+    pub devices: usize,
+    /// Deliveries of its own sends to its own devices that were lost.
+    pub own_lost_here: u64,
+    /// What the merge needs from its ledger.
+    pub exchange: Exchange,
+}
+
+/// Where a merged report came from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MergedFrom {
+    /// Generators merged.
+    pub generators: u32,
+    /// Their run id.
+    pub run_id: String,
+    /// The reports, in generator order.
+    pub reports: Vec<String>,
+}
+
+/// The exact numbers behind the report's rates and latencies, so reports can
+/// be merged without rounding.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Raw {
+    /// Sends confirmed inside the measured period.
+    pub confirmed_in_window: u64,
+    /// First decryptions of measured sends.
+    pub delivered_in_window: u64,
+    /// Message text bytes confirmed inside the measured period.
+    pub bytes_in_window: u64,
+    /// Latest start of a send after its due time, µs.
+    pub max_start_lag_us: u64,
+    /// Every histogram of [`Report::pairs`].
+    pub histograms: Vec<HistogramRecord>,
+}
+
+/// One histogram, exactly: its recorded buckets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramRecord {
+    /// The operation's name.
+    pub op: String,
+    /// Sender's (or device's) region index in topology order.
+    pub from: u8,
+    /// Destination's region index, or 255 for a group.
+    pub to: u8,
+    /// `[value µs, count]` per recorded bucket ([`crate::stats::buckets`]).
+    pub buckets: Vec<(u64, u64)>,
 }
 
 /// What the report is built from.
@@ -307,31 +377,74 @@ pub struct Inputs<'a> {
     pub command: String,
     /// Start time.
     pub started_unix_ms: u64,
+    /// Which generator this process is (`0/1` unless split).
+    pub generator: GeneratorSpec,
 }
 
-/// Builds the report (without files).
-pub fn build(inputs: Inputs<'_>) -> Report {
-    let Inputs {
-        scenario,
-        population,
-        outcome,
-        stats,
-        target,
-        provisioning,
-        command,
-        started_unix_ms,
-    } = inputs;
-    let m = stats.snapshot();
-    let measured_s = outcome.measured_s.max(1e-9);
-    let achieved = stats.confirmed_in_window.load(Ordering::Relaxed) as f64 / measured_s;
+/// What a report is assembled from, measured here or merged from several.
+pub(crate) struct Parts<'a> {
+    /// The sends per second asked of this process (or of the merged run).
+    pub asked_rate: f64,
+    /// Seconds of the measured period.
+    pub measured_s: f64,
+    /// The histograms and errors.
+    pub m: &'a Measurements,
+    /// The accounting.
+    pub totals: Totals,
+    /// Of `totals.lost`, the losses this report can judge (one generator of
+    /// several cannot tell a loss of another's send from a failure).
+    pub judged_lost: u64,
+    /// Exact counters (histograms are filled in here).
+    pub raw: Raw,
+    /// Region names in topology order.
+    pub regions: &'a [String],
+    /// The model's bound of a send pair, ms.
+    pub bound: &'a dyn Fn(u8, u8) -> Option<f64>,
+    /// The generator, when this is one of several.
+    pub generator: Option<GeneratorSpec>,
+}
+
+/// The assembled parts of a report.
+pub(crate) struct Assembled {
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub throughput: Throughput,
+    pub operations: Vec<OperationReport>,
+    pub pairs: Vec<PairReport>,
+    pub errors: Vec<ErrorReport>,
+    pub raw: Raw,
+    pub final_line: String,
+}
+
+/// A region's name for reports, or `group` for [`crate::plan::GROUP_DESTINATION`].
+pub fn region_label(regions: &[String], index: u8) -> &str {
+    if index == crate::plan::GROUP_DESTINATION {
+        return "group";
+    }
+    regions.get(usize::from(index)).map_or("?", String::as_str)
+}
+
+/// Verdict, tables and final line from measurements and counts.
+pub(crate) fn assemble(parts: Parts<'_>) -> Assembled {
+    let Parts {
+        asked_rate,
+        measured_s,
+        m,
+        totals,
+        judged_lost,
+        mut raw,
+        regions,
+        bound,
+        generator,
+    } = parts;
+    let measured_s = measured_s.max(1e-9);
+    let achieved = raw.confirmed_in_window as f64 / measured_s;
     let throughput = Throughput {
-        asked_rate: scenario.rate,
+        asked_rate: round3(asked_rate),
         achieved_rate: round3(achieved),
-        deliveries_per_s: round3(
-            stats.delivered_in_window.load(Ordering::Relaxed) as f64 / measured_s,
-        ),
-        send_bytes_per_s: round3(stats.bytes_in_window.load(Ordering::Relaxed) as f64 / measured_s),
-        max_start_lag_ms: round3(stats.max_start_lag_us.load(Ordering::Relaxed) as f64 / 1000.0),
+        deliveries_per_s: round3(raw.delivered_in_window as f64 / measured_s),
+        send_bytes_per_s: round3(raw.bytes_in_window as f64 / measured_s),
+        max_start_lag_ms: round3(raw.max_start_lag_us as f64 / 1000.0),
     };
     let operations: Vec<OperationReport> = Op::ALL
         .iter()
@@ -348,17 +461,27 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         .map(|((op, (from, to)), h)| {
             let latency = Latency::of(h);
             let send_bound_ms = match op {
-                Op::Send => send_bound_ms(scenario, population, (*from, *to)),
+                Op::Send => bound(*from, *to),
                 _ => None,
             };
             PairReport {
                 op: op.name(),
-                from: population.region_name(*from).to_string(),
-                to: population.region_name(*to).to_string(),
+                from: region_label(regions, *from).to_string(),
+                to: region_label(regions, *to).to_string(),
                 within_bound: send_bound_ms.map(|b| within_bound(latency.p99_ms, b)),
                 send_bound_ms,
                 latency,
             }
+        })
+        .collect();
+    raw.histograms = m
+        .by_pair
+        .iter()
+        .map(|((op, (from, to)), h)| HistogramRecord {
+            op: op.name().to_string(),
+            from: *from,
+            to: *to,
+            buckets: crate::stats::buckets(h),
         })
         .collect();
     let errors = m
@@ -370,10 +493,15 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             count: *count,
         })
         .collect();
-    let totals = outcome.totals;
     let mut failures = Vec::new();
-    if totals.lost > 0 {
-        failures.push(format!("{} expected deliveries were lost", totals.lost));
+    if judged_lost > 0 {
+        if generator.is_some() {
+            failures.push(format!(
+                "{judged_lost} expected deliveries of this generator's sends to its own devices were lost"
+            ));
+        } else {
+            failures.push(format!("{judged_lost} expected deliveries were lost"));
+        }
     }
     if totals.duplicated > 0 {
         failures.push(format!("{} deliveries were duplicated", totals.duplicated));
@@ -381,19 +509,19 @@ pub fn build(inputs: Inputs<'_>) -> Report {
     if totals.corrupted > 0 {
         failures.push(format!("{} deliveries were corrupted", totals.corrupted));
     }
-    if achieved < MIN_RATE_SHARE * scenario.rate {
+    if achieved < MIN_RATE_SHARE * asked_rate {
         failures.push(format!(
             "achieved {achieved:.1} sends/s, below {:.0} % of the asked {}",
             MIN_RATE_SHARE * 100.0,
-            scenario.rate
+            round3(asked_rate)
         ));
     }
-    let send_p99 = m.overall(Op::Send);
-    let mut sends_all = send_p99.clone();
+    let mut sends_all = m.overall(Op::Send);
     let _ = sends_all.add(m.overall(Op::GroupSend));
     let delivery = m.overall(Op::Delivery);
+    let who = generator.map_or_else(String::new, |g| format!(" generator={g}"));
     let final_line = format!(
-        "loadtest sent={} expected={} delivered={} lost={} duplicated={} corrupted={} send_p99_ms={:.2} delivery_p99_ms={:.2} achieved_rate={:.1}",
+        "loadtest{who} sent={} expected={} delivered={} lost={} duplicated={} corrupted={} send_p99_ms={:.2} delivery_p99_ms={:.2} achieved_rate={:.1}",
         totals.sent,
         totals.expected,
         totals.delivered,
@@ -404,6 +532,57 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         Latency::of(&delivery).p99_ms,
         achieved
     );
+    Assembled {
+        passed: failures.is_empty(),
+        failures,
+        throughput,
+        operations,
+        pairs,
+        errors,
+        raw,
+        final_line,
+    }
+}
+
+/// Builds the report (without files).
+pub fn build(inputs: Inputs<'_>) -> Report {
+    let Inputs {
+        scenario,
+        population,
+        outcome,
+        stats,
+        target,
+        provisioning,
+        command,
+        started_unix_ms,
+        generator,
+    } = inputs;
+    let m = stats.snapshot();
+    let totals = outcome.totals;
+    let regions: Vec<String> = population.regions.iter().map(|r| r.name.clone()).collect();
+    let bound = |from: u8, to: u8| send_bound_ms(scenario, population, (from, to));
+    let split = generator.is_split().then_some(generator);
+    let a = assemble(Parts {
+        asked_rate: scenario.rate * outcome.own_share,
+        measured_s: outcome.measured_s,
+        m: &m,
+        totals,
+        judged_lost: if split.is_some() {
+            outcome.own_lost_here
+        } else {
+            totals.lost
+        },
+        raw: Raw {
+            confirmed_in_window: stats.confirmed_in_window.load(Ordering::Relaxed),
+            delivered_in_window: stats.delivered_in_window.load(Ordering::Relaxed),
+            bytes_in_window: stats.bytes_in_window.load(Ordering::Relaxed),
+            max_start_lag_us: stats.max_start_lag_us.load(Ordering::Relaxed),
+            histograms: Vec::new(),
+        },
+        regions: &regions,
+        bound: &bound,
+        generator: split,
+    });
     let note = if target.local {
         "local mode: memory and the process CPU include the gateways and the store; client_pct is the load generator's own threads".into()
     } else {
@@ -411,8 +590,8 @@ pub fn build(inputs: Inputs<'_>) -> Report {
     };
     Report {
         format: FORMAT,
-        passed: failures.is_empty(),
-        failures,
+        passed: a.passed,
+        failures: a.failures,
         command,
         started_unix_ms,
         machine: Machine::this(),
@@ -428,10 +607,10 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         }),
         accounting: totals,
         skipped_sends: outcome.skipped,
-        throughput,
-        operations,
-        pairs,
-        errors,
+        throughput: a.throughput,
+        operations: a.operations,
+        pairs: a.pairs,
+        errors: a.errors,
         client: ClientUse {
             cpu: outcome.cpu,
             memory: outcome.memory,
@@ -443,7 +622,18 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         },
         examples: outcome.corruption_examples.clone(),
         files: Files::default(),
-        final_line,
+        generator: Some(GeneratorReport {
+            index: generator.index,
+            count: generator.count,
+            run_id: format!("{:016x}", outcome.run_id),
+            start_unix_ms: outcome.start_unix_ms,
+            devices: outcome.devices_driven,
+            own_lost_here: outcome.own_lost_here,
+            exchange: outcome.exchange.clone(),
+        }),
+        merged: None,
+        raw: a.raw,
+        final_line: a.final_line,
     }
 }
 
@@ -462,7 +652,8 @@ fn subtitle(op: Op) -> &'static str {
 }
 
 /// The SVG picture of the measured latencies.
-pub fn picture(report: &Report, m: &Measurements, population: &Population) -> String {
+/// `regions`: the region names in topology order.
+pub fn picture(report: &Report, m: &Measurements, regions: &[String]) -> String {
     let quantiles = svg::quantiles();
     let curve = |h: &Histogram<u64>| -> Vec<(f64, f64)> {
         quantiles
@@ -494,12 +685,12 @@ pub fn picture(report: &Report, m: &Measurements, population: &Population) -> St
         for ((_, (from, to)), h) in pairs {
             let l = Latency::of(h);
             let name = if from == to && !matches!(op, Op::Send | Op::Delivery) {
-                population.region_name(*from).to_string()
+                region_label(regions, *from).to_string()
             } else {
                 format!(
                     "{} -> {}",
-                    population.region_name(*from),
-                    population.region_name(*to)
+                    region_label(regions, *from),
+                    region_label(regions, *to)
                 )
             };
             series.push(svg::Series {
@@ -525,6 +716,8 @@ pub fn picture(report: &Report, m: &Measurements, population: &Population) -> St
         } else {
             "local"
         }
+    } else if let Some(m) = &report.merged {
+        &format!("remote, {} generators merged", m.generators)
     } else {
         "remote"
     };
@@ -535,7 +728,7 @@ pub fn picture(report: &Report, m: &Measurements, population: &Population) -> St
     );
     let subtitle = format!(
         "{} regions x {} users x {} devices, {} measured after {} warm-up, mix {}, fetch {}; {}",
-        population.regions.len(),
+        regions.len(),
         s["users_per_region"],
         s["devices_per_user"],
         s["duration"].as_str().unwrap_or("?"),
@@ -756,6 +949,12 @@ mod tests {
             cpu: None,
             memory: None,
             corruption_examples: Vec::new(),
+            run_id: 7,
+            start_unix_ms: 1,
+            own_share: 1.0,
+            own_lost_here: lost,
+            devices_driven: p.devices.len(),
+            exchange: Default::default(),
         };
         (s, p, stats, outcome)
     }
@@ -771,6 +970,7 @@ mod tests {
             provisioning: provision::Summary::default(),
             command: "rossby-loadtest --rate 10".into(),
             started_unix_ms: 1,
+            generator: GeneratorSpec::SOLE,
         });
         (r, p, stats)
     }
@@ -911,7 +1111,8 @@ mod tests {
     #[test]
     fn the_picture_and_table_show_every_operation() {
         let (r, p, stats) = report(0, 100);
-        let svg = picture(&r, &stats.snapshot(), &p);
+        let names: Vec<String> = p.regions.iter().map(|r| r.name.clone()).collect();
+        let svg = picture(&r, &stats.snapshot(), &names);
         crate::svg::tests::well_formed(&svg).unwrap();
         assert!(svg.contains("delivery") && svg.contains("a -&gt; b"));
         assert!(svg.contains("group_send"));

@@ -15,8 +15,16 @@
 //!    every send answered, or the drain period ends.
 //!
 //! Every phase has its own bound, so the run ends by itself.
+//!
+//! One generator of several ([`crate::generator`]) settles, listens and fetches
+//! on its own devices only and issues only the sends whose sender it drives, on
+//! the schedule every generator shares from the agreed start time. Before
+//! settling it enters the other generators' sends to its devices in its ledger,
+//! so a message that arrives early is still this run's; its drain waits for
+//! those deliveries too.
 
-use crate::ledger::{Ledger, Outcome, Totals};
+use crate::generator::Split;
+use crate::ledger::{Exchange, Ledger, Outcome, Totals};
 use crate::payload;
 use crate::plan::{Destination, PlannedSend, Population};
 use crate::procstat::{self, CpuUse, Memory};
@@ -29,7 +37,7 @@ use rossby_client::{Batch, Body, Client};
 use rossby_protocol::pb;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -66,6 +74,49 @@ pub struct RunOutcome {
     pub memory: Option<Memory>,
     /// Some corruption reasons seen.
     pub corruption_examples: Vec<String>,
+    /// The run id the message texts carried.
+    pub run_id: u64,
+    /// When the schedule started, ms since the epoch.
+    pub start_unix_ms: u64,
+    /// Share of the measured period's sends this process issued (1 unless split).
+    pub own_share: f64,
+    /// Deliveries of this process's own sends to its own devices never made.
+    pub own_lost_here: u64,
+    /// Devices this process drove.
+    pub devices_driven: usize,
+    /// What the merge of several generators needs.
+    pub exchange: Exchange,
+}
+
+/// How this process takes part in the run.
+#[derive(Clone, Debug, Default)]
+pub struct Participation {
+    /// The devices it drives (`None`: all).
+    pub split: Option<Split>,
+    /// When the schedule starts (`None`: as soon as every device listens).
+    pub start_at: Option<SystemTime>,
+    /// The run id (`None`: a random one).
+    pub run_id: Option<u64>,
+}
+
+impl Participation {
+    fn drives(&self, slot: u32) -> bool {
+        self.split.as_ref().is_none_or(|s| s.drives(slot))
+    }
+}
+
+/// The monotonic instant of a wall-clock time (in the past too).
+fn instant_of(at: SystemTime) -> Instant {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    match at.duration_since(wall) {
+        Ok(ahead) => now + ahead,
+        Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
+    }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// When the schedule starts and the measured period lies; fixed once every
@@ -80,7 +131,7 @@ struct Timing {
 struct Shared {
     scenario: Scenario,
     population: Arc<Population>,
-    clients: Vec<Arc<Client>>,
+    clients: Vec<Option<Arc<Client>>>,
     slots_by_device: std::collections::HashMap<[u8; 16], u32>,
     boxes: Vec<String>,
     ledger: Mutex<Ledger>,
@@ -96,6 +147,10 @@ impl Shared {
     /// period (never before the timing is fixed).
     fn measuring(&self, at: Instant) -> bool {
         self.timing.get().is_some_and(|t| at >= t.measure_start)
+    }
+
+    fn client(&self, slot: u32) -> Option<&Arc<Client>> {
+        self.clients.get(slot as usize).and_then(Option::as_ref)
     }
 
     fn example(&self, text: String) {
@@ -118,9 +173,14 @@ pub async fn run(
     fleet: &Fleet,
     stats: Arc<Stats>,
     progress: &Progress,
+    part: &Participation,
 ) -> RunOutcome {
-    let run_id = rand::random::<u64>();
-    let ledger = Ledger::new(run_id, usize::try_from(scenario.total_sends()).unwrap_or(0));
+    let run_id = part.run_id.unwrap_or_else(rand::random::<u64>);
+    let capacity = usize::try_from(scenario.total_sends()).unwrap_or(0);
+    let ledger = match &part.split {
+        Some(split) => Ledger::for_generator(run_id, capacity, split.local_mask()),
+        None => Ledger::new(run_id, capacity),
+    };
     let shared = Arc::new(Shared {
         scenario: scenario.clone(),
         population,
@@ -135,15 +195,63 @@ pub async fn run(
             .map(|_| AtomicBool::new(false))
             .collect(),
     });
-    let devices = shared.clients.len();
+    let local: Vec<u32> = (0..shared.clients.len() as u32)
+        .filter(|s| part.drives(*s) && shared.client(*s).is_some())
+        .collect();
+    let devices = local.len();
+    let total = scenario.total_sends();
+
+    // An agreed start fixes the timing now, so the other generators' sends can
+    // be entered before any of them arrives.
+    let timing_of = |start: Instant| Timing {
+        start,
+        measure_start: start + scenario.warmup,
+        measure_end: start + scenario.warmup + scenario.duration,
+    };
+    let mut own_measured = 0u64;
+    if let Some(at) = part.start_at {
+        let _ = shared.timing.set(timing_of(instant_of(at)));
+    }
+    if let (Some(split), Some(t)) = (&part.split, shared.timing.get().copied()) {
+        let warmup = scenario.warmup_sends();
+        let pop = &shared.population;
+        let mut ledger = lock(&shared.ledger);
+        for index in 0..total {
+            let planned = pop.planned_send(scenario, index);
+            if split.drives(planned.sender) {
+                own_measured += u64::from(index >= warmup);
+                continue;
+            }
+            let mine: Vec<(u32, u8)> = pop
+                .expected_devices(&planned)
+                .into_iter()
+                .filter(|d| split.drives(*d))
+                .map(|d| (d, pop.devices[d as usize].region))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let due = t.start + planned.offset;
+            ledger.expect_foreign(
+                index,
+                due,
+                due >= t.measure_start,
+                pop.send_pair(&planned).0,
+                planned.sender,
+                &mine,
+            );
+        }
+    } else {
+        own_measured = total - scenario.warmup_sends();
+    }
 
     // 1. Settle.
     progress.update("settling: fetching what earlier runs left queued...");
     {
         let mut set = JoinSet::new();
-        for slot in 0..devices {
+        for slot in local.iter().copied() {
             let s = shared.clone();
-            set.spawn(async move { drain_queue(&s, slot as u32).await });
+            set.spawn(async move { drain_queue(&s, slot).await });
         }
         let _ = tokio::time::timeout(SETTLE_LIMIT, async {
             while set.join_next().await.is_some() {}
@@ -158,18 +266,18 @@ pub async fn run(
     let subscribed = Arc::new(AtomicU64::new(0));
     let push = matches!(scenario.fetch, FetchMode::Push { .. });
     let mut listeners = JoinSet::new();
-    for slot in 0..devices {
+    for slot in local.iter().copied() {
         let notify = Arc::new(Notify::new());
         listeners.spawn(fetch_loop(
             shared.clone(),
-            slot as u32,
+            slot,
             notify.clone(),
             stop_rx.clone(),
         ));
         if push {
             listeners.spawn(push_loop(
                 shared.clone(),
-                slot as u32,
+                slot,
                 notify,
                 stop_rx.clone(),
                 subscribed.clone(),
@@ -190,14 +298,22 @@ pub async fn run(
             ));
         }
     }
-    // The schedule starts now, whatever the set-up took.
-    let start = Instant::now() + LEAD;
-    let timing = Timing {
-        start,
-        measure_start: start + scenario.warmup,
-        measure_end: start + scenario.warmup + scenario.duration,
-    };
-    let _ = shared.timing.set(timing);
+    // Unless agreed, the schedule starts now, whatever the set-up took.
+    let timing = *shared
+        .timing
+        .get_or_init(|| timing_of(Instant::now() + LEAD));
+    let start = timing.start;
+    let late = Instant::now().saturating_duration_since(start);
+    if !late.is_zero() {
+        progress.note(&format!(
+            "warning: set-up ended {:.1} s after the agreed start: the sends due until now go out at once and count their lag",
+            late.as_secs_f64()
+        ));
+    }
+    let start_unix_ms =
+        unix_ms(part.start_at.unwrap_or_else(|| {
+            SystemTime::now() + start.saturating_duration_since(Instant::now())
+        }));
 
     // CPU over the measured period.
     let cpu_task = tokio::spawn(async move {
@@ -212,14 +328,17 @@ pub async fn run(
 
     // 3. Send.
     let mut sends = JoinSet::new();
-    let total = scenario.total_sends();
     for index in 0..total {
         let planned = shared.population.planned_send(scenario, index);
+        if !part.drives(planned.sender) {
+            continue;
+        }
         let due = start + planned.offset;
         tokio::time::sleep_until(due.into()).await;
         while sends.try_join_next().is_some() {}
         if shared.stats.in_flight.load(Ordering::Relaxed) >= scenario.max_in_flight as u64 {
             shared.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            lock(&shared.ledger).skipped(index);
             continue;
         }
         shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -254,7 +373,11 @@ pub async fn run(
         Ok(Ok(v)) => v,
         _ => (None, procstat::memory()),
     };
-    let totals = lock(&shared.ledger).totals();
+    let (totals, exchange, own_lost_here) = {
+        let l = lock(&shared.ledger);
+        (l.totals(), l.exchange(), l.own_lost_here())
+    };
+    let window = (total - scenario.warmup_sends()).max(1);
     RunOutcome {
         totals,
         skipped: shared.stats.skipped.load(Ordering::Relaxed),
@@ -264,6 +387,12 @@ pub async fn run(
         cpu,
         memory,
         corruption_examples: lock(&shared.examples).clone(),
+        run_id,
+        start_unix_ms,
+        own_share: own_measured as f64 / window as f64,
+        own_lost_here,
+        devices_driven: devices,
+        exchange,
     }
 }
 
@@ -325,7 +454,12 @@ async fn send_one(shared: Arc<Shared>, planned: PlannedSend, due: Instant) {
     shared
         .stats
         .start_lag(started.saturating_duration_since(due));
-    let client = &shared.clients[planned.sender as usize];
+    let Some(client) = shared.client(planned.sender) else {
+        // The scheduler only issues sends of driven devices.
+        lock(&shared.ledger).send_failed(planned.index);
+        shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        return;
+    };
     let (op, result) = match planned.destination {
         Destination::SameRegion(u) | Destination::CrossRegion(u) => (
             Op::Send,
@@ -420,7 +554,9 @@ async fn push_loop(
     mut stop: watch::Receiver<bool>,
     subscribed: Arc<AtomicU64>,
 ) {
-    let client = shared.clients[slot as usize].clone();
+    let Some(client) = shared.client(slot).cloned() else {
+        return;
+    };
     let mut first = true;
     loop {
         if *stop.borrow() {
@@ -471,7 +607,9 @@ async fn push_loop(
 
 /// Fetches, checks and acknowledges until the device's queue is empty.
 async fn drain_queue(shared: &Shared, slot: u32) {
-    let client = &shared.clients[slot as usize];
+    let Some(client) = shared.client(slot) else {
+        return;
+    };
     let region = shared.population.devices[slot as usize].region;
     for _ in 0..FETCH_ROUNDS {
         let started = Instant::now();

@@ -48,6 +48,11 @@ impl Op {
         Op::Delivery,
     ];
 
+    /// The operation a report names.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+
     /// Its name in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -68,6 +73,32 @@ pub fn histogram() -> Histogram<u64> {
     // Constant bounds that meet hdrhistogram's requirements (low >= 1,
     // high >= 2 * low, sigfig <= 5): no input reaches this.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// A histogram's recorded buckets as `(value, count)`, ascending: the value is
+/// the highest one the bucket holds. Recording each count at its value into an
+/// empty [`histogram`] rebuilds the same histogram bucket for bucket, so every
+/// percentile, the count, minimum, maximum and mean come out as before.
+pub fn buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+/// Rebuilds a histogram from [`buckets`]; a value out of the histograms' range
+/// is an error.
+pub fn from_buckets(buckets: &[(u64, u64)]) -> Result<Histogram<u64>, String> {
+    let mut h = histogram();
+    for (value, count) in buckets {
+        if *value == 0 || *value > h.highest_equivalent(MAX_LATENCY_US) {
+            return Err(format!(
+                "latency bucket {value} µs is outside 1..={MAX_LATENCY_US} µs"
+            ));
+        }
+        h.record_n(*value, *count)
+            .map_err(|e| format!("latency bucket {value} µs: {e:?}"))?;
+    }
+    Ok(h)
 }
 
 /// Microseconds of a duration, clamped to the histograms' range.
@@ -271,6 +302,23 @@ mod tests {
         assert_eq!(m.error_count(Op::Send), 2);
         assert_eq!(s.errors.load(Ordering::Relaxed), 3);
         assert_eq!(micros(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn buckets_rebuild_the_same_histogram() {
+        let mut h = histogram();
+        for v in [1, 2, 999, 1000, 1001, 123_456, 5_000_000, MAX_LATENCY_US] {
+            h.record_n(v, v % 7 + 1).unwrap();
+        }
+        let again = from_buckets(&buckets(&h)).unwrap();
+        assert_eq!(again, h);
+        assert_eq!(
+            (again.min(), again.max(), again.len()),
+            (h.min(), h.max(), h.len())
+        );
+        assert_eq!(again.mean(), h.mean());
+        assert!(from_buckets(&[(0, 1)]).is_err());
+        assert!(from_buckets(&[(u64::MAX, 1)]).is_err());
     }
 
     #[test]

@@ -66,6 +66,8 @@ fn a_short_local_run_delivers_every_message_exactly_once() {
         provision_timeout: Duration::from_secs(120),
         progress: ProgressMode::Quiet,
         command: "tests/local.rs".into(),
+        generator: Default::default(),
+        start_at: None,
     })
     .unwrap();
     eprintln!("local run took {:?}", started.elapsed());
