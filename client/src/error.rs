@@ -105,50 +105,6 @@ pub enum Error {
     /// KeyPackages...).
     #[error("group: {0}")]
     Group(String),
-    /// A topology file is invalid, or its placement cannot meet its survival goal.
-    #[error("invalid topology {}: {source}", path.display())]
-    Topology {
-        /// The topology file.
-        path: PathBuf,
-        /// What the geography crate found wrong.
-        source: rossby_replication::Error,
-    },
-    /// PD could not be reached, or did not answer in time.
-    #[error("cannot reach PD at {url}: {reason}")]
-    PdUnreachable {
-        /// PD's URL.
-        url: String,
-        /// What failed.
-        reason: String,
-    },
-    /// PD answered a request with a non-2xx status.
-    #[error("PD at {url} answered {request} with HTTP {status}: {body}")]
-    PdStatus {
-        /// PD's URL.
-        url: String,
-        /// Method and path of the request.
-        request: String,
-        /// The HTTP status code.
-        status: u16,
-        /// PD's explanation (the answer's body, shortened).
-        body: String,
-    },
-    /// PD has the placement rules feature disabled, so it refuses rules.
-    #[error(
-        "PD at {url} has placement rules disabled: enable them with `pd-ctl -u {url} config placement-rules enable` (or set replication.enable-placement-rules = true in PD's configuration) and retry"
-    )]
-    PlacementRulesDisabled {
-        /// PD's URL.
-        url: String,
-    },
-    /// PD accepted the rules but reads back something else.
-    #[error("PD at {url} does not hold the rules as sent: {reason}")]
-    PdMismatch {
-        /// PD's URL.
-        url: String,
-        /// The first difference found.
-        reason: String,
-    },
 }
 
 impl Error {

@@ -8,12 +8,11 @@
 //! - [`envelopes`]: the pure sealing and checking of envelopes;
 //! - [`groups`]: MLS groups (create, add, remove, leave, send) over the gateway's
 //!   epoch records;
-//! - [`placement`]: planning TiKV placement from a topology and applying it
-//!   through PD's HTTP API (`rossby placement`);
 //! - [`error::Error`]: the one error type.
 //!
 //! The client never depends on a storage backend: it speaks only the wire
-//! protocol of `rossby-protocol`.
+//! protocol of `rossby-protocol`. Operator commands (placement through PD,
+//! backup and restore) are `rossby-admin`'s, not the SDK's.
 
 pub mod attachments;
 pub mod connection;
@@ -22,7 +21,6 @@ pub mod error;
 pub mod groups;
 pub mod identifiers;
 pub mod messages;
-pub mod placement;
 pub mod push;
 pub mod sdk;
 pub mod sealed;

@@ -3,17 +3,19 @@
 //! fjall allows one process per store, so a running gateway's store cannot be
 //! copied by another program. Instead the gateway streams a consistent snapshot
 //! through its admin port ([`BackupService`], `POST /backup`), and
-//! `rossby-gateway backup` ([`take_backup`]) writes it into a new directory:
+//! `rossby-admin backup` ([`take_backup`]; also `rossby-gateway backup`) writes it
+//! into a new directory:
 //!
 //! ```text
 //! <out>/snapshot.rbk   the stream (format: [`format`]), verified while received
 //! <out>/manifest.txt   what it holds, one `name value` per line
 //! ```
 //!
-//! `rossby-gateway restore` ([`restore`]) writes a backup into a new, empty fjall
-//! store while no gateway runs on it. A backup holds identifiers only as peppered
-//! hashes and device keys are derived from the server secret, so a restored store
-//! is served with the deployment's original secret and pepper files.
+//! `rossby-admin restore` ([`restore`]; also `rossby-gateway restore`) writes a
+//! backup into a new, empty fjall store while no gateway runs on it. A backup
+//! holds identifiers only as peppered hashes and device keys are derived from the
+//! server secret, so a restored store is served with the deployment's original
+//! secret and pepper files.
 //!
 //! The admin port carries no other secret, so the route asks for a bearer token:
 //! [`backup_token`], derived from the server secret, which only holders of the
@@ -125,7 +127,7 @@ counted, and every file is synced. Start the gateway on the store with the deplo
 secret and pepper files.\n\nExit codes: 0 done, 1 failed, 2 invalid options."
 )]
 pub struct RestoreArgs {
-    /// The backup directory (written by `rossby-gateway backup`).
+    /// The backup directory (written by `backup`).
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
     /// The fjall store directory to create (the gateway's --store-dir); it must
@@ -135,6 +137,56 @@ pub struct RestoreArgs {
     /// Only verify the backup (format, counts, checksum); write nothing.
     #[arg(long, conflicts_with = "store_dir")]
     pub check: bool,
+}
+
+/// Runs `backup`: takes the backup and returns the one line that reports it.
+pub async fn run_backup(args: &BackupArgs) -> Result<String> {
+    let options = args.options()?;
+    let report = take_backup(&options).await?;
+    let s = &report.summary;
+    Ok(format!(
+        "backup {}: {} records ({} bytes) of the {} store, snapshot at unix ms {}, sha256 {}",
+        options.out.display(),
+        s.records,
+        s.record_bytes,
+        s.header.backend,
+        s.header.snapshot_unix_ms,
+        report.file_sha256
+    ))
+}
+
+/// Runs `restore` (or, with `--check`, only verifies the backup) and returns the
+/// one line that reports it.
+pub async fn run_restore(args: &RestoreArgs) -> Result<String> {
+    let describe = |s: &Summary| {
+        format!(
+            "{} records ({} bytes) of the {} store, snapshot at unix ms {}",
+            s.records, s.record_bytes, s.header.backend, s.header.snapshot_unix_ms
+        )
+    };
+    match &args.store_dir {
+        Some(store_dir) => {
+            let options = RestoreOptions {
+                from: args.from.clone(),
+                store_dir: store_dir.clone(),
+            };
+            let summary = restore(&options).await?;
+            Ok(format!(
+                "restored {} from {} into {}",
+                describe(&summary),
+                options.from.display(),
+                options.store_dir.display()
+            ))
+        }
+        None => {
+            let summary = verify_backup(&args.from)?;
+            Ok(format!(
+                "backup {} is complete: {}",
+                args.from.display(),
+                describe(&summary)
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,12 @@
 //!
 //! `rossby-gateway backup ...` and `rossby-gateway restore ...` (first argument)
 //! are tools with their own options instead ([`rossby_gateway::backup`]): 0 done,
-//! 1 failed, 2 invalid options.
+//! 1 failed, 2 invalid options. They are the same commands as `rossby-admin
+//! backup` and `restore`, kept here for hosts that carry only the gateway.
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use rossby_gateway::backup::{self, BackupArgs, RestoreArgs, RestoreOptions};
+use rossby_gateway::backup::{self, BackupArgs, RestoreArgs};
 use rossby_gateway::config::{Args, Config, LogConfig, LogFormat};
 use rossby_gateway::{Gateway, LocalDeployment};
 use std::ffi::OsString;
@@ -239,12 +240,12 @@ fn run_tool_command() -> Option<ExitCode> {
     let argv = std::iter::once(OsString::from(format!("rossby-gateway {name}"))).chain(argv);
     let code = if name == "backup" {
         match BackupArgs::try_parse_from(argv) {
-            Ok(args) => run_tool(run_backup(args)),
+            Ok(args) => run_tool(backup::run_backup(&args)),
             Err(err) => usage_exit(&err),
         }
     } else {
         match RestoreArgs::try_parse_from(argv) {
-            Ok(args) => run_tool(run_restore(args)),
+            Ok(args) => run_tool(backup::run_restore(&args)),
             Err(err) => usage_exit(&err),
         }
     };
@@ -284,53 +285,6 @@ fn run_tool(
         Err(err) => {
             eprintln!("rossby-gateway: error: {}", one_line(&err.to_string()));
             ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run_backup(args: BackupArgs) -> rossby_gateway::error::Result<String> {
-    let options = args.options()?;
-    let report = backup::take_backup(&options).await?;
-    let s = &report.summary;
-    Ok(format!(
-        "backup {}: {} records ({} bytes) of the {} store, snapshot at unix ms {}, sha256 {}",
-        options.out.display(),
-        s.records,
-        s.record_bytes,
-        s.header.backend,
-        s.header.snapshot_unix_ms,
-        report.file_sha256
-    ))
-}
-
-async fn run_restore(args: RestoreArgs) -> rossby_gateway::error::Result<String> {
-    let describe = |s: &backup::Summary| {
-        format!(
-            "{} records ({} bytes) of the {} store, snapshot at unix ms {}",
-            s.records, s.record_bytes, s.header.backend, s.header.snapshot_unix_ms
-        )
-    };
-    match args.store_dir {
-        Some(store_dir) => {
-            let options = RestoreOptions {
-                from: args.from,
-                store_dir,
-            };
-            let summary = backup::restore(&options).await?;
-            Ok(format!(
-                "restored {} from {} into {}",
-                describe(&summary),
-                options.from.display(),
-                options.store_dir.display()
-            ))
-        }
-        None => {
-            let summary = backup::verify_backup(&args.from)?;
-            Ok(format!(
-                "backup {} is complete: {}",
-                args.from.display(),
-                describe(&summary)
-            ))
         }
     }
 }

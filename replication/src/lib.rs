@@ -20,7 +20,7 @@
 //! crate writes the rules that pin each range's leader (and, under the zone goal, all
 //! its voters) to its home region and give global data voters in every region with
 //! its leader in the primary. PD enforces them; TiKV replicates, elects leaders and
-//! commits. Nothing here talks to PD or TiKV: `rossby placement apply` posts the
+//! commits. Nothing here talks to PD or TiKV: `rossby-admin placement apply` posts the
 //! rules, and the latency model only predicts what the deployment will pay, from the
 //! same voter layout the rules describe and the topology's round-trip matrix.
 

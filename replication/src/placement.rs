@@ -723,7 +723,7 @@ pub struct RangeSummary {
     pub voters: Vec<(String, u32, bool)>,
 }
 
-/// The output of `rossby placement plan`: the rules and the latencies they imply.
+/// The output of `rossby-admin placement plan`: the rules and the latencies they imply.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// The rule bundles to send to PD.

@@ -218,9 +218,6 @@ enum Command {
     },
     /// Measure the round trip to the gateway.
     Ping,
-    /// Plan TiKV placement from a topology file, or send it to PD (no state file needed).
-    #[command(subcommand)]
-    Placement(PlacementCommand),
     /// Groups (MLS): create, add, remove, leave, send, list.
     #[command(subcommand)]
     Group(GroupCommand),
@@ -311,36 +308,6 @@ enum GroupCommand {
     },
     /// List your groups (no network).
     List,
-}
-
-/// `rossby placement ...`: operator commands of a multi-region deployment.
-#[derive(Debug, Subcommand)]
-enum PlacementCommand {
-    /// Print the placement rules and the expected latencies of a topology.
-    ///
-    /// Prints the rules summary, the expected commit latency per home region and
-    /// the latency of a cross-region send per region pair, then the rules as the
-    /// JSON PD accepts (written to --rules-out instead, when given).
-    Plan {
-        /// The topology file (TOML, or JSON).
-        #[arg(long, value_name = "FILE")]
-        topology: PathBuf,
-        /// Write the rules JSON to this file instead of printing it.
-        #[arg(long, value_name = "FILE")]
-        rules_out: Option<PathBuf>,
-    },
-    /// Send the placement rules of a topology to PD and check that PD holds them.
-    Apply {
-        /// The topology file (TOML, or JSON).
-        #[arg(long, value_name = "FILE")]
-        topology: PathBuf,
-        /// PD's client URL, e.g. http://10.0.1.20:2379 (plain http only).
-        #[arg(long, value_name = "URL", env = "ROSSBY_PD")]
-        pd: String,
-        /// Give up on a request to PD after this many seconds.
-        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-        timeout: u64,
-    },
 }
 
 /// `off`, `contacts` or `anyone`.
@@ -815,9 +782,6 @@ fn parse_device(s: &str) -> Result<DeviceId> {
 
 async fn run(cli: Cli) -> Result<()> {
     let command = cli.command;
-    if let Command::Placement(placement_command) = command {
-        return placement(placement_command).await;
-    }
     if let Command::DeleteAccount { yes: false } = command {
         return Err(Error::Invalid(
             "deleting the account removes all its data; confirm with --yes".into(),
@@ -1262,7 +1226,6 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
             check_health(client.connection(), Duration::from_secs(timeout)).await
         }
         Command::Ping => print_pong(&client.ping().await?),
-        Command::Placement(placement_command) => placement(placement_command).await,
         Command::Group(group_command) => group(client, group_command).await,
         Command::Identifier(command) => identifier(client, command).await,
         Command::Push(command) => push(client, command).await,
@@ -1524,50 +1487,6 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
     }
 }
 
-/// `rossby placement plan|apply`: works on a topology file and PD only.
-async fn placement(command: PlacementCommand) -> Result<()> {
-    match command {
-        PlacementCommand::Plan {
-            topology,
-            rules_out,
-        } => {
-            let plan = rossby_client::placement::plan_file(&topology)?;
-            out(plan.to_string().trim_end())?;
-            let rules = plan.rules_json();
-            match rules_out {
-                Some(path) => {
-                    std::fs::write(&path, format!("{rules}\n")).map_err(|e| Error::Io {
-                        what: "cannot write rules file",
-                        path: path.clone(),
-                        source: e,
-                    })?;
-                    out(format!("\nrules written to {}", path.display()))
-                }
-                None => {
-                    out(
-                        "\nPD placement rules (POST /pd/api/v1/config/placement-rule?partial=true):",
-                    )?;
-                    out(rules)
-                }
-            }
-        }
-        PlacementCommand::Apply {
-            topology,
-            pd,
-            timeout,
-        } => {
-            if timeout == 0 {
-                return Err(Error::Invalid("--timeout must be at least 1 second".into()));
-            }
-            let plan = rossby_client::placement::plan_file(&topology)?;
-            let client =
-                rossby_client::placement::PdClient::new(&pd, Duration::from_secs(timeout))?;
-            let applied = client.apply(&plan).await?;
-            out(applied.to_string())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1673,33 +1592,6 @@ mod tests {
             &["typing", "a@b.c"],
             &["typing", "a@b.c", "--stop"],
             &["settings", "--read-receipts", "false"],
-            &["placement", "plan", "--topology", "t.toml"],
-            &[
-                "placement",
-                "plan",
-                "--topology",
-                "t.toml",
-                "--rules-out",
-                "r.json",
-            ],
-            &[
-                "placement",
-                "apply",
-                "--topology",
-                "t.toml",
-                "--pd",
-                "http://pd:2379",
-            ],
-            &[
-                "placement",
-                "apply",
-                "--topology",
-                "t.json",
-                "--pd",
-                "pd:2379",
-                "--timeout",
-                "3",
-            ],
         ];
         for args in ok {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -1715,20 +1607,13 @@ mod tests {
             &["link", "--new", "--finish", "x"],
             &["outbox", "--retry", "--clear"],
             &["frobnicate"],
+            // Operator commands are rossby-admin's.
             &["placement"],
-            &["placement", "plan"],
+            &["placement", "plan", "--topology", "t.toml"],
             &["identifier"],
             &["identifier", "add"],
             &["identifier", "confirm", "a@b.c"],
             &["identifier", "discoverable", "a@b.c", "maybe"],
-            &[
-                "placement",
-                "apply",
-                "--topology",
-                "t.toml",
-                "--timeout",
-                "soon",
-            ],
         ];
         for args in bad {
             assert!(parse(args).is_err(), "{args:?} should not parse");

@@ -212,7 +212,7 @@ resource "aws_route53_zone" "internal" {
   }
 }
 
-# ---- placement: `rossby placement apply` from inside the deployment ----
+# ---- placement: `rossby-admin placement apply` from inside the deployment ----
 # An SSM command document run by State Manager on a gateway of the primary region
 # (tagged rossby:placement-runner). It waits until PD has a leader, makes the
 # primary's PD members the preferred leaders (PD's leader serves every
@@ -237,7 +237,7 @@ resource "aws_ssm_document" "placement" {
   document_format = "JSON"
   content = jsonencode({
     schemaVersion = "2.2"
-    description   = "Apply the Rossby deployment's TiKV placement rules (rossby placement apply) once PD is up."
+    description   = "Apply the Rossby deployment's TiKV placement rules (rossby-admin placement apply) once PD is up."
     parameters = {
       topologyDigest = {
         type        = "String"

@@ -16,7 +16,7 @@ output "gateway_endpoints" {
 }
 
 output "topology_json" {
-  description = "The deployment's topology document (regions, zones, gateway addresses, round trips): what rossby-loadtest and `rossby placement` read."
+  description = "The deployment's topology document (regions, zones, gateway addresses, round trips): what rossby-loadtest and `rossby-admin placement` read."
   value       = module.topology.topology_json
 }
 
@@ -40,6 +40,6 @@ output "gateway_autoscaling_groups" {
 }
 
 output "placement_association_id" {
-  description = "The SSM association that applies the placement rules; its executions show the output of `rossby placement apply`."
+  description = "The SSM association that applies the placement rules; its executions show the output of `rossby-admin placement apply`."
   value       = aws_ssm_association.placement.association_id
 }

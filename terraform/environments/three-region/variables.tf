@@ -92,7 +92,7 @@ variable "gateway_settings" {
 }
 
 variable "rossby_artifact" {
-  description = "The Rossby release: URL (s3:// or https://) of a .tar.gz with rossby-gateway and rossby at its top level, built for the instances' architecture, and its SHA-256."
+  description = "The Rossby release: URL (s3:// or https://) of a .tar.gz with rossby-gateway, rossby and rossby-admin at its top level, built for the instances' architecture, and its SHA-256."
   type = object({
     url    = string
     sha256 = string

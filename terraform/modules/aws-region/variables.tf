@@ -81,7 +81,7 @@ variable "ami_id" {
 }
 
 variable "rossby_artifact" {
-  description = "The Rossby release for this architecture: a .tar.gz holding the rossby-gateway and rossby binaries at its top level, at an s3:// or https:// URL, with its SHA-256."
+  description = "The Rossby release for this architecture: a .tar.gz holding the rossby-gateway, rossby and rossby-admin binaries at its top level, at an s3:// or https:// URL, with its SHA-256."
   type = object({
     url    = string
     sha256 = string
@@ -293,7 +293,7 @@ variable "private_zone_id" {
 }
 
 variable "placement_runner" {
-  description = "Tag this region's gateways rossby:placement-runner = true, so the deployment's one-shot `rossby placement apply` runs on one of them (set for the primary region)."
+  description = "Tag this region's gateways rossby:placement-runner = true, so the deployment's one-shot `rossby-admin placement apply` runs on one of them (set for the primary region)."
   type        = bool
   default     = false
 }

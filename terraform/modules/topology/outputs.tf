@@ -4,7 +4,7 @@ output "topology" {
 }
 
 output "topology_json" {
-  description = "The topology document in its JSON form, as `rossby-gateway --topology`, `rossby placement` and `rossby-loadtest` read it."
+  description = "The topology document in its JSON form, as `rossby-gateway --topology`, `rossby-admin placement` and `rossby-loadtest` read it."
   value       = jsonencode(local.topology)
 }
 

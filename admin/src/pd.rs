@@ -1,8 +1,5 @@
-//! `rossby placement`: planning TiKV placement from a topology file and sending
-//! the rules to PD.
-//!
-//! The policy itself (which rules, what a commit costs) lives in
-//! `rossby-replication`; this module reads the file and speaks PD's HTTP API:
+//! A client of PD's HTTP API: what `rossby-admin placement apply` and
+//! `placement check` send and read.
 //!
 //! - rules are set with `POST /pd/api/v1/config/placement-rule?partial=true`
 //!   whose body is the array of rule bundles the plan produced. `partial` makes PD
@@ -11,7 +8,10 @@
 //!   group it is not sent;
 //! - each group is then read back with `GET
 //!   /pd/api/v1/config/placement-rule/{group}` and compared with what was sent,
-//!   so a PD that silently kept something else is reported.
+//!   so a PD that silently kept something else is reported;
+//! - `GET /pd/api/v1/regions` lists every TiKV Region with its peers and leader,
+//!   and `GET /pd/api/v1/stores` every store with its labels (see
+//!   [`crate::placement::check`] for their shapes).
 //!
 //! PD must have placement rules enabled (the default since PD 5.0); a PD that has
 //! them disabled answers 412 and the error says how to enable them. Only plain
@@ -19,14 +19,14 @@
 //! a timeout ([`DEFAULT_PD_TIMEOUT`] unless the caller picks another one).
 
 use crate::error::{Error, Result};
+use crate::placement::check::{PdRegions, PdStores};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, Uri, header};
 use hyper_util::rt::TokioIo;
-use rossby_replication::{Plan, Topology};
+use rossby_replication::Plan;
 use serde_json::Value;
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 /// How long one request to PD may take, from connecting to the last byte of the
@@ -39,32 +39,21 @@ pub const PLACEMENT_RULE_PATH: &str = "/pd/api/v1/config/placement-rule";
 /// PD's client port, used when the URL names none.
 pub const DEFAULT_PD_PORT: u16 = 2379;
 
-/// Largest answer accepted from PD; rule bundles are a few kilobytes.
+/// PD's HTTP path listing every TiKV Region with its peers and leader.
+pub const REGIONS_PATH: &str = "/pd/api/v1/regions";
+
+/// PD's HTTP path listing the stores with their labels.
+pub const STORES_PATH: &str = "/pd/api/v1/stores";
+
+/// Largest answer accepted from PD for rules and stores: a few kilobytes each.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest Region list accepted: PD describes a Region in about half a kilobyte,
+/// so this holds some hundreds of thousands of them.
+const MAX_REGIONS_BYTES: usize = 256 * 1024 * 1024;
 
 /// How much of an error answer's body an error message quotes.
 const MAX_QUOTED_BODY: usize = 500;
-
-/// Reads and validates a topology file (TOML, or JSON when it starts with `{`).
-pub fn read_topology(path: &Path) -> Result<Topology> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io("cannot read topology file", path, e))?;
-    Topology::parse(&text).map_err(|source| Error::Topology {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Reads a topology file and plans its placement: the rule bundles for PD and the
-/// expected latencies. Fails when the file is invalid or the topology cannot meet
-/// its survival goal.
-pub fn plan_file(path: &Path) -> Result<Plan> {
-    let topology = read_topology(path)?;
-    rossby_replication::plan(&topology).map_err(|source| Error::Topology {
-        path: path.to_path_buf(),
-        source,
-    })
-}
 
 /// A connection-less client of PD's HTTP API (one TCP connection per request).
 #[derive(Clone, Debug)]
@@ -208,10 +197,45 @@ impl PdClient {
         Ok(applied)
     }
 
+    /// Every TiKV Region PD knows, with its peers and leader
+    /// (`GET /pd/api/v1/regions`).
+    pub async fn regions(&self) -> Result<PdRegions> {
+        let body = self
+            .call_limited(Method::GET, REGIONS_PATH, None, MAX_REGIONS_BYTES)
+            .await?;
+        self.parse(REGIONS_PATH, &body)
+    }
+
+    /// Every store PD lists, with its labels (`GET /pd/api/v1/stores`).
+    pub async fn stores(&self) -> Result<PdStores> {
+        let body = self.call(Method::GET, STORES_PATH, None).await?;
+        self.parse(STORES_PATH, &body)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, path: &str, body: &str) -> Result<T> {
+        serde_json::from_str(body).map_err(|e| Error::PdAnswer {
+            url: self.url.clone(),
+            request: format!("GET {}{path}", self.prefix),
+            reason: format!("not the JSON PD's API documents: {e}"),
+        })
+    }
+
     /// One request; `Ok` carries the body of a 2xx answer.
     async fn call(&self, method: Method, path: &str, body: Option<String>) -> Result<String> {
+        self.call_limited(method, path, body, MAX_ANSWER_BYTES)
+            .await
+    }
+
+    /// [`PdClient::call`] accepting an answer of up to `limit` bytes.
+    async fn call_limited(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        limit: usize,
+    ) -> Result<String> {
         let target = format!("{}{path}", self.prefix);
-        let exchange = self.exchange(method.clone(), &target, body);
+        let exchange = self.exchange(method.clone(), &target, body, limit);
         let (status, text) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| Error::PdUnreachable {
@@ -247,6 +271,7 @@ impl PdClient {
         method: Method,
         target: &str,
         body: Option<String>,
+        limit: usize,
     ) -> Result<(StatusCode, String)> {
         let unreachable = |reason: String| Error::PdUnreachable {
             url: self.url.clone(),
@@ -288,10 +313,16 @@ impl PdClient {
             .await
             .map_err(|e| unreachable(format!("request {target} failed: {e}")))?;
         let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        let bytes = Limited::new(response.into_body(), limit)
             .collect()
             .await
-            .map_err(|e| unreachable(format!("reading the answer to {target} failed: {e}")))?
+            .map_err(|e| {
+                unreachable(if e.is::<http_body_util::LengthLimitError>() {
+                    format!("the answer to {target} is larger than {limit} bytes")
+                } else {
+                    format!("reading the answer to {target} failed: {e}")
+                })
+            })?
             .to_bytes();
         drop(sender);
         drop(driver);
