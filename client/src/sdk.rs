@@ -65,8 +65,6 @@ use crate::state::{
     Compaction, Contact, KdfParams, OutboxEntry, SEEN_MESSAGES, SENT_LOG, SentLogEntry, State,
     StateIo, StateKey, StateStore,
 };
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
 use rossby_keyspace::{BoxId, DeviceId, Identifier, MessageId};
 use rossby_protocol::crypto::{
@@ -82,10 +80,7 @@ use tokio::sync::Mutex;
 
 /// Default gateway address.
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:7400";
-/// Prefix of a link request.
-pub const LINK_REQUEST_PREFIX: &str = "rossby-link-request:";
-/// Prefix of a link grant.
-pub const LINK_GRANT_PREFIX: &str = "rossby-link-grant:";
+pub use rossby_protocol::link::{LINK_GRANT_PREFIX, LINK_REQUEST_PREFIX};
 /// Envelopes asked for per Fetch.
 pub const FETCH_MAX_COUNT: u32 = 100;
 /// Bytes asked for per Fetch (keeps the reply well inside the frame limit).
@@ -980,7 +975,11 @@ impl Client {
             store.save()?;
         }
         // Best effort: learn the own box's devices and publish KeyPackages now.
-        let _ = self.devices().await;
+        // The gateway this device was pointed at answered as the new device:
+        // remember it (and its service name), as registering does.
+        if self.devices().await.is_ok() {
+            self.confirm_settings().await?;
+        }
         let _ = self.publish_key_packages().await;
         Ok(box_id(box_raw))
     }
@@ -1011,26 +1010,14 @@ impl Client {
             keys: Some(self.keys.bundle()),
             label: store.state.device_label.clone(),
         };
-        Ok(format!(
-            "{LINK_REQUEST_PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(request.encode_to_vec())
-        ))
+        Ok(rossby_protocol::link::encode_link_request(&request))
     }
 
     /// Links the device of a link request to this device's box and returns the
     /// one-line grant for the new device.
     pub async fn link_device(&self, link_request: &str) -> Result<String> {
-        let encoded = link_request
-            .trim()
-            .strip_prefix(LINK_REQUEST_PREFIX)
-            .ok_or_else(|| {
-                Error::Invalid(format!("a link request starts with {LINK_REQUEST_PREFIX}"))
-            })?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(encoded)
-            .map_err(|_| Error::Invalid("the link request is not valid base64url".into()))?;
-        let request = pb::LinkDeviceRequest::decode(bytes.as_slice())
-            .map_err(|_| Error::Invalid("the link request does not decode".into()))?;
+        let request = rossby_protocol::link::decode_link_request(link_request)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let new_device = <[u8; 16]>::try_from(request.device_id.as_slice())
             .map_err(|_| Error::Invalid("the link request has an invalid device id".into()))?;
         let keys = request
@@ -1044,7 +1031,7 @@ impl Client {
             let store = self.store.lock().await;
             (store.state.box_id.clone(), store.state.identifier.clone())
         };
-        let grant = LinkGrant {
+        let grant = pb::LinkGrant {
             device_id: new_device.to_vec(),
             box_id: own_box,
             identifier,
@@ -1052,25 +1039,13 @@ impl Client {
             device_list_version: response.device_list_version,
         };
         let _ = self.devices().await;
-        Ok(format!(
-            "{LINK_GRANT_PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(grant.encode_to_vec())
-        ))
+        Ok(rossby_protocol::link::encode_link_grant(&grant))
     }
 
     /// Imports a link grant made by [`Client::link_device`] for this device.
     pub async fn finish_link(&self, grant: &str) -> Result<BoxId> {
-        let encoded = grant
-            .trim()
-            .strip_prefix(LINK_GRANT_PREFIX)
-            .ok_or_else(|| {
-                Error::Invalid(format!("a link grant starts with {LINK_GRANT_PREFIX}"))
-            })?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(encoded)
-            .map_err(|_| Error::Invalid("the link grant is not valid base64url".into()))?;
-        let grant = LinkGrant::decode(bytes.as_slice())
-            .map_err(|_| Error::Invalid("the link grant does not decode".into()))?;
+        let grant = rossby_protocol::link::decode_link_grant(grant)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         if grant.device_id != self.device_id {
             return Err(Error::Invalid(
                 "this link grant is for another device".into(),
@@ -1092,7 +1067,11 @@ impl Client {
             s.own_devices = None;
             store.save()?;
         }
-        let _ = self.devices().await;
+        // The gateway this device was pointed at answered as the new device:
+        // remember it (and its service name), as registering does.
+        if self.devices().await.is_ok() {
+            self.confirm_settings().await?;
+        }
         let _ = self.publish_key_packages().await;
         Ok(box_id(box_raw))
     }
@@ -2239,27 +2218,6 @@ fn forget_account(state: &mut State) {
     state.groups = None;
 }
 
-/// What the linking device hands the new device (see the module docs); its
-/// protobuf encoding, base64url after [`LINK_GRANT_PREFIX`], is the grant text.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LinkGrant {
-    /// The new device's id (checked on import).
-    #[prost(bytes = "vec", tag = "1")]
-    pub device_id: Vec<u8>,
-    /// The box it joined.
-    #[prost(bytes = "vec", tag = "2")]
-    pub box_id: Vec<u8>,
-    /// The account's identifier.
-    #[prost(string, tag = "3")]
-    pub identifier: String,
-    /// `pb::Sealed` credentials, sealed to the new device's key.
-    #[prost(bytes = "vec", tag = "4")]
-    pub sealed_credentials: Vec<u8>,
-    /// Device-list version after linking.
-    #[prost(uint64, tag = "5")]
-    pub device_list_version: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2329,19 +2287,5 @@ mod tests {
         assert_eq!(normalize("Alice@Example.COM").unwrap(), "alice@example.com");
         assert_eq!(normalize("+1 (415) 555-0123").unwrap(), "+14155550123");
         assert!(normalize("nonsense").is_err());
-    }
-
-    #[test]
-    fn link_grants_round_trip() {
-        let grant = LinkGrant {
-            device_id: vec![1; 16],
-            box_id: vec![2; 16],
-            identifier: "a@b.c".into(),
-            sealed_credentials: vec![3; 40],
-            device_list_version: 2,
-        };
-        let text = URL_SAFE_NO_PAD.encode(grant.encode_to_vec());
-        let back = LinkGrant::decode(URL_SAFE_NO_PAD.decode(text).unwrap().as_slice()).unwrap();
-        assert_eq!(back, grant);
     }
 }

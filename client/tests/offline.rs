@@ -4,7 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
-use rossby_client::sdk::{LINK_GRANT_PREFIX, LINK_REQUEST_PREFIX, LinkGrant};
+use rossby_client::sdk::{LINK_GRANT_PREFIX, LINK_REQUEST_PREFIX};
 use rossby_client::state::key_file_path;
 use rossby_client::{Client, ClientConfig, Error, KdfParams, RetryPolicy, StateKey};
 use rossby_protocol::crypto::{CONTEXT_CREDENTIALS, PublicKeys, seal};
@@ -119,7 +119,7 @@ async fn link_requests_and_grants() {
     };
     let sealed = seal(&keys, CONTEXT_CREDENTIALS, &creds.encode_to_vec()).unwrap();
     let grant = |device_id: Vec<u8>| {
-        let g = LinkGrant {
+        let g = pb::LinkGrant {
             device_id,
             box_id: vec![0x11; 16],
             identifier: "alice@example.com".into(),

@@ -192,6 +192,12 @@ async fn devices_linked_or_removed_join_or_leave_the_conversation() {
     let bob2 = client(&gateway, state_path(dir.path(), "bob2")).await;
     link(&alice1, &alice2).await;
     link(&bob1, &bob2).await;
+    // A linked device remembers the gateway it was linked through, and its
+    // service name, as a registered one does.
+    let state = alice2.state().await;
+    assert_eq!(state.gateway, gateway.quic_addr().to_string());
+    assert_eq!(state.service_name, alice1.state().await.service_name);
+    assert!(!state.service_name.is_empty());
     send(&alice1, BOB, "to both of you").await;
     let c = alice1.conversations().await;
     assert_eq!(c.len(), 1);

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod error;
 pub mod framing;
 pub mod hawk;
+pub mod link;
 pub mod status;
 
 pub use error::{Error, Result};
