@@ -314,7 +314,7 @@ pub struct Settings {
 }
 
 /// Answer to a ping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pong {
     /// Gateway clock.
     pub server_time_ms: u64,
@@ -322,6 +322,10 @@ pub struct Pong {
     pub region: u32,
     /// Round-trip time.
     pub rtt: Duration,
+    /// The gateway's service name (`host:port`): requests are signed for it,
+    /// so a client configured with another one is refused (empty from older
+    /// gateways).
+    pub service_name: String,
 }
 
 /// A send waiting in the outbox.
@@ -660,7 +664,7 @@ impl Client {
                 .map_err(|e| Error::Config(format!("remembered service name: {e}")))?,
             None => ServiceName::default(),
         };
-        let service_text = format!("{}:{}", service.host, service.port);
+        let service_text = service.to_string();
         let ca_bytes = ca_cert_der.clone().unwrap_or_default();
         // Remembered only once the gateway answered through them, so a mistyped
         // option does not stick.
@@ -716,6 +720,11 @@ impl Client {
     /// This device's id.
     pub fn device_id(&self) -> DeviceId {
         device_id(self.device_id)
+    }
+
+    /// The service name this client signs its requests for (`host:port`).
+    pub fn service_name(&self) -> String {
+        self.conn.config().service.to_string()
     }
 
     /// This device's public key bundle.
@@ -2189,6 +2198,7 @@ pub async fn ping(conn: &Connection) -> Result<Pong> {
         server_time_ms: response.server_time_ms,
         region: response.region,
         rtt: start.elapsed(),
+        service_name: response.service_name,
     })
 }
 

@@ -128,6 +128,7 @@ async fn handle(
                 server_time_ms: now_ms,
                 region: 3,
                 sender_certificate_keys: Vec::new(),
+                service_name: service().to_string(),
             }
             .encode_to_vec(),
         )

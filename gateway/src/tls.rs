@@ -20,8 +20,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Names every generated certificate carries.
-pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+/// Names every generated certificate carries: loopback, and the host of the
+/// default service name (`rossby`), so a client that dials the default service
+/// name verifies the certificate by name as well as by pinning it.
+pub const DEFAULT_NAMES: [&str; 4] = ["localhost", "127.0.0.1", "::1", "rossby"];
 
 /// A loaded certificate chain and key.
 pub struct Identity {
@@ -308,6 +310,7 @@ mod tests {
             "localhost",
             "127.0.0.1",
             "::1",
+            "rossby",
             "chat.example.net",
             "10.1.2.3",
         ] {

@@ -280,3 +280,36 @@ async fn the_cli_adds_lists_hides_and_removes_identifiers() {
     assert_eq!(err.lines().count(), 1, "{err}");
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_service_name_is_named_as_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&dir.path().join("gw")).await;
+    let codes = codes_file(&dir.path().join("gw"));
+    let state = dir.path().join("alice.state");
+    {
+        let alice = client(&gateway, state.clone()).await;
+        register(&alice, ALICE, &codes).await;
+    }
+    // Ping tells the gateway's service name.
+    let (code, out, err) = rossby(&state, &["ping"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(" service rossby:7400"), "{out}");
+    // Signing for another one is refused, and the answer says why.
+    let (code, out, err) = rossby(
+        &state,
+        &["--service-name", "elsewhere:7400", "identifier", "list"],
+    )
+    .await;
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains(
+            "the gateway's service name is rossby:7400, this device signs for elsewhere:7400"
+        ),
+        "{err}"
+    );
+    // The mistyped option was not remembered.
+    let (code, out, err) = rossby(&state, &["identifier", "list"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    gateway.shutdown().await;
+}

@@ -55,6 +55,13 @@ impl Default for ServiceName {
     }
 }
 
+impl std::fmt::Display for ServiceName {
+    /// `host:port`, the form [`ServiceName::from_str`] parses.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 impl FromStr for ServiceName {
     type Err = Error;
 

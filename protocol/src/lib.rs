@@ -5,6 +5,7 @@
 //! gateway and the client SDK build on this crate; it never touches the network,
 //! the disk or the clock (callers pass times and randomness in).
 
+pub mod binding;
 pub mod crypto;
 pub mod error;
 pub mod framing;

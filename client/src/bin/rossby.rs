@@ -812,8 +812,33 @@ async fn run(cli: Cli) -> Result<()> {
             }
         );
     }
+    let result = match result {
+        Err(Error::Status {
+            status: pb::Status::Unauthenticated,
+            message,
+        }) => Err(service_name_hint(&client, message).await),
+        other => other,
+    };
     client.close().await;
     result.map_err(|e| with_hint(e, &cli.global))
+}
+
+/// An `UNAUTHENTICATED` answer: when the gateway's service name (from Ping)
+/// differs from the one this device signs for, that is the cause; say so.
+async fn service_name_hint(client: &Client, message: String) -> Error {
+    let ours = client.service_name();
+    match client.ping().await {
+        Ok(pong) if !pong.service_name.is_empty() && pong.service_name != ours => {
+            Error::Config(format!(
+                "{message}: the gateway's service name is {}, this device signs for {ours}; pass --service-name {}",
+                pong.service_name, pong.service_name
+            ))
+        }
+        _ => Error::Status {
+            status: pb::Status::Unauthenticated,
+            message,
+        },
+    }
 }
 
 /// Adds a hint to errors whose usual cause is a configuration mismatch.
@@ -940,10 +965,15 @@ async fn check_health(conn: &Connection, timeout: Duration) -> Result<()> {
 
 fn print_pong(p: &sdk::Pong) -> Result<()> {
     out(format!(
-        "pong region {} rtt {:.1} ms server time {}",
+        "pong region {} rtt {:.1} ms server time {} service {}",
         p.region,
         p.rtt.as_secs_f64() * 1000.0,
-        p.server_time_ms
+        p.server_time_ms,
+        if p.service_name.is_empty() {
+            "-"
+        } else {
+            &p.service_name
+        }
     ))
 }
 

@@ -14,6 +14,7 @@ pub(crate) fn ping(shared: &Shared) -> Result<pb::PingResponse, Failure> {
         server_time_ms: now_ms(),
         region: u32::from(shared.settings.region.0),
         sender_certificate_keys: shared.certificate_keys.public().to_vec(),
+        service_name: shared.settings.service.to_string(),
     })
 }
 
@@ -65,6 +66,8 @@ mod tests {
         assert_eq!(ping.region, u32::from(env.region().0));
         assert!(ping.server_time_ms > 1_700_000_000_000);
         assert!(resp.server_time_ms >= ping.server_time_ms);
+        // The service name every MAC covers, so a client can compare its own.
+        assert_eq!(ping.service_name, "rossby:7400");
         let resp = env.call(1, Method::Health, &pb::HealthRequest {}).await;
         let health: pb::HealthResponse = TestEnv::body(&resp);
         assert!(health.storage_ok);
