@@ -65,8 +65,15 @@ async fn a_key_logged_exporter_secret_gives_the_exported_binding() {
             .with_no_client_auth();
         client_tls.alpn_protocols = vec![rossby_protocol::ALPN.to_vec()];
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        // QUIC protects its Initial packets with AES-128-GCM-SHA256 whatever
+        // suite the handshake then agrees on.
+        let initial = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+            .tls13()
+            .and_then(|s| s.quic_suite())
+            .unwrap();
         client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap(),
+            quinn::crypto::rustls::QuicClientConfig::with_initial(Arc::new(client_tls), initial)
+                .unwrap(),
         )));
         let connecting = client.connect(addr, "localhost").unwrap();
         let incoming = server.accept().await.unwrap();
