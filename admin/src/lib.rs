@@ -15,5 +15,6 @@
 pub mod error;
 pub mod pd;
 pub mod placement;
+pub mod prober;
 
 pub use error::{Error, Result};
