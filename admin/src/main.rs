@@ -2,8 +2,9 @@
 //!
 //! Output meant for people and scripts goes to stdout; every failure exits
 //! non-zero with one line `rossby-admin: <reason>` on stderr. Exit codes: 0 done,
-//! 1 failed, 2 invalid options, and for `placement check` 3 when a Region breaks
-//! its placement rules.
+//! 1 failed, 2 invalid options, and 3 when `placement check` finds a Region
+//! that breaks its placement rules or `fleet status` a gateway that is not
+//! ready.
 
 use clap::{Parser, Subcommand};
 use rossby_admin::pd::{DEFAULT_PD_TIMEOUT, PdClient};
@@ -16,10 +17,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Exit code of `placement check` when the placement breaks its rules.
+/// Exit code of `placement check` when the placement breaks its rules, and of
+/// `fleet status` when a gateway is not ready.
 const EXIT_VIOLATION: u8 = 3;
 
-/// Rossby operator commands: TiKV placement through PD, backup and restore.
+/// Rossby operator commands: TiKV placement through PD, backup and restore,
+/// the cross-region prober and the fleet's status.
 #[derive(Debug, Parser)]
 #[command(name = "rossby-admin", version, about, long_about = None)]
 struct Cli {
@@ -48,6 +51,36 @@ enum Command {
     /// region. The first run registers the region's account (needs
     /// --codes-file); later runs reuse the state in --state-dir.
     Prober(ProberArgs),
+    /// The state of every gateway of a deployment.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+/// `rossby-admin fleet ...`.
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Probe every gateway of a topology over its admin port, in parallel.
+    ///
+    /// Prints one row per gateway: readiness (and why not), version,
+    /// certificate expiry, peer-link health, and the request and error rates
+    /// measured between two scrapes of /metrics --sample seconds apart. Exit
+    /// codes: 0 every gateway is ready, 3 one is not ready or down, 1 the
+    /// status could not be taken, 2 invalid options.
+    Status {
+        /// The topology file (TOML, or JSON) naming the gateways' admin
+        /// addresses.
+        #[arg(long, value_name = "FILE")]
+        topology: PathBuf,
+        /// Seconds between the two scrapes the rates come from.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        sample: f64,
+        /// Give up on a gateway's request after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        timeout: f64,
+        /// Print the status as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `rossby-admin prober`.
@@ -240,6 +273,31 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Prober(args) => prober(args).await,
+        Command::Fleet(FleetCommand::Status {
+            topology,
+            sample,
+            timeout,
+            json,
+        }) => {
+            let topology = read_topology(&topology)?;
+            let options = rossby_admin::fleet::Options {
+                sample: seconds("sample", sample)?,
+                timeout: seconds("timeout", timeout)?,
+            };
+            let report = rossby_admin::fleet::status(&topology, options).await;
+            if json {
+                out(serde_json::to_string_pretty(&report).map_err(|e| {
+                    Error::Invalid(format!("cannot render the status as JSON: {e}"))
+                })?)?;
+            } else {
+                out(report.to_string())?;
+            }
+            Ok(if report.all_ready() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_VIOLATION)
+            })
+        }
     }
 }
 
@@ -501,6 +559,18 @@ mod tests {
                 "--metrics-listen",
                 "0.0.0.0:7410",
             ],
+            &["fleet", "status", "--topology", "t.toml"],
+            &[
+                "fleet",
+                "status",
+                "--topology",
+                "t.toml",
+                "--json",
+                "--sample",
+                "0.5",
+                "--timeout",
+                "2",
+            ],
         ];
         for args in ok {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -533,6 +603,8 @@ mod tests {
             &["restore", "--from", "b", "--check", "--store-dir", "s"],
             &["frobnicate"],
             &["prober", "--topology", "t.toml", "--state-dir", "d"],
+            &["fleet", "status"],
+            &["fleet", "status", "--topology", "t", "--sample", "soon"],
             &[
                 "prober",
                 "--topology",
