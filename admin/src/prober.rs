@@ -699,11 +699,13 @@ async fn receive_loop(
             let latency_ms = received_ms.saturating_sub(payload.sent_ms);
             match receipt {
                 Receipt::Delivered => {
-                    metrics.delivered.with_label_values(&labels).inc();
+                    // The latency first: a scrape (which reads the counter
+                    // before the histogram) never sees a delivery without it.
                     metrics
                         .delivery_duration
                         .with_label_values(&labels)
                         .observe(latency_ms as f64 / 1000.0);
+                    metrics.delivered.with_label_values(&labels).inc();
                     metrics
                         .last_delivery
                         .with_label_values(&labels)
