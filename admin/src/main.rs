@@ -313,11 +313,20 @@ fn seconds(name: &str, value: f64) -> Result<Duration> {
 async fn prober(args: ProberArgs) -> Result<ExitCode> {
     use rossby_admin::prober::{Prober, ProberConfig, Role, open_account};
     let topology = read_topology(&args.topology)?;
+    let Some(region) = topology.region_named(&args.region) else {
+        let names: Vec<&str> = topology.regions().iter().map(|r| r.name.as_str()).collect();
+        return Err(Error::Invalid(format!(
+            "region {:?} is not in {} (it names {})",
+            args.region,
+            args.topology.display(),
+            names.join(", ")
+        )));
+    };
     let written = match &args.gateway {
         Some(g) => g.clone(),
-        None => topology
-            .region_named(&args.region)
-            .and_then(|r| r.gateways.first())
+        None => region
+            .gateways
+            .first()
             .map(|g| g.quic.clone())
             .ok_or_else(|| {
                 Error::Invalid(format!(

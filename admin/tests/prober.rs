@@ -152,3 +152,79 @@ async fn probers_measure_every_pair_and_notice_a_dead_region() {
     local.shutdown().await;
     eprintln!("took {:?}", started.elapsed());
 }
+
+fn admin_binary(args: &[String]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rossby-admin"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The binary provisions a region's accounts once from the codes file; later
+/// runs need no code, and an unprovisioned region without one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_provisions_a_regions_accounts_once() {
+    let local = Local::start().await;
+    let state = local.dir.path().join("prober-state");
+    let cert = local.gateways[1]
+        .as_ref()
+        .unwrap()
+        .certificate_path()
+        .to_path_buf();
+    let args = |region: &str, codes: bool| {
+        let mut a: Vec<String> = [
+            "prober",
+            "--provision-only",
+            "--topology",
+            local.topology_path.to_str().unwrap(),
+            "--region",
+            region,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--code-wait",
+            "30",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if codes {
+            a.extend(["--codes-file".into(), local.codes.display().to_string()]);
+        }
+        a
+    };
+    let run = |a: Vec<String>| tokio::task::spawn_blocking(move || admin_binary(&a));
+
+    let (code, out, err) = run(args("eu-west", true)).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("rossby-prober-eu-west-send@prober.rossby.invalid")
+            && out.contains("rossby-prober-eu-west-recv@prober.rossby.invalid"),
+        "{out}"
+    );
+    assert!(state.join("prober-eu-west-recv.state").exists());
+
+    let (code, out, err) = run(args("eu-west", false)).await.unwrap();
+    assert_eq!(code, 0, "provisioned once is enough: {out}{err}");
+
+    let (code, _, err) = run(args("us-east", false)).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("rossby-admin: prober of region us-east: the account")
+            && err.contains("--codes-file"),
+        "{err}"
+    );
+    let (code, _, err) = run(args("mars", false)).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("region \"mars\" is not in") && err.contains("us-east, eu-west, ap-southeast"),
+        "{err}"
+    );
+    local.shutdown().await;
+}
