@@ -78,6 +78,14 @@ pub enum Error {
         /// What does not parse or make sense.
         reason: String,
     },
+    /// The prober could not open, register or use its account.
+    #[error("prober of region {region}: {reason}")]
+    Prober {
+        /// The prober's region.
+        region: String,
+        /// What failed.
+        reason: String,
+    },
     /// A backup or restore failed (the gateway library says why).
     #[error("{0}")]
     Gateway(#[from] rossby_gateway::error::Error),

@@ -2,8 +2,9 @@
 //!
 //! Output meant for people and scripts goes to stdout; every failure exits
 //! non-zero with one line `rossby-admin: <reason>` on stderr. Exit codes: 0 done,
-//! 1 failed, 2 invalid options, and for `placement check` 3 when a Region breaks
-//! its placement rules.
+//! 1 failed, 2 invalid options, and 3 when `placement check` finds a Region
+//! that breaks its placement rules or `fleet status` a gateway that is not
+//! ready.
 
 use clap::{Parser, Subcommand};
 use rossby_admin::pd::{DEFAULT_PD_TIMEOUT, PdClient};
@@ -11,14 +12,17 @@ use rossby_admin::placement::{check_pd, plan_file, plan_topology, read_topology}
 use rossby_admin::{Error, Result};
 use rossby_gateway::backup::{self, BackupArgs, RestoreArgs};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Exit code of `placement check` when the placement breaks its rules.
+/// Exit code of `placement check` when the placement breaks its rules, and of
+/// `fleet status` when a gateway is not ready.
 const EXIT_VIOLATION: u8 = 3;
 
-/// Rossby operator commands: TiKV placement through PD, backup and restore.
+/// Rossby operator commands: TiKV placement through PD, backup and restore,
+/// the cross-region prober and the fleet's status.
 #[derive(Debug, Parser)]
 #[command(name = "rossby-admin", version, about, long_about = None)]
 struct Cli {
@@ -38,6 +42,98 @@ enum Command {
     /// Restore a backup into a new, empty embedded store (with the gateway
     /// stopped), or only verify it with --check.
     Restore(RestoreArgs),
+    /// Run the cross-region prober of one region until SIGTERM or Ctrl-C.
+    ///
+    /// Every --interval it sends a probe from this region's prober account to
+    /// every region's prober account and fetches the probes sent to its own,
+    /// exporting delivery latency, send latency, failures and missing probes
+    /// per (from, to) region pair on --metrics-listen (/metrics). Run one per
+    /// region. The first run registers the region's account (needs
+    /// --codes-file); later runs reuse the state in --state-dir.
+    Prober(ProberArgs),
+    /// The state of every gateway of a deployment.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+/// `rossby-admin fleet ...`.
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Probe every gateway of a topology over its admin port, in parallel.
+    ///
+    /// Prints one row per gateway: readiness (and why not), version,
+    /// certificate expiry, peer-link health, and the request and error rates
+    /// measured between two scrapes of /metrics --sample seconds apart. Exit
+    /// codes: 0 every gateway is ready, 3 one is not ready or down, 1 the
+    /// status could not be taken, 2 invalid options.
+    Status {
+        /// The topology file (TOML, or JSON) naming the gateways' admin
+        /// addresses.
+        #[arg(long, value_name = "FILE")]
+        topology: PathBuf,
+        /// Seconds between the two scrapes the rates come from.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        sample: f64,
+        /// Give up on a gateway's request after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        timeout: f64,
+        /// Print the status as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `rossby-admin prober`.
+#[derive(Debug, clap::Args)]
+struct ProberArgs {
+    /// The topology file (TOML, or JSON): the regions probed.
+    #[arg(long, value_name = "FILE")]
+    topology: PathBuf,
+    /// This prober's region (a region name of the topology).
+    #[arg(long, value_name = "NAME", env = "ROSSBY_PROBER_REGION")]
+    region: String,
+    /// QUIC address (HOST:PORT) of the gateway to talk to; default: the
+    /// region's first gateway in the topology.
+    #[arg(long, value_name = "HOST:PORT")]
+    gateway: Option<String>,
+    /// The name the gateway's certificate is checked against; default: the
+    /// gateway's host name.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Gateway certificate to pin (PEM or DER); default: the web PKI roots.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Directory of the prober accounts' state files (and their key files).
+    #[arg(long, value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Identifier of each region's prober accounts; {region} is replaced by
+    /// the region's name, {role} by `send` (the account probes are sent from)
+    /// or `recv` (the account they are sent to).
+    #[arg(long, value_name = "TEMPLATE", default_value = rossby_admin::prober::DEFAULT_ACCOUNT_TEMPLATE)]
+    account: String,
+    /// File of `<identifier> <code>` lines to read the verification code from
+    /// when the account must be registered (the gateways' `file:` verifier
+    /// output, or a file the operator writes the webhook's code into).
+    #[arg(long, value_name = "FILE")]
+    codes_file: Option<PathBuf>,
+    /// How long to wait for the code to appear in --codes-file.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    code_wait: u64,
+    /// Register the region's two accounts if needed, then exit.
+    #[arg(long)]
+    provision_only: bool,
+    /// Seconds between probes to each region.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    interval: f64,
+    /// A probe not received this many seconds after its send counts as missing.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    deadline: f64,
+    /// A send not confirmed within this many seconds counts as failed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    timeout: f64,
+    /// Where to serve /metrics (and /livez).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7410")]
+    metrics_listen: SocketAddr,
 }
 
 /// `rossby-admin placement ...`.
@@ -176,7 +272,145 @@ async fn run(command: Command) -> Result<ExitCode> {
             out(backup::run_restore(&args).await?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Prober(args) => prober(args).await,
+        Command::Fleet(FleetCommand::Status {
+            topology,
+            sample,
+            timeout,
+            json,
+        }) => {
+            let topology = read_topology(&topology)?;
+            let options = rossby_admin::fleet::Options {
+                sample: seconds("sample", sample)?,
+                timeout: seconds("timeout", timeout)?,
+            };
+            let report = rossby_admin::fleet::status(&topology, options).await;
+            if json {
+                out(serde_json::to_string_pretty(&report).map_err(|e| {
+                    Error::Invalid(format!("cannot render the status as JSON: {e}"))
+                })?)?;
+            } else {
+                out(report.to_string())?;
+            }
+            Ok(if report.all_ready() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_VIOLATION)
+            })
+        }
     }
+}
+
+fn seconds(name: &str, value: f64) -> Result<Duration> {
+    if !(value.is_finite() && value > 0.0 && value <= 86400.0) {
+        return Err(Error::Invalid(format!(
+            "--{name} must be a number of seconds between 0 and 86400, not {value}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+async fn prober(args: ProberArgs) -> Result<ExitCode> {
+    use rossby_admin::prober::{Prober, ProberConfig, Role, open_account};
+    let topology = read_topology(&args.topology)?;
+    let Some(region) = topology.region_named(&args.region) else {
+        let names: Vec<&str> = topology.regions().iter().map(|r| r.name.as_str()).collect();
+        return Err(Error::Invalid(format!(
+            "region {:?} is not in {} (it names {})",
+            args.region,
+            args.topology.display(),
+            names.join(", ")
+        )));
+    };
+    let written = match &args.gateway {
+        Some(g) => g.clone(),
+        None => region
+            .gateways
+            .first()
+            .map(|g| g.quic.clone())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "region {:?} has no gateway in {}: pass --gateway",
+                    args.region,
+                    args.topology.display()
+                ))
+            })?,
+    };
+    let gateway = tokio::net::lookup_host(written.as_str())
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::Invalid(format!("cannot resolve the gateway {written:?}")))?;
+    let host = written
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string());
+    let server_name = args.server_name.clone().or(host);
+    let ca_cert_der = match &args.ca_cert {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| Error::Io {
+                what: "cannot read certificate",
+                path: path.clone(),
+                source: e,
+            })?;
+            Some(
+                rossby_client::connection::parse_certificate(&bytes)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?,
+            )
+        }
+        None => None,
+    };
+    let config = ProberConfig {
+        topology,
+        region: args.region.clone(),
+        gateway,
+        server_name,
+        ca_cert_der,
+        state_dir: args.state_dir.clone(),
+        account_template: args.account.clone(),
+        codes_file: args.codes_file.clone(),
+        code_wait: Duration::from_secs(args.code_wait),
+        interval: seconds("interval", args.interval)?,
+        deadline: seconds("deadline", args.deadline)?,
+        timeout: seconds("timeout", args.timeout)?,
+    };
+    if args.provision_only {
+        for role in [Role::Send, Role::Recv] {
+            let client = open_account(&config, role).await?;
+            client.close().await;
+            out(format!(
+                "prober account {} of region {} is provisioned in {}",
+                config.account(&config.region, role),
+                config.region,
+                config.state_dir.display()
+            ))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let prober = Prober::start(config, args.metrics_listen).await?;
+    out(format!(
+        "prober of region {} running; metrics on http://{}/metrics",
+        args.region,
+        prober.metrics_addr()
+    ))?;
+    stopped().await;
+    prober.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn placement(command: PlacementCommand) -> Result<ExitCode> {
@@ -309,6 +543,43 @@ mod tests {
             ],
             &["restore", "--from", "b", "--check"],
             &["restore", "--from", "b", "--store-dir", "s"],
+            &[
+                "prober",
+                "--topology",
+                "t.toml",
+                "--region",
+                "eu-west",
+                "--state-dir",
+                "/var/lib/rossby-prober",
+            ],
+            &[
+                "prober",
+                "--topology",
+                "t.toml",
+                "--region",
+                "eu-west",
+                "--state-dir",
+                "d",
+                "--codes-file",
+                "codes.txt",
+                "--provision-only",
+                "--interval",
+                "0.5",
+                "--metrics-listen",
+                "0.0.0.0:7410",
+            ],
+            &["fleet", "status", "--topology", "t.toml"],
+            &[
+                "fleet",
+                "status",
+                "--topology",
+                "t.toml",
+                "--json",
+                "--sample",
+                "0.5",
+                "--timeout",
+                "2",
+            ],
         ];
         for args in ok {
             parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -340,6 +611,20 @@ mod tests {
             &["restore", "--from", "b"],
             &["restore", "--from", "b", "--check", "--store-dir", "s"],
             &["frobnicate"],
+            &["prober", "--topology", "t.toml", "--state-dir", "d"],
+            &["fleet", "status"],
+            &["fleet", "status", "--topology", "t", "--sample", "soon"],
+            &[
+                "prober",
+                "--topology",
+                "t.toml",
+                "--region",
+                "r",
+                "--state-dir",
+                "d",
+                "--metrics-listen",
+                "nowhere",
+            ],
         ];
         for args in bad {
             assert!(parse(args).is_err(), "{args:?} should not parse");

@@ -43,3 +43,14 @@ output "placement_association_id" {
   description = "The SSM association that applies the placement rules; its executions show the output of `rossby-admin placement apply`."
   value       = aws_ssm_association.placement.association_id
 }
+
+output "prober_metrics_targets" {
+  description = "Each region's prober metrics target (host:port) for the rossby-prober scrape job; null where the prober is disabled."
+  value = {
+    for r, m in {
+      (local.a.name) = module.region_a
+      (local.b.name) = module.region_b
+      (local.c.name) = module.region_c
+    } : r => try(m.prober.metrics_target, null)
+  }
+}

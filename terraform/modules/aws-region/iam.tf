@@ -13,7 +13,7 @@ data "aws_partition" "current" {}
 data "aws_caller_identity" "current" {}
 
 locals {
-  roles = toset(["gateway", "pd", "tikv"])
+  roles = toset(concat(["gateway", "pd", "tikv"], var.prober.enabled ? ["prober"] : []))
   artifact_read = length(var.artifact_bucket_arns) == 0 ? [] : [{
     Sid      = "ReadArtifacts"
     Effect   = "Allow"
@@ -64,6 +64,9 @@ locals {
         Resource = var.secrets_kms_key_arns
     }])
     pd = local.artifact_read
+    # The prober only needs the release; its accounts' codes come from the
+    # operator.
+    prober = local.artifact_read
     tikv = concat(local.artifact_read, var.backup_bucket_arn == null ? [] : [
       {
         Sid      = "BackupObjects"

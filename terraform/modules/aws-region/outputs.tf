@@ -58,7 +58,16 @@ output "tikv_instances" {
   value       = { for k, i in aws_instance.tikv : k => { id = i.id, private_ip = i.private_ip } }
 }
 
+output "prober" {
+  description = "The region's prober: instance id, private address and metrics target (host:port) for the rossby-prober scrape job; null when disabled."
+  value = local.prober_enabled ? {
+    id             = aws_instance.prober[0].id
+    private_ip     = aws_instance.prober[0].private_ip
+    metrics_target = "${aws_instance.prober[0].private_ip}:${var.prober.metrics_port}"
+  } : null
+}
+
 output "role_arns" {
-  description = "Instance role ARNs: gateway, pd, tikv."
+  description = "Instance role ARNs: gateway, pd, tikv (and prober when enabled)."
   value       = { for k, r in aws_iam_role.node : k => r.arn }
 }

@@ -327,3 +327,34 @@ variable "attachments" {
   })
   default = null
 }
+
+variable "prober" {
+  description = "The region's cross-region prober (rossby-admin prober, docs/operations/prober.md): a small instance of its own in the first zone's app subnet, with a volume for its accounts' state, serving metrics on metrics_port to monitoring_cidrs. Its two accounts are provisioned once by the operator; the prober starts once they are. instance_type defaults to t3.micro (x86_64) or t4g.micro (arm64)."
+  type = object({
+    enabled          = optional(bool, true)
+    instance_type    = optional(string)
+    interval_secs    = optional(number, 10)
+    deadline_secs    = optional(number, 60)
+    metrics_port     = optional(number, 7410)
+    account_template = optional(string, "rossby-prober-{region}-{role}@prober.rossby.invalid")
+    volume_gb        = optional(number, 1)
+  })
+  default = {}
+
+  validation {
+    condition     = var.prober.interval_secs >= 1 && var.prober.deadline_secs > var.prober.interval_secs
+    error_message = "prober.interval_secs must be at least 1, and prober.deadline_secs longer than the interval."
+  }
+  validation {
+    condition     = var.prober.metrics_port >= 1024 && var.prober.metrics_port <= 65535 && floor(var.prober.metrics_port) == var.prober.metrics_port
+    error_message = "prober.metrics_port must be a port number from 1024 to 65535."
+  }
+  validation {
+    condition     = strcontains(var.prober.account_template, "{region}") && strcontains(var.prober.account_template, "{role}") && !strcontains(var.prober.account_template, "'")
+    error_message = "prober.account_template must contain {region} and {role} (and no single quote)."
+  }
+  validation {
+    condition     = var.prober.volume_gb >= 1 && var.prober.volume_gb <= 100
+    error_message = "prober.volume_gb must be from 1 to 100."
+  }
+}
