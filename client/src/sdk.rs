@@ -2124,13 +2124,33 @@ impl Client {
     }
 
     /// Fetches, verifies, decrypts and acknowledges queued messages. Rejected
-    /// envelopes are acknowledged too (and dropped).
+    /// envelopes are acknowledged too (and dropped). A wait is not ended by
+    /// envelopes that show nothing (the Commit that starts a 1:1 conversation
+    /// comes just before its first message): those are acknowledged and the
+    /// fetch waits on for the rest of `wait`.
     pub async fn fetch(&self, wait: Duration) -> Result<Batch> {
-        let batch = self.fetch_batch(wait).await?;
-        if let Some(up_to) = batch.ack_up_to {
-            self.ack(up_to).await?;
+        let deadline = Instant::now() + wait;
+        let mut merged = Batch::default();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let batch = self.fetch_batch(remaining).await?;
+            if let Some(up_to) = batch.ack_up_to {
+                self.ack(up_to).await?;
+            }
+            let silent = batch.ack_up_to.is_some()
+                && batch.messages.is_empty()
+                && batch.rejected.is_empty()
+                && batch.gap.is_none();
+            merged.messages.extend(batch.messages);
+            merged.rejected.extend(batch.rejected);
+            merged.key_changes.extend(batch.key_changes);
+            merged.gap = merged.gap.or(batch.gap);
+            merged.ack_up_to = batch.ack_up_to.or(merged.ack_up_to);
+            merged.last_seq = merged.last_seq.max(batch.last_seq);
+            if !silent || remaining.is_zero() {
+                return Ok(merged);
+            }
         }
-        Ok(batch)
     }
 
     /// Verifies and decrypts an ephemeral message pushed by the gateway.

@@ -81,11 +81,16 @@ fn state_path(dir: &Path, identifier: &str, n: u8) -> PathBuf {
     dir.join(format!("{identifier}-{n}.state"))
 }
 
-/// Copies a key-file protected state file (and its key file) to `to`.
+/// Copies a key-file protected state (snapshot, journal and key file) to `to`,
+/// as a thief copying a device's files would.
 fn copy_state(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
-    let key = |p: &Path| PathBuf::from(format!("{}.key", p.display()));
-    std::fs::copy(key(from), key(to)).unwrap();
+    let with = |p: &Path, suffix: &str| PathBuf::from(format!("{}{suffix}", p.display()));
+    std::fs::copy(with(from, ".key"), with(to, ".key")).unwrap();
+    let journal = rossby_client::state::journal_path(from);
+    if journal.exists() {
+        std::fs::copy(journal, rossby_client::state::journal_path(to)).unwrap();
+    }
 }
 
 /// A raw protocol view of an SDK client (to read its queue without acking).

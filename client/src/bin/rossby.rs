@@ -827,7 +827,9 @@ async fn run(cli: Cli) -> Result<()> {
 /// differs from the one this device signs for, that is the cause; say so.
 async fn service_name_hint(client: &Client, message: String) -> Error {
     let ours = client.service_name();
-    match client.ping().await {
+    // Through the connection alone: a Ping must not make this client remember
+    // settings that were just refused.
+    match sdk::ping(client.connection()).await {
         Ok(pong) if !pong.service_name.is_empty() && pong.service_name != ours => {
             Error::Config(format!(
                 "{message}: the gateway's service name is {}, this device signs for {ours}; pass --service-name {}",
