@@ -291,6 +291,19 @@ pub struct Args {
     /// Wrong codes allowed per registration [default: 5].
     #[arg(long, env = "ROSSBY_CODE_MAX_ATTEMPTS", value_name = "N")]
     pub code_max_attempts: Option<u32>,
+    /// Wrong codes allowed per identifier and day, over all its registrations [default: 20].
+    #[arg(
+        long,
+        env = "ROSSBY_WRONG_CODES_PER_IDENTIFIER_PER_DAY",
+        value_name = "N"
+    )]
+    pub wrong_codes_per_identifier_per_day: Option<u32>,
+    /// Wrong registration-lock PINs allowed before a lockout [default: 10].
+    #[arg(long, env = "ROSSBY_REGISTRATION_LOCK_MAX_ATTEMPTS", value_name = "N")]
+    pub registration_lock_max_attempts: Option<u32>,
+    /// Lockout after too many wrong registration-lock PINs, in seconds [default: 86400].
+    #[arg(long, env = "ROSSBY_REGISTRATION_LOCK_LOCKOUT_SECS", value_name = "SECS")]
+    pub registration_lock_lockout_secs: Option<u64>,
     /// Most recipient boxes per Send [default: 256].
     #[arg(long, env = "ROSSBY_MAX_RECIPIENTS", value_name = "N")]
     pub max_recipients: Option<usize>,
@@ -617,6 +630,9 @@ struct FileConfig {
     device_cache_entries: Option<u64>,
     code_ttl_secs: Option<u64>,
     code_max_attempts: Option<u32>,
+    wrong_codes_per_identifier_per_day: Option<u32>,
+    registration_lock_max_attempts: Option<u32>,
+    registration_lock_lockout_secs: Option<u64>,
     max_recipients: Option<usize>,
     max_frame_bytes: Option<usize>,
     max_fetch_count: Option<usize>,
@@ -1535,6 +1551,34 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         "code-max-attempts",
         pick(a.code_max_attempts, f.code_max_attempts, 5),
         1,
+    )?;
+    api.wrong_codes_per_identifier_per_day = at_least(
+        "wrong-codes-per-identifier-per-day",
+        pick(
+            a.wrong_codes_per_identifier_per_day,
+            f.wrong_codes_per_identifier_per_day,
+            20,
+        ),
+        1,
+    )?;
+    api.registration_lock_max_attempts = at_least(
+        "registration-lock-max-attempts",
+        pick(
+            a.registration_lock_max_attempts,
+            f.registration_lock_max_attempts,
+            10,
+        ),
+        1,
+    )?;
+    api.registration_lock_lockout = secs(
+        "registration-lock-lockout-secs",
+        pick(
+            a.registration_lock_lockout_secs,
+            f.registration_lock_lockout_secs,
+            86_400,
+        ),
+        1,
+        365 * 86_400,
     )?;
     api.max_recipients_per_send = at_least(
         "max-recipients",

@@ -204,6 +204,7 @@ async fn wrong_and_exhausted_codes_create_nothing() {
             identifier: identifier.into(),
             device_id: device.as_bytes().to_vec(),
             code,
+            registration_lock_pin: String::new(),
         };
 
     // A wrong code: INVALID_CODE; only the stored attempt counter moves, no

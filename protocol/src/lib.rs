@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod error;
 pub mod framing;
 pub mod hawk;
+pub mod mls;
 pub mod status;
 
 pub use error::{Error, Result};

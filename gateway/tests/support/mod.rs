@@ -392,6 +392,7 @@ pub async fn register_raw(conn: &RawConn, codes: &Path, identifier: &str) -> Raw
         identifier: identifier.into(),
         device_id: device_id.as_bytes().to_vec(),
         code: last_code(codes, identifier),
+        registration_lock_pin: String::new(),
     };
     let reply: pb::AuthorizeResponse =
         ok(&conn.call_anonymous(Method::Authorize, &authorize).await);

@@ -27,6 +27,7 @@ pub use generated::{
 };
 pub use generated::{BlobRecord, BlobState, BlobUsage};
 pub use generated::{CodeBudgetRecord, PushProvider, PushTokenRecord, RetiredDevice};
+pub use generated::IdentifierLimitRecord;
 pub use generated::{OutboxEntry, OutboxRecipient};
 
 /// The device-list version of an envelope that is not sealed per device (a
@@ -266,6 +267,7 @@ record! {
     PushTokenRecord => "push token",
     RetiredDevice => "retired device",
     CodeBudgetRecord => "code budget",
+    IdentifierLimitRecord => "identifier limit",
 }
 
 #[cfg(test)]
