@@ -302,7 +302,11 @@ pub struct Args {
     #[arg(long, env = "ROSSBY_REGISTRATION_LOCK_MAX_ATTEMPTS", value_name = "N")]
     pub registration_lock_max_attempts: Option<u32>,
     /// Lockout after too many wrong registration-lock PINs, in seconds [default: 86400].
-    #[arg(long, env = "ROSSBY_REGISTRATION_LOCK_LOCKOUT_SECS", value_name = "SECS")]
+    #[arg(
+        long,
+        env = "ROSSBY_REGISTRATION_LOCK_LOCKOUT_SECS",
+        value_name = "SECS"
+    )]
     pub registration_lock_lockout_secs: Option<u64>,
     /// Most recipient boxes per Send [default: 256].
     #[arg(long, env = "ROSSBY_MAX_RECIPIENTS", value_name = "N")]

@@ -123,7 +123,11 @@ impl<'a> Reader<'a> {
         for b in self.take(len - 1)? {
             value = (value << 8) | u32::from(*b);
         }
-        let minimal = if len == 2 { value >= 64 } else { value >= 16_384 };
+        let minimal = if len == 2 {
+            value >= 64
+        } else {
+            value >= 16_384
+        };
         if !minimal {
             return Err(malformed("variable-length integer not minimally encoded"));
         }

@@ -33,7 +33,11 @@ const RATE: CodeRate = CodeRate {
 };
 
 async fn take(store: &Store, digest: [u8; 32], now: u64) -> Option<u64> {
-    transact!(store, |txn| identifier_limits::take_code(txn, &digest, RATE, now).await).unwrap()
+    transact!(store, |txn| identifier_limits::take_code(
+        txn, &digest, RATE, now
+    )
+    .await)
+    .unwrap()
 }
 
 async fn codes_refill_and_are_refused_when_spent(store: &Store) {
@@ -41,7 +45,9 @@ async fn codes_refill_and_are_refused_when_spent(store: &Store) {
     for i in 0..3 {
         assert_eq!(take(store, a, T0 + i).await, None);
     }
-    let wait = take(store, a, T0 + 3).await.expect("a fourth code is refused");
+    let wait = take(store, a, T0 + 3)
+        .await
+        .expect("a fourth code is refused");
     assert!(wait > 9 * MINUTE && wait <= 10 * MINUTE, "{wait}");
     // Refusals spend nothing: still refused, and the wait does not grow.
     assert!(take(store, a, T0 + 4).await.unwrap() <= wait);
@@ -93,8 +99,11 @@ async fn wrong_codes_are_counted_per_identifier_and_window(store: &Store) {
         .unwrap()
     };
     let count = |now: u64| async move {
-        transact!(store, |txn| identifier_limits::wrong_codes(txn, &digest, now, DAY).await)
-            .unwrap()
+        transact!(store, |txn| identifier_limits::wrong_codes(
+            txn, &digest, now, DAY
+        )
+        .await)
+        .unwrap()
     };
     let start = 100 * DAY;
     assert_eq!(count(start).await, 0);
@@ -143,7 +152,9 @@ async fn pin_attempts_are_counted_then_locked_out(store: &Store) {
     let (b, _) = new_box(store, REGION, 1).await;
     assert_eq!(attempt(store, b, T0).await, Gate::Unlocked);
     let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
-    transact!(store, |txn| registration_lock::set(txn, b, Some(hash), T0).await).unwrap();
+    transact!(store, |txn| registration_lock::set(txn, b, Some(hash), T0)
+        .await)
+    .unwrap();
     // A right PIN forgives the attempts counted before it.
     for _ in 0..MAX - 1 {
         assert!(matches!(attempt(store, b, T0).await, Gate::Check { .. }));
@@ -195,15 +206,23 @@ async fn pin_attempts_are_counted_then_locked_out(store: &Store) {
         Gate::Check { .. }
     ));
     // A check of a lock changed meanwhile does not count.
-    assert!(!transact!(store, |txn| registration_lock::accept(txn, b, "other").await).unwrap());
+    assert!(
+        !transact!(store, |txn| registration_lock::accept(txn, b, "other")
+            .await)
+        .unwrap()
+    );
     // Cleared: recovery needs no PIN.
-    transact!(store, |txn| registration_lock::set(txn, b, None, T0 + 5).await).unwrap();
+    transact!(store, |txn| registration_lock::set(txn, b, None, T0 + 5)
+        .await)
+    .unwrap();
     assert_eq!(attempt(store, b, T0 + 6).await, Gate::Unlocked);
 }
 
 async fn concurrent_pin_attempts_never_exceed_the_limit(store: &Store) {
     let (b, _) = new_box(store, REGION, 1).await;
-    transact!(store, |txn| registration_lock::set(txn, b, Some("h"), T0).await).unwrap();
+    transact!(store, |txn| registration_lock::set(txn, b, Some("h"), T0)
+        .await)
+    .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..24 {
         let store = store.clone();
@@ -215,5 +234,8 @@ async fn concurrent_pin_attempts_never_exceed_the_limit(store: &Store) {
             checked += 1;
         }
     }
-    assert_eq!(checked, MAX, "24 concurrent guesses checked only {MAX} PINs");
+    assert_eq!(
+        checked, MAX,
+        "24 concurrent guesses checked only {MAX} PINs"
+    );
 }

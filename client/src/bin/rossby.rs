@@ -1153,7 +1153,10 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
             if let Some(pin) = registration_lock {
                 let pin = (pin != "off").then_some(pin);
                 let on = client.set_registration_lock(pin.as_deref()).await?;
-                out(format!("registration lock {}", if on { "on" } else { "off" }))?;
+                out(format!(
+                    "registration lock {}",
+                    if on { "on" } else { "off" }
+                ))?;
             }
             if let Some(on) = read_receipts {
                 client.set_read_receipts(on).await?;

@@ -368,8 +368,7 @@ fn undelivered(what: &str) -> Failure {
 /// The group message of a Commit's envelope, checked to be of `group`.
 fn commit_message(raw: &[u8], group: GroupKey) -> Result<pb::GroupMessage, Failure> {
     let bad = |what: &str| Failure::bad_request(format!("the Commit's envelope {what}"));
-    let envelope =
-        pb::Envelope::decode(raw).map_err(|_| bad("is not a protobuf Envelope"))?;
+    let envelope = pb::Envelope::decode(raw).map_err(|_| bad("is not a protobuf Envelope"))?;
     let message = envelope
         .group
         .ok_or_else(|| bad("carries no group message"))?;
@@ -725,7 +724,12 @@ mod tests {
         // The loser's Commit reached nobody.
         assert_eq!(env.fetch(&carol, 0).await.envelopes.len(), 1);
         let alice_queue = env.fetch(&alice, 0).await;
-        assert!(alice_queue.envelopes.iter().all(|e| tag(&e.envelope) != b"a"));
+        assert!(
+            alice_queue
+                .envelopes
+                .iter()
+                .all(|e| tag(&e.envelope) != b"a")
+        );
 
         // Removing Carol: she still gets the Commit that removes her, then nothing.
         let resp = env
@@ -924,7 +928,10 @@ mod tests {
                 "another group",
                 framed(&[9; 32], 0, mls::ContentType::Commit),
             ),
-            ("another epoch", framed(&right_group, 5, mls::ContentType::Commit)),
+            (
+                "another epoch",
+                framed(&right_group, 5, mls::ContentType::Commit),
+            ),
             (
                 "an application message",
                 framed(&right_group, 0, mls::ContentType::Application),

@@ -121,7 +121,10 @@ mod tests {
     #[tokio::test]
     async fn a_pin_verifies_against_its_hash_only() {
         let stored = hash("2468", 64).await.unwrap();
-        assert!(stored.starts_with("argon2id$v=19$m=64,t=2,p=1$"), "{stored}");
+        assert!(
+            stored.starts_with("argon2id$v=19$m=64,t=2,p=1$"),
+            "{stored}"
+        );
         assert!(verify("2468", &stored).await.unwrap());
         assert!(!verify("2469", &stored).await.unwrap());
         // Salted: the same PIN hashes differently.

@@ -16,9 +16,7 @@
 //! with the current version and checked against every configured one
 //! ([`codes::matches_any`]).
 
-use super::{
-    Failure, Shared, check_label, decode, now_ms, parse_device_id, parse_identifier, pin,
-};
+use super::{Failure, Shared, check_label, decode, now_ms, parse_device_id, parse_identifier, pin};
 use crate::auth::keys::CredentialId;
 use crate::auth::{Authenticated, codes, keys};
 use crate::verifier::CodeMessage;
@@ -473,9 +471,7 @@ pub(crate) async fn authorize(
         match lookup::resolve(txn, &store.hasher, &id, now).await? {
             Some(box_id) if pending.recover => {
                 let satisfied = match &unlocked {
-                    Unlock::Checked(hash) => {
-                        registration_lock::accept(txn, box_id, hash).await?
-                    }
+                    Unlock::Checked(hash) => registration_lock::accept(txn, box_id, hash).await?,
                     Unlock::NoLock => {
                         // Set meanwhile: its PIN was not checked.
                         registration_lock::peek(txn, box_id, now).await?
@@ -615,7 +611,10 @@ async fn registration_lock_check(
         let Some(box_id) = lookup::resolve(txn, &store.hasher, id, now).await? else {
             return Ok(None);
         };
-        Ok(Some((box_id, registration_lock::peek(txn, box_id, now).await?)))
+        Ok(Some((
+            box_id,
+            registration_lock::peek(txn, box_id, now).await?,
+        )))
     }
     .await)?;
     let Some((box_id, gate)) = target else {
@@ -667,10 +666,7 @@ async fn registration_lock_check(
     Err(if now_locked {
         locked_out(lockout)
     } else {
-        Failure::new(
-            Status::RegistrationLocked,
-            "wrong registration-lock PIN",
-        )
+        Failure::new(Status::RegistrationLocked, "wrong registration-lock PIN")
     })
 }
 

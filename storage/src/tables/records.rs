@@ -19,6 +19,7 @@ mod generated {
 }
 
 pub use generated::GroupRecord;
+pub use generated::IdentifierLimitRecord;
 pub use generated::PresenceRecord;
 pub use generated::{
     AcceptFrom, DedupRecord, Device, ExpiryBatch, IdentRecord, KeyPackageRecord, LookupRecord,
@@ -27,7 +28,6 @@ pub use generated::{
 };
 pub use generated::{BlobRecord, BlobState, BlobUsage};
 pub use generated::{CodeBudgetRecord, PushProvider, PushTokenRecord, RetiredDevice};
-pub use generated::IdentifierLimitRecord;
 pub use generated::{OutboxEntry, OutboxRecipient};
 
 /// The device-list version of an envelope that is not sealed per device (a
