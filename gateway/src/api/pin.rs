@@ -86,8 +86,17 @@ pub async fn hash(pin: &str, memory_kib: u32) -> Result<String, Failure> {
     .await
 }
 
+/// A stored hash, parsed.
+struct Stored {
+    memory_kib: u32,
+    passes: u32,
+    lanes: u32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
 /// The parameters, salt and hash of a stored string; `None` if malformed.
-fn parse(stored: &str) -> Option<(u32, u32, u32, Vec<u8>, Vec<u8>)> {
+fn parse(stored: &str) -> Option<Stored> {
     let mut parts = stored.split('$');
     if parts.next()? != "argon2id" || parts.next()? != "v=19" {
         return None;
@@ -97,19 +106,25 @@ fn parse(stored: &str) -> Option<(u32, u32, u32, Vec<u8>, Vec<u8>)> {
     let (m, t, p) = (num("m=")?, num("t=")?, num("p=")?);
     let salt = hex::decode(parts.next()?).ok()?;
     let hash = hex::decode(parts.next()?).ok()?;
-    (parts.next().is_none() && hash.len() == OUTPUT_LEN).then_some((m, t, p, salt, hash))
+    (parts.next().is_none() && hash.len() == OUTPUT_LEN).then_some(Stored {
+        memory_kib: m,
+        passes: t,
+        lanes: p,
+        salt,
+        hash,
+    })
 }
 
 /// Whether `pin` matches a stored hash (compared in constant time).
 pub async fn verify(pin: &str, stored: &str) -> Result<bool, Failure> {
-    let Some((m, t, p, salt, expected)) = parse(stored) else {
+    let Some(s) = parse(stored) else {
         tracing::error!("a stored registration lock is malformed");
         return Err(Failure::internal());
     };
     let pin = pin.as_bytes().to_vec();
     blocking(move || {
-        let out = derive(&pin, &salt, m, t, p)?;
-        Ok(bool::from(out.as_slice().ct_eq(&expected)))
+        let out = derive(&pin, &s.salt, s.memory_kib, s.passes, s.lanes)?;
+        Ok(bool::from(out.as_slice().ct_eq(&s.hash)))
     })
     .await
 }
