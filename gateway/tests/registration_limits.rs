@@ -290,3 +290,39 @@ async fn pin_attempts_are_limited_across_gateways() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_and_the_cli_set_the_lock_and_recover_with_the_pin() {
+    let mut deployment = Deployment::new().await;
+    let gateway = deployment.start("gw").await;
+    let codes = deployment.codes("gw");
+    let dir = deployment.dir.path().to_path_buf();
+    let identifier = "sdk@example.com";
+    let box_id = {
+        let owner = support::client(&gateway, dir.join("owner.state")).await;
+        let box_id = support::register(&owner, identifier, &codes).await;
+        assert!(owner.set_registration_lock(Some("8642")).await.unwrap());
+        assert!(owner.set_registration_lock(Some("1")).await.is_err());
+        owner.close().await;
+        box_id
+    };
+    let phone_state = dir.join("phone.state");
+    {
+        let phone = support::client(&gateway, phone_state.clone()).await;
+        phone.register(identifier, true).await.unwrap();
+        let code = last_code(&codes, identifier);
+        let refused = phone.recover(&code, None).await.unwrap_err();
+        assert_eq!(
+            refused.status(),
+            Some(Status::RegistrationLocked),
+            "{refused}"
+        );
+        assert_eq!(phone.recover(&code, Some("8642")).await.unwrap(), box_id);
+        phone.close().await;
+    }
+    let (status, out, err) =
+        support::rossby(&phone_state, &["settings", "--registration-lock", "off"]).await;
+    assert_eq!(status, Some(0), "{out}{err}");
+    assert!(out.contains("registration lock off"), "{out}");
+    gateway.shutdown().await;
+}
