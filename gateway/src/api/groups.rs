@@ -1,8 +1,11 @@
 //! CreateGroup, GroupCommit, GroupSend, LeaveGroup and GroupInfo: ordering and
 //! fan-out of MLS groups.
 //!
-//! The gateway never reads MLS content. It keeps one epoch record per group
-//! ([`rossby_storage::tables::groups`]) and:
+//! The gateway never reads MLS content: of a Commit it checks only the public
+//! header of its MLS message (group id, epoch, content type; `check_commit`),
+//! and it enforces who may change the member boxes (only the creator removes
+//! others; an added box must accept the committer's messages). It keeps one
+//! epoch record per group ([`rossby_storage::tables::groups`]) and:
 //! - **GroupCommit** compares the sender's epoch with the stored one. A match
 //!   advances the epoch, applies the member-box change and records the Commit's
 //!   fan-out (every member box before and after the change) in the creator's

@@ -6,8 +6,11 @@
 //! flag and region) and sends the code through the verifier. Authorize checks the
 //! code and, in the same transaction that deletes the pending registration, creates
 //! the account (or, for recovery, replaces its devices and drops its queue) and
-//! authorizes the device. Wrong codes are counted in storage, so the limit holds
-//! across gateways and restarts.
+//! authorizes the device. Wrong codes are counted in storage, per pending
+//! registration and per identifier over all its registrations, and so are the
+//! codes sent to an identifier, so the limits hold across gateways and
+//! restarts. A recovery of an account with a registration lock needs its PIN
+//! once the code is right (`registration_lock_check`).
 //!
 //! Credentials (`pb::Credentials`: Hawk id and derived key) are always issued
 //! under the current server secret version, sealed to the device's public keys

@@ -11,8 +11,10 @@
 //!
 //! Everything such a transaction writes lies in the creator box's region (the
 //! group record in its box range, the outbox entry in the region's outbox), so a
-//! Commit is a transaction of one region however many regions its members live
-//! in. The envelopes reach the member boxes afterwards, when a deliverer (the
+//! Commit writes in one region however many regions its members live in; a
+//! Commit that adds boxes also reads their settings (the membership rules of
+//! `check_membership_change`: only the creator removes others, and an added box
+//! must accept messages from the committer, as for a Send). The envelopes reach the member boxes afterwards, when a deliverer (the
 //! gateway) enqueues each of them in the member's home region, idempotently by
 //! the Commit's sender device and message id, and then removes the entry.
 //!
