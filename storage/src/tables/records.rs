@@ -300,6 +300,9 @@ mod tests {
         // Fields added later take defaults that preserve the old behaviour.
         assert!(!p.hidden);
         assert!(!p.deleted);
+        // No registration lock: recovery needs no PIN.
+        assert!(p.registration_lock.is_empty());
+        assert_eq!(p.registration_lock_failures, 0);
         assert!(p.encrypted_profile.is_empty());
     }
 
