@@ -2470,6 +2470,9 @@ mod tests {
 max_recipients = 10
 max_fetch_count = 20
 code_max_attempts = 7
+registration_lock_max_attempts = 4
+registration_lock_lockout_secs = 600
+wrong_codes_per_identifier_per_day = 9
 rate_per_identifier = "6/h"
 rate_per_ip = 5
 storage = "memory"
@@ -2493,6 +2496,9 @@ tls_name = ["chat.example.net"]
         assert_eq!(c.api.max_recipients_per_send, 12, "flag wins");
         assert_eq!(c.api.max_fetch_count, 21, "env beats the file");
         assert_eq!(c.api.code_max_attempts, 7, "file beats the default");
+        assert_eq!(c.api.registration_lock_max_attempts, 4);
+        assert_eq!(c.api.registration_lock_lockout, Duration::from_secs(600));
+        assert_eq!(c.api.wrong_codes_per_identifier_per_day, 9);
         assert_eq!(c.api.max_fetch_bytes, 4 * 1024 * 1024, "default");
         assert!(
             (c.api.rate_limits.registrations_per_identifier.per_second - 6.0 / 3600.0).abs()
