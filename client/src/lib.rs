@@ -22,6 +22,7 @@ pub mod groups;
 pub mod identifiers;
 pub mod messages;
 pub mod push;
+pub mod registration_lock;
 pub mod sdk;
 pub mod sealed;
 pub mod state;

@@ -952,6 +952,12 @@ impl Client {
 
     /// Completes the pending registration with the code; returns the box id.
     pub async fn authorize(&self, code: &str) -> Result<BoxId> {
+        self.authorize_with(code, None).await
+    }
+
+    /// [`Client::authorize`], with the registration-lock PIN a recovery of a
+    /// locked account needs.
+    pub(crate) async fn authorize_with(&self, code: &str, pin: Option<&str>) -> Result<BoxId> {
         let identifier = {
             let store = self.store.lock().await;
             if store.state.credentials.is_some() {
@@ -966,6 +972,7 @@ impl Client {
             identifier,
             device_id: self.device_id.to_vec(),
             code: code.trim().to_string(),
+            registration_lock_pin: pin.unwrap_or_default().to_string(),
         };
         let response: pb::AuthorizeResponse =
             self.rpc_anonymous(Method::Authorize, &request).await?;

@@ -1018,6 +1018,7 @@ async fn setup(opts: &Opts, gw: &GatewayProc) -> (Vec<RecipientBox>, Vec<Sender>
                     identifier: r.identifier.clone(),
                     device_id: r.device_id.to_vec(),
                     code,
+                    registration_lock_pin: String::new(),
                 };
                 let resp: pb::AuthorizeResponse =
                     call_ok(&conns[w % conns.len()], Method::Authorize, &req, None).await;

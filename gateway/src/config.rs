@@ -291,6 +291,23 @@ pub struct Args {
     /// Wrong codes allowed per registration [default: 5].
     #[arg(long, env = "ROSSBY_CODE_MAX_ATTEMPTS", value_name = "N")]
     pub code_max_attempts: Option<u32>,
+    /// Wrong codes allowed per identifier and day, over all its registrations [default: 20].
+    #[arg(
+        long,
+        env = "ROSSBY_WRONG_CODES_PER_IDENTIFIER_PER_DAY",
+        value_name = "N"
+    )]
+    pub wrong_codes_per_identifier_per_day: Option<u32>,
+    /// Wrong registration-lock PINs allowed before a lockout [default: 10].
+    #[arg(long, env = "ROSSBY_REGISTRATION_LOCK_MAX_ATTEMPTS", value_name = "N")]
+    pub registration_lock_max_attempts: Option<u32>,
+    /// Lockout after too many wrong registration-lock PINs, in seconds [default: 86400].
+    #[arg(
+        long,
+        env = "ROSSBY_REGISTRATION_LOCK_LOCKOUT_SECS",
+        value_name = "SECS"
+    )]
+    pub registration_lock_lockout_secs: Option<u64>,
     /// Most recipient boxes per Send [default: 256].
     #[arg(long, env = "ROSSBY_MAX_RECIPIENTS", value_name = "N")]
     pub max_recipients: Option<usize>,
@@ -617,6 +634,9 @@ struct FileConfig {
     device_cache_entries: Option<u64>,
     code_ttl_secs: Option<u64>,
     code_max_attempts: Option<u32>,
+    wrong_codes_per_identifier_per_day: Option<u32>,
+    registration_lock_max_attempts: Option<u32>,
+    registration_lock_lockout_secs: Option<u64>,
     max_recipients: Option<usize>,
     max_frame_bytes: Option<usize>,
     max_fetch_count: Option<usize>,
@@ -1536,6 +1556,34 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         pick(a.code_max_attempts, f.code_max_attempts, 5),
         1,
     )?;
+    api.wrong_codes_per_identifier_per_day = at_least(
+        "wrong-codes-per-identifier-per-day",
+        pick(
+            a.wrong_codes_per_identifier_per_day,
+            f.wrong_codes_per_identifier_per_day,
+            20,
+        ),
+        1,
+    )?;
+    api.registration_lock_max_attempts = at_least(
+        "registration-lock-max-attempts",
+        pick(
+            a.registration_lock_max_attempts,
+            f.registration_lock_max_attempts,
+            10,
+        ),
+        1,
+    )?;
+    api.registration_lock_lockout = secs(
+        "registration-lock-lockout-secs",
+        pick(
+            a.registration_lock_lockout_secs,
+            f.registration_lock_lockout_secs,
+            86_400,
+        ),
+        1,
+        365 * 86_400,
+    )?;
     api.max_recipients_per_send = at_least(
         "max-recipients",
         pick(
@@ -2422,6 +2470,9 @@ mod tests {
 max_recipients = 10
 max_fetch_count = 20
 code_max_attempts = 7
+registration_lock_max_attempts = 4
+registration_lock_lockout_secs = 600
+wrong_codes_per_identifier_per_day = 9
 rate_per_identifier = "6/h"
 rate_per_ip = 5
 storage = "memory"
@@ -2445,6 +2496,9 @@ tls_name = ["chat.example.net"]
         assert_eq!(c.api.max_recipients_per_send, 12, "flag wins");
         assert_eq!(c.api.max_fetch_count, 21, "env beats the file");
         assert_eq!(c.api.code_max_attempts, 7, "file beats the default");
+        assert_eq!(c.api.registration_lock_max_attempts, 4);
+        assert_eq!(c.api.registration_lock_lockout, Duration::from_secs(600));
+        assert_eq!(c.api.wrong_codes_per_identifier_per_day, 9);
         assert_eq!(c.api.max_fetch_bytes, 4 * 1024 * 1024, "default");
         assert!(
             (c.api.rate_limits.registrations_per_identifier.per_second - 6.0 / 3600.0).abs()

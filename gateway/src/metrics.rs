@@ -20,6 +20,7 @@
 //! | `rossby_storage_errors_total` | counter | `kind` |
 //! | `rossby_verification_codes_sent_total` | counter | |
 //! | `rossby_verification_codes_refused_total` | counter | `budget` |
+//! | `rossby_registration_lock_refused_total` | counter | |
 //! | `rossby_pushes_total` | counter | |
 //! | `rossby_envelopes_enqueued_total` | counter | |
 //! | `rossby_build_info` | gauge (always 1) | `version` |
@@ -151,6 +152,8 @@ pub struct Metrics {
     pub storage_errors_total: IntCounterVec,
     /// `rossby_verification_codes_sent_total`: codes handed to the verifier.
     pub verification_codes_sent_total: IntCounter,
+    /// `rossby_registration_lock_refused_total`: wrong registration-lock PINs.
+    pub registration_lock_refused_total: IntCounter,
     /// `rossby_verification_codes_refused_total{budget}`: codes not sent
     /// because a budget was spent (`address`, `global`, `prefix`).
     pub verification_codes_refused_total: IntCounterVec,
@@ -350,6 +353,13 @@ impl Metrics {
                 IntCounter::new(
                     "rossby_verification_codes_sent_total",
                     "Verification codes handed to the verifier.",
+                ),
+            ),
+            registration_lock_refused_total: register(
+                r,
+                IntCounter::new(
+                    "rossby_registration_lock_refused_total",
+                    "Wrong registration-lock PINs presented in recoveries.",
                 ),
             ),
             verification_codes_refused_total: register(

@@ -1,5 +1,6 @@
-//! Token-bucket rate limits per device, per source address, per identifier (for
-//! registrations, against SMS pumping) and per device for contact discovery.
+//! Token-bucket rate limits per device, per source address and per account for
+//! contact discovery, kept in this gateway's memory. (Codes per identifier are
+//! limited in storage, see `rossby_storage::tables::identifier_limits`.)
 //!
 //! Buckets live in moka caches that forget a bucket once it has been idle long
 //! enough to be full again (a forgotten bucket and a full one behave the same) and
@@ -161,7 +162,6 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
 pub struct RateLimiter {
     per_device: Limiter<(BoxId, DeviceId)>,
     per_ip: Limiter<IpAddr>,
-    registrations: Limiter<[u8; 32]>,
     discovery: Limiter<BoxId>,
     sealed: Limiter<BoxId>,
     stored_bytes: Limiter<(BoxId, DeviceId)>,
@@ -174,7 +174,6 @@ impl RateLimiter {
         RateLimiter {
             per_device: Limiter::new(limits.per_device, DEFAULT_CAPACITY),
             per_ip: Limiter::new(limits.per_ip, DEFAULT_CAPACITY),
-            registrations: Limiter::new(limits.registrations_per_identifier, DEFAULT_CAPACITY),
             discovery: Limiter::new(limits.discovery_per_device, DEFAULT_CAPACITY),
             sealed: Limiter::new(limits.sealed_per_recipient, DEFAULT_CAPACITY),
             stored_bytes: Limiter::new(limits.stored_bytes_per_device, DEFAULT_CAPACITY),
@@ -190,11 +189,6 @@ impl RateLimiter {
     /// One authenticated request of a device.
     pub fn device(&self, box_id: BoxId, device: DeviceId) -> Result<(), Limited> {
         self.per_device.check((box_id, device), Instant::now())
-    }
-
-    /// One registration (code sent) for the identifier with this lookup digest.
-    pub fn registration(&self, digest: [u8; 32]) -> Result<(), Limited> {
-        self.registrations.check(digest, Instant::now())
     }
 
     /// Whether a device may store more: refused while it is in debt for bytes

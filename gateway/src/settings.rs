@@ -109,6 +109,16 @@ pub struct ApiSettings {
     pub code_ttl: Duration,
     /// Wrong codes allowed before a registration must start again.
     pub code_max_attempts: u32,
+    /// Wrong codes allowed per identifier and day, over all its registrations
+    /// and identifier additions (kept in storage, shared by every gateway).
+    pub wrong_codes_per_identifier_per_day: u32,
+    /// Wrong registration-lock PINs allowed before the account's PIN checks
+    /// stop for [`ApiSettings::registration_lock_lockout`].
+    pub registration_lock_max_attempts: u32,
+    /// How long PIN checks stop after too many wrong PINs.
+    pub registration_lock_lockout: Duration,
+    /// Argon2id memory cost of new registration-lock hashes, in KiB.
+    pub registration_lock_memory_kib: u32,
     /// Deployment-wide budgets of codes sent per hour, kept in storage
     /// (against SMS pumping): every code, and per number prefix or e-mail
     /// domain.
@@ -151,6 +161,10 @@ impl ApiSettings {
             device_cache_entries: crate::auth::device_cache::DEFAULT_DEVICE_CACHE_ENTRIES,
             code_ttl: Duration::from_secs(600),
             code_max_attempts: 5,
+            wrong_codes_per_identifier_per_day: 20,
+            registration_lock_max_attempts: 10,
+            registration_lock_lockout: Duration::from_secs(24 * 3600),
+            registration_lock_memory_kib: crate::api::PIN_MEMORY_KIB,
             codes_per_hour: 3600,
             codes_per_prefix_per_hour: 60,
             verifier: VerifierSpec::Log,

@@ -184,12 +184,13 @@ async fn unknown_blocked_and_hidden_users_answer_not_found() {
     gw.shutdown().await;
 }
 
-/// A snapshot without the deployment's code budgets (global keys `0x01 0x03`),
-/// which count every code sent.
+/// A snapshot without the deployment's code budgets (global keys `0x01 0x03`)
+/// and the identifiers' verification limits (`0x01 0x04`), which count every
+/// code sent and every wrong code tried, across registrations.
 fn without_code_budgets(
     mut snapshot: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
 ) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
-    snapshot.retain(|key, _| !key.starts_with(&[0x01, 0x03]));
+    snapshot.retain(|key, _| !key.starts_with(&[0x01, 0x03]) && !key.starts_with(&[0x01, 0x04]));
     snapshot
 }
 
@@ -204,6 +205,7 @@ async fn wrong_and_exhausted_codes_create_nothing() {
             identifier: identifier.into(),
             device_id: device.as_bytes().to_vec(),
             code,
+            registration_lock_pin: String::new(),
         };
 
     // A wrong code: INVALID_CODE; only the stored attempt counter moves, no
@@ -233,11 +235,14 @@ async fn wrong_and_exhausted_codes_create_nothing() {
         .filter(|(k, v)| after.get(*k) != Some(*v))
         .map(|(k, _)| k.clone())
         .collect();
-    // Exactly the pending registration (key 0x01 0x02 ...) changed: its attempt
-    // counter, kept in storage so the limit holds across gateways and restarts.
+    // Exactly the pending registration (key 0x01 0x02 ...) and the
+    // identifier's limits (0x01 0x04 ...) changed: their attempt counters,
+    // kept in storage so the limits hold across gateways and restarts.
     assert!(
-        changed.len() == 1 && changed[0].starts_with(&[0x01, 0x02]),
-        "a wrong code should change only the pending registration's attempt counter: {changed:?}"
+        changed.len() == 2
+            && changed[0].starts_with(&[0x01, 0x02])
+            && changed[1].starts_with(&[0x01, 0x04]),
+        "a wrong code should change only the attempt counters: {changed:?}"
     );
     let reply: pb::AuthorizeResponse = ok(&conn
         .call_anonymous(Method::Authorize, &authorize(ALICE, device, code))

@@ -131,6 +131,7 @@ async fn new_boxes_are_homed_where_asked_within_the_topology() {
         identifier: "far@example.com".into(),
         device_id: device.as_bytes().to_vec(),
         code: support::last_code(&codes, "far@example.com"),
+        registration_lock_pin: String::new(),
     };
     let reply: pb::AuthorizeResponse =
         ok(&conn.call_anonymous(Method::Authorize, &authorize).await);

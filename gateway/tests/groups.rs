@@ -570,15 +570,18 @@ async fn a_group_send_never_lands_before_the_commit_of_its_epoch() {
         epoch: 0,
         message_id: MessageId::new().as_bytes().to_vec(),
         add_boxes: vec![bob.box_id.as_bytes().to_vec()],
-        envelope: b"c1".to_vec(),
-        welcome_envelope: b"c1+w".to_vec(),
+        envelope: support::commit_envelope(alice.box_id, GROUP_ID, 0, b"c1", None),
+        welcome_envelope: support::commit_envelope(alice.box_id, GROUP_ID, 0, b"c1", Some(b"w")),
         welcome_boxes: vec![bob.box_id.as_bytes().to_vec()],
         ..pb::GroupCommitRequest::default()
     };
     let reply: pb::GroupCommitResponse =
         support::ok(&conn.call(&alice, Method::GroupCommit, &add_bob).await);
     assert_eq!(reply.state.unwrap().epoch, 1);
-    assert_eq!(queue_of(&conn, &bob).await, vec![b"c1+w".to_vec()]);
+    assert_eq!(
+        queue_of(&conn, &bob).await,
+        vec![add_bob.welcome_envelope.clone()]
+    );
     assert_eq!(pending_entries(&gateway, region).await, 0);
 
     // Rounds in which a Commit adding nobody new is accepted but not delivered

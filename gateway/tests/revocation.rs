@@ -224,6 +224,7 @@ async fn deleting_an_account_or_recovering_it_refuses_old_devices_at_once() {
         identifier: "r@example.com".into(),
         device_id: device_id.as_bytes().to_vec(),
         code: support::last_code(&codes, "r@example.com"),
+        registration_lock_pin: String::new(),
     };
     let _: pb::AuthorizeResponse = ok(&conn.call_anonymous(Method::Authorize, &authorize).await);
     assert_eq!(auth_only(&conn, &old).await, Status::Unauthenticated);

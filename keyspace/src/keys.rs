@@ -58,6 +58,7 @@ const REGIONAL: u8 = 0x02;
 const GLOBAL_LOOKUP: u8 = 0x01;
 const GLOBAL_REGISTRATION: u8 = 0x02;
 const GLOBAL_CODE_BUDGET: u8 = 0x03;
+const GLOBAL_IDENTIFIER_LIMIT: u8 = 0x04;
 
 const REGION_BOX: u8 = 0x01;
 const REGION_EXPIRY: u8 = 0x02;
@@ -249,6 +250,9 @@ pub enum Key {
     /// window for one scope (all codes, or one number prefix or e-mail domain),
     /// by the SHA-256 of the scope's name.
     CodeBudget([u8; 32]),
+    /// The verification limits of one identifier (codes sent, wrong codes
+    /// tried), by its lookup digest: kept across its registrations.
+    IdentifierLimit([u8; 32]),
     /// A box's profile and settings.
     Profile(BoxId),
     /// A device record.
@@ -372,6 +376,7 @@ impl Key {
             Key::Lookup { .. }
             | Key::Registration { .. }
             | Key::CodeBudget(_)
+            | Key::IdentifierLimit(_)
             | Key::GatewayLease(..)
             | Key::MaintenanceLease(..) => None,
             Key::Profile(b)
@@ -428,6 +433,11 @@ impl Key {
             Key::CodeBudget(scope) => {
                 let mut out = vec![GLOBAL, GLOBAL_CODE_BUDGET];
                 out.extend_from_slice(&scope);
+                out
+            }
+            Key::IdentifierLimit(digest) => {
+                let mut out = vec![GLOBAL, GLOBAL_IDENTIFIER_LIMIT];
+                out.extend_from_slice(&digest);
                 out
             }
             Key::Profile(b) => table_prefix(b, Table::Profile),
@@ -543,6 +553,7 @@ impl Key {
                     device: r.device()?,
                 },
                 GLOBAL_CODE_BUDGET => Key::CodeBudget(r.array()?),
+                GLOBAL_IDENTIFIER_LIMIT => Key::IdentifierLimit(r.array()?),
                 _ => return Err(Error::MalformedKey("unknown global table")),
             },
             REGIONAL => {
@@ -845,6 +856,7 @@ mod tests {
                 digest
             }),
             any::<[u8; 32]>().prop_map(Key::CodeBudget),
+            any::<[u8; 32]>().prop_map(Key::IdentifierLimit),
             (any::<u32>(), any::<[u8; 32]>(), any_device()).prop_map(
                 |(pepper_version, digest, device)| Key::Registration {
                     pepper_version,
@@ -954,7 +966,10 @@ mod tests {
                 prop_assert!(region_range(owner.home_region()).contains(&bytes));
             }
             let home = match key {
-                Key::Lookup { .. } | Key::Registration { .. } | Key::CodeBudget(_) => {
+                Key::Lookup { .. }
+                | Key::Registration { .. }
+                | Key::CodeBudget(_)
+                | Key::IdentifierLimit(_) => {
                     prop_assert!(key.owner_box().is_none());
                     prop_assert!(global_range().contains(&bytes));
                     return Ok(());

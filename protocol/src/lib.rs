@@ -11,6 +11,7 @@ pub mod error;
 pub mod framing;
 pub mod hawk;
 pub mod link;
+pub mod mls;
 pub mod status;
 
 pub use error::{Error, Result};

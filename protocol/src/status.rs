@@ -64,6 +64,7 @@ mod tests {
             (Status::LastIdentifier, 24),
             (Status::UploadIncomplete, 25),
             (Status::PushProviderUnavailable, 26),
+            (Status::RegistrationLocked, 27),
         ];
         for (status, number) in expected {
             assert_eq!(status as i32, number, "{status:?}");

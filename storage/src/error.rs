@@ -88,6 +88,10 @@ pub enum Error {
     /// A size or count exceeds a limit (for example an attachment's size).
     #[error("too large: {0}")]
     TooLarge(String),
+    /// The caller may not do this (for example remove others from a group it
+    /// did not create).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl Error {

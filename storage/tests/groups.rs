@@ -34,6 +34,7 @@ backends::on_every_backend!(
     finishing_one_entry_twice_at_once_conflicts,
     deleting_the_creator_purges_its_outbox,
     a_message_racing_a_commit_is_ordered_before_it_or_refused,
+    only_the_creator_removes_and_adds_respect_the_added_box,
 );
 
 /// A Commit of `sender` (box, device) made in `epoch` that adds `add`, with a
@@ -655,4 +656,120 @@ async fn a_message_racing_a_commit_is_ordered_before_it_or_refused(store: &Store
         let tail = &payloads[payloads.len() - 2..];
         assert_eq!(tail, [b"epoch-2".to_vec(), b"hello in epoch 2".to_vec()]);
     }
+}
+
+/// The epoch of a group.
+async fn epoch_of(store: &Store, group: GroupKey) -> u64 {
+    transact!(store, |txn| groups::state(txn, group).await)
+        .unwrap()
+        .unwrap()
+        .epoch
+}
+
+async fn try_commit(store: &Store, c: &Commit<'_>) -> Result<Outcome<Committed>, Error> {
+    let limits = store.limits.clone();
+    transact!(store, |txn| groups::commit(
+        txn,
+        &limits,
+        MAX_MEMBERS,
+        c,
+        T0
+    )
+    .await)
+}
+
+async fn only_the_creator_removes_and_adds_respect_the_added_box(store: &Store) {
+    use rossby_storage::tables::accounts::{self, SettingsUpdate};
+    use rossby_storage::tables::contacts::{self, Relationship};
+    use rossby_storage::tables::records::AcceptFrom;
+    let (creator, cd) = new_box(store, 1).await;
+    let (member, md) = new_box(store, 1).await;
+    let (blocker, _) = new_box(store, 1).await;
+    let (private, _) = new_box(store, 1).await;
+    let group = GroupKey {
+        creator,
+        group_id: [8; 16],
+    };
+    transact!(store, |txn| groups::create(txn, group, T0).await).unwrap();
+    let add = [member];
+    let c = commit_in(group, (creator, cd[0]), 0, &add, b"add", (&[], &[]));
+    assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
+
+    // A member evicting the creator: refused, nothing written.
+    let remove = [creator];
+    let mut evict = commit_in(group, (member, md[0]), 1, &[], b"evict", (&[], &[]));
+    evict.remove = &remove;
+    let err = try_commit(store, &evict).await.unwrap_err();
+    assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    assert_eq!(epoch_of(store, group).await, 1);
+    // Naming a box that is no member removes nothing and is allowed.
+    let stranger = [private];
+    let mut noop = commit_in(group, (member, md[0]), 1, &[], b"noop", (&[], &[]));
+    noop.remove = &stranger;
+    assert!(matches!(commit(store, &noop).await, Outcome::Done(_)));
+
+    // A box that blocked the member cannot be added by it.
+    transact!(store, |txn| contacts::add(
+        txn,
+        &store.limits,
+        Relationship::Block,
+        blocker,
+        member,
+        T0
+    )
+    .await)
+    .unwrap();
+    let add = [blocker];
+    let c = commit_in(group, (member, md[0]), 2, &add, b"add-blocker", (&[], &[]));
+    let err = try_commit(store, &c).await.unwrap_err();
+    assert!(matches!(err, Error::RecipientUnavailable), "{err}");
+    assert_eq!(epoch_of(store, group).await, 2);
+    // But by the creator, whom it did not block.
+    let c = commit_in(group, (creator, cd[0]), 2, &add, b"add-blocker", (&[], &[]));
+    assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
+
+    // A contacts-only box only by its contacts.
+    transact!(store, |txn| accounts::update_settings(
+        txn,
+        &store.limits,
+        private,
+        &SettingsUpdate {
+            accept_from: Some(AcceptFrom::Contacts),
+            ..SettingsUpdate::default()
+        },
+        T0
+    )
+    .await)
+    .unwrap();
+    let add = [private];
+    let c = commit_in(group, (creator, cd[0]), 3, &add, b"add-private", (&[], &[]));
+    let err = try_commit(store, &c).await.unwrap_err();
+    assert!(matches!(err, Error::RecipientUnavailable), "{err}");
+    transact!(store, |txn| contacts::add(
+        txn,
+        &store.limits,
+        Relationship::Contact,
+        private,
+        creator,
+        T0
+    )
+    .await)
+    .unwrap();
+    let c = commit_in(group, (creator, cd[0]), 3, &add, b"add-private", (&[], &[]));
+    assert!(matches!(commit(store, &c).await, Outcome::Done(_)));
+
+    // An unknown box cannot be added either.
+    let ghost = [BoxId::new(REGION)];
+    let c = commit_in(group, (creator, cd[0]), 4, &ghost, b"ghost", (&[], &[]));
+    let err = try_commit(store, &c).await.unwrap_err();
+    assert!(matches!(err, Error::RecipientUnavailable), "{err}");
+
+    // The creator removes others.
+    let remove = [member];
+    let mut kick = commit_in(group, (creator, cd[0]), 4, &[], b"kick", (&[], &[]));
+    kick.remove = &remove;
+    let Outcome::Done(done) = commit(store, &kick).await else {
+        panic!("the creator's removal was refused");
+    };
+    assert!(!done.state.members.contains(&member));
 }

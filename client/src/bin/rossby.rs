@@ -79,6 +79,10 @@ enum Command {
     Authorize {
         /// The code.
         code: String,
+        /// The account's registration-lock PIN (a recovery of a locked account
+        /// needs it; asked for only once the code is right).
+        #[arg(long, value_name = "PIN")]
+        pin: Option<String>,
     },
     /// Link devices: `link --new` on the new device, `link <request>` on an
     /// authorized one, `link --finish <grant>` on the new device again.
@@ -178,6 +182,10 @@ enum Command {
         /// Whether only your contacts can message you.
         #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
         contacts_only: Option<bool>,
+        /// Registration lock: a PIN (4 to 64 characters) every recovery of the
+        /// account must give, or `off` to remove it.
+        #[arg(long, value_name = "PIN|off")]
+        registration_lock: Option<String>,
         /// Whether senders learn that you read their messages (this device's
         /// setting; off: they learn only that the messages were delivered).
         #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
@@ -997,8 +1005,8 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
                 client.identifier().await
             ))
         }
-        Command::Authorize { code } => {
-            let box_id = client.authorize(&code).await?;
+        Command::Authorize { code, pin } => {
+            let box_id = client.recover(&code, pin.as_deref()).await?;
             out(format!(
                 "authorized {} as box {box_id}, device {}",
                 client.identifier().await,
@@ -1172,7 +1180,16 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
             contacts_only,
             read_receipts,
             sealed_sender,
+            registration_lock,
         } => {
+            if let Some(pin) = registration_lock {
+                let pin = (pin != "off").then_some(pin);
+                let on = client.set_registration_lock(pin.as_deref()).await?;
+                out(format!(
+                    "registration lock {}",
+                    if on { "on" } else { "off" }
+                ))?;
+            }
             if let Some(on) = read_receipts {
                 client.set_read_receipts(on).await?;
             }
@@ -1569,6 +1586,9 @@ mod tests {
             &["register", "+14155550123"],
             &["register", "a@b.c", "--recover", "--label", "phone"],
             &["authorize", "123456"],
+            &["authorize", "123456", "--pin", "2468"],
+            &["settings", "--registration-lock", "2468"],
+            &["settings", "--registration-lock", "off"],
             &["contact", "a@b.c"],
             &["contacts"],
             &["group", "create", "friends"],
@@ -1658,6 +1678,7 @@ mod tests {
                 contacts_only: None,
                 read_receipts: None,
                 sealed_sender: None,
+                registration_lock: None,
             }
         ));
     }

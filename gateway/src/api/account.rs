@@ -14,7 +14,7 @@ use rossby_protocol::pb;
 use rossby_storage::tables::accounts::{self, SettingsUpdate};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::records::AcceptFrom;
-use rossby_storage::tables::{lifecycle, lookup};
+use rossby_storage::tables::{lifecycle, lookup, registration_lock};
 use rossby_storage::transact;
 
 enum Target {
@@ -111,6 +111,17 @@ pub(crate) async fn update_settings(
     body: &[u8],
 ) -> Result<pb::UpdateSettingsResponse, Failure> {
     let req: pb::UpdateSettingsRequest = decode(body, "UpdateSettingsRequest")?;
+    // Hashed before the transaction: the hash is slow and must not be repeated
+    // by a retry.
+    let registration_lock = match req.registration_lock_pin.as_deref() {
+        None => None,
+        Some("") => Some(None),
+        Some(pin) => {
+            super::pin::check_format(pin)?;
+            let memory = shared.settings.registration_lock_memory_kib;
+            Some(Some(super::pin::hash(pin, memory).await?))
+        }
+    };
     let update = SettingsUpdate {
         hidden: req.discoverable.map(|d| !d),
         accept_from: req.contacts_only.map(|c| {
@@ -127,19 +138,20 @@ pub(crate) async fn update_settings(
     let store = &shared.store;
     let limits = &store.limits;
     let now = now_ms();
-    let profile = transact!(store, |txn| accounts::update_settings(
-        txn,
-        limits,
-        caller.box_id,
-        &update,
-        now
-    )
+    let box_id = caller.box_id;
+    let profile = transact!(store, |txn| async {
+        if let Some(lock) = &registration_lock {
+            registration_lock::set(txn, box_id, lock.as_deref(), now).await?;
+        }
+        accounts::update_settings(txn, limits, box_id, &update, now).await
+    }
     .await)?;
     Ok(pb::UpdateSettingsResponse {
         discoverable: !profile.hidden,
         contacts_only: profile.accept_from() == AcceptFrom::Contacts,
         sealed_sender: !profile.sealed_sender_key.is_empty(),
         sealed_sender_anyone: profile.sealed_sender_anyone,
+        registration_lock: !profile.registration_lock.is_empty(),
     })
 }
 

@@ -1,8 +1,11 @@
 //! CreateGroup, GroupCommit, GroupSend, LeaveGroup and GroupInfo: ordering and
 //! fan-out of MLS groups.
 //!
-//! The gateway never reads MLS content. It keeps one epoch record per group
-//! ([`rossby_storage::tables::groups`]) and:
+//! The gateway never reads MLS content: of a Commit it checks only the public
+//! header of its MLS message (group id, epoch, content type; `check_commit`),
+//! and it enforces who may change the member boxes (only the creator removes
+//! others; an added box must accept the committer's messages). It keeps one
+//! epoch record per group ([`rossby_storage::tables::groups`]) and:
 //! - **GroupCommit** compares the sender's epoch with the stored one. A match
 //!   advances the epoch, applies the member-box change and records the Commit's
 //!   fan-out (every member box before and after the change) in the creator's
@@ -63,6 +66,7 @@ use super::{Api, Failure, Shared, decode, now_ms, parse_box_id};
 use crate::auth::Authenticated;
 use prost::Message;
 use rossby_keyspace::{BoxId, MessageId, RegionId};
+use rossby_protocol::mls;
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::groups::{self, Commit, GroupKey, GroupMessage, GroupState, Outcome};
 use rossby_storage::tables::outbox::{self, Entry, Recipient};
@@ -364,6 +368,59 @@ fn undelivered(what: &str) -> Failure {
     ))
 }
 
+/// The group message of a Commit's envelope, checked to be of `group`.
+fn commit_message(raw: &[u8], group: GroupKey) -> Result<pb::GroupMessage, Failure> {
+    let bad = |what: &str| Failure::bad_request(format!("the Commit's envelope {what}"));
+    let envelope = pb::Envelope::decode(raw).map_err(|_| bad("is not a protobuf Envelope"))?;
+    let message = envelope
+        .group
+        .ok_or_else(|| bad("carries no group message"))?;
+    if message.creator_box != group.creator.as_bytes() || message.group_id != group.group_id {
+        return Err(bad("is of another group"));
+    }
+    Ok(message)
+}
+
+/// What the gateway can check of a Commit without the group's keys
+/// (docs/protocol.md §9): its envelope is an `Envelope` holding a `GroupMessage` of this group, whose `mls` is an MLS 1.0
+/// `PrivateMessage` or `PublicMessage` with the group's MLS group id
+/// (`creator_box || group_id`), the request's epoch and content type Commit;
+/// a welcome envelope carries the same Commit and an MLS Welcome. Who made the
+/// Commit and what it changes are encrypted and stay unchecked.
+fn check_commit(req: &pb::GroupCommitRequest, group: GroupKey) -> Result<(), Failure> {
+    let message = commit_message(&req.envelope, group)?;
+    let framed = mls::parse_framed(&message.mls)
+        .map_err(|e| Failure::bad_request(format!("the Commit is not an MLS message: {e}")))?;
+    let mut group_id = group.creator.as_bytes().to_vec();
+    group_id.extend_from_slice(&group.group_id);
+    if framed.group_id != group_id.as_slice() {
+        return Err(Failure::bad_request("the Commit is of another MLS group"));
+    }
+    if framed.epoch != req.epoch {
+        return Err(Failure::bad_request(format!(
+            "the Commit was made in epoch {}, not the request's {}",
+            framed.epoch, req.epoch
+        )));
+    }
+    if framed.content_type != mls::ContentType::Commit {
+        return Err(Failure::bad_request("the MLS message is not a Commit"));
+    }
+    if !req.welcome_envelope.is_empty() {
+        let welcome = commit_message(&req.welcome_envelope, group)?;
+        if welcome.mls != message.mls {
+            return Err(Failure::bad_request(
+                "the welcome envelope carries another Commit",
+            ));
+        }
+        if mls::wire_format_of(&welcome.welcome).ok() != Some(mls::WireFormat::Welcome) {
+            return Err(Failure::bad_request(
+                "the welcome envelope carries no MLS Welcome",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// GroupCommit: compare-and-set of the epoch, then delivery of the Commit's fan-out.
 pub(crate) async fn group_commit(
     shared: &Shared,
@@ -379,6 +436,7 @@ pub(crate) async fn group_commit(
     let welcome_boxes = parse_boxes(&req.welcome_boxes, max, "welcome boxes")?;
     check_envelope(shared, &req.envelope, true)?;
     check_envelope(shared, &req.welcome_envelope, !welcome_boxes.is_empty())?;
+    check_commit(&req, group)?;
     super::may_store(shared, caller)?;
     let commit = Commit {
         group,
@@ -550,6 +608,7 @@ mod tests {
     use super::super::testkit::{TestDevice, TestEnv};
     use prost::Message;
     use rossby_keyspace::MessageId;
+    use rossby_protocol::mls;
     use rossby_protocol::pb::{self, Method, Status};
     use rossby_protocol::status::status_of;
 
@@ -579,9 +638,35 @@ mod tests {
                 .iter()
                 .map(|d| d.box_id.as_bytes().to_vec())
                 .collect(),
-            envelope: payload.to_vec(),
+            envelope: commit_envelope(creator, epoch, payload),
             ..pb::GroupCommitRequest::default()
         }
+    }
+
+    /// An envelope of a Commit made in `epoch` of the test group of `creator`,
+    /// as far as the gateway can tell: `payload` stands for the encrypted part
+    /// (and is kept in `ciphertext` to tell envelopes apart).
+    fn commit_envelope(creator: &TestDevice, epoch: u64, payload: &[u8]) -> Vec<u8> {
+        let mut group_id = creator.box_id.as_bytes().to_vec();
+        group_id.extend_from_slice(&GROUP);
+        let mls = mls::frame_private(&group_id, epoch, mls::ContentType::Commit, payload).unwrap();
+        pb::Envelope {
+            version: 1,
+            ciphertext: payload.to_vec(),
+            group: Some(pb::GroupMessage {
+                creator_box: creator.box_id.as_bytes().to_vec(),
+                group_id: GROUP.to_vec(),
+                mls,
+                ..pb::GroupMessage::default()
+            }),
+            ..pb::Envelope::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// What [`commit_envelope`] was given.
+    fn tag(envelope: &[u8]) -> Vec<u8> {
+        pb::Envelope::decode(envelope).unwrap().ciphertext
     }
 
     fn state(resp: &pb::Response) -> pb::GroupState {
@@ -615,7 +700,7 @@ mod tests {
         // Bob got the Commit once.
         let fetched = env.fetch(&bob, 0).await;
         assert_eq!(fetched.envelopes.len(), 1);
-        assert_eq!(fetched.envelopes[0].envelope, b"commit-1");
+        assert_eq!(tag(&fetched.envelopes[0].envelope), b"commit-1");
 
         // Both commit in epoch 1: the first wins, the second is told the epoch.
         let resp = env
@@ -642,7 +727,12 @@ mod tests {
         // The loser's Commit reached nobody.
         assert_eq!(env.fetch(&carol, 0).await.envelopes.len(), 1);
         let alice_queue = env.fetch(&alice, 0).await;
-        assert!(alice_queue.envelopes.iter().all(|e| e.envelope != b"a"));
+        assert!(
+            alice_queue
+                .envelopes
+                .iter()
+                .all(|e| tag(&e.envelope) != b"a")
+        );
 
         // Removing Carol: she still gets the Commit that removes her, then nothing.
         let resp = env
@@ -655,7 +745,7 @@ mod tests {
             .await;
         assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
         let carol_queue = env.fetch(&carol, 0).await;
-        assert_eq!(carol_queue.envelopes.last().unwrap().envelope, b"rm");
+        assert_eq!(tag(&carol_queue.envelopes.last().unwrap().envelope), b"rm");
         let resp = env
             .call_as(
                 &carol,
@@ -784,6 +874,7 @@ mod tests {
         assert_eq!(status_of(&resp), Status::BadRequest);
         assert_eq!(status_of(&create(&env, &alice).await), Status::Ok);
         let mut c = commit(&alice, 0, &[], &[], b"");
+        c.envelope = Vec::new();
         let resp = env.call_as(&alice, 1, Method::GroupCommit, &c).await;
         assert_eq!(status_of(&resp), Status::BadRequest, "empty envelope");
         c.envelope = b"x".to_vec();
@@ -803,5 +894,68 @@ mod tests {
         c.add_boxes = vec![vec![5; 16], vec![5; 16]];
         let resp = env.call_as(&alice, 1, Method::GroupCommit, &c).await;
         assert_eq!(status_of(&resp), Status::BadRequest, "duplicate boxes");
+    }
+
+    #[tokio::test]
+    async fn commits_the_gateway_can_tell_are_wrong_are_refused() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        assert_eq!(status_of(&create(&env, &alice).await), Status::Ok);
+        let framed = |group_id: &[u8], epoch: u64, content: mls::ContentType| {
+            let mut c = commit(&alice, 0, &[&bob], &[], b"x");
+            let mut envelope = pb::Envelope::decode(c.envelope.as_slice()).unwrap();
+            let message = envelope.group.as_mut().unwrap();
+            message.mls = mls::frame_private(group_id, epoch, content, b"x").unwrap();
+            c.envelope = envelope.encode_to_vec();
+            c
+        };
+        let mut right_group = alice.box_id.as_bytes().to_vec();
+        right_group.extend_from_slice(&GROUP);
+        let mut garbage = commit(&alice, 0, &[&bob], &[], b"x");
+        garbage.envelope = b"not an envelope at all".to_vec();
+        let mut no_group = commit(&alice, 0, &[&bob], &[], b"x");
+        no_group.envelope = pb::Envelope::default().encode_to_vec();
+        let mut not_mls = commit(&alice, 0, &[&bob], &[], b"x");
+        let mut envelope = pb::Envelope::decode(not_mls.envelope.as_slice()).unwrap();
+        envelope.group.as_mut().unwrap().mls = b"c1".to_vec();
+        not_mls.envelope = envelope.encode_to_vec();
+        let mut bad_welcome = commit(&alice, 0, &[&bob], &[], b"x");
+        bad_welcome.welcome_boxes = vec![bob.box_id.as_bytes().to_vec()];
+        bad_welcome.welcome_envelope = commit(&alice, 0, &[], &[], b"other").envelope;
+        for (what, c) in [
+            ("garbage", garbage),
+            ("no group message", no_group),
+            ("not MLS", not_mls),
+            (
+                "another group",
+                framed(&[9; 32], 0, mls::ContentType::Commit),
+            ),
+            (
+                "another epoch",
+                framed(&right_group, 5, mls::ContentType::Commit),
+            ),
+            (
+                "an application message",
+                framed(&right_group, 0, mls::ContentType::Application),
+            ),
+            ("a welcome of another Commit", bad_welcome),
+        ] {
+            let resp = env.call_as(&alice, 1, Method::GroupCommit, &c).await;
+            assert_eq!(status_of(&resp), Status::BadRequest, "{what}");
+        }
+        // Nothing was stored: the group is where it was, Bob got nothing.
+        let info = pb::GroupInfoRequest {
+            creator_box: alice.box_id.as_bytes().to_vec(),
+            group_id: GROUP.to_vec(),
+        };
+        let resp = env.call_as(&alice, 1, Method::GroupInfo, &info).await;
+        let state = TestEnv::body::<pb::GroupInfoResponse>(&resp).state.unwrap();
+        assert_eq!((state.epoch, state.members.len()), (0, 1));
+        assert!(env.fetch(&bob, 0).await.envelopes.is_empty());
+        // A well-formed Commit passes.
+        let c = framed(&right_group, 0, mls::ContentType::Commit);
+        let resp = env.call_as(&alice, 1, Method::GroupCommit, &c).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
     }
 }

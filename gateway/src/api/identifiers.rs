@@ -69,7 +69,7 @@ pub(crate) async fn add(
     let store = &shared.store;
     let digest = store.hasher.current(&id);
     super::registration::spend_code_budgets(shared, &id, origin.remote.ip()).await?;
-    let issued = issue_code(shared, &digest)?;
+    let issued = issue_code(shared, &digest).await?;
     let now = issued.now_ms;
     let record = PendingIdentifier {
         code_mac: issued.code_mac.clone(),

@@ -37,6 +37,7 @@ pub mod directory;
 pub mod groups;
 pub mod identifiers;
 pub mod messaging;
+mod pin;
 pub mod push;
 pub mod registration;
 mod routing;
@@ -45,6 +46,9 @@ pub mod service;
 
 #[cfg(test)]
 pub(crate) mod testkit;
+
+/// Default Argon2id memory cost of registration-lock hashes, in KiB.
+pub const PIN_MEMORY_KIB: u32 = pin::DEFAULT_MEMORY_KIB;
 
 use crate::auth::device_cache::DeviceCache;
 use crate::auth::secrets::ServerSecrets;
@@ -788,6 +792,7 @@ impl From<rossby_storage::Error> for Failure {
                 ),
             ),
             E::TooLarge(what) => Failure::new(Status::TooLarge, what),
+            E::Forbidden(what) => Failure::new(Status::Forbidden, what),
             E::AlreadyRegistered => Failure::new(
                 Status::AlreadyRegistered,
                 "this identifier is already registered",

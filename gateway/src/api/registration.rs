@@ -6,8 +6,11 @@
 //! flag and region) and sends the code through the verifier. Authorize checks the
 //! code and, in the same transaction that deletes the pending registration, creates
 //! the account (or, for recovery, replaces its devices and drops its queue) and
-//! authorizes the device. Wrong codes are counted in storage, so the limit holds
-//! across gateways and restarts.
+//! authorizes the device. Wrong codes are counted in storage, per pending
+//! registration and per identifier over all its registrations, and so are the
+//! codes sent to an identifier, so the limits hold across gateways and
+//! restarts. A recovery of an account with a registration lock needs its PIN
+//! once the code is right (`registration_lock_check`).
 //!
 //! Credentials (`pb::Credentials`: Hawk id and derived key) are always issued
 //! under the current server secret version, sealed to the device's public keys
@@ -16,7 +19,7 @@
 //! with the current version and checked against every configured one
 //! ([`codes::matches_any`]).
 
-use super::{Failure, Shared, check_label, decode, now_ms, parse_device_id, parse_identifier};
+use super::{Failure, Shared, check_label, decode, now_ms, parse_device_id, parse_identifier, pin};
 use crate::auth::keys::CredentialId;
 use crate::auth::{Authenticated, codes, keys};
 use crate::verifier::CodeMessage;
@@ -25,7 +28,9 @@ use rossby_keyspace::{BoxId, DeviceId, Identifier, RegionId};
 use rossby_protocol::crypto::{CONTEXT_CREDENTIALS, PublicKeys, seal};
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::records::{Device, PendingRegistration};
-use rossby_storage::tables::{code_budgets, devices, lifecycle, lookup, registrations};
+use rossby_storage::tables::{
+    code_budgets, devices, identifier_limits, lifecycle, lookup, registration_lock, registrations,
+};
 use rossby_storage::transact;
 use std::time::Duration;
 
@@ -101,17 +106,35 @@ pub(crate) struct IssuedCode {
 /// Takes one code from the identifier's rate limit and issues a code for it. The
 /// bucket is the identifier's (by lookup digest), whichever RPC asks, so
 /// Register and AddIdentifier together send no more codes to one identifier
-/// than either alone; the per-address and per-device limits were taken when
-/// the request arrived.
-pub(crate) fn issue_code(
+/// than either alone. It is kept in storage
+/// ([`identifier_limits`]), so it holds across gateways and restarts; the
+/// per-address and per-device limits were taken when the request arrived.
+pub(crate) async fn issue_code(
     shared: &Shared,
     digest: &rossby_keyspace::LookupDigest,
 ) -> Result<IssuedCode, Failure> {
-    shared
-        .limits
-        .registration(digest.digest)
-        .map_err(|l| Failure::rate_limited(l, "too many verification codes for this identifier"))?;
     let now = now_ms();
+    let rate = shared.settings.rate_limits.registrations_per_identifier;
+    let rate = identifier_limits::CodeRate {
+        per_ms: rate.per_second / 1000.0,
+        burst: rate.burst,
+    };
+    let store = &shared.store;
+    let wait = transact!(store, |txn| identifier_limits::take_code(
+        txn,
+        &digest.digest,
+        rate,
+        now
+    )
+    .await)?;
+    if let Some(wait_ms) = wait {
+        return Err(Failure::rate_limited(
+            crate::ratelimit::Limited {
+                retry_after: Duration::from_millis(wait_ms),
+            },
+            "too many verification codes for this identifier",
+        ));
+    }
     let ttl_ms = u64::try_from(shared.settings.code_ttl.as_millis()).unwrap_or(u64::MAX);
     let code = codes::generate();
     Ok(IssuedCode {
@@ -121,6 +144,9 @@ pub(crate) fn issue_code(
         now_ms: now,
     })
 }
+
+/// The window in which wrong codes per identifier are counted.
+pub(crate) const WRONG_CODE_WINDOW_MS: u64 = 24 * 3600 * 1000;
 
 /// How long the deployment-wide code budgets count.
 const CODE_BUDGET_WINDOW: Duration = Duration::from_secs(3600);
@@ -316,7 +342,7 @@ pub(crate) async fn register(
         return Err(already_registered());
     }
     spend_code_budgets(shared, &id, origin.remote.ip()).await?;
-    let issued = issue_code(shared, &digest)?;
+    let issued = issue_code(shared, &digest).await?;
     let now = issued.now_ms;
     let record = PendingRegistration {
         code_mac: issued.code_mac.clone(),
@@ -363,6 +389,9 @@ enum Outcome {
     Refused(CodeCheck),
     /// The identifier was bound by someone else since the code was sent.
     AlreadyRegistered,
+    /// A recovery of an account whose registration lock was not (or no longer)
+    /// satisfied by a checked PIN.
+    Locked,
     /// The device is authorized.
     Done {
         box_id: BoxId,
@@ -388,12 +417,21 @@ pub(crate) async fn authorize(
     let digest = store.hasher.current(&id);
     let home = shared.settings.region;
     let now = now_ms();
+    let unlocked = registration_lock_check(shared, &id, &digest, device_id, &req, now).await?;
+    let max_wrong = shared.settings.wrong_codes_per_identifier_per_day;
     let outcome = transact!(store, |txn| async {
         let Some(pending) = registrations::pending(txn, &digest, device_id).await? else {
             return Ok(Outcome::Refused(CodeCheck::Expired));
         };
         if pending.device_id != device_id.as_bytes() {
             return Ok(Outcome::Refused(CodeCheck::Expired));
+        }
+        // Wrong codes of every registration of the identifier count together.
+        let wrong =
+            identifier_limits::wrong_codes(txn, &digest.digest, now, WRONG_CODE_WINDOW_MS).await?;
+        if wrong >= max_wrong {
+            registrations::remove_pending(txn, &digest, device_id).await?;
+            return Ok(Outcome::Refused(CodeCheck::Exhausted));
         }
         let stored = PendingCode {
             code_mac: &pending.code_mac,
@@ -404,7 +442,17 @@ pub(crate) async fn authorize(
             CodeCheck::Valid => {}
             CodeCheck::Wrong => {
                 let attempts = registrations::record_wrong_attempt(txn, &digest, device_id).await?;
-                let check = after_wrong_code(shared, attempts);
+                let wrong = identifier_limits::record_wrong_code(
+                    txn,
+                    &digest.digest,
+                    now,
+                    WRONG_CODE_WINDOW_MS,
+                )
+                .await?;
+                let mut check = after_wrong_code(shared, attempts);
+                if wrong >= max_wrong {
+                    check = CodeCheck::Exhausted;
+                }
                 if check == CodeCheck::Exhausted {
                     registrations::remove_pending(txn, &digest, device_id).await?;
                 }
@@ -425,6 +473,17 @@ pub(crate) async fn authorize(
         registrations::remove_pending(txn, &digest, device_id).await?;
         match lookup::resolve(txn, &store.hasher, &id, now).await? {
             Some(box_id) if pending.recover => {
+                let satisfied = match &unlocked {
+                    Unlock::Checked(hash) => registration_lock::accept(txn, box_id, hash).await?,
+                    Unlock::NoLock => {
+                        // Set meanwhile: its PIN was not checked.
+                        registration_lock::peek(txn, box_id, now).await?
+                            == registration_lock::Gate::Unlocked
+                    }
+                };
+                if !satisfied {
+                    return Ok(Outcome::Locked);
+                }
                 let (version, complete) =
                     lifecycle::recover_account(txn, limits, box_id, device_id, &device, now)
                         .await?;
@@ -475,6 +534,10 @@ pub(crate) async fn authorize(
     }
     match outcome? {
         Outcome::Refused(check) => Err(code_failure(check, "register again")),
+        Outcome::Locked => Err(Failure::new(
+            Status::RegistrationLocked,
+            "the account's registration lock changed while recovering: authorize again with its PIN",
+        )),
         Outcome::AlreadyRegistered => Err(Failure::new(
             Status::AlreadyRegistered,
             "this identifier was registered meanwhile: link this device or register with recovery",
@@ -504,6 +567,110 @@ pub(crate) async fn authorize(
             })
         }
     }
+}
+
+/// What the registration-lock check let an Authorize go on with.
+enum Unlock {
+    /// No lock was found (or this is no recovery of a bound identifier): the
+    /// Authorize transaction makes sure none was set meanwhile.
+    NoLock,
+    /// The PIN matched this stored hash: the Authorize transaction makes sure
+    /// it is still the lock, and forgives the attempt.
+    Checked(String),
+}
+
+/// The registration lock of a recovery (docs/security.md §11): once the code
+/// is right, an account with a lock needs its PIN. Every PIN checked is
+/// counted in storage before it is checked, so concurrent guesses on any
+/// number of gateways stay within the limit; the last wrong one starts a
+/// lockout in which no PIN is checked. Nothing is counted before the code is
+/// known to be right, so only the holder of the code can spend the attempts.
+async fn registration_lock_check(
+    shared: &Shared,
+    id: &Identifier,
+    digest: &rossby_keyspace::LookupDigest,
+    device_id: DeviceId,
+    req: &pb::AuthorizeRequest,
+    now: u64,
+) -> Result<Unlock, Failure> {
+    let store = &shared.store;
+    let target = transact!(store, |txn| async {
+        let Some(pending) = registrations::pending(txn, digest, device_id).await? else {
+            return Ok(None);
+        };
+        if !pending.recover || pending.device_id != device_id.as_bytes() {
+            return Ok(None);
+        }
+        let stored = PendingCode {
+            code_mac: &pending.code_mac,
+            expires_at_ms: pending.expires_at_ms,
+            attempts: pending.attempts,
+        };
+        // A code that is not right is refused and counted by the Authorize
+        // transaction itself.
+        if check_code(shared, digest, &req.code, stored, now) != CodeCheck::Valid {
+            return Ok(None);
+        }
+        let Some(box_id) = lookup::resolve(txn, &store.hasher, id, now).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            box_id,
+            registration_lock::peek(txn, box_id, now).await?,
+        )))
+    }
+    .await)?;
+    let Some((box_id, gate)) = target else {
+        return Ok(Unlock::NoLock);
+    };
+    let locked_out = |retry_after_ms: u64| {
+        Failure::rate_limited(
+            crate::ratelimit::Limited {
+                retry_after: Duration::from_millis(retry_after_ms),
+            },
+            "too many wrong registration-lock PINs: try again later",
+        )
+    };
+    match gate {
+        registration_lock::Gate::Unlocked => return Ok(Unlock::NoLock),
+        registration_lock::Gate::LockedOut { retry_after_ms } => {
+            return Err(locked_out(retry_after_ms));
+        }
+        registration_lock::Gate::Check { .. } => {}
+    }
+    if req.registration_lock_pin.is_empty() {
+        return Err(Failure::new(
+            Status::RegistrationLocked,
+            "this account has a registration lock: authorize again with its PIN",
+        ));
+    }
+    let settings = &shared.settings;
+    let max = settings.registration_lock_max_attempts;
+    let lockout = u64::try_from(settings.registration_lock_lockout.as_millis()).unwrap_or(u64::MAX);
+    let gate = transact!(store, |txn| registration_lock::begin_attempt(
+        txn, box_id, max, lockout, now
+    )
+    .await)?;
+    let hash = match gate {
+        registration_lock::Gate::Check { hash } => hash,
+        registration_lock::Gate::Unlocked => return Ok(Unlock::NoLock),
+        registration_lock::Gate::LockedOut { retry_after_ms } => {
+            return Err(locked_out(retry_after_ms));
+        }
+    };
+    if pin::verify(&req.registration_lock_pin, &hash).await? {
+        return Ok(Unlock::Checked(hash));
+    }
+    let now_locked = transact!(store, |txn| registration_lock::refuse(
+        txn, box_id, max, lockout, now
+    )
+    .await)?;
+    shared.metrics.registration_lock_refused_total.inc();
+    Err(if now_locked {
+        locked_out(lockout)
+    } else {
+        Failure::new(Status::RegistrationLocked, "wrong registration-lock PIN")
+    })
 }
 
 /// Whether a commit may or may not have happened.

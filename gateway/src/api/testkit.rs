@@ -352,6 +352,7 @@ impl TestEnv {
             identifier: identifier.into(),
             device_id: device.device_id.as_bytes().to_vec(),
             code: code.into(),
+            registration_lock_pin: String::new(),
         };
         self.call(1000, Method::Authorize, &req).await
     }

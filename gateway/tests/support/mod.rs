@@ -392,6 +392,7 @@ pub async fn register_raw(conn: &RawConn, codes: &Path, identifier: &str) -> Raw
         identifier: identifier.into(),
         device_id: device_id.as_bytes().to_vec(),
         code: last_code(codes, identifier),
+        registration_lock_pin: String::new(),
     };
     let reply: pb::AuthorizeResponse =
         ok(&conn.call_anonymous(Method::Authorize, &authorize).await);
@@ -600,4 +601,43 @@ pub async fn rossby(state: &Path, args: &[&str]) -> (Option<i32>, String, String
         String::from_utf8(output.stdout).unwrap(),
         String::from_utf8(output.stderr).unwrap(),
     )
+}
+
+// ----- groups -----
+
+/// An `Envelope` holding what the gateway can tell of an MLS Commit of the group
+/// `creator ‖ group_id`, made in `epoch`: an MLS 1.0 `PrivateMessage` header
+/// with content type Commit, `tag` standing for its encrypted part. With
+/// `welcome`, the welcome envelope of that Commit (an MLS Welcome of `welcome`).
+pub fn commit_envelope(
+    creator: BoxId,
+    group_id: [u8; 16],
+    epoch: u64,
+    tag: &[u8],
+    welcome: Option<&[u8]>,
+) -> Vec<u8> {
+    use rossby_protocol::mls;
+    let mut mls_group = creator.as_bytes().to_vec();
+    mls_group.extend_from_slice(&group_id);
+    let commit = mls::frame_private(&mls_group, epoch, mls::ContentType::Commit, tag)
+        .expect("a small Commit frames");
+    let welcome = welcome.map(|w| {
+        // version mls10, wire format mls_welcome, then the (opaque) rest.
+        let mut out = vec![0, 1, 0, 3];
+        out.extend_from_slice(w);
+        out
+    });
+    pb::Envelope {
+        version: 1,
+        sender_box: creator.as_bytes().to_vec(),
+        group: Some(pb::GroupMessage {
+            creator_box: creator.as_bytes().to_vec(),
+            group_id: group_id.to_vec(),
+            mls: commit,
+            welcome: welcome.unwrap_or_default(),
+            ..pb::GroupMessage::default()
+        }),
+        ..pb::Envelope::default()
+    }
+    .encode_to_vec()
 }

@@ -11,8 +11,10 @@
 //!
 //! Everything such a transaction writes lies in the creator box's region (the
 //! group record in its box range, the outbox entry in the region's outbox), so a
-//! Commit is a transaction of one region however many regions its members live
-//! in. The envelopes reach the member boxes afterwards, when a deliverer (the
+//! Commit writes in one region however many regions its members live in; a
+//! Commit that adds boxes also reads their settings (the membership rules of
+//! `check_membership_change`: only the creator removes others, and an added box
+//! must accept messages from the committer, as for a Send). The envelopes reach the member boxes afterwards, when a deliverer (the
 //! gateway) enqueues each of them in the member's home region, idempotently by
 //! the Commit's sender device and message id, and then removes the entry.
 //!
@@ -222,6 +224,7 @@ pub async fn commit(
     if record.epoch != c.epoch {
         return Ok(Outcome::Conflict(current));
     }
+    check_membership_change(txn, c, &current.members).await?;
     let mut members = current.members.clone();
     members.retain(|m| !c.remove.contains(m));
     for added in c.add {
@@ -287,6 +290,56 @@ pub async fn commit(
         fan_out,
         duplicate: false,
     }))
+}
+
+/// The rules of a membership change (docs/protocol.md §9), checked in the
+/// Commit's transaction:
+/// - only the group's creator removes other member boxes (every box may leave,
+///   through [`leave`]); naming a box that is no member removes nothing and is
+///   allowed;
+/// - a box is added only if it would accept a message from the committing box,
+///   by the rule of a Send: it exists, has not blocked the committer, and if it
+///   accepts messages from contacts only, has the committer as a contact. The
+///   refusal is the one of a Send ([`Error::RecipientUnavailable`]), so a box
+///   that refuses looks like an unknown one.
+///
+/// These are reads of the added boxes' profiles and relations: a Block that
+/// commits concurrently with the Commit does not conflict with it (as with a
+/// Send), but the delivery of the Commit's Welcome is an enqueue that checks
+/// the block again, so a box blocking the committer by then does not get it.
+async fn check_membership_change(
+    txn: &mut Tx<'_>,
+    c: &Commit<'_>,
+    members: &[BoxId],
+) -> Result<()> {
+    if c.sender_box != c.group.creator && c.remove.iter().any(|r| members.contains(r)) {
+        return Err(Error::Forbidden(
+            "only the group's creator removes other members; leave the group instead".into(),
+        ));
+    }
+    for added in c.add {
+        if members.contains(added) || *added == c.sender_box {
+            continue;
+        }
+        let Some(profile) = super::accounts::profile(txn, *added).await? else {
+            return Err(Error::RecipientUnavailable);
+        };
+        if super::contacts::is_blocked(txn, *added, c.sender_box).await? {
+            return Err(Error::RecipientUnavailable);
+        }
+        if profile.accept_from() == super::records::AcceptFrom::Contacts
+            && !super::contacts::contains(
+                txn,
+                super::contacts::Relationship::Contact,
+                *added,
+                c.sender_box,
+            )
+            .await?
+        {
+            return Err(Error::RecipientUnavailable);
+        }
+    }
+    Ok(())
 }
 
 /// Records the fan-out of a change of `record` (already updated to the group's

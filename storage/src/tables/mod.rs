@@ -23,6 +23,11 @@
 //!   additions all lock the box's profile, so two removals of a box's last two
 //!   identifiers conflict and the second one finds only one left;
 //! - quotas are counted under the guard every insert of the kind takes;
+//! - every code sent to an identifier and every wrong code tried for it write
+//!   its identifier-limit record, so concurrent spends of the last unit
+//!   conflict; every registration-lock PIN attempt is counted (a profile
+//!   write) before the PIN is checked, so concurrent guesses never exceed the
+//!   limit;
 //! - every expiry locks and every purge step writes the box's `low` key, and
 //!   expiry writes nothing into a box that is no longer alive;
 //! - a group Commit, leave or message writes the group's epoch record (one
@@ -53,6 +58,7 @@ pub mod contacts;
 pub mod devices;
 pub mod gateways;
 pub mod groups;
+pub mod identifier_limits;
 pub mod identifiers;
 pub mod keypackages;
 pub mod lifecycle;
@@ -63,6 +69,7 @@ pub mod presence;
 pub mod push;
 pub mod queue;
 pub mod records;
+pub mod registration_lock;
 pub mod registrations;
 pub mod tx;
 

@@ -19,6 +19,7 @@ mod generated {
 }
 
 pub use generated::GroupRecord;
+pub use generated::IdentifierLimitRecord;
 pub use generated::PresenceRecord;
 pub use generated::{
     AcceptFrom, DedupRecord, Device, ExpiryBatch, IdentRecord, KeyPackageRecord, LookupRecord,
@@ -266,6 +267,7 @@ record! {
     PushTokenRecord => "push token",
     RetiredDevice => "retired device",
     CodeBudgetRecord => "code budget",
+    IdentifierLimitRecord => "identifier limit",
 }
 
 #[cfg(test)]
@@ -298,6 +300,9 @@ mod tests {
         // Fields added later take defaults that preserve the old behaviour.
         assert!(!p.hidden);
         assert!(!p.deleted);
+        // No registration lock: recovery needs no PIN.
+        assert!(p.registration_lock.is_empty());
+        assert_eq!(p.registration_lock_failures, 0);
         assert!(p.encrypted_profile.is_empty());
     }
 

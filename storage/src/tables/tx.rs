@@ -209,6 +209,8 @@ pub enum SharedKey {
     MaintenanceLease(RegionId, MaintenanceJob),
     /// A deployment-wide budget of verification codes.
     CodeBudget([u8; 32]),
+    /// The verification limits of one identifier, by its lookup digest.
+    IdentifierLimit([u8; 32]),
 }
 
 impl SharedKey {
@@ -252,6 +254,7 @@ impl From<SharedKey> for Key {
             SharedKey::GatewayLease(region, id) => Key::GatewayLease(region, id),
             SharedKey::MaintenanceLease(region, job) => Key::MaintenanceLease(region, job),
             SharedKey::CodeBudget(scope) => Key::CodeBudget(scope),
+            SharedKey::IdentifierLimit(digest) => Key::IdentifierLimit(digest),
         }
     }
 }
