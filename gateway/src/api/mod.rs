@@ -71,6 +71,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// its [`Api`](crate::error::Error::Api) variant.
 pub type ApiError = crate::error::Error;
 
+/// Bytes reserved for a reply whose size is not bounded by a request field (a
+/// reply that turns out larger waits for the difference once encoded).
+pub const SMALL_REPLY_BYTES: usize = 16 * 1024;
+
+/// Bytes of a fetched envelope's fields besides its payload (ids, sequence
+/// number, timestamp, tags), for a Fetch reply's estimate.
+pub const ENVELOPE_FIELD_BYTES: usize = 96;
+
+/// When a request refused for want of device budget may try again.
+const BUDGET_RETRY_AFTER: Duration = Duration::from_millis(500);
+
 /// Longest device label accepted, in bytes.
 pub const MAX_LABEL_BYTES: usize = 128;
 
@@ -98,6 +109,8 @@ pub(crate) struct Shared {
     pub(crate) blobs: std::sync::OnceLock<crate::blobstore::BlobStore>,
     /// The sender certificate keys of the server secrets ([`sealed`]).
     pub(crate) certificate_keys: sealed::CertificateKeys,
+    /// Bytes of replies in flight per device ([`crate::budget`]).
+    pub(crate) device_budgets: crate::budget::DeviceBudgets,
 }
 
 /// Where a request came from: [`ConnContext`] without the requirement of a QUIC
@@ -113,6 +126,9 @@ pub struct Origin<'a> {
     pub exporter: &'a [u8; EXPORTER_LEN],
     /// The connection, for push streams.
     pub connection: Option<&'a quinn::Connection>,
+    /// Where an authenticated request's claim on its device's budget goes, to be
+    /// held until its reply is written; `None`: no device budget is charged.
+    pub reply: Option<&'a crate::budget::ReplySlot>,
 }
 
 impl<'a> From<&'a ConnContext> for Origin<'a> {
@@ -122,6 +138,7 @@ impl<'a> From<&'a ConnContext> for Origin<'a> {
             remote: ctx.remote,
             exporter: &ctx.exporter,
             connection: Some(&ctx.connection),
+            reply: None,
         }
     }
 }
@@ -188,8 +205,13 @@ impl Api {
             presence.clone(),
             metrics.clone(),
         ));
+        let device_budgets = crate::budget::DeviceBudgets::new(
+            settings.device_budget_bytes,
+            Some(metrics.bytes_in_flight.with_label_values(&["device"])),
+        );
         Ok(Api {
             shared: Arc::new(Shared {
+                device_budgets,
                 limits: RateLimiter::new(&settings.rate_limits),
                 settings,
                 store,
@@ -203,6 +225,32 @@ impl Api {
                 certificate_keys,
             }),
         })
+    }
+
+    /// The bytes a reply to `request` may take, reserved in the connection's and
+    /// the device's budgets before it is handled: a Fetch's byte bound plus the
+    /// envelopes' fields, a DownloadPart's frame limit, otherwise
+    /// [`SMALL_REPLY_BYTES`] (a reply that turns out larger waits for the
+    /// difference once encoded).
+    pub fn reply_estimate(&self, request: &pb::Request) -> usize {
+        let settings = &self.shared.settings;
+        match Method::try_from(request.method) {
+            Ok(Method::Fetch) => {
+                let asked = pb::FetchRequest::decode(request.body.as_slice())
+                    .map(|r| (r.max_bytes, r.max_count))
+                    .unwrap_or((0, 0));
+                let bound = |asked: u32, max: usize| match asked {
+                    0 => max,
+                    n => usize::try_from(n).unwrap_or(usize::MAX).min(max),
+                };
+                let count = bound(asked.1, settings.max_fetch_count);
+                bound(asked.0, settings.max_fetch_bytes)
+                    .saturating_add(count.saturating_mul(ENVELOPE_FIELD_BYTES))
+                    .saturating_add(SMALL_REPLY_BYTES)
+            }
+            Ok(Method::DownloadPart) => settings.max_frame_bytes,
+            _ => SMALL_REPLY_BYTES,
+        }
     }
 
     /// Answers one request that arrived on a QUIC connection. Never panics; always
@@ -375,6 +423,23 @@ impl Shared {
                         Failure::rate_limited(limited, "too many requests from this device");
                     return (Err(failure), hints);
                 }
+                if let Some(slot) = origin.reply {
+                    let Some(held) = self.device_budgets.try_reserve(
+                        caller.box_id,
+                        caller.device_id,
+                        slot.estimate(),
+                    ) else {
+                        let failure = Failure {
+                            retry_after: Some(BUDGET_RETRY_AFTER),
+                            ..Failure::new(
+                                Status::RateLimited,
+                                "too many reply bytes in flight for this device; read the replies or wait",
+                            )
+                        };
+                        return (Err(failure), hints);
+                    };
+                    slot.put(held);
+                }
                 if let Some(result) = self.forward_to_owner(method, &caller, body).await {
                     return (result, hints);
                 }
@@ -521,6 +586,7 @@ impl Shared {
                 remote: SocketAddr::from(([0, 0, 0, 0], 0)),
                 exporter: &exporter,
                 connection: None,
+                reply: None,
             };
             self.authenticated(&origin, method, &caller, &call.body)
                 .await
@@ -1302,6 +1368,7 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 1)),
             exporter: &exporter,
             connection: None,
+            reply: None,
         };
         let fut = env.api.handle_from(&origin, pb::Request::default());
         assert_send(&fut);
