@@ -67,7 +67,7 @@ impl PeakSampler {
 fn stingy_client() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.stream_receive_window(1024u32.into());
-    t.receive_window(64u32 * 1024);
+    t.receive_window((64u32 * 1024).into());
     t.max_concurrent_uni_streams(64u32.into());
     t
 }
@@ -145,12 +145,7 @@ async fn unread_replies_are_reset_and_bytes_in_flight_stay_within_the_budget() {
     bounded("every stream answered or reset", async {
         for (_send, mut recv) in streams {
             let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match recv.read(&mut buf).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = recv.read(&mut buf).await {}
         }
     })
     .await;
@@ -239,7 +234,13 @@ async fn bodies_that_never_arrive_time_out_and_give_their_budget_back() {
 async fn one_subscription_per_device_and_push_queues_bounded_in_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let queue_bytes = 512 * 1024;
-    let gateway = gateway_with(dir.path(), |c| c.api.push_queue_bytes = queue_bytes).await;
+    let gateway = gateway_with(dir.path(), |c| {
+        c.api.push_queue_bytes = queue_bytes;
+        // The attack sends 8 MB: more than the test default of stored bytes.
+        c.api.rate_limits.stored_bytes_per_device.per_second = 1e12;
+        c.api.rate_limits.stored_bytes_per_device.burst = 1e12;
+    })
+    .await;
     let codes = codes_file(dir.path());
     let setup = RawConn::connect(&gateway).await;
     let alice = register_raw(&setup, &codes, "alice@example.com").await;

@@ -1276,7 +1276,7 @@ mod tests {
         }
         // Two devices' key bundles take a few KiB: the first list fits, the
         // others come with their version only (the client looks them up).
-        assert!(full >= 1 && full < 4, "{full} full lists");
+        assert!((1..4).contains(&full), "{full} full lists");
         assert!(listed_bytes <= 6000, "{listed_bytes}");
     }
 
