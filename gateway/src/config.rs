@@ -965,6 +965,9 @@ impl Config {
         };
         config.drain_grace = Duration::ZERO;
         config.drain_timeout = Duration::from_secs(5);
+        // Every test client (and every simulated user of a local load test)
+        // connects from loopback.
+        config.quic.max_connections_per_address = config.quic.max_connections;
         config
     }
 
