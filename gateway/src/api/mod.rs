@@ -1359,6 +1359,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replies_in_flight_are_bounded_per_device() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let limit = env.shared().settings.device_budget_bytes;
+        // Fetch replies are estimated at their byte bound.
+        let fetch = TestEnv::signed_request(
+            &alice,
+            1,
+            Method::Fetch,
+            pb::FetchRequest::default().encode_to_vec(),
+            SystemTime::now(),
+            &TestEnv::fresh_nonce(),
+        );
+        let estimate = env.api.reply_estimate(&fetch);
+        assert!(estimate > env.shared().settings.max_fetch_bytes);
+        let exporter = TestEnv::exporter(1);
+        let call = async |estimate: usize| {
+            let slot = crate::budget::ReplySlot::new(estimate);
+            let origin = Origin {
+                conn_id: 1,
+                remote: SocketAddr::from(([127, 0, 0, 2], 40_000)),
+                exporter: &exporter,
+                connection: None,
+                reply: Some(&slot),
+            };
+            let request = TestEnv::signed_request(
+                &alice,
+                1,
+                Method::Fetch,
+                pb::FetchRequest::default().encode_to_vec(),
+                SystemTime::now(),
+                &TestEnv::fresh_nonce(),
+            );
+            let response = env.api.handle_from(&origin, request).await;
+            (response, slot.take())
+        };
+        // Replies held (not yet acknowledged) use up the device's budget.
+        let mut held = Vec::new();
+        while held.len() * estimate + estimate <= limit {
+            let (response, reservation) = call(estimate).await;
+            assert_eq!(status_of(&response), Status::Ok, "{}", response.message);
+            held.push(reservation.expect("a reservation"));
+        }
+        let used = env
+            .shared()
+            .metrics
+            .bytes_in_flight
+            .with_label_values(&["device"]);
+        assert_eq!(usize::try_from(used.get()).unwrap(), held.len() * estimate);
+        let (response, reservation) = call(estimate).await;
+        assert_eq!(status_of(&response), Status::RateLimited);
+        assert!(response.retry_after_ms > 0);
+        assert!(reservation.is_none());
+        // Acknowledged replies give it back.
+        held.clear();
+        assert_eq!(used.get(), 0);
+        let (response, _) = call(estimate).await;
+        assert_eq!(status_of(&response), Status::Ok);
+    }
+
+    #[tokio::test]
     async fn handling_is_send() {
         fn assert_send<T: Send>(_: &T) {}
         let env = TestEnv::new();
