@@ -73,7 +73,7 @@ pub type ApiError = crate::error::Error;
 
 /// Bytes reserved for a reply whose size is not bounded by a request field (a
 /// reply that turns out larger waits for the difference once encoded).
-pub const SMALL_REPLY_BYTES: usize = 16 * 1024;
+pub const SMALL_REPLY_BYTES: usize = 4 * 1024;
 
 /// Bytes of a fetched envelope's fields besides its payload (ids, sequence
 /// number, timestamp, tags), for a Fetch reply's estimate.
