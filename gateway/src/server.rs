@@ -570,6 +570,9 @@ async fn handle_stream(
         },
     };
     if !covered {
+        shared
+            .metrics
+            .observe_rpc(method, status, started.elapsed());
         abandon(shared, ctx, &mut send, "budget");
         return;
     }
