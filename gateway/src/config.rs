@@ -73,6 +73,21 @@ pub enum DurabilityArg {
     NoSync,
 }
 
+/// When the gateway asks a client to prove its address with a QUIC Retry before
+/// it spends a handshake's work and bytes on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AddressValidation {
+    /// Every new connection from an unvalidated address (one more round trip).
+    Always,
+    /// Only while many handshakes are in progress
+    /// ([`crate::server::UNDER_LOAD_HANDSHAKES`]).
+    #[default]
+    UnderLoad,
+    /// Never (a spoofed Initial is answered with up to three times its bytes).
+    Off,
+}
+
 /// Command-line flags. Each is also read from its `ROSSBY_*` variable (the flag
 /// wins) and from the TOML file given by `--config` (which loses to both).
 #[derive(Parser, Debug, Default, Clone)]
@@ -269,6 +284,34 @@ pub struct Args {
     /// `net.core.rmem_max` [default: 4194304].
     #[arg(long, env = "ROSSBY_UDP_RECEIVE_BUFFER", value_name = "BYTES")]
     pub udp_receive_buffer: Option<u32>,
+    /// Most open connections from one address (IPv6: one /64); more are
+    /// refused [default: 32].
+    #[arg(long, env = "ROSSBY_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_connections_per_address: Option<u32>,
+    /// When new connections must prove their address with a QUIC Retry:
+    /// `always`, `under-load` or `off` [default: under-load].
+    #[arg(long, env = "ROSSBY_ADDRESS_VALIDATION", value_name = "MODE")]
+    pub address_validation: Option<AddressValidation>,
+    /// Bytes in flight per connection (request bodies being read, replies being
+    /// built or not yet acknowledged) [default: 4194304].
+    #[arg(long, env = "ROSSBY_CONNECTION_BUDGET_BYTES", value_name = "BYTES")]
+    pub connection_budget_bytes: Option<usize>,
+    /// Bytes of replies in flight per device, over all its connections
+    /// [default: 8388608].
+    #[arg(long, env = "ROSSBY_DEVICE_BUDGET_BYTES", value_name = "BYTES")]
+    pub device_budget_bytes: Option<usize>,
+    /// Milliseconds a request frame may take to arrive once its stream is open,
+    /// including the wait for connection budget [default: 10000].
+    #[arg(long, env = "ROSSBY_REQUEST_READ_TIMEOUT_MS", value_name = "MS")]
+    pub request_read_timeout_ms: Option<u64>,
+    /// Milliseconds a reply may take to be written (the peer reading it); then
+    /// its stream is reset and the reply dropped [default: 5000].
+    #[arg(long, env = "ROSSBY_RESPONSE_WRITE_TIMEOUT_MS", value_name = "MS")]
+    pub response_write_timeout_ms: Option<u64>,
+    /// Bytes of push frames queued per subscription before new pushes are
+    /// dropped [default: 1048576].
+    #[arg(long, env = "ROSSBY_PUSH_QUEUE_BYTES", value_name = "BYTES")]
+    pub push_queue_bytes: Option<usize>,
 
     // ---- API ----
     /// Where verification codes go: `log`, `file:PATH` or `webhook:URL` [default: log].
@@ -317,12 +360,18 @@ pub struct Args {
     /// Most envelopes per Fetch [default: 500].
     #[arg(long, env = "ROSSBY_MAX_FETCH_COUNT", value_name = "N")]
     pub max_fetch_count: Option<usize>,
-    /// Most envelope bytes per Fetch [default: 4194304].
+    /// Most envelope bytes per Fetch; a Fetch asking for 0 gets this many
+    /// [default: 1048576].
     #[arg(long, env = "ROSSBY_MAX_FETCH_BYTES", value_name = "BYTES")]
     pub max_fetch_bytes: Option<usize>,
     /// Longest wait a Fetch may ask for, in seconds [default: 60].
     #[arg(long, env = "ROSSBY_MAX_FETCH_WAIT_SECS", value_name = "SECS")]
     pub max_fetch_wait_secs: Option<u64>,
+    /// Bytes of current device lists one Send reply carries for stale
+    /// recipients; further stale recipients get only their list's version
+    /// [default: 65536].
+    #[arg(long, env = "ROSSBY_MAX_STALE_LIST_BYTES", value_name = "BYTES")]
+    pub max_stale_list_bytes: Option<usize>,
     /// Largest envelope payload in bytes [default: 262144].
     #[arg(long, env = "ROSSBY_MAX_PAYLOAD_BYTES", value_name = "BYTES")]
     pub max_payload_bytes: Option<usize>,
@@ -628,6 +677,13 @@ struct FileConfig {
     receive_window: Option<u32>,
     send_window: Option<u64>,
     udp_receive_buffer: Option<u32>,
+    max_connections_per_address: Option<u32>,
+    address_validation: Option<AddressValidation>,
+    connection_budget_bytes: Option<usize>,
+    device_budget_bytes: Option<usize>,
+    request_read_timeout_ms: Option<u64>,
+    response_write_timeout_ms: Option<u64>,
+    push_queue_bytes: Option<usize>,
     verifier: Option<String>,
     hawk_skew_secs: Option<u64>,
     device_cache_ttl_ms: Option<u64>,
@@ -642,6 +698,7 @@ struct FileConfig {
     max_fetch_count: Option<usize>,
     max_fetch_bytes: Option<usize>,
     max_fetch_wait_secs: Option<u64>,
+    max_stale_list_bytes: Option<usize>,
     max_payload_bytes: Option<usize>,
     max_devices_per_box: Option<usize>,
     max_key_packages_per_device: Option<usize>,
@@ -781,6 +838,16 @@ pub struct QuicConfig {
     /// gateway is busy wait there instead of being dropped (a drop costs a QUIC
     /// loss recovery and a smaller congestion window).
     pub udp_receive_buffer: u32,
+    /// Most open connections from one address (IPv6: one /64 prefix).
+    pub max_connections_per_address: usize,
+    /// When new connections must prove their address with a Retry.
+    pub address_validation: AddressValidation,
+    /// Bytes in flight per connection ([`crate::budget`]).
+    pub connection_budget_bytes: usize,
+    /// How long a request frame may take to arrive (and to get budget).
+    pub request_read_timeout: Duration,
+    /// How long a reply may take to be written before its stream is reset.
+    pub response_write_timeout: Duration,
 }
 
 impl Default for QuicConfig {
@@ -793,6 +860,11 @@ impl Default for QuicConfig {
             receive_window: 1024 * 1024,
             send_window: 1024 * 1024,
             udp_receive_buffer: 4 * 1024 * 1024,
+            max_connections_per_address: 32,
+            address_validation: AddressValidation::UnderLoad,
+            connection_budget_bytes: 4 * 1024 * 1024,
+            request_read_timeout: Duration::from_secs(10),
+            response_write_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -913,6 +985,9 @@ impl Config {
         };
         config.drain_grace = Duration::ZERO;
         config.drain_timeout = Duration::from_secs(5);
+        // Every test client (and every simulated user of a local load test)
+        // connects from loopback.
+        config.quic.max_connections_per_address = config.quic.max_connections;
         config
     }
 
@@ -1515,6 +1590,47 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         pick(a.udp_receive_buffer, f.udp_receive_buffer, 4 * 1024 * 1024),
         4096,
     )?;
+    q.max_connections_per_address = at_least(
+        "max-connections-per-address",
+        pick(
+            a.max_connections_per_address,
+            f.max_connections_per_address,
+            32,
+        ),
+        1,
+    )? as usize;
+    q.address_validation = pick(
+        a.address_validation,
+        f.address_validation,
+        AddressValidation::UnderLoad,
+    );
+    q.connection_budget_bytes = at_least(
+        "connection-budget-bytes",
+        pick(
+            a.connection_budget_bytes,
+            f.connection_budget_bytes,
+            4 * 1024 * 1024,
+        ),
+        64 * 1024,
+    )?;
+    let read_ms = pick(a.request_read_timeout_ms, f.request_read_timeout_ms, 10_000);
+    q.request_read_timeout = Duration::from_millis(between(
+        "request-read-timeout-ms",
+        usize::try_from(read_ms).unwrap_or(usize::MAX),
+        100,
+        600_000,
+    )? as u64);
+    let write_ms = pick(
+        a.response_write_timeout_ms,
+        f.response_write_timeout_ms,
+        5_000,
+    );
+    q.response_write_timeout = Duration::from_millis(between(
+        "response-write-timeout-ms",
+        usize::try_from(write_ms).unwrap_or(usize::MAX),
+        100,
+        600_000,
+    )? as u64);
 
     // API.
     let api = &mut c.api;
@@ -1613,6 +1729,25 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     api.max_fetch_bytes = at_least(
         "max-fetch-bytes",
         pick(a.max_fetch_bytes, f.max_fetch_bytes, api.max_fetch_bytes),
+        1024,
+    )?;
+    api.max_stale_list_bytes = pick(
+        a.max_stale_list_bytes,
+        f.max_stale_list_bytes,
+        api.max_stale_list_bytes,
+    );
+    api.device_budget_bytes = at_least(
+        "device-budget-bytes",
+        pick(
+            a.device_budget_bytes,
+            f.device_budget_bytes,
+            api.device_budget_bytes,
+        ),
+        64 * 1024,
+    )?;
+    api.push_queue_bytes = at_least(
+        "push-queue-bytes",
+        pick(a.push_queue_bytes, f.push_queue_bytes, api.push_queue_bytes),
         1024,
     )?;
     api.max_fetch_wait = secs(
@@ -2473,6 +2608,8 @@ code_max_attempts = 7
 registration_lock_max_attempts = 4
 registration_lock_lockout_secs = 600
 wrong_codes_per_identifier_per_day = 9
+address_validation = "off"
+response_write_timeout_ms = 700
 rate_per_identifier = "6/h"
 rate_per_ip = 5
 storage = "memory"
@@ -2499,7 +2636,10 @@ tls_name = ["chat.example.net"]
         assert_eq!(c.api.registration_lock_max_attempts, 4);
         assert_eq!(c.api.registration_lock_lockout, Duration::from_secs(600));
         assert_eq!(c.api.wrong_codes_per_identifier_per_day, 9);
-        assert_eq!(c.api.max_fetch_bytes, 4 * 1024 * 1024, "default");
+        assert_eq!(c.api.max_fetch_bytes, 1024 * 1024, "default");
+        assert_eq!(c.quic.address_validation, AddressValidation::Off);
+        assert_eq!(c.quic.response_write_timeout, Duration::from_millis(700));
+        assert_eq!(c.quic.max_connections_per_address, 32, "default");
         assert!(
             (c.api.rate_limits.registrations_per_identifier.per_second - 6.0 / 3600.0).abs()
                 < 1e-12
@@ -2638,6 +2778,22 @@ tls_name = ["chat.example.net"]
             "2",
             "--discovery-burst-per-device",
             "3",
+            "--max-connections-per-address",
+            "4",
+            "--address-validation",
+            "always",
+            "--connection-budget-bytes",
+            "100000",
+            "--device-budget-bytes",
+            "200000",
+            "--request-read-timeout-ms",
+            "1500",
+            "--response-write-timeout-ms",
+            "2500",
+            "--push-queue-bytes",
+            "3000",
+            "--max-stale-list-bytes",
+            "4000",
         ])
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
@@ -2682,6 +2838,11 @@ tls_name = ["chat.example.net"]
                 receive_window: 8192,
                 send_window: 16384,
                 udp_receive_buffer: 65536,
+                max_connections_per_address: 4,
+                address_validation: AddressValidation::Always,
+                connection_budget_bytes: 100_000,
+                request_read_timeout: Duration::from_millis(1500),
+                response_write_timeout: Duration::from_millis(2500),
             }
         );
         let api = &c.api;
@@ -2696,6 +2857,9 @@ tls_name = ["chat.example.net"]
         assert_eq!(api.max_fetch_count, 4);
         assert_eq!(api.max_fetch_bytes, 5000);
         assert_eq!(api.max_fetch_wait, Duration::from_secs(6));
+        assert_eq!(api.device_budget_bytes, 200_000);
+        assert_eq!(api.push_queue_bytes, 3000);
+        assert_eq!(api.max_stale_list_bytes, 4000);
         assert_eq!(api.limits.max_payload_bytes, 7000);
         assert_eq!(api.limits.max_devices_per_box, 8);
         assert_eq!(api.limits.max_key_packages_per_device, 9);

@@ -220,7 +220,13 @@ impl Gateway {
             lifecycle: lifecycle.clone(),
             max_frame,
             max_connections: config.quic.max_connections,
-            read_timeout: config.quic.idle_timeout,
+            read_timeout: config.quic.request_read_timeout,
+            write_timeout: config.quic.response_write_timeout,
+            connection_budget: config.quic.connection_budget_bytes,
+            max_per_address: config.quic.max_connections_per_address,
+            address_validation: config.quic.address_validation,
+            per_address: std::sync::Mutex::default(),
+            handshaking: std::sync::atomic::AtomicUsize::new(0),
         });
         let accept_task = {
             let endpoint = endpoint.clone();

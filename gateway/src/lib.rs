@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod backup;
 pub mod blobstore;
+pub mod budget;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -40,6 +40,11 @@
 //! | `rossby_push_dropped_total` | counter | `queue` |
 //! | `rossby_push_duration_seconds` | histogram | `provider` |
 //! | `rossby_push_pending` | gauge | `provider` |
+//! | `rossby_bytes_in_flight` | gauge | `budget` |
+//! | `rossby_push_queue_bytes` | gauge | |
+//! | `rossby_connections_refused_total` | counter | `reason` |
+//! | `rossby_quic_retries_total` | counter | |
+//! | `rossby_streams_reset_total` | counter | `reason` |
 //!
 //! `docs/operations/metrics.md` describes each one for operators, and
 //! `tests/observability.rs` checks that it documents every metric exported here.
@@ -161,6 +166,25 @@ pub struct Metrics {
     pub pushes_total: IntCounter,
     /// `rossby_envelopes_enqueued_total`: envelopes stored into recipient queues.
     pub envelopes_enqueued_total: IntCounter,
+    /// `rossby_bytes_in_flight{budget}`: bytes reserved in the per-connection
+    /// (`connection`) and per-device (`device`) budgets: request bodies being
+    /// read, replies being built and replies not yet acknowledged.
+    pub bytes_in_flight: IntGaugeVec,
+    /// `rossby_push_queue_bytes`: bytes of push frames queued for subscribed
+    /// devices and not yet written.
+    pub push_queue_bytes: IntGauge,
+    /// `rossby_connections_refused_total{reason}`: connection attempts refused
+    /// (`limit`: the gateway's cap, `per_address`: the cap per address,
+    /// `draining`).
+    pub connections_refused_total: IntCounterVec,
+    /// `rossby_quic_retries_total`: connection attempts answered with a QUIC Retry
+    /// (address validation).
+    pub quic_retries_total: IntCounter,
+    /// `rossby_streams_reset_total{reason}`: request streams whose reply was
+    /// abandoned (`write_timeout`: the peer did not read it in time,
+    /// `ack_timeout`: it was written but not acknowledged in time, `budget`: no
+    /// budget came free for it in time).
+    pub streams_reset_total: IntCounterVec,
     /// `rossby_build_info{version}`: always 1; the label carries the gateway version.
     pub build_info: IntGaugeVec,
     /// `rossby_peer_notifications_total{result}`: gateway-to-gateway notifications,
@@ -383,6 +407,50 @@ impl Metrics {
                     "Envelopes stored into recipient queues.",
                 ),
             ),
+            bytes_in_flight: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "rossby_bytes_in_flight",
+                        "Bytes reserved in the connection and device budgets, by budget.",
+                    ),
+                    &["budget"],
+                ),
+            ),
+            push_queue_bytes: register(
+                r,
+                IntGauge::new(
+                    "rossby_push_queue_bytes",
+                    "Bytes of push frames queued for subscribed devices.",
+                ),
+            ),
+            connections_refused_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_connections_refused_total",
+                        "Connection attempts refused, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            quic_retries_total: register(
+                r,
+                IntCounter::new(
+                    "rossby_quic_retries_total",
+                    "Connection attempts answered with a QUIC Retry.",
+                ),
+            ),
+            streams_reset_total: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rossby_streams_reset_total",
+                        "Request streams whose reply was abandoned, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
             build_info: register(
                 r,
                 IntGaugeVec::new(
@@ -596,6 +664,17 @@ impl Metrics {
             }
         }
         metrics.push_dropped_total.with_label_values(&["scheduler"]);
+        for budget in ["connection", "device"] {
+            metrics.bytes_in_flight.with_label_values(&[budget]);
+        }
+        for reason in ["limit", "per_address", "draining"] {
+            metrics
+                .connections_refused_total
+                .with_label_values(&[reason]);
+        }
+        for reason in ["write_timeout", "ack_timeout", "budget"] {
+            metrics.streams_reset_total.with_label_values(&[reason]);
+        }
         for job in MAINTENANCE_JOBS {
             metrics.maintenance_lag_seconds.with_label_values(&[job]);
             metrics.maintenance_leases_held.with_label_values(&[job]);
@@ -1023,6 +1102,12 @@ mod tests {
             "rossby_verification_codes_sent_total 0",
             "rossby_pushes_total 0",
             "rossby_envelopes_enqueued_total 0",
+            "rossby_bytes_in_flight{budget=\"connection\"} 0",
+            "rossby_bytes_in_flight{budget=\"device\"} 0",
+            "rossby_push_queue_bytes 0",
+            "rossby_connections_refused_total{reason=\"per_address\"} 0",
+            "rossby_quic_retries_total 0",
+            "rossby_streams_reset_total{reason=\"write_timeout\"} 0",
             "rossby_build_info{version=\"",
             "rossby_peer_notifications_total{result=\"sent\"} 2",
             "rossby_maintenance_work_total{kind=\"envelopes\",task=\"expiry\"} 0",

@@ -1,11 +1,18 @@
 //! Who is online: an in-process registry of the devices subscribed to pushes on
 //! each connection, and of requests waiting for a box's next message.
 //!
-//! A subscription is a bounded channel of [`pb::Push`] frames; the task that owns
-//! the connection's push stream drains it. Pushes never block a sender: when a
-//! device's channel is full, a `MessagesAvailable` is dropped (the device fetches
+//! A subscription is a queue of encoded push frames ([`push_queue`]), bounded in
+//! entries and in bytes; the task that owns the connection's push stream drains
+//! it. A push is encoded once and its frame (`Bytes`) shared by every
+//! subscription it goes to, so an ephemeral message to a box costs its bytes once,
+//! not once per subscribed device. Pushes never block a sender: when a
+//! device's queue is full, a `MessagesAvailable` is dropped (the device fetches
 //! everything after its pointer anyway, and a later push or its next fetch catches
 //! up) and so is an ephemeral message (they are best effort by definition).
+//!
+//! A device has at most one live subscription on a gateway: the newest one (a
+//! Subscribe on another connection replaces the older, whose push stream ends).
+//! So a device cannot multiply the queued bytes by subscribing many times.
 //!
 //! Fetch waiters register a [`Waiter`] for their box; a commit into the box wakes
 //! them all. Entries disappear with the last waiter and subscriber of a box, and
@@ -17,20 +24,136 @@
 //! [`Presence::messages_available`] just like a local commit; without peers, or
 //! when a notification is lost, waiting fetches find it by polling storage.
 
+use bytes::Bytes;
 use rossby_keyspace::{BoxId, DeviceId};
-use rossby_protocol::pb;
+use rossby_protocol::{framing, pb};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, mpsc};
 
 /// Push frames buffered per subscription before new ones are dropped.
 pub const PUSH_QUEUE: usize = 64;
 
+/// The sending half of a subscription's queue (see [`push_queue`]).
+#[derive(Clone, Debug)]
+pub struct PushSender {
+    tx: mpsc::Sender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    gauge: Option<prometheus::IntGauge>,
+}
+
+/// The receiving half of a subscription's queue (see [`push_queue`]).
+#[derive(Debug)]
+pub struct PushReceiver {
+    rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    gauge: Option<prometheus::IntGauge>,
+}
+
+/// A queue of encoded push frames holding at most `entries` frames and
+/// `limit_bytes` bytes (one frame is always accepted into an empty queue, so a
+/// frame larger than the limit still goes out), adding its queued bytes to
+/// `gauge`.
+pub fn push_queue(
+    entries: usize,
+    limit_bytes: usize,
+    gauge: Option<prometheus::IntGauge>,
+) -> (PushSender, PushReceiver) {
+    let (tx, rx) = mpsc::channel(entries.max(1));
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        PushSender {
+            tx,
+            queued: queued.clone(),
+            limit: limit_bytes,
+            gauge: gauge.clone(),
+        },
+        PushReceiver { rx, queued, gauge },
+    )
+}
+
+fn gauge_add(gauge: Option<&prometheus::IntGauge>, bytes: usize, add: bool) {
+    if let Some(g) = gauge {
+        let v = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if add { g.add(v) } else { g.sub(v) }
+    }
+}
+
+impl PushSender {
+    /// Queues `frame` unless the queue is full (in entries or bytes) or closed.
+    pub fn try_send(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        let admitted = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q + len <= self.limit).then_some(q + len)
+            })
+            .is_ok();
+        if !admitted {
+            return false;
+        }
+        if self.tx.try_send(frame).is_err() {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        gauge_add(self.gauge.as_ref(), len, true);
+        true
+    }
+
+    /// Whether the receiving side is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl PushReceiver {
+    fn taken(&self, frame: &Bytes) {
+        self.queued.fetch_sub(frame.len(), Ordering::AcqRel);
+        gauge_add(self.gauge.as_ref(), frame.len(), false);
+    }
+
+    /// The next frame; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let frame = self.rx.recv().await?;
+        self.taken(&frame);
+        Some(frame)
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        let frame = self.rx.try_recv().ok()?;
+        self.taken(&frame);
+        Some(frame)
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for PushReceiver {
+    fn drop(&mut self) {
+        // Closed first, so nothing is queued after the drain below.
+        self.rx.close();
+        while let Ok(frame) = self.rx.try_recv() {
+            self.taken(&frame);
+        }
+    }
+}
+
+/// The wire frame of a push, encoded once for every queue it goes to.
+pub fn push_frame(push: &pb::Push) -> Bytes {
+    Bytes::from(framing::encode(push))
+}
+
 struct Subscriber {
     token: u64,
     conn_id: u64,
     device: DeviceId,
-    tx: mpsc::Sender<pb::Push>,
+    tx: PushSender,
 }
 
 #[derive(Default)]
@@ -102,22 +225,23 @@ impl Presence {
         })
     }
 
-    /// Registers a subscription, replacing one of the same device on the same
-    /// connection. Returns the subscription's token for [`Presence::unsubscribe`].
-    pub fn subscribe(
-        &self,
-        conn_id: u64,
-        box_id: BoxId,
-        device: DeviceId,
-        tx: mpsc::Sender<pb::Push>,
-    ) -> u64 {
+    /// Registers a subscription, replacing any other of the same device (on
+    /// this connection or another: a device has one live subscription, the
+    /// newest; the replaced one's queue closes, which ends its push stream).
+    /// Returns the subscription's token for [`Presence::unsubscribe`].
+    pub fn subscribe(&self, conn_id: u64, box_id: BoxId, device: DeviceId, tx: PushSender) -> u64 {
         let mut inner = self.lock();
         inner.next_token += 1;
         let token = inner.next_token;
         let entry = inner.boxes.entry(box_id).or_default();
-        entry
-            .subscribers
-            .retain(|s| !(s.conn_id == conn_id && s.device == device));
+        let mut replaced = Vec::new();
+        entry.subscribers.retain(|s| {
+            let same = s.device == device;
+            if same && s.conn_id != conn_id {
+                replaced.push(s.conn_id);
+            }
+            !same
+        });
         entry.subscribers.push(Subscriber {
             token,
             conn_id,
@@ -127,6 +251,9 @@ impl Presence {
         let list = inner.conns.entry(conn_id).or_default();
         if !list.contains(&box_id) {
             list.push(box_id);
+        }
+        for other in replaced {
+            inner.forget_conn_box(other, box_id);
         }
         token
     }
@@ -203,15 +330,18 @@ impl Presence {
             return 0;
         };
         entry.notify.notify_waiters();
-        let push = pb::Push {
+        if entry.subscribers.is_empty() {
+            return 0;
+        }
+        let frame = push_frame(&pb::Push {
             event: Some(pb::push::Event::Messages(pb::MessagesAvailable {
                 last_seq,
             })),
-        };
+        });
         entry
             .subscribers
             .iter()
-            .filter(|s| s.tx.try_send(push.clone()).is_ok())
+            .filter(|s| s.tx.try_send(frame.clone()))
             .count()
     }
 
@@ -227,19 +357,22 @@ impl Presence {
         let Some(entry) = inner.boxes.get(&box_id) else {
             return 0;
         };
-        let push = pb::Push {
+        if entry.subscribers.iter().all(|s| Some(s.device) == skip) {
+            return 0;
+        }
+        // One frame for all: each queue holds a reference, not a copy.
+        let frame = push_frame(&pb::Push {
             event: Some(pb::push::Event::Ephemeral(ephemeral.clone())),
-        };
+        });
         entry
             .subscribers
             .iter()
             .filter(|s| Some(s.device) != skip)
-            .filter(|s| s.tx.try_send(push.clone()).is_ok())
+            .filter(|s| s.tx.try_send(frame.clone()))
             .count()
     }
 
-    /// Subscribed devices of a box (a device subscribed on two connections counts
-    /// twice).
+    /// Subscribed devices of a box.
     pub fn online(&self, box_id: BoxId) -> usize {
         self.lock()
             .boxes
@@ -301,25 +434,38 @@ impl Drop for Waiter {
 }
 
 #[cfg(test)]
+impl PushReceiver {
+    /// The next push, decoded.
+    pub(crate) async fn recv_push(&mut self) -> Option<pb::Push> {
+        let frame = self.recv().await?;
+        framing::decode_one(&frame, usize::MAX, "push").ok()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use rossby_keyspace::RegionId;
     use std::time::Duration;
+
+    fn queue(entries: usize) -> (PushSender, PushReceiver) {
+        push_queue(entries, 1 << 20, None)
+    }
 
     #[tokio::test]
     async fn pushes_reach_subscribers_and_cleanup_is_complete() {
         let presence = Presence::new();
         let b = BoxId::new(RegionId(1));
         let (d1, d2) = (DeviceId::new(), DeviceId::new());
-        let (tx1, mut rx1) = mpsc::channel(PUSH_QUEUE);
-        let (tx2, mut rx2) = mpsc::channel(PUSH_QUEUE);
+        let (tx1, mut rx1) = queue(PUSH_QUEUE);
+        let (tx2, mut rx2) = queue(PUSH_QUEUE);
         let token = presence.subscribe(1, b, d1, tx1);
         presence.subscribe(2, b, d2, tx2);
         assert!(presence.is_subscribed(1, b, d1));
         assert!(!presence.is_subscribed(2, b, d1));
         assert_eq!(presence.messages_available(b, 7), 2);
         for rx in [&mut rx1, &mut rx2] {
-            let push = rx.recv().await.unwrap();
+            let push = rx.recv_push().await.unwrap();
             assert_eq!(
                 push.event,
                 Some(pb::push::Event::Messages(pb::MessagesAvailable {
@@ -334,16 +480,16 @@ mod tests {
         };
         assert_eq!(presence.ephemeral(b, Some(d1), &eph), 1);
         assert!(matches!(
-            rx2.recv().await.unwrap().event,
+            rx2.recv_push().await.unwrap().event,
             Some(pb::push::Event::Ephemeral(_))
         ));
-        assert!(rx1.try_recv().is_err());
+        assert!(rx1.try_recv().is_none());
 
         presence.connection_closed(2);
         assert_eq!(presence.online(b), 1);
         assert!(
             rx2.recv().await.is_none(),
-            "the channel closes with its last sender"
+            "the queue closes with its last sender"
         );
         presence.unsubscribe(1, b, token + 100);
         assert_eq!(presence.online(b), 1);
@@ -358,7 +504,7 @@ mod tests {
         let presence = Presence::new();
         let b = BoxId::new(RegionId(1));
         let (d1, d2) = (DeviceId::new(), DeviceId::new());
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue(1);
         presence.subscribe(1, b, d1, tx.clone());
         presence.subscribe(1, b, d2, tx.clone());
         presence.remove_device(b, d1);
@@ -373,10 +519,68 @@ mod tests {
     async fn a_full_channel_drops_pushes_instead_of_blocking() {
         let presence = Presence::new();
         let b = BoxId::new(RegionId(1));
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue(1);
         presence.subscribe(1, b, DeviceId::new(), tx);
         assert_eq!(presence.messages_available(b, 1), 1);
         assert_eq!(presence.messages_available(b, 2), 0);
+    }
+
+    #[tokio::test]
+    async fn queues_are_bounded_in_bytes_and_share_one_frame() {
+        let gauge = prometheus::IntGauge::new("q", "q").unwrap();
+        let presence = Presence::new();
+        let b = BoxId::new(RegionId(1));
+        let (d1, d2) = (DeviceId::new(), DeviceId::new());
+        let (tx1, mut rx1) = push_queue(PUSH_QUEUE, 10_000, Some(gauge.clone()));
+        let (tx2, rx2) = push_queue(PUSH_QUEUE, 10_000, Some(gauge.clone()));
+        presence.subscribe(1, b, d1, tx1);
+        presence.subscribe(2, b, d2, tx2);
+        let eph = pb::Ephemeral {
+            envelope: vec![7; 4000],
+            ..pb::Ephemeral::default()
+        };
+        assert_eq!(presence.ephemeral(b, None, &eph), 2);
+        assert_eq!(presence.ephemeral(b, None, &eph), 2);
+        // A third would pass the byte bound of each queue: dropped.
+        assert_eq!(presence.ephemeral(b, None, &eph), 0);
+        assert!(rx1.queued_bytes() <= 10_000 && rx2.queued_bytes() <= 10_000);
+        assert_eq!(
+            usize::try_from(gauge.get()).unwrap(),
+            rx1.queued_bytes() + rx2.queued_bytes()
+        );
+        // Both queues hold the same allocation.
+        let a = rx1.try_recv().unwrap();
+        let mut rx2 = rx2;
+        let c = rx2.try_recv().unwrap();
+        assert_eq!(a.as_ptr(), c.as_ptr());
+        drop((rx1, rx2));
+        assert_eq!(gauge.get(), 0, "dropped queues give their bytes back");
+    }
+
+    #[tokio::test]
+    async fn a_device_keeps_only_its_newest_subscription() {
+        let presence = Presence::new();
+        let b = BoxId::new(RegionId(1));
+        let d = DeviceId::new();
+        let mut old_rxs = Vec::new();
+        for conn in 1..=30 {
+            let (tx, rx) = queue(PUSH_QUEUE);
+            presence.subscribe(conn, b, d, tx);
+            old_rxs.push(rx);
+        }
+        assert_eq!(presence.online(b), 1);
+        assert!(presence.is_subscribed(30, b, d));
+        assert!(!presence.is_subscribed(1, b, d));
+        assert_eq!(
+            presence.lock().conns.len(),
+            1,
+            "replaced connections forgotten"
+        );
+        let newest = old_rxs.pop().unwrap();
+        for mut rx in old_rxs {
+            assert!(rx.recv().await.is_none(), "a replaced queue is closed");
+        }
+        drop(newest);
     }
 
     #[tokio::test]

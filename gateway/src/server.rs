@@ -11,8 +11,18 @@
 //! Concurrency per connection is bounded by QUIC itself: a client may have at most
 //! `max_streams_per_connection` request streams open, and a stream's credit only
 //! returns once its request has been answered.
+//!
+//! Memory per connection is bounded by its byte budget ([`crate::budget`]): a
+//! request's declared body is reserved before it is read, the reply's expected
+//! size before the handler runs, and the encoded reply until the peer
+//! acknowledged it. A reply the peer does not read within the write timeout is
+//! abandoned: its stream is reset and the reply dropped. Connections are capped
+//! per address, and new connections prove their address with a QUIC Retry when
+//! configured (always, or while many handshakes are in progress).
 
 use crate::api::Api;
+use crate::budget::{ByteBudget, ReplySlot, Reservation};
+use crate::config::AddressValidation;
 use crate::context::ConnContext;
 use crate::metrics::Metrics;
 use futures::FutureExt;
@@ -20,9 +30,11 @@ use rossby_protocol::framing::{self, LENGTH_PREFIX};
 use rossby_protocol::hawk::{EXPORTER_LABEL, EXPORTER_LEN, rpc_name};
 use rossby_protocol::pb::{Method, Request, Response, Status};
 use rossby_protocol::status::{error_response, status_of};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -36,6 +48,18 @@ pub const CLOSE_INTERNAL: u32 = 2;
 /// Application error code of `STOP_SENDING` on a request stream whose frame was too
 /// large: the gateway does not read the rest.
 pub const STOP_TOO_LARGE: u32 = 1;
+
+/// Application error code of `RESET_STREAM` on a request stream whose reply the
+/// gateway abandoned (not read or not acknowledged in time, or no budget for
+/// it): the request may or may not have taken effect; retry idempotently.
+pub const RESET_ABANDONED: u32 = 2;
+
+/// Handshakes in progress from which `under-load` address validation asks new
+/// connections for a Retry.
+pub const UNDER_LOAD_HANDSHAKES: usize = 64;
+
+/// When a request refused for want of connection budget may try again.
+const BUDGET_RETRY_AFTER_MS: u64 = 500;
 
 /// How long a finished response may wait for the peer's acknowledgement before
 /// its request stops counting as in flight (drain waits for in-flight requests).
@@ -150,6 +174,69 @@ pub(crate) struct Shared {
     pub max_connections: usize,
     /// How long a request may take to arrive once its stream is open.
     pub read_timeout: Duration,
+    /// How long a reply may take to be written before its stream is reset.
+    pub write_timeout: Duration,
+    /// Bytes in flight per connection.
+    pub connection_budget: usize,
+    /// Most open connections per address.
+    pub max_per_address: usize,
+    /// When to ask for a Retry.
+    pub address_validation: AddressValidation,
+    /// Connections per address key ([`crate::ratelimit::ip_key`]).
+    pub per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Handshakes in progress.
+    pub handshaking: AtomicUsize,
+}
+
+/// Holds one of an address's connection slots until dropped.
+struct AddressSlot {
+    shared: Arc<Shared>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Takes a connection slot of `ip`'s address key, if it has one free.
+    fn address_slot(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = crate::ratelimit::ip_key(ip);
+        let mut map = self
+            .per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(key).or_insert(0);
+        if *n >= self.max_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            shared: self.clone(),
+            key,
+        })
+    }
+}
+
+/// Decrements the handshakes-in-progress count when dropped.
+struct HandshakeGuard(Arc<Shared>);
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -180,21 +267,49 @@ pub fn status_label(status: Status) -> String {
 /// Accepts connections until the endpoint is closed.
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
+        let refused = &shared.metrics.connections_refused_total;
         if shared.lifecycle.is_refusing() {
             // Refusing (rather than ignoring) tells the client at once to try
             // another gateway instead of waiting for a handshake timeout.
+            refused.with_label_values(&["draining"]).inc();
             incoming.refuse();
+            continue;
+        }
+        // Before any per-address accounting: an unvalidated source address may
+        // be spoofed, and a Retry costs the gateway one small packet and no state.
+        let retry = match shared.address_validation {
+            AddressValidation::Always => true,
+            AddressValidation::UnderLoad => {
+                shared.handshaking.load(Ordering::Acquire) >= UNDER_LOAD_HANDSHAKES
+            }
+            AddressValidation::Off => false,
+        };
+        if retry && !incoming.remote_address_validated() && incoming.may_retry() {
+            shared.metrics.quic_retries_total.inc();
+            if let Err(err) = incoming.retry() {
+                tracing::debug!(error = %err, "retry not sent");
+            }
             continue;
         }
         if endpoint.open_connections() >= shared.max_connections {
             tracing::debug!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            refused.with_label_values(&["limit"]).inc();
             incoming.refuse();
             continue;
         }
+        let Some(slot) = shared.address_slot(incoming.remote_address().ip()) else {
+            tracing::debug!(remote = %incoming.remote_address(), "connections per address reached; refusing");
+            refused.with_label_values(&["per_address"]).inc();
+            incoming.refuse();
+            continue;
+        };
         let guard = shared.lifecycle.connections.enter();
+        shared.handshaking.fetch_add(1, Ordering::AcqRel);
+        let handshake = HandshakeGuard(shared.clone());
         let shared = shared.clone();
         tokio::spawn(async move {
-            serve_connection(shared, incoming).await;
+            serve_connection(shared, incoming, handshake).await;
+            drop(slot);
             drop(guard);
         });
     }
@@ -209,9 +324,15 @@ impl Drop for GaugeGuard {
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn serve_connection(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    handshake: HandshakeGuard,
+) {
     let remote = incoming.remote_address();
-    let connection = match incoming.await {
+    let connection = incoming.await;
+    drop(handshake);
+    let connection = match connection {
         Ok(connection) => connection,
         Err(err) => {
             tracing::debug!(%remote, error = %err, "handshake failed");
@@ -232,6 +353,15 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     });
     shared.metrics.open_connections.inc();
     let _gauge = GaugeGuard(shared.metrics.open_connections.clone());
+    let budget = ByteBudget::new(
+        shared.connection_budget,
+        Some(
+            shared
+                .metrics
+                .bytes_in_flight
+                .with_label_values(&["connection"]),
+        ),
+    );
     tracing::debug!(conn = ctx.id, %remote, "connection open");
     loop {
         match connection.accept_bi().await {
@@ -239,8 +369,9 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 let guard = shared.lifecycle.requests.enter();
                 let shared = shared.clone();
                 let ctx = ctx.clone();
+                let budget = budget.clone();
                 tokio::spawn(async move {
-                    handle_stream(&shared, &ctx, send, recv).await;
+                    handle_stream(&shared, &ctx, &budget, send, recv).await;
                     drop(guard);
                 });
             }
@@ -259,15 +390,42 @@ enum ReadFailure {
     Answer(Status, String),
     /// The stream or connection is gone; nothing can be answered.
     Gone(String),
+    /// The connection's budget had no room for the request in time.
+    Busy,
 }
 
-/// Reads one request frame, checking the declared length before reading the body.
+/// The answer to a request refused for want of budget.
+fn busy_response() -> Response {
+    Response {
+        retry_after_ms: BUDGET_RETRY_AFTER_MS,
+        ..error_response(
+            Status::RateLimited,
+            "too many bytes in flight on this connection; read the replies or wait",
+            now_ms(),
+        )
+    }
+}
+
+/// Reads one request frame, checking the declared length before reading the body
+/// and reserving it in the connection's budget, all before `deadline`. The
+/// reservation is returned with the request: the body stays in memory until the
+/// request has been handled.
 async fn read_request(
     recv: &mut quinn::RecvStream,
     max_frame: usize,
-) -> Result<Request, ReadFailure> {
+    budget: &Arc<ByteBudget>,
+    deadline: tokio::time::Instant,
+) -> Result<(Request, Reservation), ReadFailure> {
+    let late = || {
+        ReadFailure::Answer(
+            Status::BadRequest,
+            "the request frame did not arrive in time".into(),
+        )
+    };
     let mut prefix = [0u8; LENGTH_PREFIX];
-    read_exact(recv, &mut prefix).await?;
+    tokio::time::timeout_at(deadline, read_exact(recv, &mut prefix))
+        .await
+        .map_err(|_| late())??;
     let len = match framing::body_len(prefix, max_frame) {
         Ok(len) => len,
         Err(_) => {
@@ -280,7 +438,13 @@ async fn read_request(
             ));
         }
     };
-    let body = read_body(recv, len).await?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let Some(reservation) = budget.reserve(len, left).await else {
+        return Err(ReadFailure::Busy);
+    };
+    let body = tokio::time::timeout_at(deadline, read_body(recv, len))
+        .await
+        .map_err(|_| late())??;
     // One frame per stream. If the peer already sent more (or its FIN), say so
     // now; if nothing further has arrived yet, do not wait for the FIN, which
     // would add latency for clients that send it separately.
@@ -293,6 +457,7 @@ async fn read_request(
         ));
     }
     framing::decode_body::<Request>(&body, "request")
+        .map(|request| (request, reservation))
         .map_err(|e| ReadFailure::Answer(Status::BadRequest, e.to_string()))
 }
 
@@ -336,70 +501,123 @@ async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), 
 async fn handle_stream(
     shared: &Arc<Shared>,
     ctx: &Arc<ConnContext>,
+    budget: &Arc<ByteBudget>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let started = Instant::now();
-    let read = tokio::time::timeout(
-        shared.read_timeout,
-        read_request(&mut recv, shared.max_frame),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(ReadFailure::Answer(
-            Status::BadRequest,
-            "the request frame did not arrive in time".into(),
-        ))
-    });
+    let read_deadline = tokio::time::Instant::now() + shared.read_timeout;
+    let read = read_request(&mut recv, shared.max_frame, budget, read_deadline).await;
+    let slot;
+    let mut held: Option<Reservation> = None;
     let (method, response) = match read {
-        Ok(request) => {
+        Ok((request, mut reservation)) => {
             let method = request.method;
+            slot = ReplySlot::new(shared.api.reply_estimate(&request));
+            // The body stays until the handler is done, and the reply's expected
+            // size is reserved before it is built.
+            let wanted = reservation.bytes().saturating_add(slot.estimate());
+            let left = read_deadline.saturating_duration_since(tokio::time::Instant::now());
             let response = if shared.lifecycle.is_refusing() {
                 error_response(
                     Status::Draining,
                     "gateway shutting down; reconnect and retry",
                     now_ms(),
                 )
+            } else if !reservation.resize(wanted, left).await {
+                busy_response()
             } else {
                 // A fetch only reads, so abandoning one (typically waiting for
                 // messages) loses nothing; other requests finish what they began.
                 let cancel_on_drain = request.method == Method::Fetch as i32;
-                call_api(shared, ctx, request, cancel_on_drain).await
+                call_api(shared, ctx, request, &slot, cancel_on_drain).await
             };
+            held = Some(reservation);
             (method, response)
         }
         Err(ReadFailure::Answer(status, message)) => {
             tracing::debug!(conn = ctx.id, ?status, %message, "bad request frame");
+            slot = ReplySlot::default();
             (
                 Method::Unspecified as i32,
                 error_response(status, message, now_ms()),
             )
+        }
+        Err(ReadFailure::Busy) => {
+            slot = ReplySlot::default();
+            (Method::Unspecified as i32, busy_response())
         }
         Err(ReadFailure::Gone(reason)) => {
             tracing::debug!(conn = ctx.id, %reason, "request stream lost");
             return;
         }
     };
+    let device_held = slot.take();
     let status = status_of(&response);
-    // Handed to quinn as is: no copy into its send buffer, and nothing left here
-    // while the acknowledgement is awaited.
+    // Handed to quinn as is: no copy into its send buffer, and the reply struct
+    // is gone before the write starts.
     let frame = bytes::Bytes::from(framing::encode(&response));
     drop(response);
-    let written = match send.write_chunk(frame).await {
-        Ok(()) => send.finish().map_err(|e| e.to_string()),
-        Err(err) => Err(err.to_string()),
+    // From here the reservation covers the encoded reply only.
+    let covered = match held.as_mut() {
+        Some(reservation) => reservation.resize(frame.len(), shared.write_timeout).await,
+        None => match budget.reserve(frame.len(), shared.write_timeout).await {
+            Some(reservation) => {
+                held = Some(reservation);
+                true
+            }
+            None => false,
+        },
     };
+    if !covered {
+        shared
+            .metrics
+            .observe_rpc(method, status, started.elapsed());
+        abandon(shared, ctx, &mut send, "budget");
+        return;
+    }
+    let write = async {
+        send.write_chunk(frame).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())
+    };
+    let written = tokio::time::timeout(shared.write_timeout, write).await;
     shared
         .metrics
         .observe_rpc(method, status, started.elapsed());
     match written {
-        // Keep counting the request as in flight until the peer has the response,
-        // so a draining gateway does not close the connection under it.
-        Ok(()) => {
-            let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+        // Keep counting the request (and its bytes) as in flight until the peer
+        // has the response, so a draining gateway does not close the connection
+        // under it; a reply still unacknowledged then is given up, so that quinn
+        // lets go of its bytes.
+        Ok(Ok(())) => {
+            if tokio::time::timeout(ACK_WAIT, send.stopped())
+                .await
+                .is_err()
+            {
+                abandon(shared, ctx, &mut send, "ack_timeout");
+            }
         }
-        Err(reason) => tracing::debug!(conn = ctx.id, %reason, "response not delivered"),
+        Ok(Err(reason)) => tracing::debug!(conn = ctx.id, %reason, "response not delivered"),
+        Err(_) => abandon(shared, ctx, &mut send, "write_timeout"),
     }
+    drop(held);
+    drop(device_held);
+}
+
+/// Resets a request stream whose reply is given up, so that neither the gateway
+/// nor quinn keeps its bytes.
+fn abandon(shared: &Shared, ctx: &ConnContext, send: &mut quinn::SendStream, reason: &str) {
+    tracing::debug!(
+        conn = ctx.id,
+        reason,
+        "reply abandoned; resetting the stream"
+    );
+    shared
+        .metrics
+        .streams_reset_total
+        .with_label_values(&[reason])
+        .inc();
+    let _ = send.reset(RESET_ABANDONED.into());
 }
 
 /// Runs the API handler, catching a panic in it (a bug) so that it is answered
@@ -412,9 +630,14 @@ async fn call_api(
     shared: &Arc<Shared>,
     ctx: &Arc<ConnContext>,
     request: Request,
+    slot: &ReplySlot,
     cancel_on_drain: bool,
 ) -> Response {
-    let handled = AssertUnwindSafe(shared.api.handle(ctx, request)).catch_unwind();
+    let origin = crate::api::Origin {
+        reply: Some(slot),
+        ..crate::api::Origin::from(ctx.as_ref())
+    };
+    let handled = AssertUnwindSafe(shared.api.handle_from(&origin, request)).catch_unwind();
     let outcome = if cancel_on_drain {
         tokio::select! {
             outcome = handled => outcome,

@@ -139,6 +139,13 @@ pub struct ApiSettings {
     pub max_fetch_bytes: usize,
     /// Longest wait a Fetch may ask for.
     pub max_fetch_wait: Duration,
+    /// Bytes of current device lists one Send reply carries for recipients
+    /// whose list was stale; the rest get the version only (and look it up).
+    pub max_stale_list_bytes: usize,
+    /// Bytes of replies in flight per device, over all its connections.
+    pub device_budget_bytes: usize,
+    /// Bytes of push frames queued per subscription.
+    pub push_queue_bytes: usize,
     /// Rate limits.
     pub rate_limits: RateLimits,
     /// Attachment limits (sizes, quota, parts, lifetimes).
@@ -172,8 +179,11 @@ impl ApiSettings {
             max_recipients_per_send: 256,
             max_frame_bytes: rossby_protocol::framing::DEFAULT_MAX_FRAME,
             max_fetch_count: 500,
-            max_fetch_bytes: 4 * 1024 * 1024,
+            max_fetch_bytes: 1024 * 1024,
             max_fetch_wait: Duration::from_secs(60),
+            max_stale_list_bytes: 64 * 1024,
+            device_budget_bytes: 8 * 1024 * 1024,
+            push_queue_bytes: 1024 * 1024,
             rate_limits: RateLimits::default(),
             attachments: rossby_storage::tables::blobs::BlobLimits::default(),
             topology: None,

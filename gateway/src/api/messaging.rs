@@ -34,7 +34,9 @@
 //! # Subscribe
 //! Opens one server-initiated unidirectional stream on the connection for the
 //! calling device (a second Subscribe of the device on the same connection is a
-//! no-op) and writes length-prefixed `pb::Push` frames on it: first a
+//! no-op; one on another connection replaces this one, whose stream then ends:
+//! a device has one live subscription per gateway) and writes length-prefixed
+//! `pb::Push` frames on it, from a queue bounded in frames and bytes: first a
 //! `MessagesAvailable` with the box's current last sequence number, then one per
 //! commit into the box and one per ephemeral message. The stream ends when the
 //! connection closes or the device is removed. With peers on, the subscription
@@ -48,9 +50,8 @@ use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::peer::leases::LeaseGuard;
 use crate::peer::ownership::Owner;
-use crate::presence::{PUSH_QUEUE, Presence};
+use crate::presence::{PUSH_QUEUE, Presence, PushReceiver, push_frame, push_queue};
 use rossby_keyspace::{BoxId, DeviceId, MessageId};
-use rossby_protocol::framing;
 use rossby_protocol::pb::{self, Status};
 use rossby_storage::tables::contacts::{self, Relationship};
 use rossby_storage::tables::queue::{
@@ -63,7 +64,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 /// How often a waiting fetch re-reads storage (for messages committed through
@@ -742,11 +743,16 @@ fn validate_send(
     Ok((message_id, targets, req.ephemeral))
 }
 
-/// The per-recipient result of a failure; stale lists are read fresh.
+/// The per-recipient result of a failure; stale lists are read fresh. A list
+/// goes into the reply whole while `list_budget` (bytes, spent by each list
+/// included) allows, else with its box and version only: so a reply stays
+/// small however many recipients are stale, and the client looks those lists
+/// up (an empty list is how it knows to).
 pub(super) async fn failed_result(
     shared: &Shared,
     box_id: BoxId,
     failure: Failure,
+    list_budget: &mut usize,
 ) -> pb::SendResult {
     let mut result = pb::SendResult {
         box_id: box_id.as_bytes().to_vec(),
@@ -755,7 +761,15 @@ pub(super) async fn failed_result(
     };
     if failure.status == Status::StaleDevices {
         match device_list(shared, box_id).await {
-            Ok(list) => result.current = Some(list),
+            Ok(mut list) => {
+                let size = prost::Message::encoded_len(&list);
+                if size <= *list_budget {
+                    *list_budget -= size;
+                } else {
+                    list.devices = Vec::new();
+                }
+                result.current = Some(list);
+            }
             Err(err) => result.status = err.status as i32,
         }
     }
@@ -796,6 +810,7 @@ pub(crate) async fn send(
         })
         .collect();
     let mut results = Vec::with_capacity(receivers.len());
+    let mut list_budget = shared.settings.max_stale_list_bytes;
     for (box_id, rx) in receivers {
         let outcome = rx
             .await
@@ -807,7 +822,7 @@ pub(crate) async fn send(
                 seq: enqueued.seq,
                 current: None,
             },
-            Err(failure) => failed_result(shared, box_id, failure).await,
+            Err(failure) => failed_result(shared, box_id, failure, &mut list_budget).await,
         });
     }
     Ok(pb::SendResponse { results })
@@ -857,6 +872,7 @@ async fn send_ephemeral(
     targets: Vec<Target>,
 ) -> Result<pb::SendResponse, Failure> {
     let mut results = Vec::with_capacity(targets.len());
+    let mut list_budget = shared.settings.max_stale_list_bytes;
     for t in targets {
         match ephemeral_check(shared, t.box_id, caller.box_id, t.device_list_version).await {
             Ok(()) => {
@@ -876,7 +892,9 @@ async fn send_ephemeral(
                     ..pb::SendResult::default()
                 });
             }
-            Err(failure) => results.push(failed_result(shared, t.box_id, failure).await),
+            Err(failure) => {
+                results.push(failed_result(shared, t.box_id, failure, &mut list_budget).await);
+            }
         }
     }
     Ok(pb::SendResponse { results })
@@ -1015,13 +1033,17 @@ pub(crate) async fn subscribe(
             return Err(Failure::unavailable("could not open the push stream"));
         }
     };
-    let (tx, rx) = mpsc::channel(PUSH_QUEUE);
-    let first = pb::Push {
+    let (tx, rx) = push_queue(
+        PUSH_QUEUE,
+        shared.settings.push_queue_bytes,
+        Some(shared.metrics.push_queue_bytes.clone()),
+    );
+    let first = push_frame(&pb::Push {
         event: Some(pb::push::Event::Messages(pb::MessagesAvailable {
             last_seq: head.last_seq,
         })),
-    };
-    // The channel is new and empty, so this cannot fail.
+    });
+    // The queue is new and empty, so this cannot fail.
     let _ = tx.try_send(first);
     let token = presence.subscribe(origin.conn_id, box_id, device, tx);
     tokio::spawn(push_task(PushTask {
@@ -1040,7 +1062,7 @@ pub(crate) async fn subscribe(
 
 struct PushTask {
     stream: quinn::SendStream,
-    rx: mpsc::Receiver<pb::Push>,
+    rx: PushReceiver,
     connection: quinn::Connection,
     presence: Presence,
     metrics: Arc<Metrics>,
@@ -1058,13 +1080,9 @@ async fn push_task(mut task: PushTask) {
             push = task.rx.recv() => push,
             _ = task.connection.closed() => None,
         };
-        let Some(push) = push else { break };
-        if task
-            .stream
-            .write_all(&framing::encode(&push))
-            .await
-            .is_err()
-        {
+        let Some(frame) = push else { break };
+        // The shared frame itself goes to quinn: no copy per subscription.
+        if task.stream.write_chunk(frame).await.is_err() {
             break;
         }
         task.metrics.pushes_total.inc();
@@ -1211,6 +1229,55 @@ mod tests {
             assert_eq!(status_of(&resp), status, "{}", resp.message);
         }
         assert!(env.fetch(&bob, 0).await.envelopes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stale_lists_in_a_reply_are_capped_in_bytes() {
+        let env = TestEnv::with(TestSettings {
+            max_stale_list_bytes: 6000,
+            ..TestSettings::default()
+        });
+        let bob = env.register("bob@example.com").await;
+        let mut recipients = Vec::new();
+        for i in 0..4 {
+            let name = format!("user{i}@example.com");
+            let user = env.register(&name).await;
+            let version = env.device_list_version(&bob, &name).await;
+            env.link(&user, "laptop").await;
+            recipients.push(pb::Recipient {
+                box_id: user.box_id.as_bytes().to_vec(),
+                device_list_version: version,
+                envelope: b"x".to_vec(),
+            });
+        }
+        let req = pb::SendRequest {
+            message_id: MessageId::new().as_bytes().to_vec(),
+            recipients,
+            ephemeral: false,
+            attachments: Vec::new(),
+            wake: pb::Wake::High as i32,
+        };
+        let resp = env.call_as(&bob, 1, Method::Send, &req).await;
+        let sent: pb::SendResponse = TestEnv::body(&resp);
+        assert_eq!(sent.results.len(), 4);
+        let mut full = 0;
+        let mut listed_bytes = 0;
+        for r in &sent.results {
+            assert_eq!(r.status, Status::StaleDevices as i32);
+            let current = r.current.as_ref().unwrap();
+            assert_eq!(current.box_id, r.box_id);
+            assert!(current.version > 0);
+            if current.devices.is_empty() {
+                continue;
+            }
+            assert_eq!(current.devices.len(), 2);
+            full += 1;
+            listed_bytes += prost::Message::encoded_len(current);
+        }
+        // Two devices' key bundles take a few KiB: the first list fits, the
+        // others come with their version only (the client looks them up).
+        assert!((1..4).contains(&full), "{full} full lists");
+        assert!(listed_bytes <= 6000, "{listed_bytes}");
     }
 
     #[tokio::test]

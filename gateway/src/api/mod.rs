@@ -75,6 +75,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// its [`Api`](crate::error::Error::Api) variant.
 pub type ApiError = crate::error::Error;
 
+/// Bytes reserved for a reply whose size is not bounded by a request field (a
+/// reply that turns out larger waits for the difference once encoded).
+pub const SMALL_REPLY_BYTES: usize = 4 * 1024;
+
+/// Bytes of a fetched envelope's fields besides its payload (ids, sequence
+/// number, timestamp, tags), for a Fetch reply's estimate.
+pub const ENVELOPE_FIELD_BYTES: usize = 96;
+
+/// When a request refused for want of device budget may try again.
+const BUDGET_RETRY_AFTER: Duration = Duration::from_millis(500);
+
 /// Longest device label accepted, in bytes.
 pub const MAX_LABEL_BYTES: usize = 128;
 
@@ -102,6 +113,8 @@ pub(crate) struct Shared {
     pub(crate) blobs: std::sync::OnceLock<crate::blobstore::BlobStore>,
     /// The sender certificate keys of the server secrets ([`sealed`]).
     pub(crate) certificate_keys: sealed::CertificateKeys,
+    /// Bytes of replies in flight per device ([`crate::budget`]).
+    pub(crate) device_budgets: crate::budget::DeviceBudgets,
 }
 
 /// Where a request came from: [`ConnContext`] without the requirement of a QUIC
@@ -117,6 +130,9 @@ pub struct Origin<'a> {
     pub exporter: &'a [u8; EXPORTER_LEN],
     /// The connection, for push streams.
     pub connection: Option<&'a quinn::Connection>,
+    /// Where an authenticated request's claim on its device's budget goes, to be
+    /// held until its reply is written; `None`: no device budget is charged.
+    pub reply: Option<&'a crate::budget::ReplySlot>,
 }
 
 impl<'a> From<&'a ConnContext> for Origin<'a> {
@@ -126,6 +142,7 @@ impl<'a> From<&'a ConnContext> for Origin<'a> {
             remote: ctx.remote,
             exporter: &ctx.exporter,
             connection: Some(&ctx.connection),
+            reply: None,
         }
     }
 }
@@ -192,8 +209,13 @@ impl Api {
             presence.clone(),
             metrics.clone(),
         ));
+        let device_budgets = crate::budget::DeviceBudgets::new(
+            settings.device_budget_bytes,
+            Some(metrics.bytes_in_flight.with_label_values(&["device"])),
+        );
         Ok(Api {
             shared: Arc::new(Shared {
+                device_budgets,
                 limits: RateLimiter::new(&settings.rate_limits),
                 settings,
                 store,
@@ -207,6 +229,32 @@ impl Api {
                 certificate_keys,
             }),
         })
+    }
+
+    /// The bytes a reply to `request` may take, reserved in the connection's and
+    /// the device's budgets before it is handled: a Fetch's byte bound plus the
+    /// envelopes' fields, a DownloadPart's frame limit, otherwise
+    /// [`SMALL_REPLY_BYTES`] (a reply that turns out larger waits for the
+    /// difference once encoded).
+    pub fn reply_estimate(&self, request: &pb::Request) -> usize {
+        let settings = &self.shared.settings;
+        match Method::try_from(request.method) {
+            Ok(Method::Fetch) => {
+                let asked = pb::FetchRequest::decode(request.body.as_slice())
+                    .map(|r| (r.max_bytes, r.max_count))
+                    .unwrap_or((0, 0));
+                let bound = |asked: u32, max: usize| match asked {
+                    0 => max,
+                    n => usize::try_from(n).unwrap_or(usize::MAX).min(max),
+                };
+                let count = bound(asked.1, settings.max_fetch_count);
+                bound(asked.0, settings.max_fetch_bytes)
+                    .saturating_add(count.saturating_mul(ENVELOPE_FIELD_BYTES))
+                    .saturating_add(SMALL_REPLY_BYTES)
+            }
+            Ok(Method::DownloadPart) => settings.max_frame_bytes,
+            _ => SMALL_REPLY_BYTES,
+        }
     }
 
     /// Answers one request that arrived on a QUIC connection. Never panics; always
@@ -379,6 +427,23 @@ impl Shared {
                         Failure::rate_limited(limited, "too many requests from this device");
                     return (Err(failure), hints);
                 }
+                if let Some(slot) = origin.reply {
+                    let Some(held) = self.device_budgets.try_reserve(
+                        caller.box_id,
+                        caller.device_id,
+                        slot.estimate(),
+                    ) else {
+                        let failure = Failure {
+                            retry_after: Some(BUDGET_RETRY_AFTER),
+                            ..Failure::new(
+                                Status::RateLimited,
+                                "too many reply bytes in flight for this device; read the replies or wait",
+                            )
+                        };
+                        return (Err(failure), hints);
+                    };
+                    slot.put(held);
+                }
                 if let Some(result) = self.forward_to_owner(method, &caller, body).await {
                     return (result, hints);
                 }
@@ -525,6 +590,7 @@ impl Shared {
                 remote: SocketAddr::from(([0, 0, 0, 0], 0)),
                 exporter: &exporter,
                 connection: None,
+                reply: None,
             };
             self.authenticated(&origin, method, &caller, &call.body)
                 .await
@@ -1298,6 +1364,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replies_in_flight_are_bounded_per_device() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let limit = env.shared().settings.device_budget_bytes;
+        // Fetch replies are estimated at their byte bound.
+        let fetch = TestEnv::signed_request(
+            &alice,
+            1,
+            Method::Fetch,
+            pb::FetchRequest::default().encode_to_vec(),
+            SystemTime::now(),
+            &TestEnv::fresh_nonce(),
+        );
+        let estimate = env.api.reply_estimate(&fetch);
+        assert!(estimate > env.shared().settings.max_fetch_bytes);
+        let exporter = TestEnv::exporter(1);
+        let call = async |estimate: usize| {
+            let slot = crate::budget::ReplySlot::new(estimate);
+            let origin = Origin {
+                conn_id: 1,
+                remote: SocketAddr::from(([127, 0, 0, 2], 40_000)),
+                exporter: &exporter,
+                connection: None,
+                reply: Some(&slot),
+            };
+            let request = TestEnv::signed_request(
+                &alice,
+                1,
+                Method::Fetch,
+                pb::FetchRequest::default().encode_to_vec(),
+                SystemTime::now(),
+                &TestEnv::fresh_nonce(),
+            );
+            let response = env.api.handle_from(&origin, request).await;
+            (response, slot.take())
+        };
+        // Replies held (not yet acknowledged) use up the device's budget.
+        let mut held = Vec::new();
+        while held.len() * estimate + estimate <= limit {
+            let (response, reservation) = call(estimate).await;
+            assert_eq!(status_of(&response), Status::Ok, "{}", response.message);
+            held.push(reservation.expect("a reservation"));
+        }
+        let used = env
+            .shared()
+            .metrics
+            .bytes_in_flight
+            .with_label_values(&["device"]);
+        assert_eq!(usize::try_from(used.get()).unwrap(), held.len() * estimate);
+        let (response, reservation) = call(estimate).await;
+        assert_eq!(status_of(&response), Status::RateLimited);
+        assert!(response.retry_after_ms > 0);
+        assert!(reservation.is_none());
+        // Acknowledged replies give it back.
+        held.clear();
+        assert_eq!(used.get(), 0);
+        let (response, _) = call(estimate).await;
+        assert_eq!(status_of(&response), Status::Ok);
+    }
+
+    #[tokio::test]
     async fn handling_is_send() {
         fn assert_send<T: Send>(_: &T) {}
         let env = TestEnv::new();
@@ -1307,6 +1434,7 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 1)),
             exporter: &exporter,
             connection: None,
+            reply: None,
         };
         let fut = env.api.handle_from(&origin, pb::Request::default());
         assert_send(&fut);

@@ -152,7 +152,10 @@ pub(crate) async fn sealed_send(
             seq: enqueued.seq,
             current: None,
         },
-        Err(failure) => super::messaging::failed_result(shared, box_id, failure).await,
+        Err(failure) => {
+            let mut list_budget = shared.settings.max_stale_list_bytes;
+            super::messaging::failed_result(shared, box_id, failure, &mut list_budget).await
+        }
     };
     Ok(pb::SealedSendResponse {
         result: Some(result),

@@ -30,6 +30,8 @@ pub(crate) struct TestSettings {
     pub hawk_skew: Duration,
     pub max_recipients: usize,
     pub max_fetch_count: usize,
+    /// Bytes of current device lists one Send reply carries.
+    pub max_stale_list_bytes: usize,
     /// `(per_second, burst)`; `None` is unlimited.
     pub per_device: Option<(f64, f64)>,
     pub per_ip: Option<(f64, f64)>,
@@ -52,6 +54,7 @@ impl Default for TestSettings {
             hawk_skew: Duration::from_secs(120),
             max_recipients: 16,
             max_fetch_count: 500,
+            max_stale_list_bytes: 64 * 1024,
             per_device: None,
             per_ip: None,
             registrations: None,
@@ -139,6 +142,7 @@ impl TestEnv {
         settings.hawk_skew = t.hawk_skew;
         settings.max_recipients_per_send = t.max_recipients;
         settings.max_fetch_count = t.max_fetch_count;
+        settings.max_stale_list_bytes = t.max_stale_list_bytes;
         settings.rate_limits = RateLimits {
             per_device: rate(t.per_device),
             per_ip: rate(t.per_ip),
@@ -235,6 +239,7 @@ impl TestEnv {
             remote,
             exporter: &exporter,
             connection: None,
+            reply: None,
         };
         self.api.handle_from(&origin, request).await
     }

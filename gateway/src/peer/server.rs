@@ -211,7 +211,6 @@ fn ephemeral_target(message: &pb::PeerEphemeral) -> Option<(BoxId, Option<Device
 mod tests {
     use super::*;
     use rossby_keyspace::RegionId;
-    use tokio::sync::mpsc;
 
     fn frame(boxes: &[BoxId], seqs: &[u64]) -> Vec<u8> {
         framing::encode(&pb::PeerNotify {
@@ -227,11 +226,11 @@ mod tests {
         let presence = Presence::new();
         let metrics = Metrics::new();
         let (b, other) = (BoxId::new(RegionId(2)), BoxId::new(RegionId(3)));
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::presence::push_queue(8, 1 << 20, None);
         presence.subscribe(1, b, DeviceId::new(), tx);
         assert_eq!(apply(&frame(&[b, other], &[7, 1]), &presence, &metrics), 2);
         assert_eq!(
-            rx.recv().await.unwrap().event,
+            rx.recv_push().await.unwrap().event,
             Some(pb::push::Event::Messages(pb::MessagesAvailable {
                 last_seq: 7
             }))
@@ -258,7 +257,7 @@ mod tests {
         bad_box.last_seq = vec![1; MAX_BOXES_PER_NOTIFY + 1];
         assert_eq!(apply(&framing::encode(&bad_box), &presence, &metrics), 0);
         assert_eq!(count("rejected"), 5);
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
     }
 
     #[tokio::test]
@@ -270,8 +269,8 @@ mod tests {
             rossby_keyspace::DeviceId::new(),
             rossby_keyspace::DeviceId::new(),
         );
-        let (tx_sender, mut rx_sender) = mpsc::channel(8);
-        let (tx_other, mut rx_other) = mpsc::channel(8);
+        let (tx_sender, mut rx_sender) = crate::presence::push_queue(8, 1 << 20, None);
+        let (tx_other, mut rx_other) = crate::presence::push_queue(8, 1 << 20, None);
         presence.subscribe(1, b, sender, tx_sender);
         presence.subscribe(2, b, other, tx_other);
         let push = pb::Ephemeral {
@@ -292,11 +291,11 @@ mod tests {
         };
         assert_eq!(apply(&notify(vec![good.clone()]), &presence, &metrics), 1);
         assert_eq!(
-            rx_other.recv().await.unwrap().event,
+            rx_other.recv_push().await.unwrap().event,
             Some(pb::push::Event::Ephemeral(push))
         );
         assert!(
-            rx_sender.try_recv().is_err(),
+            rx_sender.try_recv().is_none(),
             "the sending device is skipped"
         );
 
@@ -331,6 +330,6 @@ mod tests {
         };
         assert_eq!(count("received"), 1);
         assert_eq!(count("rejected"), 4);
-        assert!(rx_other.try_recv().is_err());
+        assert!(rx_other.try_recv().is_none());
     }
 }

@@ -220,26 +220,47 @@ pub struct RawConn {
 impl RawConn {
     /// Connects to `gateway`, trusting exactly its certificate.
     pub async fn connect(gateway: &Gateway) -> RawConn {
+        RawConn::try_connect_with(gateway, None)
+            .await
+            .expect("handshake")
+    }
+
+    /// Connects with the client transport settings `transport` (for example
+    /// small receive windows: a client that does not read).
+    pub async fn connect_with(gateway: &Gateway, transport: quinn::TransportConfig) -> RawConn {
+        RawConn::try_connect_with(gateway, Some(transport))
+            .await
+            .expect("handshake")
+    }
+
+    /// Connects, returning the handshake's error if the gateway refuses.
+    pub async fn try_connect_with(
+        gateway: &Gateway,
+        transport: Option<quinn::TransportConfig>,
+    ) -> Result<RawConn, quinn::ConnectionError> {
         let mut endpoint =
             quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("UDP socket");
-        endpoint.set_default_client_config(gateway.client_config().expect("client config"));
+        let mut config = gateway.client_config().expect("client config");
+        if let Some(transport) = transport {
+            config.transport_config(std::sync::Arc::new(transport));
+        }
+        endpoint.set_default_client_config(config);
         let conn = bounded(
             "QUIC handshake",
             endpoint
                 .connect(gateway.quic_addr(), "localhost")
                 .expect("connect"),
         )
-        .await
-        .expect("handshake");
+        .await?;
         let mut exporter = [0u8; EXPORTER_LEN];
         conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
             .expect("TLS exporter");
-        RawConn {
+        Ok(RawConn {
             endpoint,
             conn,
             exporter,
             service: ServiceName::default(),
-        }
+        })
     }
 
     /// Writes `frame` on a new stream (tolerating the gateway refusing to read
