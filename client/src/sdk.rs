@@ -1382,6 +1382,41 @@ impl Client {
         self.mark_blocked(&request, false).await
     }
 
+    /// Takes a user (identifier or box id) off this account's contacts: with
+    /// `contacts_only` on, they can no longer message it (RequestKey with
+    /// `add_contact` makes them one again). The sealed-sender access secret,
+    /// which they may hold, is replaced. The local entry is forgotten unless
+    /// the user is blocked (the block stays).
+    pub async fn remove_contact(&self, who: &str) -> Result<()> {
+        let box_raw = match uuid::Uuid::parse_str(who.trim()) {
+            Ok(uuid) => *uuid.as_bytes(),
+            Err(_) => {
+                let identifier = normalize(who)?;
+                let store = self.store.lock().await;
+                let found = store
+                    .state
+                    .contacts
+                    .iter()
+                    .find(|c| c.identifier == identifier)
+                    .and_then(|c| <[u8; 16]>::try_from(c.box_id.as_slice()).ok());
+                found.ok_or_else(|| Error::UnknownRecipient(identifier.clone()))?
+            }
+        };
+        let request = pb::RemoveContactRequest {
+            box_id: box_raw.to_vec(),
+        };
+        let _: pb::RemoveContactResponse = self.rpc(Method::RemoveContact, &request).await?;
+        {
+            let mut store = self.store.lock().await;
+            store
+                .state
+                .contacts
+                .retain(|c| c.box_id.as_slice() != box_raw || c.blocked);
+            store.save()?;
+        }
+        self.rotate_access_secret().await
+    }
+
     fn block_request(&self, who: &str) -> Result<pb::BlockRequest> {
         Ok(match uuid::Uuid::parse_str(who.trim()) {
             Ok(uuid) => pb::BlockRequest {

@@ -298,3 +298,37 @@ async fn a_peer_without_key_packages_gets_the_message_sealed_to_its_keys() {
     conn.close().await;
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_taken_off_cannot_write_to_a_contacts_only_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(&dir.path().join("gw")).await;
+    let codes = codes_file(&dir.path().join("gw"));
+    let alice = client(&gateway, state_path(dir.path(), "alice")).await;
+    let bob = client(&gateway, state_path(dir.path(), "bob")).await;
+    register(&alice, ALICE, &codes).await;
+    register(&bob, BOB, &codes).await;
+    alice.update_settings(None, Some(true)).await.unwrap();
+    // Looking Bob up makes him a contact: his messages arrive.
+    alice.contact(BOB).await.unwrap();
+    send(&bob, ALICE, "may I?").await;
+    assert_eq!(texts(&drain(&alice).await), vec!["may I?"]);
+    // Taken off: refused as an unknown recipient, and forgotten locally.
+    bounded("remove contact", alice.remove_contact(BOB))
+        .await
+        .unwrap();
+    assert!(alice.contacts().await.iter().all(|c| c.identifier != BOB));
+    let refused = bounded("send", bob.send_text(ALICE, "and now?")).await;
+    assert!(
+        matches!(refused, Err(rossby_client::Error::UnknownRecipient(_))),
+        "{refused:?}"
+    );
+    assert!(drain(&alice).await.is_empty());
+    // An identifier that was never a contact is named as unknown.
+    let unknown = alice.remove_contact("carol@example.com").await;
+    assert!(
+        matches!(unknown, Err(rossby_client::Error::UnknownRecipient(_))),
+        "{unknown:?}"
+    );
+    gateway.shutdown().await;
+}

@@ -100,10 +100,14 @@ enum Command {
         /// A link request printed by `link --new` (on the authorized device).
         request: Option<String>,
     },
-    /// Look a user up, verify and remember their keys.
+    /// Look a user up, verify and remember their keys (they become a
+    /// contact: with `settings --contacts-only` only contacts may write).
     Contact {
-        /// Identifier.
+        /// Identifier (or, with --remove, box id).
         identifier: String,
+        /// Take them off your contacts instead.
+        #[arg(long)]
+        remove: bool,
     },
     /// List known contacts (no network).
     Contacts,
@@ -1051,7 +1055,17 @@ async fn execute(client: &Client, command: Command, state_path: &Path) -> Result
         Command::Link { .. } => Err(Error::Invalid(
             "use one of: link --new, link <request>, link --finish <grant>".into(),
         )),
-        Command::Contact { identifier } => {
+        Command::Contact {
+            identifier,
+            remove: true,
+        } => {
+            client.remove_contact(&identifier).await?;
+            out(format!("{} is no longer a contact", printable(&identifier)))
+        }
+        Command::Contact {
+            identifier,
+            remove: false,
+        } => {
             let c = client.contact(&identifier).await?;
             if c.keys_changed {
                 warn(format!(

@@ -104,6 +104,25 @@ pub(crate) async fn unblock(
     Ok(pb::BlockResponse {})
 }
 
+/// RemoveContact: takes a box off the caller's contacts; succeeds whether or
+/// not it was one.
+pub(crate) async fn remove_contact(
+    shared: &Shared,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<pb::RemoveContactResponse, Failure> {
+    let req: pb::RemoveContactRequest = decode(body, "RemoveContactRequest")?;
+    let other = super::parse_box_id(&req.box_id)?;
+    let store = &shared.store;
+    let owner = caller.box_id;
+    transact!(store, |txn| async {
+        contacts::remove(txn, Relationship::Contact, owner, other).await?;
+        Ok(())
+    }
+    .await)?;
+    Ok(pb::RemoveContactResponse {})
+}
+
 /// UpdateSettings: discoverability, who may send, and the encrypted profile.
 pub(crate) async fn update_settings(
     shared: &Shared,

@@ -1371,6 +1371,36 @@ mod tests {
         );
         let ok = env.send(&bob, alice.box_id, version, b"x").await;
         assert_eq!(ok.status, Status::Ok as i32);
+        // Alice takes Bob off her contacts: refused again. Removing a box that
+        // is no contact (or no box at all) answers OK all the same.
+        for box_id in [
+            bob.box_id,
+            bob.box_id,
+            rossby_keyspace::BoxId::with_random(env.region(), [9; 16]),
+        ] {
+            let removed = env
+                .call_as(
+                    &alice,
+                    1,
+                    Method::RemoveContact,
+                    &pb::RemoveContactRequest {
+                        box_id: box_id.as_bytes().to_vec(),
+                    },
+                )
+                .await;
+            assert_eq!(status_of(&removed), Status::Ok);
+        }
+        let refused = env.send(&bob, alice.box_id, version, b"x").await;
+        assert_eq!(refused.status, Status::NotFound as i32);
+        let malformed = env
+            .call_as(
+                &alice,
+                1,
+                Method::RemoveContact,
+                &pb::RemoveContactRequest { box_id: vec![1; 3] },
+            )
+            .await;
+        assert_eq!(status_of(&malformed), Status::BadRequest);
     }
 
     #[tokio::test]
