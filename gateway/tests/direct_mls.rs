@@ -14,8 +14,8 @@ use rossby_protocol::pb;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::{
-    RawConn, RawDevice, bounded, client, codes_file, credentials_of, fetch_raw, keys_of, link,
-    register, register_raw, start_gateway,
+    RawConn, bounded, client, codes_file, copy_state, drain, fetch_raw, link, raw_device, register,
+    register_raw, start_gateway, two_users,
 };
 
 const ALICE: &str = "alice@example.com";
@@ -27,43 +27,6 @@ const HYBRID_SUITE: &str = "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519";
 
 fn state_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.state"))
-}
-
-/// Copies a key-file protected state (snapshot, journal and key file) to `to`,
-/// as a thief copying a device's files would.
-fn copy_state(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap();
-    let with = |p: &Path, suffix: &str| PathBuf::from(format!("{}{suffix}", p.display()));
-    std::fs::copy(with(from, ".key"), with(to, ".key")).unwrap();
-    let journal = rossby_client::state::journal_path(from);
-    if journal.exists() {
-        std::fs::copy(journal, rossby_client::state::journal_path(to)).unwrap();
-    }
-}
-
-/// A raw protocol view of an SDK client (to read its queue without acking).
-async fn raw_device(client: &Client) -> RawDevice {
-    RawDevice {
-        keys: keys_of(client).await,
-        device_id: client.device_id(),
-        box_id: client.box_id().await.unwrap(),
-        creds: credentials_of(client).await,
-    }
-}
-
-/// Fetches (acknowledging) until the queue is empty; fails on rejections.
-async fn drain(client: &Client) -> Vec<Body> {
-    let mut bodies = Vec::new();
-    loop {
-        let batch = bounded("fetch", client.fetch(Duration::ZERO))
-            .await
-            .expect("fetch");
-        assert!(batch.rejected.is_empty(), "rejected: {:?}", batch.rejected);
-        bodies.extend(batch.messages.iter().map(|m| m.body.clone()));
-        if batch.ack_up_to.is_none_or(|a| a >= batch.last_seq) {
-            return bodies;
-        }
-    }
 }
 
 fn texts(bodies: &[Body]) -> Vec<String> {
@@ -94,13 +57,9 @@ async fn send(from: &Client, to: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_messages_have_forward_secrecy_and_post_compromise_security() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(&dir.path().join("gw")).await;
-    let codes = codes_file(&dir.path().join("gw"));
-    let alice = client(&gateway, state_path(dir.path(), "alice")).await;
-    let bob_path = state_path(dir.path(), "bob");
-    let bob = client(&gateway, bob_path.clone()).await;
-    register(&alice, ALICE, &codes).await;
-    let bob_box = register(&bob, BOB, &codes).await;
+    let (gateway, alice, bob) = two_users(dir.path(), ALICE, BOB).await;
+    let bob_path = dir.path().join("b.state");
+    let bob_box = bob.box_id().await.unwrap();
 
     send(&alice, BOB, "first").await;
     let conversations = alice.conversations().await;
@@ -241,12 +200,7 @@ async fn devices_linked_or_removed_join_or_leave_the_conversation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sides_starting_at_once_settle_on_one_conversation() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(&dir.path().join("gw")).await;
-    let codes = codes_file(&dir.path().join("gw"));
-    let alice = client(&gateway, state_path(dir.path(), "alice")).await;
-    let bob = client(&gateway, state_path(dir.path(), "bob")).await;
-    register(&alice, ALICE, &codes).await;
-    register(&bob, BOB, &codes).await;
+    let (gateway, alice, bob) = two_users(dir.path(), ALICE, BOB).await;
     let (a, b) = tokio::join!(
         alice.send_text(BOB, "hi bob"),
         bob.send_text(ALICE, "hi alice")
@@ -302,12 +256,7 @@ async fn a_peer_without_key_packages_gets_the_message_sealed_to_its_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_taken_off_cannot_write_to_a_contacts_only_account() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(&dir.path().join("gw")).await;
-    let codes = codes_file(&dir.path().join("gw"));
-    let alice = client(&gateway, state_path(dir.path(), "alice")).await;
-    let bob = client(&gateway, state_path(dir.path(), "bob")).await;
-    register(&alice, ALICE, &codes).await;
-    register(&bob, BOB, &codes).await;
+    let (gateway, alice, bob) = two_users(dir.path(), ALICE, BOB).await;
     alice.update_settings(None, Some(true)).await.unwrap();
     // Looking Bob up makes him a contact: his messages arrive.
     alice.contact(BOB).await.unwrap();

@@ -8,7 +8,7 @@ mod support;
 
 use rossby_client::groups::GroupSummary;
 use rossby_client::groups::state::Membership;
-use rossby_client::{Batch, Body, Client};
+use rossby_client::{Body, Client};
 use rossby_gateway::Gateway;
 use rossby_keyspace::{BoxId, MessageId, RegionId};
 use rossby_protocol::pb::{self, Method};
@@ -17,10 +17,9 @@ use rossby_storage::tables::outbox::{self, Entry};
 use rossby_storage::transact;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use support::{
-    RawConn, RawDevice, bounded, client, codes_file, credentials_of, fetch_raw, keys_of, link,
-    register, rossby, start_gateway,
+    RawConn, RawDevice, bounded, client, codes_file, copy_state, drain, fetch_raw, link,
+    raw_device, register, rossby, start_gateway,
 };
 
 const ALICE: &str = "alice@example.com";
@@ -28,21 +27,6 @@ const BOB: &str = "bob@example.com";
 const CAROL: &str = "carol@example.com";
 const DAVE: &str = "dave@example.com";
 const ERIN: &str = "erin@example.com";
-
-/// Fetches (acknowledging) until the queue is empty; fails on rejections.
-async fn drain(client: &Client) -> Vec<Body> {
-    let mut bodies = Vec::new();
-    loop {
-        let batch: Batch = bounded("fetch", client.fetch(Duration::ZERO))
-            .await
-            .expect("fetch");
-        assert!(batch.rejected.is_empty(), "rejected: {:?}", batch.rejected);
-        bodies.extend(batch.messages.iter().map(|m| m.body.clone()));
-        if batch.ack_up_to.is_none_or(|a| a >= batch.last_seq) {
-            return bodies;
-        }
-    }
-}
 
 fn group_texts(bodies: &[Body]) -> Vec<String> {
     bodies
@@ -79,28 +63,6 @@ async fn user(gateway: &Gateway, dir: &Path, identifier: &str) -> (Client, Clien
 
 fn state_path(dir: &Path, identifier: &str, n: u8) -> PathBuf {
     dir.join(format!("{identifier}-{n}.state"))
-}
-
-/// Copies a key-file protected state (snapshot, journal and key file) to `to`,
-/// as a thief copying a device's files would.
-fn copy_state(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap();
-    let with = |p: &Path, suffix: &str| PathBuf::from(format!("{}{suffix}", p.display()));
-    std::fs::copy(with(from, ".key"), with(to, ".key")).unwrap();
-    let journal = rossby_client::state::journal_path(from);
-    if journal.exists() {
-        std::fs::copy(journal, rossby_client::state::journal_path(to)).unwrap();
-    }
-}
-
-/// A raw protocol view of an SDK client (to read its queue without acking).
-async fn raw_device(client: &Client) -> RawDevice {
-    RawDevice {
-        keys: keys_of(client).await,
-        device_id: client.device_id(),
-        box_id: client.box_id().await.unwrap(),
-        creds: credentials_of(client).await,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

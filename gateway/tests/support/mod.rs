@@ -172,6 +172,43 @@ pub async fn link(existing: &Client, new: &Client) -> BoxId {
         .expect("finish link")
 }
 
+/// Copies a key-file protected state (snapshot, journal and key file) to `to`,
+/// as a thief copying a device's files would.
+pub fn copy_state(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    let with = |p: &Path, suffix: &str| PathBuf::from(format!("{}{suffix}", p.display()));
+    std::fs::copy(with(from, ".key"), with(to, ".key")).unwrap();
+    let journal = rossby_client::state::journal_path(from);
+    if journal.exists() {
+        std::fs::copy(journal, rossby_client::state::journal_path(to)).unwrap();
+    }
+}
+
+/// A raw protocol view of an SDK client (to read its queue without acking).
+pub async fn raw_device(client: &Client) -> RawDevice {
+    RawDevice {
+        keys: keys_of(client).await,
+        device_id: client.device_id(),
+        box_id: client.box_id().await.unwrap(),
+        creds: credentials_of(client).await,
+    }
+}
+
+/// Fetches (acknowledging) until the queue is empty; fails on rejections.
+pub async fn drain(client: &Client) -> Vec<Body> {
+    let mut bodies = Vec::new();
+    loop {
+        let batch = bounded("fetch", client.fetch(Duration::ZERO))
+            .await
+            .expect("fetch");
+        assert!(batch.rejected.is_empty(), "rejected: {:?}", batch.rejected);
+        bodies.extend(batch.messages.iter().map(|m| m.body.clone()));
+        if batch.ack_up_to.is_none_or(|a| a >= batch.last_seq) {
+            return bodies;
+        }
+    }
+}
+
 /// The Hawk credentials an SDK client holds.
 pub async fn credentials_of(client: &Client) -> DeviceCredentials {
     let creds = client.state().await.credentials.expect("authorized");
