@@ -45,11 +45,10 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use rossby_client::{Body, Client, ClientConfig, RetryPolicy, StateKey};
+use rossby_gateway::verifier::CodeBook;
 use rossby_keyspace::RegionId;
 use rossby_protocol::pb;
 use rossby_replication::Topology;
-use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -390,7 +389,8 @@ async fn register(config: &ProberConfig, client: &Client, role: Role) -> Result<
         });
     };
     let mut book = CodeBook::new(codes.clone());
-    book.refresh()?;
+    book.refresh()
+        .map_err(|e| Error::io("cannot read codes file", book.path(), e))?;
     let before = book.count(&identifier);
     let mut recover = false;
     loop {
@@ -408,7 +408,8 @@ async fn register(config: &ProberConfig, client: &Client, role: Role) -> Result<
     }
     let waited = Instant::now();
     let code = loop {
-        book.refresh()?;
+        book.refresh()
+            .map_err(|e| Error::io("cannot read codes file", book.path(), e))?;
         if book.count(&identifier) > before
             && let Some(code) = book.latest(&identifier)
         {
@@ -431,58 +432,6 @@ async fn register(config: &ProberConfig, client: &Client, role: Role) -> Result<
         .await
         .map_err(|e| client_error(region, "authorizing the account", e))?;
     Ok(())
-}
-
-/// Verification codes as `<identifier> <code>` lines, read as they are
-/// appended.
-struct CodeBook {
-    path: PathBuf,
-    offset: u64,
-    partial: String,
-    codes: HashMap<String, Vec<String>>,
-}
-
-impl CodeBook {
-    fn new(path: PathBuf) -> CodeBook {
-        CodeBook {
-            path,
-            offset: 0,
-            partial: String::new(),
-            codes: HashMap::new(),
-        }
-    }
-
-    fn refresh(&mut self) -> Result<()> {
-        let mut file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("cannot read codes file", &self.path, e)),
-        };
-        let mut text = String::new();
-        file.seek(SeekFrom::Start(self.offset))
-            .and_then(|_| file.read_to_string(&mut text))
-            .map_err(|e| Error::io("cannot read codes file", &self.path, e))?;
-        self.offset += text.len() as u64;
-        self.partial.push_str(&text);
-        while let Some(end) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=end).collect();
-            if let Some((identifier, code)) = line.trim().split_once(' ') {
-                self.codes
-                    .entry(identifier.to_ascii_lowercase())
-                    .or_default()
-                    .push(code.trim().to_string());
-            }
-        }
-        Ok(())
-    }
-
-    fn count(&self, identifier: &str) -> usize {
-        self.codes.get(identifier).map_or(0, Vec::len)
-    }
-
-    fn latest(&self, identifier: &str) -> Option<String> {
-        self.codes.get(identifier).and_then(|c| c.last().cloned())
-    }
 }
 
 /// A running prober. Dropping it stops it.
@@ -743,23 +692,6 @@ async fn expire_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn code_book_reads_appended_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("codes.txt");
-        let mut book = CodeBook::new(path.clone());
-        book.refresh().unwrap();
-        assert_eq!(book.count("a@x.io"), 0);
-        std::fs::write(&path, "a@x.io 111\nb@x.io 2").unwrap();
-        book.refresh().unwrap();
-        assert_eq!(book.latest("a@x.io").as_deref(), Some("111"));
-        assert_eq!(book.count("b@x.io"), 0, "a partial line waits for its end");
-        std::fs::write(&path, "a@x.io 111\nb@x.io 222\nA@X.IO 333\n").unwrap();
-        book.refresh().unwrap();
-        assert_eq!(book.latest("b@x.io").as_deref(), Some("222"));
-        assert_eq!(book.latest("a@x.io").as_deref(), Some("333"));
-    }
 
     #[test]
     fn every_pair_of_the_region_is_exported_from_the_start() {

@@ -288,9 +288,96 @@ impl Verifier for WebhookVerifier {
     }
 }
 
+/// The codes a `file:` verifier wrote (`<identifier> <code>` lines), read
+/// incrementally as the file grows: how tools on the gateway's host (the load
+/// generator, the prober) pick up the codes sent to their test accounts.
+#[derive(Debug)]
+pub struct CodeBook {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+    codes: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl CodeBook {
+    /// A book of the file at `path` (which may not exist yet).
+    pub fn new(path: PathBuf) -> CodeBook {
+        CodeBook {
+            path,
+            offset: 0,
+            partial: String::new(),
+            codes: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The file it reads.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Reads what was appended since the last call; a line without its
+    /// newline yet waits for it. A missing file is empty.
+    pub fn refresh(&mut self) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut text = String::new();
+        let read = file.read_to_string(&mut text)?;
+        self.offset += read as u64;
+        self.partial.push_str(&text);
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=end).collect();
+            if let Some((identifier, code)) = line.trim().split_once(' ') {
+                self.codes
+                    .entry(identifier.to_lowercase())
+                    .or_default()
+                    .push(code.trim().to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// How many codes were sent to `identifier` (in its normal form).
+    pub fn count(&self, identifier: &str) -> usize {
+        self.codes.get(identifier).map_or(0, Vec::len)
+    }
+
+    /// The last code sent to `identifier`.
+    pub fn latest(&self, identifier: &str) -> Option<String> {
+        self.codes.get(identifier).and_then(|c| c.last().cloned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_code_book_reads_appended_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("codes.txt");
+        let mut book = CodeBook::new(path.clone());
+        book.refresh().unwrap();
+        assert_eq!(book.count("a@b.c"), 0);
+        std::fs::write(&path, "a@b.c 123456\nx@y.z 1").unwrap();
+        book.refresh().unwrap();
+        assert_eq!(book.latest("a@b.c").as_deref(), Some("123456"));
+        // The unfinished line is kept until its newline arrives.
+        assert_eq!(book.count("x@y.z"), 0);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"11111\nA@B.C 654321\n").unwrap();
+        book.refresh().unwrap();
+        assert_eq!(book.latest("x@y.z").as_deref(), Some("111111"));
+        assert_eq!(book.count("a@b.c"), 2);
+        assert_eq!(book.latest("a@b.c").as_deref(), Some("654321"));
+    }
     use tokio::net::TcpListener;
 
     fn message() -> CodeMessage {

@@ -24,11 +24,11 @@ use crate::stats::{Op, Stats};
 use crate::target::Targets;
 use rossby_client::Client;
 use rossby_client::groups::state::Membership;
+use rossby_gateway::verifier::CodeBook;
 use rossby_keyspace::BoxId;
 use rossby_protocol::pb;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,60 +174,6 @@ fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     })?;
     std::fs::write(&tmp, text).map_err(|e| Error::io("cannot write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot replace", &path, e))
-}
-
-/// Verification codes as the `file:` verifier appends them (`<identifier>
-/// <code>` lines), read incrementally.
-struct CodeBook {
-    path: PathBuf,
-    offset: u64,
-    partial: String,
-    codes: HashMap<String, Vec<String>>,
-}
-
-impl CodeBook {
-    fn new(path: PathBuf) -> CodeBook {
-        CodeBook {
-            path,
-            offset: 0,
-            partial: String::new(),
-            codes: HashMap::new(),
-        }
-    }
-
-    fn refresh(&mut self) -> Result<()> {
-        let mut file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("cannot read codes file", &self.path, e)),
-        };
-        file.seek(SeekFrom::Start(self.offset))
-            .map_err(|e| Error::io("cannot read codes file", &self.path, e))?;
-        let mut text = String::new();
-        let read = file
-            .read_to_string(&mut text)
-            .map_err(|e| Error::io("cannot read codes file", &self.path, e))?;
-        self.offset += read as u64;
-        self.partial.push_str(&text);
-        while let Some(end) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=end).collect();
-            if let Some((identifier, code)) = line.trim().split_once(' ') {
-                self.codes
-                    .entry(identifier.to_string())
-                    .or_default()
-                    .push(code.trim().to_string());
-            }
-        }
-        Ok(())
-    }
-
-    fn count(&self, identifier: &str) -> usize {
-        self.codes.get(identifier).map_or(0, Vec::len)
-    }
-
-    fn latest(&self, identifier: &str) -> Option<String> {
-        self.codes.get(identifier).and_then(|c| c.last().cloned())
-    }
 }
 
 /// Provisioning counters, shared by the tasks.
@@ -610,7 +556,8 @@ async fn register(
     if state.registration_pending && state.identifier == identifier {
         let code = {
             let mut b = book.lock().await;
-            b.refresh()?;
+            b.refresh()
+                .map_err(|e| Error::io("cannot read codes file", b.path(), e))?;
             b.latest(identifier)
         };
         if let Some(code) = code
@@ -621,7 +568,8 @@ async fn register(
     }
     let before = {
         let mut b = book.lock().await;
-        b.refresh()?;
+        b.refresh()
+            .map_err(|e| Error::io("cannot read codes file", b.path(), e))?;
         b.count(identifier)
     };
     let started = Instant::now();
@@ -647,7 +595,8 @@ async fn register(
     let code = loop {
         {
             let mut b = book.lock().await;
-            b.refresh()?;
+            b.refresh()
+                .map_err(|e| Error::io("cannot read codes file", b.path(), e))?;
             if b.count(identifier) > before
                 && let Some(code) = b.latest(identifier)
             {
@@ -657,7 +606,7 @@ async fn register(
         if Instant::now() >= deadline {
             return Err(fail(format!(
                 "no code appeared in {} within {} s: is it the file the gateways' `file:` verifier writes?",
-                book.lock().await.path.display(),
+                book.lock().await.path().display(),
                 CODE_WAIT.as_secs()
             )));
         }
@@ -906,28 +855,5 @@ mod tests {
         assert_eq!(again.tag, m.tag);
         let err = load_manifest(dir.path(), &scenario("users_per_region = 4")).unwrap_err();
         assert!(err.to_string().contains("another scenario shape"), "{err}");
-    }
-
-    #[test]
-    fn the_code_book_reads_appended_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("codes.txt");
-        let mut book = CodeBook::new(path.clone());
-        book.refresh().unwrap();
-        assert_eq!(book.count("a@b.c"), 0);
-        std::fs::write(&path, "a@b.c 123456\nx@y.z 1").unwrap();
-        book.refresh().unwrap();
-        assert_eq!(book.latest("a@b.c").as_deref(), Some("123456"));
-        // The unfinished line is kept until its newline arrives.
-        assert_eq!(book.count("x@y.z"), 0);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        std::io::Write::write_all(&mut f, b"11111\na@b.c 654321\n").unwrap();
-        book.refresh().unwrap();
-        assert_eq!(book.latest("x@y.z").as_deref(), Some("111111"));
-        assert_eq!(book.count("a@b.c"), 2);
-        assert_eq!(book.latest("a@b.c").as_deref(), Some("654321"));
     }
 }
