@@ -384,9 +384,6 @@ pub struct Args {
     /// Largest KeyPackage in bytes [default: 16384].
     #[arg(long, env = "ROSSBY_MAX_KEY_PACKAGE_BYTES", value_name = "BYTES")]
     pub max_key_package_bytes: Option<usize>,
-    /// Largest encrypted profile in bytes [default: 65536].
-    #[arg(long, env = "ROSSBY_MAX_PROFILE_BYTES", value_name = "BYTES")]
-    pub max_profile_bytes: Option<usize>,
     /// Most bytes of envelopes one box's queue holds [default: 67108864].
     #[arg(long, env = "ROSSBY_MAX_QUEUE_BYTES", value_name = "BYTES")]
     pub max_queue_bytes: Option<u64>,
@@ -703,7 +700,6 @@ struct FileConfig {
     max_devices_per_box: Option<usize>,
     max_key_packages_per_device: Option<usize>,
     max_key_package_bytes: Option<usize>,
-    max_profile_bytes: Option<usize>,
     max_queue_bytes: Option<u64>,
     max_queue_envelopes: Option<u64>,
     max_relations_per_box: Option<usize>,
@@ -1793,15 +1789,6 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
         ),
         1,
     )?;
-    l.max_profile_bytes = at_least(
-        "max-profile-bytes",
-        pick(
-            a.max_profile_bytes,
-            f.max_profile_bytes,
-            l.max_profile_bytes,
-        ),
-        1,
-    )?;
     l.max_queue_envelopes = at_least(
         "max-queue-envelopes",
         pick(
@@ -1876,7 +1863,6 @@ fn merge(a: Args, f: FileConfig) -> Result<Config> {
     for (flag, value) in [
         ("max-payload-bytes", l.max_payload_bytes),
         ("max-key-package-bytes", l.max_key_package_bytes),
-        ("max-profile-bytes", l.max_profile_bytes),
     ] {
         if value >= api.max_frame_bytes {
             return Err(Error::Config(format!(
@@ -2750,8 +2736,6 @@ tls_name = ["chat.example.net"]
             "9",
             "--max-key-package-bytes",
             "1000",
-            "--max-profile-bytes",
-            "2000",
             "--max-identifiers-per-box",
             "5",
             "--max-pending-identifiers-per-box",
@@ -2864,7 +2848,6 @@ tls_name = ["chat.example.net"]
         assert_eq!(api.limits.max_devices_per_box, 8);
         assert_eq!(api.limits.max_key_packages_per_device, 9);
         assert_eq!(api.limits.max_key_package_bytes, 1000);
-        assert_eq!(api.limits.max_profile_bytes, 2000);
         assert_eq!(api.limits.max_identifiers_per_box, 5);
         assert_eq!(api.limits.max_pending_identifiers_per_box, 2);
         assert_eq!(api.limits.max_deletes_per_txn, 11);

@@ -359,7 +359,7 @@ async fn refusals_are_decided_from_the_same_single_read() {
         ..SettingsUpdate::default()
     };
     transact!(store, |txn| {
-        accounts::update_settings(txn, &store.limits, recipient, &contacts_only, T0).await?;
+        accounts::update_settings(txn, recipient, &contacts_only, T0).await?;
         contacts::add(
             txn,
             &store.limits,

@@ -731,7 +731,6 @@ async fn only_the_creator_removes_and_adds_respect_the_added_box(store: &Store) 
     // A contacts-only box only by its contacts.
     transact!(store, |txn| accounts::update_settings(
         txn,
-        &store.limits,
         private,
         &SettingsUpdate {
             accept_from: Some(AcceptFrom::Contacts),

@@ -218,11 +218,7 @@ async fn hidden_and_blocking_users_look_unknown(store: &Store) {
         ..SettingsUpdate::default()
     };
     transact!(store, |txn| accounts::update_settings(
-        txn,
-        &store.limits,
-        alice,
-        &hide,
-        T0
+        txn, alice, &hide, T0
     )
     .await)
     .unwrap();
@@ -897,12 +893,12 @@ async fn sealed_senders_need_the_access_key_and_leave_no_trace(store: &Store) {
     };
     // Keys of another length are refused and change nothing.
     let err = transact!(store, |txn| {
-        accounts::update_settings(txn, &store.limits, b, &set(vec![1; 15], false), T0).await
+        accounts::update_settings(txn, b, &set(vec![1; 15], false), T0).await
     })
     .unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     transact!(store, |txn| {
-        accounts::update_settings(txn, &store.limits, b, &set(key.to_vec(), false), T0).await
+        accounts::update_settings(txn, b, &set(key.to_vec(), false), T0).await
     })
     .unwrap();
     // Contacts-only and a block list concern identified senders only.
@@ -911,7 +907,7 @@ async fn sealed_senders_need_the_access_key_and_leave_no_trace(store: &Store) {
         ..SettingsUpdate::default()
     };
     transact!(store, |txn| {
-        accounts::update_settings(txn, &store.limits, b, &contacts_only, T0).await
+        accounts::update_settings(txn, b, &contacts_only, T0).await
     })
     .unwrap();
     transact!(store, |txn| contacts::add(
@@ -957,7 +953,7 @@ async fn sealed_senders_need_the_access_key_and_leave_no_trace(store: &Store) {
 
     // "Anyone" takes any key; turning it off and clearing the key refuses all.
     transact!(store, |txn| {
-        accounts::update_settings(txn, &store.limits, b, &set(Vec::new(), true), T0).await
+        accounts::update_settings(txn, b, &set(Vec::new(), true), T0).await
     })
     .unwrap();
     let out = store
@@ -966,7 +962,7 @@ async fn sealed_senders_need_the_access_key_and_leave_no_trace(store: &Store) {
         .unwrap();
     assert!(out[0].is_ok());
     transact!(store, |txn| {
-        accounts::update_settings(txn, &store.limits, b, &set(Vec::new(), false), T0).await
+        accounts::update_settings(txn, b, &set(Vec::new(), false), T0).await
     })
     .unwrap();
     let out = store
@@ -1083,7 +1079,7 @@ async fn settings_control_who_may_send(store: &Store) {
         ..SettingsUpdate::default()
     };
     transact!(store, |txn| {
-        accounts::update_settings(txn, &store.limits, b, &contacts_only, T0).await
+        accounts::update_settings(txn, b, &contacts_only, T0).await
     })
     .unwrap();
     transact!(store, |txn| contacts::add(
@@ -1302,15 +1298,6 @@ async fn bad_input_is_rejected_and_changes_nothing(store: &Store) {
         .await
         .unwrap();
     assert!(matches!(out[0], Err(Error::RecipientUnavailable)));
-    let huge_profile = SettingsUpdate {
-        encrypted_profile: Some(vec![0; limits.max_profile_bytes + 1]),
-        ..SettingsUpdate::default()
-    };
-    let err = transact!(store, |txn| {
-        accounts::update_settings(txn, &store.limits, b, &huge_profile, T0).await
-    })
-    .unwrap_err();
-    assert!(matches!(err, Error::Invalid(_)));
     let mut limits_small = store.limits.clone();
     limits_small.max_devices_per_box = 1;
     let err = transact!(store, |txn| {
@@ -1765,11 +1752,7 @@ async fn undiscoverable_identifiers_look_unknown(store: &Store) {
         ..SettingsUpdate::default()
     };
     transact!(store, |txn| accounts::update_settings(
-        txn,
-        &store.limits,
-        alice,
-        &hide,
-        T0
+        txn, alice, &hide, T0
     )
     .await)
     .unwrap();

@@ -186,7 +186,6 @@ async fn pin_attempts_are_counted_then_locked_out(store: &Store) {
     // Settings changes keep the lock.
     transact!(store, |txn| accounts::update_settings(
         txn,
-        &store.limits,
         b,
         &accounts::SettingsUpdate {
             hidden: Some(true),

@@ -123,7 +123,7 @@ pub(crate) async fn remove_contact(
     Ok(pb::RemoveContactResponse {})
 }
 
-/// UpdateSettings: discoverability, who may send, and the encrypted profile.
+/// UpdateSettings: discoverability, who may send, sealed sender and the registration lock.
 pub(crate) async fn update_settings(
     shared: &Shared,
     caller: &Authenticated,
@@ -150,19 +150,17 @@ pub(crate) async fn update_settings(
                 AcceptFrom::Anyone
             }
         }),
-        encrypted_profile: req.encrypted_profile,
         sealed_sender_key: req.sealed_sender_key,
         sealed_sender_anyone: req.sealed_sender_anyone,
     };
     let store = &shared.store;
-    let limits = &store.limits;
     let now = now_ms();
     let box_id = caller.box_id;
     let profile = transact!(store, |txn| async {
         if let Some(lock) = &registration_lock {
             registration_lock::set(txn, box_id, lock.as_deref(), now).await?;
         }
-        accounts::update_settings(txn, limits, box_id, &update, now).await
+        accounts::update_settings(txn, box_id, &update, now).await
     }
     .await)?;
     Ok(pb::UpdateSettingsResponse {

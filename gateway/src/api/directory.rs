@@ -96,9 +96,10 @@ pub(crate) async fn request_key(
                 *b
             }
         };
-        let Some(profile) = accounts::profile(txn, owner).await? else {
+        // A box being deleted has no profile any more: it is gone.
+        if accounts::profile(txn, owner).await?.is_none() {
             return Ok(None);
-        };
+        }
         let (version, devices) = devices::recipients(txn, owner).await?;
         if add_contact && owner != requester {
             contacts::add(
@@ -111,15 +112,14 @@ pub(crate) async fn request_key(
             )
             .await?;
         }
-        Ok(Some((owner, version, devices, profile.encrypted_profile)))
+        Ok(Some((owner, version, devices)))
     }
     .await)?;
-    let Some((owner, version, devices, encrypted_profile)) = found else {
+    let Some((owner, version, devices)) = found else {
         return Err(Failure::not_found());
     };
     Ok(pb::RequestKeyResponse {
         devices: Some(build_device_list(owner, version, &devices)?),
-        encrypted_profile,
     })
 }
 

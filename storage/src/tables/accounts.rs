@@ -1,7 +1,6 @@
 //! Boxes: creation, profile and settings. Deleting an account spans every table
 //! of the box and lives in [`super::lifecycle`].
 
-use super::Limits;
 use super::records::{AcceptFrom, Profile, QueueHead};
 use super::tx::{BoxHandle, Tx};
 use crate::error::{Error, Result};
@@ -14,8 +13,6 @@ pub struct SettingsUpdate {
     pub hidden: Option<bool>,
     /// Who may send messages.
     pub accept_from: Option<AcceptFrom>,
-    /// New encrypted profile content.
-    pub encrypted_profile: Option<Vec<u8>>,
     /// New sealed-sender access key: 16 bytes, or empty to accept sealed-sender
     /// mail only under `sealed_sender_anyone`.
     pub sealed_sender_key: Option<Vec<u8>>,
@@ -54,7 +51,6 @@ pub async fn require_profile(txn: &mut Tx<'_>, box_id: BoxId) -> Result<Profile>
 /// Applies the given changes to a box's settings and returns the new profile.
 pub async fn update_settings(
     txn: &mut Tx<'_>,
-    limits: &Limits,
     box_id: BoxId,
     update: &SettingsUpdate,
     now_ms: u64,
@@ -65,16 +61,6 @@ pub async fn update_settings(
     }
     if let Some(accept) = update.accept_from {
         profile.set_accept_from(accept);
-    }
-    if let Some(content) = &update.encrypted_profile {
-        if content.len() > limits.max_profile_bytes {
-            return Err(Error::Invalid(format!(
-                "encrypted profile of {} bytes exceeds the limit of {} bytes",
-                content.len(),
-                limits.max_profile_bytes
-            )));
-        }
-        profile.encrypted_profile.clone_from(content);
     }
     if let Some(key) = &update.sealed_sender_key {
         if !key.is_empty() && key.len() != super::queue::ACCESS_KEY_LEN {

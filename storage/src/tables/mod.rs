@@ -96,8 +96,6 @@ pub struct Limits {
     /// Most queue entries deleted by one acknowledgement or sweep transaction
     /// (bounds transaction size; the rest is deleted by later ones).
     pub max_deletes_per_txn: usize,
-    /// Largest encrypted profile accepted, in bytes.
-    pub max_profile_bytes: usize,
     /// Most contacts, and separately most blocked boxes, one box may hold.
     pub max_relations_per_box: usize,
     /// Most identifiers bound to one box (at most
@@ -123,7 +121,6 @@ impl Default for Limits {
             retention_ms: 30 * 24 * 3600 * 1000,
             dedup_window_ms: 24 * 3600 * 1000,
             max_deletes_per_txn: 1024,
-            max_profile_bytes: 64 * 1024,
             max_relations_per_box: 10_000,
             max_identifiers_per_box: lookup::MAX_IDENTIFIERS_PER_BOX,
             max_pending_identifiers_per_box: 4,

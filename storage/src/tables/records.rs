@@ -303,7 +303,18 @@ mod tests {
         // No registration lock: recovery needs no PIN.
         assert!(p.registration_lock.is_empty());
         assert_eq!(p.registration_lock_failures, 0);
-        assert!(p.encrypted_profile.is_empty());
+    }
+
+    #[test]
+    fn a_profile_with_the_removed_encrypted_profile_field_still_decodes() {
+        // Version 1, created_at_ms = 5 (field 1), the removed field 4 (bytes
+        // "ab"), then accept_from = CONTACTS (field 3): field 4 is skipped.
+        let old: &[u8] = &[1, 0x08, 0x05, 0x22, 0x02, b'a', b'b', 0x18, 0x01];
+        let p = Profile::from_stored(old).unwrap();
+        assert_eq!(p.created_at_ms, 5);
+        assert_eq!(p.accept_from(), AcceptFrom::Contacts);
+        // Written again, it no longer carries the removed field.
+        assert!(!p.to_stored().windows(2).any(|w| w == b"ab"));
     }
 
     #[test]
