@@ -158,6 +158,71 @@ async fn code_limits_are_shared_by_gateways_and_survive_a_restart() {
     b.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_an_identifier_spends_the_same_wrong_code_budget() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.start("a").await;
+    let conn = RawConn::connect(&a).await;
+    let codes = deployment.codes("a");
+    let target = "+14155550125";
+    // A stranger's wrong code at registration counts for the identifier...
+    let stranger = fresh();
+    support::ok::<pb::RegisterResponse>(&register(&conn, target, &stranger, false).await);
+    let wrong = wrong_code(&last_code(&codes, target));
+    expect_status(
+        &authorize(&conn, target, &stranger, &wrong, "").await,
+        Status::InvalidCode,
+    );
+    // ...and so do an account's wrong codes when it adds the identifier: four
+    // in all, whichever way they were tried, then even the right code fails.
+    let alice = support::register_raw(&conn, &codes, "alice@example.com").await;
+    let add = pb::AddIdentifierRequest {
+        identifier: target.into(),
+        discoverable: true,
+    };
+    support::ok::<pb::AddIdentifierResponse>(&conn.call(&alice, Method::AddIdentifier, &add).await);
+    let code = last_code(&codes, target);
+    let confirm = |code: String| pb::ConfirmIdentifierRequest {
+        identifier: target.into(),
+        code,
+    };
+    for _ in 0..2 {
+        expect_status(
+            &conn
+                .call(
+                    &alice,
+                    Method::ConfirmIdentifier,
+                    &confirm(wrong_code(&code)),
+                )
+                .await,
+            Status::InvalidCode,
+        );
+    }
+    expect_status(
+        &conn
+            .call(
+                &alice,
+                Method::ConfirmIdentifier,
+                &confirm(wrong_code(&code)),
+            )
+            .await,
+        Status::CodeAttemptsExhausted,
+    );
+    support::ok::<pb::AddIdentifierResponse>(&conn.call(&alice, Method::AddIdentifier, &add).await);
+    expect_status(
+        &conn
+            .call(
+                &alice,
+                Method::ConfirmIdentifier,
+                &confirm(last_code(&codes, target)),
+            )
+            .await,
+        Status::CodeAttemptsExhausted,
+    );
+    conn.close().await;
+    a.shutdown().await;
+}
+
 /// Registers `identifier` through `conn` (codes from `codes`) and sets its
 /// registration lock.
 async fn locked_account(conn: &RawConn, codes: &Path, identifier: &str, pin: &str) -> RawDevice {

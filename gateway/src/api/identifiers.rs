@@ -21,14 +21,15 @@
 //! copy, after which it is listed.
 
 use super::registration::{
-    CodeCheck, PendingCode, after_wrong_code, check_code, code_failure, deliver_code, issue_code,
+    CodeCheck, PendingCode, WRONG_CODE_WINDOW_MS, after_wrong_code, check_code, code_failure,
+    deliver_code, issue_code,
 };
 use super::{Failure, Shared, decode, now_ms, parse_identifier};
 use crate::auth::Authenticated;
 use rossby_protocol::pb::{self, Status};
-use rossby_storage::tables::identifiers;
 use rossby_storage::tables::lookup::{self, BoundIdentifier};
 use rossby_storage::tables::records::PendingIdentifier;
+use rossby_storage::tables::{identifier_limits, identifiers};
 use rossby_storage::transact;
 
 /// What to do to get a new code.
@@ -138,11 +139,20 @@ pub(crate) async fn confirm(
     let digest = store.hasher.current(&id);
     let box_id = caller.box_id;
     let max = store.limits.max_identifiers_per_box;
+    let max_wrong = shared.settings.wrong_codes_per_identifier_per_day;
     let now = now_ms();
     let outcome = transact!(store, |txn| async {
         let Some(pending) = identifiers::pending(txn, box_id, &digest).await? else {
             return Ok(Confirmed::Refused(CodeCheck::Expired));
         };
+        // Wrong codes for the identifier count together with those of its
+        // registrations (Authorize), across accounts and gateways.
+        let wrong =
+            identifier_limits::wrong_codes(txn, &digest.digest, now, WRONG_CODE_WINDOW_MS).await?;
+        if wrong >= max_wrong {
+            identifiers::remove_pending(txn, box_id, &digest).await?;
+            return Ok(Confirmed::Refused(CodeCheck::Exhausted));
+        }
         let stored = PendingCode {
             code_mac: &pending.code_mac,
             expires_at_ms: pending.expires_at_ms,
@@ -152,7 +162,17 @@ pub(crate) async fn confirm(
             CodeCheck::Valid => {}
             CodeCheck::Wrong => {
                 let attempts = identifiers::record_wrong_attempt(txn, box_id, &digest).await?;
-                let check = after_wrong_code(shared, attempts);
+                let wrong = identifier_limits::record_wrong_code(
+                    txn,
+                    &digest.digest,
+                    now,
+                    WRONG_CODE_WINDOW_MS,
+                )
+                .await?;
+                let mut check = after_wrong_code(shared, attempts);
+                if wrong >= max_wrong {
+                    check = CodeCheck::Exhausted;
+                }
                 if check == CodeCheck::Exhausted {
                     identifiers::remove_pending(txn, box_id, &digest).await?;
                 }
