@@ -171,6 +171,19 @@ async fn devices_linked_or_removed_join_or_leave_the_conversation() {
         assert_eq!(texts(&drain(device).await), vec!["to both of you"]);
     }
     assert_eq!(texts(&drain(&alice2).await), vec!["sent:to both of you"]);
+    // Bob's phone still has Alice's device list from before her laptop was
+    // linked: answering must not take the laptop out (and put it back).
+    let before = bob1.conversations().await[0].epoch;
+    let alice_box = alice1.box_id().await.unwrap().to_string();
+    send(&bob1, &alice_box, "answer from an old list").await;
+    assert_eq!(bob1.conversations().await[0].epoch, before, "no Commit");
+    for device in [&alice1, &alice2] {
+        assert_eq!(texts(&drain(device).await), vec!["answer from an old list"]);
+    }
+    assert_eq!(
+        texts(&drain(&bob2).await),
+        vec!["sent:answer from an old list"]
+    );
     // The new devices write in it too.
     send(&bob2, ALICE, "from bob's laptop").await;
     for device in [&alice1, &alice2] {

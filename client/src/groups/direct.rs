@@ -215,14 +215,6 @@ impl Client {
         who: &str,
     ) -> Result<Option<usize>> {
         let own = self.own_box().await?;
-        let wanted: HashSet<([u8; 16], [u8; 16])> = [(peer, peer_list), (&own, own_list)]
-            .into_iter()
-            .flat_map(|(b, list)| {
-                list.devices.iter().filter_map(move |d| {
-                    Some((*b, <[u8; 16]>::try_from(d.device_id.as_slice()).ok()?))
-                })
-            })
-            .collect();
         let idx = match engine.direct_with(peer) {
             Some(idx) => idx,
             None => {
@@ -259,15 +251,40 @@ impl Client {
                 return Ok(Some(idx));
             }
         };
-        // Devices to add: claim KeyPackages for the boxes that have some.
         let group = engine.load(idx)?;
         let present: HashSet<([u8; 16], [u8; 16])> =
             leaves(&group).into_iter().map(|(_, b, d)| (b, d)).collect();
         drop(group);
+        // A leaf whose device a list lacks was either removed or linked after
+        // the list was cached: ask the gateway before removing anyone.
+        let (mut peer_list, mut own_list) = (peer_list.clone(), own_list.clone());
+        for (b, list) in [(peer, &mut peer_list), (&own, &mut own_list)] {
+            let unlisted = present.iter().any(|(leaf_box, d)| {
+                leaf_box == b && !list.devices.iter().any(|x| x.device_id.as_slice() == d)
+            });
+            if unlisted {
+                *list = match self.lookup_box(b).await {
+                    Ok((fresh, _)) => fresh,
+                    Err(e) if e.status() == Some(pb::Status::NotFound) => {
+                        return Err(Error::UnknownRecipient(who.to_string()));
+                    }
+                    Err(e) => return Err(e),
+                };
+            }
+        }
+        let wanted: HashSet<([u8; 16], [u8; 16])> = [(peer, &peer_list), (&own, &own_list)]
+            .into_iter()
+            .flat_map(|(b, list)| {
+                list.devices.iter().filter_map(move |d| {
+                    Some((*b, <[u8; 16]>::try_from(d.device_id.as_slice()).ok()?))
+                })
+            })
+            .collect();
+        // Devices to add: claim KeyPackages for the boxes that have some.
         let mut claimed: Vec<([u8; 16], [u8; 16], KeyPackage)> = Vec::new();
         for (b, list, name) in [
-            (peer, peer_list, who),
-            (&own, own_list, "your other devices"),
+            (peer, &peer_list, who),
+            (&own, &own_list, "your other devices"),
         ] {
             let missing = wanted
                 .iter()
