@@ -21,8 +21,8 @@
 //! copy, after which it is listed.
 
 use super::registration::{
-    CodeCheck, PendingCode, WRONG_CODE_WINDOW_MS, after_wrong_code, check_code, code_failure,
-    deliver_code, issue_code,
+    CodeCheck, PendingCode, WRONG_CODE_WINDOW_MS, check_code, code_failure, deliver_code,
+    issue_code, wrong_code_check,
 };
 use super::{Failure, Shared, decode, now_ms, parse_identifier};
 use crate::auth::Authenticated;
@@ -162,17 +162,7 @@ pub(crate) async fn confirm(
             CodeCheck::Valid => {}
             CodeCheck::Wrong => {
                 let attempts = identifiers::record_wrong_attempt(txn, box_id, &digest).await?;
-                let wrong = identifier_limits::record_wrong_code(
-                    txn,
-                    &digest.digest,
-                    now,
-                    WRONG_CODE_WINDOW_MS,
-                )
-                .await?;
-                let mut check = after_wrong_code(shared, attempts);
-                if wrong >= max_wrong {
-                    check = CodeCheck::Exhausted;
-                }
+                let check = wrong_code_check(shared, txn, &digest.digest, attempts, now).await?;
                 if check == CodeCheck::Exhausted {
                     identifiers::remove_pending(txn, box_id, &digest).await?;
                 }

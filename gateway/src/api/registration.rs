@@ -293,6 +293,27 @@ pub(crate) fn after_wrong_code(shared: &Shared, attempts: u32) -> CodeCheck {
     }
 }
 
+/// Counts a wrong code against its identifier's daily budget too (shared by
+/// registrations and additions) and says what it leaves: the pending code's
+/// `attempts` so far, or the identifier's budget, may be spent.
+pub(crate) async fn wrong_code_check(
+    shared: &Shared,
+    txn: &mut rossby_storage::tables::Tx<'_>,
+    digest: &[u8; 32],
+    attempts: u32,
+    now: u64,
+) -> rossby_storage::Result<CodeCheck> {
+    let wrong =
+        identifier_limits::record_wrong_code(txn, digest, now, WRONG_CODE_WINDOW_MS).await?;
+    Ok(
+        if wrong >= shared.settings.wrong_codes_per_identifier_per_day {
+            CodeCheck::Exhausted
+        } else {
+            after_wrong_code(shared, attempts)
+        },
+    )
+}
+
 /// The answer to a code that was not accepted; `start` says what to do to get
 /// a new code.
 pub(crate) fn code_failure(check: CodeCheck, start: &str) -> Failure {
@@ -442,17 +463,7 @@ pub(crate) async fn authorize(
             CodeCheck::Valid => {}
             CodeCheck::Wrong => {
                 let attempts = registrations::record_wrong_attempt(txn, &digest, device_id).await?;
-                let wrong = identifier_limits::record_wrong_code(
-                    txn,
-                    &digest.digest,
-                    now,
-                    WRONG_CODE_WINDOW_MS,
-                )
-                .await?;
-                let mut check = after_wrong_code(shared, attempts);
-                if wrong >= max_wrong {
-                    check = CodeCheck::Exhausted;
-                }
+                let check = wrong_code_check(shared, txn, &digest.digest, attempts, now).await?;
                 if check == CodeCheck::Exhausted {
                     registrations::remove_pending(txn, &digest, device_id).await?;
                 }
