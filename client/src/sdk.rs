@@ -1712,9 +1712,11 @@ impl Client {
         own: &[u8; 16],
     ) -> Result<Option<SendReport>> {
         let creds = self.credentials().await?;
-        // An outbox entry not yet on disk goes there before its request does
-        // (nothing to write when the MLS ratchet's save took it along).
-        self.store.lock().await.save()?;
+        // An outbox entry not yet on disk goes there before its request does;
+        // an MLS message's contents were saved with the ratchet already.
+        if !delivery.mls {
+            self.store.lock().await.save()?;
+        }
         let own = *own;
         let message_id = delivery.message_id;
         // Sealed when the recipient let this account (attachments excepted: their

@@ -93,32 +93,38 @@ impl Client {
     pub async fn conversations(&self) -> Vec<ConversationSummary> {
         let engine = self.groups.lock().await;
         let mut out = Vec::new();
-        let mut seen = HashSet::new();
         for (idx, entry) in engine.meta.groups.iter().enumerate() {
             let Ok(peer) = <[u8; 16]>::try_from(entry.direct_peer.as_slice()) else {
                 continue;
             };
-            // The one messages go in, once per peer.
-            if engine.direct_with(&peer) != Some(idx) || !seen.insert(peer) {
+            // The one messages go in: one per peer.
+            if engine.direct_with(&peer) != Some(idx) {
                 continue;
             }
-            let Ok(group) = engine.load(idx) else {
-                continue;
-            };
-            let Ok((creator, group_id)) = engine.ids(idx) else {
-                continue;
-            };
-            out.push(ConversationSummary {
-                peer: self.display_name(&peer).await,
-                peer_box: box_id(peer),
-                epoch: group.epoch().as_u64(),
-                devices: group.members().count(),
-                ciphersuite: group.ciphersuite(),
-                creator_box: box_id(creator),
-                group_id,
-            });
+            if let Ok(summary) = self.conversation_summary(&engine, idx, peer).await {
+                out.push(summary);
+            }
         }
         out
+    }
+
+    async fn conversation_summary(
+        &self,
+        engine: &GroupEngine,
+        idx: usize,
+        peer: [u8; 16],
+    ) -> Result<ConversationSummary> {
+        let group = engine.load(idx)?;
+        let (creator, group_id) = engine.ids(idx)?;
+        Ok(ConversationSummary {
+            peer: self.display_name(&peer).await,
+            peer_box: box_id(peer),
+            epoch: group.epoch().as_u64(),
+            devices: group.members().count(),
+            ciphersuite: group.ciphersuite(),
+            creator_box: box_id(creator),
+            group_id,
+        })
     }
 
     /// Renews this device's key material in the conversation with a user
@@ -138,12 +144,7 @@ impl Client {
             })
         })
         .await?;
-        drop(engine);
-        self.conversations()
-            .await
-            .into_iter()
-            .find(|c| c.peer_box.as_bytes() == &target.box_id)
-            .ok_or_else(|| Error::Group(format!("no conversation with {who}")))
+        self.conversation_summary(&engine, idx, target.box_id).await
     }
 
     /// Encrypts `content` in the conversation with `target` (created or brought
