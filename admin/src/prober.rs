@@ -389,49 +389,46 @@ async fn register(config: &ProberConfig, client: &Client, role: Role) -> Result<
         });
     };
     let mut book = CodeBook::new(codes.clone());
-    book.refresh()
-        .map_err(|e| Error::io("cannot read codes file", book.path(), e))?;
-    let before = book.count(&identifier);
+    // A bound identifier is answered like a free one; Authorize says it is
+    // bound (to a box whose device state was lost): then take it over.
     let mut recover = false;
     loop {
-        match client
+        book.refresh()
+            .map_err(|e| Error::io("cannot read codes file", book.path(), e))?;
+        let before = book.count(&identifier);
+        client
             .register_homed(&identifier, recover, Some(config.region_code()?))
             .await
-        {
-            Ok(_) => break,
-            // Bound to a box whose device state was lost: take the account over.
+            .map_err(|e| client_error(region, "registering the account", e))?;
+        let waited = Instant::now();
+        let code = loop {
+            book.refresh()
+                .map_err(|e| Error::io("cannot read codes file", book.path(), e))?;
+            if book.count(&identifier) > before
+                && let Some(code) = book.latest(&identifier)
+            {
+                break code;
+            }
+            if waited.elapsed() >= config.code_wait {
+                return Err(Error::Prober {
+                    region: region.into(),
+                    reason: format!(
+                        "no code for {identifier} appeared in {} within {} s",
+                        codes.display(),
+                        config.code_wait.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(CODE_POLL).await;
+        };
+        match client.authorize(&code).await {
+            Ok(_) => return Ok(()),
             Err(e) if !recover && e.status() == Some(pb::Status::AlreadyRegistered) => {
                 recover = true;
             }
-            Err(e) => return Err(client_error(region, "registering the account", e)),
+            Err(e) => return Err(client_error(region, "authorizing the account", e)),
         }
     }
-    let waited = Instant::now();
-    let code = loop {
-        book.refresh()
-            .map_err(|e| Error::io("cannot read codes file", book.path(), e))?;
-        if book.count(&identifier) > before
-            && let Some(code) = book.latest(&identifier)
-        {
-            break code;
-        }
-        if waited.elapsed() >= config.code_wait {
-            return Err(Error::Prober {
-                region: region.into(),
-                reason: format!(
-                    "no code for {identifier} appeared in {} within {} s",
-                    codes.display(),
-                    config.code_wait.as_secs()
-                ),
-            });
-        }
-        tokio::time::sleep(CODE_POLL).await;
-    };
-    client
-        .authorize(&code)
-        .await
-        .map_err(|e| client_error(region, "authorizing the account", e))?;
-    Ok(())
 }
 
 /// A running prober. Dropping it stops it.

@@ -43,8 +43,10 @@ impl Client {
     /// Starts adding `identifier` to the account: the gateway sends it a
     /// verification code. `discoverable` says whether contacts may find the
     /// account by it once confirmed. Returns when the code expires
-    /// (milliseconds since the Unix epoch). An identifier bound to any account,
-    /// this one included, fails with `ALREADY_REGISTERED`.
+    /// (milliseconds since the Unix epoch). One of this account's identifiers
+    /// fails with `ALREADY_REGISTERED`; another account's is answered like a
+    /// free one (its owner gets the code) and fails at
+    /// [`Client::confirm_identifier`].
     pub async fn add_identifier(&self, identifier: &str, discoverable: bool) -> Result<u64> {
         let request = pb::AddIdentifierRequest {
             identifier: normalize(identifier)?,

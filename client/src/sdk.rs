@@ -911,8 +911,10 @@ impl Client {
 
     /// Starts registering `identifier` (phone number or e-mail address): the
     /// gateway sends a code out of band; complete with [`Client::authorize`].
-    /// `recover` replaces the devices of an account already bound to it.
-    /// Returns when the code expires (ms since the epoch).
+    /// `recover` replaces the devices of an account already bound to it. An
+    /// identifier that is already registered gets a code like any other;
+    /// without `recover`, [`Client::authorize`] then fails with
+    /// `ALREADY_REGISTERED`. Returns when the code expires (ms since the epoch).
     pub async fn register(&self, identifier: &str, recover: bool) -> Result<u64> {
         self.register_homed(identifier, recover, None).await
     }

@@ -164,7 +164,7 @@ pub struct RateLimiter {
     per_ip: Limiter<IpAddr>,
     discovery: Limiter<BoxId>,
     sealed: Limiter<BoxId>,
-    stored_bytes: Limiter<(BoxId, DeviceId)>,
+    stored_bytes: Limiter<BoxId>,
     codes_per_address: Limiter<IpAddr>,
 }
 
@@ -191,18 +191,18 @@ impl RateLimiter {
         self.per_device.check((box_id, device), Instant::now())
     }
 
-    /// Whether a device may store more: refused while it is in debt for bytes
-    /// it made the gateway store (every recipient's copy counts).
-    pub fn may_store(&self, box_id: BoxId, device: DeviceId) -> Result<(), Limited> {
-        self.stored_bytes
-            .in_credit((box_id, device), Instant::now())
+    /// Whether an account may store more: refused while it is in debt for
+    /// bytes its devices made the gateway store (every recipient's copy
+    /// counts). Keyed by box, so linking more devices buys no more.
+    pub fn may_store(&self, box_id: BoxId) -> Result<(), Limited> {
+        self.stored_bytes.in_credit(box_id, Instant::now())
     }
 
-    /// Charges a device for `bytes` stored on its behalf (an envelope times the
-    /// boxes it went into).
-    pub fn stored(&self, box_id: BoxId, device: DeviceId, bytes: u64) {
+    /// Charges an account for `bytes` stored on its behalf (an envelope times
+    /// the boxes it went into).
+    pub fn stored(&self, box_id: BoxId, bytes: u64) {
         self.stored_bytes
-            .charge((box_id, device), Instant::now(), bytes as f64);
+            .charge(box_id, Instant::now(), bytes as f64);
     }
 
     /// One verification code requested from a source address.

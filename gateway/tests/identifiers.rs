@@ -138,7 +138,7 @@ async fn a_second_identifier_finds_the_box_until_hidden_or_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identifiers_already_bound_are_refused_without_a_code() {
+async fn another_accounts_identifier_is_answered_like_a_free_one() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = start_gateway(&dir.path().join("gw")).await;
     let codes = codes_file(&dir.path().join("gw"));
@@ -147,18 +147,25 @@ async fn identifiers_already_bound_are_refused_without_a_code() {
     register(&alice, ALICE, &codes).await;
     register(&bob, BOB, &codes).await;
     let sent = |id: &str| codes_for(&codes, id).len();
-    // Another account's identifier, in any spelling.
-    let err = alice
-        .add_identifier("Bob@Example.com", true)
+    // Another account's identifier, in any spelling: the answer is the one a
+    // free identifier gets, and the code goes to its owner, so asking tells
+    // nothing about who is registered.
+    let taken = alice.add_identifier("Bob@Example.com", true).await.unwrap();
+    let free = alice
+        .add_identifier("dave@example.com", true)
         .await
-        .unwrap_err();
+        .unwrap();
+    assert!(taken > 0 && free > 0);
+    assert_eq!(sent(BOB), 2, "Bob's registration code and the addition's");
+    // Only the code's holder learns that it is taken.
+    let code = last_code(&codes, BOB);
+    let err = alice.confirm_identifier(BOB, &code).await.unwrap_err();
     assert_eq!(status(&err), Some(Status::AlreadyRegistered), "{err}");
     assert!(err.to_string().contains("another account"), "{err}");
-    // The caller's own identifier: the same status, its own message.
+    // The caller's own identifier: refused at once, no code.
     let err = alice.add_identifier(ALICE, true).await.unwrap_err();
     assert_eq!(status(&err), Some(Status::AlreadyRegistered), "{err}");
     assert!(err.to_string().contains("your account"), "{err}");
-    assert_eq!(sent(BOB), 1, "only Bob's registration code");
     assert_eq!(sent(ALICE), 1, "only Alice's registration code");
 
     // Bound by someone else between the code and the confirmation.

@@ -566,57 +566,59 @@ async fn register(
             return Ok(());
         }
     }
-    let before = {
-        let mut b = book.lock().await;
-        b.refresh()
-            .map_err(|e| Error::io("cannot read codes file", b.path(), e))?;
-        b.count(identifier)
-    };
-    let started = Instant::now();
+    // The gateway answers a bound identifier like a free one; only Authorize
+    // says it is bound (to a box whose devices this directory lost): then
+    // take it over with a recovery.
     let mut recover = false;
-    loop {
-        match client
+    let started = loop {
+        let before = {
+            let mut b = book.lock().await;
+            b.refresh()
+                .map_err(|e| Error::io("cannot read codes file", b.path(), e))?;
+            b.count(identifier)
+        };
+        let started = Instant::now();
+        if let Err(e) = client
             .register_homed(identifier, recover, Some(region))
             .await
         {
-            Ok(_) => break,
-            // Bound to a box whose devices this directory lost: take it over.
+            ctx.stats.error(Op::Register, crate::stats::error_kind(&e));
+            return Err(fail(format!("register: {e}")));
+        }
+        ctx.stats.record(Op::Register, pair, started.elapsed());
+        let deadline = Instant::now() + CODE_WAIT;
+        let code = loop {
+            {
+                let mut b = book.lock().await;
+                b.refresh()
+                    .map_err(|e| Error::io("cannot read codes file", b.path(), e))?;
+                if b.count(identifier) > before
+                    && let Some(code) = b.latest(identifier)
+                {
+                    break code;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!(
+                    "no code appeared in {} within {} s: is it the file the gateways' `file:` verifier writes?",
+                    book.lock().await.path().display(),
+                    CODE_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let started = Instant::now();
+        match client.authorize(&code).await {
+            Ok(_) => break started,
             Err(e) if !recover && e.status() == Some(pb::Status::AlreadyRegistered) => {
                 recover = true;
             }
             Err(e) => {
-                ctx.stats.error(Op::Register, crate::stats::error_kind(&e));
-                return Err(fail(format!("register: {e}")));
+                ctx.stats.error(Op::Authorize, crate::stats::error_kind(&e));
+                return Err(fail(format!("authorize: {e}")));
             }
         }
-    }
-    ctx.stats.record(Op::Register, pair, started.elapsed());
-    let deadline = Instant::now() + CODE_WAIT;
-    let code = loop {
-        {
-            let mut b = book.lock().await;
-            b.refresh()
-                .map_err(|e| Error::io("cannot read codes file", b.path(), e))?;
-            if b.count(identifier) > before
-                && let Some(code) = b.latest(identifier)
-            {
-                break code;
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(fail(format!(
-                "no code appeared in {} within {} s: is it the file the gateways' `file:` verifier writes?",
-                book.lock().await.path().display(),
-                CODE_WAIT.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let started = Instant::now();
-    client.authorize(&code).await.map_err(|e| {
-        ctx.stats.error(Op::Authorize, crate::stats::error_kind(&e));
-        fail(format!("authorize: {e}"))
-    })?;
     ctx.stats.record(Op::Authorize, pair, started.elapsed());
     ctx.counters.registered.fetch_add(1, Ordering::Relaxed);
     Ok(())

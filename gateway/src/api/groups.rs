@@ -467,7 +467,7 @@ pub(crate) async fn group_commit(
     let members = committed.state.members.len() as u64;
     let bytes = (req.envelope.len() as u64).saturating_mul(members)
         + (req.welcome_envelope.len() as u64).saturating_mul(welcome_boxes.len() as u64);
-    shared.limits.stored(caller.box_id, caller.device_id, bytes);
+    shared.limits.stored(caller.box_id, bytes);
     if !delivery.missing.is_empty() {
         return Err(undelivered("Commit"));
     }
@@ -513,7 +513,7 @@ pub(crate) async fn group_send(
     let sent = settle_for(outcome, &delivery, caller.box_id)?;
     // One copy per member box, paid afterwards: the members are known only now.
     let bytes = (req.envelope.len() as u64).saturating_mul(sent.state.members.len() as u64);
-    shared.limits.stored(caller.box_id, caller.device_id, bytes);
+    shared.limits.stored(caller.box_id, bytes);
     let results = sent
         .state
         .members

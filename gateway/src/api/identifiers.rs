@@ -54,8 +54,6 @@ enum Added {
     Pending,
     /// Already one of the caller's identifiers.
     Own,
-    /// Bound to another box.
-    Taken,
 }
 
 /// AddIdentifier: stores a pending addition and sends a code to the identifier.
@@ -92,8 +90,10 @@ pub(crate) async fn add(
                 lookup::bind_with(txn, &store.hasher, &id, box_id, true, max, now).await?;
                 Ok(Added::Own)
             }
-            Some(_) => Ok(Added::Taken),
-            None => {
+            // Another account's identifier is answered like a free one (the
+            // code goes to its owner): only the code's holder learns, at
+            // ConfirmIdentifier, that it is taken.
+            _ => {
                 identifiers::store_pending(txn, limits, box_id, &digest, &record, now).await?;
                 Ok(Added::Pending)
             }
@@ -104,10 +104,6 @@ pub(crate) async fn add(
         Added::Own => Err(Failure::new(
             Status::AlreadyRegistered,
             "this identifier is already one of your account's identifiers",
-        )),
-        Added::Taken => Err(Failure::new(
-            Status::AlreadyRegistered,
-            "this identifier is already registered to another account",
         )),
         Added::Pending => {
             let expires_at_ms = issued.expires_at_ms;
@@ -197,7 +193,7 @@ pub(crate) async fn confirm(
         Confirmed::Refused(check) => Err(code_failure(check, ADD_AGAIN)),
         Confirmed::Taken => Err(Failure::new(
             Status::AlreadyRegistered,
-            "this identifier was registered to another account meanwhile",
+            "this identifier is registered to another account",
         )),
         Confirmed::Bound(bound) => Ok(pb::ConfirmIdentifierResponse {
             identifier: Some(info(&bound)),

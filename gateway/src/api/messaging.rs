@@ -789,7 +789,7 @@ pub(crate) async fn send(
     let (message_id, targets, ephemeral) = validate_send(shared, req)?;
     super::may_store(shared, caller)?;
     let bytes: u64 = targets.iter().map(|t| t.envelope.len() as u64).sum();
-    shared.limits.stored(caller.box_id, caller.device_id, bytes);
+    shared.limits.stored(caller.box_id, bytes);
     super::attachments::keep_referenced(shared, &attachments).await?;
     if ephemeral {
         return send_ephemeral(shared, caller, targets).await;
@@ -1589,7 +1589,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_device_pays_for_every_copy_it_makes_the_gateway_store() {
+    async fn an_account_pays_for_every_copy_it_makes_the_gateway_store() {
         let env = TestEnv::with(TestSettings {
             stored_bytes: Some((0.0, 1000.0)),
             ..TestSettings::default()
@@ -1620,7 +1620,16 @@ mod tests {
         let resp = env.call_as(&alice, 1, Method::Send, &again).await;
         assert_eq!(status_of(&resp), Status::RateLimited);
         assert!(resp.message.contains("stored too much"), "{}", resp.message);
-        // Another device has its own budget.
+        // A device linked to the account now shares its debt: linking buys no
+        // fresh budget.
+        let tablet = env.link(&alice, "tablet").await;
+        let again = pb::SendRequest {
+            message_id: MessageId::new().as_bytes().to_vec(),
+            ..send.clone()
+        };
+        let resp = env.call_as(&tablet, 1, Method::Send, &again).await;
+        assert_eq!(status_of(&resp), Status::RateLimited, "{}", resp.message);
+        // Another account has its own budget.
         let small = pb::SendRequest {
             message_id: MessageId::new().as_bytes().to_vec(),
             recipients: vec![pb::Recipient {

@@ -353,18 +353,15 @@ pub(crate) fn discovery_limit(shared: &Shared, caller: &Authenticated) -> Result
         .map_err(|l| Failure::rate_limited(l, "too many lookups by identifier from this account"))
 }
 
-/// Refuses a device that is in debt for bytes it made the gateway store
-/// ([`crate::ratelimit::RateLimiter::may_store`]).
+/// Refuses an account that is in debt for bytes its devices made the gateway
+/// store ([`crate::ratelimit::RateLimiter::may_store`]).
 pub(crate) fn may_store(shared: &Shared, caller: &Authenticated) -> Result<(), Failure> {
-    shared
-        .limits
-        .may_store(caller.box_id, caller.device_id)
-        .map_err(|limited| {
-            Failure::rate_limited(
-                limited,
-                "this device stored too much for its recipients recently; wait",
-            )
-        })
+    shared.limits.may_store(caller.box_id).map_err(|limited| {
+        Failure::rate_limited(
+            limited,
+            "this account stored too much for its recipients recently; wait",
+        )
+    })
 }
 
 impl Shared {

@@ -348,20 +348,9 @@ pub(crate) async fn register(
     let region = super::routing::region_for_new_box(&shared.settings, req.region)?;
     let store = &shared.store;
     let digest = store.hasher.current(&id);
-    let recover = req.recover;
-    // Refused before the identifier's code budget is touched: a Register that
-    // sends no code must not spend it (the owner's recovery would wait).
-    let already_bound = {
-        let now = now_ms();
-        transact!(store, |txn| async {
-            let bound = lookup::resolve(txn, &store.hasher, &id, now).await?;
-            Ok(bound.is_some() && !recover)
-        }
-        .await)?
-    };
-    if already_bound {
-        return Err(already_registered());
-    }
+    // A bound identifier is answered like an unbound one (a code is sent, to
+    // its owner): whether an identifier is registered is learned only by whoever
+    // holds its code, at Authorize.
     spend_code_budgets(shared, &id, origin.remote.ip()).await?;
     let issued = issue_code(shared, &digest).await?;
     let now = issued.now_ms;
@@ -376,31 +365,15 @@ pub(crate) async fn register(
         region: u32::from(region.0),
         created_at_ms: now,
     };
-    // Checked again with the write: the identifier may have been bound since.
-    let already_bound = transact!(store, |txn| async {
-        let bound = lookup::resolve(txn, &store.hasher, &id, now).await?;
-        if bound.is_some() && !recover {
-            return Ok(true);
-        }
-        registrations::store_pending(txn, &digest, device_id, &record).await?;
-        Ok(false)
-    }
+    transact!(store, |txn| registrations::store_pending(
+        txn, &digest, device_id, &record
+    )
     .await)?;
-    if already_bound {
-        return Err(already_registered());
-    }
     let expires_at_ms = issued.expires_at_ms;
     deliver_code(shared, id, issued).await?;
     Ok(pb::RegisterResponse {
         code_expires_at_ms: expires_at_ms,
     })
-}
-
-fn already_registered() -> Failure {
-    Failure::new(
-        Status::AlreadyRegistered,
-        "this identifier is already registered: link this device from one of the account's devices, or register with recovery",
-    )
 }
 
 /// What the Authorize transaction decided.
@@ -551,7 +524,7 @@ pub(crate) async fn authorize(
         )),
         Outcome::AlreadyRegistered => Err(Failure::new(
             Status::AlreadyRegistered,
-            "this identifier was registered meanwhile: link this device or register with recovery",
+            "this identifier is registered: link this device from one of the account's devices, or register again with recovery",
         )),
         Outcome::Done {
             box_id,
@@ -833,9 +806,14 @@ mod tests {
         let env = TestEnv::new();
         let _alice = env.register("+14155550123").await;
         let other = TestEnv::new_device();
+        // Answered as a free identifier would be; the code goes to the owner.
         let resp = env.register_request("+1 415 555 0123", &other, false).await;
+        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+        assert_eq!(env.code_lines().len(), 2);
+        let code = env.last_code("+14155550123");
+        let resp = env.authorize_request("+14155550123", &other, &code).await;
         assert_eq!(status_of(&resp), Status::AlreadyRegistered);
-        assert_eq!(env.code_lines().len(), 1, "no code is sent");
+        assert!(resp.message.contains("recovery"), "{}", resp.message);
     }
 
     #[tokio::test]
@@ -1192,27 +1170,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_register_spends_no_code_from_the_identifier() {
+    async fn bound_and_free_identifiers_are_answered_alike() {
         let env = TestEnv::with(TestSettings {
             registrations: Some((0.0, 2.0)),
             ..TestSettings::default()
         });
         env.register("alice@example.com").await;
-        // Someone who knows the identifier registers it again and again: each
-        // is refused, and none sends a code.
-        for _ in 0..3 {
-            let resp = env
-                .register_request("alice@example.com", &TestEnv::new_device(), false)
-                .await;
-            assert_eq!(status_of(&resp), Status::AlreadyRegistered);
-        }
-        assert_eq!(env.code_lines().len(), 1);
-        // So the owner's recovery still gets its code at once.
         let resp = env
-            .register_request("alice@example.com", &TestEnv::new_device(), true)
+            .register_request("nobody@example.com", &TestEnv::new_device(), false)
             .await;
-        assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
-        assert_eq!(env.code_lines().len(), 2);
+        assert_eq!(status_of(&resp), Status::Ok);
+        // Someone probing identifiers sees the same answers for a registered
+        // one and a free one with the same history: a code sent, then the same
+        // rate limit.
+        for id in ["alice@example.com", "nobody@example.com"] {
+            let resp = env
+                .register_request(id, &TestEnv::new_device(), false)
+                .await;
+            assert_eq!(status_of(&resp), Status::Ok, "{id}: {}", resp.message);
+            let expires = TestEnv::body::<pb::RegisterResponse>(&resp).code_expires_at_ms;
+            assert!(expires > super::now_ms(), "{id}");
+        }
+        for id in ["alice@example.com", "nobody@example.com"] {
+            let resp = env
+                .register_request(id, &TestEnv::new_device(), false)
+                .await;
+            assert_eq!(status_of(&resp), Status::RateLimited, "{id}");
+        }
+        assert_eq!(
+            env.code_lines().len(),
+            4,
+            "two registrations and two probes"
+        );
     }
 
     #[tokio::test]
