@@ -8,13 +8,12 @@ mod support;
 
 use rossby_client::{Body, Client, RetryPolicy};
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{WAIT, bounded, http_get, register};
+use support::process::{GatewayProcess, free_tcp_port, free_udp_port};
+use support::{bounded, register};
 
 const BOB: &str = "bob@example.com";
 const SENDERS: [&str; 3] = ["alice@example.com", "carol@example.com", "dave@example.com"];
@@ -24,99 +23,6 @@ const BEFORE_KILL: usize = 30;
 const AFTER_RESTART: usize = 6;
 /// Most sends per sender (bounds the run).
 const MAX_PER_SENDER: usize = 400;
-
-/// A `rossby-gateway` process, killed when dropped.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(data_dir: &Path, quic: SocketAddr, admin: SocketAddr, log: PathBuf) -> Process {
-        let codes = data_dir.join("codes.txt");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rossby-gateway"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ROSSBY_") {
-                command.env_remove(name);
-            }
-        }
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let child = command
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", &quic.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .arg("--verifier")
-            .arg(format!("file:{}", codes.display()))
-            .args(["--log-level", "warn"])
-            .args([
-                "--rate-per-device",
-                "100000",
-                "--burst-per-device",
-                "100000",
-            ])
-            .args(["--rate-per-ip", "100000", "--burst-per-ip", "100000"])
-            .args(["--drain-grace-secs", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("the gateway binary starts");
-        Process { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Polls `/readyz` until it answers 200 (bounded).
-    async fn wait_ready(&mut self, admin: SocketAddr) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("the gateway exited with {status}:\n{}", self.log());
-            }
-            if let Ok((200, _)) = http_get(admin, "/readyz").await {
-                return;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("the gateway was not ready within {WAIT:?}:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_udp_port() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_tcp_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Retries bounded so that a sender notices the dead gateway within seconds.
 fn crash_retry() -> RetryPolicy {
@@ -185,10 +91,9 @@ async fn sigkill_loses_nothing_acknowledged() {
     let log = dir.path().join("gateway.log");
     let quic = free_udp_port();
     let admin = free_tcp_port();
-    let mut gateway = Process::spawn(&data, quic, admin, log.clone());
-    gateway.wait_ready(admin).await;
-    let cert = std::fs::read(data.join("cert.pem")).expect("the generated certificate");
-    let cert = rossby_client::connection::parse_certificate(&cert).expect("a PEM certificate");
+    let mut gateway = GatewayProcess::spawn(&data, quic, admin, log.clone(), &[]);
+    gateway.wait_ready().await;
+    let cert = gateway.certificate();
 
     let open = |name: &str| {
         let mut config = rossby_client::ClientConfig::new(dir.path().join(name), quic);
@@ -228,8 +133,8 @@ async fn sigkill_loses_nothing_acknowledged() {
     killed.store(true, Ordering::Release);
     let acked_at_kill = ledger.lock().unwrap().acked.len();
     let admin = free_tcp_port();
-    let mut gateway = Process::spawn(&data, quic, admin, log.clone());
-    gateway.wait_ready(admin).await;
+    let mut gateway = GatewayProcess::spawn(&data, quic, admin, log.clone(), &[]);
+    gateway.wait_ready().await;
 
     // The senders recover on their own; then they stop.
     until_acked(&ledger, acked_at_kill + AFTER_RESTART).await;
@@ -340,12 +245,11 @@ async fn every_file_the_gateway_writes_is_private() {
     let codes = data.join("codes.txt");
     let quic = free_udp_port();
     let admin = free_tcp_port();
-    let mut gateway = Process::spawn(&data, quic, admin, dir.path().join("gateway.log"));
-    gateway.wait_ready(admin).await;
-    let cert = std::fs::read(data.join("cert.pem")).expect("the generated certificate");
+    let mut gateway =
+        GatewayProcess::spawn(&data, quic, admin, dir.path().join("gateway.log"), &[]);
+    gateway.wait_ready().await;
     let mut config = rossby_client::ClientConfig::new(dir.path().join("bob.state"), quic);
-    config.ca_cert_der =
-        Some(rossby_client::connection::parse_certificate(&cert).expect("a PEM certificate"));
+    config.ca_cert_der = Some(gateway.certificate());
     let bob = Client::open(config).await.unwrap();
     // A code in the code file, and a registration in the store.
     register(&bob, BOB, &codes).await;

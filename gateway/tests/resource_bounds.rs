@@ -4,9 +4,9 @@
 //! gateway over loopback and checks the bound: the gateway's own gauge of bytes
 //! in flight (`rossby_bytes_in_flight`) or queued for pushes
 //! (`rossby_push_queue_bytes`) never passes the configured budget, and the
-//! bytes are given back once the deadline passed. The process's resident memory
-//! is printed alongside (gateway and clients share the process, so it is a
-//! report, not the assertion).
+//! bytes are given back once the deadline passed. The test process's resident
+//! memory is printed alongside; `process_memory.rs` asserts the resident memory
+//! of a gateway running as its own process.
 
 mod support;
 

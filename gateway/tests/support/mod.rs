@@ -28,6 +28,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+pub mod process;
+
 /// Upper bound of every single wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -275,18 +277,38 @@ impl RawConn {
         gateway: &Gateway,
         transport: Option<quinn::TransportConfig>,
     ) -> Result<RawConn, quinn::ConnectionError> {
+        let config = gateway.client_config().expect("client config");
+        RawConn::try_connect_to(gateway.quic_addr(), config, transport).await
+    }
+
+    /// Connects to a gateway at `addr` (another process), trusting exactly the
+    /// certificate `cert_der`.
+    pub async fn connect_to(
+        addr: SocketAddr,
+        cert_der: &[u8],
+        transport: Option<quinn::TransportConfig>,
+    ) -> RawConn {
+        let cert = rustls::pki_types::CertificateDer::from(cert_der.to_vec());
+        let config = rossby_gateway::tls::client_config(&[cert]).expect("client config");
+        RawConn::try_connect_to(addr, config, transport)
+            .await
+            .expect("handshake")
+    }
+
+    async fn try_connect_to(
+        addr: SocketAddr,
+        mut config: quinn::ClientConfig,
+        transport: Option<quinn::TransportConfig>,
+    ) -> Result<RawConn, quinn::ConnectionError> {
         let mut endpoint =
             quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("UDP socket");
-        let mut config = gateway.client_config().expect("client config");
         if let Some(transport) = transport {
             config.transport_config(std::sync::Arc::new(transport));
         }
         endpoint.set_default_client_config(config);
         let conn = bounded(
             "QUIC handshake",
-            endpoint
-                .connect(gateway.quic_addr(), "localhost")
-                .expect("connect"),
+            endpoint.connect(addr, "localhost").expect("connect"),
         )
         .await?;
         let mut exporter = [0u8; EXPORTER_LEN];
