@@ -48,14 +48,6 @@ fn info(bound: &BoundIdentifier) -> pb::IdentifierInfo {
     }
 }
 
-/// What the AddIdentifier transaction found.
-enum Added {
-    /// Pending; the code goes out.
-    Pending,
-    /// Already one of the caller's identifiers.
-    Own,
-}
-
 /// AddIdentifier: stores a pending addition and sends a code to the identifier.
 pub(crate) async fn add(
     shared: &Shared,
@@ -67,6 +59,32 @@ pub(crate) async fn add(
     let id = parse_identifier(&req.identifier)?;
     let store = &shared.store;
     let digest = store.hasher.current(&id);
+    let box_id = caller.box_id;
+    let limits = &store.limits;
+    // The caller's own identifier sends no code, so it spends none of the
+    // identifier's budgets either.
+    let now = now_ms();
+    let own = transact!(store, |txn| async {
+        if lookup::resolve(txn, &store.hasher, &id, now).await? != Some(box_id) {
+            return Ok(false);
+        }
+        // Changes nothing, except that a binding from before sealed copies
+        // gets one (the identifier is here in clear), so it is listed from
+        // now on.
+        let max = limits.max_identifiers_per_box;
+        lookup::bind_with(txn, &store.hasher, &id, box_id, true, max, now).await?;
+        Ok(true)
+    }
+    .await)?;
+    if own {
+        return Err(Failure::new(
+            Status::AlreadyRegistered,
+            "this identifier is already one of your account's identifiers",
+        ));
+    }
+    // Another account's identifier is answered like a free one (the code goes
+    // to its owner): only the code's holder learns, at ConfirmIdentifier, that
+    // it is taken.
     super::registration::spend_code_budgets(shared, &id, origin.remote.ip()).await?;
     let issued = issue_code(shared, &digest).await?;
     let now = issued.now_ms;
@@ -78,41 +96,15 @@ pub(crate) async fn add(
         device_id: caller.device_id.as_bytes().to_vec(),
         created_at_ms: now,
     };
-    let box_id = caller.box_id;
-    let limits = &store.limits;
-    let added = transact!(store, |txn| async {
-        match lookup::resolve(txn, &store.hasher, &id, now).await? {
-            Some(owner) if owner == box_id => {
-                // Changes nothing, except that a binding from before sealed
-                // copies gets one (the identifier is here in clear), so it is
-                // listed from now on.
-                let max = limits.max_identifiers_per_box;
-                lookup::bind_with(txn, &store.hasher, &id, box_id, true, max, now).await?;
-                Ok(Added::Own)
-            }
-            // Another account's identifier is answered like a free one (the
-            // code goes to its owner): only the code's holder learns, at
-            // ConfirmIdentifier, that it is taken.
-            _ => {
-                identifiers::store_pending(txn, limits, box_id, &digest, &record, now).await?;
-                Ok(Added::Pending)
-            }
-        }
-    }
+    transact!(store, |txn| identifiers::store_pending(
+        txn, limits, box_id, &digest, &record, now
+    )
     .await)?;
-    match added {
-        Added::Own => Err(Failure::new(
-            Status::AlreadyRegistered,
-            "this identifier is already one of your account's identifiers",
-        )),
-        Added::Pending => {
-            let expires_at_ms = issued.expires_at_ms;
-            deliver_code(shared, id, issued).await?;
-            Ok(pb::AddIdentifierResponse {
-                code_expires_at_ms: expires_at_ms,
-            })
-        }
-    }
+    let expires_at_ms = issued.expires_at_ms;
+    deliver_code(shared, id, issued).await?;
+    Ok(pb::AddIdentifierResponse {
+        code_expires_at_ms: expires_at_ms,
+    })
 }
 
 /// What the ConfirmIdentifier transaction decided.
@@ -342,6 +334,28 @@ mod tests {
         let after = list().await;
         assert_eq!(after[0].identifier, "alice@example.com");
         assert_eq!(after[0].bound_at_ms, 42);
+    }
+
+    #[tokio::test]
+    async fn adding_ones_own_identifier_spends_no_code() {
+        let env = TestEnv::with(TestSettings {
+            registrations: Some((0.0, 1.0)),
+            ..TestSettings::default()
+        });
+        // The registration took the identifier's only code.
+        let alice = env.register("alice@example.com").await;
+        for _ in 0..3 {
+            let resp = env
+                .call_as(&alice, 1, Method::AddIdentifier, &add("alice@example.com"))
+                .await;
+            assert_eq!(
+                status_of(&resp),
+                Status::AlreadyRegistered,
+                "{}",
+                resp.message
+            );
+        }
+        assert_eq!(env.code_lines().len(), 1);
     }
 
     #[tokio::test]
