@@ -5,7 +5,8 @@
 use crate::error::{Error, Result};
 use prost::Message;
 use rossby_protocol::crypto::{
-    DeviceKeys, EnvelopeHeader, PublicKeys, RecipientDevice, open_envelope, seal_envelope,
+    DeviceKeys, EnvelopeHeader, IdentityKey, PublicKeys, RecipientDevice, open_envelope,
+    seal_envelope,
 };
 use rossby_protocol::pb;
 use std::collections::HashMap;
@@ -196,23 +197,31 @@ pub fn open_queued(
     open_queued_with(None, keys, my_device, queued, sender_devices)
 }
 
-/// [`open_queued`] through a cache of verified bundles.
-pub fn open_queued_cached(
-    cache: &KeyCache,
-    keys: &DeviceKeys,
-    my_device: &[u8; 16],
-    queued: &pb::QueuedEnvelope,
-    sender_devices: &pb::DeviceList,
-) -> Result<pb::Content, Rejection> {
-    open_queued_with(Some(cache), keys, my_device, queued, sender_devices)
-}
-
 fn open_queued_with(
     cache: Option<&KeyCache>,
     keys: &DeviceKeys,
     my_device: &[u8; 16],
     queued: &pb::QueuedEnvelope,
     sender_devices: &pb::DeviceList,
+) -> Result<pb::Content, Rejection> {
+    if sender_devices.box_id != queued.sender_box {
+        return Err(Rejection("device list of another box".into()));
+    }
+    let sender = device_keys_with(cache, sender_devices, &queued.sender_device)
+        .ok_or_else(|| Rejection("the sending device is not among the sender's devices".into()))?;
+    open_queued_by(keys, my_device, queued, sender.identity_key())
+}
+
+/// Checks and decrypts a queued envelope signed by the device whose identity
+/// key is `sender` (from its device list, or the key the gateway recorded
+/// with the envelope when the sender can no longer be looked up, security.md
+/// §8.3): it must decode, name the same sender box, device and message id as
+/// the gateway recorded, verify under `sender` and hold a key for this device.
+pub fn open_queued_by(
+    keys: &DeviceKeys,
+    my_device: &[u8; 16],
+    queued: &pb::QueuedEnvelope,
+    sender: &IdentityKey,
 ) -> Result<pb::Content, Rejection> {
     let envelope = pb::Envelope::decode(queued.envelope.as_slice())
         .map_err(|e| Rejection(format!("undecodable envelope: {e}")))?;
@@ -224,12 +233,7 @@ fn open_queued_with(
             "the envelope's sender or message id differs from the gateway's record".into(),
         ));
     }
-    if sender_devices.box_id != queued.sender_box {
-        return Err(Rejection("device list of another box".into()));
-    }
-    let sender = device_keys_with(cache, sender_devices, &queued.sender_device)
-        .ok_or_else(|| Rejection("the sending device is not among the sender's devices".into()))?;
-    open_envelope(keys, my_device, &envelope, &sender).map_err(|e| Rejection(e.to_string()))
+    open_envelope(keys, my_device, &envelope, sender).map_err(|e| Rejection(e.to_string()))
 }
 
 /// Parses a 16-byte id.
@@ -278,6 +282,7 @@ mod tests {
             message_id: header.message_id.to_vec(),
             enqueued_at_ms: 0,
             envelope,
+            sender_identity_key: Vec::new(),
         }
     }
 

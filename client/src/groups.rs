@@ -50,7 +50,7 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use prost::Message as _;
 use rossby_keyspace::{BoxId, MessageId};
-use rossby_protocol::crypto::PublicKeys;
+use rossby_protocol::crypto::IdentityKey;
 use rossby_protocol::pb::{self, Method};
 use state::{Buffered, Delivery, DeliveryKind, GroupContent, GroupEntry, Membership};
 use std::collections::{BTreeSet, HashSet};
@@ -1221,22 +1221,39 @@ impl Client {
         })
     }
 
-    /// The verified keys of the device that sent an envelope (`None`: unknown).
-    async fn sender_keys(
+    /// The identity key of the device that sent a queued envelope, and
+    /// whether looking it up found the sender's device list changed (a key
+    /// change to report). The key comes from the sender's device list (the
+    /// cached one when it has the device, else a fresh lookup); when the sender
+    /// can no longer be looked up (it blocked this account or deleted its
+    /// own) or no longer lists the device (removed since), it is the key the
+    /// gateway recorded when it accepted the envelope, `recorded`
+    /// (security.md §8.3). `None`: no key at all.
+    pub(crate) async fn sender_identity(
         &self,
         sender_box: &[u8; 16],
         device: &[u8; 16],
-    ) -> Result<Option<PublicKeys>> {
+        recorded: &[u8],
+    ) -> Result<(Option<IdentityKey>, bool)> {
         let cached = self.cached_devices(sender_box).await;
-        let list = match cached {
-            Some(list) if list.devices.iter().any(|d| d.device_id == device) => list,
+        let (list, changed) = match cached {
+            Some(list) if list.devices.iter().any(|d| d.device_id == device) => (Some(list), false),
             _ => match self.lookup_box(sender_box).await {
-                Ok((list, _)) => list,
-                Err(e) if e.status() == Some(pb::Status::NotFound) => return Ok(None),
+                Ok((list, changed)) => (Some(list), changed),
+                Err(e) if e.status() == Some(pb::Status::NotFound) => (None, false),
                 Err(e) => return Err(e),
             },
         };
-        Ok(device_keys_cached(&self.key_cache, &list, device))
+        let listed = list
+            .filter(|l| l.devices.iter().any(|d| d.device_id == device))
+            .map(|l| device_keys_cached(&self.key_cache, &l, device));
+        let key = match listed {
+            // A listed device whose bundle does not verify has no key: the
+            // gateway's record does not override the list.
+            Some(keys) => keys.map(|k| *k.identity_key()),
+            None => IdentityKey::from_bytes(recorded).ok(),
+        };
+        Ok((key, changed))
     }
 
     /// Processes one group envelope; its results go to `deliveries` under
@@ -1342,7 +1359,10 @@ impl Client {
             // before this device was added).
             return Ok(Ok(()));
         }
-        let Some(sender_keys) = self.sender_keys(&sender_box, &sender_device).await? else {
+        let (key, _) = self
+            .sender_identity(&sender_box, &sender_device, &queued.sender_identity_key)
+            .await?;
+        let Some(sender_keys) = key else {
             return Ok(Err(
                 "the sending device is not among the sender's devices".into()
             ));
@@ -1629,11 +1649,11 @@ impl Client {
     }
 }
 
-/// The device an envelope came from, with its verified keys.
+/// The device an envelope came from, with its identity key.
 struct Sender {
     box_id: [u8; 16],
     device_id: [u8; 16],
-    keys: PublicKeys,
+    keys: IdentityKey,
 }
 
 impl GroupEngine {

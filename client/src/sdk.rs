@@ -56,7 +56,7 @@
 use crate::connection::{
     Connection, GatewayConfig, RetryPolicy, Subscription, ok_body, one_line, unix_ms,
 };
-use crate::envelopes::{KeyCache, id16, open_queued_cached, seal_for_list_cached};
+use crate::envelopes::{KeyCache, id16, open_queued_by, seal_for_list_cached};
 use crate::error::{Error, Result};
 use crate::groups::GroupEngine;
 use crate::messages::Outgoing;
@@ -2042,34 +2042,20 @@ impl Client {
         let Ok(message_id) = <[u8; 16]>::try_from(queued.message_id.as_slice()) else {
             return Ok(Err("invalid message id".into()));
         };
-        // Use the cached list when it knows the device, else refresh it.
-        let cached = self.cached_devices(&sender_box).await;
-        let list = match cached {
-            Some(list) if list.devices.iter().any(|d| d.device_id == sender_device) => list,
-            _ => match self.lookup_box(&sender_box).await {
-                Ok((list, changed)) => {
-                    if changed {
-                        key_changes.push(self.display_name(&sender_box).await);
-                    }
-                    list
-                }
-                Err(e) if e.status() == Some(pb::Status::NotFound) => {
-                    return Ok(Err(
-                        "the sender is unknown (account deleted or hidden)".into()
-                    ));
-                }
-                Err(e) => return Err(e),
-            },
+        let (key, changed) = self
+            .sender_identity(&sender_box, &sender_device, &queued.sender_identity_key)
+            .await?;
+        if changed {
+            key_changes.push(self.display_name(&sender_box).await);
+        }
+        let Some(keys) = key else {
+            return Ok(Err(
+                "the sending device has no valid keys (and the gateway recorded none)".into(),
+            ));
         };
-        let content =
-            match open_queued_cached(&self.key_cache, &self.keys, &self.device_id, queued, &list) {
-                Ok(c) => c,
-                Err(r) => return Ok(Err(r.0)),
-            };
-        let Some(keys) =
-            crate::envelopes::device_keys_cached(&self.key_cache, &list, &sender_device)
-        else {
-            return Ok(Err("the sending device has no valid keys".into()));
+        let content = match open_queued_by(&self.keys, &self.device_id, queued, &keys) {
+            Ok(c) => c,
+            Err(r) => return Ok(Err(r.0)),
         };
         let content = match self
             .direct_unwrap(
@@ -2209,6 +2195,8 @@ impl Client {
             message_id: envelope.message_id,
             enqueued_at_ms: 0,
             envelope: ephemeral.envelope.clone(),
+            // The sender is connected and sending now: its list has the key.
+            sender_identity_key: Vec::new(),
         };
         let mut changes = Vec::new();
         self.process(&queued, &mut changes)

@@ -434,7 +434,11 @@ impl Client {
             .direct_unwrap(
                 queued.seq,
                 &queued.message_id,
-                (&sender.box_id, &sender.device_id, &sender.keys),
+                (
+                    &sender.box_id,
+                    &sender.device_id,
+                    sender.keys.identity_key(),
+                ),
                 opened.content,
             )
             .await?

@@ -380,6 +380,7 @@ async fn commit_without_delivery(
         },
         sender_box: by.box_id,
         sender_device: by.device_id,
+        sender_identity_key: Some(by.keys.identity_public()),
         message_id: MessageId::new(),
         epoch,
         add,

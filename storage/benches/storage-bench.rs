@@ -148,6 +148,7 @@ fn random_envelope(rng: &mut impl Rng, sender: Target, recipient: Target) -> New
         sender: rossby_storage::tables::queue::Sender::Device {
             box_id: sender.id,
             device_id: sender.devices[0],
+            identity_key: Some([7; 32]),
         },
         message_id: MessageId::new(),
         device_list_version: recipient.version,

@@ -193,6 +193,7 @@ fn envelope(from: (BoxId, DeviceId), version: u64, payload: &[u8]) -> NewEnvelop
         sender: rossby_storage::tables::queue::Sender::Device {
             box_id: from.0,
             device_id: from.1,
+            identity_key: Some([7; 32]),
         },
         message_id: MessageId::new(),
         device_list_version: version,

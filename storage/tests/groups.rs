@@ -52,6 +52,7 @@ fn commit_in<'a>(
         group,
         sender_box,
         sender_device,
+        sender_identity_key: Some([7; 32]),
         message_id: MessageId::new(),
         epoch,
         add,
@@ -104,6 +105,7 @@ async fn leave(
         group,
         b,
         d,
+        Some([7; 32]),
         MessageId::new(),
         envelope,
         T0
@@ -617,6 +619,7 @@ async fn a_message_racing_a_commit_is_ordered_before_it_or_refused(store: &Store
         group,
         sender_box: member,
         sender_device: md[0],
+        sender_identity_key: Some([7; 32]),
         message_id: MessageId::new(),
         epoch: 1,
         envelope: b"hello in epoch 1",

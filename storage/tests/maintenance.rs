@@ -352,6 +352,7 @@ async fn send(store: &Store, from: (BoxId, DeviceId), to: BoxId, body: &[u8], no
                 sender: rossby_storage::tables::queue::Sender::Device {
                     box_id: from.0,
                     device_id: from.1,
+                    identity_key: Some([7; 32]),
                 },
                 message_id: MessageId::new(),
                 device_list_version: version,

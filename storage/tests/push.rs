@@ -72,6 +72,7 @@ async fn send(store: &Store, b: BoxId, from: DeviceId, now: u64) -> u64 {
                 sender: rossby_storage::tables::queue::Sender::Device {
                     box_id: b,
                     device_id: from,
+                    identity_key: Some([7; 32]),
                 },
                 message_id: MessageId::new(),
                 device_list_version: version,

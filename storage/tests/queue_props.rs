@@ -687,6 +687,7 @@ async fn run_sender(store: Store, recipient: BoxId, index: usize, plan: SenderPl
             sender: rossby_storage::tables::queue::Sender::Device {
                 box_id: sender_box,
                 device_id: sender_device,
+                identity_key: Some([7; 32]),
             },
             message_id: MessageId::new(),
             device_list_version: version,
@@ -1232,6 +1233,7 @@ async fn send_sequentially(store: &Store, box_id: BoxId, n: usize) -> u64 {
             sender: rossby_storage::tables::queue::Sender::Device {
                 box_id: sender_box,
                 device_id: sender_device,
+                identity_key: Some([7; 32]),
             },
             message_id: MessageId::new(),
             device_list_version: current_version(store, box_id).await,

@@ -77,6 +77,7 @@ fn envelope(from: BoxId, device: DeviceId, version: u64, payload: &[u8]) -> NewE
         sender: Sender::Device {
             box_id: from,
             device_id: device,
+            identity_key: Some([7; 32]),
         },
         message_id: MessageId::new(),
         device_list_version: version,
@@ -387,6 +388,7 @@ async fn retried_sends_are_answered_from_dedup(store: &Store) {
     from_other_device.sender = Sender::Device {
         box_id: s,
         device_id: DeviceId::new(),
+        identity_key: Some([7; 32]),
     };
     let out = store.enqueue(b, &[from_other_device], T0).await.unwrap();
     assert_eq!(out[0].as_ref().unwrap().seq, 3);
@@ -724,6 +726,11 @@ async fn fetch_is_bounded_by_count_and_bytes(store: &Store) {
         .unwrap();
     assert_eq!(f.envelopes.len(), 4);
     assert!(f.more());
+    // Every envelope names its sender and the key it was accepted under.
+    for e in &f.envelopes {
+        assert_eq!(e.envelope.sender_box, s.as_bytes());
+        assert_eq!(e.envelope.sender_identity_key, [7; 32]);
+    }
     let f = store
         .fetch(
             b,
@@ -949,6 +956,7 @@ async fn sealed_senders_need_the_access_key_and_leave_no_trace(store: &Store) {
     assert_eq!(fetched.envelopes.len(), 1);
     let stored = &fetched.envelopes[0].envelope;
     assert!(stored.sender_box.is_empty() && stored.sender_device.is_empty());
+    assert!(stored.sender_identity_key.is_empty());
     assert_eq!(stored.payload, b"sealed");
 
     // "Anyone" takes any key; turning it off and clearing the key refuses all.

@@ -360,6 +360,7 @@ async fn real_sends_are_slow_only_across_regions() {
             sender: rossby_storage::tables::queue::Sender::Device {
                 box_id: sender.0,
                 device_id: sender.1,
+                identity_key: Some([7; 32]),
             },
             message_id: MessageId::new(),
             device_list_version: version,

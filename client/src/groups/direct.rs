@@ -36,7 +36,7 @@ use mls::mls_error;
 use openmls::prelude::*;
 use prost::Message as _;
 use rossby_keyspace::BoxId;
-use rossby_protocol::crypto::PublicKeys;
+use rossby_protocol::crypto::IdentityKey;
 use rossby_protocol::pb;
 use std::collections::HashSet;
 
@@ -347,7 +347,7 @@ impl Client {
         &self,
         seq: u64,
         message_id: &[u8],
-        sender: (&[u8; 16], &[u8; 16], &PublicKeys),
+        sender: (&[u8; 16], &[u8; 16], &IdentityKey),
         content: pb::Content,
     ) -> Result<std::result::Result<pb::Content, String>> {
         let own = self.own_box().await?;
@@ -385,7 +385,7 @@ impl Client {
                     let sender = Sender {
                         box_id: *sender_box,
                         device_id: *sender_device,
-                        keys: keys.clone(),
+                        keys: *keys,
                     };
                     let result = self.open_direct_mls(&mut engine, &message, &peer, &sender)?;
                     if seq > 0 {

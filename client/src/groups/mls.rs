@@ -19,7 +19,7 @@ use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 use prost::Message as _;
-use rossby_protocol::crypto::{DeviceKeys, PublicKeys};
+use rossby_protocol::crypto::{DeviceKeys, IdentityKey};
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -272,8 +272,9 @@ impl CredentialClaim {
 
     /// Checks the claim against the device's identity key and the leaf's
     /// signature key.
-    pub fn verify(&self, device: &PublicKeys, signature_key: &[u8]) -> bool {
+    pub fn verify(&self, device: &impl AsRef<IdentityKey>, signature_key: &[u8]) -> bool {
         device
+            .as_ref()
             .verify(
                 &credential_message(&self.box_id, &self.device_id, signature_key),
                 &self.signature,

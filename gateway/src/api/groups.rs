@@ -442,6 +442,7 @@ pub(crate) async fn group_commit(
         group,
         sender_box: caller.box_id,
         sender_device: caller.device_id,
+        sender_identity_key: caller.identity_key,
         message_id,
         epoch: req.epoch,
         add: &add,
@@ -498,6 +499,7 @@ pub(crate) async fn group_send(
         group,
         sender_box: caller.box_id,
         sender_device: caller.device_id,
+        sender_identity_key: caller.identity_key,
         message_id,
         epoch: req.epoch,
         envelope: &req.envelope,
@@ -564,6 +566,7 @@ pub(crate) async fn leave_group(
         group,
         member,
         device,
+        caller.identity_key,
         message_id,
         &req.envelope,
         now

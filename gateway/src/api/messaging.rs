@@ -498,7 +498,9 @@ impl Wakes {
     fn add(&mut self, recipient: BoxId, sender: Sender) {
         // A device never gets a wake-up for its own message.
         let own = match sender {
-            Sender::Device { box_id, device_id } if box_id == recipient => Some(device_id),
+            Sender::Device {
+                box_id, device_id, ..
+            } if box_id == recipient => Some(device_id),
             _ => None,
         };
         *self = match *self {
@@ -541,18 +543,25 @@ fn fail(jobs: Vec<Job>, failure: &Failure) {
 
 /// A forwarded envelope as the peer protocol carries it.
 fn to_peer(recipient: BoxId, envelope: &NewEnvelope, wake: pb::Wake) -> pb::PeerEnqueue {
-    let (sender_box, sender_device, sealed_access_key) = match &envelope.sender {
-        Sender::Device { box_id, device_id } => (
+    let (sender_box, sender_device, sender_identity_key, sealed_access_key) = match &envelope.sender
+    {
+        Sender::Device {
+            box_id,
+            device_id,
+            identity_key,
+        } => (
             box_id.as_bytes().to_vec(),
             device_id.as_bytes().to_vec(),
+            identity_key.map(|k| k.to_vec()).unwrap_or_default(),
             Vec::new(),
         ),
-        Sender::Sealed { access_key } => (Vec::new(), Vec::new(), access_key.to_vec()),
+        Sender::Sealed { access_key } => (Vec::new(), Vec::new(), Vec::new(), access_key.to_vec()),
     };
     pb::PeerEnqueue {
         recipient: recipient.as_bytes().to_vec(),
         sender_box,
         sender_device,
+        sender_identity_key,
         sealed_access_key,
         message_id: envelope.message_id.as_bytes().to_vec(),
         device_list_version: envelope.device_list_version,
@@ -603,6 +612,15 @@ fn from_wire(e: pb::PeerEnqueue) -> Result<(BoxId, NewEnvelope, pb::Wake), Failu
             box_id: BoxId::try_from_slice(&e.sender_box).map_err(|_| bad("sender box"))?,
             device_id: DeviceId::try_from_slice(&e.sender_device)
                 .map_err(|_| bad("sender device"))?,
+            identity_key: match e.sender_identity_key.len() {
+                0 => None,
+                _ => Some(
+                    e.sender_identity_key
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| bad("sender identity key"))?,
+                ),
+            },
         }
     } else {
         Sender::Sealed {
@@ -801,6 +819,7 @@ pub(crate) async fn send(
                 sender: Sender::Device {
                     box_id: caller.box_id,
                     device_id: caller.device_id,
+                    identity_key: caller.identity_key,
                 },
                 message_id,
                 device_list_version: t.device_list_version,
@@ -913,6 +932,7 @@ fn fetch_response(fetched: Fetched) -> pb::FetchResponse {
                 message_id: d.envelope.message_id,
                 enqueued_at_ms: d.envelope.enqueued_at_ms,
                 envelope: d.envelope.payload,
+                sender_identity_key: d.envelope.sender_identity_key,
             })
             .collect(),
         last_seq: fetched.last_seq,
@@ -1479,6 +1499,7 @@ mod tests {
                     sender: rossby_storage::tables::queue::Sender::Device {
                         box_id: rossby_keyspace::BoxId::new(rossby_keyspace::RegionId(1)),
                         device_id: rossby_keyspace::DeviceId::new(),
+                        identity_key: None,
                     },
                     message_id: MessageId::new(),
                     device_list_version: 1,

@@ -80,8 +80,9 @@ pub type ApiError = crate::error::Error;
 pub const SMALL_REPLY_BYTES: usize = 4 * 1024;
 
 /// Bytes of a fetched envelope's fields besides its payload (ids, sequence
-/// number, timestamp, tags), for a Fetch reply's estimate.
-pub const ENVELOPE_FIELD_BYTES: usize = 96;
+/// number, timestamp, the sender's identity key, tags and lengths: 118 at
+/// most), for a Fetch reply's estimate.
+pub const ENVELOPE_FIELD_BYTES: usize = 128;
 
 /// When a request refused for want of device budget may try again.
 const BUDGET_RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -568,19 +569,20 @@ impl Shared {
                 .map_err(|_| Failure::bad_request("a device id must have 16 bytes"))?;
             // The same check as at the edge (the cache or a recent snapshot,
             // refusals confirmed).
-            let authorized = self
+            let Some(identity_key) = self
                 .auth
                 .device_authorized(&self.store, box_id, device_id, call.key_version)
-                .await?;
-            if !authorized {
+                .await?
+            else {
                 return Err(Failure::new(Status::Unauthenticated, "unknown credentials"));
-            }
+            };
             let caller = Authenticated {
                 box_id,
                 device_id,
                 key_version: call.key_version,
                 secret_version: call.secret_version,
                 credentials_outdated: false,
+                identity_key,
             };
             let exporter = [0u8; EXPORTER_LEN];
             let origin = Origin {

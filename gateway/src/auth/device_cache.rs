@@ -44,8 +44,13 @@ const CONFIRM_WINDOW: Duration = RECENT_READ_STALENESS.saturating_mul(2);
 #[derive(Clone, Copy)]
 struct Entry {
     key_version: u32,
+    identity_key: Option<IdentityKey>,
     read_at: Instant,
 }
+
+/// A device's Ed25519 identity key, as its record holds it (`None` if the
+/// record's is not 32 bytes, which the API never stores).
+pub type IdentityKey = [u8; 32];
 
 /// A device read about to start: when, and whether it must skip the recent
 /// snapshot.
@@ -103,16 +108,26 @@ impl DeviceCache {
 
     /// Whether the device is known to be authorized with `key_version`.
     pub fn contains(&self, box_id: BoxId, device: DeviceId, key_version: u32) -> bool {
-        let Some(entries) = &self.entries else {
-            return false;
-        };
-        let Some(entry) = entries.get(&(box_id, device)) else {
-            return false;
-        };
+        self.get(box_id, device, key_version).is_some()
+    }
+
+    /// The device's identity key (`Some(None)`: not recorded) if it is known
+    /// to be authorized with `key_version`. A (device, key version) pair never
+    /// changes its keys: keys are replaced only by a recovery or a new link,
+    /// which give the next key version.
+    pub fn get(
+        &self,
+        box_id: BoxId,
+        device: DeviceId,
+        key_version: u32,
+    ) -> Option<Option<IdentityKey>> {
+        let entries = self.entries.as_ref()?;
+        let entry = entries.get(&(box_id, device))?;
         // moka's expiry counts from the insertion; the bound counts from the read.
-        entry.key_version == key_version
+        let valid = entry.key_version == key_version
             && entry.read_at.elapsed() < self.ttl
-            && self.revoked_at(box_id).is_none_or(|at| entry.read_at > at)
+            && self.revoked_at(box_id).is_none_or(|at| entry.read_at > at);
+        valid.then_some(entry.identity_key)
     }
 
     /// Call before reading a device record that [`DeviceCache::insert`] may cache.
@@ -126,10 +141,18 @@ impl DeviceCache {
 
     /// Remembers that a read begun with `read` found the device authorized with
     /// `key_version`.
-    pub fn insert(&self, box_id: BoxId, device: DeviceId, key_version: u32, read: Read) {
+    pub fn insert(
+        &self,
+        box_id: BoxId,
+        device: DeviceId,
+        key_version: u32,
+        identity_key: Option<IdentityKey>,
+        read: Read,
+    ) {
         if let Some(entries) = &self.entries {
             let entry = Entry {
                 key_version,
+                identity_key,
                 read_at: read.started,
             };
             entries.insert((box_id, device), entry);
@@ -230,7 +253,7 @@ mod tests {
         assert!(!cache.contains(b, d, 1));
         let read = cache.begin_read(b);
         assert!(!read.fresh);
-        cache.insert(b, d, 1, read);
+        cache.insert(b, d, 1, Some([5; 32]), read);
         assert!(cache.contains(b, d, 1));
         assert!(!cache.contains(b, d, 2), "another key version");
         // A revocation of another box changes nothing.
@@ -241,12 +264,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1));
         // A read that began before the revocation but is stored after it is no
         // good either.
-        cache.insert(b, d, 1, read);
+        cache.insert(b, d, 1, Some([5; 32]), read);
         assert!(!cache.contains(b, d, 1));
         // Reads right after a revocation are fresh, and what they find is kept.
         let read = cache.begin_read(b);
         assert!(read.fresh);
-        cache.insert(b, d, 1, read);
+        cache.insert(b, d, 1, Some([5; 32]), read);
         assert!(cache.contains(b, d, 1));
     }
 
@@ -256,9 +279,9 @@ mod tests {
         let (b, d) = (BoxId::new(RegionId(1)), DeviceId::new());
         let read = cache.begin_read(b);
         std::thread::sleep(Duration::from_millis(40));
-        cache.insert(b, d, 1, read);
+        cache.insert(b, d, 1, Some([5; 32]), read);
         assert!(!cache.contains(b, d, 1));
-        cache.insert(b, d, 1, cache.begin_read(b));
+        cache.insert(b, d, 1, Some([5; 32]), cache.begin_read(b));
         assert!(cache.contains(b, d, 1));
     }
 
@@ -266,7 +289,7 @@ mod tests {
     fn a_zero_ttl_caches_nothing_but_still_reads_fresh_after_revocations() {
         let cache = DeviceCache::new(Duration::ZERO, 100);
         let (b, d) = (BoxId::new(RegionId(1)), DeviceId::new());
-        cache.insert(b, d, 1, cache.begin_read(b));
+        cache.insert(b, d, 1, Some([5; 32]), cache.begin_read(b));
         assert!(!cache.contains(b, d, 1));
         cache.revoke_box(b);
         assert!(cache.begin_read(b).fresh);
@@ -276,7 +299,7 @@ mod tests {
     fn too_many_revocations_revoke_everything() {
         let cache = DeviceCache::new(Duration::from_secs(60), 4);
         let (b, d) = (BoxId::new(RegionId(1)), DeviceId::new());
-        cache.insert(b, d, 1, cache.begin_read(b));
+        cache.insert(b, d, 1, Some([5; 32]), cache.begin_read(b));
         for _ in 0..4 {
             cache.revoke_box(BoxId::new(RegionId(2)));
         }
@@ -286,7 +309,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1));
         assert!(cache.begin_read(b).fresh);
         let read = cache.begin_read(b);
-        cache.insert(b, d, 1, read);
+        cache.insert(b, d, 1, Some([5; 32]), read);
         assert!(cache.contains(b, d, 1));
     }
 }

@@ -31,6 +31,7 @@ pub mod keys;
 pub mod secrets;
 
 use device_cache::DeviceCache;
+pub use device_cache::IdentityKey;
 use keys::CredentialId;
 use rossby_keyspace::{BoxId, DeviceId};
 use rossby_protocol::hawk::{Authorization, Rejection, ServiceName, SignedRequest};
@@ -174,6 +175,10 @@ pub struct Authenticated {
     /// Whether that version is not the current one: the device should fetch new
     /// credentials (RefreshCredentials).
     pub credentials_outdated: bool,
+    /// The device's Ed25519 identity key as its record holds it, stored with
+    /// every envelope it sends (so recipients can verify them after the sender
+    /// can no longer be looked up).
+    pub identity_key: Option<IdentityKey>,
 }
 
 /// What one request presents for authentication.
@@ -235,18 +240,20 @@ impl Authenticator {
         box_id: BoxId,
         device_id: DeviceId,
         key_version: u32,
-    ) -> rossby_storage::Result<bool> {
-        if self.devices.contains(box_id, device_id, key_version) {
-            return Ok(true);
+    ) -> rossby_storage::Result<Option<Option<IdentityKey>>> {
+        if let Some(key) = self.devices.get(box_id, device_id, key_version) {
+            return Ok(Some(key));
         }
         let read = self.devices.begin_read(box_id);
-        let found = current_device(store, box_id, device_id, key_version, read.fresh)
-            .await?
-            .is_some();
-        if found {
-            self.devices.insert(box_id, device_id, key_version, read);
-        }
-        Ok(found)
+        let Some(device) =
+            current_device(store, box_id, device_id, key_version, read.fresh).await?
+        else {
+            return Ok(None);
+        };
+        let key = IdentityKey::try_from(device.identity_key.as_slice()).ok();
+        self.devices
+            .insert(box_id, device_id, key_version, key, read);
+        Ok(Some(key))
     }
 
     /// Authenticates one request (see the module documentation for the order of
@@ -278,13 +285,11 @@ impl Authenticator {
             exporter: presented.exporter,
         };
         auth.verify(&signed, &key, now, self.skew)?;
-        let authorized = self
+        let identity_key = self
             .device_authorized(store, box_id, device_id, id.key_version)
             .await
-            .map_err(AuthFailure::Storage)?;
-        if !authorized {
-            return Err(AuthFailure::UnknownCredential);
-        }
+            .map_err(AuthFailure::Storage)?
+            .ok_or(AuthFailure::UnknownCredential)?;
         if !self.nonces.remember(&auth.id, &auth.nonce) {
             return Err(AuthFailure::Replayed);
         }
@@ -294,6 +299,7 @@ impl Authenticator {
             key_version: id.key_version,
             secret_version: id.secret_version,
             credentials_outdated: id.secret_version != self.secrets.current_version(),
+            identity_key,
         })
     }
 }

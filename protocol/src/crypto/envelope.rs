@@ -11,7 +11,7 @@
 //! - `signature = Ed25519(sender identity key, envelope_signed_bytes(envelope))`,
 //!   an explicit length-prefixed encoding described at [`envelope_signed_bytes`].
 
-use super::keys::{DeviceKeys, PublicKeys, SIGNATURE_LEN};
+use super::keys::{DeviceKeys, IdentityKey, PublicKeys, SIGNATURE_LEN};
 use super::seal::{AEAD_KEY_LEN, CONTEXT_CONTENT_KEY, aead_open, aead_seal, open, seal};
 use crate::error::{Error, Result};
 use crate::pb;
@@ -153,9 +153,11 @@ pub fn seal_envelope(
     Ok(envelope)
 }
 
-/// Verifies and decrypts an envelope addressed to `my_device`. `sender` are the
-/// keys of the device named by `envelope.sender_box`/`sender_device`, as the
-/// caller knows them (the server's device list, checked with safety numbers).
+/// Verifies and decrypts an envelope addressed to `my_device`. `sender` is the
+/// identity key (or the whole [`PublicKeys`]) of the device named by
+/// `envelope.sender_box`/`sender_device`, as the caller knows it (the server's
+/// device list, checked with safety numbers, or the key the gateway recorded
+/// with a queued envelope).
 ///
 /// Order: version, then the signature (before anything else is parsed or
 /// decrypted), then the header ids, this device's wrap, the content key, the
@@ -166,7 +168,7 @@ pub fn open_envelope(
     keys: &DeviceKeys,
     my_device: &[u8; 16],
     envelope: &pb::Envelope,
-    sender: &PublicKeys,
+    sender: &impl AsRef<IdentityKey>,
 ) -> Result<pb::Content> {
     if envelope.version != ENVELOPE_VERSION {
         return Err(Error::Crypto(format!(
@@ -186,6 +188,7 @@ pub fn open_envelope(
         )));
     }
     sender
+        .as_ref()
         .verify(&envelope_signed_bytes(envelope), &envelope.signature)
         .map_err(|_| Error::Crypto("envelope signature does not verify".into()))?;
 
@@ -334,6 +337,28 @@ mod tests {
     }
 
     type Mutation = fn(&mut pb::Envelope);
+
+    #[test]
+    fn the_identity_key_alone_opens_what_the_whole_keys_open() {
+        let f = fixture();
+        let (id, keys) = &f.devices[0];
+        let recorded = f.sender.public_keys().identity();
+        let identity = IdentityKey::from_bytes(&recorded).unwrap();
+        assert_eq!(identity.to_bytes(), recorded);
+        assert_eq!(
+            open_envelope(keys, id, &f.envelope, &identity).unwrap(),
+            f.content
+        );
+        // Another device's key does not verify it.
+        let other = IdentityKey::from_bytes(&DeviceKeys::generate().identity_public()).unwrap();
+        assert!(open_envelope(keys, id, &f.envelope, &other).is_err());
+        // What is not a usable Ed25519 key is refused when parsed: a wrong
+        // length, and a point of small order (the identity point).
+        assert!(IdentityKey::from_bytes(&recorded[..31]).is_err());
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        assert!(IdentityKey::from_bytes(&identity_point).is_err());
+    }
 
     fn open_as(f: &Fixture, device: usize, envelope: &pb::Envelope) -> Result<pb::Content> {
         let (id, keys) = &f.devices[device];

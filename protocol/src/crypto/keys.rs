@@ -146,7 +146,7 @@ impl DeviceKeys {
         let x25519 = self.x25519_public;
         let signature = self.sign(&bundle_signed_bytes(&x25519, &self.mlkem_public));
         PublicKeys {
-            identity: self.identity.verifying_key(),
+            identity: IdentityKey(self.identity.verifying_key()),
             x25519,
             kem: self.kem.encapsulation_key().clone(),
             mlkem_bytes: self.mlkem_public.clone(),
@@ -193,7 +193,7 @@ impl fmt::Debug for DeviceKeys {
 /// encodings and signature were checked.
 #[derive(Clone)]
 pub struct PublicKeys {
-    identity: VerifyingKey,
+    identity: IdentityKey,
     x25519: [u8; X25519_KEY_LEN],
     kem: EncapsulationKey,
     mlkem_bytes: Vec<u8>,
@@ -244,7 +244,7 @@ impl PublicKeys {
         )
         .map_err(|_| Error::Crypto("key bundle signature does not verify".into()))?;
         Ok(PublicKeys {
-            identity,
+            identity: IdentityKey(identity),
             x25519,
             kem,
             mlkem_bytes: bundle.mlkem_key.clone(),
@@ -256,6 +256,12 @@ impl PublicKeys {
     #[must_use]
     pub fn identity(&self) -> [u8; 32] {
         self.identity.to_bytes()
+    }
+
+    /// The identity key alone: what verifies the device's signatures.
+    #[must_use]
+    pub fn identity_key(&self) -> &IdentityKey {
+        &self.identity
     }
 
     /// The X25519 public key.
@@ -284,14 +290,58 @@ impl PublicKeys {
     /// Verifies an Ed25519 signature by the identity key over `message`
     /// (`verify_strict`: non-canonical and small-order components are rejected).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<()> {
-        let signature: &[u8; SIGNATURE_LEN] = signature
-            .try_into()
-            .map_err(|_| Error::Crypto(len_error("signature", SIGNATURE_LEN, signature)))?;
-        verify_with(&self.identity, message, signature)
+        self.identity.verify(message, signature)
     }
 
     pub(crate) fn kem(&self) -> &EncapsulationKey {
         &self.kem
+    }
+}
+
+impl AsRef<IdentityKey> for PublicKeys {
+    fn as_ref(&self) -> &IdentityKey {
+        &self.identity
+    }
+}
+
+/// A device's Ed25519 identity public key on its own: enough to verify what
+/// the device signed (envelopes, MLS credentials), for example with the key a
+/// gateway recorded when it accepted an envelope (security.md §8.3).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IdentityKey(VerifyingKey);
+
+impl IdentityKey {
+    /// Parses 32 bytes as an Ed25519 point of large order (the checks of a
+    /// bundle's identity key).
+    pub fn from_bytes(bytes: &[u8]) -> Result<IdentityKey> {
+        parse_identity(bytes).map(IdentityKey)
+    }
+
+    /// The 32 bytes.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; IDENTITY_KEY_LEN] {
+        self.0.to_bytes()
+    }
+
+    /// Verifies an Ed25519 signature over `message` (`verify_strict`:
+    /// non-canonical and small-order components are rejected).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<()> {
+        let signature: &[u8; SIGNATURE_LEN] = signature
+            .try_into()
+            .map_err(|_| Error::Crypto(len_error("signature", SIGNATURE_LEN, signature)))?;
+        verify_with(&self.0, message, signature)
+    }
+}
+
+impl AsRef<IdentityKey> for IdentityKey {
+    fn as_ref(&self) -> &IdentityKey {
+        self
+    }
+}
+
+impl std::fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdentityKey({})", hex::encode(self.to_bytes()))
     }
 }
 

@@ -28,8 +28,9 @@ pub use envelope::{
     RecipientDevice, envelope_signed_bytes, open_envelope, seal_envelope, wrap_context,
 };
 pub use keys::{
-    DeviceKeys, IDENTITY_KEY_LEN, KEYBUNDLE_LABEL, MLKEM_CIPHERTEXT_LEN, MLKEM_KEY_LEN, PublicKeys,
-    SECRET_KEYS_LEN, SECRET_KEYS_VERSION, SIGNATURE_LEN, X25519_KEY_LEN, XWING_SEED_LEN,
+    DeviceKeys, IDENTITY_KEY_LEN, IdentityKey, KEYBUNDLE_LABEL, MLKEM_CIPHERTEXT_LEN,
+    MLKEM_KEY_LEN, PublicKeys, SECRET_KEYS_LEN, SECRET_KEYS_VERSION, SIGNATURE_LEN, X25519_KEY_LEN,
+    XWING_SEED_LEN,
 };
 pub use safety::{SAFETY_NUMBER_ITERATIONS, SAFETY_NUMBER_LABEL, safety_number};
 pub use seal::{

@@ -87,6 +87,8 @@ pub(super) async fn commit(w: &World, plan: &CommitPlan<'_>) -> String {
         group,
         sender_box: plan.sender_box,
         sender_device: plan.sender_device,
+        // The simulation models storage, not keys.
+        sender_identity_key: None,
         message_id: plan.msg,
         epoch: plan.epoch,
         add: plan.add,
@@ -155,6 +157,7 @@ pub(super) async fn send(
         group,
         sender_box,
         sender_device,
+        sender_identity_key: None,
         message_id: msg,
         epoch,
         envelope: &payload,
@@ -240,7 +243,7 @@ pub(super) async fn leave(
     for _ in 0..=REISSUES {
         let now = w.now();
         let outcome = transact!(w.store, |txn| groups::leave(
-            txn, limits, group, member, device, msg, &envelope, now
+            txn, limits, group, member, device, None, msg, &envelope, now
         )
         .await);
         result = match answer(w, "leave", outcome) {

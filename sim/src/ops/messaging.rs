@@ -44,6 +44,7 @@ pub(super) async fn send(
                 sender: Sender::Device {
                     box_id: sender_box,
                     device_id: sender_device,
+                    identity_key: None,
                 },
                 message_id: *msg,
                 device_list_version: version,
@@ -107,7 +108,9 @@ pub(super) fn fingerprint(env: &NewEnvelope) -> Fingerprint {
     // The simulation sends as devices only; a sealed sender would be the nil
     // ids (the store keeps no sender for it).
     let (sender_box, sender_device) = match env.sender {
-        Sender::Device { box_id, device_id } => (box_id, device_id),
+        Sender::Device {
+            box_id, device_id, ..
+        } => (box_id, device_id),
         Sender::Sealed { .. } => (
             BoxId::with_random(rossby_keyspace::RegionId(0), [0; 16]),
             DeviceId::UNIDENTIFIED,

@@ -88,6 +88,8 @@ pub struct Commit<'a> {
     pub sender_box: BoxId,
     /// The committing device.
     pub sender_device: DeviceId,
+    /// Its identity key, stored with each envelope ([`super::queue::Sender`]).
+    pub sender_identity_key: Option<[u8; super::queue::IDENTITY_KEY_LEN]>,
     /// Idempotency id of the Commit.
     pub message_id: MessageId,
     /// The epoch the Commit was made in.
@@ -271,7 +273,12 @@ pub async fn commit(
     record.members = members.iter().map(|b| b.as_bytes().to_vec()).collect();
     record.last_commit_device = c.sender_device.as_bytes().to_vec();
     record.last_commit_message_id = c.message_id.as_bytes().to_vec();
-    let sender = (c.sender_box, c.sender_device, c.message_id);
+    let sender = FanOutSender {
+        box_id: c.sender_box,
+        device_id: c.sender_device,
+        identity_key: c.sender_identity_key,
+        message_id: c.message_id,
+    };
     let fan_out = write_with_fan_out(
         txn,
         &handle,
@@ -342,6 +349,14 @@ async fn check_membership_change(
     Ok(())
 }
 
+/// Who made a fan-out, and its idempotency id.
+struct FanOutSender {
+    box_id: BoxId,
+    device_id: DeviceId,
+    identity_key: Option<[u8; super::queue::IDENTITY_KEY_LEN]>,
+    message_id: MessageId,
+}
+
 /// Records the fan-out of a change of `record` (already updated to the group's
 /// new epoch) as the group's next outbox entry, and writes `record`, stamped
 /// `now_ms` (its `outbox_seq` numbers the entry); recipients with an empty
@@ -351,7 +366,7 @@ async fn write_with_fan_out(
     creator: &BoxHandle,
     group: GroupKey,
     record: &mut GroupRecord,
-    (sender_box, sender_device, message_id): (BoxId, DeviceId, MessageId),
+    sender: FanOutSender,
     recipients: &[(BoxId, &[u8])],
     now_ms: u64,
 ) -> Result<Option<Entry>> {
@@ -385,9 +400,10 @@ async fn write_with_fan_out(
         id: outbox::entry_id(group, record.outbox_seq),
         seq: record.outbox_seq,
         epoch: record.epoch,
-        sender_box,
-        sender_device,
-        message_id,
+        sender_box: sender.box_id,
+        sender_device: sender.device_id,
+        sender_identity_key: sender.identity_key,
+        message_id: sender.message_id,
         payloads,
         recipients: to,
         created_at_ms: now_ms,
@@ -407,6 +423,7 @@ pub async fn leave(
     group: GroupKey,
     member: BoxId,
     sender_device: DeviceId,
+    sender_identity_key: Option<[u8; super::queue::IDENTITY_KEY_LEN]>,
     message_id: MessageId,
     envelope: &[u8],
     now_ms: u64,
@@ -438,7 +455,12 @@ pub async fn leave(
         .iter()
         .map(|b| b.as_bytes().to_vec())
         .collect();
-    let sender = (member, sender_device, message_id);
+    let sender = FanOutSender {
+        box_id: member,
+        device_id: sender_device,
+        identity_key: sender_identity_key,
+        message_id,
+    };
     let fan_out = write_with_fan_out(
         txn,
         &handle,
@@ -479,6 +501,8 @@ pub struct GroupMessage<'a> {
     pub sender_box: BoxId,
     /// The sending device.
     pub sender_device: DeviceId,
+    /// Its identity key, stored with each envelope ([`super::queue::Sender`]).
+    pub sender_identity_key: Option<[u8; super::queue::IDENTITY_KEY_LEN]>,
     /// Idempotency id of the message.
     pub message_id: MessageId,
     /// The epoch the message was encrypted in (must be the current one).
@@ -517,7 +541,12 @@ pub async fn send(
     }
     let recipients: Vec<(BoxId, &[u8])> =
         current.members.iter().map(|b| (*b, m.envelope)).collect();
-    let sender = (m.sender_box, m.sender_device, m.message_id);
+    let sender = FanOutSender {
+        box_id: m.sender_box,
+        device_id: m.sender_device,
+        identity_key: m.sender_identity_key,
+        message_id: m.message_id,
+    };
     let fan_out = write_with_fan_out(
         txn,
         &handle,

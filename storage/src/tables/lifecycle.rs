@@ -308,6 +308,7 @@ mod tests {
             sender: crate::tables::queue::Sender::Device {
                 box_id: sender_box,
                 device_id: sender_device,
+                identity_key: Some([7; 32]),
             },
             message_id: MessageId::new(),
             device_list_version: version,

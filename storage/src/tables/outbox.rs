@@ -80,6 +80,9 @@ pub struct Entry {
     pub sender_box: BoxId,
     /// The sending device (with `message_id`, the queue's dedup key).
     pub sender_device: DeviceId,
+    /// The sending device's identity key, stored with each envelope
+    /// ([`Sender::Device`]).
+    pub sender_identity_key: Option<[u8; super::queue::IDENTITY_KEY_LEN]>,
     /// The message id of the Commit or leave.
     pub message_id: MessageId,
     /// The distinct envelopes, each stored once.
@@ -99,6 +102,7 @@ impl Entry {
             sender: Sender::Device {
                 box_id: self.sender_box,
                 device_id: self.sender_device,
+                identity_key: self.sender_identity_key,
             },
             message_id: self.message_id,
             device_list_version,
@@ -123,6 +127,10 @@ impl Entry {
             epoch: self.epoch,
             sender_box: self.sender_box.as_bytes().to_vec(),
             sender_device: self.sender_device.as_bytes().to_vec(),
+            sender_identity_key: self
+                .sender_identity_key
+                .map(|k| k.to_vec())
+                .unwrap_or_default(),
             message_id: self.message_id.as_bytes().to_vec(),
             payloads: self.payloads.clone(),
             recipients: self
@@ -164,6 +172,15 @@ impl Entry {
                 .map_err(|e| Error::corrupt(OutboxEntry::WHAT, e))?,
             sender_device: DeviceId::try_from_slice(&r.sender_device)
                 .map_err(|e| Error::corrupt(OutboxEntry::WHAT, e))?,
+            sender_identity_key: match r.sender_identity_key.len() {
+                0 => None,
+                _ => Some(
+                    <[u8; super::queue::IDENTITY_KEY_LEN]>::try_from(
+                        r.sender_identity_key.as_slice(),
+                    )
+                    .map_err(|_| bad("sender identity key is not 32 bytes"))?,
+                ),
+            },
             message_id: MessageId::try_from_slice(&r.message_id)
                 .map_err(|e| Error::corrupt(OutboxEntry::WHAT, e))?,
             payloads: r.payloads,
@@ -312,6 +329,7 @@ mod tests {
             epoch: 2,
             sender_box: BoxId::new(RegionId(5)),
             sender_device: DeviceId::new(),
+            sender_identity_key: Some([6; 32]),
             message_id: MessageId::new(),
             payloads: vec![b"commit".to_vec(), b"welcome".to_vec()],
             recipients: vec![

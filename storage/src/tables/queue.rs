@@ -44,6 +44,9 @@ pub use super::records::ANY_DEVICE_LIST;
 /// Length of a sealed-sender access key.
 pub const ACCESS_KEY_LEN: usize = 16;
 
+/// Length of a device's Ed25519 identity key.
+pub const IDENTITY_KEY_LEN: usize = 32;
+
 /// Who sent an envelope, as far as the gateway knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Sender {
@@ -54,6 +57,11 @@ pub enum Sender {
         box_id: BoxId,
         /// The sending device (the dedup scope).
         device_id: DeviceId,
+        /// The device's Ed25519 identity key as its record held it when the
+        /// request was authenticated: stored with the envelope so recipients
+        /// can verify it even once the sender cannot be looked up (`None`:
+        /// not recorded, as in group fan-outs filed before it was kept).
+        identity_key: Option<[u8; IDENTITY_KEY_LEN]>,
     },
     /// Sealed sender: nobody the gateway can name. Accepted only when the
     /// recipient takes sealed-sender mail from anyone or `access_key` is the
@@ -409,9 +417,18 @@ fn stored_record(
     expires_at_ms: u64,
     device_list_version: u64,
 ) -> EnvelopeRef<'_> {
-    let (sender_box, sender_device): (&[u8], &[u8]) = match &env.sender {
-        Sender::Device { box_id, device_id } => (box_id.as_bytes(), device_id.as_bytes()),
-        Sender::Sealed { .. } => (&[], &[]),
+    let (sender_box, sender_device, sender_identity_key): (&[u8], &[u8], &[u8]) = match &env.sender
+    {
+        Sender::Device {
+            box_id,
+            device_id,
+            identity_key,
+        } => (
+            box_id.as_bytes(),
+            device_id.as_bytes(),
+            identity_key.as_ref().map_or(&[][..], |k| &k[..]),
+        ),
+        Sender::Sealed { .. } => (&[], &[], &[]),
     };
     EnvelopeRef {
         sender_box,
@@ -421,6 +438,7 @@ fn stored_record(
         expires_at_ms,
         device_list_version,
         payload: &env.payload,
+        sender_identity_key,
     }
 }
 

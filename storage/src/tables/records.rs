@@ -136,6 +136,8 @@ pub struct EnvelopeRef<'a> {
     pub device_list_version: u64,
     /// [`StoredEnvelope::payload`].
     pub payload: &'a [u8],
+    /// [`StoredEnvelope::sender_identity_key`].
+    pub sender_identity_key: &'a [u8],
 }
 
 impl EnvelopeRef<'_> {
@@ -151,6 +153,7 @@ impl EnvelopeRef<'_> {
             (2, self.sender_device),
             (3, self.message_id),
             (7, self.payload),
+            (8, self.sender_identity_key),
         ];
         let numbers = [
             (4, self.enqueued_at_ms),
@@ -202,6 +205,7 @@ impl Stored for EnvelopeRef<'_> {
         put_number(&mut out, 5, self.expires_at_ms);
         put_number(&mut out, 6, self.device_list_version);
         put_slice(&mut out, 7, self.payload);
+        put_slice(&mut out, 8, self.sender_identity_key);
         out
     }
 }
@@ -358,6 +362,7 @@ mod tests {
             expires_at_ms: 1_702_592_000_000,
             device_list_version: u64::MAX,
             payload: vec![9; 300],
+            sender_identity_key: vec![8; 32],
         };
         // Defaults are left out by prost; the borrowed form must leave them out too.
         let sparse = StoredEnvelope {
@@ -374,6 +379,7 @@ mod tests {
                 expires_at_ms: record.expires_at_ms,
                 device_list_version: record.device_list_version,
                 payload: &record.payload,
+                sender_identity_key: &record.sender_identity_key,
             };
             assert_eq!(borrowed.stored_bytes(), record.to_stored(), "{record:?}");
         }
