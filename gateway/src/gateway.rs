@@ -613,7 +613,7 @@ async fn resume_outboxes(api: Arc<Api>, region: RegionId) {
 fn quic_endpoint(
     server_config: quinn::ServerConfig,
     listen: SocketAddr,
-    quic: &crate::config::QuicConfig,
+    quic: &crate::server::config::QuicConfig,
 ) -> Result<quinn::Endpoint> {
     let io_error = |context: String| move |source| Error::Io { context, source };
     let socket = std::net::UdpSocket::bind(listen)
