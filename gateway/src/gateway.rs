@@ -225,6 +225,7 @@ impl Gateway {
             connection_budget: config.quic.connection_budget_bytes,
             max_per_address: config.quic.max_connections_per_address,
             address_validation: config.quic.address_validation,
+            retry_above_handshakes: config.quic.retry_above_handshakes,
             per_address: std::sync::Mutex::default(),
             handshaking: std::sync::atomic::AtomicUsize::new(0),
         });

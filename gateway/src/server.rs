@@ -180,6 +180,8 @@ pub(crate) struct Shared {
     pub max_per_address: usize,
     /// When to ask for a Retry.
     pub address_validation: AddressValidation,
+    /// Handshakes in progress from which `under-load` asks for a Retry.
+    pub retry_above_handshakes: usize,
     /// Connections per address key ([`crate::ratelimit::ip_key`]).
     pub per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Handshakes in progress.
@@ -278,7 +280,7 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
         let retry = match shared.address_validation {
             AddressValidation::Always => true,
             AddressValidation::UnderLoad => {
-                shared.handshaking.load(Ordering::Acquire) >= config::UNDER_LOAD_HANDSHAKES
+                shared.handshaking.load(Ordering::Acquire) >= shared.retry_above_handshakes
             }
             AddressValidation::Off => false,
         };

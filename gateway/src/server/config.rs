@@ -15,7 +15,7 @@ pub enum AddressValidation {
     /// Every new connection from an unvalidated address (one more round trip).
     Always,
     /// Only while many handshakes are in progress
-    /// ([`UNDER_LOAD_HANDSHAKES`]).
+    /// ([`QuicConfig::retry_above_handshakes`]).
     #[default]
     UnderLoad,
     /// Never (a spoofed Initial is answered with up to three times its bytes).
@@ -23,8 +23,8 @@ pub enum AddressValidation {
 }
 
 /// Handshakes in progress from which `under-load` address validation asks new
-/// connections for a Retry.
-pub const UNDER_LOAD_HANDSHAKES: usize = 64;
+/// connections for a Retry, unless configured otherwise.
+pub const DEFAULT_RETRY_ABOVE_HANDSHAKES: usize = 64;
 
 /// QUIC transport limits. Small stream limits and windows keep idle connections
 /// cheap (quinn's per-connection memory grows with them).
@@ -50,6 +50,9 @@ pub struct QuicConfig {
     pub max_connections_per_address: usize,
     /// When new connections must prove their address with a Retry.
     pub address_validation: AddressValidation,
+    /// With [`AddressValidation::UnderLoad`], the number of handshakes in
+    /// progress from which new connections are asked for a Retry.
+    pub retry_above_handshakes: usize,
     /// Bytes in flight per connection ([`crate::budget`]).
     pub connection_budget_bytes: usize,
     /// How long a request frame may take to arrive (and to get budget).
@@ -70,6 +73,7 @@ impl Default for QuicConfig {
             udp_receive_buffer: 4 * 1024 * 1024,
             max_connections_per_address: 32,
             address_validation: AddressValidation::UnderLoad,
+            retry_above_handshakes: DEFAULT_RETRY_ABOVE_HANDSHAKES,
             connection_budget_bytes: 4 * 1024 * 1024,
             request_read_timeout: Duration::from_secs(10),
             response_write_timeout: Duration::from_secs(5),
@@ -112,6 +116,10 @@ crate::config::options! {
         /// `always`, `under-load` or `off` [default: under-load].
         #[arg(long, env = "ROSSBY_ADDRESS_VALIDATION", value_name = "MODE")]
         pub address_validation: Option<AddressValidation>,
+        /// With `--address-validation under-load`, the handshakes in progress
+        /// from which new connections must first prove their address [default: 64].
+        #[arg(long, env = "ROSSBY_RETRY_ABOVE_HANDSHAKES", value_name = "N")]
+        pub retry_above_handshakes: Option<usize>,
         /// Bytes in flight per connection (request bodies being read, replies being
         /// built or not yet acknowledged) [default: 4194304].
         #[arg(long, env = "ROSSBY_CONNECTION_BUDGET_BYTES", value_name = "BYTES")]
@@ -185,6 +193,12 @@ impl QuicOptions {
                 1,
             )? as usize,
             address_validation: self.address_validation.unwrap_or(d.address_validation),
+            retry_above_handshakes: at_least(
+                "retry-above-handshakes",
+                self.retry_above_handshakes
+                    .unwrap_or(d.retry_above_handshakes),
+                1,
+            )?,
             connection_budget_bytes: at_least(
                 "connection-budget-bytes",
                 self.connection_budget_bytes
@@ -202,5 +216,41 @@ impl QuicOptions {
                 d.response_write_timeout,
             )?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        quic: QuicOptions,
+    }
+
+    fn quic(argv: &[&str]) -> Result<QuicConfig> {
+        let flags = Flags::try_parse_from(std::iter::once("test").chain(argv.iter().copied()))
+            .map_err(|e| crate::error::Error::Config(e.to_string()))?;
+        flags.quic.into_config()
+    }
+
+    #[test]
+    fn the_retry_threshold_defaults_to_64_and_must_be_positive() {
+        assert_eq!(quic(&[]).unwrap().retry_above_handshakes, 64);
+        let c = quic(&["--retry-above-handshakes", "8"]).unwrap();
+        assert_eq!(c.retry_above_handshakes, 8);
+        assert_eq!(c.address_validation, AddressValidation::UnderLoad);
+        let message = quic(&["--retry-above-handshakes", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("--retry-above-handshakes must be at least 1"),
+            "{message}"
+        );
+        assert!(quic(&["--retry-above-handshakes", "-1"]).is_err());
+        let from_file: QuicOptions = toml::from_str("retry_above_handshakes = 200").unwrap();
+        assert_eq!(from_file.into_config().unwrap().retry_above_handshakes, 200);
     }
 }
