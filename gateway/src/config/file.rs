@@ -85,4 +85,37 @@ mod tests {
         ]);
         assert!(message.contains("cannot read config file"), "{message}");
     }
+
+    #[test]
+    fn the_keys_are_the_flags_and_nothing_else() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let known = super::keys();
+        for key in [
+            "max_frame_bytes",
+            "retry_above_handshakes",
+            "peer_listen",
+            "tikv_mode",
+        ] {
+            assert!(known.contains(key), "{key}");
+        }
+        assert!(!known.contains("config"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.toml");
+        for (text, needle) in [
+            (
+                "config = \"/etc/other.toml\"\n",
+                "line 1: unknown field `config`",
+            ),
+            (
+                "region = 1\n[quic]\nmax_connections = 3\n",
+                "line 2: unknown field `quic`",
+            ),
+            ("store = \"memory\"\n", "unknown field `store`"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let message = err(&["--config", file.to_str().unwrap()]);
+            assert!(message.contains(needle), "{text:?}: {message}");
+            assert!(message.contains(file.to_str().unwrap()), "{message}");
+        }
+    }
 }
