@@ -8,9 +8,10 @@
 //! self-signed certificate, QUIC on `0.0.0.0:7400`, admin on `127.0.0.1:7401`.
 //!
 //! Each area's options are declared once, next to the code they configure, as a
-//! struct that is both flags and file keys ([`options!`]): [`StorageOptions`],
-//! [`QuicOptions`], [`PushOptions`], ... This module gathers them into [`Args`],
-//! reads the file ([`file`]) and assembles the [`Config`].
+//! struct that is both flags and file keys (`options!` in `config/options.rs`):
+//! [`StorageOptions`], [`QuicOptions`], [`PushOptions`], ... This module gathers
+//! them into [`Args`], reads the file (`config/file.rs`) and assembles the
+//! [`Config`], each area checked by its own module.
 //!
 //! Parsing is pure: nothing is created or read except the TOML file and the
 //! topology. Secrets and certificates are loaded (or generated) by
@@ -107,51 +108,67 @@ options! {
         /// Seconds in-flight requests may take to finish on shutdown [default: 30].
         #[arg(long, env = "ROSSBY_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
         pub drain_timeout_secs: Option<u64>,
+        /// Region, topology and the local simulations.
         #[command(flatten)]
         #[serde(flatten)]
         pub geo: GeoOptions,
+        /// The admin listener.
         #[command(flatten)]
         #[serde(flatten)]
         pub admin: AdminOptions,
+        /// The storage backend.
         #[command(flatten)]
         #[serde(flatten)]
         pub store: StorageOptions,
+        /// Retries of conflicting storage transactions.
         #[command(flatten)]
         #[serde(flatten)]
         pub retry: RetryOptions,
+        /// The maintenance rounds and their leases.
         #[command(flatten)]
         #[serde(flatten)]
         pub maintenance: MaintenanceOptions,
+        /// The certificate.
         #[command(flatten)]
         #[serde(flatten)]
         pub tls: TlsOptions,
+        /// The server secret and lookup pepper files.
         #[command(flatten)]
         #[serde(flatten)]
         pub secrets: SecretOptions,
+        /// The QUIC transport.
         #[command(flatten)]
         #[serde(flatten)]
         pub quic: QuicOptions,
+        /// The API's requests, frames and fetches.
         #[command(flatten)]
         #[serde(flatten)]
         pub api: ApiOptions,
+        /// Verification codes and registration-lock PINs.
         #[command(flatten)]
         #[serde(flatten)]
         pub registration: RegistrationOptions,
+        /// Per-box and per-device storage limits.
         #[command(flatten)]
         #[serde(flatten)]
         pub limits: LimitOptions,
+        /// Rate limits and code budgets.
         #[command(flatten)]
         #[serde(flatten)]
         pub rate_limits: RateLimitOptions,
+        /// Where attachments are stored.
         #[command(flatten)]
         #[serde(flatten)]
         pub blob_store: BlobStoreOptions,
+        /// Attachment limits.
         #[command(flatten)]
         #[serde(flatten)]
         pub attachments: AttachmentOptions,
+        /// Wake-up pushes.
         #[command(flatten)]
         #[serde(flatten)]
         pub push: PushOptions,
+        /// The gateway-to-gateway endpoint and leases.
         #[command(flatten)]
         #[serde(flatten)]
         pub peer: PeerOptions,
