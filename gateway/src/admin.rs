@@ -31,6 +31,7 @@
 //! up. Operators'
 //! documentation: `docs/operations/metrics.md`.
 
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::server::Lifecycle;
 use axum::Router;
@@ -39,6 +40,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use rossby_storage::Kv;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -148,6 +150,74 @@ impl Default for AdminLimits {
             max_connections: 64,
             header_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+crate::config::options! {
+    /// The admin listener: its address, its bounds and the readiness probe.
+    #[derive(clap::Args, serde::Deserialize, Clone, Debug, Default)]
+    #[command(next_help_heading = "Admin endpoint")]
+    pub struct AdminOptions {
+        /// Admin HTTP listen address (/livez, /readyz, /metrics) [default: 127.0.0.1:7401].
+        #[arg(long, env = "ROSSBY_ADMIN_LISTEN", value_name = "ADDR")]
+        pub admin_listen: Option<SocketAddr>,
+        /// Most connections the admin listener serves at once; more are closed on
+        /// accept [default: 64].
+        #[arg(long, env = "ROSSBY_ADMIN_MAX_CONNECTIONS", value_name = "N")]
+        pub admin_max_connections: Option<usize>,
+        /// How long an admin connection may take to send a request's headers, in
+        /// milliseconds, before it is closed [default: 5000].
+        #[arg(long, env = "ROSSBY_ADMIN_HEADER_TIMEOUT_MS", value_name = "MS")]
+        pub admin_header_timeout_ms: Option<u64>,
+        /// Deadline of the readiness storage probe in milliseconds [default: 1000].
+        #[arg(long, env = "ROSSBY_PROBE_TIMEOUT_MS", value_name = "MS")]
+        pub probe_timeout_ms: Option<u64>,
+    }
+}
+
+/// The admin listener's settings, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Bounds of the listener.
+    pub limits: AdminLimits,
+    /// Deadline of the `/readyz` storage probe.
+    pub probe_timeout: Duration,
+}
+
+impl AdminOptions {
+    /// The settings, with the defaults for what is unset.
+    pub fn into_settings(self) -> crate::error::Result<AdminSettings> {
+        let probe_ms = self.probe_timeout_ms.unwrap_or(1000);
+        if probe_ms == 0 || probe_ms > 60_000 {
+            return Err(Error::Config(format!(
+                "--probe-timeout-ms must be between 1 and 60000 (got {probe_ms})"
+            )));
+        }
+        let max_connections = self.admin_max_connections.unwrap_or(64);
+        if max_connections == 0 || max_connections > 10_000 {
+            return Err(Error::Config(format!(
+                "--admin-max-connections must be between 1 and 10000 (got {max_connections})"
+            )));
+        }
+        let header_ms = self.admin_header_timeout_ms.unwrap_or(5000);
+        if header_ms == 0 || header_ms > 600_000 {
+            return Err(Error::Config(format!(
+                "--admin-header-timeout-ms must be between 1 and 600000 (got {header_ms})"
+            )));
+        }
+        Ok(AdminSettings {
+            listen: self.admin_listen.unwrap_or(SocketAddr::from((
+                [127, 0, 0, 1],
+                rossby_protocol::DEFAULT_PORT + 1,
+            ))),
+            limits: AdminLimits {
+                max_connections,
+                header_timeout: Duration::from_millis(header_ms),
+            },
+            probe_timeout: Duration::from_millis(probe_ms),
+        })
     }
 }
 

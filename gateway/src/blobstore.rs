@@ -104,6 +104,50 @@ impl BlobStoreConfig {
     }
 }
 
+crate::config::options! {
+    /// Where attachment ciphertext is stored.
+    #[derive(clap::Args, serde::Deserialize, Clone, Debug, Default)]
+    #[command(next_help_heading = "Attachments")]
+    pub struct BlobStoreOptions {
+        /// Where attachment ciphertext is stored: a directory, `file:///dir`, or
+        /// `s3://bucket/prefix` [default: <data-dir>/blobs].
+        #[arg(long, env = "ROSSBY_BLOB_STORE", value_name = "URL")]
+        pub blob_store: Option<String>,
+        /// S3 endpoint URL, for S3-compatible stores other than AWS [default: AWS].
+        #[arg(long, env = "ROSSBY_BLOB_S3_ENDPOINT", value_name = "URL")]
+        pub blob_s3_endpoint: Option<String>,
+        /// S3 region [default: $AWS_REGION, else us-east-1].
+        #[arg(long, env = "ROSSBY_BLOB_S3_REGION", value_name = "REGION")]
+        pub blob_s3_region: Option<String>,
+        /// Allow plain HTTP to the S3 endpoint (tests) [default: false].
+        #[arg(long, env = "ROSSBY_BLOB_S3_ALLOW_HTTP", value_name = "BOOL")]
+        pub blob_s3_allow_http: Option<bool>,
+    }
+}
+
+impl BlobStoreOptions {
+    /// The store, checked; by default the directory `blobs` in `data_dir`.
+    pub fn into_config(self, data_dir: &std::path::Path) -> Result<BlobStoreConfig> {
+        let endpoint = self.blob_s3_endpoint;
+        let region = self.blob_s3_region;
+        let allow_http = self.blob_s3_allow_http.unwrap_or(false);
+        let store = match self.blob_store {
+            None => BlobStoreConfig::Local(data_dir.join("blobs")),
+            Some(url) => BlobStoreConfig::parse(&url, endpoint.clone(), region.clone(), allow_http)
+                .map_err(Error::Config)?,
+        };
+        if !matches!(store, BlobStoreConfig::S3 { .. })
+            && (endpoint.is_some() || region.is_some() || allow_http)
+        {
+            return Err(Error::Config(
+                "--blob-s3-endpoint, --blob-s3-region and --blob-s3-allow-http need an s3:// --blob-store"
+                    .into(),
+            ));
+        }
+        Ok(store)
+    }
+}
+
 /// Why an object-store call failed (logged; clients see `UNAVAILABLE`).
 #[derive(Debug, thiserror::Error)]
 #[error("object store {operation} failed: {detail}")]

@@ -225,6 +225,7 @@ impl Gateway {
             connection_budget: config.quic.connection_budget_bytes,
             max_per_address: config.quic.max_connections_per_address,
             address_validation: config.quic.address_validation,
+            retry_above_handshakes: config.quic.retry_above_handshakes,
             per_address: std::sync::Mutex::default(),
             handshaking: std::sync::atomic::AtomicUsize::new(0),
         });
@@ -613,7 +614,7 @@ async fn resume_outboxes(api: Arc<Api>, region: RegionId) {
 fn quic_endpoint(
     server_config: quinn::ServerConfig,
     listen: SocketAddr,
-    quic: &crate::config::QuicConfig,
+    quic: &crate::server::config::QuicConfig,
 ) -> Result<quinn::Endpoint> {
     let io_error = |context: String| move |source| Error::Io { context, source };
     let socket = std::net::UdpSocket::bind(listen)

@@ -13,13 +13,16 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod gateway;
+pub mod geo;
 pub mod local;
 pub mod maintenance;
 pub mod metrics;
 pub mod peer;
+pub mod private_file;
 pub mod secret_file;
 pub mod server;
 pub mod settings;
+pub mod storage;
 pub mod tls;
 
 pub use config::Config;

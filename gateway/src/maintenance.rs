@@ -43,6 +43,10 @@
 //! other where they must); it keeps a region's gateways from all doing the same
 //! work and colliding on the same keys, and bounds how long work waits.
 
+mod options;
+
+pub use options::MaintenanceOptions;
+
 use crate::blobstore::BlobStore;
 use crate::metrics::Metrics;
 use crate::peer::ownership::Ownership;

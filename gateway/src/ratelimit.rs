@@ -8,6 +8,10 @@
 //! attacker invents. A rate whose `per_second` or `burst` is infinite disables that
 //! limit (for benchmarks).
 
+mod options;
+
+pub use options::{RateLimitOptions, parse_burst, parse_rate};
+
 use crate::settings::{Rate, RateLimits};
 use rossby_keyspace::{BoxId, DeviceId};
 use std::hash::Hash;

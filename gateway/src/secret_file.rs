@@ -22,11 +22,11 @@
 
 use crate::auth::keys::MIN_SERVER_SECRET;
 use crate::auth::secrets::ServerSecrets;
-use crate::config::{decode_secret, load_or_create_secret, warn_if_readable_by_others};
 use crate::error::{Error, Result};
+use crate::private_file::{decode_secret, load_or_create_secret, warn_if_readable_by_others};
 use rossby_keyspace::lookup::MIN_PEPPER_BYTES;
 use rossby_keyspace::{LookupHasher, Pepper};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One kind of versioned secret file: how it is named in messages and how long
 /// its secrets must be.
@@ -231,6 +231,65 @@ fn versioned_lines(bytes: &[u8]) -> Option<Vec<(usize, &str)>> {
     let version = tokens.next()?;
     tokens.next()?;
     version.bytes().all(|b| b.is_ascii_digit()).then_some(lines)
+}
+
+crate::config::options! {
+    /// The server secret and lookup pepper files, and their current versions.
+    #[derive(clap::Args, serde::Deserialize, Clone, Debug, Default)]
+    #[command(next_help_heading = "TLS and secrets")]
+    pub struct SecretOptions {
+        /// Server secret file (Hawk keys, code hashes); the same on every gateway
+        /// [default: `secret` in --data-dir, generated].
+        #[arg(long, env = "ROSSBY_SECRET_FILE", value_name = "FILE")]
+        pub secret_file: Option<PathBuf>,
+        /// Current server secret version, from which new credentials and code hashes
+        /// are derived; credentials of the file's other versions still verify
+        /// [default: the highest version in the secret file].
+        #[arg(long, env = "ROSSBY_SECRET_VERSION", value_name = "N")]
+        pub secret_version: Option<u32>,
+        /// Identifier lookup pepper file; the same on every gateway
+        /// [default: `pepper` in --data-dir, generated].
+        #[arg(long, env = "ROSSBY_PEPPER_FILE", value_name = "FILE")]
+        pub pepper_file: Option<PathBuf>,
+        /// Current lookup pepper version, under which new identifier bindings are
+        /// written; the file's other versions are still found
+        /// [default: the highest version in the pepper file].
+        #[arg(long, env = "ROSSBY_PEPPER_VERSION", value_name = "N")]
+        pub pepper_version: Option<u32>,
+    }
+}
+
+/// Where the server secret and the lookup pepper are read from, and which of
+/// their versions is current (`None`: the highest in the file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretFiles {
+    /// Server secret file.
+    pub secret_file: PathBuf,
+    /// Current server secret version.
+    pub secret_version: Option<u32>,
+    /// Lookup pepper file.
+    pub pepper_file: PathBuf,
+    /// Current lookup pepper version.
+    pub pepper_version: Option<u32>,
+}
+
+impl SecretOptions {
+    /// The files (by default `secret` and `pepper` in `data_dir`) and versions,
+    /// checked.
+    pub fn into_files(self, data_dir: &Path) -> Result<SecretFiles> {
+        if self.secret_version == Some(0) {
+            return Err(Error::Config("--secret-version must be at least 1".into()));
+        }
+        if self.pepper_version == Some(0) {
+            return Err(Error::Config("--pepper-version must be at least 1".into()));
+        }
+        Ok(SecretFiles {
+            secret_file: self.secret_file.unwrap_or_else(|| data_dir.join("secret")),
+            secret_version: self.secret_version,
+            pepper_file: self.pepper_file.unwrap_or_else(|| data_dir.join("pepper")),
+            pepper_version: self.pepper_version,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -20,11 +20,13 @@
 //! per address, and new connections prove their address with a QUIC Retry when
 //! configured (always, or while many handshakes are in progress).
 
+pub mod config;
+
 use crate::api::Api;
 use crate::budget::{ByteBudget, ReplySlot, Reservation};
-use crate::config::AddressValidation;
 use crate::context::ConnContext;
 use crate::metrics::Metrics;
+use config::AddressValidation;
 use futures::FutureExt;
 use rossby_protocol::framing::{self, LENGTH_PREFIX};
 use rossby_protocol::hawk::{EXPORTER_LABEL, EXPORTER_LEN, rpc_name};
@@ -53,10 +55,6 @@ pub const STOP_TOO_LARGE: u32 = 1;
 /// gateway abandoned (not read or not acknowledged in time, or no budget for
 /// it): the request may or may not have taken effect; retry idempotently.
 pub const RESET_ABANDONED: u32 = 2;
-
-/// Handshakes in progress from which `under-load` address validation asks new
-/// connections for a Retry.
-pub const UNDER_LOAD_HANDSHAKES: usize = 64;
 
 /// When a request refused for want of connection budget may try again.
 const BUDGET_RETRY_AFTER_MS: u64 = 500;
@@ -182,6 +180,8 @@ pub(crate) struct Shared {
     pub max_per_address: usize,
     /// When to ask for a Retry.
     pub address_validation: AddressValidation,
+    /// Handshakes in progress from which `under-load` asks for a Retry.
+    pub retry_above_handshakes: usize,
     /// Connections per address key ([`crate::ratelimit::ip_key`]).
     pub per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Handshakes in progress.
@@ -280,7 +280,7 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
         let retry = match shared.address_validation {
             AddressValidation::Always => true,
             AddressValidation::UnderLoad => {
-                shared.handshaking.load(Ordering::Acquire) >= UNDER_LOAD_HANDSHAKES
+                shared.handshaking.load(Ordering::Acquire) >= shared.retry_above_handshakes
             }
             AddressValidation::Off => false,
         };

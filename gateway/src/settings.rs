@@ -1,6 +1,15 @@
 //! Settings of the API layer: authentication, verification codes, limits and rate
-//! limits. `config` fills them from the TOML file, flags and `ROSSBY_*` variables.
+//! limits, and the options that set them ([`ApiOptions`], [`RegistrationOptions`],
+//! [`LimitOptions`] and [`crate::ratelimit::RateLimitOptions`]).
 
+mod limits;
+mod registration;
+
+pub use limits::LimitOptions;
+pub use registration::RegistrationOptions;
+
+use crate::config::check::{at_least, secs};
+use crate::error::{Error, Result};
 use rossby_keyspace::RegionId;
 use rossby_protocol::hawk::ServiceName;
 use rossby_replication::Topology;
@@ -189,4 +198,172 @@ impl ApiSettings {
             topology: None,
         }
     }
+}
+
+/// Smallest frame limit accepted: smaller ones could not carry a signed request.
+pub const MIN_FRAME_BYTES: usize = 1024;
+
+crate::config::options! {
+    /// The API's requests: who signs them for what, where codes go, and how big
+    /// requests, fetches and replies may be.
+    #[derive(clap::Args, serde::Deserialize, Clone, Debug, Default)]
+    #[command(next_help_heading = "API")]
+    pub struct ApiOptions {
+        /// The deployment's service name `host:port` that requests are signed for
+        /// [default: rossby:7400].
+        #[arg(long, env = "ROSSBY_SERVICE_NAME", value_name = "HOST:PORT")]
+        pub service_name: Option<String>,
+        /// Where verification codes go: `log`, `file:PATH` or `webhook:URL` [default: log].
+        #[arg(long, env = "ROSSBY_VERIFIER", value_name = "SPEC")]
+        pub verifier: Option<String>,
+        /// Allowed Hawk timestamp skew in seconds [default: 120].
+        #[arg(long, env = "ROSSBY_HAWK_SKEW_SECS", value_name = "SECS")]
+        pub hawk_skew_secs: Option<u64>,
+        /// Milliseconds an authorized device is trusted without reading its record
+        /// again; a device removed through another gateway may act this long plus
+        /// 1 s; 0 reads on every request [default: 2000].
+        #[arg(long, env = "ROSSBY_DEVICE_CACHE_TTL_MS", value_name = "MS")]
+        pub device_cache_ttl_ms: Option<u64>,
+        /// Most authorized devices remembered (about 460 bytes each) [default: 50000].
+        #[arg(long, env = "ROSSBY_DEVICE_CACHE_ENTRIES", value_name = "N")]
+        pub device_cache_entries: Option<u64>,
+        /// Most recipient boxes per Send [default: 256].
+        #[arg(long, env = "ROSSBY_MAX_RECIPIENTS", value_name = "N")]
+        pub max_recipients: Option<usize>,
+        /// Largest request frame in bytes [default: 1114112].
+        #[arg(long, env = "ROSSBY_MAX_FRAME_BYTES", value_name = "BYTES")]
+        pub max_frame_bytes: Option<usize>,
+        /// Most envelopes per Fetch [default: 500].
+        #[arg(long, env = "ROSSBY_MAX_FETCH_COUNT", value_name = "N")]
+        pub max_fetch_count: Option<usize>,
+        /// Most envelope bytes per Fetch; a Fetch asking for 0 gets this many
+        /// [default: 1048576].
+        #[arg(long, env = "ROSSBY_MAX_FETCH_BYTES", value_name = "BYTES")]
+        pub max_fetch_bytes: Option<usize>,
+        /// Longest wait a Fetch may ask for, in seconds [default: 60].
+        #[arg(long, env = "ROSSBY_MAX_FETCH_WAIT_SECS", value_name = "SECS")]
+        pub max_fetch_wait_secs: Option<u64>,
+        /// Bytes of current device lists one Send reply carries for stale
+        /// recipients; further stale recipients get only their list's version
+        /// [default: 65536].
+        #[arg(long, env = "ROSSBY_MAX_STALE_LIST_BYTES", value_name = "BYTES")]
+        pub max_stale_list_bytes: Option<usize>,
+        /// Bytes of replies in flight per device, over all its connections
+        /// [default: 8388608].
+        #[arg(long, env = "ROSSBY_DEVICE_BUDGET_BYTES", value_name = "BYTES")]
+        pub device_budget_bytes: Option<usize>,
+        /// Bytes of push frames queued per subscription before new pushes are
+        /// dropped [default: 1048576].
+        #[arg(long, env = "ROSSBY_PUSH_QUEUE_BYTES", value_name = "BYTES")]
+        pub push_queue_bytes: Option<usize>,
+    }
+}
+
+impl ApiOptions {
+    /// Sets what these options set in `api`, checked; unset ones keep `api`'s
+    /// values.
+    pub fn apply(self, api: &mut ApiSettings) -> Result<()> {
+        if let Some(name) = self.service_name {
+            api.service = name
+                .parse::<ServiceName>()
+                .map_err(|e| Error::Config(format!("--service-name {name:?}: {e}")))?;
+        }
+        if let Some(spec) = self.verifier {
+            api.verifier = parse_verifier(&spec).map_err(Error::Config)?;
+        }
+        api.hawk_skew = secs(
+            "hawk-skew-secs",
+            self.hawk_skew_secs.unwrap_or(api.hawk_skew.as_secs()),
+            1,
+            86_400,
+        )?;
+        let device_ttl_ms = self
+            .device_cache_ttl_ms
+            .unwrap_or(crate::config::check::millis(api.device_cache_ttl));
+        if device_ttl_ms > 60_000 {
+            return Err(Error::Config(format!(
+                "--device-cache-ttl-ms must be at most 60000 (got {device_ttl_ms})"
+            )));
+        }
+        api.device_cache_ttl = Duration::from_millis(device_ttl_ms);
+        api.device_cache_entries = at_least(
+            "device-cache-entries",
+            self.device_cache_entries
+                .unwrap_or(api.device_cache_entries),
+            1,
+        )?;
+        api.max_recipients_per_send = at_least(
+            "max-recipients",
+            self.max_recipients.unwrap_or(api.max_recipients_per_send),
+            1,
+        )?;
+        api.max_frame_bytes = at_least(
+            "max-frame-bytes",
+            self.max_frame_bytes.unwrap_or(api.max_frame_bytes),
+            MIN_FRAME_BYTES,
+        )?;
+        if api.max_frame_bytes > u32::MAX as usize {
+            return Err(Error::Config(format!(
+                "--max-frame-bytes must be at most {} (got {})",
+                u32::MAX,
+                api.max_frame_bytes
+            )));
+        }
+        api.max_fetch_count = at_least(
+            "max-fetch-count",
+            self.max_fetch_count.unwrap_or(api.max_fetch_count),
+            1,
+        )?;
+        api.max_fetch_bytes = at_least(
+            "max-fetch-bytes",
+            self.max_fetch_bytes.unwrap_or(api.max_fetch_bytes),
+            1024,
+        )?;
+        api.max_stale_list_bytes = self
+            .max_stale_list_bytes
+            .unwrap_or(api.max_stale_list_bytes);
+        api.device_budget_bytes = at_least(
+            "device-budget-bytes",
+            self.device_budget_bytes.unwrap_or(api.device_budget_bytes),
+            64 * 1024,
+        )?;
+        api.push_queue_bytes = at_least(
+            "push-queue-bytes",
+            self.push_queue_bytes.unwrap_or(api.push_queue_bytes),
+            1024,
+        )?;
+        api.max_fetch_wait = secs(
+            "max-fetch-wait-secs",
+            self.max_fetch_wait_secs
+                .unwrap_or(api.max_fetch_wait.as_secs()),
+            0,
+            3600,
+        )?;
+        Ok(())
+    }
+}
+
+/// Parses a verifier spec: `log`, `file:PATH` or `webhook:URL`.
+pub fn parse_verifier(s: &str) -> std::result::Result<VerifierSpec, String> {
+    let s = s.trim();
+    if s == "log" {
+        return Ok(VerifierSpec::Log);
+    }
+    if let Some(path) = s.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err("--verifier file: needs a path (file:PATH)".into());
+        }
+        return Ok(VerifierSpec::File(PathBuf::from(path)));
+    }
+    if let Some(url) = s.strip_prefix("webhook:") {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(format!(
+                "--verifier webhook: needs an http:// URL, got {url:?}"
+            ));
+        }
+        return Ok(VerifierSpec::Webhook(url.to_string()));
+    }
+    Err(format!(
+        "--verifier must be log, file:PATH or webhook:URL, got {s:?}"
+    ))
 }

@@ -11,13 +11,13 @@
 //! (early data could be replayed), and uses small stream limits and windows so a
 //! gateway can hold many idle connections.
 
-use crate::config::{QuicConfig, TlsConfig};
 use crate::error::{Error, Result};
+use crate::server::config::QuicConfig;
 use quinn::{IdleTimeout, VarInt};
 use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Names every generated certificate carries: loopback, and the host of the
@@ -78,6 +78,85 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
     DnsName::try_from(name)
         .map(|_| ())
         .map_err(|_| "not a DNS name or IP address".to_string())
+}
+
+/// The gateway's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain PEM file.
+    pub cert: PathBuf,
+    /// Private key PEM file.
+    pub key: PathBuf,
+    /// Generate a self-signed certificate and key at these paths if the
+    /// certificate file does not exist yet (off when `--cert`/`--key` were given:
+    /// a missing production certificate is an error, not a reason to improvise).
+    pub generate: bool,
+    /// Names of a generated certificate besides `localhost`, `127.0.0.1` and `::1`.
+    pub extra_names: Vec<String>,
+}
+
+impl TlsConfig {
+    /// A certificate and key generated in `data_dir`.
+    pub fn generated_in(data_dir: &Path) -> TlsConfig {
+        TlsConfig {
+            cert: data_dir.join("cert.pem"),
+            key: data_dir.join("key.pem"),
+            generate: true,
+            extra_names: Vec::new(),
+        }
+    }
+}
+
+crate::config::options! {
+    /// The certificate clients see.
+    #[derive(clap::Args, serde::Deserialize, Clone, Debug, Default)]
+    #[command(next_help_heading = "TLS and secrets")]
+    pub struct TlsOptions {
+        /// Certificate chain PEM file (with `--key`) [default: `cert.pem` in --data-dir, generated].
+        #[arg(long, env = "ROSSBY_CERT", value_name = "FILE")]
+        pub cert: Option<PathBuf>,
+        /// Private key PEM file (with `--cert`) [default: `key.pem` in --data-dir, generated].
+        #[arg(long, env = "ROSSBY_KEY", value_name = "FILE")]
+        pub key: Option<PathBuf>,
+        /// Extra name (DNS name or IP) of the generated certificate; repeatable, or
+        /// comma-separated in the variable.
+        #[arg(
+            long,
+            env = "ROSSBY_TLS_NAME",
+            value_name = "NAME",
+            value_delimiter = ','
+        )]
+        pub tls_name: Option<Vec<String>>,
+    }
+}
+
+impl TlsOptions {
+    /// The certificate to load, checked: given files, or one generated in
+    /// `data_dir`.
+    pub fn into_config(self, data_dir: &Path) -> Result<TlsConfig> {
+        let mut tls = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => TlsConfig {
+                cert,
+                key,
+                generate: false,
+                extra_names: Vec::new(),
+            },
+            (None, None) => TlsConfig::generated_in(data_dir),
+            (Some(_), None) => return Err(Error::Config("--cert needs --key".into())),
+            (None, Some(_)) => return Err(Error::Config("--key needs --cert".into())),
+        };
+        tls.extra_names = self
+            .tls_name
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for name in &tls.extra_names {
+            check_name(name).map_err(|e| Error::Config(format!("--tls-name {name:?}: {e}")))?;
+        }
+        Ok(tls)
+    }
 }
 
 /// Loads the configured certificate and key, generating a self-signed pair first

@@ -10,6 +10,10 @@
 //! (the frame limit bounds it before the body is read); the QUIC stream limits
 //! bound the parts in flight per connection.
 
+mod options;
+
+pub use options::{AttachmentOptions, MIN_PART_BYTES};
+
 use super::{Failure, Shared, decode, now_ms};
 use crate::auth::Authenticated;
 use bytes::Bytes;

@@ -24,9 +24,12 @@ pub mod fanout;
 pub mod forward;
 pub mod leases;
 pub mod notifier;
+mod options;
 pub mod ownership;
 pub mod server;
 pub mod tls;
+
+pub use options::{PeerOptions, PeerSettings};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;

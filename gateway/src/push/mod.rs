@@ -16,6 +16,6 @@ pub mod provider;
 pub mod scheduler;
 pub mod webpush;
 
-pub use config::PushConfig;
+pub use config::{PushConfig, PushOptions};
 pub use provider::{Provider, ProviderKind};
 pub use scheduler::{Providers, PushSettings, Pusher};
