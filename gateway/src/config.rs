@@ -298,7 +298,7 @@ impl Config {
             registrations_per_identifier: unlimited,
             discovery_per_device: unlimited,
             sealed_per_recipient: unlimited,
-            stored_bytes_per_device: unlimited,
+            stored_bytes_per_account: unlimited,
             codes_per_address: unlimited,
         };
         config.drain_grace = Duration::ZERO;

@@ -180,7 +180,7 @@ impl RateLimiter {
             per_ip: Limiter::new(limits.per_ip, DEFAULT_CAPACITY),
             discovery: Limiter::new(limits.discovery_per_device, DEFAULT_CAPACITY),
             sealed: Limiter::new(limits.sealed_per_recipient, DEFAULT_CAPACITY),
-            stored_bytes: Limiter::new(limits.stored_bytes_per_device, DEFAULT_CAPACITY),
+            stored_bytes: Limiter::new(limits.stored_bytes_per_account, DEFAULT_CAPACITY),
             codes_per_address: Limiter::new(limits.codes_per_address, DEFAULT_CAPACITY),
         }
     }

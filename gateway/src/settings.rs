@@ -52,9 +52,10 @@ pub struct RateLimits {
     pub discovery_per_device: Rate,
     /// Sealed sends (unauthenticated) per recipient box.
     pub sealed_per_recipient: Rate,
-    /// Bytes a device makes the gateway store, every recipient box's copy
-    /// counted (Send, GroupSend, GroupCommit): a device in debt is refused.
-    pub stored_bytes_per_device: Rate,
+    /// Bytes an account's devices make the gateway store, every recipient
+    /// box's copy counted (Send, GroupSend, GroupCommit): a device of an
+    /// account in debt is refused.
+    pub stored_bytes_per_account: Rate,
     /// Verification codes requested per source address (Register and
     /// AddIdentifier).
     pub codes_per_address: Rate,
@@ -83,7 +84,7 @@ impl Default for RateLimits {
                 per_second: 10.0,
                 burst: 100.0,
             },
-            stored_bytes_per_device: Rate {
+            stored_bytes_per_account: Rate {
                 per_second: 4.0 * 1024.0 * 1024.0,
                 burst: 64.0 * 1024.0 * 1024.0,
             },

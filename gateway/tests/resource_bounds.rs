@@ -237,8 +237,8 @@ async fn one_subscription_per_device_and_push_queues_bounded_in_bytes() {
     let gateway = gateway_with(dir.path(), |c| {
         c.api.push_queue_bytes = queue_bytes;
         // The attack sends 8 MB: more than the test default of stored bytes.
-        c.api.rate_limits.stored_bytes_per_device.per_second = 1e12;
-        c.api.rate_limits.stored_bytes_per_device.burst = 1e12;
+        c.api.rate_limits.stored_bytes_per_account.per_second = 1e12;
+        c.api.rate_limits.stored_bytes_per_account.burst = 1e12;
     })
     .await;
     let codes = codes_file(dir.path());

@@ -84,7 +84,7 @@ pub fn fitted_rate_limits(scenario: &Scenario) -> RateLimits {
         // The load test sends as identified devices only.
         sealed_per_recipient: defaults.sealed_per_recipient,
         // The load test measures throughput: its senders are not abusers.
-        stored_bytes_per_device: Rate {
+        stored_bytes_per_account: Rate {
             per_second: f64::INFINITY,
             burst: f64::INFINITY,
         },

@@ -149,7 +149,7 @@ impl TestEnv {
             registrations_per_identifier: rate(t.registrations),
             discovery_per_device: rate(t.discovery),
             sealed_per_recipient: rate(t.sealed),
-            stored_bytes_per_device: rate(t.stored_bytes),
+            stored_bytes_per_account: rate(t.stored_bytes),
             codes_per_address: rate(t.codes_per_address),
         };
         if t.three_regions {

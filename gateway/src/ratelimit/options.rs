@@ -51,15 +51,15 @@ crate::config::options! {
         #[arg(long, env = "ROSSBY_SEALED_BURST_PER_RECIPIENT", value_name = "N", value_parser = parse_burst)]
         #[serde(default, deserialize_with = "burst_in_file")]
         pub sealed_burst_per_recipient: Option<f64>,
-        /// Bytes per second a device may make the gateway store, every recipient's
-        /// copy counted [default: 4194304/s].
-        #[arg(long, env = "ROSSBY_STORED_BYTES_RATE_PER_DEVICE", value_name = "RATE", value_parser = parse_rate)]
+        /// Bytes per second an account's devices together may make the gateway
+        /// store, every recipient's copy counted [default: 4194304/s].
+        #[arg(long, env = "ROSSBY_STORED_BYTES_RATE_PER_ACCOUNT", value_name = "RATE", value_parser = parse_rate)]
         #[serde(default, deserialize_with = "rate_in_file")]
-        pub stored_bytes_rate_per_device: Option<f64>,
+        pub stored_bytes_rate_per_account: Option<f64>,
         /// Burst of the above, in bytes [default: 67108864].
-        #[arg(long, env = "ROSSBY_STORED_BYTES_BURST_PER_DEVICE", value_name = "BYTES", value_parser = parse_burst)]
+        #[arg(long, env = "ROSSBY_STORED_BYTES_BURST_PER_ACCOUNT", value_name = "BYTES", value_parser = parse_burst)]
         #[serde(default, deserialize_with = "burst_in_file")]
-        pub stored_bytes_burst_per_device: Option<f64>,
+        pub stored_bytes_burst_per_account: Option<f64>,
         /// Verification codes requested per source address [default: 10/h].
         #[arg(long, env = "ROSSBY_CODES_RATE_PER_ADDRESS", value_name = "RATE", value_parser = parse_rate)]
         #[serde(default, deserialize_with = "rate_in_file")]
@@ -114,9 +114,9 @@ impl RateLimitOptions {
             self.sealed_burst_per_recipient,
         );
         set(
-            &mut r.stored_bytes_per_device,
-            self.stored_bytes_rate_per_device,
-            self.stored_bytes_burst_per_device,
+            &mut r.stored_bytes_per_account,
+            self.stored_bytes_rate_per_account,
+            self.stored_bytes_burst_per_account,
         );
         set(
             &mut r.codes_per_address,
