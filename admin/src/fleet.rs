@@ -11,7 +11,13 @@
 //! traffic of the last few seconds, not an average since the gateway started.
 //! Errors are the answers the gateway is responsible for (`internal`,
 //! `unavailable`, `undetermined`: the statuses the error-rate alert counts).
-//! The region is the topology's: a gateway does not report it.
+//! The region is the topology's; the gateway reports the code of the region it
+//! serves (`rossby_region_code`), and a gateway serving another region than
+//! the topology puts it in is shown as such. Box ownership comes from the
+//! gateway's ownership view: whether its lease is held
+//! (`rossby_ownership_lease_held`) and how many live gateways its region has
+//! (`rossby_ownership_live_gateways`), so that it owns about 1/N of the
+//! region's boxes (boxes are spread by a rendezvous hash, docs/geo.md).
 
 use crate::http;
 use rossby_replication::Topology;
@@ -105,6 +111,31 @@ pub struct GatewayStatus {
     pub errors_per_second: Option<f64>,
     /// Requests answered since the gateway started.
     pub requests_total: Option<f64>,
+    /// The region code the gateway says it serves.
+    pub region_code: Option<u16>,
+    /// The region code the topology gives the gateway's region.
+    pub expected_region_code: u16,
+    /// Box ownership: whether its lease is held and the live gateways of its
+    /// region; `None` when ownership is off (no peers) or unknown.
+    pub ownership: Option<Ownership>,
+}
+
+/// A gateway's share of its region's boxes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Ownership {
+    /// Its ownership lease was renewed at its last refresh.
+    pub lease_held: bool,
+    /// Live gateways of its region in its view, itself included: it owns
+    /// about 1/`live_gateways` of the region's boxes.
+    pub live_gateways: u32,
+}
+
+impl GatewayStatus {
+    /// The gateway serves another region than the topology puts it in.
+    pub fn region_mismatch(&self) -> bool {
+        self.region_code
+            .is_some_and(|code| code != self.expected_region_code)
+    }
 }
 
 /// The status of every gateway of a topology.
@@ -192,6 +223,9 @@ struct Scrape {
     errors: f64,
     peer_failures: f64,
     has_peers: bool,
+    region_code: Option<u16>,
+    lease_held: Option<bool>,
+    live_gateways: Option<u32>,
 }
 
 fn summarize(samples: &[Sample]) -> Scrape {
@@ -208,6 +242,11 @@ fn summarize(samples: &[Sample]) -> Scrape {
                 if ERROR_STATUSES.contains(&label(x, "status").as_str()) {
                     s.errors += x.value;
                 }
+            }
+            "rossby_region_code" => s.region_code = u16::try_from(x.value as i64).ok(),
+            "rossby_ownership_lease_held" => s.lease_held = Some(x.value > 0.0),
+            "rossby_ownership_live_gateways" => {
+                s.live_gateways = u32::try_from(x.value as i64).ok();
             }
             "rossby_peer_forwards_total" | "rossby_peer_notifications_total" => {
                 s.has_peers = true;
@@ -229,9 +268,9 @@ async fn scrape(admin: &str, timeout: Duration) -> Result<(Scrape, Instant), Str
     Ok((summarize(&parse_metrics(&body)), Instant::now()))
 }
 
-/// Probes one gateway.
+/// Probes one gateway of the region `region` (code `code`).
 pub async fn probe_gateway(
-    region: &str,
+    (region, code): (&str, u16),
     quic: &str,
     admin: &str,
     options: Options,
@@ -271,6 +310,9 @@ pub async fn probe_gateway(
         requests_per_second: None,
         errors_per_second: None,
         requests_total: None,
+        region_code: None,
+        expected_region_code: code,
+        ownership: None,
     };
     let Ok((first, at)) = first else {
         return status;
@@ -290,6 +332,14 @@ pub async fn probe_gateway(
         .certificate_not_after
         .map(|t| (t - now) as f64 / 86_400.0);
     status.requests_total = Some(latest.requests);
+    status.region_code = latest.region_code.filter(|c| *c != 0);
+    status.ownership = match (latest.lease_held, latest.live_gateways) {
+        (Some(lease_held), Some(live)) if live > 0 => Some(Ownership {
+            lease_held,
+            live_gateways: live,
+        }),
+        _ => None,
+    };
     if let Ok((second, then)) = &second {
         let seconds = then.duration_since(at).as_secs_f64().max(1e-3);
         // A counter that went down means the gateway restarted in between:
@@ -317,9 +367,15 @@ pub async fn status(topology: &Topology, options: Options) -> FleetReport {
     for region in topology.regions() {
         for g in &region.gateways {
             let (name, quic, admin) = (region.name.clone(), g.quic.clone(), g.admin.clone());
+            let code = region.code.0;
             let i = index;
             index += 1;
-            tasks.spawn(async move { (i, probe_gateway(&name, &quic, &admin, options).await) });
+            tasks.spawn(async move {
+                (
+                    i,
+                    probe_gateway((&name, code), &quic, &admin, options).await,
+                )
+            });
         }
     }
     let mut gateways: Vec<(usize, GatewayStatus)> = Vec::with_capacity(index);
@@ -342,14 +398,20 @@ fn or_dash(v: Option<String>) -> String {
 impl fmt::Display for FleetReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let header = [
-            "REGION", "ADMIN", "STATE", "VERSION", "CERT", "PEERS", "REQ/S", "ERR/S", "REASON",
+            "REGION", "ADMIN", "STATE", "VERSION", "CERT", "PEERS", "OWNS", "REQ/S", "ERR/S",
+            "REASON",
         ];
-        let rows: Vec<[String; 9]> = self
+        let rows: Vec<[String; 10]> = self
             .gateways
             .iter()
             .map(|g| {
                 [
-                    g.region.clone(),
+                    match g.region_code {
+                        Some(code) if g.region_mismatch() => {
+                            format!("{} (serves {code}!)", g.region)
+                        }
+                        _ => g.region.clone(),
+                    },
                     g.admin.clone(),
                     if g.state != State::Down && !g.live {
                         format!("{} (not live)", g.state)
@@ -363,6 +425,11 @@ impl fmt::Display for FleetReport {
                         (PeerLinks::Failing, None) => "failing".into(),
                         (PeerLinks::Ok, _) => "ok".into(),
                         (PeerLinks::None, _) => "-".into(),
+                    },
+                    match g.ownership {
+                        Some(o) if o.lease_held => format!("1/{}", o.live_gateways),
+                        Some(_) => "no lease".into(),
+                        None => "-".into(),
                     },
                     or_dash(g.requests_per_second.map(|r| format!("{r:.1}"))),
                     or_dash(g.errors_per_second.map(|r| format!("{r:.1}"))),
@@ -421,13 +488,16 @@ rossby_peer_forwards_total{result="answered"} 10
 rossby_peer_forwards_total{result="failed"} 2
 rossby_peer_notifications_total{result="failed"} 1
 rossby_tls_certificate_expiry_timestamp_seconds 1.9e9
+rossby_region_code 2
+rossby_ownership_lease_held 1
+rossby_ownership_live_gateways 3
 weird{a="x\"y",b="\\"} 3
 "#;
 
     #[test]
     fn samples_are_parsed_with_their_labels() {
         let samples = parse_metrics(PAGE);
-        assert_eq!(samples.len(), 10);
+        assert_eq!(samples.len(), 13);
         let weird = samples.last().unwrap();
         assert_eq!(weird.labels["a"], "x\"y");
         assert_eq!(weird.labels["b"], "\\");
@@ -444,6 +514,8 @@ weird{a="x\"y",b="\\"} 3
         assert_eq!(s.peer_failures, 3.0);
         assert!(s.has_peers);
         assert_eq!(s.certificate_not_after, Some(1_900_000_000));
+        assert_eq!(s.region_code, Some(2));
+        assert_eq!((s.lease_held, s.live_gateways), (Some(true), Some(3)));
         let unreadable = summarize(&parse_metrics(
             "rossby_tls_certificate_expiry_timestamp_seconds 0\n",
         ));
@@ -468,23 +540,38 @@ weird{a="x\"y",b="\\"} 3
             requests_per_second: Some(12.25),
             errors_per_second: Some(0.0),
             requests_total: Some(1000.0),
+            region_code: Some(2),
+            expected_region_code: 2,
+            ownership: Some(Ownership {
+                lease_held: true,
+                live_gateways: 3,
+            }),
         };
+        let mut elsewhere = g(State::Ready, None);
+        elsewhere.region_code = Some(3);
+        elsewhere.ownership = None;
         let report = FleetReport {
             sample_seconds: 2.0,
             gateways: vec![
                 g(State::Ready, None),
                 g(State::Down, Some("connection refused")),
+                elsewhere,
             ],
         };
         let text = report.to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].starts_with("REGION"));
         assert!(
-            lines[1].contains("ready") && lines[1].contains("90d") && lines[1].contains("12.2")
+            lines[1].contains("ready")
+                && lines[1].contains("90d")
+                && lines[1].contains("12.2")
+                && lines[1].contains("1/3"),
+            "{text}"
         );
         assert!(lines[2].contains("down") && lines[2].ends_with("connection refused"));
-        assert_eq!(lines[3], "1 of 2 gateways ready; rates over 2.0 s");
+        assert!(lines[3].starts_with("eu-west (serves 3!)"), "{text}");
+        assert_eq!(lines[4], "2 of 3 gateways ready; rates over 2.0 s");
         assert!(!report.all_ready());
     }
 }

@@ -30,8 +30,20 @@ async fn fleet_status_shows_ready_gateways_and_a_stopped_one() {
     };
     let report = fleet::status(&local.topology, options).await;
     assert!(report.all_ready(), "{report}");
-    for (g, (name, _)) in report.gateways.iter().zip(REGIONS) {
+    for (g, (name, code)) in report.gateways.iter().zip(REGIONS) {
         assert_eq!(g.region, name);
+        // It serves the region the topology puts it in, holds its ownership
+        // lease and, alone in its region, owns all of the region's boxes.
+        assert_eq!(g.region_code, Some(code.0), "{report}");
+        assert!(!g.region_mismatch());
+        assert_eq!(
+            g.ownership,
+            Some(fleet::Ownership {
+                lease_held: true,
+                live_gateways: 1
+            }),
+            "{report}"
+        );
         assert!(g.live);
         assert_eq!(g.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
         let days = g.certificate_days_left.unwrap();
@@ -62,6 +74,7 @@ async fn fleet_status_shows_ready_gateways_and_a_stopped_one() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 5, "{table}");
     assert!(lines[1].starts_with("us-east") && lines[1].contains("ready"));
+    assert!(lines[1].contains(" 1/1 "), "{table}");
     assert!(lines[3].starts_with("ap-southeast") && lines[3].contains("down"));
     assert!(lines[3].contains("connection refused"), "{table}");
     assert_eq!(lines[4], "2 of 3 gateways ready; rates over 0.3 s");

@@ -119,6 +119,7 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway> {
         crate::config::create_private_dir(&config.data_dir)?;
         let metrics = Arc::new(Metrics::new());
+        metrics.region_code.set(i64::from(config.region().0));
 
         // The backup token is formed from the secret file's content as
         // `rossby-gateway backup` reads it (for a versioned file, the whole file).

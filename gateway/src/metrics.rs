@@ -30,6 +30,9 @@
 //! | `rossby_maintenance_lag_seconds` | gauge | `task` |
 //! | `rossby_maintenance_pending_purges` | gauge | |
 //! | `rossby_maintenance_leases_held` | gauge | `task` |
+//! | `rossby_region_code` | gauge | |
+//! | `rossby_ownership_lease_held` | gauge | |
+//! | `rossby_ownership_live_gateways` | gauge | |
 //! | `rossby_tls_certificate_expiry_timestamp_seconds` | gauge | |
 //! | `rossby_blob_bytes_total` | counter | `direction` |
 //! | `rossby_blob_store_operations_total` | counter | `operation` |
@@ -212,6 +215,18 @@ pub struct Metrics {
     /// `rossby_maintenance_leases_held{task}`: maintenance leases this gateway
     /// holds, by kind of job (up to 16 `expiry` shards, 1 `purge`).
     pub maintenance_leases_held: IntGaugeVec,
+    /// `rossby_region_code`: the code of the region this gateway serves (a
+    /// gauge, not a label, so it cannot clash with the scrape's own `region`
+    /// label).
+    pub region_code: IntGauge,
+    /// `rossby_ownership_lease_held`: 1 while this gateway's box-ownership lease
+    /// was renewed at its last refresh (docs/geo.md), else 0 (also without
+    /// peers, when ownership is off).
+    pub ownership_lease_held: IntGauge,
+    /// `rossby_ownership_live_gateways`: the live gateways of this gateway's
+    /// region in its ownership view, itself included; it owns the boxes the
+    /// rendezvous hash gives it, about 1/N of the region's (0: ownership off).
+    pub ownership_live_gateways: IntGauge,
     /// `rossby_tls_certificate_expiry_timestamp_seconds`: the not-after time of the
     /// certificate the QUIC endpoint presents, in Unix seconds; 0 when it could not
     /// be read (see [`Metrics::set_certificate_expiry`]).
@@ -513,6 +528,27 @@ impl Metrics {
                         "Maintenance leases held by this gateway, by task.",
                     ),
                     &["task"],
+                ),
+            ),
+            region_code: register(
+                r,
+                IntGauge::new(
+                    "rossby_region_code",
+                    "Code of the region this gateway serves.",
+                ),
+            ),
+            ownership_lease_held: register(
+                r,
+                IntGauge::new(
+                    "rossby_ownership_lease_held",
+                    "1 while this gateway's box-ownership lease is renewed.",
+                ),
+            ),
+            ownership_live_gateways: register(
+                r,
+                IntGauge::new(
+                    "rossby_ownership_live_gateways",
+                    "Live gateways of this gateway's region in its ownership view; it owns about 1/N of the region's boxes.",
                 ),
             ),
             tls_certificate_expiry_timestamp_seconds: register(
@@ -1117,6 +1153,9 @@ mod tests {
             "rossby_maintenance_pending_purges 0",
             "rossby_maintenance_leases_held{task=\"purge\"} 0",
             "rossby_tls_certificate_expiry_timestamp_seconds 0",
+            "rossby_region_code 0",
+            "rossby_ownership_lease_held 0",
+            "rossby_ownership_live_gateways 0",
             "rossby_storage_errors_total{kind=\"undetermined\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -26,6 +26,8 @@
 
 use crate::error::{Error, Result};
 
+pub mod key_package;
+
 /// RFC 9420's `mls10`.
 pub const MLS10: u16 = 1;
 

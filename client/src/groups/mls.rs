@@ -20,6 +20,7 @@ use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 use prost::Message as _;
 use rossby_protocol::crypto::{DeviceKeys, IdentityKey};
+use rossby_protocol::mls::key_package::{CREDENTIAL_IDENTITY_LEN, credential_message};
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -29,13 +30,9 @@ use std::sync::RwLock;
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
 /// The group-context extension holding [`GroupMeta`] (private-use range).
 pub const EXTENSION_GROUP_META: u16 = 0xff52;
-/// Domain separation of the credential signature.
-pub const CREDENTIAL_LABEL: &[u8] = b"rossby/mls-credential/v1";
 /// Past epochs whose keys are kept, so an application message sent just before
 /// a Commit it raced with can still be read.
 pub const MAX_PAST_EPOCHS: usize = 2;
-/// Length of a credential identity.
-const IDENTITY_LEN: usize = 16 + 16 + 64;
 
 /// openmls' crypto and storage. The storage is openmls' in-memory map, copied
 /// into the state file ([`MlsProvider::entries`]) whenever the state is saved.
@@ -224,7 +221,7 @@ pub fn own_credential(
 ) -> CredentialWithKey {
     let public = signer.to_public_vec();
     let signature = keys.sign(&credential_message(box_id, device_id, &public));
-    let mut identity = Vec::with_capacity(IDENTITY_LEN);
+    let mut identity = Vec::with_capacity(CREDENTIAL_IDENTITY_LEN);
     identity.extend_from_slice(box_id);
     identity.extend_from_slice(device_id);
     identity.extend_from_slice(&signature);
@@ -232,15 +229,6 @@ pub fn own_credential(
         credential: BasicCredential::new(identity).into(),
         signature_key: public.into(),
     }
-}
-
-fn credential_message(box_id: &[u8; 16], device_id: &[u8; 16], public: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(CREDENTIAL_LABEL.len() + 32 + public.len());
-    m.extend_from_slice(CREDENTIAL_LABEL);
-    m.extend_from_slice(box_id);
-    m.extend_from_slice(device_id);
-    m.extend_from_slice(public);
-    m
 }
 
 /// The device a credential names, and its signature.
@@ -260,7 +248,7 @@ impl CredentialClaim {
             return None;
         }
         let identity = credential.serialized_content();
-        if identity.len() != IDENTITY_LEN {
+        if identity.len() != CREDENTIAL_IDENTITY_LEN {
             return None;
         }
         Some(CredentialClaim {
@@ -346,6 +334,21 @@ mod tests {
             let bytes = to_bytes(&MlsMessageOut::from(bundle.key_package().clone())).unwrap();
             let kp = key_package(&bytes, provider.crypto()).unwrap();
             assert_eq!(kp.last_resort(), last_resort);
+            // The gateway's own parser and checks (written from RFC 9420, not
+            // from openmls) accept what openmls makes, for this device only.
+            let device_key = keys.public_keys().identity_key().to_owned();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let checked = rossby_protocol::mls::key_package::parse_key_package(&bytes).unwrap();
+            assert_eq!(
+                checked.cipher_suite,
+                rossby_protocol::mls::key_package::CIPHERSUITE
+            );
+            assert_eq!(u16::from(CIPHERSUITE), checked.cipher_suite);
+            checked.check(&[1; 16], &[2; 16], &device_key, now).unwrap();
+            assert!(checked.check(&[1; 16], &[3; 16], &device_key, now).is_err());
         }
     }
 

@@ -10,6 +10,8 @@
 use super::{Failure, Shared, decode, device_info, now_ms, parse_box_id, parse_identifier};
 use crate::auth::Authenticated;
 use rossby_keyspace::{BoxId, Identifier};
+use rossby_protocol::crypto::IdentityKey;
+use rossby_protocol::mls::key_package;
 use rossby_protocol::pb::{self, Status};
 
 use rossby_storage::tables::contacts::{self, Relationship};
@@ -143,6 +145,7 @@ pub(crate) async fn publish_key_packages(
     }
     let last_resort = (!req.last_resort.is_empty()).then_some(req.last_resort.as_slice());
     let now = now_ms();
+    check_key_packages(caller, &req.key_packages, last_resort, now / 1000)?;
     let stored = transact!(store, |txn| keypackages::publish(
         txn,
         limits,
@@ -156,6 +159,40 @@ pub(crate) async fn publish_key_packages(
     Ok(pb::PublishKeyPackagesResponse {
         stored: u32::try_from(stored).unwrap_or(u32::MAX),
     })
+}
+
+/// Refuses (`STATUS_BAD_REQUEST`, naming the KeyPackage and the reason) any
+/// KeyPackage no member could use or that is not the caller's: it must be an
+/// MLS 1.0 KeyPackage of the deployment's ciphersuite whose credential names
+/// the caller's device, vouched for by the identity key the gateway holds for
+/// it, with valid signatures and a lifetime that has not ended
+/// ([`rossby_protocol::mls::key_package`]). Checked before anything is stored.
+fn check_key_packages(
+    caller: &Authenticated,
+    key_packages: &[Vec<u8>],
+    last_resort: Option<&[u8]>,
+    now_secs: u64,
+) -> Result<(), Failure> {
+    let Some(device_key) = caller
+        .identity_key
+        .and_then(|k| IdentityKey::from_bytes(&k).ok())
+    else {
+        return Err(Failure::bad_request(
+            "this device's record has no usable identity key to check KeyPackages against",
+        ));
+    };
+    let (box_id, device_id) = (caller.box_id.as_bytes(), caller.device_id.as_bytes());
+    let named = key_packages
+        .iter()
+        .enumerate()
+        .map(|(i, kp)| (format!("KeyPackage {i}"), kp.as_slice()))
+        .chain(last_resort.map(|kp| ("the last-resort KeyPackage".to_string(), kp)));
+    for (name, bytes) in named {
+        key_package::parse_key_package(bytes)
+            .and_then(|kp| kp.check(box_id, device_id, &device_key, now_secs))
+            .map_err(|e| Failure::bad_request(format!("{name}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// ClaimKeyPackages: one KeyPackage per authorized device of a box.
@@ -204,6 +241,7 @@ pub(crate) async fn list_devices(
 #[cfg(test)]
 mod tests {
     use super::super::testkit::{TestEnv, TestSettings};
+    use rossby_protocol::mls::key_package;
     use rossby_protocol::pb::{self, Method, Status};
     use rossby_protocol::status::status_of;
 
@@ -326,14 +364,83 @@ mod tests {
         assert_eq!(status_of(&resp), Status::Ok);
     }
 
+    /// A KeyPackage of `device` whose init key is `tag` repeated.
+    fn make_key_package(
+        device: &super::super::testkit::TestDevice,
+        tag: u8,
+        suite: u16,
+    ) -> Vec<u8> {
+        let now = super::now_ms() / 1000;
+        key_package::build_key_package(&key_package::KeyPackageParts {
+            device: &device.keys,
+            box_id: *device.box_id.as_bytes(),
+            device_id: *device.device_id.as_bytes(),
+            leaf_signer: &ed25519_dalek::SigningKey::from_bytes(&[tag; 32]),
+            init_key: &[tag; 64],
+            encryption_key: &[tag; 64],
+            cipher_suite: suite,
+            lifetime: (now - 3600, now + 86_400),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn key_packages_must_be_the_publishing_devices_and_of_the_suite() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let bob = env.register("bob@example.com").await;
+        let publish = |key_packages: Vec<Vec<u8>>, last_resort: Vec<u8>| {
+            let req = pb::PublishKeyPackagesRequest {
+                key_packages,
+                last_resort,
+            };
+            let env = &env;
+            let alice = &alice;
+            async move {
+                env.call_as(alice, 1, Method::PublishKeyPackages, &req)
+                    .await
+            }
+        };
+        let good = make_key_package(&alice, 1, key_package::CIPHERSUITE);
+        for (bad, reason) in [
+            (vec![1; 40], "KeyPackage 1: malformed"),
+            (
+                make_key_package(&bob, 2, key_package::CIPHERSUITE),
+                "names another device",
+            ),
+            (make_key_package(&alice, 3, 0x0001), "ciphersuite 0x0001"),
+        ] {
+            let resp = publish(vec![good.clone(), bad], Vec::new()).await;
+            assert_eq!(status_of(&resp), Status::BadRequest);
+            assert!(resp.message.contains(reason), "{}", resp.message);
+        }
+        let resp = publish(
+            Vec::new(),
+            make_key_package(&bob, 4, key_package::CIPHERSUITE),
+        )
+        .await;
+        assert!(resp.message.contains("last-resort"), "{}", resp.message);
+        // Nothing of a refused request was stored.
+        let claim = pb::ClaimKeyPackagesRequest {
+            box_id: alice.box_id.as_bytes().to_vec(),
+        };
+        let resp = env.call_as(&bob, 1, Method::ClaimKeyPackages, &claim).await;
+        let claimed: pb::ClaimKeyPackagesResponse = TestEnv::body(&resp);
+        assert!(claimed.packages.is_empty(), "{claimed:?}");
+    }
+
     #[tokio::test]
     async fn key_packages_are_claimed_once_then_the_last_resort() {
         let env = TestEnv::new();
         let alice = env.register("alice@example.com").await;
         let bob = env.register("bob@example.com").await;
+        let suite = key_package::CIPHERSUITE;
         let publish = pb::PublishKeyPackagesRequest {
-            key_packages: vec![vec![1; 40], vec![2; 40]],
-            last_resort: vec![9; 40],
+            key_packages: vec![
+                make_key_package(&alice, 1, suite),
+                make_key_package(&alice, 2, suite),
+            ],
+            last_resort: make_key_package(&alice, 9, suite),
         };
         let resp = env
             .call_as(&alice, 1, Method::PublishKeyPackages, &publish)
@@ -352,10 +459,21 @@ mod tests {
             assert_eq!(status_of(&resp), Status::Ok);
             let claimed: pb::ClaimKeyPackagesResponse = TestEnv::body(&resp);
             assert_eq!(claimed.packages.len(), 1);
-            seen.push((
-                claimed.packages[0].key_package[0],
-                claimed.packages[0].last_resort,
-            ));
+            let package = &claimed.packages[0];
+            let init_key = key_package::parse_key_package(&package.key_package)
+                .unwrap()
+                .signature_key
+                .to_vec();
+            let tag = [1u8, 2, 9]
+                .into_iter()
+                .find(|t| {
+                    init_key
+                        == ed25519_dalek::SigningKey::from_bytes(&[*t; 32])
+                            .verifying_key()
+                            .to_bytes()
+                })
+                .unwrap();
+            seen.push((tag, package.last_resort));
         }
         seen.sort_unstable();
         assert_eq!(seen, vec![(1, false), (2, false), (9, true)]);

@@ -248,7 +248,7 @@ impl Peers {
             tokio::spawn(server::accept_loop(
                 endpoint.clone(),
                 presence,
-                metrics,
+                metrics.clone(),
                 handler.clone(),
             )),
             tokio::spawn(fanout_worker),
@@ -258,6 +258,7 @@ impl Peers {
             tasks.push(tokio::spawn(ownership::run(
                 ownership.clone(),
                 config.owner_renew,
+                metrics.clone(),
             )));
         }
         tracing::info!(peer = %local_addr, advertised = %holder.peer_address, "peer endpoint started");

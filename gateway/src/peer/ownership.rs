@@ -129,8 +129,9 @@ impl Ownership {
             .map_or(0, Vec::len)
     }
 
-    /// Renews this gateway's lease and re-reads every region's live leases.
-    pub async fn refresh(&self, now_ms: u64) {
+    /// Renews this gateway's lease and re-reads every region's live leases;
+    /// whether the lease was renewed.
+    pub async fn refresh(&self, now_ms: u64) -> bool {
         let expires = now_ms.saturating_add(millis(self.lease));
         let renewed = transact!(self.store, |txn| gateways::renew(
             txn,
@@ -141,7 +142,7 @@ impl Ownership {
             now_ms,
         )
         .await);
-        if let Err(err) = renewed {
+        if let Err(err) = &renewed {
             tracing::warn!(error = %err, "cannot renew the ownership lease");
         }
         for &region in &self.regions {
@@ -167,6 +168,7 @@ impl Ownership {
                 }
             }
         }
+        renewed.is_ok()
     }
 
     /// The live leases of `region`, read from a recent snapshot: the view may be
@@ -208,12 +210,23 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Renews and refreshes every `interval` until aborted.
-pub(crate) async fn run(ownership: Arc<Ownership>, interval: Duration) {
+/// Renews and refreshes every `interval` until aborted, and shows the result
+/// in `rossby_ownership_lease_held` and `rossby_ownership_live_gateways`
+/// (what `rossby-admin fleet status` reports as the share of boxes owned).
+pub(crate) async fn run(
+    ownership: Arc<Ownership>,
+    interval: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        ownership.refresh(crate::server::now_ms()).await;
+        let renewed = ownership.refresh(crate::server::now_ms()).await;
+        metrics.ownership_lease_held.set(i64::from(renewed));
+        let live = ownership.live_in(ownership.region);
+        metrics
+            .ownership_live_gateways
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 }
