@@ -62,8 +62,8 @@ async fn unknown_blocked_and_hidden_users_answer_not_found() {
     let alice = register_raw(&conn, &codes, ALICE).await;
     let bob = register_raw(&conn, &codes, BOB).await;
     let carol = register_raw(&conn, &codes, CAROL).await;
-    let bob_version = device_list(&conn, &alice, BOB).await.version;
-    let carol_version = device_list(&conn, &alice, CAROL).await.version;
+    let bob_list = device_list(&conn, &alice, BOB).await;
+    let carol_list = device_list(&conn, &alice, CAROL).await;
 
     // Unknown recipient: lookups answer NOT_FOUND, a send's result is NOT_FOUND.
     let before = snapshot(gw.store()).await;
@@ -77,7 +77,20 @@ async fn unknown_blocked_and_hidden_users_answer_not_found() {
         .await;
     expect_status(&by_box, Status::NotFound);
     assert_eq!(by_box.message, unknown.message);
-    let unknown_send = send_one(&conn, &alice, &send_request(nowhere, 1, b"envelope")).await;
+    let unknown_send = send_one(
+        &conn,
+        &alice,
+        &send_request(
+            &pb::DeviceList {
+                box_id: nowhere.as_bytes().to_vec(),
+                version: 1,
+                ..pb::DeviceList::default()
+            },
+            &alice,
+            b"envelope",
+        ),
+    )
+    .await;
     assert_eq!(unknown_send.status, Status::NotFound as i32);
     assert_eq!(unknown_send.seq, 0);
     assert!(unknown_send.current.is_none());
@@ -105,12 +118,7 @@ async fn unknown_blocked_and_hidden_users_answer_not_found() {
         .await;
     expect_status(&blocked_by_box, Status::NotFound);
     assert_eq!(blocked_by_box.message, unknown.message);
-    let blocked_send = send_one(
-        &conn,
-        &alice,
-        &send_request(bob.box_id, bob_version, b"envelope"),
-    )
-    .await;
+    let blocked_send = send_one(&conn, &alice, &send_request(&bob_list, &alice, b"envelope")).await;
     assert_eq!(
         (blocked_send.status, blocked_send.seq, &blocked_send.current),
         (unknown_send.status, unknown_send.seq, &unknown_send.current)
@@ -135,7 +143,7 @@ async fn unknown_blocked_and_hidden_users_answer_not_found() {
     let reached = send_one(
         &conn,
         &carol,
-        &send_request(bob.box_id, bob_version, b"from carol"),
+        &send_request(&bob_list, &carol, b"from carol"),
     )
     .await;
     assert_eq!(reached.status, Status::Ok as i32);
@@ -175,7 +183,7 @@ async fn unknown_blocked_and_hidden_users_answer_not_found() {
     let reached = send_one(
         &conn,
         &alice,
-        &send_request(carol.box_id, carol_version, b"hi carol"),
+        &send_request(&carol_list, &alice, b"hi carol"),
     )
     .await;
     assert_eq!(reached.status, Status::Ok as i32);
@@ -323,7 +331,7 @@ async fn hawk_failures_change_nothing() {
     let conn = RawConn::connect(&gw).await;
     let alice = register_raw(&conn, &codes, ALICE).await;
     let bob = register_raw(&conn, &codes, BOB).await;
-    let bob_version = device_list(&conn, &alice, BOB).await.version;
+    let bob_list = device_list(&conn, &alice, BOB).await;
 
     // Replayed nonce: a captured UpdateSettings that hid Alice, replayed after she
     // became discoverable again on the same connection, is REPLAYED and does not
@@ -352,7 +360,7 @@ async fn hawk_failures_change_nothing() {
     let send = conn.signed(
         &alice,
         Method::Send,
-        send_request(bob.box_id, bob_version, b"first").encode_to_vec(),
+        send_request(&bob_list, &alice, b"first").encode_to_vec(),
     );
     let first: pb::SendResponse = ok(&conn.send(&send).await);
     assert_eq!(first.results[0].status, Status::Ok as i32);
@@ -366,7 +374,7 @@ async fn hawk_failures_change_nothing() {
     let bound = conn.signed(
         &alice,
         Method::Send,
-        send_request(bob.box_id, bob_version, b"bound").encode_to_vec(),
+        send_request(&bob_list, &alice, b"bound").encode_to_vec(),
     );
     let moved = other.send(&bound).await;
     expect_status(&moved, Status::Unauthenticated);
@@ -386,7 +394,7 @@ async fn hawk_failures_change_nothing() {
         let skewed = conn.signed_at(
             &alice,
             Method::Send,
-            send_request(bob.box_id, bob_version, b"skewed").encode_to_vec(),
+            send_request(&bob_list, &alice, b"skewed").encode_to_vec(),
             ts,
             &fresh_nonce(),
         );
@@ -405,7 +413,7 @@ async fn hawk_failures_change_nothing() {
     let mut tampered = conn.signed(
         &alice,
         Method::Send,
-        send_request(bob.box_id, bob_version, b"original").encode_to_vec(),
+        send_request(&bob_list, &alice, b"original").encode_to_vec(),
     );
     let mut body = pb::SendRequest::decode(tampered.body.as_slice()).unwrap();
     body.recipients[0].envelope = b"tampered".to_vec();
@@ -415,7 +423,7 @@ async fn hawk_failures_change_nothing() {
     let mut forged = conn.signed(
         &alice,
         Method::Send,
-        send_request(bob.box_id, bob_version, b"forged").encode_to_vec(),
+        send_request(&bob_list, &alice, b"forged").encode_to_vec(),
     );
     let mac_at = forged.authorization.find("mac=\"").unwrap() + 5;
     let mut auth = forged.authorization.into_bytes();
@@ -431,7 +439,7 @@ async fn hawk_failures_change_nothing() {
     // Bob received exactly the one valid send.
     let fetched = fetch_raw(&conn, &bob).await;
     assert_eq!(fetched.envelopes.len(), 1);
-    assert_eq!(fetched.envelopes[0].envelope, b"first");
+    assert_eq!(support::body_of(&fetched.envelopes[0].envelope), b"first");
     // The request bound to the first connection was valid there, and its nonce
     // was not used up by the rejected attempt.
     let delivered: pb::SendResponse = ok(&conn.send(&bound).await);
@@ -463,7 +471,7 @@ async fn malformed_requests_change_nothing() {
     let conn = RawConn::connect(&gw).await;
     let alice = register_raw(&conn, &codes, ALICE).await;
     let bob = register_raw(&conn, &codes, BOB).await;
-    let bob_version = device_list(&conn, &alice, BOB).await.version;
+    let bob_list = device_list(&conn, &alice, BOB).await;
     let before = snapshot(gw.store()).await;
 
     // Oversize frame: a properly signed Send whose frame exceeds the limit.
@@ -471,7 +479,7 @@ async fn malformed_requests_change_nothing() {
     let request = conn.signed(
         &alice,
         Method::Send,
-        send_request(bob.box_id, bob_version, &huge).encode_to_vec(),
+        send_request(&bob_list, &alice, &huge).encode_to_vec(),
     );
     let frame = framing::encode(&request);
     assert!(frame.len() > framing::DEFAULT_MAX_FRAME + framing::LENGTH_PREFIX);
@@ -542,7 +550,7 @@ async fn stale_device_list_answers_the_current_list() {
     let bob2 = link_raw(&conn, &bob).await;
 
     let before = snapshot(gw.store()).await;
-    let request = send_request(bob.box_id, old.version, b"for the old list");
+    let request = send_request(&old, &alice, b"for the old list");
     let result = send_one(&conn, &alice, &request).await;
     assert_eq!(result.status, Status::StaleDevices as i32);
     assert_eq!(result.seq, 0);
@@ -580,7 +588,7 @@ async fn stale_device_list_answers_the_current_list() {
     // Re-sent for the current list with the same message id: delivered.
     let mut again = request.clone();
     again.recipients[0].device_list_version = current.version;
-    again.recipients[0].envelope = b"for the current list".to_vec();
+    again.recipients[0].envelope = support::envelope_for(&current, &alice, b"for the current list");
     let result = send_one(&conn, &alice, &again).await;
     assert_eq!(result.status, Status::Ok as i32);
     for device in [&bob, &bob2] {

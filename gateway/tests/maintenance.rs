@@ -80,7 +80,7 @@ async fn send_messages(conn: &RawConn, from: &RawDevice, to: &str, n: usize) -> 
     let list = device_list(conn, from, to).await;
     let box_id = BoxId::try_from_slice(&list.box_id).unwrap();
     for i in 0..n {
-        let request = send_request(box_id, list.version, format!("m{i}").as_bytes());
+        let request = send_request(&list, from, format!("m{i}").as_bytes());
         let _: pb::SendResponse = ok(&conn.call(from, Method::Send, &request).await);
     }
     box_id

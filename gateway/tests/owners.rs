@@ -9,7 +9,7 @@ use rossby_gateway::peer::PeerConfig;
 use rossby_gateway::peer::ownership::Owner;
 use rossby_gateway::peer::tls::DevCa;
 use rossby_gateway::{Config, Gateway, LocalDeployment};
-use rossby_keyspace::{BoxId, MessageId, RegionId};
+use rossby_keyspace::{MessageId, RegionId};
 use rossby_protocol::pb::{self, Method, Status};
 use rossby_storage::kv::BackendConfig;
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,16 +48,22 @@ async fn settled(gateways: &[&Gateway], regions: &[(RegionId, usize)]) {
     .await;
 }
 
-/// One Send of an opaque envelope to several boxes with a given message id.
-fn send_to(targets: &[(BoxId, u64)], message_id: MessageId, text: &[u8]) -> pb::SendRequest {
+/// One Send from `from` of an opaque envelope to several boxes (their
+/// device lists) with a given message id.
+fn send_to(
+    targets: &[pb::DeviceList],
+    from: &RawDevice,
+    message_id: MessageId,
+    text: &[u8],
+) -> pb::SendRequest {
     pb::SendRequest {
         message_id: message_id.as_bytes().to_vec(),
         recipients: targets
             .iter()
-            .map(|(b, v)| pb::Recipient {
-                box_id: b.as_bytes().to_vec(),
-                device_list_version: *v,
-                envelope: text.to_vec(),
+            .map(|list| pb::Recipient {
+                box_id: list.box_id.clone(),
+                device_list_version: list.version,
+                envelope: support::envelope_for(list, from, text),
             })
             .collect(),
         ephemeral: false,
@@ -131,9 +137,7 @@ async fn senders_in_three_regions_write_into_the_same_boxes_without_conflicts() 
     }
     let mut targets = Vec::new();
     for (_, _, identifier) in &users {
-        let list = device_list(&users[0].0, &users[0].1, identifier).await;
-        let b = BoxId::try_from_slice(&list.box_id).unwrap();
-        targets.push((b, list.version));
+        targets.push(device_list(&users[0].0, &users[0].1, identifier).await);
     }
     let before: u64 = gateways.iter().map(|g| conflicts(g)).sum();
 
@@ -147,7 +151,7 @@ async fn senders_in_three_regions_write_into_the_same_boxes_without_conflicts() 
             let mut sent = Vec::new();
             for round in 0..ROUNDS {
                 let id = MessageId::new();
-                let request = send_to(&targets, id, format!("round {round}").as_bytes());
+                let request = send_to(&targets, device, id, format!("round {round}").as_bytes());
                 let reply: pb::SendResponse = ok(&conn.call(device, Method::Send, &request).await);
                 for r in &reply.results {
                     assert_eq!(r.status, Status::Ok as i32);
@@ -272,7 +276,7 @@ async fn the_death_of_an_owner_moves_its_boxes_and_loses_no_send() {
     let recipient = register_raw(&conn_a, &fleet.codes("a1"), "r@example.com").await;
     let conn_b = RawConn::connect(&b).await;
     let sender = register_raw(&conn_b, &fleet.codes("b"), "s@example.com").await;
-    let version = device_list(&conn_b, &sender, "r@example.com").await.version;
+    let to_recipient = device_list(&conn_b, &sender, "r@example.com").await;
     let Owner::Remote(owner_addr) = b.peers().unwrap().owner_of(recipient.box_id) else {
         panic!("the recipient's box is owned in us-east");
     };
@@ -292,9 +296,11 @@ async fn the_death_of_an_owner_moves_its_boxes_and_loses_no_send() {
     let send = |i: usize, id: MessageId| {
         let conn = &conn_b;
         let sender = &sender;
+        let to_recipient = &to_recipient;
         async move {
             let request = send_to(
-                &[(recipient.box_id, version)],
+                std::slice::from_ref(to_recipient),
+                sender,
                 id,
                 format!("m{i}").as_bytes(),
             );
@@ -386,7 +392,12 @@ async fn writes_to_the_callers_own_box_run_at_its_owner() {
     let list = device_list(&conn_b, &alice, "a@example.com").await;
     assert_eq!(list.devices.len(), 2, "the link committed");
     // A message to herself, then an ack of it through eu-west.
-    let request = send_to(&[(alice.box_id, list.version)], MessageId::new(), b"note");
+    let request = send_to(
+        std::slice::from_ref(&list),
+        &laptop,
+        MessageId::new(),
+        b"note",
+    );
     let reply: pb::SendResponse = ok(&conn_b.call(&laptop, Method::Send, &request).await);
     assert_eq!(reply.results[0].status, Status::Ok as i32);
     let seq = reply.results[0].seq;

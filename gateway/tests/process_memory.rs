@@ -113,7 +113,7 @@ async fn unread_fetch_replies_grow_the_gateway_by_the_connection_budget_at_most(
             .call(
                 &alice,
                 Method::Send,
-                &send_request(alice.box_id, own.version, &vec![7u8; 200 * 1024]),
+                &send_request(&own, &alice, &vec![7u8; 200 * 1024]),
             )
             .await);
         assert_eq!(sent.results[0].status, Status::Ok as i32);
@@ -182,10 +182,10 @@ async fn unread_subscriptions_fed_ephemeral_sends_grow_the_gateway_by_one_push_q
     let setup = connect(&gateway, None).await;
     let alice = register_raw(&setup, &codes, "alice@example.com").await;
     let bob = register_raw(&setup, &codes, "bob@example.com").await;
-    let version = device_list(&setup, &bob, "alice@example.com").await.version;
+    let to_alice = device_list(&setup, &bob, "alice@example.com").await;
     let envelope = vec![1u8; 250 * 1024];
     let ephemeral = || {
-        let mut request = send_request(alice.box_id, version, &envelope);
+        let mut request = send_request(&to_alice, &bob, &envelope);
         request.ephemeral = true;
         request
     };

@@ -108,7 +108,7 @@ async fn unread_replies_are_reset_and_bytes_in_flight_stay_within_the_budget() {
             .call(
                 &alice,
                 Method::Send,
-                &send_request(alice.box_id, own.version, &vec![7u8; 200 * 1024]),
+                &send_request(&own, &alice, &vec![7u8; 200 * 1024]),
             )
             .await);
         assert_eq!(sent.results[0].status, Status::Ok as i32);
@@ -245,7 +245,7 @@ async fn one_subscription_per_device_and_push_queues_bounded_in_bytes() {
     let setup = RawConn::connect(&gateway).await;
     let alice = register_raw(&setup, &codes, "alice@example.com").await;
     let bob = register_raw(&setup, &codes, "bob@example.com").await;
-    let version = device_list(&setup, &bob, "alice@example.com").await.version;
+    let to_alice = device_list(&setup, &bob, "alice@example.com").await;
 
     // Alice subscribes on 10 connections and reads none of her pushes.
     let mut subscribers = Vec::new();
@@ -273,7 +273,7 @@ async fn one_subscription_per_device_and_push_queues_bounded_in_bytes() {
     let rss_before = rss_kib();
     // Bob sends 40 ephemeral messages of 200 KiB (8 MB).
     for _ in 0..40 {
-        let mut request = send_request(alice.box_id, version, &vec![1u8; 200 * 1024]);
+        let mut request = send_request(&to_alice, &bob, &vec![1u8; 200 * 1024]);
         request.ephemeral = true;
         let sent: pb::SendResponse = ok(&setup.call(&bob, Method::Send, &request).await);
         assert_eq!(sent.results[0].status, Status::Ok as i32);

@@ -153,6 +153,7 @@ fn random_envelope(rng: &mut impl Rng, sender: Target, recipient: Target) -> New
         message_id: MessageId::new(),
         device_list_version: recipient.version,
         payload,
+        wrapped_for: None,
     }
 }
 

@@ -54,6 +54,22 @@ pub enum Error {
         /// The devices currently authorized to receive messages.
         devices: Vec<DeviceId>,
     },
+    /// The envelope names the current device-list version, but its key wraps
+    /// are not for exactly that list's devices (the sending device left out of
+    /// its own box's copy): no device could read it, or one could not.
+    #[error(
+        "the envelope's key wraps do not match device list version {version}: {} missing, {} not in the list",
+        missing.len(),
+        unexpected.len()
+    )]
+    KeyWrapsMismatch {
+        /// The current device-list version.
+        version: u64,
+        /// Devices of the list without a wrap.
+        missing: Vec<DeviceId>,
+        /// Wraps for devices not in the list (or named twice).
+        unexpected: Vec<DeviceId>,
+    },
     /// The recipient does not accept messages from this sender (blocked, contacts
     /// only, or unknown). Deliberately indistinguishable from an unknown box.
     #[error("recipient unavailable")]

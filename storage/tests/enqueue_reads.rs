@@ -198,6 +198,7 @@ fn envelope(from: (BoxId, DeviceId), version: u64, payload: &[u8]) -> NewEnvelop
         message_id: MessageId::new(),
         device_list_version: version,
         payload: payload.to_vec(),
+        wrapped_for: None,
     }
 }
 

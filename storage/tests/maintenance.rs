@@ -357,6 +357,7 @@ async fn send(store: &Store, from: (BoxId, DeviceId), to: BoxId, body: &[u8], no
                 message_id: MessageId::new(),
                 device_list_version: version,
                 payload: body.to_vec(),
+                wrapped_for: None,
             }],
             now,
         )

@@ -77,6 +77,7 @@ async fn send(store: &Store, b: BoxId, from: DeviceId, now: u64) -> u64 {
                 message_id: MessageId::new(),
                 device_list_version: version,
                 payload: b"x".to_vec(),
+                wrapped_for: None,
             }],
             now,
         )

@@ -692,6 +692,7 @@ async fn run_sender(store: Store, recipient: BoxId, index: usize, plan: SenderPl
             message_id: MessageId::new(),
             device_list_version: version,
             payload: format!("sender {index} message {m}").into_bytes(),
+            wrapped_for: None,
         };
         let same_batch = matches!(msg.resend, Resend::SameBatch);
         let (seq, duplicate) = send_until_enqueued(&store, recipient, &mut env, same_batch).await;
@@ -1238,6 +1239,7 @@ async fn send_sequentially(store: &Store, box_id: BoxId, n: usize) -> u64 {
             message_id: MessageId::new(),
             device_list_version: current_version(store, box_id).await,
             payload: format!("message {i}").into_bytes(),
+            wrapped_for: None,
         };
         last = send_until_enqueued(store, box_id, &mut env, false).await.0;
     }

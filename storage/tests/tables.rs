@@ -39,6 +39,7 @@ backends::on_every_backend!(
     an_acknowledged_batch_leaves_the_index_with_its_dedup_records,
     expiry_entries_of_the_older_layout_are_still_swept,
     fetch_is_bounded_by_count_and_bytes,
+    key_wraps_must_match_the_current_devices,
     key_packages_are_claimed_once_then_last_resort,
     concurrent_claims_never_hand_out_a_package_twice,
     settings_control_who_may_send,
@@ -82,6 +83,7 @@ fn envelope(from: BoxId, device: DeviceId, version: u64, payload: &[u8]) -> NewE
         message_id: MessageId::new(),
         device_list_version: version,
         payload: payload.to_vec(),
+        wrapped_for: None,
     }
 }
 
@@ -707,6 +709,57 @@ async fn send_envelope(store: &Store, to: BoxId, env: &NewEnvelope, now: u64) ->
     }
 }
 
+async fn key_wraps_must_match_the_current_devices(store: &Store) {
+    let (b, d) = new_box(store, 2).await;
+    let (s, sd) = new_box(store, 1).await;
+    let v = version(store, b).await;
+    let with_wraps = |from: (BoxId, DeviceId), wraps: Vec<DeviceId>| NewEnvelope {
+        wrapped_for: Some(wraps),
+        ..envelope(from.0, from.1, v, b"x")
+    };
+    let outcome =
+        |env: NewEnvelope| async move { store.enqueue(b, &[env], T0).await.unwrap().remove(0) };
+    // Another box: exactly both devices, in any order.
+    for wraps in [
+        vec![d[0]],
+        vec![d[0], d[1], DeviceId::new()],
+        vec![d[0], d[1], d[1]],
+    ] {
+        let out = outcome(with_wraps((s, sd[0]), wraps)).await;
+        assert!(
+            matches!(out, Err(Error::KeyWrapsMismatch { .. })),
+            "{out:?}"
+        );
+    }
+    assert!(
+        outcome(with_wraps((s, sd[0]), vec![d[1], d[0]]))
+            .await
+            .is_ok()
+    );
+    // The own box: every device but the sending one.
+    let own = outcome(with_wraps((b, d[0]), vec![d[0], d[1]])).await;
+    match own {
+        Err(Error::KeyWrapsMismatch { unexpected, .. }) => assert_eq!(unexpected, vec![d[0]]),
+        other => panic!("{other:?}"),
+    }
+    assert!(outcome(with_wraps((b, d[0]), vec![d[1]])).await.is_ok());
+    // A removed device leaves the list the wraps are checked against.
+    transact!(store, |txn| lifecycle::remove_device(
+        txn,
+        &store.limits,
+        b,
+        d[1]
+    )
+    .await)
+    .unwrap();
+    let v = version(store, b).await;
+    let env = NewEnvelope {
+        wrapped_for: Some(vec![d[0]]),
+        ..envelope(s, sd[0], v, b"y")
+    };
+    assert!(outcome(env).await.is_ok());
+}
+
 async fn fetch_is_bounded_by_count_and_bytes(store: &Store) {
     let (b, d) = new_box(store, 1).await;
     let (s, sd) = new_box(store, 1).await;
@@ -878,6 +931,7 @@ fn sealed(access_key: [u8; 16], version: u64, payload: &[u8]) -> NewEnvelope {
         message_id: MessageId::new(),
         device_list_version: version,
         payload: payload.to_vec(),
+        wrapped_for: None,
     }
 }
 
@@ -1333,6 +1387,7 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
         next_seq: 0,
         device_list_version: 1,
         enqueued_bytes: 0,
+        ..QueueHead::default()
     })
     .await;
     let fetched = store
@@ -1364,6 +1419,7 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
         next_seq: u64::MAX,
         device_list_version: u64::MAX - 1,
         enqueued_bytes: 0,
+        ..QueueHead::default()
     })
     .await;
     let sent = store
@@ -1386,6 +1442,7 @@ async fn a_corrupt_queue_head_is_reported_not_wrapped(store: &Store) {
         next_seq: 5,
         device_list_version: 1,
         enqueued_bytes: 0,
+        ..QueueHead::default()
     })
     .await;
     let pointer = rossby_storage::tables::records::Pointer {

@@ -365,6 +365,7 @@ async fn real_sends_are_slow_only_across_regions() {
             message_id: MessageId::new(),
             device_list_version: version,
             payload: b"ciphertext".to_vec(),
+            wrapped_for: None,
         };
         let timed = Instant::now();
         let outcome = store.enqueue(recipient, &[envelope], T0).await.unwrap();

@@ -637,6 +637,13 @@ fn from_wire(e: pb::PeerEnqueue) -> Result<(BoxId, NewEnvelope, pb::Wake), Failu
             sender,
             message_id: MessageId::try_from_slice(&e.message_id).map_err(|_| bad("message id"))?,
             device_list_version: e.device_list_version,
+            // The owner reads the wraps from the envelope itself; group
+            // envelopes (any list) have none to check.
+            wrapped_for: if e.device_list_version == ANY_DEVICE_LIST {
+                None
+            } else {
+                Some(wrapped_devices(&e.payload).map_err(|_| bad("envelope"))?)
+            },
             payload: e.payload,
         },
         wake,
@@ -710,6 +717,30 @@ struct Target {
     box_id: BoxId,
     device_list_version: u64,
     envelope: Vec<u8>,
+    /// The devices its key wraps are for ([`wrapped_devices`]).
+    wrapped_for: Vec<DeviceId>,
+}
+
+/// The devices an envelope's key wraps are for: `keys`, or for a sealed-sender
+/// envelope `sealed_sender.keys`. What the enqueue checks against the
+/// recipient's device list (protocol.md, "What the gateway checks of an
+/// envelope"). An error says why the bytes are no per-device envelope.
+pub(crate) fn wrapped_devices(envelope: &[u8]) -> Result<Vec<DeviceId>, String> {
+    let envelope = <pb::Envelope as prost::Message>::decode(envelope)
+        .map_err(|e| format!("the envelope is not a protobuf Envelope ({e})"))?;
+    if envelope.group.is_some() {
+        return Err("a group envelope goes by GroupSend or GroupCommit, not Send".into());
+    }
+    let keys = match &envelope.sealed_sender {
+        Some(sealed) => &sealed.keys,
+        None => &envelope.keys,
+    };
+    keys.iter()
+        .map(|k| {
+            DeviceId::try_from_slice(&k.device_id)
+                .map_err(|_| "a key wrap's device id is not 16 bytes".to_string())
+        })
+        .collect()
 }
 
 fn validate_send(
@@ -752,10 +783,12 @@ fn validate_send(
                 format!("an envelope may have at most {max_payload} bytes"),
             ));
         }
+        let wrapped_for = wrapped_devices(&r.envelope).map_err(Failure::bad_request)?;
         targets.push(Target {
             box_id,
             device_list_version: r.device_list_version,
             envelope: r.envelope,
+            wrapped_for,
         });
     }
     Ok((message_id, targets, req.ephemeral))
@@ -775,6 +808,7 @@ pub(super) async fn failed_result(
     let mut result = pb::SendResult {
         box_id: box_id.as_bytes().to_vec(),
         status: failure.status as i32,
+        message: failure.message.clone(),
         ..pb::SendResult::default()
     };
     if failure.status == Status::StaleDevices {
@@ -824,6 +858,7 @@ pub(crate) async fn send(
                 message_id,
                 device_list_version: t.device_list_version,
                 payload: t.envelope,
+                wrapped_for: Some(t.wrapped_for),
             };
             (t.box_id, shared.enqueuer.submit(t.box_id, envelope, wake))
         })
@@ -839,7 +874,7 @@ pub(crate) async fn send(
                 box_id: box_id.as_bytes().to_vec(),
                 status: Status::Ok as i32,
                 seq: enqueued.seq,
-                current: None,
+                ..pb::SendResult::default()
             },
             Err(failure) => failed_result(shared, box_id, failure, &mut list_budget).await,
         });
@@ -1115,7 +1150,8 @@ async fn push_task(mut task: PushTask) {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::{TestEnv, TestSettings};
-    use rossby_keyspace::MessageId;
+    use prost::Message as _;
+    use rossby_keyspace::{DeviceId, MessageId};
     use rossby_protocol::pb::{self, Method, Status};
     use rossby_protocol::status::status_of;
     use std::time::{Duration, Instant};
@@ -1137,12 +1173,12 @@ mod tests {
                 pb::Recipient {
                     box_id: alice.box_id.as_bytes().to_vec(),
                     device_list_version: to_alice,
-                    envelope: b"to alice".to_vec(),
+                    envelope: env.envelope_to(alice.box_id, Some(&bob), b"to alice").await,
                 },
                 pb::Recipient {
                     box_id: bob.box_id.as_bytes().to_vec(),
                     device_list_version: own,
-                    envelope: b"copy".to_vec(),
+                    envelope: env.envelope_to(bob.box_id, Some(&bob), b"copy").await,
                 },
             ],
             ephemeral: false,
@@ -1168,7 +1204,7 @@ mod tests {
             let fetched = env.fetch(device, 0).await;
             assert_eq!(fetched.envelopes.len(), 1);
             let e = &fetched.envelopes[0];
-            assert_eq!(e.envelope, b"to alice");
+            assert_eq!(TestEnv::body_of(&e.envelope), b"to alice");
             assert_eq!(e.sender_box, bob.box_id.as_bytes());
             assert_eq!(e.sender_device, bob.device_id.as_bytes());
             assert_eq!(e.message_id, message_id.as_bytes());
@@ -1186,7 +1222,84 @@ mod tests {
             .await;
         assert_eq!(status_of(&resp), Status::AckBeyondLast);
         // Bob's own box holds the copy.
-        assert_eq!(env.fetch(&bob, 0).await.envelopes[0].envelope, b"copy");
+        let copy = &env.fetch(&bob, 0).await.envelopes[0].envelope;
+        assert_eq!(TestEnv::body_of(copy), b"copy");
+    }
+
+    #[tokio::test]
+    async fn envelopes_must_wrap_the_key_for_exactly_the_current_devices() {
+        let env = TestEnv::new();
+        let alice = env.register("alice@example.com").await;
+        let laptop = env.link(&alice, "laptop").await;
+        let bob = env.register("bob@example.com").await;
+        let version = env.device_list_version(&bob, "alice@example.com").await;
+        let send = async |envelope: Vec<u8>| {
+            let req = pb::SendRequest {
+                message_id: MessageId::new().as_bytes().to_vec(),
+                recipients: vec![pb::Recipient {
+                    box_id: alice.box_id.as_bytes().to_vec(),
+                    device_list_version: version,
+                    envelope,
+                }],
+                ..pb::SendRequest::default()
+            };
+            env.call_as(&bob, 1, Method::Send, &req).await
+        };
+        let wraps = |devices: &[&DeviceId]| {
+            pb::Envelope {
+                version: 1,
+                keys: devices
+                    .iter()
+                    .map(|d| pb::WrappedKey {
+                        device_id: d.as_bytes().to_vec(),
+                        sealed: None,
+                    })
+                    .collect(),
+                ..pb::Envelope::default()
+            }
+            .encode_to_vec()
+        };
+        // One of Alice's two devices left out, a stranger added, one twice:
+        // refused for that recipient, naming what is wrong; nothing stored.
+        let stranger = DeviceId::new();
+        for (envelope, named) in [
+            (wraps(&[&alice.device_id]), laptop.device_id),
+            (
+                wraps(&[&alice.device_id, &laptop.device_id, &stranger]),
+                stranger,
+            ),
+            (
+                wraps(&[&alice.device_id, &laptop.device_id, &laptop.device_id]),
+                laptop.device_id,
+            ),
+        ] {
+            let resp = send(envelope).await;
+            assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
+            let result = &TestEnv::body::<pb::SendResponse>(&resp).results[0];
+            assert_eq!(result.status, Status::BadRequest as i32, "{result:?}");
+            assert!(
+                result.message.contains(&named.to_string()),
+                "{}",
+                result.message
+            );
+        }
+        assert!(env.fetch(&alice, 0).await.envelopes.is_empty());
+        // Bytes that are no Envelope, and a group envelope, are refused whole.
+        for bad in [
+            vec![7u8; 40],
+            pb::Envelope {
+                group: Some(pb::GroupMessage::default()),
+                ..pb::Envelope::default()
+            }
+            .encode_to_vec(),
+        ] {
+            let resp = send(bad).await;
+            assert_eq!(status_of(&resp), Status::BadRequest, "{}", resp.message);
+        }
+        // Exactly her devices: stored.
+        let resp = send(wraps(&[&laptop.device_id, &alice.device_id])).await;
+        let result = &TestEnv::body::<pb::SendResponse>(&resp).results[0];
+        assert_eq!(result.status, Status::Ok as i32, "{result:?}");
     }
 
     #[tokio::test]
@@ -1263,11 +1376,12 @@ mod tests {
             let name = format!("user{i}@example.com");
             let user = env.register(&name).await;
             let version = env.device_list_version(&bob, &name).await;
+            let envelope = env.envelope_to(user.box_id, Some(&bob), b"x").await;
             env.link(&user, "laptop").await;
             recipients.push(pb::Recipient {
                 box_id: user.box_id.as_bytes().to_vec(),
                 device_list_version: version,
-                envelope: b"x".to_vec(),
+                envelope,
             });
         }
         let req = pb::SendRequest {
@@ -1504,6 +1618,7 @@ mod tests {
                     message_id: MessageId::new(),
                     device_list_version: 1,
                     payload: vec![0; len],
+                    wrapped_for: None,
                 },
                 wake: pb::Wake::High,
                 reply,
@@ -1580,7 +1695,12 @@ mod tests {
             if fetched.envelopes.is_empty() {
                 break;
             }
-            payloads.extend(fetched.envelopes.iter().map(|e| e.envelope[0]));
+            payloads.extend(
+                fetched
+                    .envelopes
+                    .iter()
+                    .map(|e| TestEnv::body_of(&e.envelope)[0]),
+            );
             let up_to = fetched.envelopes.last().unwrap().seq;
             let resp = env
                 .call_as(&alice, 1, Method::Ack, &pb::AckRequest { up_to })
@@ -1618,10 +1738,18 @@ mod tests {
         let alice = env.register("alice@example.com").await;
         let bob = env.register("bob@example.com").await;
         let carol = env.register("carol@example.com").await;
+        let mut envelopes = Vec::new();
+        for b in [&bob, &carol] {
+            envelopes.push(env.envelope_to(b.box_id, Some(&alice), &[7; 540]).await);
+        }
+        assert!(
+            envelopes.iter().all(|e| e.len() > 540),
+            "over 1000 bytes in all"
+        );
         let recipient = |b: &super::super::testkit::TestDevice, v: u64| pb::Recipient {
             box_id: b.box_id.as_bytes().to_vec(),
             device_list_version: v,
-            envelope: vec![7; 600],
+            envelope: envelopes[usize::from(b.box_id != bob.box_id)].clone(),
         };
         let bv = env.device_list_version(&alice, "bob@example.com").await;
         let cv = env.device_list_version(&alice, "carol@example.com").await;
@@ -1656,7 +1784,7 @@ mod tests {
             recipients: vec![pb::Recipient {
                 box_id: alice.box_id.as_bytes().to_vec(),
                 device_list_version: env.device_list_version(&bob, "alice@example.com").await,
-                envelope: vec![1; 10],
+                envelope: env.envelope_to(alice.box_id, Some(&bob), &[1; 10]).await,
             }],
             wake: pb::Wake::High as i32,
             ..pb::SendRequest::default()

@@ -817,7 +817,7 @@ impl Failure {
 /// | `AlreadyRegistered` | `ALREADY_REGISTERED` |
 /// | `IdentifierNotBound` | `NOT_FOUND` |
 /// | `LastIdentifier` | `LAST_IDENTIFIER` |
-/// | `Invalid`, `Kv(Invalid)`, `DeviceExists` | `BAD_REQUEST` |
+/// | `Invalid`, `Kv(Invalid)`, `DeviceExists`, `KeyWrapsMismatch` | `BAD_REQUEST` |
 /// | `Kv(Conflict)`, `Kv(RetriesExhausted)`, `Kv(Unavailable)`, `BoxExists` | `UNAVAILABLE` |
 /// | `Kv(Undetermined)` | `UNDETERMINED` |
 /// | `Corrupt` | `INTERNAL` (generic message; details logged) |
@@ -839,6 +839,23 @@ impl From<rossby_storage::Error> for Failure {
                     "the recipient's device list changed; encrypt for the current devices and retry",
                 )
             },
+            E::KeyWrapsMismatch {
+                version,
+                missing,
+                unexpected,
+            } => {
+                let ids = |d: &[rossby_keyspace::DeviceId]| {
+                    d.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                Failure::bad_request(format!(
+                    "the envelope's key wraps do not match device list version {version} (missing: [{}]; not in the list or twice: [{}]); wrap the key for exactly the list's devices, the sending device excepted in its own box",
+                    ids(&missing),
+                    ids(&unexpected)
+                ))
+            }
             E::RecipientUnavailable | E::BoxNotFound | E::DeviceNotFound => Failure::not_found(),
             E::AckBeyondLast { requested, last } => Failure::new(
                 Status::AckBeyondLast,
@@ -1582,7 +1599,7 @@ mod tests {
             recipients: vec![pb::Recipient {
                 box_id: alice.box_id.as_bytes().to_vec(),
                 device_list_version: version,
-                envelope: b"typing".to_vec(),
+                envelope: env.envelope_to(alice.box_id, Some(&bob), b"typing").await,
             }],
             ephemeral: true,
             attachments: Vec::new(),
@@ -1593,7 +1610,7 @@ mod tests {
         assert_eq!(resp.results[0].seq, 0);
         match read_push(&mut stream).await.event {
             Some(pb::push::Event::Ephemeral(e)) => {
-                assert_eq!(e.envelope, b"typing");
+                assert_eq!(TestEnv::body_of(&e.envelope), b"typing");
                 assert_eq!(e.sender_box, bob.box_id.as_bytes());
                 assert_eq!(e.sender_device, bob.device_id.as_bytes());
             }

@@ -128,6 +128,8 @@ pub(crate) async fn sealed_send(
             "device_list_version must be the version the envelope was sealed for",
         ));
     }
+    let wrapped_for =
+        super::messaging::wrapped_devices(&req.envelope).map_err(Failure::bad_request)?;
     if let Err(limited) = shared.limits.sealed(box_id) {
         return Err(Failure::rate_limited(
             limited,
@@ -139,6 +141,7 @@ pub(crate) async fn sealed_send(
         message_id,
         device_list_version: req.device_list_version,
         payload: req.envelope,
+        wrapped_for: Some(wrapped_for),
     };
     let outcome = shared
         .enqueuer
@@ -150,7 +153,7 @@ pub(crate) async fn sealed_send(
             box_id: box_id.as_bytes().to_vec(),
             status: Status::Ok as i32,
             seq: enqueued.seq,
-            current: None,
+            ..pb::SendResult::default()
         },
         Err(failure) => {
             let mut list_budget = shared.settings.max_stale_list_bytes;

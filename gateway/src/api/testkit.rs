@@ -464,6 +464,48 @@ impl TestEnv {
         resp.devices.expect("device list").version
     }
 
+    /// An `Envelope` whose ciphertext is `body` and whose key wraps are for
+    /// the current authorized devices of `to` (less `from`'s device in its own
+    /// box): what the gateway accepts as a per-device envelope. Nothing is
+    /// encrypted; the gateway never opens envelopes.
+    pub async fn envelope_to(&self, to: BoxId, from: Option<&TestDevice>, body: &[u8]) -> Vec<u8> {
+        let store = &self.shared().store;
+        let devices = rossby_storage::transact!(store, |txn| Ok(
+            rossby_storage::tables::devices::recipients(txn, to)
+                .await?
+                .1
+        ))
+        .unwrap_or_default();
+        let skip = from.filter(|f| f.box_id == to).map(|f| f.device_id);
+        pb::Envelope {
+            version: 1,
+            sender_box: from
+                .map(|f| f.box_id.as_bytes().to_vec())
+                .unwrap_or_default(),
+            sender_device: from
+                .map(|f| f.device_id.as_bytes().to_vec())
+                .unwrap_or_default(),
+            ciphertext: body.to_vec(),
+            keys: devices
+                .into_iter()
+                .filter(|(d, _)| Some(*d) != skip)
+                .map(|(d, _)| pb::WrappedKey {
+                    device_id: d.as_bytes().to_vec(),
+                    sealed: None,
+                })
+                .collect(),
+            ..pb::Envelope::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// The ciphertext of an envelope made by [`TestEnv::envelope_to`].
+    pub fn body_of(envelope: &[u8]) -> Vec<u8> {
+        pb::Envelope::decode(envelope)
+            .expect("an Envelope")
+            .ciphertext
+    }
+
     /// Sends one envelope to one box and returns its result.
     pub async fn send(
         &self,
@@ -477,7 +519,7 @@ impl TestEnv {
             recipients: vec![pb::Recipient {
                 box_id: to.as_bytes().to_vec(),
                 device_list_version: version,
-                envelope: payload.to_vec(),
+                envelope: self.envelope_to(to, Some(by), payload).await,
             }],
             ephemeral: false,
             attachments: Vec::new(),

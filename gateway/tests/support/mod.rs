@@ -514,14 +514,46 @@ pub async fn device_list(conn: &RawConn, by: &RawDevice, identifier: &str) -> pb
     reply.devices.expect("a device list")
 }
 
+/// An `Envelope` of `body` (as its ciphertext, nothing encrypted: the gateway
+/// never opens envelopes) from `from`, its key wrapped for every device of the
+/// list `to` (the sending device excepted in its own box): the shape the
+/// gateway accepts for that list.
+pub fn envelope_for(to: &pb::DeviceList, from: &RawDevice, body: &[u8]) -> Vec<u8> {
+    let own = to.box_id == from.box_id.as_bytes();
+    pb::Envelope {
+        version: 1,
+        sender_box: from.box_id.as_bytes().to_vec(),
+        sender_device: from.device_id.as_bytes().to_vec(),
+        ciphertext: body.to_vec(),
+        keys: to
+            .devices
+            .iter()
+            .filter(|d| !(own && d.device_id == from.device_id.as_bytes()))
+            .map(|d| pb::WrappedKey {
+                device_id: d.device_id.clone(),
+                sealed: None,
+            })
+            .collect(),
+        ..pb::Envelope::default()
+    }
+    .encode_to_vec()
+}
+
+/// The ciphertext of an envelope made by [`envelope_for`].
+pub fn body_of(envelope: &[u8]) -> Vec<u8> {
+    pb::Envelope::decode(envelope)
+        .expect("an Envelope")
+        .ciphertext
+}
+
 /// A Send of one opaque envelope to one box.
-pub fn send_request(to: BoxId, version: u64, envelope: &[u8]) -> pb::SendRequest {
+pub fn send_request(to: &pb::DeviceList, from: &RawDevice, body: &[u8]) -> pb::SendRequest {
     pb::SendRequest {
         message_id: rossby_keyspace::MessageId::new().as_bytes().to_vec(),
         recipients: vec![pb::Recipient {
-            box_id: to.as_bytes().to_vec(),
-            device_list_version: version,
-            envelope: envelope.to_vec(),
+            box_id: to.box_id.clone(),
+            device_list_version: to.version,
+            envelope: envelope_for(to, from, body),
         }],
         ephemeral: false,
         attachments: Vec::new(),

@@ -49,6 +49,7 @@ pub(super) async fn send(
                 message_id: *msg,
                 device_list_version: version,
                 payload: Payload::Direct(*msg).encode(),
+                wrapped_for: None,
             })
             .collect();
         {

@@ -31,6 +31,8 @@ pub async fn create_box(txn: &mut Tx<'_>, box_id: BoxId, now_ms: u64) -> Result<
         next_seq: 1,
         device_list_version: 1,
         enqueued_bytes: 0,
+        devices: Vec::new(),
+        devices_known: true,
     };
     txn.create_box(box_id, &profile, &head).await
 }

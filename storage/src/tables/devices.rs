@@ -46,7 +46,8 @@ pub async fn add(
 ) -> Result<u64> {
     // Two adds both write `next`, so the device quota below holds under
     // snapshot isolation.
-    let (handle, head) = txn.lock_next(box_id).await?;
+    let (handle, mut head) = txn.lock_next(box_id).await?;
+    head.set_authorized(device_id, record.authorized);
     if txn
         .get_raw(&Key::Device(box_id, device_id))
         .await?
@@ -106,7 +107,8 @@ pub async fn authorize(
     if device.authorized {
         return Ok(head(txn, box_id).await?.device_list_version);
     }
-    let (handle, head) = txn.lock_next(box_id).await?;
+    let (handle, mut head) = txn.lock_next(box_id).await?;
+    head.set_authorized(device_id, true);
     device.authorized = true;
     device.authorized_at_ms = now_ms;
     txn.put(&handle, &Key::Device(box_id, device_id), &device)

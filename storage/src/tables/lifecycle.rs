@@ -134,10 +134,11 @@ pub async fn remove_device(
     box_id: BoxId,
     device_id: DeviceId,
 ) -> Result<u64> {
-    let (handle, head) = txn.lock_next(box_id).await?;
+    let (handle, mut head) = txn.lock_next(box_id).await?;
     let Some(device) = devices::get_device(txn, box_id, device_id).await? else {
         return Err(Error::DeviceNotFound);
     };
+    head.set_authorized(device_id, false);
     // Remembered, so that linking this device id again never hands out a key
     // version (and so credentials) it had before.
     let retired = RetiredDevice {
@@ -313,6 +314,7 @@ mod tests {
             message_id: MessageId::new(),
             device_list_version: version,
             payload: vec![1, 2, 3],
+            wrapped_for: None,
         }
     }
 

@@ -112,6 +112,7 @@ impl Entry {
                 .get(recipient.payload)
                 .cloned()
                 .unwrap_or_default(),
+            wrapped_for: None,
         }
     }
 

@@ -104,6 +104,11 @@ pub struct NewEnvelope {
     pub device_list_version: u64,
     /// The ciphertext.
     pub payload: Vec<u8>,
+    /// The devices the envelope's key wraps are for, as the gateway read them
+    /// from it: checked against the recipient's current list (its authorized
+    /// devices, less the sending device in its own box). `None`: not checked
+    /// (group envelopes, which are not sealed per device).
+    pub wrapped_for: Option<Vec<DeviceId>>,
 }
 
 /// Where an envelope landed.
@@ -272,7 +277,7 @@ pub async fn enqueue(
             .map(|_| Err(Error::RecipientUnavailable))
             .collect());
     };
-    let mut head = live.head;
+    let mut head = live.head.clone();
     // What the queue holds now. `low` is only read: a deletion that commits
     // meanwhile makes this an overestimate, never an underestimate, and every
     // enqueue writes `next`, so two of them cannot both fill the last room.
@@ -347,6 +352,10 @@ pub async fn enqueue(
             }));
             continue;
         }
+        if let Some(mismatch) = wraps_mismatch(env, recipient, &head) {
+            outcomes.push(Err(mismatch));
+            continue;
+        }
         // A corrupt or exhausted head is reported as such, before any quota.
         head.clone().assign()?;
         let stored_len =
@@ -407,6 +416,42 @@ pub async fn enqueue(
     )
     .await?;
     Ok(outcomes)
+}
+
+/// The refusal of an envelope whose key wraps are not for exactly the devices
+/// of the list it was accepted against: the head's authorized devices, less
+/// the sending device in its own box. `None` when they match, or when there is
+/// nothing to check (no wraps given, or a head from before it kept devices).
+fn wraps_mismatch(env: &NewEnvelope, recipient: BoxId, head: &QueueHead) -> Option<Error> {
+    let wrapped = env.wrapped_for.as_ref()?;
+    let listed = head.authorized_devices()?;
+    let sender_device = match env.sender {
+        Sender::Device {
+            box_id, device_id, ..
+        } if box_id == recipient => Some(device_id),
+        _ => None,
+    };
+    let expected: Vec<DeviceId> = listed
+        .iter()
+        .filter_map(|d| DeviceId::try_from_slice(d).ok())
+        .filter(|d| Some(*d) != sender_device)
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let unexpected: Vec<DeviceId> = wrapped
+        .iter()
+        .filter(|d| !expected.contains(d) || !seen.insert(**d))
+        .copied()
+        .collect();
+    let missing: Vec<DeviceId> = expected
+        .iter()
+        .filter(|d| !wrapped.contains(d))
+        .copied()
+        .collect();
+    (!missing.is_empty() || !unexpected.is_empty()).then_some(Error::KeyWrapsMismatch {
+        version: head.device_list_version,
+        missing,
+        unexpected,
+    })
 }
 
 /// The record an envelope is stored as. A sealed sender leaves both sender

@@ -58,6 +58,24 @@ impl QueueHead {
         Ok(seq)
     }
 
+    /// Records that `device` is, or no longer is, an authorized device of the
+    /// list (call with every change, before the version is bumped).
+    pub fn set_authorized(&mut self, device: DeviceId, authorized: bool) {
+        let id = device.as_bytes().to_vec();
+        match (self.devices.binary_search(&id), authorized) {
+            (Err(at), true) => self.devices.insert(at, id),
+            (Ok(at), false) => {
+                self.devices.remove(at);
+            }
+            _ => {}
+        }
+    }
+
+    /// The authorized devices of the current list, when the head keeps them.
+    pub fn authorized_devices(&self) -> Option<&[Vec<u8>]> {
+        self.devices_known.then_some(self.devices.as_slice())
+    }
+
     /// Moves the device-list version on and returns it. The last value is never
     /// reached: it is [`ANY_DEVICE_LIST`].
     pub fn bump_device_list(&mut self) -> crate::Result<u64> {

@@ -1,23 +1,45 @@
 use crate::api::testkit::{TestEnv, TestSettings};
+use prost::Message;
 use rossby_keyspace::{BoxId, MessageId, RegionId};
 use rossby_protocol::crypto::sealed_sender::{access_key, verify_certificate};
 use rossby_protocol::pb::{self, Method, Status};
 use rossby_protocol::status::status_of;
 
-fn sealed_request(
+/// A sealed-sender send of `body` to `to`, its key wrapped for `to`'s
+/// current devices.
+async fn sealed_request(
+    env: &TestEnv,
     to: BoxId,
     key: [u8; 16],
     version: u64,
-    envelope: &[u8],
+    body: &[u8],
 ) -> pb::SealedSendRequest {
+    let plain = pb::Envelope::decode(env.envelope_to(to, None, body).await.as_slice()).unwrap();
+    let envelope = pb::Envelope {
+        version: 1,
+        sealed_sender: Some(pb::SealedSender {
+            keys: plain.keys,
+            ciphertext: plain.ciphertext,
+        }),
+        ..pb::Envelope::default()
+    };
     pb::SealedSendRequest {
         box_id: to.as_bytes().to_vec(),
         access_key: key.to_vec(),
         message_id: MessageId::new().as_bytes().to_vec(),
         device_list_version: version,
-        envelope: envelope.to_vec(),
+        envelope: envelope.encode_to_vec(),
         wake: pb::Wake::High as i32,
     }
+}
+
+/// The ciphertext of an envelope made by [`sealed_request`].
+fn sealed_body(envelope: &[u8]) -> Vec<u8> {
+    pb::Envelope::decode(envelope)
+        .unwrap()
+        .sealed_sender
+        .unwrap()
+        .ciphertext
 }
 
 async fn sealed_send(env: &TestEnv, req: &pb::SealedSendRequest) -> pb::SendResult {
@@ -79,8 +101,16 @@ async fn sealed_sends_need_the_access_key_and_store_no_sender() {
     let key = access_key(&[5; 32]);
     // Before Bob sets a key, sealed sends to him look like sends to nobody.
     let unknown = BoxId::new(RegionId(env.region().0));
-    let to_nobody = sealed_send(&env, &sealed_request(unknown, key, version, b"x")).await;
-    let early = sealed_send(&env, &sealed_request(bob.box_id, key, version, b"x")).await;
+    let to_nobody = sealed_send(
+        &env,
+        &sealed_request(&env, unknown, key, version, b"x").await,
+    )
+    .await;
+    let early = sealed_send(
+        &env,
+        &sealed_request(&env, bob.box_id, key, version, b"x").await,
+    )
+    .await;
     assert_eq!(to_nobody.status, Status::NotFound as i32);
     assert_eq!(early.status, to_nobody.status);
 
@@ -108,14 +138,14 @@ async fn sealed_sends_need_the_access_key_and_store_no_sender() {
         .call(
             7,
             Method::SealedSend,
-            &sealed_request(bob.box_id, wrong, version, b"x"),
+            &sealed_request(&env, bob.box_id, wrong, version, b"x").await,
         )
         .await;
     let resp_unknown = env
         .call(
             7,
             Method::SealedSend,
-            &sealed_request(unknown, wrong, version, b"x"),
+            &sealed_request(&env, unknown, wrong, version, b"x").await,
         )
         .await;
     let (a, b) = (
@@ -133,7 +163,11 @@ async fn sealed_sends_need_the_access_key_and_store_no_sender() {
     assert_eq!(resp_wrong.message, resp_unknown.message);
 
     // The right key: stored, and the stored envelope names nobody.
-    let ok = sealed_send(&env, &sealed_request(bob.box_id, key, version, b"sealed")).await;
+    let ok = sealed_send(
+        &env,
+        &sealed_request(&env, bob.box_id, key, version, b"sealed").await,
+    )
+    .await;
     assert_eq!(ok.status, Status::Ok as i32);
     let fetched: pb::FetchResponse = TestEnv::body(
         &env.call_as(&bob, 1, Method::Fetch, &pb::FetchRequest::default())
@@ -142,19 +176,23 @@ async fn sealed_sends_need_the_access_key_and_store_no_sender() {
     assert_eq!(fetched.envelopes.len(), 1);
     let e = &fetched.envelopes[0];
     assert!(e.sender_box.is_empty() && e.sender_device.is_empty());
-    assert_eq!(e.envelope, b"sealed");
+    assert_eq!(sealed_body(&e.envelope), b"sealed");
 
     // A stale device list is answered with the current list, as for a Send.
-    let stale = sealed_send(&env, &sealed_request(bob.box_id, key, version + 1, b"x")).await;
+    let stale = sealed_send(
+        &env,
+        &sealed_request(&env, bob.box_id, key, version + 1, b"x").await,
+    )
+    .await;
     assert_eq!(stale.status, Status::StaleDevices as i32);
     assert!(stale.current.is_some());
 
     // Malformed requests are refused before anything is read.
-    let mut short_key = sealed_request(bob.box_id, key, version, b"x");
+    let mut short_key = sealed_request(&env, bob.box_id, key, version, b"x").await;
     short_key.access_key.pop();
     let resp = env.call(7, Method::SealedSend, &short_key).await;
     assert_eq!(status_of(&resp), Status::BadRequest);
-    let mut not_v7 = sealed_request(bob.box_id, key, version, b"x");
+    let mut not_v7 = sealed_request(&env, bob.box_id, key, version, b"x").await;
     not_v7.message_id = vec![0; 16];
     let resp = env.call(7, Method::SealedSend, &not_v7).await;
     assert_eq!(status_of(&resp), Status::BadRequest);
@@ -175,14 +213,18 @@ async fn sealed_sends_are_limited_per_recipient() {
     };
     env.call_as(&bob, 1, Method::UpdateSettings, &anyone).await;
     for _ in 0..2 {
-        let ok = sealed_send(&env, &sealed_request(bob.box_id, [0; 16], version, b"x")).await;
+        let ok = sealed_send(
+            &env,
+            &sealed_request(&env, bob.box_id, [0; 16], version, b"x").await,
+        )
+        .await;
         assert_eq!(ok.status, Status::Ok as i32);
     }
     let resp = env
         .call(
             8,
             Method::SealedSend,
-            &sealed_request(bob.box_id, [0; 16], version, b"x"),
+            &sealed_request(&env, bob.box_id, [0; 16], version, b"x").await,
         )
         .await;
     assert_eq!(status_of(&resp), Status::RateLimited);
@@ -193,7 +235,7 @@ async fn sealed_sends_are_limited_per_recipient() {
         .await;
     let ok = sealed_send(
         &env,
-        &sealed_request(alice.box_id, [0; 16], alice_version, b"x"),
+        &sealed_request(&env, alice.box_id, [0; 16], alice_version, b"x").await,
     )
     .await;
     assert_eq!(ok.status, Status::Ok as i32);
