@@ -104,20 +104,9 @@ async fn unread_fetch_replies_grow_the_gateway_by_the_connection_budget_at_most(
     let gateway = gateway(dir.path()).await;
     let codes = codes_file(&gateway.data_dir);
     let setup = connect(&gateway, None).await;
-    let alice = register_raw(&setup, &codes, "alice@example.com").await;
-    let own = device_list(&setup, &alice, "alice@example.com").await;
     // Four envelopes of 200 KiB: each Fetch with `max_bytes = 0` answers about
     // 800 KiB.
-    for _ in 0..4 {
-        let sent: pb::SendResponse = ok(&setup
-            .call(
-                &alice,
-                Method::Send,
-                &send_request(&own, &alice, &vec![7u8; 200 * 1024]),
-            )
-            .await);
-        assert_eq!(sent.results[0].status, Status::Ok as i32);
-    }
+    let alice = register_with_mail(&setup, &codes, "alice@example.com", 4, 200 * 1024).await;
     // Read once, so the first reply's buffers are part of the baseline.
     let fetched = fetch_raw(&setup, &alice).await;
     assert_eq!(fetched.envelopes.len(), 4);

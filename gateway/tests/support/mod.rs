@@ -486,6 +486,25 @@ pub async fn register_raw(conn: &RawConn, codes: &Path, identifier: &str) -> Raw
     }
 }
 
+/// Registers `identifier` and stores `count` envelopes of `bytes` bytes in its
+/// own box (what a Fetch then answers in one large reply).
+pub async fn register_with_mail(
+    conn: &RawConn,
+    codes: &Path,
+    identifier: &str,
+    count: usize,
+    bytes: usize,
+) -> RawDevice {
+    let device = register_raw(conn, codes, identifier).await;
+    let own = device_list(conn, &device, identifier).await;
+    for _ in 0..count {
+        let request = send_request(&own, &device, &vec![7u8; bytes]);
+        let sent: pb::SendResponse = ok(&conn.call(&device, Method::Send, &request).await);
+        assert_eq!(sent.results[0].status, Status::Ok as i32);
+    }
+    device
+}
+
 /// Links a fresh device to `by`'s box through the real API.
 pub async fn link_raw(conn: &RawConn, by: &RawDevice) -> RawDevice {
     let keys = DeviceKeys::generate();
