@@ -422,12 +422,29 @@ fn count(queue: &[Vec<u8>], payload: &[u8]) -> usize {
     queue.iter().filter(|e| e.as_slice() == payload).count()
 }
 
+/// A GroupSend of an application message made in `epoch` (framed as the
+/// gateway checks; `payload` stands for its ciphertext).
 fn group_send(creator: &RawDevice, epoch: u64, payload: &[u8]) -> pb::GroupSendRequest {
+    use rossby_protocol::mls;
+    let mut mls_group = creator.box_id.as_bytes().to_vec();
+    mls_group.extend_from_slice(&GROUP_ID);
+    let framed = mls::frame_private(&mls_group, epoch, mls::ContentType::Application, payload)
+        .expect("a small message frames");
+    let envelope = pb::Envelope {
+        version: 1,
+        group: Some(pb::GroupMessage {
+            creator_box: creator.box_id.as_bytes().to_vec(),
+            group_id: GROUP_ID.to_vec(),
+            mls: framed,
+            ..pb::GroupMessage::default()
+        }),
+        ..pb::Envelope::default()
+    };
     pb::GroupSendRequest {
         creator_box: creator.box_id.as_bytes().to_vec(),
         group_id: GROUP_ID.to_vec(),
         message_id: MessageId::new().as_bytes().to_vec(),
-        envelope: payload.to_vec(),
+        envelope: prost::Message::encode_to_vec(&envelope),
         epoch,
         attachments: Vec::new(),
     }
@@ -569,9 +586,9 @@ async fn a_group_send_never_lands_before_the_commit_of_its_epoch() {
             now_ms() - 60_000,
         )
         .await;
-        let message = format!("message-{round}").into_bytes();
         let sender = members[(round % 2) as usize];
-        let send = group_send(&alice, round + 1, &message);
+        let send = group_send(&alice, round + 1, format!("message-{round}").as_bytes());
+        let message = send.envelope.clone();
         let api = gateway.api();
         let info = group_info(&alice);
         let (sent, info, resumed) = tokio::join!(

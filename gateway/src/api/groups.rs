@@ -368,9 +368,10 @@ fn undelivered(what: &str) -> Failure {
     ))
 }
 
-/// The group message of a Commit's envelope, checked to be of `group`.
-fn commit_message(raw: &[u8], group: GroupKey) -> Result<pb::GroupMessage, Failure> {
-    let bad = |what: &str| Failure::bad_request(format!("the Commit's envelope {what}"));
+/// The `GroupMessage` of a group envelope: `raw` must be a protobuf
+/// `Envelope` holding one of this group. `what` names the envelope in errors.
+fn group_message(raw: &[u8], group: GroupKey, what: &str) -> Result<pb::GroupMessage, Failure> {
+    let bad = |problem: &str| Failure::bad_request(format!("the {what}'s envelope {problem}"));
     let envelope = pb::Envelope::decode(raw).map_err(|_| bad("is not a protobuf Envelope"))?;
     let message = envelope
         .group
@@ -381,6 +382,42 @@ fn commit_message(raw: &[u8], group: GroupKey) -> Result<pb::GroupMessage, Failu
     Ok(message)
 }
 
+/// Checks that `bytes` is an MLS 1.0 framed message (`PrivateMessage` or
+/// `PublicMessage`) of the group's MLS id (`creator_box || group_id`), with
+/// content type `content` and, when given, made in `epoch`.
+fn check_framed(
+    bytes: &[u8],
+    group: GroupKey,
+    what: &str,
+    content: mls::ContentType,
+    epoch: Option<u64>,
+) -> Result<(), Failure> {
+    let framed = mls::parse_framed(bytes)
+        .map_err(|e| Failure::bad_request(format!("the {what} is not an MLS message: {e}")))?;
+    let mut group_id = group.creator.as_bytes().to_vec();
+    group_id.extend_from_slice(&group.group_id);
+    if framed.group_id != group_id.as_slice() {
+        return Err(Failure::bad_request(format!(
+            "the {what} is of another MLS group"
+        )));
+    }
+    if let Some(epoch) = epoch
+        && framed.epoch != epoch
+    {
+        return Err(Failure::bad_request(format!(
+            "the {what} was made in epoch {}, not the request's {epoch}",
+            framed.epoch
+        )));
+    }
+    if framed.content_type != content {
+        return Err(Failure::bad_request(format!(
+            "the {what}'s MLS message has content type {:?}, not {content:?}",
+            framed.content_type
+        )));
+    }
+    Ok(())
+}
+
 /// What the gateway can check of a Commit without the group's keys
 /// (docs/protocol.md §9): its envelope is an `Envelope` holding a `GroupMessage` of this group, whose `mls` is an MLS 1.0
 /// `PrivateMessage` or `PublicMessage` with the group's MLS group id
@@ -388,25 +425,16 @@ fn commit_message(raw: &[u8], group: GroupKey) -> Result<pb::GroupMessage, Failu
 /// a welcome envelope carries the same Commit and an MLS Welcome. Who made the
 /// Commit and what it changes are encrypted and stay unchecked.
 fn check_commit(req: &pb::GroupCommitRequest, group: GroupKey) -> Result<(), Failure> {
-    let message = commit_message(&req.envelope, group)?;
-    let framed = mls::parse_framed(&message.mls)
-        .map_err(|e| Failure::bad_request(format!("the Commit is not an MLS message: {e}")))?;
-    let mut group_id = group.creator.as_bytes().to_vec();
-    group_id.extend_from_slice(&group.group_id);
-    if framed.group_id != group_id.as_slice() {
-        return Err(Failure::bad_request("the Commit is of another MLS group"));
-    }
-    if framed.epoch != req.epoch {
-        return Err(Failure::bad_request(format!(
-            "the Commit was made in epoch {}, not the request's {}",
-            framed.epoch, req.epoch
-        )));
-    }
-    if framed.content_type != mls::ContentType::Commit {
-        return Err(Failure::bad_request("the MLS message is not a Commit"));
-    }
+    let message = group_message(&req.envelope, group, "Commit")?;
+    check_framed(
+        &message.mls,
+        group,
+        "Commit",
+        mls::ContentType::Commit,
+        Some(req.epoch),
+    )?;
     if !req.welcome_envelope.is_empty() {
-        let welcome = commit_message(&req.welcome_envelope, group)?;
+        let welcome = group_message(&req.welcome_envelope, group, "Commit")?;
         if welcome.mls != message.mls {
             return Err(Failure::bad_request(
                 "the welcome envelope carries another Commit",
@@ -417,6 +445,46 @@ fn check_commit(req: &pb::GroupCommitRequest, group: GroupKey) -> Result<(), Fai
                 "the welcome envelope carries no MLS Welcome",
             ));
         }
+    }
+    Ok(())
+}
+
+/// The same for a GroupSend: an application message of the group, made in the
+/// request's epoch.
+fn check_group_send(req: &pb::GroupSendRequest, group: GroupKey) -> Result<(), Failure> {
+    let message = group_message(&req.envelope, group, "message")?;
+    check_framed(
+        &message.mls,
+        group,
+        "message",
+        mls::ContentType::Application,
+        Some(req.epoch),
+    )
+}
+
+/// The same for a LeaveGroup's envelope, when there is one: each of its
+/// `proposals` is a proposal of the group (the leaving devices' Removes).
+fn check_leave(req: &pb::LeaveGroupRequest, group: GroupKey) -> Result<(), Failure> {
+    if req.envelope.is_empty() {
+        return Ok(());
+    }
+    let message = group_message(&req.envelope, group, "leave")?;
+    if message.proposals.is_empty() && message.mls.is_empty() {
+        return Err(Failure::bad_request(
+            "the leave's envelope carries no MLS proposal",
+        ));
+    }
+    for proposal in &message.proposals {
+        check_framed(proposal, group, "leave", mls::ContentType::Proposal, None)?;
+    }
+    if !message.mls.is_empty() {
+        check_framed(
+            &message.mls,
+            group,
+            "leave",
+            mls::ContentType::Proposal,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -491,6 +559,7 @@ pub(crate) async fn group_send(
     let group = parse_group(&req.creator_box, &req.group_id)?;
     let message_id = parse_message_id(&req.message_id)?;
     check_envelope(shared, &req.envelope, true)?;
+    check_group_send(&req, group)?;
     super::may_store(shared, caller)?;
     super::attachments::keep_referenced(shared, &req.attachments).await?;
     let store = &shared.store;
@@ -556,6 +625,7 @@ pub(crate) async fn leave_group(
     let group = parse_group(&req.creator_box, &req.group_id)?;
     let message_id = parse_message_id(&req.message_id)?;
     check_envelope(shared, &req.envelope, false)?;
+    check_leave(&req, group)?;
     let store = &shared.store;
     let limits = &store.limits;
     let now = now_ms();
@@ -650,9 +720,24 @@ mod tests {
     /// as far as the gateway can tell: `payload` stands for the encrypted part
     /// (and is kept in `ciphertext` to tell envelopes apart).
     fn commit_envelope(creator: &TestDevice, epoch: u64, payload: &[u8]) -> Vec<u8> {
+        group_envelope(creator, epoch, mls::ContentType::Commit, payload)
+    }
+
+    /// The same for any content type: a leave's proposal goes into
+    /// `proposals`, anything else into `mls`.
+    fn group_envelope(
+        creator: &TestDevice,
+        epoch: u64,
+        content: mls::ContentType,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut group_id = creator.box_id.as_bytes().to_vec();
         group_id.extend_from_slice(&GROUP);
-        let mls = mls::frame_private(&group_id, epoch, mls::ContentType::Commit, payload).unwrap();
+        let framed = mls::frame_private(&group_id, epoch, content, payload).unwrap();
+        let (mls, proposals) = match content {
+            mls::ContentType::Proposal => (Vec::new(), vec![framed]),
+            _ => (framed, Vec::new()),
+        };
         pb::Envelope {
             version: 1,
             ciphertext: payload.to_vec(),
@@ -660,6 +745,7 @@ mod tests {
                 creator_box: creator.box_id.as_bytes().to_vec(),
                 group_id: GROUP.to_vec(),
                 mls,
+                proposals,
                 ..pb::GroupMessage::default()
             }),
             ..pb::Envelope::default()
@@ -787,14 +873,34 @@ mod tests {
             )
             .await;
         assert_eq!(status_of(&resp), Status::Ok);
-        let send = |payload: &[u8]| pb::GroupSendRequest {
+        let send_in = |payload: &[u8], epoch: u64| pb::GroupSendRequest {
             creator_box: alice.box_id.as_bytes().to_vec(),
             group_id: GROUP.to_vec(),
             message_id: MessageId::new().as_bytes().to_vec(),
-            envelope: payload.to_vec(),
-            epoch: 1,
+            envelope: group_envelope(&alice, epoch, mls::ContentType::Application, payload),
+            epoch,
             attachments: Vec::new(),
         };
+        let send = |payload: &[u8]| send_in(payload, 1);
+        // What is not an application message of the group in this epoch is
+        // refused before anything is stored.
+        for (bad, reason) in [
+            (commit_envelope(&alice, 1, b"c2"), "not Application"),
+            (commit_envelope(&bob, 1, b"x"), "of another group"),
+            (b"garbage".to_vec(), "not a protobuf Envelope"),
+        ] {
+            let req = pb::GroupSendRequest {
+                envelope: bad,
+                ..send(b"-")
+            };
+            let resp = env.call_as(&bob, 1, Method::GroupSend, &req).await;
+            assert_eq!(status_of(&resp), Status::BadRequest);
+            assert!(resp.message.contains(reason), "{}", resp.message);
+        }
+        let mut mismatched = send(b"-");
+        mismatched.epoch = 2;
+        let resp = env.call_as(&bob, 1, Method::GroupSend, &mismatched).await;
+        assert!(resp.message.contains("made in epoch 1"), "{}", resp.message);
         let req = send(b"hello");
         let resp = env.call_as(&bob, 1, Method::GroupSend, &req).await;
         assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
@@ -807,16 +913,18 @@ mod tests {
         assert_eq!(again.results, sent.results);
         for device in [&alice, &alice2] {
             let queue = env.fetch(device, 0).await;
-            assert_eq!(queue.envelopes.last().unwrap().envelope, b"hello");
-            let hellos = queue.envelopes.iter().filter(|e| e.envelope == b"hello");
+            assert_eq!(tag(&queue.envelopes.last().unwrap().envelope), b"hello");
+            let hellos = queue
+                .envelopes
+                .iter()
+                .filter(|e| tag(&e.envelope) == b"hello");
             assert_eq!(hellos.count(), 1);
         }
         // Outsiders can neither send nor read the state.
         let resp = env.call_as(&carol, 1, Method::GroupSend, &send(b"x")).await;
         assert_eq!(status_of(&resp), Status::NotGroupMember);
         // A message of an old epoch is refused with the current one.
-        let mut stale = send(b"old");
-        stale.epoch = 0;
+        let stale = send_in(b"old", 0);
         let resp = env.call_as(&bob, 1, Method::GroupSend, &stale).await;
         assert_eq!(status_of(&resp), Status::EpochConflict);
         assert_eq!(
@@ -841,19 +949,12 @@ mod tests {
             creator_box: alice.box_id.as_bytes().to_vec(),
             group_id: GROUP.to_vec(),
             message_id: MessageId::new().as_bytes().to_vec(),
-            envelope: b"bye".to_vec(),
+            envelope: group_envelope(&alice, 1, mls::ContentType::Proposal, b"bye"),
         };
         let resp = env.call_as(&bob, 1, Method::LeaveGroup, &leave).await;
         assert_eq!(status_of(&resp), Status::Ok, "{}", resp.message);
-        assert_eq!(
-            env.fetch(&alice, 0)
-                .await
-                .envelopes
-                .last()
-                .unwrap()
-                .envelope,
-            b"bye"
-        );
+        let last = env.fetch(&alice, 0).await.envelopes.pop().unwrap();
+        assert_eq!(tag(&last.envelope), b"bye");
         let resp = env.call_as(&alice, 1, Method::GroupInfo, &info).await;
         let info_state = TestEnv::body::<pb::GroupInfoResponse>(&resp).state.unwrap();
         assert_eq!(info_state.members, vec![alice.box_id.as_bytes().to_vec()]);
