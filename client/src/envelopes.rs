@@ -194,20 +194,10 @@ pub fn open_queued(
     queued: &pb::QueuedEnvelope,
     sender_devices: &pb::DeviceList,
 ) -> Result<pb::Content, Rejection> {
-    open_queued_with(None, keys, my_device, queued, sender_devices)
-}
-
-fn open_queued_with(
-    cache: Option<&KeyCache>,
-    keys: &DeviceKeys,
-    my_device: &[u8; 16],
-    queued: &pb::QueuedEnvelope,
-    sender_devices: &pb::DeviceList,
-) -> Result<pb::Content, Rejection> {
     if sender_devices.box_id != queued.sender_box {
         return Err(Rejection("device list of another box".into()));
     }
-    let sender = device_keys_with(cache, sender_devices, &queued.sender_device)
+    let sender = device_keys(sender_devices, &queued.sender_device)
         .ok_or_else(|| Rejection("the sending device is not among the sender's devices".into()))?;
     open_queued_by(keys, my_device, queued, sender.identity_key())
 }

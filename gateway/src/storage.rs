@@ -100,17 +100,12 @@ impl StorageOptions {
     /// Fails if the removed `--tikv-mode` is set, naming where: by flag or
     /// variable in `self`, or in the configuration file (`file`).
     pub(crate) fn reject_removed(&self, file: &Self) -> Result<()> {
-        if self.tikv_mode.is_some() {
-            return Err(Error::Config(format!(
-                "--tikv-mode (ROSSBY_TIKV_MODE) {TIKV_MODE_REMOVED}"
-            )));
-        }
-        if file.tikv_mode.is_some() {
-            return Err(Error::Config(format!(
-                "config key tikv_mode {TIKV_MODE_REMOVED}"
-            )));
-        }
-        Ok(())
+        crate::config::check::reject_removed(
+            "tikv-mode",
+            self.tikv_mode.is_some(),
+            file.tikv_mode.is_some(),
+            TIKV_MODE_REMOVED,
+        )
     }
 
     /// The backend to open, checked; the fjall store defaults to `store` in

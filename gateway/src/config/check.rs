@@ -38,6 +38,21 @@ pub(crate) fn secs(flag: &str, value: u64, min: u64, max: u64) -> Result<Duratio
     Ok(Duration::from_secs(value))
 }
 
+/// Fails if the removed option `flag` is still set, naming where: by flag or
+/// variable (`by_flag`), or in the configuration file (`in_file`); `why` says
+/// what replaced it.
+pub(crate) fn reject_removed(flag: &str, by_flag: bool, in_file: bool, why: &str) -> Result<()> {
+    if by_flag {
+        let env = format!("ROSSBY_{}", flag.replace('-', "_").to_uppercase());
+        return Err(Error::Config(format!("--{flag} ({env}) {why}")));
+    }
+    if in_file {
+        let key = flag.replace('-', "_");
+        return Err(Error::Config(format!("config key {key} {why}")));
+    }
+    Ok(())
+}
+
 /// A duration in whole milliseconds, saturating.
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -42,17 +42,12 @@ impl MaintenanceOptions {
     /// Fails if the removed `--sweep-interval-secs` is set, naming where: by
     /// flag or variable in `self`, or in the configuration file (`file`).
     pub(crate) fn reject_removed(&self, file: &Self) -> Result<()> {
-        if self.sweep_interval_secs.is_some() {
-            return Err(Error::Config(format!(
-                "--sweep-interval-secs (ROSSBY_SWEEP_INTERVAL_SECS) {SWEEP_INTERVAL_REMOVED}"
-            )));
-        }
-        if file.sweep_interval_secs.is_some() {
-            return Err(Error::Config(format!(
-                "config key sweep_interval_secs {SWEEP_INTERVAL_REMOVED}"
-            )));
-        }
-        Ok(())
+        crate::config::check::reject_removed(
+            "sweep-interval-secs",
+            self.sweep_interval_secs.is_some(),
+            file.sweep_interval_secs.is_some(),
+            SWEEP_INTERVAL_REMOVED,
+        )
     }
 
     /// The interval and the lease, checked: a lease must outlast two rounds, so

@@ -357,7 +357,7 @@ pub async fn enqueue(
             continue;
         }
         // A corrupt or exhausted head is reported as such, before any quota.
-        head.clone().assign()?;
+        head.next_assignable()?;
         let stored_len =
             stored_record(env, now_ms, expires_at_ms, head.device_list_version).stored_len() as u64;
         if queued_envelopes.saturating_add(1) > limits.max_queue_envelopes

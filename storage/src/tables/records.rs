@@ -50,12 +50,19 @@ impl QueueHead {
     /// Takes the next sequence number (corrupt records and an exhausted counter
     /// are errors, not wrap-arounds).
     pub fn assign(&mut self) -> crate::Result<u64> {
+        let seq = self.next_assignable()?;
+        self.next_seq = seq + 1;
+        Ok(seq)
+    }
+
+    /// The sequence number [`QueueHead::assign`] would take, checked the same
+    /// way, without taking it.
+    pub fn next_assignable(&self) -> crate::Result<u64> {
         self.last_seq()?;
-        let seq = self.next_seq;
-        self.next_seq = seq
+        self.next_seq
             .checked_add(1)
             .ok_or_else(|| crate::Error::corrupt(Self::WHAT, "sequence numbers exhausted"))?;
-        Ok(seq)
+        Ok(self.next_seq)
     }
 
     /// Records that `device` is, or no longer is, an authorized device of the
