@@ -19,11 +19,9 @@
 //! a timeout ([`DEFAULT_PD_TIMEOUT`] unless the caller picks another one).
 
 use crate::error::{Error, Result};
+use crate::http;
 use crate::placement::check::{PdRegions, PdStores};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode, Uri, header};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode, Uri};
 use rossby_replication::Plan;
 use serde_json::Value;
 use std::fmt;
@@ -277,65 +275,25 @@ impl PdClient {
             url: self.url.clone(),
             reason,
         };
-        let stream = tokio::net::TcpStream::connect(&self.authority)
+        http::request(&self.authority, (method, target), body, true, limit)
             .await
-            .map_err(|e| {
-                unreachable(match e.kind() {
-                    std::io::ErrorKind::ConnectionRefused => {
-                        "connection refused (is PD running, and is this its client URL?)".into()
-                    }
-                    _ => e.to_string(),
-                })
-            })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(format!("HTTP handshake failed: {e}")))?;
-        // The connection task ends when the sender is dropped; aborting it on
-        // every exit path (timeouts included) leaves nothing behind.
-        let driver = AbortOnDrop(tokio::spawn(connection));
-        let mut request = Request::builder()
-            .method(method)
-            .uri(target)
-            .header(header::HOST, &self.authority)
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("rossby/", env!("CARGO_PKG_VERSION")),
-            );
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Error::Invalid(format!("cannot build a request to {target}: {e}")))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable(format!("request {target} failed: {e}")))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                unreachable(if e.is::<http_body_util::LengthLimitError>() {
-                    format!("the answer to {target} is larger than {limit} bytes")
-                } else {
-                    format!("reading the answer to {target} failed: {e}")
-                })
-            })?
-            .to_bytes();
-        drop(sender);
-        drop(driver);
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-    }
-}
-
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+            .map_err(|e| match e {
+                http::Failure::Refused => unreachable(
+                    "connection refused (is PD running, and is this its client URL?)".into(),
+                ),
+                http::Failure::Build(e) => {
+                    Error::Invalid(format!("cannot build a request to {target}: {e}"))
+                }
+                http::Failure::Connect(e) => unreachable(e),
+                http::Failure::Handshake(e) => unreachable(format!("HTTP handshake failed: {e}")),
+                http::Failure::Send(e) => unreachable(format!("request {target} failed: {e}")),
+                http::Failure::TooLarge => unreachable(format!(
+                    "the answer to {target} is larger than {limit} bytes"
+                )),
+                http::Failure::Read(e) => {
+                    unreachable(format!("reading the answer to {target} failed: {e}"))
+                }
+            })
     }
 }
 
